@@ -1,0 +1,50 @@
+"""The `governor` command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from governor import __version__, config as config_mod
+from governor import log as log_mod
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="governor",
+        description="Keep a PostgreSQL cluster highly available: one governor runs beside each "
+                    "PostgreSQL server; they elect a leader through a lock in etcd, the leader's "
+                    "server is the primary and the others stream from it.",
+        epilog="CONFIG is a YAML file, or a directory whose *.yml files are merged in name order "
+               "(later files win), e.g. /etc/governor. Exit codes: 0 clean stop, 1 failure, "
+               "2 invalid configuration.")
+    p.add_argument("config", metavar="CONFIG", help="configuration file or directory")
+    p.add_argument("--validate-config", action="store_true",
+                   help="check the configuration, print every problem found, and exit (0 valid, 2 not)")
+    p.add_argument("--version", action="version", version=f"governor {__version__}")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        cfg = config_mod.load(args.config)
+    except config_mod.ConfigError as exc:
+        print(f"governor: invalid configuration ({len(exc.problems)} problem"
+              f"{'s' if len(exc.problems) != 1 else ''}):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.validate_config:
+        print(f"{args.config}: configuration is valid (member {cfg.postgresql.name}, scope {cfg.etcd.scope})")
+        return EXIT_OK
+    log_mod.setup(cfg.log_level)
+    from governor.daemon import Governor
+
+    return Governor(cfg).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

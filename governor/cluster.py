@@ -1,0 +1,86 @@
+"""An immutable snapshot of what the DCS says about one cluster."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    role: str = "unknown"          # primary | replica | uninitialized | stopped
+    state: str = "unknown"         # running | stopped | starting | creating replica | ...
+    conn_url: Optional[str] = None
+    api_url: Optional[str] = None
+    timeline: Optional[int] = None
+    lsn: Optional[int] = None      # primary: current WAL position; replica: received position
+    replay_lsn: Optional[int] = None
+    tags: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, name: str, text: str) -> "Member":
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError):
+            return cls(name=name)
+        if not isinstance(data, dict):
+            return cls(name=name)
+        return cls(
+            name=name,
+            role=str(data.get("role", "unknown")),
+            state=str(data.get("state", "unknown")),
+            conn_url=data.get("conn_url"),
+            api_url=data.get("api_url"),
+            timeline=_int_or_none(data.get("timeline")),
+            lsn=_int_or_none(data.get("lsn")),
+            replay_lsn=_int_or_none(data.get("replay_lsn")),
+            tags=data.get("tags") if isinstance(data.get("tags"), dict) else {},
+        )
+
+
+def _int_or_none(value: Any) -> Optional[int]:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Leader:
+    name: str
+    index: int = 0                 # the DCS modification index, for watches
+    ttl: Optional[float] = None    # seconds left as the DCS reported them
+
+
+@dataclass(frozen=True)
+class Cluster:
+    initialize: Optional[str]      # None: key absent; "": bootstrap claimed, no system id yet
+    leader: Optional[Leader]
+    members: Tuple[Member, ...] = ()
+    leader_lsn: Optional[int] = None
+    index: int = 0                 # the DCS index this snapshot was read at
+
+    @property
+    def initialized(self) -> bool:
+        return bool(self.initialize)
+
+    def member(self, name: str) -> Optional[Member]:
+        for m in self.members:
+            if m.name == name:
+                return m
+        return None
+
+    @property
+    def leader_member(self) -> Optional[Member]:
+        return self.member(self.leader.name) if self.leader else None
+
+
+def parse_conn_url(url: str) -> Tuple[str, int]:
+    """postgres://host:port/db -> (host, port)."""
+    rest = url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
+    if rest.startswith("["):
+        host, _, port = rest[1:].partition("]:")
+    else:
+        host, _, port = rest.rpartition(":")
+    return host, int(port or 5432)

@@ -1,0 +1,501 @@
+"""Load and validate governor's YAML configuration.
+
+A config path is a single YAML file or a directory whose ``*.yml``/``*.yaml`` files are merged in
+name order (mappings merge key by key, later files win). Every problem is collected and reported
+at once as ``FILE: KEY: what was expected``; nothing is started on a bad config.
+"""
+from __future__ import annotations
+
+import glob
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import yaml
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|kB|KB|MB|GB|TB)?\s*$")
+SIZE_UNITS = {None: 1, "B": 1, "kB": 1024, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+WILDCARD_HOSTS = {"0.0.0.0", "::", "*", ""}
+# PostgreSQL settings governor derives itself; setting them under `parameters` would conflict.
+MANAGED_PARAMETERS = {
+    "listen_addresses": "postgresql.listen",
+    "port": "postgresql.listen",
+    "primary_conninfo": "the current leader",
+    "primary_slot_name": "the member name",
+    "hot_standby": "governor (always on)",
+}
+FORBIDDEN_RECOVERY = {
+    "primary_conninfo": "governor writes it from the current leader",
+    "primary_slot_name": "governor derives it from postgresql.name",
+    "standby_mode": "PostgreSQL 12+ uses standby.signal, which governor manages",
+}
+TAG_KEYS = ("nofailover", "noloadbalance", "nosync", "clonefrom")
+
+
+class ConfigError(Exception):
+    """Raised with every problem found; str() lists one problem per line."""
+
+    def __init__(self, problems: List[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class EtcdConfig:
+    scope: str
+    ttl: int
+    hosts: Tuple[Tuple[str, int], ...]
+    protocol: str = "http"
+    cacert: Optional[str] = None
+    cert: Optional[str] = None
+    key: Optional[str] = None
+    username: Optional[str] = None
+    password: Optional[str] = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: Optional[str] = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class PostgresConfig:
+    name: str
+    listen_host: str
+    port: int
+    connect_host: str
+    data_dir: str
+    bin_dir: str
+    maximum_lag_on_failover: int
+    replication: Credentials
+    replication_network: str
+    superuser: Credentials
+    recovery_conf: Dict[str, Any]
+    parameters: Dict[str, Any]
+    initdb: Tuple[str, ...]
+    pg_hba: Tuple[str, ...]
+    pgpass: str
+    log_file: Optional[str]
+    socket_dir: str
+    start_timeout: float
+
+    @property
+    def slot_name(self) -> str:
+        return slot_name_for(self.name)
+
+    @property
+    def conn_url(self) -> str:
+        """How other members reach this server; never carries a password."""
+        host = f"[{self.connect_host}]" if ":" in self.connect_host else self.connect_host
+        return f"postgres://{host}:{self.port}/postgres"
+
+
+@dataclass(frozen=True)
+class Config:
+    loop_wait: float
+    retry_timeout: float
+    etcd: EtcdConfig
+    postgresql: PostgresConfig
+    tags: Dict[str, Any]
+    log_level: str
+    source: str
+
+
+def slot_name_for(member: str) -> str:
+    """Physical replication slot names allow only [a-z0-9_]."""
+    return re.sub(r"[^a-z0-9_]", "_", member.lower())
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _yaml_files(path: str) -> List[str]:
+    if os.path.isdir(path):
+        files = sorted(glob.glob(os.path.join(path, "*.yml")) + glob.glob(os.path.join(path, "*.yaml")))
+        return files
+    return [path]
+
+
+def _merge(base: dict, extra: dict, origin: Dict[str, str], src: str, prefix: str = "") -> None:
+    for key, value in extra.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value, origin, src, dotted + ".")
+        else:
+            base[key] = value
+            origin[dotted] = src
+            if isinstance(value, dict):
+                _record_origin(value, origin, src, dotted + ".")
+
+
+def _record_origin(value: dict, origin: Dict[str, str], src: str, prefix: str) -> None:
+    for key, sub in value.items():
+        origin[f"{prefix}{key}"] = src
+        if isinstance(sub, dict):
+            _record_origin(sub, origin, src, f"{prefix}{key}.")
+
+
+def read_raw(path: str) -> Tuple[dict, Dict[str, str]]:
+    """Read and merge the YAML at `path`; returns (merged mapping, dotted key -> file)."""
+    if not os.path.exists(path):
+        raise ConfigError([f"{path}: no such file or directory"])
+    files = _yaml_files(path)
+    if not files:
+        raise ConfigError([f"{path}: directory holds no *.yml files"])
+    merged: dict = {}
+    origin: Dict[str, str] = {}
+    problems = []
+    for name in files:
+        try:
+            with open(name, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh)
+        except OSError as exc:
+            problems.append(f"{name}: cannot read: {exc.strerror}")
+            continue
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problems.append(f"{name}: not valid YAML{where}: {getattr(exc, 'problem', exc)}")
+            continue
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            problems.append(f"{name}: expected a mapping of settings at the top level, got {_kind(data)}")
+            continue
+        _merge(merged, data, origin, name)
+    if problems:
+        raise ConfigError(problems)
+    return merged, origin
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+class _Checker:
+    """Walks the merged mapping, collecting one message per problem."""
+
+    def __init__(self, raw: dict, origin: Dict[str, str], source: str):
+        self.raw = raw
+        self.origin = origin
+        self.source = source
+        self.problems: List[str] = []
+
+    def where(self, key: str) -> str:
+        parts = key.split(".")
+        for i in range(len(parts), 0, -1):
+            found = self.origin.get(".".join(parts[:i]))
+            if found:
+                return found
+        return self.source
+
+    def fail(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.where(key)}: {key}: {message}")
+
+    def section(self, key: str) -> dict:
+        value = self.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(key, f"expected a mapping, got {_kind(value)}")
+            return {}
+        return value
+
+    def get(self, key: str) -> Any:
+        node: Any = self.raw
+        for part in key.split("."):
+            if not isinstance(node, dict):
+                return None
+            node = node.get(part)
+        return node
+
+    def unknown(self, key: str, mapping: dict, allowed: Tuple[str, ...]) -> None:
+        for name in mapping:
+            if name not in allowed:
+                full = f"{key}.{name}" if key else str(name)
+                self.fail(full, f"unknown setting (expected one of: {', '.join(allowed)})")
+
+    def value(self, key: str, kind: str, default: Any = None, required: bool = False,
+              check: Optional[Callable[[Any], Optional[str]]] = None) -> Any:
+        value = self.get(key)
+        if value is None:
+            if required:
+                self.fail(key, f"required ({_EXPECT[kind]})")
+            return default
+        ok = _TYPE_OK[kind](value)
+        if not ok:
+            self.fail(key, f"expected {_EXPECT[kind]}, got {_kind(value)} {value!r}")
+            return default
+        if kind == "size":
+            value = parse_size(value)
+            if value is None:
+                self.fail(key, f"expected {_EXPECT[kind]}, got {self.get(key)!r}")
+                return default
+        if check:
+            message = check(value)
+            if message:
+                self.fail(key, message)
+                return default
+        return value
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_scalar(v: Any) -> bool:
+    return isinstance(v, (str, int, float, bool))
+
+
+_TYPE_OK: Dict[str, Callable[[Any], bool]] = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": _is_number,
+    "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "size": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, str),
+    "scalars": lambda v: isinstance(v, dict) and all(_is_scalar(x) for x in v.values()),
+    "strlist": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "hosts": lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    "initdb": lambda v: isinstance(v, list) and all(
+        isinstance(x, str) or (isinstance(x, dict) and len(x) == 1 and all(_is_scalar(y) for y in x.values()))
+        for x in v),
+}
+_EXPECT = {
+    "int": "an integer",
+    "number": "a number of seconds",
+    "str": "a string",
+    "bool": "true or false",
+    "size": "a size in bytes, e.g. 1048576 or '1MB'",
+    "scalars": "a mapping of names to strings, numbers or booleans",
+    "strlist": "a list of strings",
+    "hosts": "'host:port' or a list of 'host:port'",
+    "initdb": "a list of initdb options, each 'name' or {name: value}",
+}
+
+
+def parse_size(value: Any) -> Optional[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value >= 0 else None
+    match = SIZE_RE.match(str(value))
+    if not match:
+        return None
+    return int(match.group(1)) * SIZE_UNITS[match.group(2)]
+
+
+def parse_host_port(text: str, default_port: Optional[int] = None) -> Optional[Tuple[str, int]]:
+    """'host:port', '[v6]:port' or (with a default) 'host' -> (host, port); None when malformed."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    if not port_text:
+        if default_port is None:
+            return None
+        return (host, default_port) if host else None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        return None
+    return host, int(port_text)
+
+
+def default_bin_dir() -> str:
+    """The newest installed PostgreSQL server's bin directory (Debian or PGDG layout)."""
+    candidates = glob.glob("/usr/lib/postgresql/*/bin") + glob.glob("/usr/pgsql-*/bin")
+
+    def version(path: str) -> float:
+        match = re.search(r"(\d+(?:\.\d+)?)", path)
+        return float(match.group(1)) if match else 0.0
+
+    for path in sorted(candidates, key=version, reverse=True):
+        if os.path.exists(os.path.join(path, "pg_ctl")):
+            return path
+    return "/usr/bin"
+
+
+def _name_check(v: str) -> Optional[str]:
+    return None if NAME_RE.match(v) else "expected letters, digits, '_', '.' or '-' (it is used in etcd keys)"
+
+
+def _positive(v: float) -> Optional[str]:
+    return None if v > 0 else "expected a value greater than 0"
+
+
+def _network_check(v: str) -> Optional[str]:
+    for item in v.split():
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            if item not in ("all", "samehost", "samenet") and not item.startswith("."):
+                return f"expected a network for pg_hba.conf such as 10.0.0.0/24, got {item!r}"
+    return None
+
+
+TOP_KEYS = ("loop_wait", "retry_timeout", "log_level", "tags", "etcd", "postgresql")
+ETCD_KEYS = ("scope", "ttl", "host", "protocol", "cacert", "cert", "key", "username", "password")
+PG_KEYS = ("name", "listen", "connect_address", "data_dir", "bin_dir", "maximum_lag_on_failover",
+           "replication", "superuser", "recovery_conf", "parameters", "initdb", "pg_hba", "pgpass",
+           "log_file", "start_timeout")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
+    c = _Checker(raw, origin, source)
+    c.unknown("", raw, TOP_KEYS)
+
+    loop_wait = c.value("loop_wait", "number", 10, check=_positive)
+    retry_timeout = c.value("retry_timeout", "number", 10, check=_positive)
+    log_level = c.value("log_level", "str", "INFO",
+                        check=lambda v: None if v.upper() in LOG_LEVELS else f"expected one of {', '.join(LOG_LEVELS)}")
+
+    tags = c.section("tags")
+    c.unknown("tags", tags, TAG_KEYS)
+    for tag in ("nofailover", "noloadbalance", "nosync"):
+        c.value(f"tags.{tag}", "bool", False)
+    c.value("tags.clonefrom", "bool", False)
+
+    etcd_section = c.section("etcd")
+    c.unknown("etcd", etcd_section, ETCD_KEYS)
+    scope = c.value("etcd.scope", "str", required=True, check=_name_check)
+    ttl = c.value("etcd.ttl", "int", 30, check=lambda v: None if v >= 5 else "expected at least 5 seconds")
+    protocol = c.value("etcd.protocol", "str", "http",
+                       check=lambda v: None if v in ("http", "https") else "expected 'http' or 'https'")
+    host_value = c.value("etcd.host", "hosts", "127.0.0.1:2379")
+    hosts: List[Tuple[str, int]] = []
+    for item in [host_value] if isinstance(host_value, str) else host_value:
+        parsed = parse_host_port(item, 2379)
+        if parsed is None:
+            c.fail("etcd.host", f"expected 'host:port', got {item!r}")
+        else:
+            hosts.append(parsed)
+    if not hosts and host_value:
+        hosts = [("127.0.0.1", 2379)]
+    files = {}
+    for key in ("cacert", "cert", "key"):
+        files[key] = c.value(f"etcd.{key}", "str",
+                             check=lambda v: None if os.path.isfile(v) else f"file {v!r} does not exist")
+    if files["key"] and not files["cert"]:
+        c.fail("etcd.key", "set etcd.cert too: a client key needs its certificate")
+    etcd_user = c.value("etcd.username", "str")
+    etcd_password = c.value("etcd.password", "str")
+    if bool(etcd_user) != bool(etcd_password):
+        c.fail("etcd.username" if etcd_password else "etcd.password",
+               "etcd.username and etcd.password must be given together")
+
+    if loop_wait and retry_timeout and ttl and loop_wait + 2 * retry_timeout > ttl:
+        c.fail("etcd.ttl", f"expected loop_wait + 2 * retry_timeout <= ttl so a primary that loses etcd "
+                           f"demotes before its lock expires; got {loop_wait} + 2 * {retry_timeout} > {ttl}")
+
+    pg = c.section("postgresql")
+    c.unknown("postgresql", pg, PG_KEYS)
+    name = c.value("postgresql.name", "str", required=True, check=_name_check)
+    listen = c.value("postgresql.listen", "str", "127.0.0.1:5432")
+    listen_hp = parse_host_port(listen, 5432) if listen else None
+    if listen and listen_hp is None:
+        c.fail("postgresql.listen", f"expected 'host:port' such as 0.0.0.0:5432, got {listen!r}")
+    listen_host, port = listen_hp or ("127.0.0.1", 5432)
+    connect = c.value("postgresql.connect_address", "str")
+    connect_host = listen_host
+    if connect:
+        parsed = parse_host_port(connect, port)
+        if parsed is None:
+            c.fail("postgresql.connect_address", f"expected 'host:port', got {connect!r}")
+        else:
+            connect_host = parsed[0]
+            if parsed[1] != port:
+                c.fail("postgresql.connect_address", f"port {parsed[1]} differs from the listen port {port}")
+    elif listen_host in WILDCARD_HOSTS:
+        c.fail("postgresql.connect_address",
+               f"required when postgresql.listen is a wildcard ({listen!r}): the address other members use")
+
+    data_dir = c.value("postgresql.data_dir", "str", required=True)
+    if data_dir:
+        data_dir = os.path.abspath(data_dir)
+        parent = os.path.dirname(data_dir)
+        if not os.path.isdir(parent):
+            c.fail("postgresql.data_dir", f"the parent directory {parent} does not exist")
+    bin_dir = c.value("postgresql.bin_dir", "str") or default_bin_dir()
+    if not os.path.exists(os.path.join(bin_dir, "pg_ctl")):
+        c.fail("postgresql.bin_dir", f"expected the directory holding pg_ctl and initdb; {bin_dir}/pg_ctl not found")
+    max_lag = c.value("postgresql.maximum_lag_on_failover", "size", 1048576)
+
+    repl = c.section("postgresql.replication")
+    c.unknown("postgresql.replication", repl, ("username", "password", "network"))
+    repl_user = c.value("postgresql.replication.username", "str", "replicator", check=_name_check)
+    repl_password = c.value("postgresql.replication.password", "str", required=True)
+    repl_network = c.value("postgresql.replication.network", "str", "127.0.0.1/32", check=_network_check)
+
+    su = c.section("postgresql.superuser")
+    c.unknown("postgresql.superuser", su, ("username", "password"))
+    su_user = c.value("postgresql.superuser.username", "str", "postgres", check=_name_check)
+    su_password = c.value("postgresql.superuser.password", "str")
+    if su_user and repl_user and su_user == repl_user:
+        c.fail("postgresql.replication.username", "must differ from postgresql.superuser.username")
+
+    parameters = dict(c.value("postgresql.parameters", "scalars", {}) or {})
+    for key, owner in MANAGED_PARAMETERS.items():
+        if key in parameters:
+            c.fail(f"postgresql.parameters.{key}", f"set by governor from {owner}; remove it here")
+    if str(parameters.get("wal_level", "replica")) == "minimal":
+        c.fail("postgresql.parameters.wal_level", "expected 'replica' or 'logical': streaming replication needs it")
+    recovery_conf = dict(c.value("postgresql.recovery_conf", "scalars", {}) or {})
+    for key, why in FORBIDDEN_RECOVERY.items():
+        if key in recovery_conf:
+            c.fail(f"postgresql.recovery_conf.{key}", f"not allowed: {why}")
+
+    initdb_raw = c.value("postgresql.initdb", "initdb", ["data-checksums", {"encoding": "UTF8"}])
+    initdb: List[str] = []
+    for item in initdb_raw or []:
+        if isinstance(item, str):
+            initdb.append(f"--{item.lstrip('-')}")
+        else:
+            (k, v), = item.items()
+            initdb.append(f"--{str(k).lstrip('-')}={v}")
+    pg_hba = tuple(c.value("postgresql.pg_hba", "strlist", []) or [])
+    default_pgpass = os.path.join(os.path.dirname(data_dir or "/"), f".pgpass_{name or 'governor'}")
+    pgpass = os.path.abspath(c.value("postgresql.pgpass", "str", default_pgpass))
+    log_file = c.value("postgresql.log_file", "str")
+    start_timeout = c.value("postgresql.start_timeout", "number", 60, check=_positive)
+    socket_dir = str(parameters.get("unix_socket_directories", "")).split(",")[0].strip()
+    if not socket_dir:
+        socket_dir = "/var/run/postgresql" if os.path.isdir("/var/run/postgresql") else "/tmp"
+
+    if c.problems:
+        raise ConfigError(c.problems)
+
+    return Config(
+        loop_wait=loop_wait,
+        retry_timeout=retry_timeout,
+        log_level=log_level.upper(),
+        tags={k: v for k, v in tags.items()},
+        source=source,
+        etcd=EtcdConfig(scope=scope, ttl=ttl, hosts=tuple(hosts), protocol=protocol,
+                        cacert=files["cacert"], cert=files["cert"], key=files["key"],
+                        username=etcd_user, password=etcd_password),
+        postgresql=PostgresConfig(
+            name=name, listen_host=listen_host, port=port, connect_host=connect_host,
+            data_dir=data_dir, bin_dir=bin_dir, maximum_lag_on_failover=max_lag,
+            replication=Credentials(repl_user, repl_password), replication_network=repl_network,
+            superuser=Credentials(su_user, su_password), recovery_conf=recovery_conf,
+            parameters=parameters, initdb=tuple(initdb), pg_hba=pg_hba, pgpass=pgpass,
+            log_file=os.path.abspath(log_file) if log_file else None, socket_dir=socket_dir,
+            start_timeout=start_timeout),
+    )
+
+
+def load(path: str) -> Config:
+    """Read, merge and validate; raises ConfigError listing every problem."""
+    raw, origin = read_raw(path)
+    return validate(raw, origin, path)

@@ -1,0 +1,373 @@
+"""The loop: observe -> decide -> act -> publish. All of governor's I/O for HA lives here."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Callable, Dict, Optional
+
+import psycopg2
+
+from governor import __version__
+from governor.cluster import Cluster, parse_conn_url
+from governor.config import Config, slot_name_for
+from governor.dcs import DCS, DCSError, from_config
+from governor.ha import Action, Decision, LocalState, decide
+from governor.postgres import bootstrap, datadir
+from governor.postgres.controller import ControllerError, PgCtl, ProcessController
+from governor.postgres.server import Server
+
+log = logging.getLogger("governor")
+
+
+class ActionFailed(Exception):
+    """An action could not be carried out; the rest of the decision is skipped."""
+
+
+class OnChange:
+    """Logs a message only when it differs from the previous one under the same key."""
+
+    def __init__(self) -> None:
+        self._last: Dict[str, Optional[str]] = {}
+
+    def __call__(self, key: str, message: Optional[str], level: int = logging.INFO) -> None:
+        if self._last.get(key) != message:
+            self._last[key] = message
+            if message is not None:
+                log.log(level, message)
+
+
+class LeaderWatcher(threading.Thread):
+    """Waits on the leader key in the background so the loop wakes the moment it changes."""
+
+    def __init__(self, dcs: DCS, wake: threading.Event):
+        super().__init__(name="leader-watch", daemon=True)
+        self.dcs = dcs
+        self.wake = wake
+        self._request = threading.Event()
+        self._index = 0
+        self._timeout = 0.0
+
+    def watch(self, index: int, timeout: float) -> None:
+        self._index, self._timeout = index, timeout
+        self._request.set()
+
+    def run(self) -> None:
+        while True:
+            self._request.wait()
+            self._request.clear()
+            if self.dcs.wait_for_leader_change(self._index, self._timeout):
+                self.wake.set()
+
+
+class Governor:
+    def __init__(self, config: Config, dcs: Optional[DCS] = None,
+                 controller: Optional[ProcessController] = None):
+        self.config = config
+        self.pg = config.postgresql
+        self.name = self.pg.name
+        self.dcs = dcs or from_config(config)
+        self.controller = controller or PgCtl(self.pg.bin_dir, self.pg.data_dir, self.pg.log_file)
+        self.server = Server(self.pg)
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self.watcher: Optional[LeaderWatcher] = None
+        self.once = OnChange()
+        self.cluster: Optional[Cluster] = None
+        self.holds_lock = False
+        self.state = "starting"
+        self.last_decision: Optional[Decision] = None
+        self._sysid_cache: Optional[tuple] = None
+        self._published_lsn: Optional[int] = None
+        self.on_loop_done: Optional[Callable[["Governor"], None]] = None
+
+    # ------------------------------------------------------------------ observe
+
+    def observe_dcs(self) -> Optional[Cluster]:
+        try:
+            cluster = self.dcs.get_cluster()
+        except DCSError as exc:
+            self.once("dcs", f"etcd unreachable: {exc}", logging.WARNING)
+            return None
+        self.once("dcs", f"etcd reachable ({self.dcs.describe()})")
+        return cluster
+
+    def observe_local(self) -> LocalState:
+        kind = datadir.classify(self.pg.data_dir)
+        base = dict(name=self.name, data=kind, tags=self.config.tags, data_dir=self.pg.data_dir,
+                    maximum_lag_on_failover=self.pg.maximum_lag_on_failover)
+        if kind != datadir.POSTGRES:
+            self._sysid_cache = None
+            return LocalState(**base)
+        running = self.controller.is_running()
+        if running:
+            try:
+                st = self.server.state()
+                self.once("pg", f"PostgreSQL running as {st.role}")
+                return LocalState(**base, sysid=st.sysid, running=True, role=st.role, timeline=st.timeline,
+                                  lsn=st.lsn)
+            except psycopg2.Error as exc:
+                self.once("pg", f"PostgreSQL is running but does not answer: {str(exc).strip()}", logging.WARNING)
+                return LocalState(**base, sysid=self._controldata_sysid(), running=True)
+        self.server.close()
+        self.once("pg", "PostgreSQL is not running")
+        return LocalState(**base, sysid=self._controldata_sysid())
+
+    def _controldata_sysid(self) -> Optional[str]:
+        try:
+            key = os.stat(os.path.join(self.pg.data_dir, "global", "pg_control")).st_ino
+        except OSError:
+            return None
+        if self._sysid_cache is None or self._sysid_cache[0] != key:
+            self._sysid_cache = (key, datadir.read_controldata(self.pg.bin_dir, self.pg.data_dir).sysid)
+        return self._sysid_cache[1]
+
+    # ------------------------------------------------------------------ act
+
+    def leader_address(self, leader: Optional[str]) -> Optional[tuple]:
+        if not leader or self.cluster is None:
+            return None
+        member = self.cluster.member(leader)
+        if member is None or not member.conn_url:
+            return None
+        return parse_conn_url(member.conn_url)
+
+    def execute(self, decision: Decision, local: LocalState) -> bool:
+        """Run the decision's actions in order; False when one failed and the rest were skipped."""
+        for action in decision.actions:
+            try:
+                getattr(self, f"do_{action.value}")(decision, local)
+            except ActionFailed as exc:
+                self.once("action", f"{action.value} not done: {exc}", logging.WARNING)
+                return False
+            except (ControllerError, bootstrap.BootstrapError, DCSError, psycopg2.Error, OSError) as exc:
+                self.once("action", f"{action.value} failed: {str(exc).strip()}", logging.ERROR)
+                return False
+        self.once("action", None)
+        return True
+
+    def do_bootstrap(self, decision: Decision, local: LocalState) -> None:
+        if not self.dcs.claim_initialize(""):
+            raise ActionFailed("another member won the bootstrap race")
+        log.info("bootstrap: won the race; running initdb in %s", self.pg.data_dir)
+        self.state = "bootstrapping"
+        created = False
+        try:
+            bootstrap.initdb(self.pg)
+            created = True
+            datadir.write_postgresql_conf(self.pg, standby_of=None)
+            datadir.write_pgpass(self.pg)
+            if not self.dcs.acquire_leader(self.name):
+                raise ActionFailed("a leader lock exists although the cluster was never initialized; "
+                                   "remove the stale keys of this scope")
+            self.holds_lock = True
+            self.controller.start(self.pg.start_timeout)
+            self.server.create_role(self.pg.replication.username, self.pg.replication.password, replication=True)
+            sysid = self.server.state().sysid
+            self.dcs.set_initialize(sysid)
+            log.info("bootstrap: cluster initialized with system identifier %s; this member is the leader", sysid)
+        except Exception:
+            self._undo_bootstrap(created)
+            raise
+
+    def _undo_bootstrap(self, created: bool) -> None:
+        try:
+            self.controller.stop("immediate")
+        except ControllerError as exc:
+            log.error("bootstrap: could not stop PostgreSQL: %s", exc)
+        if self.holds_lock:
+            self._release_lock()
+        try:
+            self.dcs.cancel_initialize()
+        except DCSError as exc:
+            log.error("bootstrap: could not cancel the initialize claim: %s", exc)
+        if created and os.path.exists(self.pg.data_dir):
+            moved = bootstrap.move_aside(self.pg.data_dir)
+            log.error("bootstrap failed: moved the half-made data directory to %s", moved)
+
+    def do_claim_initialize(self, decision: Decision, local: LocalState) -> None:
+        if not local.sysid:
+            raise ActionFailed("cannot read the system identifier of the existing data directory")
+        if not self.dcs.claim_initialize(local.sysid):
+            raise ActionFailed("another member initialized the cluster first")
+        log.info("cluster initialized from this member's existing data (system identifier %s)", local.sysid)
+
+    def do_clone(self, decision: Decision, local: LocalState) -> None:
+        address = self.leader_address(decision.leader)
+        if address is None:
+            raise ActionFailed(f"leader {decision.leader} has published no address")
+        self.state = "creating replica"
+        self.publish(local)
+        log.info("cloning %s from %s:%s with pg_basebackup", self.pg.data_dir, *address)
+        bootstrap.basebackup(self.pg, *address)
+        self._start(standby_of=address)
+        log.info("clone finished: streaming from %s", decision.leader)
+
+    def _start(self, standby_of: Optional[tuple]) -> None:
+        """Write the configuration for the given role and start; standby_of=None means primary."""
+        datadir.write_pgpass(self.pg)
+        datadir.write_postgresql_conf(self.pg, standby_of=standby_of)
+        datadir.set_standby_signal(self.pg.data_dir, standby_of is not None)
+        self.state = "starting"
+        self.controller.start(self.pg.start_timeout)
+        self.state = "running"
+
+    def do_start_as_leader(self, decision: Decision, local: LocalState) -> None:
+        # A replica data directory starts as a standby; the next loop promotes it under the lock.
+        self._start(standby_of=() if datadir.is_standby(self.pg.data_dir) else None)
+
+    def do_start_as_replica(self, decision: Decision, local: LocalState) -> None:
+        self._start(standby_of=self.leader_address(decision.leader) or ())
+
+    def do_acquire_lock(self, decision: Decision, local: LocalState) -> None:
+        if not self.dcs.acquire_leader(self.name):
+            raise ActionFailed("another member took the leader lock first")
+        self.holds_lock = True
+        log.info("acquired the leader lock")
+
+    def do_renew_lock(self, decision: Decision, local: LocalState) -> None:
+        if not self.dcs.renew_leader(self.name):
+            self.holds_lock = False
+            raise ActionFailed("the leader lock is no longer ours")
+        self.holds_lock = True
+
+    def do_promote(self, decision: Decision, local: LocalState) -> None:
+        log.info("promoting: %s", decision.message)
+        if not self.server.promote():
+            raise ActionFailed("pg_promote() did not finish in time")
+        datadir.write_postgresql_conf(self.pg, standby_of=None)
+        log.info("promoted: this member is now the primary")
+
+    def do_demote(self, decision: Decision, local: LocalState) -> None:
+        log.warning("demoting: %s", decision.message)
+        self.holds_lock = False
+        self.controller.stop("fast", timeout=self.config.retry_timeout)
+        self._start(standby_of=self.leader_address(decision.leader) or ())
+        log.info("demoted: running read-only%s",
+                 f", following {decision.leader}" if decision.leader else "")
+
+    def do_follow(self, decision: Decision, local: LocalState) -> None:
+        target = self.leader_address(decision.leader) or ()
+        if decision.leader and not target:
+            return  # the leader has not published its address yet
+        if datadir.write_postgresql_conf(self.pg, standby_of=target):
+            self.controller.reload()
+            log.info("now following %s", f"{decision.leader} at {target[0]}:{target[1]}" if target else "nobody")
+
+    def do_ensure_slots(self, decision: Decision, local: LocalState) -> None:
+        if self.cluster is None:
+            return
+        wanted = {slot_name_for(m.name) for m in self.cluster.members if m.name != self.name}
+        missing = wanted - set(self.server.replication_slots())
+        for slot in sorted(missing):
+            self.server.create_physical_slot(slot)
+            log.info("created replication slot %s", slot)
+
+    def _release_lock(self) -> None:
+        try:
+            if self.dcs.release_leader(self.name):
+                log.info("released the leader lock")
+        except DCSError as exc:
+            log.warning("could not release the leader lock (%s); it expires after ttl", exc)
+        self.holds_lock = False
+
+    # ------------------------------------------------------------------ publish
+
+    def member_data(self, local: LocalState) -> dict:
+        if local.data == datadir.EMPTY:
+            role = "uninitialized"
+        else:
+            role = local.role or ("stopped" if not local.running else "unknown")
+        state = self.state if self.state in ("creating replica", "bootstrapping") else \
+            ("running" if local.running and local.role else ("starting" if local.running else "stopped"))
+        return {"role": role, "state": state, "conn_url": self.pg.conn_url, "api_url": None,
+                "timeline": local.timeline, "lsn": local.lsn, "tags": self.config.tags,
+                "version": __version__}
+
+    def publish(self, local: LocalState) -> None:
+        try:
+            self.dcs.touch_member(self.name, self.member_data(local))
+            if self.holds_lock and local.role == "primary" and local.lsn is not None \
+                    and local.lsn != self._published_lsn:
+                self.dcs.write_leader_lsn(local.lsn)
+                self._published_lsn = local.lsn
+        except DCSError as exc:
+            self.once("dcs", f"etcd unreachable: {exc}", logging.WARNING)
+
+    # ------------------------------------------------------------------ loop
+
+    def run_once(self) -> bool:
+        """One pass; returns False when an action failed and the loop should run again at once."""
+        self.cluster = self.observe_dcs()
+        local = self.observe_local()
+        decision = decide(self.cluster, local)
+        self.last_decision = decision
+        self.once("decision", decision.summary)
+        log.debug("decision %s", decision.summary)
+        if self.cluster is not None and self.cluster.leader and self.cluster.leader.name != self.name:
+            self.holds_lock = False
+        ok = self.execute(decision, local)
+        if decision.actions:
+            local = self.observe_local()
+        if self.cluster is not None:
+            self.publish(local)
+        if self.on_loop_done:
+            self.on_loop_done(self)
+        return ok
+
+    def sleep(self, seconds: float) -> None:
+        if seconds <= 0 or self.stopping.is_set():
+            return
+        self.wake.clear()
+        if not self.holds_lock and self.cluster is not None:
+            if self.watcher is None:
+                self.watcher = LeaderWatcher(from_config(self.config), self.wake)
+                self.watcher.start()
+            self.watcher.watch(self.cluster.index, seconds)
+        self.wake.wait(seconds)
+
+    def request_stop(self, signum: int = signal.SIGTERM, frame: object = None) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        log.info("governor %s starting: member %s, %s, data directory %s", __version__, self.name,
+                 self.dcs.describe(), self.pg.data_dir)
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                ok = self.run_once()
+            except Exception:  # noqa: BLE001 - a bug in one pass must not kill the HA loop
+                log.exception("unexpected error in the HA loop; trying again")
+                ok = True
+            if self.stopping.is_set():
+                break
+            self.sleep(0.1 if not ok else self.config.loop_wait - (time.monotonic() - started))
+        self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        """Clean stop: PostgreSQL first, then the lock, so a replica can take over at once."""
+        log.info("shutting down: stopping PostgreSQL")
+        try:
+            self.controller.stop("fast", timeout=max(30.0, self.pg.start_timeout))
+        except ControllerError as exc:
+            log.error("could not stop PostgreSQL cleanly (%s); stopping it immediately", exc)
+            try:
+                self.controller.stop("immediate")
+            except ControllerError as exc2:
+                log.error("PostgreSQL did not stop: %s; keeping the lock so no second primary appears", exc2)
+                return
+        self.server.close()
+        if self.holds_lock:
+            self._release_lock()
+        try:
+            self.dcs.delete_member(self.name)
+        except DCSError as exc:
+            log.warning("could not remove the member key (%s); it expires after ttl", exc)
+        self.dcs.close()
+        log.info("governor stopped")

@@ -1,0 +1,76 @@
+"""The distributed configuration store interface governor needs, and nothing more.
+
+Every method either succeeds, returns False for a lost race / failed compare-and-swap, or
+raises DCSError when the store cannot be reached within the retry budget.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Optional
+
+from governor.cluster import Cluster
+
+
+class DCSError(Exception):
+    """The store could not be reached or answered with an error."""
+
+
+class DCS(abc.ABC):
+    @abc.abstractmethod
+    def get_cluster(self) -> Cluster:
+        """Read the whole cluster in one request."""
+
+    @abc.abstractmethod
+    def claim_initialize(self, value: str = "") -> bool:
+        """Create the `initialize` key if it does not exist (the bootstrap race)."""
+
+    @abc.abstractmethod
+    def set_initialize(self, sysid: str) -> None:
+        """Record the system identifier once bootstrap has produced it."""
+
+    @abc.abstractmethod
+    def cancel_initialize(self) -> None:
+        """Give up a claimed bootstrap (delete `initialize` while it holds no system id)."""
+
+    @abc.abstractmethod
+    def acquire_leader(self, name: str) -> bool:
+        """Take the leader lock if nobody holds it."""
+
+    @abc.abstractmethod
+    def renew_leader(self, name: str) -> bool:
+        """Refresh the lock's TTL, only if `name` still holds it (compare-and-swap)."""
+
+    @abc.abstractmethod
+    def release_leader(self, name: str) -> bool:
+        """Delete the lock, only if `name` holds it (compare-and-delete)."""
+
+    @abc.abstractmethod
+    def touch_member(self, name: str, data: dict) -> None:
+        """Publish this member's state with the TTL."""
+
+    @abc.abstractmethod
+    def delete_member(self, name: str) -> None:
+        """Remove this member's key (clean shutdown)."""
+
+    @abc.abstractmethod
+    def write_leader_lsn(self, lsn: int) -> None:
+        """Publish the leader's WAL position."""
+
+    @abc.abstractmethod
+    def wait_for_leader_change(self, index: int, timeout: float) -> bool:
+        """Block until the leader key changes after `index` or `timeout` passes; True on change."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+def from_config(config) -> DCS:
+    from governor.dcs.etcd2 import Etcd2
+
+    return Etcd2(config.etcd, retry_timeout=config.retry_timeout)
+
+
+__all__ = ["DCS", "DCSError", "from_config", "Optional"]

@@ -1,0 +1,220 @@
+"""etcd v2 API adapter (python-etcd), keys under /service/<scope>/.
+
+Several endpoints are tried in turn; the one that answered last is asked first next time.
+Each operation gives up after `retry_timeout` seconds in total and raises DCSError.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar
+
+import etcd
+import urllib3
+
+from governor.cluster import Cluster, Leader, Member
+from governor.config import EtcdConfig
+from governor.dcs import DCS, DCSError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Errors that mean "this endpoint did not answer", as opposed to a logical answer (key exists...).
+_CONNECTION_ERRORS = (etcd.EtcdConnectionFailed, urllib3.exceptions.HTTPError, OSError,
+                      etcd.EtcdLeaderElectionInProgress, etcd.EtcdClusterIdChanged)
+
+
+class Etcd2(DCS):
+    def __init__(self, cfg: EtcdConfig, retry_timeout: float = 10):
+        self.cfg = cfg
+        self.prefix = f"/service/{cfg.scope}"
+        self.retry_timeout = retry_timeout
+        self.request_timeout = max(1.0, min(retry_timeout / 2.0, 5.0))
+        self._clients: Dict[Tuple[str, int], etcd.Client] = {}
+        self._current = 0
+        self._claim_index: Optional[int] = None  # modifiedIndex of our `initialize` claim
+
+    def describe(self) -> str:
+        hosts = ", ".join(f"{h}:{p}" for h, p in self.cfg.hosts)
+        return f"etcd v2 at {self.cfg.protocol}://{hosts} scope {self.cfg.scope}"
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _client(self, endpoint: Tuple[str, int]) -> etcd.Client:
+        client = self._clients.get(endpoint)
+        if client is None:
+            cert = (self.cfg.cert, self.cfg.key) if self.cfg.cert and self.cfg.key else self.cfg.cert
+            client = etcd.Client(host=endpoint[0], port=endpoint[1], protocol=self.cfg.protocol,
+                                 read_timeout=self.request_timeout, cert=cert, ca_cert=self.cfg.cacert,
+                                 username=self.cfg.username, password=self.cfg.password,
+                                 allow_reconnect=False)
+            self._clients[endpoint] = client
+        return client
+
+    def _call(self, what: str, op: Callable[[etcd.Client], T], budget: Optional[float] = None) -> T:
+        """Run `op` against the endpoints in turn until one answers or the budget is spent."""
+        deadline = time.monotonic() + (budget if budget is not None else self.retry_timeout)
+        hosts: List[Tuple[str, int]] = list(self.cfg.hosts)
+        errors = []
+        attempt = 0
+        while True:
+            endpoint = hosts[(self._current + attempt) % len(hosts)]
+            try:
+                result = op(self._client(endpoint))
+                self._current = (self._current + attempt) % len(hosts)
+                return result
+            except _CONNECTION_ERRORS as exc:
+                errors.append(f"{endpoint[0]}:{endpoint[1]}: {_short(exc)}")
+            except etcd.EtcdInsufficientPermissions as exc:
+                raise DCSError(f"etcd refused {what}: permission denied ({_short(exc)})") from exc
+            except etcd.EtcdException as exc:
+                raise DCSError(f"etcd refused {what}: {_short(exc)}") from exc
+            attempt += 1
+            if time.monotonic() >= deadline:
+                break
+            if attempt % len(hosts) == 0:
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        raise DCSError(f"etcd unreachable during {what}: {'; '.join(errors[-len(hosts):])}")
+
+    def _key(self, *parts: str) -> str:
+        return "/".join((self.prefix,) + parts)
+
+    # ------------------------------------------------------------------ reads
+
+    def get_cluster(self) -> Cluster:
+        def read(client: etcd.Client) -> Optional[etcd.EtcdResult]:
+            try:
+                return client.read(self.prefix, recursive=True)
+            except etcd.EtcdKeyNotFound:
+                return None
+
+        result = self._call("read of the cluster", read)
+        if result is None:
+            return Cluster(initialize=None, leader=None)
+        initialize = None
+        leader = None
+        leader_lsn = None
+        members = []
+        for node in result.leaves:
+            if node.dir or node.key is None:
+                continue
+            rel = node.key[len(self.prefix) + 1:]
+            if rel == "initialize":
+                initialize = node.value or ""
+            elif rel == "leader":
+                leader = Leader(name=node.value, index=node.modifiedIndex or 0, ttl=node.ttl)
+            elif rel == "optime/leader":
+                try:
+                    leader_lsn = int(node.value)
+                except (TypeError, ValueError):
+                    leader_lsn = None
+            elif rel.startswith("members/"):
+                members.append(Member.from_json(rel[len("members/"):], node.value))
+        index = getattr(result, "etcd_index", 0) or 0
+        return Cluster(initialize=initialize, leader=leader, members=tuple(sorted(members, key=lambda m: m.name)),
+                       leader_lsn=leader_lsn, index=index)
+
+    def wait_for_leader_change(self, index: int, timeout: float) -> bool:
+        if timeout <= 0:
+            return False
+        client = self._client(self.cfg.hosts[self._current % len(self.cfg.hosts)])
+        try:
+            client.read(self._key("leader"), wait=True, waitIndex=index + 1, timeout=timeout)
+            return True
+        except etcd.EtcdWatchTimedOut:
+            return False
+        except etcd.EtcdEventIndexCleared:
+            return True
+        except (etcd.EtcdException, urllib3.exceptions.HTTPError, OSError) as exc:
+            # The caller re-reads on its next loop; do not spin on a dead endpoint.
+            log.debug("watch on leader key ended: %s", _short(exc))
+            time.sleep(min(timeout, 1.0))
+            return False
+
+    # ------------------------------------------------------------------ writes
+
+    def claim_initialize(self, value: str = "") -> bool:
+        def op(client: etcd.Client) -> bool:
+            try:
+                result = client.write(self._key("initialize"), value, prevExist=False)
+                self._claim_index = result.modifiedIndex
+                return True
+            except etcd.EtcdAlreadyExist:
+                return False
+
+        return self._call("claim of initialize", op)
+
+    def set_initialize(self, sysid: str) -> None:
+        # Compare on the index of our own claim: nobody else's value can be overwritten.
+        self._call("write of initialize",
+                   lambda c: c.write(self._key("initialize"), sysid, prevIndex=self._claim_index))
+
+    def cancel_initialize(self) -> None:
+        def op(client: etcd.Client) -> None:
+            try:
+                client.delete(self._key("initialize"), prevIndex=self._claim_index)
+            except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed):
+                pass
+
+        if self._claim_index is not None:
+            self._call("delete of initialize", op)
+
+    def acquire_leader(self, name: str) -> bool:
+        def op(client: etcd.Client) -> bool:
+            try:
+                client.write(self._key("leader"), name, ttl=self.cfg.ttl, prevExist=False)
+                return True
+            except etcd.EtcdAlreadyExist:
+                return False
+
+        return self._call("leader lock acquisition", op)
+
+    def renew_leader(self, name: str) -> bool:
+        def op(client: etcd.Client) -> bool:
+            try:
+                client.write(self._key("leader"), name, ttl=self.cfg.ttl, prevValue=name)
+                return True
+            except (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
+                return False
+
+        return self._call("leader lock renewal", op)
+
+    def release_leader(self, name: str) -> bool:
+        def op(client: etcd.Client) -> bool:
+            try:
+                client.delete(self._key("leader"), prevValue=name)
+                return True
+            except (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
+                return False
+
+        return self._call("leader lock release", op)
+
+    def touch_member(self, name: str, data: dict) -> None:
+        body = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        self._call("member update", lambda c: c.write(self._key("members", name), body, ttl=self.cfg.ttl))
+
+    def delete_member(self, name: str) -> None:
+        def op(client: etcd.Client) -> None:
+            try:
+                client.delete(self._key("members", name))
+            except etcd.EtcdKeyNotFound:
+                pass
+
+        self._call("member delete", op)
+
+    def write_leader_lsn(self, lsn: int) -> None:
+        self._call("leader position update", lambda c: c.write(self._key("optime", "leader"), str(lsn)))
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            try:
+                client.http.clear()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+        self._clients.clear()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]

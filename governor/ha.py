@@ -1,0 +1,170 @@
+"""The HA decision: a pure function of (DCS snapshot, local PostgreSQL state) -> one Decision.
+
+No I/O happens here. The daemon executes the returned actions in order; when one fails (a lost
+race, a failed compare-and-swap) the rest are skipped and the loop runs again at once.
+
+Cases, checked top to bottom (the first that matches wins):
+
+  case                          when                                          actions
+  ----------------------------  --------------------------------------------  ---------------------------
+  dcs_unreachable_demote        etcd unreachable, local server is a primary   demote (follow nobody)
+  dcs_unreachable               etcd unreachable otherwise                    -
+  data_dir_not_postgres         data_dir holds files that are not PostgreSQL  -  (never touched)
+  foreign_data_dir              system identifier differs from `initialize`  -  (never touched)
+  bootstrap_race                cluster not initialized, data_dir empty      bootstrap
+  initialize_from_existing      cluster not initialized, data_dir has data   claim_initialize
+  bootstrap_in_progress         another member is running initdb             -
+  clone_from_leader             data_dir empty, a leader is running          clone
+  wait_for_leader_to_clone      data_dir empty, no usable leader             -
+  start_lock_holder             stopped, this member holds the lock          start_as_leader
+  start_following_leader        stopped, another member holds the lock       start_as_replica
+  start_read_only               stopped, nobody holds the lock               start_as_replica
+  postgres_not_answering        running but not accepting queries            -
+  leader_renew                  holds the lock, running as primary           renew_lock, ensure_slots
+  lock_held_promote             holds the lock, running as replica           renew_lock, promote
+  demote_other_leader           primary, but another member holds the lock   demote
+  follow_leader                 replica, another member holds the lock       follow
+  race_not_eligible_nofailover  nobody holds the lock, tagged nofailover     follow (nobody)
+  race_not_eligible_lag         nobody holds the lock, lag > max             follow (nobody)
+  race_wait_for_better          nobody holds the lock, a healthier member    follow (nobody)
+  primary_reacquire             nobody holds the lock, running as primary    acquire_lock, ensure_slots
+  leader_race                   nobody holds the lock, eligible replica      acquire_lock, promote
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, Optional, Tuple
+
+from governor.cluster import Cluster
+
+EMPTY, POSTGRES, NOT_POSTGRES = "empty", "postgres", "invalid"
+
+
+class Action(str, Enum):
+    BOOTSTRAP = "bootstrap"
+    CLAIM_INITIALIZE = "claim_initialize"
+    CLONE = "clone"
+    START_AS_LEADER = "start_as_leader"
+    START_AS_REPLICA = "start_as_replica"
+    ACQUIRE_LOCK = "acquire_lock"
+    RENEW_LOCK = "renew_lock"
+    PROMOTE = "promote"
+    DEMOTE = "demote"
+    FOLLOW = "follow"
+    ENSURE_SLOTS = "ensure_slots"
+
+
+@dataclass(frozen=True)
+class LocalState:
+    """What the daemon observed of its own PostgreSQL this loop."""
+    name: str
+    data: str                       # EMPTY | POSTGRES | NOT_POSTGRES
+    sysid: Optional[str] = None
+    running: bool = False
+    role: Optional[str] = None      # "primary" | "replica" when running and answering queries
+    timeline: Optional[int] = None
+    lsn: Optional[int] = None
+    tags: Dict[str, Any] = field(default_factory=dict)
+    maximum_lag_on_failover: int = 1048576
+    data_dir: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    case: str
+    message: str
+    actions: Tuple[Action, ...] = ()
+    leader: Optional[str] = None    # the member to follow or clone from; None = nobody
+
+    @property
+    def summary(self) -> str:
+        return f"{self.case}: {self.message}"
+
+
+def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
+    me = local.name
+    if cluster is None:
+        if local.running and local.role == "primary":
+            return Decision("dcs_unreachable_demote",
+                            "etcd unreachable: demoting to a read-only standby before the lock can expire",
+                            (Action.DEMOTE,))
+        return Decision("dcs_unreachable", "etcd unreachable: no primary here, leaving PostgreSQL as it is")
+
+    if local.data == NOT_POSTGRES:
+        return Decision("data_dir_not_postgres",
+                        f"{local.data_dir} holds files but is not a PostgreSQL data directory; refusing to "
+                        "touch it: empty it or point postgresql.data_dir elsewhere")
+    if cluster.initialized and local.sysid and local.sysid != cluster.initialize:
+        return Decision("foreign_data_dir",
+                        f"{local.data_dir} belongs to another cluster (system identifier {local.sysid}, "
+                        f"cluster has {cluster.initialize}); leaving it untouched: move it away to let this "
+                        "member clone the leader")
+
+    if cluster.initialize is None:
+        if local.data == EMPTY:
+            return Decision("bootstrap_race", "cluster not initialized: racing to bootstrap it",
+                            (Action.BOOTSTRAP,))
+        return Decision("initialize_from_existing",
+                        f"cluster not initialized: offering this data directory (system identifier "
+                        f"{local.sysid}) as the cluster's", (Action.CLAIM_INITIALIZE,))
+    if not cluster.initialized:
+        return Decision("bootstrap_in_progress", "another member is bootstrapping the cluster; waiting")
+
+    leader = cluster.leader.name if cluster.leader else None
+    leader_member = cluster.leader_member
+    if local.data == EMPTY:
+        if leader and leader != me and leader_member and leader_member.conn_url \
+                and leader_member.role == "primary":
+            return Decision("clone_from_leader", f"data directory empty: cloning leader {leader}",
+                            (Action.CLONE,), leader=leader)
+        return Decision("wait_for_leader_to_clone", "data directory empty: waiting for a running leader to clone")
+
+    if not local.running:
+        if leader == me:
+            return Decision("start_lock_holder", "PostgreSQL stopped and this member holds the lock: starting it",
+                            (Action.START_AS_LEADER,))
+        if leader:
+            return Decision("start_following_leader", f"PostgreSQL stopped: starting it as a replica of {leader}",
+                            (Action.START_AS_REPLICA,), leader=leader)
+        return Decision("start_read_only", "PostgreSQL stopped and nobody holds the lock: starting it read-only",
+                        (Action.START_AS_REPLICA,))
+    if local.role is None:
+        return Decision("postgres_not_answering", "PostgreSQL is running but not accepting queries yet; waiting")
+
+    if leader == me:
+        if local.role == "primary":
+            return Decision("leader_renew", "holding the lock as primary", (Action.RENEW_LOCK, Action.ENSURE_SLOTS))
+        return Decision("lock_held_promote", "this member holds the lock but runs as a replica: promoting",
+                        (Action.RENEW_LOCK, Action.PROMOTE))
+    if leader:
+        if local.role == "primary":
+            return Decision("demote_other_leader", f"{leader} holds the lock: demoting and following it",
+                            (Action.DEMOTE,), leader=leader)
+        return Decision("follow_leader", f"following leader {leader}", (Action.FOLLOW,), leader=leader)
+
+    # Nobody holds the lock.
+    if local.role == "primary":
+        return Decision("primary_reacquire", "nobody holds the lock and this member is primary: taking it",
+                        (Action.ACQUIRE_LOCK, Action.ENSURE_SLOTS))
+    if local.tags.get("nofailover"):
+        return Decision("race_not_eligible_nofailover", "no leader; tagged nofailover, so not racing",
+                        (Action.FOLLOW,))
+    lag = (cluster.leader_lsn - local.lsn) if cluster.leader_lsn is not None and local.lsn is not None else 0
+    if lag > local.maximum_lag_on_failover:
+        return Decision("race_not_eligible_lag",
+                        f"no leader; lag {lag} bytes exceeds maximum_lag_on_failover "
+                        f"{local.maximum_lag_on_failover}: not racing, to avoid losing data", (Action.FOLLOW,))
+    others = [m for m in cluster.members if m.name != me]
+    better = [m for m in others
+              if m.state == "running" and m.role == "replica" and not m.tags.get("nofailover")
+              and m.lsn is not None and local.lsn is not None and m.lsn > local.lsn]
+    if better:
+        best = max(better, key=lambda m: m.lsn or 0)
+        return Decision("race_wait_for_better",
+                        f"no leader; {best.name} has received more WAL ({best.lsn} > {local.lsn}): letting it "
+                        "take over", (Action.FOLLOW,))
+    reachable = sum(1 for m in others if m.state == "running")
+    return Decision("leader_race",
+                    f"no leader: taking the lock and promoting (lag {lag} bytes, {reachable} of {len(others)} "
+                    "other members running)", (Action.ACQUIRE_LOCK, Action.PROMOTE))

@@ -1,0 +1,64 @@
+"""Creating a data directory: initdb for a new cluster, pg_basebackup for a new replica."""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+import time
+
+from governor.config import PostgresConfig
+from governor.postgres import datadir
+from governor.postgres.controller import child_environment
+
+log = logging.getLogger(__name__)
+
+
+class BootstrapError(Exception):
+    pass
+
+
+def _run(cmd: list, env: dict, timeout: float, what: str) -> None:
+    log.debug("running %s", " ".join(cmd))
+    try:
+        result = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise BootstrapError(f"{what} did not finish within {timeout:.0f}s") from exc
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise BootstrapError(f"{what} failed (exit code {result.returncode}): {' / '.join(detail[-3:])}")
+
+
+def initdb(cfg: PostgresConfig) -> None:
+    """Run initdb; the superuser password, if any, passes through a 0600 file, never argv."""
+    cmd = [os.path.join(cfg.bin_dir, "initdb"), "-D", cfg.data_dir, "-U", cfg.superuser.username,
+           "--auth-local=peer", "--auth-host=scram-sha-256", *cfg.initdb]
+    pwfile = None
+    try:
+        if cfg.superuser.password:
+            fd, pwfile = tempfile.mkstemp(prefix="governor-pw-", dir=os.path.dirname(cfg.data_dir))
+            with os.fdopen(fd, "w") as fh:
+                fh.write(cfg.superuser.password + "\n")
+            cmd.append(f"--pwfile={pwfile}")
+        _run(cmd, child_environment({"LC_ALL": os.environ.get("LC_ALL", "C.UTF-8")}), 300, "initdb")
+    finally:
+        if pwfile:
+            os.unlink(pwfile)
+    datadir.write_pg_hba(cfg)
+
+
+def basebackup(cfg: PostgresConfig, host: str, port: int, timeout: float = 3600) -> None:
+    """Clone the leader with pg_basebackup -X stream; the password comes from the passfile."""
+    datadir.write_pgpass(cfg)
+    cmd = [os.path.join(cfg.bin_dir, "pg_basebackup"), "-D", cfg.data_dir, "-X", "stream",
+           "-c", "fast", "-h", host, "-p", str(port), "-U", cfg.replication.username, "-w"]
+    env = child_environment({"PGPASSFILE": cfg.pgpass, "PGAPPNAME": cfg.name, "PGCONNECT_TIMEOUT": "5"})
+    _run(cmd, env, timeout, f"pg_basebackup from {host}:{port}")
+
+
+def move_aside(data_dir: str) -> str:
+    """Rename a data directory governor itself just created and failed to finish; never deletes."""
+    target = f"{data_dir}.failed-{time.strftime('%Y%m%d%H%M%S')}"
+    os.rename(data_dir, target)
+    return target

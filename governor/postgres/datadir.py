@@ -1,0 +1,179 @@
+"""The data directory on disk: what it holds, and the configuration files governor writes in it."""
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+from governor.config import PostgresConfig
+from governor.postgres.controller import child_environment
+
+EMPTY = "empty"            # missing or empty: may be bootstrapped or cloned into
+POSTGRES = "postgres"      # a PostgreSQL data directory
+NOT_POSTGRES = "invalid"   # holds files, but not a PostgreSQL data directory: never touched
+
+GOVERNOR_CONF_HEADER = "# Written by governor; set postgresql.parameters in /etc/governor/*.yml instead.\n"
+BASE_CONF = "postgresql.base.conf"
+
+# Settings governor needs for streaming replication and pg_rewind; user parameters override.
+REPLICATION_DEFAULTS: Dict[str, object] = {
+    "wal_level": "replica",
+    "wal_log_hints": "on",
+    "max_wal_senders": 10,
+    "max_replication_slots": 10,
+    "wal_keep_size": "128MB",
+    "hot_standby_feedback": "on",
+    "wal_receiver_status_interval": "1s",
+    "wal_retrieve_retry_interval": "1s",
+}
+
+
+@dataclass(frozen=True)
+class ControlData:
+    sysid: Optional[str]
+    state: Optional[str]        # "in production", "shut down", "shut down in recovery", ...
+    timeline: Optional[int]
+
+
+def classify(data_dir: str) -> str:
+    try:
+        entries = [e for e in os.listdir(data_dir) if e != "lost+found"]
+    except FileNotFoundError:
+        return EMPTY
+    if not entries:
+        return EMPTY
+    if os.path.exists(os.path.join(data_dir, "PG_VERSION")) and \
+            os.path.exists(os.path.join(data_dir, "global", "pg_control")):
+        return POSTGRES
+    return NOT_POSTGRES
+
+
+def read_controldata(bin_dir: str, data_dir: str) -> ControlData:
+    try:
+        out = subprocess.run([os.path.join(bin_dir, "pg_controldata"), "-D", data_dir],
+                             env=child_environment({"LC_ALL": "C", "LANG": "C"}), capture_output=True,
+                             text=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ControlData(None, None, None)
+    fields = {}
+    for line in out.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    timeline = fields.get("Latest checkpoint's TimeLineID")
+    return ControlData(
+        sysid=fields.get("Database system identifier"),
+        state=fields.get("Database cluster state"),
+        timeline=int(timeline) if timeline and timeline.isdigit() else None,
+    )
+
+
+def _quote(value: object) -> str:
+    if isinstance(value, bool):
+        value = "on" if value else "off"
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _conninfo_quote(value: object) -> str:
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def primary_conninfo(cfg: PostgresConfig, host: str, port: int) -> str:
+    """libpq connection string to the leader; the password stays in the passfile."""
+    parts = {
+        "host": host, "port": port, "user": cfg.replication.username, "passfile": cfg.pgpass,
+        "application_name": cfg.name, "sslmode": "prefer", "connect_timeout": 3,
+    }
+    return " ".join(f"{k}={_conninfo_quote(v)}" for k, v in parts.items())
+
+
+def write_postgresql_conf(cfg: PostgresConfig, standby_of: Optional[tuple] = None) -> bool:
+    """(Re)write postgresql.conf; returns True when its content changed.
+
+    initdb's own postgresql.conf is kept as postgresql.base.conf and included first. With
+    `standby_of` = (host, port) the standby settings point at that leader; with an empty tuple the
+    server is a standby that follows nobody yet.
+    """
+    path = os.path.join(cfg.data_dir, "postgresql.conf")
+    base = os.path.join(cfg.data_dir, BASE_CONF)
+    if not os.path.exists(base) and os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            first = fh.readline()
+        if first != GOVERNOR_CONF_HEADER:
+            os.rename(path, base)
+    settings: Dict[str, object] = {
+        "listen_addresses": cfg.listen_host if cfg.listen_host not in ("", "*") else "*",
+        "port": cfg.port,
+        "hot_standby": "on",
+    }
+    settings.update(REPLICATION_DEFAULTS)
+    settings.update(cfg.parameters)
+    if standby_of is not None:
+        if standby_of:
+            settings["primary_conninfo"] = primary_conninfo(cfg, standby_of[0], standby_of[1])
+            settings["primary_slot_name"] = cfg.slot_name
+        settings["recovery_target_timeline"] = "latest"
+        settings.update(cfg.recovery_conf)
+    lines = [GOVERNOR_CONF_HEADER, f"include_if_exists {_quote(BASE_CONF)}\n"]
+    lines += [f"{key} = {_quote(value)}\n" for key, value in settings.items()]
+    content = "".join(lines)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if fh.read() == content:
+                return False
+    except FileNotFoundError:
+        pass
+    _write_private(path, content)
+    return True
+
+
+def set_standby_signal(data_dir: str, standby: bool) -> None:
+    path = os.path.join(data_dir, "standby.signal")
+    if standby:
+        _write_private(path, "")
+    elif os.path.exists(path):
+        os.unlink(path)
+
+
+def is_standby(data_dir: str) -> bool:
+    return os.path.exists(os.path.join(data_dir, "standby.signal"))
+
+
+def write_pg_hba(cfg: PostgresConfig) -> None:
+    su, repl = cfg.superuser.username, cfg.replication.username
+    local_su = "scram-sha-256" if cfg.superuser.password else "peer"
+    rules = ["# Written by governor at bootstrap. Lines from postgresql.pg_hba come first.",
+             *cfg.pg_hba,
+             f"local   all          {su:<12} {'':<18} {local_su}",
+             f"local   all          all          {'':<18} peer",
+             f"host    replication  {repl:<12} 127.0.0.1/32       scram-sha-256",
+             f"host    replication  {repl:<12} ::1/128            scram-sha-256"]
+    for network in cfg.replication_network.split():
+        rules.append(f"host    replication  {repl:<12} {network:<18} scram-sha-256")
+    rules += [f"host    all          all          127.0.0.1/32       scram-sha-256",
+              f"host    all          all          ::1/128            scram-sha-256"]
+    for network in cfg.replication_network.split():
+        rules.append(f"host    all          all          {network:<18} scram-sha-256")
+    _write_private(os.path.join(cfg.data_dir, "pg_hba.conf"), "\n".join(rules) + "\n")
+
+
+def _pgpass_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def write_pgpass(cfg: PostgresConfig) -> None:
+    """The passfile libpq uses to reach any leader as the replication user (mode 0600)."""
+    user = _pgpass_escape(cfg.replication.username)
+    password = _pgpass_escape(cfg.replication.password or "")
+    _write_private(cfg.pgpass, f"*:*:*:{user}:{password}\n")
+
+
+def _write_private(path: str, content: str) -> None:
+    tmp = f"{path}.tmp-governor"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(content)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

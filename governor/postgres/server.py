@@ -1,0 +1,123 @@
+"""SQL access to the local PostgreSQL over its Unix socket, with one cached connection."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import os
+from dataclasses import dataclass
+from typing import Iterable, List, Optional
+
+import psycopg2
+import psycopg2.extensions
+
+from governor.config import PostgresConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerState:
+    role: str                    # "primary" or "replica"
+    sysid: str
+    timeline: Optional[int]
+    lsn: Optional[int]           # primary: current WAL insert position; replica: received
+    replay_lsn: Optional[int]
+    receiving_from: Optional[str]  # replica: "host:port" of its upstream, when streaming
+
+
+class Server:
+    def __init__(self, cfg: PostgresConfig):
+        self.cfg = cfg
+        self._conn: Optional[psycopg2.extensions.connection] = None
+
+    def connect(self) -> psycopg2.extensions.connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg2.connect(
+                host=self.cfg.socket_dir, port=self.cfg.port, dbname="postgres",
+                user=self.cfg.superuser.username, password=self.cfg.superuser.password,
+                connect_timeout=3, application_name="governor",
+                options="-c statement_timeout=10000")
+            self._conn.autocommit = True
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg2.Error:
+                pass
+            self._conn = None
+
+    def query(self, sql: str, params: Iterable = ()) -> List[tuple]:
+        try:
+            with self.connect().cursor() as cur:
+                cur.execute(sql, tuple(params))
+                return cur.fetchall() if cur.description else []
+        except psycopg2.Error:
+            self.close()
+            raise
+
+    def state(self) -> ServerState:
+        """One round trip: role, positions and upstream."""
+        row = self.query("""
+            SELECT pg_is_in_recovery(),
+                   (SELECT system_identifier::text FROM pg_control_system()),
+                   CASE WHEN pg_is_in_recovery() THEN NULL
+                        ELSE pg_current_wal_lsn() - '0/0' END,
+                   pg_last_wal_receive_lsn() - '0/0',
+                   pg_last_wal_replay_lsn() - '0/0',
+                   CASE WHEN pg_is_in_recovery()
+                        THEN (SELECT received_tli FROM pg_stat_get_wal_receiver())
+                        ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+                   END,
+                   (SELECT sender_host || ':' || sender_port FROM pg_stat_get_wal_receiver()
+                     WHERE status = 'streaming'),
+                   (SELECT timeline_id FROM pg_control_checkpoint())
+        """)[0]
+        in_recovery, sysid, current, received, replayed, tli, upstream, checkpoint_tli = row
+        if in_recovery:
+            lsn = max(int(received or 0), int(replayed or 0)) or None
+            return ServerState("replica", sysid, tli or checkpoint_tli, lsn,
+                               int(replayed) if replayed is not None else None, upstream)
+        return ServerState("primary", sysid, tli, int(current), None, None)
+
+    def promote(self, timeout: int = 60) -> bool:
+        return bool(self.query("SELECT pg_promote(true, %s)", (timeout,))[0][0])
+
+    def replication_slots(self) -> List[str]:
+        return [r[0] for r in self.query("SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'physical'")]
+
+    def create_physical_slot(self, name: str) -> None:
+        self.query("SELECT pg_create_physical_replication_slot(%s, true)", (name,))
+
+    def create_role(self, name: str, password: Optional[str], replication: bool = False) -> None:
+        """Create or update a login role; the password goes over the wire as a SCRAM verifier only,
+        so it can appear in no server log."""
+        exists = self.query("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
+        verb = "ALTER" if exists else "CREATE"
+        sql = f"{verb} ROLE {quote_ident(name)} WITH LOGIN{' REPLICATION' if replication else ''}"
+        params: tuple = ()
+        if password:
+            sql += " PASSWORD %s"
+            params = (scram_verifier(password),)
+        self.query(sql, params)
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def scram_verifier(password: str, iterations: int = 4096, salt: Optional[bytes] = None) -> str:
+    """The SCRAM-SHA-256 secret PostgreSQL stores (RFC 5803 format)."""
+    salt = salt if salt is not None else os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode("ascii")
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
