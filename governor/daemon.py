@@ -77,7 +77,7 @@ class Governor:
         self.once = OnChange()
         self.cluster: Optional[Cluster] = None
         self.holds_lock = False
-        self.state = "starting"
+        self.activity: Optional[str] = None  # "bootstrapping" / "creating replica" while it runs
         self.last_decision: Optional[Decision] = None
         self._sysid_cache: Optional[tuple] = None
         self._published_lsn: Optional[int] = None
@@ -145,6 +145,8 @@ class Governor:
             except (ControllerError, bootstrap.BootstrapError, DCSError, psycopg2.Error, OSError) as exc:
                 self.once("action", f"{action.value} failed: {str(exc).strip()}", logging.ERROR)
                 return False
+            finally:
+                self.activity = None
         self.once("action", None)
         return True
 
@@ -152,7 +154,7 @@ class Governor:
         if not self.dcs.claim_initialize(""):
             raise ActionFailed("another member won the bootstrap race")
         log.info("bootstrap: won the race; running initdb in %s", self.pg.data_dir)
-        self.state = "bootstrapping"
+        self.activity = "bootstrapping"
         created = False
         try:
             bootstrap.initdb(self.pg)
@@ -198,7 +200,7 @@ class Governor:
         address = self.leader_address(decision.leader)
         if address is None:
             raise ActionFailed(f"leader {decision.leader} has published no address")
-        self.state = "creating replica"
+        self.activity = "creating replica"
         self.publish(local)
         log.info("cloning %s from %s:%s with pg_basebackup", self.pg.data_dir, *address)
         bootstrap.basebackup(self.pg, *address)
@@ -210,9 +212,7 @@ class Governor:
         datadir.write_pgpass(self.pg)
         datadir.write_postgresql_conf(self.pg, standby_of=standby_of)
         datadir.set_standby_signal(self.pg.data_dir, standby_of is not None)
-        self.state = "starting"
         self.controller.start(self.pg.start_timeout)
-        self.state = "running"
 
     def do_start_as_leader(self, decision: Decision, local: LocalState) -> None:
         # A replica data directory starts as a standby; the next loop promotes it under the lock.
@@ -280,7 +280,7 @@ class Governor:
             role = "uninitialized"
         else:
             role = local.role or ("stopped" if not local.running else "unknown")
-        state = self.state if self.state in ("creating replica", "bootstrapping") else \
+        state = self.activity or \
             ("running" if local.running and local.role else ("starting" if local.running else "stopped"))
         return {"role": role, "state": state, "conn_url": self.pg.conn_url, "api_url": None,
                 "timeline": local.timeline, "lsn": local.lsn, "tags": self.config.tags,

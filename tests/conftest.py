@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests import harness  # noqa: E402
+
+_scope_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def base_dir(request):
+    path = harness.new_base_dir()
+    yield path
+    harness.stop_all_processes()
+    leftovers = subprocess.run(["pgrep", "-f", path], capture_output=True, text=True).stdout.split()
+    if getattr(request.config, "_governor_failed", False):
+        print(f"\nkept test files for inspection: {path}")
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+    assert not leftovers, f"processes left behind: {leftovers}"
+
+
+@pytest.fixture(scope="session")
+def src_dir(base_dir):
+    return harness.make_source_copy(base_dir)
+
+
+@pytest.fixture(scope="session")
+def etcd(base_dir):
+    server = harness.Etcd(base_dir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_cluster(etcd, base_dir, src_dir, request):
+    """Factory for clusters with a fresh scope; every node is stopped at the end of the test."""
+    made = []
+
+    def make(prefix: str = "c") -> harness.TestCluster:
+        scope = f"{prefix}{next(_scope_numbers)}-{os.getpid()}"
+        cluster = harness.TestCluster(etcd, base_dir, src_dir, scope)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    failed = request.node.rep_call.failed if hasattr(request.node, "rep_call") else False
+    for cluster in made:
+        if failed:
+            for node in cluster.nodes.values():
+                print(f"\n----- governor log of {node.name} -----\n{node.log_text()[-4000:]}")
+        cluster.teardown()
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item, so fixtures can print logs of a failed test."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+    if report.when == "call" and report.failed:
+        item.session.config._governor_failed = True

@@ -1,0 +1,334 @@
+"""Real etcd, PostgreSQL and governor processes for tests, on loopback, as the postgres user.
+
+Every process is started here and stopped by its PID at the end of the session. PostgreSQL refuses
+to run as root, so governor (and the postmasters it starts) run as the unprivileged `postgres`
+system user, from a copy of the package in a directory that user can read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from typing import Callable, Dict, List, Optional
+
+import psycopg2
+import yaml
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = "/usr/bin/python3"   # Debian's python3 with python3-psycopg2, python3-etcd, ... from apt
+PG_BIN = "/usr/lib/postgresql/15/bin"
+RUN_AS = "postgres"
+SUPERUSER_PASSWORD = "test-super-Secret-1"
+REPLICATION_PASSWORD = "test-repl-Secret-2"
+
+_processes: List[subprocess.Popen] = []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    last_exc: Optional[BaseException] = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - keep polling, report the last error
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                         + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+def process_gone(pid: int) -> bool:
+    """True when `pid` has exited (a zombie waiting to be reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def chown_to_runner(path: str) -> None:
+    pw = pwd.getpwnam(RUN_AS)
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+def stop_all_processes() -> None:
+    for proc in _processes:
+        if proc.poll() is None:
+            try:
+                proc.kill()
+                proc.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+    _processes.clear()
+
+
+def stop_postmaster(data_dir: str) -> None:
+    """Immediate stop of a postmaster left running in `data_dir`, by its PID."""
+    try:
+        with open(os.path.join(data_dir, "postmaster.pid")) as fh:
+            pid = int(fh.readline())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGQUIT)
+    except ProcessLookupError:
+        return
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class Etcd:
+    def __init__(self, base_dir: str):
+        self.dir = os.path.join(base_dir, "etcd")
+        self.port = free_port()
+        self.peer_port = free_port()
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "Etcd":
+        os.makedirs(self.dir, exist_ok=True)
+        url, peer = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.peer_port}"
+        self.log = open(os.path.join(self.dir, "etcd.log"), "ab")
+        self.proc = subprocess.Popen(
+            ["etcd", "--name", "test", "--data-dir", os.path.join(self.dir, "data"), "--enable-v2=true",
+             "--listen-client-urls", url, "--advertise-client-urls", url,
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"test={peer}"],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        _processes.append(self.proc)
+        wait_until(self.healthy, 30, "etcd to answer")
+        return self
+
+    def healthy(self) -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/keys/", timeout=1) as resp:
+            return resp.status == 200
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(20)
+
+    def get(self, key: str) -> Optional[dict]:
+        """The v2 node at /v2/keys<key>, or None."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/keys{key}?recursive=true",
+                                        timeout=3) as resp:
+                return json.load(resp)["node"]
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def dump(self, prefix: str = "/") -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/keys{prefix}?recursive=true",
+                                    timeout=3) as resp:
+            return resp.read().decode()
+
+
+class Node:
+    def __init__(self, cluster: "TestCluster", name: str, extra: Optional[dict] = None):
+        self.cluster = cluster
+        self.name = name
+        self.port = free_port()
+        self.dir = os.path.join(cluster.base_dir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        chown_to_runner(self.dir)
+        self.data_dir = os.path.join(self.dir, "data")
+        self.config_path = os.path.join(self.dir, "governor.yml")
+        self.log_path = os.path.join(self.dir, "governor.log")
+        self.pg_log = os.path.join(self.dir, "postgresql.log")
+        self.proc: Optional[subprocess.Popen] = None
+        self.config = {
+            "loop_wait": 1,
+            "retry_timeout": 3,
+            "etcd": {"scope": cluster.scope, "ttl": 10, "host": cluster.etcd.endpoint},
+            "postgresql": {
+                "name": name,
+                "listen": f"127.0.0.1:{self.port}",
+                "data_dir": self.data_dir,
+                "bin_dir": PG_BIN,
+                "log_file": self.pg_log,
+                "replication": {"username": "replicator", "password": REPLICATION_PASSWORD,
+                                "network": "127.0.0.1/32"},
+                "superuser": {"username": "postgres", "password": SUPERUSER_PASSWORD},
+                "parameters": {"unix_socket_directories": self.dir, "shared_buffers": "16MB",
+                               "max_connections": 30},
+            },
+        }
+        if extra:
+            _deep_update(self.config, extra)
+        self.write_config()
+
+    def write_config(self) -> None:
+        with open(self.config_path, "w") as fh:
+            yaml.safe_dump(self.config, fh)
+        os.chmod(self.config_path, 0o600)
+        chown_to_runner(self.config_path)
+
+    def start(self) -> "Node":
+        pw = pwd.getpwnam(RUN_AS)
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": self.cluster.src_dir, "HOME": self.dir, "LANG": "C.UTF-8"}
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([PYTHON, "-m", "governor", self.config_path], stdout=log,
+                                     stderr=subprocess.STDOUT, env=env, cwd=self.dir, user=pw.pw_uid,
+                                     group=pw.pw_gid, extra_groups=[], start_new_session=True)
+        _processes.append(self.proc)
+        return self
+
+    def signal(self, sig: int) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM governor and wait for it to exit."""
+        self.signal(signal.SIGTERM)
+        return self.proc.wait(timeout) if self.proc else 0
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        if self.proc:
+            self.proc.wait(10)
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return ""
+
+    def postmaster_pid(self) -> Optional[int]:
+        try:
+            with open(os.path.join(self.data_dir, "postmaster.pid")) as fh:
+                pid = int(fh.readline())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+    def connect(self, timeout: float = 3):
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
+                                password=SUPERUSER_PASSWORD, connect_timeout=timeout)
+        conn.autocommit = True
+        return conn
+
+    def sql(self, query: str, params: tuple = ()) -> list:
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(query, params)
+                return cur.fetchall() if cur.description else []
+        finally:
+            conn.close()
+
+    def role(self) -> Optional[str]:
+        """'primary' / 'replica' as PostgreSQL itself reports, None when unreachable."""
+        try:
+            return "replica" if self.sql("SELECT pg_is_in_recovery()")[0][0] else "primary"
+        except psycopg2.Error:
+            return None
+
+    def is_streaming(self) -> bool:
+        try:
+            rows = self.sql("SELECT status FROM pg_stat_wal_receiver")
+        except psycopg2.Error:
+            return False
+        return bool(rows) and rows[0][0] == "streaming"
+
+    def member(self) -> Optional[dict]:
+        node = self.cluster.etcd.get(f"/service/{self.cluster.scope}/members/{self.name}")
+        return json.loads(node["value"]) if node else None
+
+
+class TestCluster:
+    def __init__(self, etcd: Etcd, base_dir: str, src_dir: str, scope: str):
+        self.etcd = etcd
+        self.base_dir = os.path.join(base_dir, scope)
+        os.makedirs(self.base_dir, exist_ok=True)
+        chown_to_runner(self.base_dir)
+        self.src_dir = src_dir
+        self.scope = scope
+        self.nodes: Dict[str, Node] = {}
+
+    def add(self, name: str, start: bool = True, extra: Optional[dict] = None) -> Node:
+        node = Node(self, name, extra)
+        self.nodes[name] = node
+        if start:
+            node.start()
+        return node
+
+    def leader_name(self) -> Optional[str]:
+        node = self.etcd.get(f"/service/{self.scope}/leader")
+        return node["value"] if node else None
+
+    def primaries(self) -> List[Node]:
+        return [n for n in self.nodes.values() if n.postmaster_pid() and n.role() == "primary"]
+
+    def wait_for_primary(self, timeout: float = 60) -> Node:
+        def one() -> Optional[Node]:
+            name = self.leader_name()
+            node = self.nodes.get(name) if name else None
+            return node if node and node.role() == "primary" else None
+
+        return wait_until(one, timeout, f"a primary holding the lock in {self.scope}")
+
+    def wait_for_streaming(self, names: List[str], timeout: float = 60) -> None:
+        wait_until(lambda: all(self.nodes[n].is_streaming() for n in names), timeout,
+                   f"{', '.join(names)} to stream")
+
+    def teardown(self) -> None:
+        for node in self.nodes.values():
+            if node.proc and node.proc.poll() is None:
+                node.kill()
+            stop_postmaster(node.data_dir)
+
+
+def make_source_copy(base_dir: str) -> str:
+    """Copy the package where the postgres user can read it."""
+    src = os.path.join(base_dir, "src")
+    shutil.copytree(os.path.join(REPO, "governor"), os.path.join(src, "governor"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for root, dirs, files in os.walk(src):
+        os.chmod(root, 0o755)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o644)
+    return src
+
+
+def new_base_dir() -> str:
+    base = tempfile.mkdtemp(prefix="governor-test-")
+    os.chmod(base, 0o755)
+    return base
+
+
+def _deep_update(base: dict, extra: dict) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
