@@ -5,7 +5,8 @@ import argparse
 import sys
 from typing import List, Optional
 
-from governor import __version__, config as config_mod
+from governor import __version__
+from governor import config as config_mod
 from governor import log as log_mod
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2

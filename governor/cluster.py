@@ -19,7 +19,7 @@ class Member:
     tags: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, name: str, text: str) -> "Member":
+    def from_json(cls, name: str, text: str) -> Member:
         try:
             data = json.loads(text)
         except (TypeError, ValueError):

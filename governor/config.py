@@ -302,6 +302,11 @@ def parse_host_port(text: str, default_port: Optional[int] = None) -> Optional[T
         host, port_text = text.split(":")
     else:
         host, port_text = text, ""
+        if ":" in host:
+            try:
+                ipaddress.IPv6Address(host)  # a bare IPv6 address, no port
+            except ValueError:
+                return None
     if not port_text:
         if default_port is None:
             return None

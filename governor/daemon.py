@@ -14,7 +14,7 @@ from governor import __version__
 from governor.cluster import Cluster, parse_conn_url
 from governor.config import Config, slot_name_for
 from governor.dcs import DCS, DCSError, from_config
-from governor.ha import Action, Decision, LocalState, decide
+from governor.ha import Decision, LocalState, decide
 from governor.postgres import bootstrap, datadir
 from governor.postgres.controller import ControllerError, PgCtl, ProcessController
 from governor.postgres.server import Server
@@ -81,7 +81,7 @@ class Governor:
         self.last_decision: Optional[Decision] = None
         self._sysid_cache: Optional[tuple] = None
         self._published_lsn: Optional[int] = None
-        self.on_loop_done: Optional[Callable[["Governor"], None]] = None
+        self.on_loop_done: Optional[Callable[[Governor], None]] = None
 
     # ------------------------------------------------------------------ observe
 

@@ -150,7 +150,8 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
     if local.tags.get("nofailover"):
         return Decision("race_not_eligible_nofailover", "no leader; tagged nofailover, so not racing",
                         (Action.FOLLOW,))
-    lag = (cluster.leader_lsn - local.lsn) if cluster.leader_lsn is not None and local.lsn is not None else 0
+    known = cluster.leader_lsn is not None and local.lsn is not None
+    lag = max(0, cluster.leader_lsn - local.lsn) if known else 0
     if lag > local.maximum_lag_on_failover:
         return Decision("race_not_eligible_lag",
                         f"no leader; lag {lag} bytes exceeds maximum_lag_on_failover "

@@ -111,7 +111,7 @@ class Etcd:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "Etcd":
+    def start(self) -> Etcd:
         os.makedirs(self.dir, exist_ok=True)
         url, peer = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.peer_port}"
         self.log = open(os.path.join(self.dir, "etcd.log"), "ab")
@@ -152,7 +152,7 @@ class Etcd:
 
 
 class Node:
-    def __init__(self, cluster: "TestCluster", name: str, extra: Optional[dict] = None):
+    def __init__(self, cluster: TestCluster, name: str, extra: Optional[dict] = None):
         self.cluster = cluster
         self.name = name
         self.port = free_port()
@@ -191,7 +191,7 @@ class Node:
         os.chmod(self.config_path, 0o600)
         chown_to_runner(self.config_path)
 
-    def start(self) -> "Node":
+    def start(self) -> Node:
         pw = pwd.getpwnam(RUN_AS)
         env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": self.cluster.src_dir, "HOME": self.dir, "LANG": "C.UTF-8"}
         log = open(self.log_path, "ab")
@@ -313,7 +313,7 @@ def make_source_copy(base_dir: str) -> str:
     src = os.path.join(base_dir, "src")
     shutil.copytree(os.path.join(REPO, "governor"), os.path.join(src, "governor"),
                     ignore=shutil.ignore_patterns("__pycache__"))
-    for root, dirs, files in os.walk(src):
+    for root, _dirs, files in os.walk(src):
         os.chmod(root, 0o755)
         for f in files:
             os.chmod(os.path.join(root, f), 0o644)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.harness import PG_BIN, REPLICATION_PASSWORD, SUPERUSER_PASSWORD, RUN_AS, process_gone, wait_until
+from tests.harness import PG_BIN, REPLICATION_PASSWORD, RUN_AS, SUPERUSER_PASSWORD, process_gone, wait_until
 
 pytestmark = pytest.mark.integration
 

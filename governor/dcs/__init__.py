@@ -6,7 +6,6 @@ raises DCSError when the store cannot be reached within the retry budget.
 from __future__ import annotations
 
 import abc
-from typing import Optional
 
 from governor.cluster import Cluster
 
@@ -60,7 +59,7 @@ class DCS(abc.ABC):
     def wait_for_leader_change(self, index: int, timeout: float) -> bool:
         """Block until the leader key changes after `index` or `timeout` passes; True on change."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most adapters hold nothing to close
         """Release connections."""
 
     def describe(self) -> str:
@@ -72,5 +71,3 @@ def from_config(config) -> DCS:
 
     return Etcd2(config.etcd, retry_timeout=config.retry_timeout)
 
-
-__all__ = ["DCS", "DCSError", "from_config", "Optional"]

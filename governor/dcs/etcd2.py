@@ -49,6 +49,9 @@ class Etcd2(DCS):
                                  read_timeout=self.request_timeout, cert=cert, ca_cert=self.cfg.cacert,
                                  username=self.cfg.username, password=self.cfg.password,
                                  allow_reconnect=False)
+            # urllib3 retries a timed-out request three times by default, which would multiply
+            # the time budget; governor moves to the next endpoint itself.
+            client.http.connection_pool_kw["retries"] = urllib3.util.Retry(total=0, redirect=0)
             self._clients[endpoint] = client
         return client
 

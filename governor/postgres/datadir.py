@@ -151,8 +151,8 @@ def write_pg_hba(cfg: PostgresConfig) -> None:
              f"host    replication  {repl:<12} ::1/128            scram-sha-256"]
     for network in cfg.replication_network.split():
         rules.append(f"host    replication  {repl:<12} {network:<18} scram-sha-256")
-    rules += [f"host    all          all          127.0.0.1/32       scram-sha-256",
-              f"host    all          all          ::1/128            scram-sha-256"]
+    rules += ["host    all          all          127.0.0.1/32       scram-sha-256",
+              "host    all          all          ::1/128            scram-sha-256"]
     for network in cfg.replication_network.split():
         rules.append(f"host    all          all          {network:<18} scram-sha-256")
     _write_private(os.path.join(cfg.data_dir, "pg_hba.conf"), "\n".join(rules) + "\n")

@@ -1,0 +1,213 @@
+"""Configuration loading and validation: every problem named with file, key and expectation."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from governor import config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+def write(path, data) -> str:
+    with open(path, "w") as fh:
+        fh.write(data if isinstance(data, str) else yaml.safe_dump(data))
+    return str(path)
+
+
+def minimal(tmp_path) -> dict:
+    return {
+        "etcd": {"scope": "demo", "host": "127.0.0.1:2379"},
+        "postgresql": {"name": "node1", "listen": "127.0.0.1:5432", "data_dir": str(tmp_path / "data"),
+                       "bin_dir": PG_BIN, "replication": {"password": "secret"}},
+    }
+
+
+def problems(path) -> list:
+    with pytest.raises(config.ConfigError) as info:
+        config.load(path)
+    return info.value.problems
+
+
+def test_minimal_config_gets_sane_defaults(tmp_path):
+    cfg = config.load(write(tmp_path / "g.yml", minimal(tmp_path)))
+    assert (cfg.loop_wait, cfg.retry_timeout, cfg.etcd.ttl) == (10, 10, 30)
+    assert cfg.etcd.hosts == (("127.0.0.1", 2379),)
+    pg = cfg.postgresql
+    assert pg.replication.username == "replicator"
+    assert pg.superuser.username == "postgres"
+    assert pg.maximum_lag_on_failover == 1048576
+    assert "--data-checksums" in pg.initdb
+    assert pg.connect_host == "127.0.0.1" and pg.port == 5432
+    assert pg.conn_url == "postgres://127.0.0.1:5432/postgres"
+
+
+def test_original_governor_keys_are_accepted(tmp_path):
+    raw = minimal(tmp_path)
+    raw["loop_wait"] = 10
+    raw["etcd"]["ttl"] = 30
+    raw["postgresql"].update({
+        "maximum_lag_on_failover": 1048576,
+        "replication": {"username": "replicator", "password": "rep-pass", "network": "127.0.0.1/32"},
+        "recovery_conf": {"restore_command": "cp ../wal_archive/%f %p"},
+        "parameters": {"archive_mode": "on", "wal_level": "hot_standby", "max_wal_senders": 5},
+    })
+    cfg = config.load(write(tmp_path / "postgres0.yml", raw))
+    assert cfg.postgresql.recovery_conf == {"restore_command": "cp ../wal_archive/%f %p"}
+    assert cfg.postgresql.parameters["max_wal_senders"] == 5
+
+
+def test_passwords_stay_out_of_repr(tmp_path):
+    raw = minimal(tmp_path)
+    raw["etcd"].update({"username": "gov", "password": "etcd-pw"})
+    raw["postgresql"]["superuser"] = {"password": "su-pw"}
+    cfg = config.load(write(tmp_path / "g.yml", raw))
+    text = repr(cfg)
+    for secret in ("etcd-pw", "su-pw", "secret"):
+        assert secret not in text
+
+
+def test_directory_merges_files_in_name_order(tmp_path):
+    base = minimal(tmp_path)
+    write(tmp_path / "00-base.yml", base)
+    write(tmp_path / "10-node.yml", {"postgresql": {"name": "node2", "listen": "127.0.0.1:5433"},
+                                      "etcd": {"host": ["10.0.0.1:2379", "10.0.0.2"]}})
+    write(tmp_path / "notes.txt", "ignored: [")
+    cfg = config.load(str(tmp_path))
+    assert cfg.postgresql.name == "node2"
+    assert cfg.postgresql.port == 5433
+    assert cfg.postgresql.replication.password == "secret"  # merged, not replaced
+    assert cfg.etcd.hosts == (("10.0.0.1", 2379), ("10.0.0.2", 2379))
+
+
+def test_every_problem_is_reported_with_file_and_key(tmp_path):
+    base = minimal(tmp_path)
+    base["loop_wait"] = "ten"
+    base["retry_timout"] = 5
+    base["etcd"]["ttl"] = 2.5
+    base["postgresql"]["data_dir"] = "/nonexistent/parent/data"
+    base["postgresql"]["maximum_lag_on_failover"] = "lots"
+    base["postgresql"]["replication"]["network"] = "not-a-net"
+    base["postgresql"]["parameters"] = {"port": 5433}
+    base["postgresql"]["recovery_conf"] = {"primary_conninfo": "host=x"}
+    path = write(tmp_path / "bad.yml", base)
+    found = problems(path)
+    expected = {
+        "loop_wait": "expected a number of seconds, got a string 'ten'",
+        "retry_timout": "unknown setting",
+        "etcd.ttl": "expected an integer",
+        "postgresql.data_dir": "the parent directory /nonexistent/parent does not exist",
+        "postgresql.maximum_lag_on_failover": "expected a size in bytes",
+        "postgresql.replication.network": "expected a network",
+        "postgresql.parameters.port": "set by governor from postgresql.listen",
+        "postgresql.recovery_conf.primary_conninfo": "not allowed",
+    }
+    for key, message in expected.items():
+        assert any(p.startswith(f"{path}: {key}: ") and message in p for p in found), (key, found)
+    assert len(found) == len(expected), found
+
+
+def test_timing_rule_is_enforced(tmp_path):
+    raw = minimal(tmp_path)
+    raw.update({"loop_wait": 10, "retry_timeout": 10})
+    raw["etcd"]["ttl"] = 25
+    found = problems(write(tmp_path / "g.yml", raw))
+    assert len(found) == 1
+    assert "etcd.ttl: expected loop_wait + 2 * retry_timeout <= ttl" in found[0]
+
+
+def test_problem_names_the_file_that_set_the_key(tmp_path):
+    write(tmp_path / "00-base.yml", minimal(tmp_path))
+    bad = write(tmp_path / "20-override.yml", {"postgresql": {"listen": "0.0.0.0:99999"}})
+    found = problems(str(tmp_path))
+    assert found == [f"{bad}: postgresql.listen: expected 'host:port' such as 0.0.0.0:5432, got '0.0.0.0:99999'"]
+
+
+def test_wildcard_listen_needs_connect_address(tmp_path):
+    raw = minimal(tmp_path)
+    raw["postgresql"]["listen"] = "0.0.0.0:5432"
+    found = problems(write(tmp_path / "g.yml", raw))
+    assert len(found) == 1 and "postgresql.connect_address: required when postgresql.listen is a wildcard" in found[0]
+    raw["postgresql"]["connect_address"] = "10.0.0.5:5432"
+    cfg = config.load(write(tmp_path / "g.yml", raw))
+    assert cfg.postgresql.conn_url == "postgres://10.0.0.5:5432/postgres"
+
+
+def test_missing_required_keys(tmp_path):
+    path = write(tmp_path / "g.yml", {"etcd": {}, "postgresql": {}})
+    found = problems(path)
+    for key in ("etcd.scope", "postgresql.name", "postgresql.data_dir", "postgresql.replication.password"):
+        assert any(p.startswith(f"{path}: {key}: required") for p in found), (key, found)
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    path = write(tmp_path / "g.yml", "etcd:\n  scope: [unclosed\n")
+    found = problems(path)
+    assert len(found) == 1 and found[0].startswith(f"{path}: not valid YAML (line")
+
+
+def test_wrong_shapes(tmp_path):
+    raw = minimal(tmp_path)
+    raw["etcd"]["host"] = ["127.0.0.1:2379", "bad:port:x"]
+    raw["postgresql"]["name"] = "node/1"
+    raw["postgresql"]["initdb"] = "data-checksums"
+    raw["tags"] = {"nofailover": "yes"}
+    path = write(tmp_path / "g.yml", raw)
+    found = problems(path)
+    assert any("etcd.host: expected 'host:port', got 'bad:port:x'" in p for p in found)
+    assert any("postgresql.name: expected letters" in p for p in found)
+    assert any("postgresql.initdb: expected a list of initdb options" in p for p in found)
+    assert any("tags.nofailover: expected true or false" in p for p in found)
+    assert len(found) == 4
+
+
+def test_sizes():
+    assert config.parse_size("16MB") == 16 * 1024 * 1024
+    assert config.parse_size(1024) == 1024
+    assert config.parse_size("1 GB") == 1024**3
+    assert config.parse_size("-5") is None
+    assert config.parse_size("lots") is None
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "governor", *args], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": REPO})
+
+
+def test_validate_config_cli_exit_codes(tmp_path):
+    good = write(tmp_path / "good.yml", minimal(tmp_path))
+    result = run_cli("--validate-config", good)
+    assert result.returncode == 0, result.stderr
+    assert "configuration is valid" in result.stdout
+
+    raw = minimal(tmp_path)
+    raw["loop_wait"] = -1
+    raw["bogus"] = True
+    bad = write(tmp_path / "bad.yml", raw)
+    result = run_cli("--validate-config", bad)
+    assert result.returncode == 2
+    assert f"{bad}: loop_wait: expected a value greater than 0" in result.stderr
+    assert f"{bad}: bogus: unknown setting" in result.stderr
+    assert "2 problems" in result.stderr
+
+
+def test_daemon_refuses_to_start_on_bad_config(tmp_path):
+    raw = minimal(tmp_path)
+    raw["etcd"]["ttl"] = "soon"
+    result = run_cli(write(tmp_path / "bad.yml", raw))
+    assert result.returncode == 2
+    assert "etcd.ttl: expected an integer" in result.stderr
+    assert not (tmp_path / "data").exists(), "nothing was started or created"
+
+
+def test_shipped_example_is_valid(tmp_path):
+    raw, origin = config.read_raw(os.path.join(REPO, "etc", "governor", "governor.yml"))
+    raw["postgresql"]["data_dir"] = str(tmp_path / "data")  # the example's parent exists only once installed
+    raw["postgresql"]["bin_dir"] = PG_BIN
+    cfg = config.validate(raw, origin, "governor.yml")
+    assert cfg.etcd.scope and cfg.postgresql.name

@@ -1,0 +1,103 @@
+"""The decision table: one named case per row, every case covered."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from governor import ha
+from governor.cluster import Cluster, Leader, Member
+from governor.ha import Action as A
+
+SYSID = "7000000000000000001"
+ME = "node1"
+
+
+def member(name, role="replica", state="running", lsn=100, **tags):
+    return Member(name=name, role=role, state=state, conn_url=f"postgres://127.0.0.1:5432/{name}", lsn=lsn,
+                  tags=tags)
+
+
+def cluster(leader=None, initialize=SYSID, members=(), leader_lsn=None):
+    return Cluster(initialize=initialize, leader=Leader(leader) if leader else None, members=tuple(members),
+                   leader_lsn=leader_lsn)
+
+
+def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, **tags):
+    return ha.LocalState(name=ME, data=data, sysid=sysid if data == ha.POSTGRES else None, running=running,
+                         role=role if running else None, lsn=lsn, tags=tags, maximum_lag_on_failover=1000,
+                         data_dir="/var/lib/pg")
+
+
+PRIMARY_NODE2 = member("node2", role="primary")
+
+# (case, cluster snapshot, local state, expected actions, expected leader to follow/clone)
+TABLE = [
+    ("dcs_unreachable_demote", None, local(role="primary"), (A.DEMOTE,), None),
+    ("dcs_unreachable", None, local(role="replica"), (), None),
+    ("data_dir_not_postgres", cluster(), local(data=ha.NOT_POSTGRES, running=False), (), None),
+    ("foreign_data_dir", cluster("node2", members=[PRIMARY_NODE2]), local(sysid="123"), (), None),
+    ("bootstrap_race", cluster(initialize=None), local(data=ha.EMPTY, running=False), (A.BOOTSTRAP,), None),
+    ("initialize_from_existing", cluster(initialize=None), local(running=False), (A.CLAIM_INITIALIZE,), None),
+    ("bootstrap_in_progress", cluster(initialize=""), local(data=ha.EMPTY, running=False), (), None),
+    ("clone_from_leader", cluster("node2", members=[PRIMARY_NODE2]), local(data=ha.EMPTY, running=False),
+     (A.CLONE,), "node2"),
+    ("wait_for_leader_to_clone", cluster(), local(data=ha.EMPTY, running=False), (), None),
+    ("start_lock_holder", cluster(ME), local(running=False), (A.START_AS_LEADER,), None),
+    ("start_following_leader", cluster("node2", members=[PRIMARY_NODE2]), local(running=False),
+     (A.START_AS_REPLICA,), "node2"),
+    ("start_read_only", cluster(), local(running=False), (A.START_AS_REPLICA,), None),
+    ("postgres_not_answering", cluster(), local(role=None), (), None),
+    ("leader_renew", cluster(ME), local(role="primary"), (A.RENEW_LOCK, A.ENSURE_SLOTS), None),
+    ("lock_held_promote", cluster(ME), local(role="replica"), (A.RENEW_LOCK, A.PROMOTE), None),
+    ("demote_other_leader", cluster("node2", members=[PRIMARY_NODE2]), local(role="primary"), (A.DEMOTE,),
+     "node2"),
+    ("follow_leader", cluster("node2", members=[PRIMARY_NODE2]), local(), (A.FOLLOW,), "node2"),
+    ("primary_reacquire", cluster(), local(role="primary"), (A.ACQUIRE_LOCK, A.ENSURE_SLOTS), None),
+    ("race_not_eligible_nofailover", cluster(), local(nofailover=True), (A.FOLLOW,), None),
+    ("race_not_eligible_lag", cluster(leader_lsn=5000), local(lsn=100), (A.FOLLOW,), None),
+    ("race_wait_for_better", cluster(members=[member("node2", lsn=200)]), local(lsn=100), (A.FOLLOW,), None),
+    ("leader_race", cluster(members=[member("node2", lsn=50)], leader_lsn=150), local(lsn=100),
+     (A.ACQUIRE_LOCK, A.PROMOTE), None),
+]
+
+
+@pytest.mark.parametrize("case,snapshot,state,actions,leader", TABLE, ids=[row[0] for row in TABLE])
+def test_decision_table(case, snapshot, state, actions, leader):
+    decision = ha.decide(snapshot, state)
+    assert decision.case == case
+    assert decision.actions == actions
+    assert decision.leader == leader
+    assert decision.message
+
+
+def test_every_documented_case_is_in_the_table():
+    documented = set(re.findall(r"^  ([a-z_]+) {2,}", ha.__doc__, re.M)) - {"case"}
+    tested = {row[0] for row in TABLE}
+    assert documented == tested
+
+
+def test_nofailover_or_lagging_members_do_not_block_the_race():
+    others = [member("node2", lsn=500, nofailover=True), member("node3", lsn=900, state="stopped")]
+    decision = ha.decide(cluster(members=others), local(lsn=100))
+    assert decision.case == "leader_race"
+
+
+def test_lag_within_limit_races_and_message_explains():
+    decision = ha.decide(cluster(members=[member("node2", lsn=90)], leader_lsn=1000), local(lsn=100))
+    assert decision.case == "leader_race"
+    assert "lag 900 bytes" in decision.message
+    assert "1 of 1 other members running" in decision.message
+
+
+def test_never_promotes_without_taking_the_lock_first():
+    for _case, snapshot, state, actions, _leader in TABLE:
+        if A.PROMOTE in actions:
+            decision = ha.decide(snapshot, state)
+            lock_step = decision.actions.index(A.PROMOTE) - 1
+            assert lock_step >= 0 and decision.actions[lock_step] in (A.ACQUIRE_LOCK, A.RENEW_LOCK)
+
+
+def test_a_primary_never_keeps_running_when_another_member_holds_the_lock():
+    for snapshot in (cluster("node2", members=[PRIMARY_NODE2]), cluster("node3")):
+        assert ha.decide(snapshot, local(role="primary")).actions == (A.DEMOTE,)
