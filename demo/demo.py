@@ -150,12 +150,13 @@ def start(base: str) -> None:
     print("waiting for 1 primary and 2 streaming replicas ...")
     wait_for(lambda: healthy(base), 180, "the cluster to form")
     status(base)
-    leader_port = NODES[leader(base)]
+    name = leader(base)
+    leader_port = NODES[name]
     print(f"""
 Connect to the primary:
   PGPASSWORD={SUPERUSER_PASSWORD} psql -h 127.0.0.1 -p {leader_port} -U postgres
 Watch the cluster:   make demo-status   (or: {PYTHON} -m governor.ctl -c {base}/node1/governor.yml list)
-Try a failover:      kill -9 $(cat {base}/{leader(base)}/governor.pid) $(head -1 {base}/{leader(base)}/data/postmaster.pid)
+Try a failover:      kill -9 $(cat {base}/{name}/governor.pid) $(head -1 {base}/{name}/data/postmaster.pid)
 Stop everything:     make demo-stop     (data stays in {base}; make demo reuses it)
 """)
 
@@ -201,7 +202,7 @@ def stop(base: str) -> None:
         if pid:
             os.kill(pid, signal.SIGTERM)
             pids.append((name, pid))
-    for name, pid in pids:
+    for name, _pid in pids:
         deadline = time.monotonic() + 60
         while pid_alive(os.path.join(base, name, "governor.pid")) and time.monotonic() < deadline:
             time.sleep(0.2)
