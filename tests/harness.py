@@ -145,6 +145,11 @@ class Etcd:
                 return None
             raise
 
+    def delete_tree(self, key: str) -> None:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v2/keys{key}?recursive=true&dir=true",
+                                     method="DELETE")
+        urllib.request.urlopen(req, timeout=3).close()
+
     def dump(self, prefix: str = "/") -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/keys{prefix}?recursive=true",
                                     timeout=3) as resp:

@@ -174,3 +174,22 @@ def _snapshot(path: str) -> dict:
             st = os.stat(full)
             result[os.path.relpath(full, path)] = (st.st_size, st.st_mtime_ns)
     return result
+
+
+def test_existing_data_directory_initializes_an_empty_scope(make_cluster):
+    """A member whose data directory survives while etcd lost the cluster's keys offers its own
+    system identifier, becomes leader with its data intact, and is not re-initialized."""
+    cluster = make_cluster("reuse")
+    node = cluster.add("keeper")
+    cluster.wait_for_primary(60)
+    node.sql("CREATE TABLE kept (v text)")
+    node.sql("INSERT INTO kept VALUES ('survives')")
+    sysid = node.sql("SELECT system_identifier::text FROM pg_control_system()")[0][0]
+    assert node.stop() == 0
+    cluster.etcd.delete_tree(f"/service/{cluster.scope}")
+    node.start()
+    primary = cluster.wait_for_primary(60)
+    assert primary is node
+    assert cluster.etcd.get(f"/service/{cluster.scope}/initialize")["value"] == sysid
+    assert node.sql("SELECT v FROM kept") == [("survives",)]
+    assert "initialize_from_existing" in node.log_text()
