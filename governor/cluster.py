@@ -60,6 +60,7 @@ class Cluster:
     members: Tuple[Member, ...] = ()
     leader_lsn: Optional[int] = None
     index: int = 0                 # the DCS index this snapshot was read at
+    history: Tuple[Dict[str, Any], ...] = ()  # one record per promotion, oldest first
 
     @property
     def initialized(self) -> bool:

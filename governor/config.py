@@ -82,6 +82,10 @@ class PostgresConfig:
     log_file: Optional[str]
     socket_dir: str
     start_timeout: float
+    use_pg_rewind: bool = True
+    remove_data_directory_on_rewind_failure: bool = False
+    member_slots_ttl: float = 1800
+    permanent_slots: Tuple[str, ...] = ()
 
     @property
     def slot_name(self) -> str:
@@ -98,6 +102,7 @@ class PostgresConfig:
 class Config:
     loop_wait: float
     retry_timeout: float
+    primary_start_timeout: float
     etcd: EtcdConfig
     postgresql: PostgresConfig
     tags: Dict[str, Any]
@@ -348,11 +353,12 @@ def _network_check(v: str) -> Optional[str]:
     return None
 
 
-TOP_KEYS = ("loop_wait", "retry_timeout", "log_level", "tags", "etcd", "postgresql")
+TOP_KEYS = ("loop_wait", "retry_timeout", "primary_start_timeout", "log_level", "tags", "etcd", "postgresql")
 ETCD_KEYS = ("scope", "ttl", "host", "protocol", "cacert", "cert", "key", "username", "password")
 PG_KEYS = ("name", "listen", "connect_address", "data_dir", "bin_dir", "maximum_lag_on_failover",
            "replication", "superuser", "recovery_conf", "parameters", "initdb", "pg_hba", "pgpass",
-           "log_file", "start_timeout")
+           "log_file", "start_timeout", "use_pg_rewind", "remove_data_directory_on_rewind_failure",
+           "member_slots_ttl", "permanent_slots")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -362,6 +368,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
 
     loop_wait = c.value("loop_wait", "number", 10, check=_positive)
     retry_timeout = c.value("retry_timeout", "number", 10, check=_positive)
+    primary_start_timeout = c.value("primary_start_timeout", "number", 30, check=_positive)
     log_level = c.value("log_level", "str", "INFO",
                         check=lambda v: None if v.upper() in LOG_LEVELS else f"expected one of {', '.join(LOG_LEVELS)}")
 
@@ -473,6 +480,11 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     pgpass = os.path.abspath(c.value("postgresql.pgpass", "str", default_pgpass))
     log_file = c.value("postgresql.log_file", "str")
     start_timeout = c.value("postgresql.start_timeout", "number", 60, check=_positive)
+    use_pg_rewind = c.value("postgresql.use_pg_rewind", "bool", True)
+    remove_on_failure = c.value("postgresql.remove_data_directory_on_rewind_failure", "bool", False)
+    member_slots_ttl = c.value("postgresql.member_slots_ttl", "number", 1800,
+                               check=lambda v: None if v >= 0 else "expected 0 (never drop) or more seconds")
+    permanent_slots = tuple(c.value("postgresql.permanent_slots", "strlist", []) or [])
     socket_dir = str(parameters.get("unix_socket_directories", "")).split(",")[0].strip()
     if not socket_dir:
         socket_dir = "/var/run/postgresql" if os.path.isdir("/var/run/postgresql") else "/tmp"
@@ -483,6 +495,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     return Config(
         loop_wait=loop_wait,
         retry_timeout=retry_timeout,
+        primary_start_timeout=primary_start_timeout,
         log_level=log_level.upper(),
         tags={k: v for k, v in tags.items()},
         source=source,
@@ -496,7 +509,9 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
             superuser=Credentials(su_user, su_password), recovery_conf=recovery_conf,
             parameters=parameters, initdb=tuple(initdb), pg_hba=pg_hba, pgpass=pgpass,
             log_file=os.path.abspath(log_file) if log_file else None, socket_dir=socket_dir,
-            start_timeout=start_timeout),
+            start_timeout=start_timeout, use_pg_rewind=use_pg_rewind,
+            remove_data_directory_on_rewind_failure=remove_on_failure, member_slots_ttl=member_slots_ttl,
+            permanent_slots=permanent_slots),
     )
 
 

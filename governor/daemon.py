@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -81,6 +82,9 @@ class Governor:
         self.last_decision: Optional[Decision] = None
         self._sysid_cache: Optional[tuple] = None
         self._published_lsn: Optional[int] = None
+        self.rewind_pending = False   # this data directory ran as a primary since it last followed
+        self.rewind_failed = False
+        self._orphan_slots: Dict[str, float] = {}  # slot -> monotonic time it was first seen without member
         self.on_loop_done: Optional[Callable[[Governor], None]] = None
 
     # ------------------------------------------------------------------ observe
@@ -96,33 +100,47 @@ class Governor:
 
     def observe_local(self) -> LocalState:
         kind = datadir.classify(self.pg.data_dir)
-        base = dict(name=self.name, data=kind, tags=self.config.tags, data_dir=self.pg.data_dir,
-                    maximum_lag_on_failover=self.pg.maximum_lag_on_failover)
         if kind != datadir.POSTGRES:
             self._sysid_cache = None
-            return LocalState(**base)
+            self.rewind_pending = self.rewind_failed = False
+            return LocalState(**self._local_base(kind))
         running = self.controller.is_running()
         if running:
             try:
                 st = self.server.state()
                 self.once("pg", f"PostgreSQL running as {st.role}")
-                return LocalState(**base, sysid=st.sysid, running=True, role=st.role, timeline=st.timeline,
-                                  lsn=st.lsn)
+                if st.role == "primary":
+                    self.rewind_pending = True
+                return LocalState(**self._local_base(kind), sysid=st.sysid, running=True, role=st.role,
+                                  timeline=st.timeline, lsn=st.lsn)
             except psycopg2.Error as exc:
                 self.once("pg", f"PostgreSQL is running but does not answer: {str(exc).strip()}", logging.WARNING)
-                return LocalState(**base, sysid=self._controldata_sysid(), running=True)
+                return LocalState(**self._local_base(kind), sysid=self._sysid(), running=True)
         self.server.close()
         self.once("pg", "PostgreSQL is not running")
-        return LocalState(**base, sysid=self._controldata_sysid())
+        control = self._controldata()
+        if datadir.was_primary(control):
+            self.rewind_pending = True
+        return LocalState(**self._local_base(kind), sysid=control.sysid)
 
-    def _controldata_sysid(self) -> Optional[str]:
+    def _local_base(self, kind: str) -> dict:
+        return dict(name=self.name, data=kind, tags=self.config.tags, data_dir=self.pg.data_dir,
+                    maximum_lag_on_failover=self.pg.maximum_lag_on_failover,
+                    rewind_pending=self.rewind_pending, rewind_failed=self.rewind_failed)
+
+    def _controldata(self) -> datadir.ControlData:
+        """pg_controldata of the stopped data directory, re-read when pg_control changes."""
         try:
-            key = os.stat(os.path.join(self.pg.data_dir, "global", "pg_control")).st_ino
+            st = os.stat(os.path.join(self.pg.data_dir, "global", "pg_control"))
+            key = (st.st_ino, st.st_mtime_ns)
         except OSError:
-            return None
+            return datadir.ControlData(None, None, None)
         if self._sysid_cache is None or self._sysid_cache[0] != key:
-            self._sysid_cache = (key, datadir.read_controldata(self.pg.bin_dir, self.pg.data_dir).sysid)
+            self._sysid_cache = (key, datadir.read_controldata(self.pg.bin_dir, self.pg.data_dir))
         return self._sysid_cache[1]
+
+    def _sysid(self) -> Optional[str]:
+        return self._controldata().sysid
 
     # ------------------------------------------------------------------ act
 
@@ -159,6 +177,7 @@ class Governor:
         try:
             bootstrap.initdb(self.pg)
             created = True
+            self.rewind_pending = self.rewind_failed = False
             datadir.write_postgresql_conf(self.pg, standby_of=None)
             datadir.write_pgpass(self.pg)
             if not self.dcs.acquire_leader(self.name):
@@ -204,6 +223,7 @@ class Governor:
         self.publish(local)
         log.info("cloning %s from %s:%s with pg_basebackup", self.pg.data_dir, *address)
         bootstrap.basebackup(self.pg, *address)
+        self.rewind_pending = self.rewind_failed = False
         self._start(standby_of=address)
         log.info("clone finished: streaming from %s", decision.leader)
 
@@ -215,8 +235,25 @@ class Governor:
         self.controller.start(self.pg.start_timeout)
 
     def do_start_as_leader(self, decision: Decision, local: LocalState) -> None:
+        """Restart in place under the lock; give the lock up if it does not come up in time."""
         # A replica data directory starts as a standby; the next loop promotes it under the lock.
-        self._start(standby_of=() if datadir.is_standby(self.pg.data_dir) else None)
+        standby_of = () if datadir.is_standby(self.pg.data_dir) else None
+        datadir.write_pgpass(self.pg)
+        datadir.write_postgresql_conf(self.pg, standby_of=standby_of)
+        datadir.set_standby_signal(self.pg.data_dir, standby_of is not None)
+        log.info("starting PostgreSQL in place (this member holds the lock); waiting up to %ss",
+                 self.config.primary_start_timeout)
+        try:
+            self.controller.start(self.config.primary_start_timeout)
+        except ControllerError as exc:
+            log.error("PostgreSQL did not accept connections within primary_start_timeout (%ss): %s; "
+                      "stopping it and releasing the lock so a replica takes over",
+                      self.config.primary_start_timeout, exc)
+            try:
+                self.controller.stop("immediate")
+            finally:
+                self._release_lock()
+            raise ActionFailed("gave up the leader lock after a failed start") from exc
 
     def do_start_as_replica(self, decision: Decision, local: LocalState) -> None:
         self._start(standby_of=self.leader_address(decision.leader) or ())
@@ -238,15 +275,68 @@ class Governor:
         if not self.server.promote():
             raise ActionFailed("pg_promote() did not finish in time")
         datadir.write_postgresql_conf(self.pg, standby_of=None)
-        log.info("promoted: this member is now the primary")
+        state = self.server.state()
+        log.info("promoted: this member is now the primary on timeline %s", state.timeline)
+        self.record_promotion(state.timeline, local.lsn, decision)
+        # The control file only shows the new timeline after a checkpoint; pg_rewind on the old
+        # primary reads it there and would otherwise think no rewind is needed.
+        self.server.checkpoint()
+
+    def record_promotion(self, timeline: Optional[int], lsn: Optional[int], decision: Decision) -> None:
+        entry = {"timeline": timeline, "lsn": lsn, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                 "leader": self.name, "reason": decision.summary}
+        try:
+            self.dcs.append_history(entry)
+        except DCSError as exc:
+            log.warning("could not record the promotion in the history key: %s", exc)
 
     def do_demote(self, decision: Decision, local: LocalState) -> None:
         log.warning("demoting: %s", decision.message)
         self.holds_lock = False
-        self.controller.stop("fast", timeout=self.config.retry_timeout)
-        self._start(standby_of=self.leader_address(decision.leader) or ())
-        log.info("demoted: running read-only%s",
-                 f", following {decision.leader}" if decision.leader else "")
+        self.rewind_pending = True
+        try:
+            self.controller.stop("fast", timeout=self.config.retry_timeout)
+        except ControllerError:
+            log.error("fast shutdown did not finish in %ss; stopping PostgreSQL immediately",
+                      self.config.retry_timeout)
+            self.controller.stop("immediate")
+        target = self.leader_address(decision.leader)
+        if target:
+            self._rewind(decision.leader, target)
+        self._start(standby_of=target or ())
+        log.info("demoted: running read-only%s", f", following {decision.leader}" if target else "")
+
+    def do_rewind(self, decision: Decision, local: LocalState) -> None:
+        target = self.leader_address(decision.leader)
+        if target is None:
+            raise ActionFailed(f"leader {decision.leader} has published no address")
+        self.controller.stop("fast")
+        self._rewind(decision.leader, target)
+
+    def _rewind(self, leader: Optional[str], target: tuple) -> None:
+        """Bring a stopped former primary onto the leader's timeline; on failure re-clone if the
+        operator allowed it, otherwise stay stopped."""
+        if not self.pg.use_pg_rewind or not self.pg.superuser.password:
+            why = "use_pg_rewind is off" if not self.pg.use_pg_rewind else \
+                "postgresql.superuser.password is not set, so pg_rewind cannot connect to the leader"
+            log.warning("not checking this former primary with pg_rewind (%s); if its timeline diverged "
+                        "it will not stream", why)
+            self.rewind_pending = False
+            return
+        log.info("pg_rewind from %s at %s:%s", leader, *target)
+        try:
+            result = bootstrap.rewind(self.pg, *target)
+        except bootstrap.BootstrapError as exc:
+            if self.pg.remove_data_directory_on_rewind_failure:
+                log.error("%s; removing %s to clone the leader (remove_data_directory_on_rewind_failure)",
+                          exc, self.pg.data_dir)
+                shutil.rmtree(self.pg.data_dir)
+                self.rewind_pending = False
+                raise ActionFailed("data directory removed after a failed pg_rewind; cloning next") from exc
+            self.rewind_failed = True
+            raise ActionFailed(f"{exc}; this member stays stopped until the operator acts") from exc
+        self.rewind_pending = False
+        log.info("pg_rewind: %s", result.replace("pg_rewind: ", ""))
 
     def do_follow(self, decision: Decision, local: LocalState) -> None:
         target = self.leader_address(decision.leader) or ()
@@ -257,13 +347,27 @@ class Governor:
             log.info("now following %s", f"{decision.leader} at {target[0]}:{target[1]}" if target else "nobody")
 
     def do_ensure_slots(self, decision: Decision, local: LocalState) -> None:
+        """A physical slot per member; slots of members gone for member_slots_ttl are dropped."""
         if self.cluster is None:
             return
         wanted = {slot_name_for(m.name) for m in self.cluster.members if m.name != self.name}
-        missing = wanted - set(self.server.replication_slots())
-        for slot in sorted(missing):
+        existing = self.server.replication_slots()
+        for slot in sorted(wanted - set(existing)):
             self.server.create_physical_slot(slot)
             log.info("created replication slot %s", slot)
+        now = time.monotonic()
+        keep = wanted | set(self.pg.permanent_slots)
+        self._orphan_slots = {s: t for s, t in self._orphan_slots.items() if s in existing and s not in keep}
+        ttl = self.pg.member_slots_ttl
+        for slot, active in sorted(existing.items()):
+            if slot in keep or active:
+                continue
+            since = self._orphan_slots.setdefault(slot, now)
+            if ttl and now - since >= ttl:
+                self.server.drop_slot(slot)
+                del self._orphan_slots[slot]
+                log.info("dropped replication slot %s: no member has used it for %ss (member_slots_ttl)",
+                         slot, int(now - since))
 
     def _release_lock(self) -> None:
         try:

@@ -16,13 +16,16 @@ Cases, checked top to bottom (the first that matches wins):
   bootstrap_in_progress         another member is running initdb             -
   clone_from_leader             data_dir empty, a leader is running          clone
   wait_for_leader_to_clone      data_dir empty, no usable leader             -
-  start_lock_holder             stopped, this member holds the lock          start_as_leader
+  rewind_failed_wait            pg_rewind failed, no permission to re-clone  -  (operator must act)
+  start_lock_holder             stopped, this member holds the lock          renew_lock, start_as_leader
+  rewind_then_follow            stopped former primary, another leader       rewind, start_as_replica
   start_following_leader        stopped, another member holds the lock       start_as_replica
   start_read_only               stopped, nobody holds the lock               start_as_replica
   postgres_not_answering        running but not accepting queries            -
   leader_renew                  holds the lock, running as primary           renew_lock, ensure_slots
   lock_held_promote             holds the lock, running as replica           renew_lock, promote
   demote_other_leader           primary, but another member holds the lock   demote
+  rewind_demoted                replica that was primary, another leader     rewind, start_as_replica
   follow_leader                 replica, another member holds the lock       follow
   race_not_eligible_nofailover  nobody holds the lock, tagged nofailover     follow (nobody)
   race_not_eligible_lag         nobody holds the lock, lag > max             follow (nobody)
@@ -51,6 +54,7 @@ class Action(str, Enum):
     RENEW_LOCK = "renew_lock"
     PROMOTE = "promote"
     DEMOTE = "demote"
+    REWIND = "rewind"
     FOLLOW = "follow"
     ENSURE_SLOTS = "ensure_slots"
 
@@ -68,6 +72,8 @@ class LocalState:
     tags: Dict[str, Any] = field(default_factory=dict)
     maximum_lag_on_failover: int = 1048576
     data_dir: str = ""
+    rewind_pending: bool = False    # was a primary since its last check against the current leader
+    rewind_failed: bool = False     # pg_rewind failed and re-cloning is not allowed
 
 
 @dataclass(frozen=True)
@@ -120,10 +126,19 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                             (Action.CLONE,), leader=leader)
         return Decision("wait_for_leader_to_clone", "data directory empty: waiting for a running leader to clone")
 
+    if local.rewind_failed and leader != me:
+        return Decision("rewind_failed_wait",
+                        f"pg_rewind against the leader failed; staying stopped. To rejoin, remove {local.data_dir} "
+                        "and restart governor (it clones the leader), or set "
+                        "postgresql.remove_data_directory_on_rewind_failure: true")
     if not local.running:
         if leader == me:
             return Decision("start_lock_holder", "PostgreSQL stopped and this member holds the lock: starting it",
-                            (Action.START_AS_LEADER,))
+                            (Action.RENEW_LOCK, Action.START_AS_LEADER))
+        if leader and local.rewind_pending:
+            return Decision("rewind_then_follow",
+                            f"former primary: checking its timeline against {leader} with pg_rewind before "
+                            "following it", (Action.REWIND, Action.START_AS_REPLICA), leader=leader)
         if leader:
             return Decision("start_following_leader", f"PostgreSQL stopped: starting it as a replica of {leader}",
                             (Action.START_AS_REPLICA,), leader=leader)
@@ -141,6 +156,10 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
         if local.role == "primary":
             return Decision("demote_other_leader", f"{leader} holds the lock: demoting and following it",
                             (Action.DEMOTE,), leader=leader)
+        if local.rewind_pending:
+            return Decision("rewind_demoted",
+                            f"demoted former primary: checking its timeline against {leader} with pg_rewind",
+                            (Action.REWIND, Action.START_AS_REPLICA), leader=leader)
         return Decision("follow_leader", f"following leader {leader}", (Action.FOLLOW,), leader=leader)
 
     # Nobody holds the lock.

@@ -23,10 +23,11 @@ def cluster(leader=None, initialize=SYSID, members=(), leader_lsn=None):
                    leader_lsn=leader_lsn)
 
 
-def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, **tags):
+def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, rewind_pending=False,
+          rewind_failed=False, **tags):
     return ha.LocalState(name=ME, data=data, sysid=sysid if data == ha.POSTGRES else None, running=running,
                          role=role if running else None, lsn=lsn, tags=tags, maximum_lag_on_failover=1000,
-                         data_dir="/var/lib/pg")
+                         data_dir="/var/lib/pg", rewind_pending=rewind_pending, rewind_failed=rewind_failed)
 
 
 PRIMARY_NODE2 = member("node2", role="primary")
@@ -43,7 +44,11 @@ TABLE = [
     ("clone_from_leader", cluster("node2", members=[PRIMARY_NODE2]), local(data=ha.EMPTY, running=False),
      (A.CLONE,), "node2"),
     ("wait_for_leader_to_clone", cluster(), local(data=ha.EMPTY, running=False), (), None),
-    ("start_lock_holder", cluster(ME), local(running=False), (A.START_AS_LEADER,), None),
+    ("rewind_failed_wait", cluster("node2", members=[PRIMARY_NODE2]), local(running=False, rewind_failed=True),
+     (), None),
+    ("start_lock_holder", cluster(ME), local(running=False), (A.RENEW_LOCK, A.START_AS_LEADER), None),
+    ("rewind_then_follow", cluster("node2", members=[PRIMARY_NODE2]), local(running=False, rewind_pending=True),
+     (A.REWIND, A.START_AS_REPLICA), "node2"),
     ("start_following_leader", cluster("node2", members=[PRIMARY_NODE2]), local(running=False),
      (A.START_AS_REPLICA,), "node2"),
     ("start_read_only", cluster(), local(running=False), (A.START_AS_REPLICA,), None),
@@ -52,6 +57,8 @@ TABLE = [
     ("lock_held_promote", cluster(ME), local(role="replica"), (A.RENEW_LOCK, A.PROMOTE), None),
     ("demote_other_leader", cluster("node2", members=[PRIMARY_NODE2]), local(role="primary"), (A.DEMOTE,),
      "node2"),
+    ("rewind_demoted", cluster("node2", members=[PRIMARY_NODE2]), local(rewind_pending=True),
+     (A.REWIND, A.START_AS_REPLICA), "node2"),
     ("follow_leader", cluster("node2", members=[PRIMARY_NODE2]), local(), (A.FOLLOW,), "node2"),
     ("primary_reacquire", cluster(), local(role="primary"), (A.ACQUIRE_LOCK, A.ENSURE_SLOTS), None),
     ("race_not_eligible_nofailover", cluster(), local(nofailover=True), (A.FOLLOW,), None),

@@ -56,6 +56,10 @@ class DCS(abc.ABC):
         """Publish the leader's WAL position."""
 
     @abc.abstractmethod
+    def append_history(self, entry: dict) -> None:
+        """Add one promotion record to the `history` list (compare-and-swap on the old value)."""
+
+    @abc.abstractmethod
     def wait_for_leader_change(self, index: int, timeout: float) -> bool:
         """Block until the leader key changes after `index` or `timeout` passes; True on change."""
 

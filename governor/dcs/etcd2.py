@@ -99,6 +99,7 @@ class Etcd2(DCS):
         leader = None
         leader_lsn = None
         members = []
+        history: tuple = ()
         for node in result.leaves:
             if node.dir or node.key is None:
                 continue
@@ -112,11 +113,13 @@ class Etcd2(DCS):
                     leader_lsn = int(node.value)
                 except (TypeError, ValueError):
                     leader_lsn = None
+            elif rel == "history":
+                history = _history_list(node.value)
             elif rel.startswith("members/"):
                 members.append(Member.from_json(rel[len("members/"):], node.value))
         index = getattr(result, "etcd_index", 0) or 0
         return Cluster(initialize=initialize, leader=leader, members=tuple(sorted(members, key=lambda m: m.name)),
-                       leader_lsn=leader_lsn, index=index)
+                       leader_lsn=leader_lsn, index=index, history=history)
 
     def wait_for_leader_change(self, index: int, timeout: float) -> bool:
         if timeout <= 0:
@@ -209,6 +212,29 @@ class Etcd2(DCS):
     def write_leader_lsn(self, lsn: int) -> None:
         self._call("leader position update", lambda c: c.write(self._key("optime", "leader"), str(lsn)))
 
+    def append_history(self, entry: dict) -> None:
+        key = self._key("history")
+
+        def op(client: etcd.Client) -> None:
+            for _ in range(5):
+                try:
+                    node = client.read(key)
+                    old, index = _history_list(node.value), node.modifiedIndex
+                except etcd.EtcdKeyNotFound:
+                    old, index = (), None
+                body = json.dumps(list(old) + [entry], separators=(",", ":"))
+                try:
+                    if index is None:
+                        client.write(key, body, prevExist=False)
+                    else:
+                        client.write(key, body, prevIndex=index)
+                    return
+                except (etcd.EtcdAlreadyExist, etcd.EtcdCompareFailed):
+                    continue  # someone else appended at the same time: read again
+            raise DCSError("history update kept losing compare-and-swap races")
+
+        self._call("history update", op)
+
     def close(self) -> None:
         for client in self._clients.values():
             try:
@@ -216,6 +242,14 @@ class Etcd2(DCS):
             except Exception:  # noqa: BLE001 - closing is best effort
                 pass
         self._clients.clear()
+
+
+def _history_list(text: Optional[str]) -> tuple:
+    try:
+        data = json.loads(text or "[]")
+    except ValueError:
+        return ()
+    return tuple(item for item in data if isinstance(item, dict)) if isinstance(data, list) else ()
 
 
 def _short(exc: BaseException) -> str:

@@ -57,6 +57,29 @@ def basebackup(cfg: PostgresConfig, host: str, port: int, timeout: float = 3600)
     _run(cmd, env, timeout, f"pg_basebackup from {host}:{port}")
 
 
+def rewind(cfg: PostgresConfig, host: str, port: int, timeout: float = 3600) -> str:
+    """pg_rewind the stopped local data directory onto the leader's timeline.
+
+    Returns pg_rewind's last line ("no rewind required" or "Done!"); raises BootstrapError.
+    A target that was not shut down cleanly is first recovered by pg_rewind itself (PostgreSQL 13+).
+    """
+    datadir.write_pgpass(cfg)
+    source = (f"host={host} port={port} user={cfg.superuser.username} dbname=postgres "
+              f"passfile={cfg.pgpass} connect_timeout=5 application_name={cfg.name}-rewind")
+    cmd = [os.path.join(cfg.bin_dir, "pg_rewind"), "--target-pgdata", cfg.data_dir, "--source-server", source]
+    log.debug("running %s", " ".join(cmd))
+    try:
+        result = subprocess.run(cmd, env=child_environment({"LC_ALL": "C", "PGPASSFILE": cfg.pgpass}),
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+                                check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise BootstrapError(f"pg_rewind did not finish within {timeout:.0f}s") from exc
+    lines = [line for line in (result.stderr + result.stdout).strip().splitlines() if line.strip()]
+    if result.returncode != 0:
+        raise BootstrapError(f"pg_rewind failed (exit code {result.returncode}): {' / '.join(lines[-3:])}")
+    return lines[-1] if lines else "done"
+
+
 def move_aside(data_dir: str) -> str:
     """Rename a data directory governor itself just created and failed to finish; never deletes."""
     target = f"{data_dir}.failed-{time.strftime('%Y%m%d%H%M%S')}"

@@ -163,10 +163,18 @@ def _pgpass_escape(value: str) -> str:
 
 
 def write_pgpass(cfg: PostgresConfig) -> None:
-    """The passfile libpq uses to reach any leader as the replication user (mode 0600)."""
-    user = _pgpass_escape(cfg.replication.username)
-    password = _pgpass_escape(cfg.replication.password or "")
-    _write_private(cfg.pgpass, f"*:*:*:{user}:{password}\n")
+    """The passfile libpq uses to reach any leader as the replication user, and as the superuser
+    for pg_rewind when it has a password (mode 0600)."""
+    lines = []
+    for creds in (cfg.replication, cfg.superuser):
+        if creds.password:
+            lines.append(f"*:*:*:{_pgpass_escape(creds.username)}:{_pgpass_escape(creds.password)}\n")
+    _write_private(cfg.pgpass, "".join(lines))
+
+
+def was_primary(control: ControlData) -> bool:
+    """A data directory last run as a primary (crashed or shut down), not as a standby."""
+    return control.state in ("in production", "shut down")
 
 
 def _write_private(path: str, content: str) -> None:

@@ -7,7 +7,7 @@ import hmac
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 import psycopg2
 import psycopg2.extensions
@@ -86,8 +86,16 @@ class Server:
     def promote(self, timeout: int = 60) -> bool:
         return bool(self.query("SELECT pg_promote(true, %s)", (timeout,))[0][0])
 
-    def replication_slots(self) -> List[str]:
-        return [r[0] for r in self.query("SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'physical'")]
+    def replication_slots(self) -> Dict[str, bool]:
+        """Physical slots: name -> active."""
+        rows = self.query("SELECT slot_name, active FROM pg_replication_slots WHERE slot_type = 'physical'")
+        return {name: bool(active) for name, active in rows}
+
+    def drop_slot(self, name: str) -> None:
+        self.query("SELECT pg_drop_replication_slot(%s)", (name,))
+
+    def checkpoint(self) -> None:
+        self.query("CHECKPOINT")
 
     def create_physical_slot(self, name: str) -> None:
         self.query("SELECT pg_create_physical_replication_slot(%s, true)", (name,))
