@@ -15,12 +15,15 @@ from governor import __version__
 from governor.cluster import Cluster, parse_conn_url
 from governor.config import Config, slot_name_for
 from governor.dcs import DCS, DCSError, from_config
-from governor.ha import Decision, LocalState, decide
+from governor.ha import Action, Decision, LocalState, decide
 from governor.postgres import bootstrap, datadir
 from governor.postgres.controller import ControllerError, PgCtl, ProcessController
 from governor.postgres.server import Server
 
 log = logging.getLogger("governor")
+
+
+STEADY_ACTIONS = {Action.RENEW_LOCK, Action.ENSURE_SLOTS, Action.FOLLOW}
 
 
 class ActionFailed(Exception):
@@ -84,6 +87,7 @@ class Governor:
         self._published_lsn: Optional[int] = None
         self.rewind_pending = False   # this data directory ran as a primary since it last followed
         self.rewind_failed = False
+        self._leader_start_since: Optional[float] = None  # first failed start under the lock
         self._orphan_slots: Dict[str, float] = {}  # slot -> monotonic time it was first seen without member
         self.on_loop_done: Optional[Callable[[Governor], None]] = None
 
@@ -232,7 +236,7 @@ class Governor:
         datadir.write_pgpass(self.pg)
         datadir.write_postgresql_conf(self.pg, standby_of=standby_of)
         datadir.set_standby_signal(self.pg.data_dir, standby_of is not None)
-        self.controller.start(self.pg.start_timeout)
+        self.controller.start(self.pg.start_timeout, wait=standby_of is None)
 
     def do_start_as_leader(self, decision: Decision, local: LocalState) -> None:
         """Restart in place under the lock; give the lock up if it does not come up in time."""
@@ -241,11 +245,19 @@ class Governor:
         datadir.write_pgpass(self.pg)
         datadir.write_postgresql_conf(self.pg, standby_of=standby_of)
         datadir.set_standby_signal(self.pg.data_dir, standby_of is not None)
-        log.info("starting PostgreSQL in place (this member holds the lock); waiting up to %ss",
-                 self.config.primary_start_timeout)
+        now = time.monotonic()
+        if self._leader_start_since is None:
+            self._leader_start_since = now
+        left = self.config.primary_start_timeout - (now - self._leader_start_since)
+        log.info("starting PostgreSQL in place (this member holds the lock); waiting up to %.0fs", left)
         try:
-            self.controller.start(self.config.primary_start_timeout)
+            self.controller.start(max(left, 1.0))
+            self._leader_start_since = None
         except ControllerError as exc:
+            if time.monotonic() - self._leader_start_since < self.config.primary_start_timeout:
+                log.warning("PostgreSQL did not start (%s); trying again", exc)
+                return
+            self._leader_start_since = None
             log.error("PostgreSQL did not accept connections within primary_start_timeout (%ss): %s; "
                       "stopping it and releasing the lock so a replica takes over",
                       self.config.primary_start_timeout, exc)
@@ -412,6 +424,10 @@ class Governor:
         log.debug("decision %s", decision.summary)
         if self.cluster is not None and self.cluster.leader and self.cluster.leader.name != self.name:
             self.holds_lock = False
+        if self.cluster is not None and set(decision.actions) - STEADY_ACTIONS:
+            # Before a long action: the leader creates our replication slot only for a member it
+            # sees in etcd, and a member key may have expired while this process was stopped.
+            self.publish(local)
         ok = self.execute(decision, local)
         if decision.actions:
             local = self.observe_local()

@@ -17,6 +17,7 @@ _scope_numbers = itertools.count(1)
 
 @pytest.fixture(scope="session")
 def base_dir(request):
+    harness.become_subreaper()
     path = harness.new_base_dir()
     yield path
     harness.stop_all_processes()

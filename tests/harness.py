@@ -31,6 +31,35 @@ REPLICATION_PASSWORD = "test-repl-Secret-2"
 _processes: List[subprocess.Popen] = []
 
 
+def become_subreaper() -> None:
+    """Adopt orphaned descendants and reap them.
+
+    A postmaster started through pg_ctl is orphaned at once; where PID 1 does not reap (as in this
+    sandbox), a killed postmaster would stay a zombie and PostgreSQL, seeing its PID alive, would
+    refuse to start again. The test process becomes their subreaper and reaps every child it did
+    not start itself (those are waited for by subprocess)."""
+    import ctypes
+    import threading
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_CHILD_SUBREAPER = 36
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+    def reap() -> None:
+        me = os.getpid()
+        while True:
+            time.sleep(0.1)
+            own = {p.pid for p in _processes}
+            for pid in child_pids(me):
+                if pid not in own and process_gone(pid):
+                    try:
+                        os.waitpid(pid, os.WNOHANG)
+                    except ChildProcessError:
+                        pass
+
+    threading.Thread(target=reap, name="reaper", daemon=True).start()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -59,6 +88,30 @@ def process_gone(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except FileNotFoundError:
         return True
+
+
+def child_pids(pid: int) -> List[int]:
+    """Direct children of `pid`, from /proc."""
+    result = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            result.append(int(entry))
+    return result
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def chown_to_runner(path: str) -> None:
@@ -124,6 +177,10 @@ class Etcd:
         _processes.append(self.proc)
         wait_until(self.healthy, 30, "etcd to answer")
         return self
+
+    def restart(self) -> Etcd:
+        """Start again on the same ports and data directory after stop()."""
+        return self.start()
 
     def healthy(self) -> bool:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/keys/", timeout=1) as resp:
@@ -227,14 +284,44 @@ class Node:
         except FileNotFoundError:
             return ""
 
+    def postgres_processes(self, kind: str = "") -> List[int]:
+        """PIDs of the postmaster's children whose title contains `kind` (e.g. 'walsender')."""
+        pm = self.postmaster_pid()
+        if not pm:
+            return []
+        return [p for p in child_pids(pm) if kind in cmdline(p)]
+
+    def crash_postgres(self) -> None:
+        """SIGKILL the postmaster and every backend: what a host crash does to PostgreSQL."""
+        pm = self.postmaster_pid()
+        if not pm:
+            return
+        children = child_pids(pm)
+        for pid in [pm] + children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        wait_until(lambda: all(process_gone(p) for p in [pm] + children), 10, "PostgreSQL to die")
+
+    def crash(self) -> None:
+        """SIGKILL governor and its PostgreSQL, as a host crash."""
+        self.kill()
+        self.crash_postgres()
+
+    def signal_postgres(self, kind: str, sig: int) -> List[int]:
+        pids = self.postgres_processes(kind)
+        for pid in pids:
+            os.kill(pid, sig)
+        return pids
+
     def postmaster_pid(self) -> Optional[int]:
         try:
             with open(os.path.join(self.data_dir, "postmaster.pid")) as fh:
                 pid = int(fh.readline())
-            os.kill(pid, 0)
-            return pid
         except (OSError, ValueError):
             return None
+        return None if process_gone(pid) else pid
 
     def connect(self, timeout: float = 3):
         conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",

@@ -60,7 +60,7 @@ def basebackup(cfg: PostgresConfig, host: str, port: int, timeout: float = 3600)
 def rewind(cfg: PostgresConfig, host: str, port: int, timeout: float = 3600) -> str:
     """pg_rewind the stopped local data directory onto the leader's timeline.
 
-    Returns pg_rewind's last line ("no rewind required" or "Done!"); raises BootstrapError.
+    Returns what happened in a few words; raises BootstrapError.
     A target that was not shut down cleanly is first recovered by pg_rewind itself (PostgreSQL 13+).
     """
     datadir.write_pgpass(cfg)
@@ -74,10 +74,13 @@ def rewind(cfg: PostgresConfig, host: str, port: int, timeout: float = 3600) -> 
                                 check=False)
     except subprocess.TimeoutExpired as exc:
         raise BootstrapError(f"pg_rewind did not finish within {timeout:.0f}s") from exc
-    lines = [line for line in (result.stderr + result.stdout).strip().splitlines() if line.strip()]
+    output = result.stderr + result.stdout
+    lines = [line for line in output.splitlines() if line.startswith("pg_rewind:")]
     if result.returncode != 0:
         raise BootstrapError(f"pg_rewind failed (exit code {result.returncode}): {' / '.join(lines[-3:])}")
-    return lines[-1] if lines else "done"
+    if "no rewind required" in output:
+        return "no rewind required, the timelines have not diverged"
+    return "rewound onto the leader's timeline"
 
 
 def move_aside(data_dir: str) -> str:

@@ -8,6 +8,7 @@ import abc
 import logging
 import os
 import subprocess
+import time
 from typing import List, Optional
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,10 @@ class ControllerError(Exception):
 
 class ProcessController(abc.ABC):
     @abc.abstractmethod
-    def start(self, timeout: float) -> None:
-        """Start PostgreSQL and wait until it accepts connections or `timeout` passes."""
+    def start(self, timeout: float, wait: bool = True) -> None:
+        """Start PostgreSQL. With `wait`, return once it accepts connections (error after
+        `timeout`); without, once the postmaster runs: a standby may need WAL from its
+        upstream before it accepts connections, and governor must keep looping meanwhile."""
 
     @abc.abstractmethod
     def stop(self, mode: str = "fast", timeout: float = 60) -> None:
@@ -63,14 +66,20 @@ class PgCtl(ProcessController):
         except subprocess.TimeoutExpired as exc:
             raise ControllerError(f"pg_ctl {args[0]} did not finish within {timeout + 10:.0f}s") from exc
 
-    def start(self, timeout: float) -> None:
-        args = ["start", "-w", "-t", str(int(timeout))]
+    def start(self, timeout: float, wait: bool = True) -> None:
+        args = ["start", "-w" if wait else "-W", "-t", str(int(timeout))]
         if self.log_file:
             args += ["-l", self.log_file]
         result = self._run(args, timeout)
+        where = f"; see {self.log_file}" if self.log_file else ""
         if result.returncode != 0:
-            where = f"; see {self.log_file}" if self.log_file else ""
             raise ControllerError(f"pg_ctl start failed with exit code {result.returncode}{where}")
+        if not wait:
+            deadline = time.monotonic() + min(timeout, 10)
+            while self.postmaster_pid() is None:
+                if time.monotonic() > deadline:
+                    raise ControllerError(f"the postmaster did not come up{where}")
+                time.sleep(0.1)
 
     def stop(self, mode: str = "fast", timeout: float = 60) -> None:
         if not self.is_running():
@@ -89,12 +98,28 @@ class PgCtl(ProcessController):
 
 
 def read_postmaster_pid(data_dir: str) -> Optional[int]:
-    """The PID in postmaster.pid if that process is alive."""
+    """The PID in postmaster.pid if that process is a live postgres (not a zombie, and not another
+    program that reused the PID of a crashed postmaster)."""
     try:
         with open(os.path.join(data_dir, "postmaster.pid"), encoding="ascii") as fh:
             pid = int(fh.readline().strip())
     except (OSError, ValueError):
         return None
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            stat = fh.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return _signal_alive(pid)
+    comm, _, rest = stat.partition("(")[2].rpartition(")")
+    state = rest.split()[0] if rest.split() else "?"
+    if state in ("Z", "X") or comm not in ("postgres", "postmaster"):
+        return None
+    return pid
+
+
+def _signal_alive(pid: int) -> Optional[int]:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
