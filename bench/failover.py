@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Failover benchmark: real etcd + 3 governor/PostgreSQL nodes on loopback.
+
+A client INSERTs every 100 ms, each time on a new connection, to whichever node is the
+read-write primary (libpq multi-host with target_session_attrs=read-write, or through haproxy
+with --haproxy-port). For each run it injects a fault into the leader and measures:
+
+  crash     SIGKILL of the leader's governor and postmaster (a host crash); failover time is
+            from the fault to the first INSERT that succeeds afterwards
+  clean     SIGTERM of the leader's governor (a clean stop); same measure
+  rejoin    after each fault the old leader's governor is started again; time until it streams
+  lost      acknowledged INSERTs missing on the new primary
+
+Usage (as root; governor and PostgreSQL run as the postgres user):
+  bench/failover.py [--runs 3] [--ttl 10] [--loop-wait 1] [--retry-timeout 3] [--output FILE]
+Writes a JSON file (default bench/results/failover-<time>.json) and prints a summary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import sys
+import threading
+import time
+from typing import Dict, List, Optional, Tuple
+
+import psycopg2
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests import harness  # noqa: E402
+
+
+class Client(threading.Thread):
+    """Every `interval` seconds: a new connection, one INSERT; remembers every acknowledgement."""
+
+    def __init__(self, dsn: str, interval: float = 0.1):
+        super().__init__(daemon=True)
+        self.dsn = dsn
+        self.interval = interval
+        self.acked: List[Tuple[int, float, float]] = []   # (id, attempt started, acknowledged)
+        self.halt = threading.Event()
+        self.seq = 0
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            started = time.monotonic()
+            self.seq += 1
+            try:
+                conn = psycopg2.connect(self.dsn)
+                try:
+                    conn.autocommit = True
+                    with conn.cursor() as cur:
+                        cur.execute("INSERT INTO bench_writes (id) VALUES (%s)", (self.seq,))
+                    with self.lock:
+                        self.acked.append((self.seq, started, time.monotonic()))
+                finally:
+                    conn.close()
+            except psycopg2.Error:
+                pass
+            self.halt.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def first_ack_after(self, moment: float, timeout: float) -> Optional[float]:
+        """Acknowledgement time of the first INSERT whose connection attempt began after `moment`
+        (one already in flight at the fault may still be acknowledged by the old primary)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                after = [acked for _i, began, acked in self.acked if began > moment]
+            if after:
+                return after[0]
+            time.sleep(0.05)
+        return None
+
+
+def wait_healthy(cluster: harness.TestCluster, timeout: float = 120) -> harness.Node:
+    primary = cluster.wait_for_primary(timeout)
+    cluster.wait_for_streaming([n for n in cluster.nodes if n != primary.name], timeout)
+    return primary
+
+
+def one_run(cluster: harness.TestCluster, client: Client, kind: str, ttl: float) -> Dict[str, object]:
+    old = wait_healthy(cluster)
+    time.sleep(2)  # steady state: every node has published its position
+    fault = time.monotonic()
+    if kind == "crash":
+        old.crash()
+    else:
+        old.signal(signal.SIGTERM)
+    first = client.first_ack_after(fault, ttl * 4)
+    failover = (first - fault) if first else None
+    if kind == "clean":
+        old.proc.wait(60)
+    new = cluster.wait_for_primary(60)
+    restarted = time.monotonic()
+    old.start()
+    harness.wait_until(old.is_streaming, 120, f"{old.name} to rejoin", interval=0.1)
+    rejoin = time.monotonic() - restarted
+    with client.lock:
+        acked = {i for i, _began, _acked in client.acked}
+    present = {r[0] for r in new.sql("SELECT id FROM bench_writes")}
+    lost = sorted(acked - present)
+    return {"kind": kind, "old_leader": old.name, "new_leader": new.name,
+            "failover_seconds": round(failover, 3) if failover is not None else None,
+            "rejoin_seconds": round(rejoin, 3), "acknowledged_writes_lost": len(lost)}
+
+
+def summary(values: List[float]) -> Dict[str, Optional[float]]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"median": None, "min": None, "max": None}
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=3, help="runs per fault kind (default 3)")
+    p.add_argument("--ttl", type=int, default=10)
+    p.add_argument("--loop-wait", type=float, default=1)
+    p.add_argument("--retry-timeout", type=float, default=3)
+    p.add_argument("--haproxy-port", type=int, help="write through haproxy on this port instead of libpq multi-host")
+    p.add_argument("--output", help="JSON result file")
+    args = p.parse_args()
+
+    base = harness.new_base_dir()
+    harness.become_subreaper()
+    etcd = harness.Etcd(base).start()
+    cluster = harness.TestCluster(etcd, base, harness.make_source_copy(base), "bench")
+    timing = {"loop_wait": args.loop_wait, "retry_timeout": args.retry_timeout, "etcd": {"ttl": args.ttl}}
+    runs: List[Dict[str, object]] = []
+    try:
+        for name in ("node1", "node2", "node3"):
+            cluster.add(name, extra=timing)
+        primary = wait_healthy(cluster)
+        primary.sql("CREATE TABLE bench_writes (id int PRIMARY KEY, at timestamptz DEFAULT now())")
+        if args.haproxy_port:
+            dsn = f"host=127.0.0.1 port={args.haproxy_port}"
+        else:
+            nodes = list(cluster.nodes.values())
+            dsn = (f"host={','.join('127.0.0.1' for _ in nodes)} port={','.join(str(n.port) for n in nodes)} "
+                   "target_session_attrs=read-write")
+        dsn += f" dbname=postgres user=postgres password={harness.SUPERUSER_PASSWORD} connect_timeout=1"
+        client = Client(dsn)
+        client.start()
+        for kind in ("crash", "clean"):
+            for i in range(args.runs):
+                result = one_run(cluster, client, kind, args.ttl)
+                runs.append(result)
+                print(f"{kind} run {i + 1}: {json.dumps(result)}", flush=True)
+        client.halt.set()
+        client.join(5)
+    finally:
+        cluster.teardown()
+        etcd.stop()
+        harness.stop_all_processes()
+
+    report = {
+        "benchmark": "failover",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": {"ttl": args.ttl, "loop_wait": args.loop_wait, "retry_timeout": args.retry_timeout,
+                     "nodes": 3, "client_interval_seconds": 0.1,
+                     "route": "haproxy" if args.haproxy_port else "libpq target_session_attrs=read-write"},
+        "summary": {
+            kind: {
+                "failover_seconds": summary([r["failover_seconds"] for r in runs if r["kind"] == kind]),
+                "rejoin_seconds": summary([r["rejoin_seconds"] for r in runs if r["kind"] == kind]),
+                "acknowledged_writes_lost": sum(r["acknowledged_writes_lost"] for r in runs if r["kind"] == kind),
+            } for kind in ("crash", "clean")},
+        "runs": runs,
+    }
+    out = args.output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                      f"failover-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as fh:
+        json.dump(report, fh, indent=2)
+    print(json.dumps(report["summary"], indent=2))
+    print(f"results written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
