@@ -99,6 +99,31 @@ class PostgresConfig:
 
 
 @dataclass(frozen=True)
+class RestApiConfig:
+    listen_host: str = "127.0.0.1"
+    port: int = 8008
+    connect_host: str = "127.0.0.1"
+    username: Optional[str] = None
+    password: Optional[str] = field(default=None, repr=False)
+    certfile: Optional[str] = None
+    keyfile: Optional[str] = None
+    cafile: Optional[str] = None
+
+    @property
+    def api_url(self) -> str:
+        scheme = "https" if self.certfile else "http"
+        host = f"[{self.connect_host}]" if ":" in self.connect_host else self.connect_host
+        return f"{scheme}://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = True
+    listen_host: str = "127.0.0.1"
+    port: int = 9547
+
+
+@dataclass(frozen=True)
 class Config:
     loop_wait: float
     retry_timeout: float
@@ -108,6 +133,8 @@ class Config:
     tags: Dict[str, Any]
     log_level: str
     source: str
+    restapi: RestApiConfig = RestApiConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
 
 def slot_name_for(member: str) -> str:
@@ -353,7 +380,10 @@ def _network_check(v: str) -> Optional[str]:
     return None
 
 
-TOP_KEYS = ("loop_wait", "retry_timeout", "primary_start_timeout", "log_level", "tags", "etcd", "postgresql")
+TOP_KEYS = ("loop_wait", "retry_timeout", "primary_start_timeout", "log_level", "tags", "etcd", "postgresql",
+            "restapi", "metrics")
+RESTAPI_KEYS = ("listen", "connect_address", "username", "password", "certfile", "keyfile", "cafile")
+METRICS_KEYS = ("enabled", "listen")
 ETCD_KEYS = ("scope", "ttl", "host", "protocol", "cacert", "cert", "key", "username", "password")
 PG_KEYS = ("name", "listen", "connect_address", "data_dir", "bin_dir", "maximum_lag_on_failover",
            "replication", "superuser", "recovery_conf", "parameters", "initdb", "pg_hba", "pgpass",
@@ -489,10 +519,17 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     if not socket_dir:
         socket_dir = "/var/run/postgresql" if os.path.isdir("/var/run/postgresql") else "/tmp"
 
+    restapi = _restapi(c)
+    metrics = _metrics(c)
+    if metrics.enabled and (metrics.listen_host, metrics.port) == (restapi.listen_host, restapi.port):
+        c.fail("metrics.listen", "must differ from restapi.listen")
+
     if c.problems:
         raise ConfigError(c.problems)
 
     return Config(
+        restapi=restapi,
+        metrics=metrics,
         loop_wait=loop_wait,
         retry_timeout=retry_timeout,
         primary_start_timeout=primary_start_timeout,
@@ -513,6 +550,53 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
             remove_data_directory_on_rewind_failure=remove_on_failure, member_slots_ttl=member_slots_ttl,
             permanent_slots=permanent_slots),
     )
+
+
+def _listen(c: _Checker, key: str, default: str, default_port: int) -> Tuple[str, int]:
+    text = c.value(key, "str", default)
+    parsed = parse_host_port(text, default_port) if text else None
+    if parsed is None:
+        c.fail(key, f"expected 'host:port' such as {default}, got {text!r}")
+        return parse_host_port(default, default_port)  # type: ignore[return-value]
+    return parsed
+
+
+def _restapi(c: _Checker) -> RestApiConfig:
+    section = c.section("restapi")
+    c.unknown("restapi", section, RESTAPI_KEYS)
+    host, port = _listen(c, "restapi.listen", "127.0.0.1:8008", 8008)
+    connect_host = host
+    connect = c.value("restapi.connect_address", "str")
+    if connect:
+        parsed = parse_host_port(connect, port)
+        if parsed is None or parsed[1] != port:
+            c.fail("restapi.connect_address", f"expected 'host:{port}' (the restapi.listen port), got {connect!r}")
+        else:
+            connect_host = parsed[0]
+    elif host in WILDCARD_HOSTS:
+        c.fail("restapi.connect_address", "required when restapi.listen is a wildcard: the address other "
+                                          "members and haproxy use")
+    user = c.value("restapi.username", "str")
+    password = c.value("restapi.password", "str")
+    if bool(user) != bool(password):
+        c.fail("restapi.username" if password else "restapi.password",
+               "restapi.username and restapi.password must be given together")
+    files = {}
+    for key in ("certfile", "keyfile", "cafile"):
+        files[key] = c.value(f"restapi.{key}", "str",
+                             check=lambda v: None if os.path.isfile(v) else f"file {v!r} does not exist")
+    if files["keyfile"] and not files["certfile"]:
+        c.fail("restapi.keyfile", "set restapi.certfile too")
+    return RestApiConfig(listen_host=host, port=port, connect_host=connect_host, username=user,
+                         password=password, **files)
+
+
+def _metrics(c: _Checker) -> MetricsConfig:
+    section = c.section("metrics")
+    c.unknown("metrics", section, METRICS_KEYS)
+    enabled = c.value("metrics.enabled", "bool", True)
+    host, port = _listen(c, "metrics.listen", "127.0.0.1:9547", 9547)
+    return MetricsConfig(enabled=enabled, listen_host=host, port=port)
 
 
 def load(path: str) -> Config:

@@ -1,24 +1,32 @@
 """The loop: observe -> decide -> act -> publish. All of governor's I/O for HA lives here."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import signal
+import ssl
 import threading
 import time
-from typing import Callable, Dict, Optional
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Dict, Optional
 
 import psycopg2
 
 from governor import __version__
-from governor.cluster import Cluster, parse_conn_url
+from governor.api import ApiServer
+from governor.cluster import Cluster, Member, parse_conn_url
 from governor.config import Config, slot_name_for
 from governor.dcs import DCS, DCSError, from_config
 from governor.ha import Action, Decision, LocalState, decide
+from governor.metrics import Metrics
 from governor.postgres import bootstrap, datadir
 from governor.postgres.controller import ControllerError, PgCtl, ProcessController
-from governor.postgres.server import Server
+from governor.postgres.server import Server, ServerState
+from governor.status import NodeStatus, ReplicaLag, StatusBoard
 
 log = logging.getLogger("governor")
 
@@ -66,6 +74,19 @@ class LeaderWatcher(threading.Thread):
                 self.wake.set()
 
 
+def peer_status(api_url: str, cafile: Optional[str] = None, timeout: float = 1.0) -> Optional[Member]:
+    """A member's own answer to GET /status, as a Member; None when it does not answer."""
+    context = ssl.create_default_context(cafile=cafile) if api_url.startswith("https") else None
+    try:
+        with urllib.request.urlopen(f"{api_url}/status", timeout=timeout, context=context) as resp:
+            data = json.load(resp)
+    except (OSError, ValueError):
+        return None
+    return Member(name=str(data.get("name")), role=str(data.get("role")),
+                  state="running" if data.get("running") else str(data.get("state")),
+                  lsn=data.get("lsn"), timeline=data.get("timeline"), tags=data.get("tags") or {})
+
+
 class Governor:
     def __init__(self, config: Config, dcs: Optional[DCS] = None,
                  controller: Optional[ProcessController] = None):
@@ -89,7 +110,15 @@ class Governor:
         self.rewind_failed = False
         self._leader_start_since: Optional[float] = None  # first failed start under the lock
         self._orphan_slots: Dict[str, float] = {}  # slot -> monotonic time it was first seen without member
-        self.on_loop_done: Optional[Callable[[Governor], None]] = None
+        self.lock_deadline: Optional[float] = None  # monotonic expiry of the lock as we last set it
+        self.server_state: Optional[ServerState] = None
+        self.replicas: tuple = ()
+        self.pg_version: Optional[int] = None
+        self.board = StatusBoard(NodeStatus(name=self.name, scope=config.etcd.scope))
+        self.api: Optional[ApiServer] = None
+        self.metrics: Optional[Metrics] = Metrics(config, self.board.get) if config.metrics.enabled else None
+        if self.metrics:
+            self.dcs.observer = self.metrics.observe_dcs
 
     # ------------------------------------------------------------------ observe
 
@@ -109,9 +138,10 @@ class Governor:
             self.rewind_pending = self.rewind_failed = False
             return LocalState(**self._local_base(kind))
         running = self.controller.is_running()
+        self.server_state = None
         if running:
             try:
-                st = self.server.state()
+                st = self.server_state = self.server.state()
                 self.once("pg", f"PostgreSQL running as {st.role}")
                 if st.role == "primary":
                     self.rewind_pending = True
@@ -126,6 +156,15 @@ class Governor:
         if datadir.was_primary(control):
             self.rewind_pending = True
         return LocalState(**self._local_base(kind), sysid=control.sysid)
+
+    def ask_peers(self, cluster: Cluster) -> Dict[str, Optional[Member]]:
+        """Ask every other member's API for its position, in parallel, with a short timeout."""
+        others = [m for m in cluster.members if m.name != self.name and m.api_url]
+        if not others:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(8, len(others))) as pool:
+            answers = pool.map(lambda m: (m.name, peer_status(m.api_url, self.config.restapi.cafile)), others)
+            return dict(answers)
 
     def _local_base(self, kind: str) -> dict:
         return dict(name=self.name, data=kind, tags=self.config.tags, data_dir=self.pg.data_dir,
@@ -271,16 +310,24 @@ class Governor:
         self._start(standby_of=self.leader_address(decision.leader) or ())
 
     def do_acquire_lock(self, decision: Decision, local: LocalState) -> None:
+        sent = time.monotonic()
         if not self.dcs.acquire_leader(self.name):
             raise ActionFailed("another member took the leader lock first")
-        self.holds_lock = True
+        self._lock_taken(sent)
         log.info("acquired the leader lock")
 
     def do_renew_lock(self, decision: Decision, local: LocalState) -> None:
+        sent = time.monotonic()
         if not self.dcs.renew_leader(self.name):
             self.holds_lock = False
             raise ActionFailed("the leader lock is no longer ours")
+        self._lock_taken(sent)
+
+    def _lock_taken(self, sent: float) -> None:
+        # etcd starts the TTL when it applies the write, which is after we sent it: counting from
+        # the send time errs on the safe side.
         self.holds_lock = True
+        self.lock_deadline = sent + self.config.etcd.ttl
 
     def do_promote(self, decision: Decision, local: LocalState) -> None:
         log.info("promoting: %s", decision.message)
@@ -289,6 +336,10 @@ class Governor:
         datadir.write_postgresql_conf(self.pg, standby_of=None)
         state = self.server.state()
         log.info("promoted: this member is now the primary on timeline %s", state.timeline)
+        if self.metrics:
+            self.metrics.promotions.inc()
+            if decision.case == "leader_race":
+                self.metrics.failovers.inc()
         self.record_promotion(state.timeline, local.lsn, decision)
         # The control file only shows the new timeline after a checkpoint; pg_rewind on the old
         # primary reads it there and would otherwise think no rewind is needed.
@@ -304,6 +355,8 @@ class Governor:
 
     def do_demote(self, decision: Decision, local: LocalState) -> None:
         log.warning("demoting: %s", decision.message)
+        if self.metrics:
+            self.metrics.demotions.inc()
         self.holds_lock = False
         self.rewind_pending = True
         try:
@@ -398,7 +451,7 @@ class Governor:
             role = local.role or ("stopped" if not local.running else "unknown")
         state = self.activity or \
             ("running" if local.running and local.role else ("starting" if local.running else "stopped"))
-        return {"role": role, "state": state, "conn_url": self.pg.conn_url, "api_url": None,
+        return {"role": role, "state": state, "conn_url": self.pg.conn_url, "api_url": self.config.restapi.api_url,
                 "timeline": local.timeline, "lsn": local.lsn, "tags": self.config.tags,
                 "version": __version__}
 
@@ -418,6 +471,9 @@ class Governor:
         """One pass; returns False when an action failed and the loop should run again at once."""
         self.cluster = self.observe_dcs()
         local = self.observe_local()
+        if self.cluster is not None and self.cluster.initialized and self.cluster.leader is None \
+                and local.running and local.role == "replica":
+            local = replace(local, peers=self.ask_peers(self.cluster))
         decision = decide(self.cluster, local)
         self.last_decision = decision
         self.once("decision", decision.summary)
@@ -433,9 +489,36 @@ class Governor:
             local = self.observe_local()
         if self.cluster is not None:
             self.publish(local)
-        if self.on_loop_done:
-            self.on_loop_done(self)
+        self.publish_status(local, decision)
         return ok
+
+    def publish_status(self, local: LocalState, decision: Decision) -> None:
+        """Hand what this loop saw to the API and the metrics exporter."""
+        st = self.server_state
+        if local.role == "primary" and self.holds_lock:
+            try:
+                self.replicas = tuple(ReplicaLag(*row) for row in self.server.replication())
+            except psycopg2.Error:
+                self.replicas = ()
+        else:
+            self.replicas = ()
+        if local.running and local.role and self.pg_version is None:
+            try:
+                self.pg_version = self.server.version()
+            except psycopg2.Error:
+                pass
+        member = self.member_data(local)
+        self.board.set(NodeStatus(
+            name=self.name, scope=self.config.etcd.scope, role=member["role"], state=member["state"],
+            running=local.running, timeline=local.timeline, lsn=local.lsn,
+            replay_lsn=st.replay_lsn if st else None, streaming=bool(st and st.receiving_from),
+            upstream=st.receiving_from if st else None, holds_lock=self.holds_lock,
+            lock_deadline=self.lock_deadline if self.holds_lock else None,
+            leader=self.cluster.leader.name if self.cluster and self.cluster.leader else None,
+            dcs_reachable=self.cluster is not None, tags=self.config.tags, decision=decision.case,
+            message=decision.message, loop_finished=time.monotonic(), loop_finished_wall=time.time(),
+            cluster=self.cluster, replicas=self.replicas, pg_version=self.pg_version,
+            api_url=self.config.restapi.api_url, conn_url=self.pg.conn_url))
 
     def sleep(self, seconds: float) -> None:
         if seconds <= 0 or self.stopping.is_set():
@@ -457,6 +540,21 @@ class Governor:
         signal.signal(signal.SIGINT, self.request_stop)
         log.info("governor %s starting: member %s, %s, data directory %s", __version__, self.name,
                  self.dcs.describe(), self.pg.data_dir)
+        self.api = ApiServer(self.config, self.board.get)
+        try:
+            self.api.start()
+        except OSError as exc:
+            log.error("cannot serve the REST API on %s:%s: %s", self.config.restapi.listen_host,
+                      self.config.restapi.port, exc.strerror or exc)
+            return 1
+        if self.metrics:
+            try:
+                self.metrics.start()
+            except OSError as exc:
+                log.error("cannot serve metrics on %s:%s: %s", self.config.metrics.listen_host,
+                          self.config.metrics.port, exc.strerror or exc)
+                self.api.stop()
+                return 1
         while not self.stopping.is_set():
             started = time.monotonic()
             try:
@@ -464,6 +562,8 @@ class Governor:
             except Exception:  # noqa: BLE001 - a bug in one pass must not kill the HA loop
                 log.exception("unexpected error in the HA loop; trying again")
                 ok = True
+            if self.metrics:
+                self.metrics.loop_duration.observe(time.monotonic() - started)
             if self.stopping.is_set():
                 break
             self.sleep(0.1 if not ok else self.config.loop_wait - (time.monotonic() - started))
@@ -490,4 +590,8 @@ class Governor:
         except DCSError as exc:
             log.warning("could not remove the member key (%s); it expires after ttl", exc)
         self.dcs.close()
+        if self.api:
+            self.api.stop()
+        if self.metrics:
+            self.metrics.stop()
         log.info("governor stopped")

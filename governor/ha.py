@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, Optional, Tuple
 
-from governor.cluster import Cluster
+from governor.cluster import Cluster, Member
 
 EMPTY, POSTGRES, NOT_POSTGRES = "empty", "postgres", "invalid"
 
@@ -74,6 +74,9 @@ class LocalState:
     data_dir: str = ""
     rewind_pending: bool = False    # was a primary since its last check against the current leader
     rewind_failed: bool = False     # pg_rewind failed and re-cloning is not allowed
+    # Other members as they answered this loop over the HTTP API (None: did not answer); used in
+    # the leader race instead of the positions they last published in etcd.
+    peers: Dict[str, Optional[Member]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,10 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
         return Decision("race_not_eligible_lag",
                         f"no leader; lag {lag} bytes exceeds maximum_lag_on_failover "
                         f"{local.maximum_lag_on_failover}: not racing, to avoid losing data", (Action.FOLLOW,))
-    others = [m for m in cluster.members if m.name != me]
+    others = [local.peers.get(m.name, m) if m.name in local.peers else m
+              for m in cluster.members if m.name != me]
+    unreachable = sum(1 for m in others if m is None)
+    others = [m for m in others if m is not None]  # a member that does not answer cannot block the race
     better = [m for m in others
               if m.state == "running" and m.role == "replica" and not m.tags.get("nofailover")
               and m.lsn is not None and local.lsn is not None and m.lsn > local.lsn]
@@ -184,7 +190,8 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
         return Decision("race_wait_for_better",
                         f"no leader; {best.name} has received more WAL ({best.lsn} > {local.lsn}): letting it "
                         "take over", (Action.FOLLOW,))
-    reachable = sum(1 for m in others if m.state == "running")
+    running = sum(1 for m in others if m.state == "running")
     return Decision("leader_race",
-                    f"no leader: taking the lock and promoting (lag {lag} bytes, {reachable} of {len(others)} "
-                    "other members running)", (Action.ACQUIRE_LOCK, Action.PROMOTE))
+                    f"no leader: taking the lock and promoting (lag {lag} bytes, {running} of "
+                    f"{len(others) + unreachable} other members reachable and running)",
+                    (Action.ACQUIRE_LOCK, Action.PROMOTE))

@@ -15,8 +15,9 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import psycopg2
 import yaml
@@ -218,6 +219,8 @@ class Node:
         self.cluster = cluster
         self.name = name
         self.port = free_port()
+        self.api_port = free_port()
+        self.metrics_port = free_port()
         self.dir = os.path.join(cluster.base_dir, name)
         os.makedirs(self.dir, exist_ok=True)
         chown_to_runner(self.dir)
@@ -230,6 +233,8 @@ class Node:
             "loop_wait": 1,
             "retry_timeout": 3,
             "etcd": {"scope": cluster.scope, "ttl": 10, "host": cluster.etcd.endpoint},
+            "restapi": {"listen": f"127.0.0.1:{self.api_port}"},
+            "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
             "postgresql": {
                 "name": name,
                 "listen": f"127.0.0.1:{self.port}",
@@ -351,6 +356,17 @@ class Node:
         except psycopg2.Error:
             return False
         return bool(rows) and rows[0][0] == "streaming"
+
+    def api(self, path: str, method: str = "GET", headers: Optional[dict] = None) -> Tuple[int, Optional[dict]]:
+        """(status code, JSON body or None) of a request to this node's REST API."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.api_port}{path}", method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=3) as resp:
+                body = resp.read()
+                code = resp.status
+        except urllib.error.HTTPError as exc:
+            body, code = exc.read(), exc.code
+        return code, (json.loads(body) if body else None)
 
     def member(self) -> Optional[dict]:
         node = self.cluster.etcd.get(f"/service/{self.cluster.scope}/members/{self.name}")

@@ -51,10 +51,12 @@ def test_bootstrap_gives_one_primary_and_two_streaming_replicas(three_nodes):
 
     # Members are published with role, state and addresses, never with a password.
     for node in cluster.nodes.values():
+        expected_role = "primary" if node is primary else "replica"
+        wait_until(lambda n=node, r=expected_role: n.member()["role"] == r, 5, f"{node.name}'s member key")
         member = node.member()
-        assert member["role"] == ("primary" if node is primary else "replica")
         assert member["state"] == "running"
         assert member["conn_url"] == f"postgres://127.0.0.1:{node.port}/postgres"
+        assert member["api_url"] == f"http://127.0.0.1:{node.api_port}"
     dump = cluster.etcd.dump()
     for secret in (SUPERUSER_PASSWORD, REPLICATION_PASSWORD):
         assert secret not in dump

@@ -24,10 +24,11 @@ def cluster(leader=None, initialize=SYSID, members=(), leader_lsn=None):
 
 
 def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, rewind_pending=False,
-          rewind_failed=False, **tags):
+          rewind_failed=False, peers=None, **tags):
     return ha.LocalState(name=ME, data=data, sysid=sysid if data == ha.POSTGRES else None, running=running,
                          role=role if running else None, lsn=lsn, tags=tags, maximum_lag_on_failover=1000,
-                         data_dir="/var/lib/pg", rewind_pending=rewind_pending, rewind_failed=rewind_failed)
+                         data_dir="/var/lib/pg", rewind_pending=rewind_pending, rewind_failed=rewind_failed,
+                         peers=peers or {})
 
 
 PRIMARY_NODE2 = member("node2", role="primary")
@@ -94,7 +95,19 @@ def test_lag_within_limit_races_and_message_explains():
     decision = ha.decide(cluster(members=[member("node2", lsn=90)], leader_lsn=1000), local(lsn=100))
     assert decision.case == "leader_race"
     assert "lag 900 bytes" in decision.message
-    assert "1 of 1 other members running" in decision.message
+    assert "1 of 1 other members reachable and running" in decision.message
+
+
+def test_fresh_answers_from_peers_override_published_positions():
+    stale = [member("node2", lsn=50), member("node3", lsn=50)]
+    fresh_ahead = {"node2": member("node2", lsn=500), "node3": None}
+    decision = ha.decide(cluster(members=stale), local(lsn=100, peers=fresh_ahead))
+    assert decision.case == "race_wait_for_better" and "node2" in decision.message
+    fresh_behind = {"node2": member("node2", lsn=90), "node3": None}
+    decision = ha.decide(cluster(members=[member("node2", lsn=500), member("node3", lsn=900)]),
+                         local(lsn=100, peers=fresh_behind))
+    assert decision.case == "leader_race", "an unreachable member does not block the race"
+    assert "1 of 2 other members reachable" in decision.message
 
 
 def test_never_promotes_without_taking_the_lock_first():

@@ -15,6 +15,8 @@ class DCSError(Exception):
 
 
 class DCS(abc.ABC):
+    # Called as observer(operation, seconds, ok) after every operation (the metrics exporter).
+    observer = None
     @abc.abstractmethod
     def get_cluster(self) -> Cluster:
         """Read the whole cluster in one request."""

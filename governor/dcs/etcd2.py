@@ -57,6 +57,17 @@ class Etcd2(DCS):
 
     def _call(self, what: str, op: Callable[[etcd.Client], T], budget: Optional[float] = None) -> T:
         """Run `op` against the endpoints in turn until one answers or the budget is spent."""
+        started = time.monotonic()
+        ok = False
+        try:
+            result = self._try_endpoints(what, op, budget)
+            ok = True
+            return result
+        finally:
+            if self.observer is not None:
+                self.observer(what, time.monotonic() - started, ok)
+
+    def _try_endpoints(self, what: str, op: Callable[[etcd.Client], T], budget: Optional[float]) -> T:
         deadline = time.monotonic() + (budget if budget is not None else self.retry_timeout)
         hosts: List[Tuple[str, int]] = list(self.cfg.hosts)
         errors = []

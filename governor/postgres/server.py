@@ -83,6 +83,16 @@ class Server:
                                int(replayed) if replayed is not None else None, upstream)
         return ServerState("primary", sysid, tli, int(current), None, None)
 
+    def replication(self) -> List[tuple]:
+        """On a primary: (application_name, state, sync_state, lag in bytes behind our position)."""
+        return self.query("""
+            SELECT application_name, state, sync_state,
+                   (pg_current_wal_lsn() - coalesce(replay_lsn, flush_lsn, write_lsn, sent_lsn))::bigint
+              FROM pg_stat_replication ORDER BY application_name""")
+
+    def version(self) -> int:
+        return int(self.query("SHOW server_version_num")[0][0])
+
     def promote(self, timeout: int = 60) -> bool:
         return bool(self.query("SELECT pg_promote(true, %s)", (timeout,))[0][0])
 

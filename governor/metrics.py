@@ -1,0 +1,137 @@
+"""Prometheus exporter: governor's own view of the node and the cluster.
+
+Gauges are computed at scrape time from the NodeStatus the loop published last (no query per
+scrape); counters and histograms are updated by the loop and the etcd adapter as things happen.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Iterable, Optional
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from governor import __version__
+from governor.config import Config
+from governor.status import NodeStatus
+
+log = logging.getLogger(__name__)
+
+ROLES = ("primary", "replica", "stopped", "uninitialized", "unknown")
+LOOP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+DCS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    def __init__(self, config: Config, get_status: Callable[[], NodeStatus]):
+        self.config = config
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.registry.register(_StatusCollector(config, get_status))
+        self.loop_duration = Histogram("governor_loop_duration_seconds", "Duration of one HA loop pass",
+                                       buckets=LOOP_BUCKETS, registry=self.registry)
+        self.dcs_duration = Histogram("governor_dcs_request_duration_seconds",
+                                      "Duration of etcd operations, retries included", ["operation"],
+                                      buckets=DCS_BUCKETS, registry=self.registry)
+        self.dcs_errors = Counter("governor_dcs_errors_total", "etcd operations that failed", ["operation"],
+                                  registry=self.registry)
+        self.promotions = Counter("governor_promotions_total", "Times this member was promoted",
+                                  registry=self.registry)
+        self.failovers = Counter("governor_failovers_total",
+                                 "Promotions of this member after the leader was lost (leader race)",
+                                 registry=self.registry)
+        self.demotions = Counter("governor_demotions_total", "Times this member demoted itself",
+                                 registry=self.registry)
+        self._server: Optional[ThreadingWSGIServer] = None
+
+    def observe_dcs(self, operation: str, seconds: float, ok: bool) -> None:
+        self.dcs_duration.labels(operation).observe(seconds)
+        if not ok:
+            self.dcs_errors.labels(operation).inc()
+
+    def start(self) -> None:
+        app = make_wsgi_app(self.registry)
+        self._server = make_server(self.config.metrics.listen_host, self.config.metrics.port, app,
+                                   ThreadingWSGIServer, handler_class=_QuietHandler)
+        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
+        log.info("Prometheus metrics on http://%s:%s/metrics", self.config.metrics.listen_host,
+                 self.config.metrics.port)
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - signature from the base class
+        log.debug("metrics %s - %s", self.address_string(), format % args)
+
+
+class _StatusCollector:
+    def __init__(self, config: Config, get_status: Callable[[], NodeStatus]):
+        self.config = config
+        self.get_status = get_status
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        st = self.get_status()
+        now = time.monotonic()
+        info = InfoMetricFamily("governor_build", "governor version and identity of this member")
+        info.add_metric([], {"version": __version__, "scope": st.scope, "member": st.name})
+        yield info
+
+        role = GaugeMetricFamily("governor_role", "1 for the role this member has now", labels=["role"])
+        for name in ROLES:
+            role.add_metric([name], 1.0 if st.role == name else 0.0)
+        yield role
+
+        def gauge(name: str, doc: str, value: Optional[float]) -> Optional[GaugeMetricFamily]:
+            return GaugeMetricFamily(name, doc, value=value) if value is not None else None
+
+        lock_left = (st.lock_deadline - now) if st.lock_valid(now) else 0.0
+        for metric in (
+            gauge("governor_lock_held", "1 when this member holds the leader lock", float(st.lock_valid(now))),
+            gauge("governor_lock_expiry_seconds", "Seconds until the leader lock expires unless renewed",
+                  max(0.0, lock_left)),
+            gauge("governor_postgres_running", "1 when the postmaster is running", float(st.running)),
+            gauge("governor_postgres_up", "1 when PostgreSQL answers queries",
+                  float(st.running and st.role in ("primary", "replica"))),
+            gauge("governor_dcs_reachable", "1 when etcd answered in the last loop", float(st.dcs_reachable)),
+            gauge("governor_paused", "1 while automatic actions are paused", 0.0),
+            gauge("governor_timeline", "PostgreSQL timeline", float(st.timeline) if st.timeline else None),
+            gauge("governor_wal_current_lsn_bytes", "Primary: current WAL position",
+                  float(st.lsn) if st.role == "primary" and st.lsn is not None else None),
+            gauge("governor_wal_received_lsn_bytes", "Replica: last WAL position received",
+                  float(st.lsn) if st.role == "replica" and st.lsn is not None else None),
+            gauge("governor_wal_replayed_lsn_bytes", "Replica: last WAL position replayed",
+                  float(st.replay_lsn) if st.replay_lsn is not None else None),
+            gauge("governor_streaming", "Replica: 1 when its WAL receiver streams", float(st.streaming)),
+            gauge("governor_last_loop_timestamp_seconds", "Unix time the last HA loop completed",
+                  st.loop_finished_wall or None),
+            gauge("governor_members", "Members registered in etcd",
+                  float(len(st.cluster.members)) if st.cluster is not None else None),
+        ):
+            if metric is not None:
+                yield metric
+
+        lag = GaugeMetricFamily("governor_replication_lag_bytes",
+                                "Leader: bytes each replica's replay position is behind the current WAL position",
+                                labels=["replica"])
+        streaming = GaugeMetricFamily("governor_replica_streaming",
+                                      "Leader: 1 for each replica connected and streaming", labels=["replica"])
+        for r in st.replicas:
+            if r.lag_bytes is not None:
+                lag.add_metric([r.name], float(r.lag_bytes))
+            streaming.add_metric([r.name], 1.0 if r.state == "streaming" else 0.0)
+        yield lag
+        yield streaming

@@ -1,0 +1,130 @@
+"""What the HA loop last saw, published for the HTTP API and the metrics exporter.
+
+The loop builds one immutable NodeStatus per pass; readers never touch PostgreSQL or etcd, so a
+health check costs nothing but a lock and a dictionary.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from governor.cluster import Cluster
+
+
+@dataclass(frozen=True)
+class ReplicaLag:
+    """One row of pg_stat_replication as the primary sees it."""
+    name: str
+    state: str
+    sync_state: str
+    lag_bytes: Optional[int]        # primary's current position - replica's replayed position
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    name: str
+    scope: str
+    role: str = "unknown"           # primary | replica | stopped | uninitialized | unknown
+    state: str = "starting"
+    running: bool = False
+    timeline: Optional[int] = None
+    lsn: Optional[int] = None           # primary: current position; replica: received
+    replay_lsn: Optional[int] = None
+    streaming: bool = False             # replica: its WAL receiver is streaming
+    upstream: Optional[str] = None
+    holds_lock: bool = False
+    lock_deadline: Optional[float] = None  # monotonic time the lock expires, as this node knows it
+    leader: Optional[str] = None
+    dcs_reachable: bool = False
+    tags: Dict[str, Any] = field(default_factory=dict)
+    decision: str = ""
+    message: str = ""
+    loop_finished: float = 0.0          # monotonic time of the last completed loop
+    loop_finished_wall: float = 0.0
+    cluster: Optional[Cluster] = None
+    replicas: Tuple[ReplicaLag, ...] = ()
+    pg_version: Optional[int] = None
+    api_url: Optional[str] = None
+    conn_url: Optional[str] = None
+
+    def lock_valid(self, now: Optional[float] = None) -> bool:
+        if not self.holds_lock or self.lock_deadline is None:
+            return False
+        return (now if now is not None else time.monotonic()) < self.lock_deadline
+
+    @property
+    def is_primary(self) -> bool:
+        """A running primary that holds a lock that has not expired as far as this node knows:
+        a frozen or cut-off leader drops out of the load balancer on its own."""
+        return self.running and self.role == "primary" and self.lock_valid()
+
+    @property
+    def is_replica(self) -> bool:
+        return self.running and self.role == "replica"
+
+    def lag_bytes(self) -> Optional[int]:
+        """This replica's distance behind the leader's last published position."""
+        if self.cluster is None or self.cluster.leader_lsn is None or self.lsn is None:
+            return None
+        return max(0, self.cluster.leader_lsn - self.lsn)
+
+    def as_dict(self) -> Dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "name": self.name,
+            "scope": self.scope,
+            "role": self.role,
+            "state": self.state,
+            "running": self.running,
+            "timeline": self.timeline,
+            "lsn": self.lsn,
+            "replay_lsn": self.replay_lsn,
+            "streaming": self.streaming,
+            "upstream": self.upstream,
+            "leader": self.leader,
+            "holds_lock": self.holds_lock,
+            "lock_expires_in": round(self.lock_deadline - now, 3) if self.holds_lock and self.lock_deadline else None,
+            "lag_bytes": self.lag_bytes() if self.role == "replica" else None,
+            "dcs_reachable": self.dcs_reachable,
+            "tags": self.tags,
+            "decision": self.decision,
+            "message": self.message,
+            "last_loop_age": round(now - self.loop_finished, 3) if self.loop_finished else None,
+            "pg_version": self.pg_version,
+            "conn_url": self.conn_url,
+            "api_url": self.api_url,
+        }
+
+    def cluster_dict(self) -> Dict[str, Any]:
+        cluster = self.cluster
+        members: List[Dict[str, Any]] = []
+        if cluster is not None:
+            leader = cluster.leader.name if cluster.leader else None
+            for m in cluster.members:
+                lag = None
+                if m.name != leader and cluster.leader_lsn is not None and m.lsn is not None:
+                    lag = max(0, cluster.leader_lsn - m.lsn)
+                members.append({"name": m.name, "role": "leader" if m.name == leader else m.role,
+                                "state": m.state, "timeline": m.timeline, "lsn": m.lsn, "lag_bytes": lag,
+                                "conn_url": m.conn_url, "api_url": m.api_url, "tags": m.tags})
+        return {"scope": self.scope, "leader": self.leader, "initialized": bool(cluster and cluster.initialized),
+                "leader_lsn": cluster.leader_lsn if cluster else None, "members": members,
+                "history": list(cluster.history) if cluster else [], "dcs_reachable": self.dcs_reachable}
+
+
+class StatusBoard:
+    """Thread-safe holder of the latest NodeStatus."""
+
+    def __init__(self, initial: NodeStatus):
+        self._lock = threading.Lock()
+        self._status = initial
+
+    def get(self) -> NodeStatus:
+        with self._lock:
+            return self._status
+
+    def set(self, status: NodeStatus) -> None:
+        with self._lock:
+            self._status = status
