@@ -12,7 +12,8 @@ with --haproxy-port). For each run it injects a fault into the leader and measur
   lost      acknowledged INSERTs missing on the new primary
 
 Usage (as root; governor and PostgreSQL run as the postgres user):
-  bench/failover.py [--runs 3] [--ttl 10] [--loop-wait 1] [--retry-timeout 3] [--output FILE]
+  bench/failover.py [--runs 3] [--ttl 10] [--loop-wait 1] [--retry-timeout 3] [--haproxy-port 5000]
+                    [--output FILE]
 Writes a JSON file (default bench/results/failover-<time>.json) and prints a summary.
 """
 from __future__ import annotations
@@ -123,7 +124,9 @@ def main() -> int:
     p.add_argument("--ttl", type=int, default=10)
     p.add_argument("--loop-wait", type=float, default=1)
     p.add_argument("--retry-timeout", type=float, default=3)
-    p.add_argument("--haproxy-port", type=int, help="write through haproxy on this port instead of libpq multi-host")
+    p.add_argument("--haproxy-port", type=int,
+                   help="start haproxy from haproxy/haproxy.cfg with its read-write port here, and write "
+                        "through it instead of libpq multi-host")
     p.add_argument("--output", help="JSON result file")
     args = p.parse_args()
 
@@ -139,6 +142,8 @@ def main() -> int:
         primary = wait_healthy(cluster)
         primary.sql("CREATE TABLE bench_writes (id int PRIMARY KEY, at timestamptz DEFAULT now())")
         if args.haproxy_port:
+            proxy = harness.Haproxy(cluster, base, rw_port=args.haproxy_port)
+            harness.wait_until(lambda: proxy.server_port(args.haproxy_port) == primary.port, 15, "haproxy")
             dsn = f"host=127.0.0.1 port={args.haproxy_port}"
         else:
             nodes = list(cluster.nodes.values())
@@ -159,12 +164,13 @@ def main() -> int:
         etcd.stop()
         harness.stop_all_processes()
 
+    route = "haproxy (haproxy/haproxy.cfg)" if args.haproxy_port else "libpq target_session_attrs=read-write"
     report = {
         "benchmark": "failover",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": {"ttl": args.ttl, "loop_wait": args.loop_wait, "retry_timeout": args.retry_timeout,
                      "nodes": 3, "client_interval_seconds": 0.1,
-                     "route": "haproxy" if args.haproxy_port else "libpq target_session_attrs=read-write"},
+                     "route": route},
         "summary": {
             kind: {
                 "failover_seconds": summary([r["failover_seconds"] for r in runs if r["kind"] == kind]),

@@ -25,6 +25,9 @@ sys.path.insert(0, REPO)
 
 ETCD_PORT, ETCD_PEER_PORT = 2379, 2380
 NODES = {"node1": 5441, "node2": 5442, "node3": 5443}
+API_PORTS = {"node1": 8008, "node2": 8009, "node3": 8010}     # as in haproxy/haproxy.cfg
+METRICS_PORTS = {"node1": 9547, "node2": 9548, "node3": 9549}
+HAPROXY_PORTS = (5000, 5001, 7000)
 SUPERUSER_PASSWORD = "demo-superuser"   # demo only: real deployments keep passwords in 0640 files
 PYTHON = "/usr/bin/python3"
 
@@ -80,6 +83,10 @@ def node_config(base: str, name: str, port: int) -> str:
     return f"""# demo node {name}: fast timings so failover can be watched
 loop_wait: 1
 retry_timeout: 3
+restapi:
+  listen: 127.0.0.1:{API_PORTS[name]}
+metrics:
+  listen: 127.0.0.1:{METRICS_PORTS[name]}
 etcd:
   scope: demo
   ttl: 10
@@ -147,14 +154,24 @@ def start(base: str) -> None:
         spawn([PYTHON, "-m", "governor", cfg], os.path.join(node_dir, "governor.log"), pidfile, user, env)
         print(f"started governor {name} (PostgreSQL on 127.0.0.1:{port}), log {node_dir}/governor.log")
 
+    haproxy_pid = os.path.join(base, "haproxy.pid")
+    if not pid_alive(haproxy_pid):
+        for port in HAPROXY_PORTS:
+            if port_busy(port):
+                raise SystemExit(f"demo: port {port} is in use; haproxy needs {HAPROXY_PORTS}")
+        spawn(["haproxy", "-db", "-f", os.path.join(REPO, "haproxy", "haproxy.cfg")],
+              os.path.join(base, "haproxy.log"), haproxy_pid)
+        print("started haproxy: 5000 read-write, 5001 read-only, http://127.0.0.1:7000/ statistics")
+
     print("waiting for 1 primary and 2 streaming replicas ...")
     wait_for(lambda: healthy(base), 180, "the cluster to form")
+    wait_for(lambda: routed_port(5000) == NODES[leader(base)], 30, "haproxy to route to the primary")
     status(base)
     name = leader(base)
-    leader_port = NODES[name]
     print(f"""
-Connect to the primary:
-  PGPASSWORD={SUPERUSER_PASSWORD} psql -h 127.0.0.1 -p {leader_port} -U postgres
+Connect to the primary through haproxy (a replica: -p 5001):
+  PGPASSWORD={SUPERUSER_PASSWORD} psql -h 127.0.0.1 -p 5000 -U postgres
+Health and metrics:  curl -s http://127.0.0.1:{API_PORTS[name]}/status; curl -s http://127.0.0.1:{METRICS_PORTS[name]}/metrics
 Watch the cluster:   make demo-status   (or: {PYTHON} -m governor.ctl -c {base}/node1/governor.yml list)
 Try a failover:      kill -9 $(cat {base}/{name}/governor.pid) $(head -1 {base}/{name}/data/postmaster.pid)
 Stop everything:     make demo-stop     (data stays in {base}; make demo reuses it)
@@ -189,6 +206,19 @@ def healthy(base: str) -> bool:
         conn.close()
 
 
+def routed_port(port: int) -> int:
+    import psycopg2
+
+    conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", password=SUPERUSER_PASSWORD,
+                            dbname="postgres", connect_timeout=2)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT inet_server_port()")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
 def status(base: str) -> None:
     from governor import ctl
 
@@ -207,6 +237,10 @@ def stop(base: str) -> None:
         while pid_alive(os.path.join(base, name, "governor.pid")) and time.monotonic() < deadline:
             time.sleep(0.2)
         print(f"stopped governor {name}")
+    pid = pid_alive(os.path.join(base, "haproxy.pid"))
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        print("stopped haproxy")
     pid = pid_alive(os.path.join(base, "etcd.pid"))
     if pid:
         os.kill(pid, signal.SIGTERM)

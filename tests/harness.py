@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -25,6 +26,7 @@ import yaml
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = "/usr/bin/python3"   # Debian's python3 with python3-psycopg2, python3-etcd, ... from apt
 PG_BIN = "/usr/lib/postgresql/15/bin"
+HAPROXY_EXAMPLE = os.path.join(REPO, "haproxy", "haproxy.cfg")
 RUN_AS = "postgres"
 SUPERUSER_PASSWORD = "test-super-Secret-1"
 REPLICATION_PASSWORD = "test-repl-Secret-2"
@@ -414,6 +416,47 @@ class TestCluster:
             if node.proc and node.proc.poll() is None:
                 node.kill()
             stop_postmaster(node.data_dir)
+
+
+class Haproxy:
+    """A real haproxy running the shipped example, pointed at the test cluster's ports."""
+
+    def __init__(self, cluster: TestCluster, base_dir: str, rw_port: Optional[int] = None):
+        self.rw_port = rw_port or free_port()
+        self.ro_port, self.stats_port = free_port(), free_port()
+        with open(HAPROXY_EXAMPLE) as fh:
+            text = fh.read()
+        text = text.replace("bind *:5000", f"bind 127.0.0.1:{self.rw_port}")
+        text = text.replace("bind *:5001", f"bind 127.0.0.1:{self.ro_port}")
+        text = text.replace("bind 127.0.0.1:7000", f"bind 127.0.0.1:{self.stats_port}")
+        servers = "".join(f"    server {n.name} 127.0.0.1:{n.port} maxconn 100 check port {n.api_port}\n"
+                          for n in cluster.nodes.values())
+        text = re.sub(r"(?m)^    server .*\n(?:    server .*\n)*", servers, text)
+        self.path = os.path.join(base_dir, f"haproxy-{cluster.scope}.cfg")
+        with open(self.path, "w") as fh:
+            fh.write(text)
+        self.proc = subprocess.Popen(["haproxy", "-db", "-f", self.path], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        _processes.append(self.proc)
+
+    def connect(self, port: int):
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
+                                password=SUPERUSER_PASSWORD, connect_timeout=2)
+        conn.autocommit = True
+        return conn
+
+    def server_port(self, port: int) -> int:
+        conn = self.connect(port)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT inet_server_port()")
+                return cur.fetchone()[0]
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
 
 
 def make_source_copy(base_dir: str) -> str:
