@@ -572,6 +572,8 @@ class Governor:
 
     def shutdown(self) -> None:
         """Clean stop: PostgreSQL first, then the lock, so a replica can take over at once."""
+        # Health checks fail from now on, so load balancers stop sending new sessions here.
+        self.board.set(replace(self.board.get(), state="stopping", holds_lock=False, lock_deadline=None))
         log.info("shutting down: stopping PostgreSQL")
         try:
             self.controller.stop("fast", timeout=max(30.0, self.pg.start_timeout))
