@@ -111,6 +111,7 @@ class Governor:
         self._leader_start_since: Optional[float] = None  # first failed start under the lock
         self._orphan_slots: Dict[str, float] = {}  # slot -> monotonic time it was first seen without member
         self.lock_deadline: Optional[float] = None  # monotonic expiry of the lock as we last set it
+        self.dcs_failed = False   # an etcd call failed in the current (or last) pass
         self.server_state: Optional[ServerState] = None
         self.replicas: tuple = ()
         self.pg_version: Optional[int] = None
@@ -205,6 +206,8 @@ class Governor:
                 return False
             except (ControllerError, bootstrap.BootstrapError, DCSError, psycopg2.Error, OSError) as exc:
                 self.once("action", f"{action.value} failed: {str(exc).strip()}", logging.ERROR)
+                if isinstance(exc, DCSError):
+                    self.dcs_failed = True
                 return False
             finally:
                 self.activity = None
@@ -463,13 +466,27 @@ class Governor:
                 self.dcs.write_leader_lsn(local.lsn)
                 self._published_lsn = local.lsn
         except DCSError as exc:
+            self.dcs_failed = True
             self.once("dcs", f"etcd unreachable: {exc}", logging.WARNING)
 
     # ------------------------------------------------------------------ loop
 
+    def lock_too_close_to_expiry(self) -> bool:
+        """After a failed etcd call, a primary whose lock would expire before another call could
+        time out must not ask again: it treats etcd as unreachable and demotes now."""
+        if not (self.dcs_failed and self.holds_lock and self.lock_deadline is not None):
+            return False
+        return self.lock_deadline - time.monotonic() <= self.config.retry_timeout + 1
+
     def run_once(self) -> bool:
         """One pass; returns False when an action failed and the loop should run again at once."""
-        self.cluster = self.observe_dcs()
+        if self.lock_too_close_to_expiry():
+            self.once("dcs", "etcd did not answer and the leader lock expires in less than retry_timeout: "
+                             "not waiting for etcd again", logging.WARNING)
+            self.cluster = None
+        else:
+            self.cluster = self.observe_dcs()
+        self.dcs_failed = self.cluster is None
         local = self.observe_local()
         if self.cluster is not None and self.cluster.initialized and self.cluster.leader is None \
                 and local.running and local.role == "replica":
@@ -487,7 +504,7 @@ class Governor:
         ok = self.execute(decision, local)
         if decision.actions:
             local = self.observe_local()
-        if self.cluster is not None:
+        if self.cluster is not None and not self.dcs_failed:
             self.publish(local)
         self.publish_status(local, decision)
         return ok
