@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -24,6 +25,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("config", metavar="CONFIG", help="configuration file or directory")
     p.add_argument("--validate-config", action="store_true",
                    help="check the configuration, print every problem found, and exit (0 valid, 2 not)")
+    p.add_argument("--daemonize", action="store_true",
+                   help="detach and run in the background (hosts without systemd); use with --pidfile")
+    p.add_argument("--pidfile", help="with --daemonize: write the daemon's PID here, removed at exit")
+    p.add_argument("--log-file", help="write the log to this file instead of standard error")
+    p.add_argument("--fence", action="store_true",
+                   help="for systemd's ExecStopPost: if $SERVICE_RESULT is not 'success' (watchdog "
+                        "timeout, crash), stop the local PostgreSQL immediately, then exit")
     p.add_argument("--version", action="version", version=f"governor {__version__}")
     return p
 
@@ -41,10 +49,38 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.validate_config:
         print(f"{args.config}: configuration is valid (member {cfg.postgresql.name}, scope {cfg.etcd.scope})")
         return EXIT_OK
-    log_mod.setup(cfg.log_level)
+    if args.fence:
+        log_mod.setup(cfg.log_level, args.log_file)
+        from governor.fence import fence
+
+        return fence(cfg)
+    if args.daemonize:
+        return daemonize(cfg, args)
+    log_mod.setup(cfg.log_level, args.log_file)
     from governor.daemon import Governor
 
     return Governor(cfg).run()
+
+
+def daemonize(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """Classic daemon: detach with python-daemon, hold a PID file, log to a file or syslog."""
+    import daemon
+    import daemon.pidfile
+
+    pidfile = daemon.pidfile.TimeoutPIDLockFile(os.path.abspath(args.pidfile), acquire_timeout=1) \
+        if args.pidfile else None
+    if pidfile is not None and pidfile.is_locked():
+        print(f"governor: {args.pidfile} is held by PID {pidfile.read_pid()}; is governor already running?",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    log_file = os.path.abspath(args.log_file) if args.log_file else None
+    context = daemon.DaemonContext(pidfile=pidfile, working_directory="/", umask=0o027, signal_map={},
+                                   detach_process=True)
+    with context:
+        log_mod.setup(cfg.log_level, log_file, syslog=log_file is None)
+        from governor.daemon import Governor
+
+        return Governor(cfg).run()
 
 
 if __name__ == "__main__":

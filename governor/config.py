@@ -10,7 +10,7 @@ import glob
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import yaml
@@ -597,6 +597,52 @@ def _metrics(c: _Checker) -> MetricsConfig:
     enabled = c.value("metrics.enabled", "bool", True)
     host, port = _listen(c, "metrics.listen", "127.0.0.1:9547", 9547)
     return MetricsConfig(enabled=enabled, listen_host=host, port=port)
+
+
+# Settings a running governor cannot take over on SIGHUP: its identity, where things live and
+# listen, and how it reaches etcd.
+RESTART_ONLY = {
+    "etcd": ("scope", "hosts", "protocol", "cacert", "cert", "key", "username", "password"),
+    "postgresql": ("name", "listen_host", "port", "connect_host", "data_dir", "bin_dir", "socket_dir",
+                   "log_file", "pgpass"),
+    "restapi": None,   # the whole section
+    "metrics": None,
+}
+
+
+def _flatten(obj: Any, prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if is_dataclass(value):
+            out.update(_flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+def changed_keys(old: Config, new: Config) -> List[str]:
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in a if k != "source" and a[k] != b.get(k))
+
+
+def merge_live(old: Config, new: Config) -> Tuple[Config, List[str]]:
+    """`new` with the restart-only settings of `old`; also the restart-only keys that differed."""
+    kept: List[str] = []
+    merged = new
+    for section, names in RESTART_ONLY.items():
+        old_part, new_part = getattr(old, section), getattr(new, section)
+        if names is None:
+            if old_part != new_part:
+                kept.append(section)
+                merged = replace(merged, **{section: old_part})
+            continue
+        keep = {n: getattr(old_part, n) for n in names if getattr(old_part, n) != getattr(new_part, n)}
+        if keep:
+            kept.extend(f"{section}.{n}" for n in keep)
+            merged = replace(merged, **{section: replace(getattr(merged, section), **keep)})
+    return merged, kept
 
 
 def load(path: str) -> Config:

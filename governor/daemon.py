@@ -17,6 +17,7 @@ from typing import Dict, Optional
 import psycopg2
 
 from governor import __version__
+from governor import config as config_mod
 from governor.api import ApiServer
 from governor.cluster import Cluster, Member, parse_conn_url
 from governor.config import Config, slot_name_for
@@ -27,6 +28,7 @@ from governor.postgres import bootstrap, datadir
 from governor.postgres.controller import ControllerError, PgCtl, ProcessController
 from governor.postgres.server import Server, ServerState
 from governor.status import NodeStatus, ReplicaLag, StatusBoard
+from governor.systemd import Notifier
 
 log = logging.getLogger("governor")
 
@@ -112,6 +114,9 @@ class Governor:
         self._orphan_slots: Dict[str, float] = {}  # slot -> monotonic time it was first seen without member
         self.lock_deadline: Optional[float] = None  # monotonic expiry of the lock as we last set it
         self.dcs_failed = False   # an etcd call failed in the current (or last) pass
+        self.conf_target: Optional[tuple] = None  # what postgresql.conf was last written for
+        self.notify = Notifier()
+        self.reload_requested = threading.Event()
         self.server_state: Optional[ServerState] = None
         self.replicas: tuple = ()
         self.pg_version: Optional[int] = None
@@ -221,10 +226,11 @@ class Governor:
         self.activity = "bootstrapping"
         created = False
         try:
-            bootstrap.initdb(self.pg)
+            with self.notify.keep_alive_while("initdb"):
+                bootstrap.initdb(self.pg)
             created = True
             self.rewind_pending = self.rewind_failed = False
-            datadir.write_postgresql_conf(self.pg, standby_of=None)
+            self.write_conf(standby_of=None)
             datadir.write_pgpass(self.pg)
             if not self.dcs.acquire_leader(self.name):
                 raise ActionFailed("a leader lock exists although the cluster was never initialized; "
@@ -268,15 +274,21 @@ class Governor:
         self.activity = "creating replica"
         self.publish(local)
         log.info("cloning %s from %s:%s with pg_basebackup", self.pg.data_dir, *address)
-        bootstrap.basebackup(self.pg, *address)
+        with self.notify.keep_alive_while(f"cloning {decision.leader} with pg_basebackup"):
+            bootstrap.basebackup(self.pg, *address)
         self.rewind_pending = self.rewind_failed = False
         self._start(standby_of=address)
         log.info("clone finished: streaming from %s", decision.leader)
 
+    def write_conf(self, standby_of: Optional[tuple]) -> bool:
+        """Write postgresql.conf for a primary (None) or a standby of (host, port) / nobody (())."""
+        self.conf_target = standby_of
+        return datadir.write_postgresql_conf(self.pg, standby_of=standby_of)
+
     def _start(self, standby_of: Optional[tuple]) -> None:
         """Write the configuration for the given role and start; standby_of=None means primary."""
         datadir.write_pgpass(self.pg)
-        datadir.write_postgresql_conf(self.pg, standby_of=standby_of)
+        self.write_conf(standby_of=standby_of)
         datadir.set_standby_signal(self.pg.data_dir, standby_of is not None)
         self.controller.start(self.pg.start_timeout, wait=standby_of is None)
 
@@ -285,7 +297,7 @@ class Governor:
         # A replica data directory starts as a standby; the next loop promotes it under the lock.
         standby_of = () if datadir.is_standby(self.pg.data_dir) else None
         datadir.write_pgpass(self.pg)
-        datadir.write_postgresql_conf(self.pg, standby_of=standby_of)
+        self.write_conf(standby_of=standby_of)
         datadir.set_standby_signal(self.pg.data_dir, standby_of is not None)
         now = time.monotonic()
         if self._leader_start_since is None:
@@ -336,7 +348,7 @@ class Governor:
         log.info("promoting: %s", decision.message)
         if not self.server.promote():
             raise ActionFailed("pg_promote() did not finish in time")
-        datadir.write_postgresql_conf(self.pg, standby_of=None)
+        self.write_conf(standby_of=None)
         state = self.server.state()
         log.info("promoted: this member is now the primary on timeline %s", state.timeline)
         if self.metrics:
@@ -393,7 +405,8 @@ class Governor:
             return
         log.info("pg_rewind from %s at %s:%s", leader, *target)
         try:
-            result = bootstrap.rewind(self.pg, *target)
+            with self.notify.keep_alive_while(f"pg_rewind from {leader}"):
+                result = bootstrap.rewind(self.pg, *target)
         except bootstrap.BootstrapError as exc:
             if self.pg.remove_data_directory_on_rewind_failure:
                 log.error("%s; removing %s to clone the leader (remove_data_directory_on_rewind_failure)",
@@ -410,7 +423,7 @@ class Governor:
         target = self.leader_address(decision.leader) or ()
         if decision.leader and not target:
             return  # the leader has not published its address yet
-        if datadir.write_postgresql_conf(self.pg, standby_of=target):
+        if self.write_conf(standby_of=target):
             self.controller.reload()
             log.info("now following %s", f"{decision.leader} at {target[0]}:{target[1]}" if target else "nobody")
 
@@ -552,9 +565,39 @@ class Governor:
         self.stopping.set()
         self.wake.set()
 
+    def request_reload(self, signum: int = signal.SIGHUP, frame: object = None) -> None:
+        self.reload_requested.set()
+        self.wake.set()
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`."""
+        st = self.board.get()
+        if st.is_primary:
+            streaming = sum(1 for r in st.replicas if r.state == "streaming")
+            return f"primary, leader of {st.scope}: {streaming} of {len(st.replicas)} replicas streaming"
+        if st.is_replica:
+            lag = st.lag_bytes()
+            return (f"replica of {st.leader or 'nobody'}, {'streaming' if st.streaming else 'not streaming'}"
+                    + (f", lag {lag} bytes" if lag is not None else ""))
+        return f"{st.decision}: {st.message}"[:200]
+
+    def check_watchdog_timing(self) -> None:
+        usec = self.notify.watchdog_usec
+        if not usec:
+            return
+        watchdog, cfg = usec / 1e6, self.config
+        if watchdog + 2 >= cfg.etcd.ttl:
+            log.warning("WatchdogSec=%.0fs leaves no time to fence PostgreSQL before the leader lock (ttl %ss) "
+                        "expires; set it below ttl - 2", watchdog, cfg.etcd.ttl)
+        if watchdog < 2 * cfg.retry_timeout + 2:
+            log.warning("WatchdogSec=%.0fs is shorter than a loop that waits twice for etcd (2 * retry_timeout "
+                        "= %ss): a slow etcd could get governor killed", watchdog, 2 * cfg.retry_timeout)
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
+        self.check_watchdog_timing()
         log.info("governor %s starting: member %s, %s, data directory %s", __version__, self.name,
                  self.dcs.describe(), self.pg.data_dir)
         self.api = ApiServer(self.config, self.board.get)
@@ -581,14 +624,54 @@ class Governor:
                 ok = True
             if self.metrics:
                 self.metrics.loop_duration.observe(time.monotonic() - started)
+            self.notify.watchdog()   # only after a pass that completed: a hung loop stops the pings
+            if not self.notify.ready_sent:
+                self.notify.ready(self.status_line())
+            else:
+                self.notify.status(self.status_line())
             if self.stopping.is_set():
                 break
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
+                continue
             self.sleep(0.1 if not ok else self.config.loop_wait - (time.monotonic() - started))
         self.shutdown()
         return 0
 
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration; apply what can change live, keep the rest."""
+        self.notify.reloading()
+        try:
+            new = config_mod.load(self.config.source)
+        except config_mod.ConfigError as exc:
+            log.error("reload: the new configuration is rejected, the running one stays in force:\n  %s",
+                      "\n  ".join(exc.problems))
+            self.notify.ready()
+            return
+        new, needs_restart = config_mod.merge_live(self.config, new)
+        if needs_restart:
+            log.warning("reload: %s can only change with a restart of governor; keeping the running values",
+                        ", ".join(needs_restart))
+        changed = config_mod.changed_keys(self.config, new)
+        self.config, self.pg = new, new.postgresql
+        self.dcs.cfg, self.dcs.retry_timeout = new.etcd, new.retry_timeout
+        logging.getLogger().setLevel(new.log_level)
+        try:
+            if datadir.classify(self.pg.data_dir) == datadir.POSTGRES:
+                datadir.write_pgpass(self.pg)
+                if self.controller.is_running() and self.write_conf(self.conf_target):
+                    self.controller.reload()
+                    log.info("reload: PostgreSQL configuration rewritten and reloaded")
+        except (OSError, ControllerError) as exc:
+            log.error("reload: could not apply the PostgreSQL settings: %s", exc)
+        log.info("reload: configuration reloaded%s", f" (changed: {', '.join(changed)})" if changed else
+                 " (nothing changed)")
+        self.notify.ready(self.status_line())
+
     def shutdown(self) -> None:
         """Clean stop: PostgreSQL first, then the lock, so a replica can take over at once."""
+        self.notify.stopping()
         # Health checks fail from now on, so load balancers stop sending new sessions here.
         self.board.set(replace(self.board.get(), state="stopping", holds_lock=False, lock_deadline=None))
         log.info("shutting down: stopping PostgreSQL")

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import sys
+from typing import Optional
 
 # syslog priorities journald understands as a "<N>" line prefix
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
@@ -30,11 +32,20 @@ def under_journald() -> bool:
     return stream == f"{st.st_dev}:{st.st_ino}"
 
 
-def setup(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if under_journald():
+def setup(level: str = "INFO", log_file: Optional[str] = None, syslog: bool = False) -> None:
+    """Log to the journal (priority prefixes), a file, syslog (daemon mode), or stderr."""
+    handler: logging.Handler
+    if log_file:
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
+    elif syslog and os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler("/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        handler.setFormatter(logging.Formatter("governor[%(process)d]: %(message)s"))
+    elif under_journald():
+        handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JournalFormatter("%(message)s"))
     else:
+        handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
     root = logging.getLogger()
     for old in list(root.handlers):

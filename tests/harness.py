@@ -260,11 +260,12 @@ class Node:
         os.chmod(self.config_path, 0o600)
         chown_to_runner(self.config_path)
 
-    def start(self) -> Node:
+    def start(self, env: Optional[dict] = None, args: tuple = ()) -> Node:
         pw = pwd.getpwnam(RUN_AS)
-        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": self.cluster.src_dir, "HOME": self.dir, "LANG": "C.UTF-8"}
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": self.cluster.src_dir, "HOME": self.dir, "LANG": "C.UTF-8",
+               **(env or {})}
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([PYTHON, "-m", "governor", self.config_path], stdout=log,
+        self.proc = subprocess.Popen([PYTHON, "-m", "governor", *args, self.config_path], stdout=log,
                                      stderr=subprocess.STDOUT, env=env, cwd=self.dir, user=pw.pw_uid,
                                      group=pw.pw_gid, extra_groups=[], start_new_session=True)
         _processes.append(self.proc)
