@@ -1,0 +1,59 @@
+"""The systemd units: valid for systemd itself, and consistent with governor's timing rules."""
+from __future__ import annotations
+
+import configparser
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from governor import config
+from tests.harness import REPO
+
+UNITS = ("governor.service", "governor@.service")
+
+
+def unit(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read(os.path.join(REPO, "systemd", name))
+    return parser
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_units_pass_systemd_analyze_verify(tmp_path):
+    # A root holding systemd's own units, the governor units and an executable /usr/bin/governor.
+    root = tmp_path / "root"
+    shutil.copytree("/lib/systemd/system", root / "lib/systemd/system", symlinks=True)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "bin").mkdir()
+    shutil.copy("/bin/kill", root / "bin/kill")
+    (root / "usr/bin/governor").write_text("#!/bin/sh\n")
+    (root / "usr/bin/governor").chmod(0o755)
+    for name in UNITS:
+        shutil.copy(os.path.join(REPO, "systemd", name), root / "etc/systemd/system" / name)
+    for name in ("governor.service", "governor@main.service"):
+        result = subprocess.run(["systemd-analyze", "verify", "--man=no", f"--root={root}",
+                                 f"/etc/systemd/system/{name}"], capture_output=True, text=True)
+        assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_watchdog_fits_the_default_timings(tmp_path):
+    raw = {"etcd": {"scope": "s"}, "postgresql": {"name": "n", "data_dir": str(tmp_path / "data"),
+                                                   "bin_dir": "/usr/lib/postgresql/15/bin",
+                                                   "replication": {"password": "x"}}}
+    cfg = config.validate(raw, {}, "defaults")
+    ttl, loop_wait, retry_timeout = cfg.etcd.ttl, cfg.loop_wait, cfg.retry_timeout
+    for name in UNITS:
+        service = unit(name)["Service"]
+        assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
+        assert service["User"] == "postgres"
+        watchdog = int(service["WatchdogSec"].rstrip("s"))
+        assert watchdog + 2 < ttl, "a hung leader must be fenced before its lock expires"
+        assert watchdog > 2 * retry_timeout + 2, "a loop waiting twice on a slow etcd must not be killed"
+        assert loop_wait < watchdog
+        assert service["KillMode"] == "process", "restarting governor must not kill PostgreSQL"
+        assert "--fence" in service["ExecStopPost"]
+        assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
