@@ -4,7 +4,7 @@ PYTHON   ?= /usr/bin/python3
 PYTEST   ?= $(PYTHON) -m pytest -p no:cacheprovider --timeout=600
 DEMO_DIR ?= /tmp/governor-demo
 
-.PHONY: all deps lint unit test demo demo-stop demo-status demo-clean clean
+.PHONY: all deps lint unit test test-system demo demo-stop demo-status demo-clean clean
 
 all: test
 
@@ -16,6 +16,10 @@ lint: deps
 
 unit: deps
 	$(PYTEST) -q -m "not integration" tests
+
+# governor as a systemd service in a booted Debian 12 container (also part of `make test`)
+test-system: deps
+	$(PYTEST) -q -m system tests
 
 test: deps lint
 	$(PYTEST) -q tests

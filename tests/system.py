@@ -1,0 +1,114 @@
+"""A booted Debian 12 with a real systemd (systemd-nspawn), for system tests.
+
+The root file system is built once with debootstrap (PostgreSQL 15 and governor's Python
+dependencies from Debian's archive) and cached; every boot runs it with --volatile=overlay, so
+nothing a test does persists. governor comes from the working tree through read-only bind mounts
+(the package issue will switch this to installing the .deb). The container shares the host's
+network, so it reaches the test etcd on the host's loopback.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from typing import List, Optional
+
+from tests.harness import REPO, _processes, child_pids, cmdline, wait_until
+
+CACHE = os.environ.get("GOVERNOR_TEST_CACHE", "/var/cache/governor-test")
+PACKAGES = ["systemd", "systemd-sysv", "dbus", "procps", "postgresql-15", "python3-psycopg2", "python3-etcd",
+            "python3-yaml", "python3-sdnotify", "python3-daemon", "python3-prometheus-client"]
+MIRROR = "http://deb.debian.org/debian"
+
+
+def rootfs() -> str:
+    """Path of the cached bookworm root file system, built on first use."""
+    key = hashlib.sha256(" ".join(PACKAGES).encode()).hexdigest()[:12]
+    path = os.path.join(CACHE, f"bookworm-{key}")
+    if os.path.exists(os.path.join(path, ".complete")):
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(CACHE, exist_ok=True)
+    subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", "bookworm", path,
+                    MIRROR], check=True, capture_output=True)
+    # No default PostgreSQL cluster or etcd started at boot: governor manages its own.
+    for unit in ("postgresql.service", "etcd.service"):
+        link = os.path.join(path, "etc/systemd/system", unit)
+        if not os.path.lexists(link):
+            os.symlink("/dev/null", link)
+    open(os.path.join(path, ".complete"), "w").close()
+    return path
+
+
+def container_uid(root: str, user: str) -> tuple:
+    with open(os.path.join(root, "etc/passwd")) as fh:
+        for line in fh:
+            fields = line.split(":")
+            if fields[0] == user:
+                return int(fields[2]), int(fields[3])
+    raise KeyError(user)
+
+
+class Machine:
+    """One booted container; `run()` executes a command inside it."""
+
+    def __init__(self, root: str, binds: List[tuple], ro_binds: List[tuple], log_path: str):
+        args = ["systemd-nspawn", "-D", root, "-b", "--register=no", "--keep-unit", "--console=passive",
+                "--volatile=overlay", "--quiet"]
+        args += [f"--bind={src}:{dst}" for src, dst in binds]
+        args += [f"--bind-ro={src}:{dst}" for src, dst in ro_binds]
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        _processes.append(self.proc)
+        self.init_pid = wait_until(self._find_init, 30, "the container's systemd")
+        wait_until(lambda: self.run("systemctl", "is-system-running", check=False).stdout.strip()
+                   in ("running", "degraded"), 60, "the container to boot")
+
+    def _find_init(self) -> Optional[int]:
+        todo = [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            for child in child_pids(pid):
+                if cmdline(child).split(" ")[0].endswith("systemd"):
+                    return child
+                todo.append(child)
+        return None
+
+    def run(self, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        result = subprocess.run(["nsenter", "-t", str(self.init_pid), "-a", *cmd], capture_output=True, text=True,
+                                timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}): {result.stdout}{result.stderr}")
+        return result
+
+    def journal(self, unit: str, priority: str = "debug") -> str:
+        return self.run("journalctl", "-u", unit, "-p", priority, "--no-pager", "-o", "cat", check=False).stdout
+
+    def poweroff(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)   # nspawn asks the container's systemd to shut down
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def governor_launcher(path: str) -> str:
+    """The /usr/bin/governor a package would install."""
+    with open(path, "w") as fh:
+        fh.write("#!/usr/bin/python3\nimport sys\nfrom governor.cli import main\nsys.exit(main())\n")
+    os.chmod(path, 0o755)
+    return path
+
+
+def unit_path(name: str) -> str:
+    return os.path.join(REPO, "systemd", name)
+
+
+def wait_seconds(seconds: float) -> None:
+    time.sleep(seconds)

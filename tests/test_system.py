@@ -1,0 +1,108 @@
+"""System test: governor as a systemd service in a booted Debian 12 (systemd-nspawn).
+
+Run alone with `make test-system`. Needs root, debootstrap, systemd-nspawn and Debian's archive.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+import yaml
+
+from tests import harness, system
+from tests.harness import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.system]
+
+
+@pytest.fixture(scope="module")
+def machine(base_dir, src_dir, etcd):
+    if not (shutil.which("debootstrap") and shutil.which("systemd-nspawn")):
+        pytest.fail("debootstrap and systemd-nspawn are required (make deps installs them)")
+    root = system.rootfs()
+    uid, gid = system.container_uid(root, "postgres")
+    work = os.path.join(base_dir, "system")
+    etc = os.path.join(work, "etc-governor")
+    dropin = os.path.join(work, "governor.service.d")
+    os.makedirs(etc)
+    os.makedirs(dropin)
+    ports = {name: harness.free_port() for name in ("pg", "api", "metrics")}
+    cfg = {
+        "loop_wait": 1, "retry_timeout": 2,
+        "etcd": {"scope": "system", "ttl": 10, "host": etcd.endpoint},
+        "restapi": {"listen": f"127.0.0.1:{ports['api']}"},
+        "metrics": {"listen": f"127.0.0.1:{ports['metrics']}"},
+        "postgresql": {"name": "sys1", "listen": f"127.0.0.1:{ports['pg']}",
+                       "data_dir": "/var/lib/postgresql/governor",
+                       "replication": {"password": harness.REPLICATION_PASSWORD},
+                       "superuser": {"password": harness.SUPERUSER_PASSWORD},
+                       "parameters": {"shared_buffers": "16MB"}},
+    }
+    with open(os.path.join(etc, "governor.yml"), "w") as fh:
+        yaml.safe_dump(cfg, fh)
+    os.chown(etc, 0, gid)
+    os.chmod(etc, 0o750)
+    os.chown(os.path.join(etc, "governor.yml"), 0, gid)
+    os.chmod(os.path.join(etc, "governor.yml"), 0o640)
+    # Faster watchdog for the test's timings: 7 + 2 < ttl 10, and 7 > 2 * retry_timeout + 2.
+    with open(os.path.join(dropin, "test.conf"), "w") as fh:
+        fh.write("[Service]\nWatchdogSec=7s\nRestartSec=2s\n")
+    launcher = system.governor_launcher(os.path.join(work, "governor-bin"))
+    m = system.Machine(
+        root,
+        binds=[(etc, "/etc/governor")],
+        ro_binds=[(os.path.join(src_dir, "governor"), "/usr/lib/python3/dist-packages/governor"),
+                  (launcher, "/usr/bin/governor"),
+                  (system.unit_path("governor.service"), "/etc/systemd/system/governor.service"),
+                  (dropin, "/etc/systemd/system/governor.service.d")],
+        log_path=os.path.join(work, "nspawn.log"))
+    m.ports = ports
+    m.run("systemctl", "daemon-reload")
+    yield m
+    m.poweroff()
+
+
+def postmaster_running(m) -> bool:
+    return m.run("pgrep", "-u", "postgres", "-x", "postgres", check=False).returncode == 0
+
+
+def test_governor_runs_as_a_systemd_service(machine):
+    m = machine
+    m.run("systemctl", "start", "governor")     # Type=notify: returns once READY=1 arrived
+    assert m.run("systemctl", "is-active", "governor").stdout.strip() == "active"
+    wait_until(lambda: 'Status: "primary, leader of system' in m.run("systemctl", "status", "governor",
+                                                                      check=False).stdout, 20, "the status line")
+    info = m.journal("governor", "info")
+    assert "bootstrap_race" in info and "holding the lock as primary" in info
+    warnings = m.journal("governor", "warning")
+    assert "holding the lock as primary" not in warnings, "journal priorities come from governor's levels"
+    assert harness.SUPERUSER_PASSWORD not in info and harness.REPLICATION_PASSWORD not in info
+
+    # systemctl reload: SIGHUP, RELOADING=1 then READY=1; the service stays active.
+    m.run("systemctl", "reload", "governor")
+    wait_until(lambda: "reload: configuration reloaded" in m.journal("governor"), 10, "the reload")
+    assert m.run("systemctl", "is-active", "governor").stdout.strip() == "active"
+
+
+def test_watchdog_kills_a_hung_governor_and_the_fence_stops_postgres(machine):
+    m = machine
+    if m.run("systemctl", "is-active", "governor", check=False).stdout.strip() != "active":
+        m.run("systemctl", "start", "governor")
+    wait_until(lambda: postmaster_running(m), 30, "PostgreSQL to run")
+    pid = m.run("systemctl", "show", "-p", "MainPID", "--value", "governor").stdout.strip()
+    frozen = time.monotonic()
+    m.run("kill", "-STOP", pid)
+    wait_until(lambda: "Watchdog timeout" in m.journal("governor"), 20, "systemd's watchdog to fire")
+    wait_until(lambda: not postmaster_running(m), 15, "the fence to stop PostgreSQL")
+    fenced_after = time.monotonic() - frozen
+    # The lock was renewed at most a loop before the freeze: PostgreSQL is gone before it expires.
+    assert fenced_after < 10, f"PostgreSQL outlived the frozen governor by {fenced_after:.1f}s (ttl 10s)"
+    assert "fence: governor ended with watchdog" in m.journal("governor")
+    # Restart=on-failure brings governor back, and with it PostgreSQL.
+    wait_until(lambda: m.run("systemctl", "is-active", "governor", check=False).stdout.strip() == "active"
+               and postmaster_running(m), 60, "governor to be restarted")
+    m.run("systemctl", "stop", "governor")
+    assert not postmaster_running(m), "a clean stop stops PostgreSQL"
+    assert "nothing to do" in m.journal("governor"), "the fence leaves a clean stop alone"
