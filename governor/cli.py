@@ -50,13 +50,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{args.config}: configuration is valid (member {cfg.postgresql.name}, scope {cfg.etcd.scope})")
         return EXIT_OK
     if args.fence:
-        log_mod.setup(cfg.log_level, args.log_file)
+        log_mod.setup(cfg.log_level, args.log_file, fmt=cfg.log_format)
         from governor.fence import fence
 
         return fence(cfg)
     if args.daemonize:
         return daemonize(cfg, args)
-    log_mod.setup(cfg.log_level, args.log_file)
+    log_mod.setup(cfg.log_level, args.log_file, fmt=cfg.log_format)
     from governor.daemon import Governor
 
     return Governor(cfg).run()
@@ -77,7 +77,7 @@ def daemonize(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     context = daemon.DaemonContext(pidfile=pidfile, working_directory="/", umask=0o027, signal_map={},
                                    detach_process=True)
     with context:
-        log_mod.setup(cfg.log_level, log_file, syslog=log_file is None)
+        log_mod.setup(cfg.log_level, log_file, syslog=log_file is None, fmt=cfg.log_format)
         from governor.daemon import Governor
 
         return Governor(cfg).run()

@@ -133,6 +133,7 @@ class Config:
     tags: Dict[str, Any]
     log_level: str
     source: str
+    log_format: str = "text"
     restapi: RestApiConfig = RestApiConfig()
     metrics: MetricsConfig = MetricsConfig()
 
@@ -380,7 +381,8 @@ def _network_check(v: str) -> Optional[str]:
     return None
 
 
-TOP_KEYS = ("loop_wait", "retry_timeout", "primary_start_timeout", "log_level", "tags", "etcd", "postgresql",
+TOP_KEYS = ("loop_wait", "retry_timeout", "primary_start_timeout", "log_level", "log_format", "tags", "etcd",
+            "postgresql",
             "restapi", "metrics")
 RESTAPI_KEYS = ("listen", "connect_address", "username", "password", "certfile", "keyfile", "cafile")
 METRICS_KEYS = ("enabled", "listen")
@@ -402,6 +404,8 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     log_level = c.value("log_level", "str", "INFO",
                         check=lambda v: None if v.upper() in LOG_LEVELS else f"expected one of {', '.join(LOG_LEVELS)}")
 
+    log_format = c.value("log_format", "str", "text",
+                         check=lambda v: None if v in ("text", "json") else "expected 'text' or 'json'")
     tags = c.section("tags")
     c.unknown("tags", tags, TAG_KEYS)
     for tag in ("nofailover", "noloadbalance", "nosync"):
@@ -534,6 +538,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         retry_timeout=retry_timeout,
         primary_start_timeout=primary_start_timeout,
         log_level=log_level.upper(),
+        log_format=log_format,
         tags={k: v for k, v in tags.items()},
         source=source,
         etcd=EtcdConfig(scope=scope, ttl=ttl, hosts=tuple(hosts), protocol=protocol,

@@ -5,6 +5,7 @@ governor sends, while governor runs a real PostgreSQL against a real etcd.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -155,3 +156,13 @@ def test_daemon_mode_writes_and_removes_its_pidfile(make_cluster):
     wait_until(lambda: harness.process_gone(pid), 60, "the daemon to stop")
     assert not os.path.exists(pidfile)
     assert node.postmaster_pid() is None
+
+
+def test_json_log_format(tmp_path):
+    code = ("import logging\nfrom governor import log\nlog.setup('INFO', fmt='json')\n"
+            "logging.getLogger('governor').warning('demoting: %s holds the lock', 'node2')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=harness.REPO,
+                            env={**os.environ, "PYTHONPATH": harness.REPO})
+    entry = json.loads(result.stderr.strip())
+    assert entry["level"] == "warning" and entry["message"] == "demoting: node2 holds the lock"
+    assert entry["logger"] == "governor" and entry["time"].endswith("Z")
