@@ -23,6 +23,8 @@ import urllib.request
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from tests.harness import make_source_copy  # noqa: E402
+
 ETCD_PORT, ETCD_PEER_PORT = 2379, 2380
 NODES = {"node1": 5441, "node2": 5442, "node3": 5443}
 API_PORTS = {"node1": 8008, "node2": 8009, "node3": 8010}     # as in haproxy/haproxy.cfg
@@ -113,14 +115,8 @@ def start(base: str) -> None:
     user = run_as()
     os.makedirs(base, exist_ok=True)
     os.chmod(base, 0o755)
-    src = os.path.join(base, "src")
-    shutil.rmtree(src, ignore_errors=True)
-    shutil.copytree(os.path.join(REPO, "governor"), os.path.join(src, "governor"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    for root, _dirs, files in os.walk(src):
-        os.chmod(root, 0o755)
-        for f in files:
-            os.chmod(os.path.join(root, f), 0o644)
+    shutil.rmtree(os.path.join(base, "src"), ignore_errors=True)
+    src = make_source_copy(base)   # where the postgres user can read it
 
     etcd_pid = os.path.join(base, "etcd.pid")
     if not pid_alive(etcd_pid):

@@ -428,17 +428,10 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
             hosts.append(parsed)
     if not hosts and host_value:
         hosts = [("127.0.0.1", 2379)]
-    files = {}
-    for key in ("cacert", "cert", "key"):
-        files[key] = c.value(f"etcd.{key}", "str",
-                             check=lambda v: None if os.path.isfile(v) else f"file {v!r} does not exist")
+    files = _existing_files(c, "etcd", ("cacert", "cert", "key"))
     if files["key"] and not files["cert"]:
         c.fail("etcd.key", "set etcd.cert too: a client key needs its certificate")
-    etcd_user = c.value("etcd.username", "str")
-    etcd_password = c.value("etcd.password", "str")
-    if bool(etcd_user) != bool(etcd_password):
-        c.fail("etcd.username" if etcd_password else "etcd.password",
-               "etcd.username and etcd.password must be given together")
+    etcd_user, etcd_password = _user_and_password(c, "etcd")
 
     if loop_wait and retry_timeout and ttl and loop_wait + 2 * retry_timeout > ttl:
         c.fail("etcd.ttl", f"expected loop_wait + 2 * retry_timeout <= ttl so a primary that loses etcd "
@@ -557,6 +550,21 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     )
 
 
+def _user_and_password(c: _Checker, section: str) -> Tuple[Optional[str], Optional[str]]:
+    user = c.value(f"{section}.username", "str")
+    password = c.value(f"{section}.password", "str")
+    if bool(user) != bool(password):
+        c.fail(f"{section}.username" if password else f"{section}.password",
+               f"{section}.username and {section}.password must be given together")
+    return user, password
+
+
+def _existing_files(c: _Checker, section: str, keys: Tuple[str, ...]) -> Dict[str, Optional[str]]:
+    return {key: c.value(f"{section}.{key}", "str",
+                         check=lambda v: None if os.path.isfile(v) else f"file {v!r} does not exist")
+            for key in keys}
+
+
 def _listen(c: _Checker, key: str, default: str, default_port: int) -> Tuple[str, int]:
     text = c.value(key, "str", default)
     parsed = parse_host_port(text, default_port) if text else None
@@ -581,15 +589,8 @@ def _restapi(c: _Checker) -> RestApiConfig:
     elif host in WILDCARD_HOSTS:
         c.fail("restapi.connect_address", "required when restapi.listen is a wildcard: the address other "
                                           "members and haproxy use")
-    user = c.value("restapi.username", "str")
-    password = c.value("restapi.password", "str")
-    if bool(user) != bool(password):
-        c.fail("restapi.username" if password else "restapi.password",
-               "restapi.username and restapi.password must be given together")
-    files = {}
-    for key in ("certfile", "keyfile", "cafile"):
-        files[key] = c.value(f"restapi.{key}", "str",
-                             check=lambda v: None if os.path.isfile(v) else f"file {v!r} does not exist")
+    user, password = _user_and_password(c, "restapi")
+    files = _existing_files(c, "restapi", ("certfile", "keyfile", "cafile"))
     if files["keyfile"] and not files["certfile"]:
         c.fail("restapi.keyfile", "set restapi.certfile too")
     return RestApiConfig(listen_host=host, port=port, connect_host=connect_host, username=user,
