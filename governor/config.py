@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import yaml
 
+UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:\\-]+$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|kB|KB|MB|GB|TB)?\s*$")
 SIZE_UNITS = {None: 1, "B": 1, "kB": 1024, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
@@ -86,6 +87,8 @@ class PostgresConfig:
     remove_data_directory_on_rewind_failure: bool = False
     member_slots_ttl: float = 1800
     permanent_slots: Tuple[str, ...] = ()
+    systemd_unit: Optional[str] = None    # run PostgreSQL as this unit through systemctl
+    config_dir: Optional[str] = None      # where the distribution keeps postgresql.conf (Debian: /etc/...)
 
     @property
     def slot_name(self) -> str:
@@ -390,7 +393,7 @@ ETCD_KEYS = ("scope", "ttl", "host", "protocol", "cacert", "cert", "key", "usern
 PG_KEYS = ("name", "listen", "connect_address", "data_dir", "bin_dir", "maximum_lag_on_failover",
            "replication", "superuser", "recovery_conf", "parameters", "initdb", "pg_hba", "pgpass",
            "log_file", "start_timeout", "use_pg_rewind", "remove_data_directory_on_rewind_failure",
-           "member_slots_ttl", "permanent_slots")
+           "member_slots_ttl", "permanent_slots", "systemd_unit", "config_dir")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -512,6 +515,11 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     member_slots_ttl = c.value("postgresql.member_slots_ttl", "number", 1800,
                                check=lambda v: None if v >= 0 else "expected 0 (never drop) or more seconds")
     permanent_slots = tuple(c.value("postgresql.permanent_slots", "strlist", []) or [])
+    systemd_unit = c.value("postgresql.systemd_unit", "str",
+                           check=lambda v: None if UNIT_RE.match(v) else "expected a unit name such as "
+                                                                        "postgresql@15-main")
+    config_dir = c.value("postgresql.config_dir", "str",
+                         check=lambda v: None if os.path.isdir(v) else f"directory {v!r} does not exist")
     socket_dir = str(parameters.get("unix_socket_directories", "")).split(",")[0].strip()
     if not socket_dir:
         socket_dir = "/var/run/postgresql" if os.path.isdir("/var/run/postgresql") else "/tmp"
@@ -546,7 +554,8 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
             log_file=os.path.abspath(log_file) if log_file else None, socket_dir=socket_dir,
             start_timeout=start_timeout, use_pg_rewind=use_pg_rewind,
             remove_data_directory_on_rewind_failure=remove_on_failure, member_slots_ttl=member_slots_ttl,
-            permanent_slots=permanent_slots),
+            permanent_slots=permanent_slots, systemd_unit=systemd_unit,
+            config_dir=os.path.abspath(config_dir) if config_dir else None),
     )
 
 
@@ -610,7 +619,7 @@ def _metrics(c: _Checker) -> MetricsConfig:
 RESTART_ONLY = {
     "etcd": ("scope", "hosts", "protocol", "cacert", "cert", "key", "username", "password"),
     "postgresql": ("name", "listen_host", "port", "connect_host", "data_dir", "bin_dir", "socket_dir",
-                   "log_file", "pgpass"),
+                   "log_file", "pgpass", "systemd_unit", "config_dir"),
     "restapi": None,   # the whole section
     "metrics": None,
 }

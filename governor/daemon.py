@@ -25,7 +25,7 @@ from governor.dcs import DCS, DCSError, from_config
 from governor.ha import Action, Decision, LocalState, decide
 from governor.metrics import Metrics
 from governor.postgres import bootstrap, datadir
-from governor.postgres.controller import ControllerError, PgCtl, ProcessController
+from governor.postgres.controller import ControllerError, ProcessController, make_controller
 from governor.postgres.server import Server, ServerState
 from governor.status import NodeStatus, ReplicaLag, StatusBoard
 from governor.systemd import Notifier
@@ -96,7 +96,7 @@ class Governor:
         self.pg = config.postgresql
         self.name = self.pg.name
         self.dcs = dcs or from_config(config)
-        self.controller = controller or PgCtl(self.pg.bin_dir, self.pg.data_dir, self.pg.log_file)
+        self.controller = controller or make_controller(self.pg)
         self.server = Server(self.pg)
         self.stopping = threading.Event()
         self.wake = threading.Event()
@@ -114,6 +114,7 @@ class Governor:
         self._orphan_slots: Dict[str, float] = {}  # slot -> monotonic time it was first seen without member
         self.lock_deadline: Optional[float] = None  # monotonic expiry of the lock as we last set it
         self.dcs_failed = False   # an etcd call failed in the current (or last) pass
+        self._roles_checked = False
         self.conf_target: Optional[tuple] = None  # what postgresql.conf was last written for
         self.notify = Notifier()
         self.reload_requested = threading.Event()
@@ -285,20 +286,23 @@ class Governor:
         self.conf_target = standby_of
         return datadir.write_postgresql_conf(self.pg, standby_of=standby_of)
 
-    def _start(self, standby_of: Optional[tuple]) -> None:
-        """Write the configuration for the given role and start; standby_of=None means primary."""
+    def _prepare(self, standby_of: Optional[tuple]) -> None:
+        """The files PostgreSQL reads at start, for a primary (None) or a standby."""
         datadir.write_pgpass(self.pg)
+        datadir.write_pg_hba(self.pg)
         self.write_conf(standby_of=standby_of)
         datadir.set_standby_signal(self.pg.data_dir, standby_of is not None)
+
+    def _start(self, standby_of: Optional[tuple]) -> None:
+        """Write the configuration for the given role and start; standby_of=None means primary."""
+        self._prepare(standby_of)
         self.controller.start(self.pg.start_timeout, wait=standby_of is None)
 
     def do_start_as_leader(self, decision: Decision, local: LocalState) -> None:
         """Restart in place under the lock; give the lock up if it does not come up in time."""
         # A replica data directory starts as a standby; the next loop promotes it under the lock.
         standby_of = () if datadir.is_standby(self.pg.data_dir) else None
-        datadir.write_pgpass(self.pg)
-        self.write_conf(standby_of=standby_of)
-        datadir.set_standby_signal(self.pg.data_dir, standby_of is not None)
+        self._prepare(standby_of)
         now = time.monotonic()
         if self._leader_start_since is None:
             self._leader_start_since = now
@@ -334,9 +338,13 @@ class Governor:
     def do_renew_lock(self, decision: Decision, local: LocalState) -> None:
         sent = time.monotonic()
         if not self.dcs.renew_leader(self.name):
-            self.holds_lock = False
+            self._lock_lost()
             raise ActionFailed("the leader lock is no longer ours")
         self._lock_taken(sent)
+
+    def _lock_lost(self) -> None:
+        self.holds_lock = False
+        self._roles_checked = False
 
     def _lock_taken(self, sent: float) -> None:
         # etcd starts the TTL when it applies the write, which is after we sent it: counting from
@@ -372,7 +380,7 @@ class Governor:
         log.warning("demoting: %s", decision.message)
         if self.metrics:
             self.metrics.demotions.inc()
-        self.holds_lock = False
+        self._lock_lost()
         self.rewind_pending = True
         try:
             self.controller.stop("fast", timeout=self.config.retry_timeout)
@@ -431,6 +439,8 @@ class Governor:
         """A physical slot per member; slots of members gone for member_slots_ttl are dropped."""
         if self.cluster is None:
             return
+        if not self._roles_checked:
+            self.ensure_roles()
         wanted = {slot_name_for(m.name) for m in self.cluster.members if m.name != self.name}
         existing = self.server.replication_slots()
         for slot in sorted(wanted - set(existing)):
@@ -450,13 +460,21 @@ class Governor:
                 log.info("dropped replication slot %s: no member has used it for %ss (member_slots_ttl)",
                          slot, int(now - since))
 
+    def ensure_roles(self) -> None:
+        """Once per leadership: the replication role, and the superuser's password, exist as
+        configured (a cluster adopted from an existing data directory has neither)."""
+        self.server.create_role(self.pg.replication.username, self.pg.replication.password, replication=True)
+        if self.pg.superuser.password:
+            self.server.set_password(self.pg.superuser.username, self.pg.superuser.password)
+        self._roles_checked = True
+
     def _release_lock(self) -> None:
         try:
             if self.dcs.release_leader(self.name):
                 log.info("released the leader lock")
         except DCSError as exc:
             log.warning("could not release the leader lock (%s); it expires after ttl", exc)
-        self.holds_lock = False
+        self._lock_lost()
 
     # ------------------------------------------------------------------ publish
 
@@ -509,7 +527,7 @@ class Governor:
         self.once("decision", decision.summary)
         log.debug("decision %s", decision.summary)
         if self.cluster is not None and self.cluster.leader and self.cluster.leader.name != self.name:
-            self.holds_lock = False
+            self._lock_lost()
         if self.cluster is not None and set(decision.actions) - STEADY_ACTIONS:
             # Before a long action: the leader creates our replication slot only for a member it
             # sees in etcd, and a member key may have expired while this process was stopped.

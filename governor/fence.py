@@ -11,7 +11,7 @@ import logging
 import os
 
 from governor.config import Config
-from governor.postgres.controller import ControllerError, PgCtl
+from governor.postgres.controller import ControllerError, make_controller
 
 log = logging.getLogger("governor.fence")
 
@@ -21,7 +21,7 @@ def fence(cfg: Config) -> int:
     if result in ("", "success"):
         log.info("fence: governor stopped cleanly (SERVICE_RESULT=%s); nothing to do", result or "unset")
         return 0
-    controller = PgCtl(cfg.postgresql.bin_dir, cfg.postgresql.data_dir)
+    controller = make_controller(cfg.postgresql)
     pid = controller.postmaster_pid()
     if pid is None:
         log.warning("fence: governor ended with %s; PostgreSQL is not running", result)

@@ -19,8 +19,9 @@ from typing import List, Optional
 from tests.harness import REPO, _processes, child_pids, cmdline, wait_until
 
 CACHE = os.environ.get("GOVERNOR_TEST_CACHE", "/var/cache/governor-test")
-PACKAGES = ["systemd", "systemd-sysv", "dbus", "procps", "postgresql-15", "python3-psycopg2", "python3-etcd",
-            "python3-yaml", "python3-sdnotify", "python3-daemon", "python3-prometheus-client"]
+PACKAGES = ["systemd", "systemd-sysv", "dbus", "libpam-systemd", "polkitd", "procps", "postgresql-15",
+            "python3-psycopg2", "python3-etcd", "python3-yaml", "python3-sdnotify", "python3-daemon",
+            "python3-prometheus-client"]
 MIRROR = "http://deb.debian.org/debian"
 
 

@@ -56,9 +56,13 @@ def machine(base_dir, src_dir, etcd):
         ro_binds=[(os.path.join(src_dir, "governor"), "/usr/lib/python3/dist-packages/governor"),
                   (launcher, "/usr/bin/governor"),
                   (system.unit_path("governor.service"), "/etc/systemd/system/governor.service"),
+                  (system.unit_path("50-governor-postgresql.rules"),
+                   "/etc/polkit-1/rules.d/50-governor-postgresql.rules"),
                   (dropin, "/etc/systemd/system/governor.service.d")],
         log_path=os.path.join(work, "nspawn.log"))
     m.ports = ports
+    m.etc = etc
+    m.cfg = cfg
     m.run("systemctl", "daemon-reload")
     yield m
     m.poweroff()
@@ -106,3 +110,38 @@ def test_watchdog_kills_a_hung_governor_and_the_fence_stops_postgres(machine):
     m.run("systemctl", "stop", "governor")
     assert not postmaster_running(m), "a clean stop stops PostgreSQL"
     assert "nothing to do" in m.journal("governor"), "the fence leaves a clean stop alone"
+
+
+def test_postgresql_as_the_distributions_systemd_unit(machine):
+    """postgresql.systemd_unit: governor adopts Debian's cluster 15/main and runs it as
+    postgresql@15-main through systemctl (allowed by the shipped polkit rule)."""
+    m = machine
+    m.run("systemctl", "stop", "governor")
+    cfg = dict(m.cfg)
+    cfg["etcd"] = {**cfg["etcd"], "scope": "system-unit"}
+    cfg["postgresql"] = {**cfg["postgresql"], "name": "deb1", "systemd_unit": "postgresql@15-main",
+                         "config_dir": "/etc/postgresql/15/main", "data_dir": "/var/lib/postgresql/15/main"}
+    with open(os.path.join(m.etc, "governor.yml"), "w") as fh:
+        yaml.safe_dump(cfg, fh)
+    m.run("systemctl", "start", "governor")
+    wait_until(lambda: 'Status: "primary, leader of system-unit' in m.run("systemctl", "status", "governor",
+                                                                           check=False).stdout, 60, "the primary")
+    wait_until(lambda: m.run("systemctl", "is-active", "postgresql@15-main", check=False).stdout.strip()
+               == "active", 30, "postgresql@15-main to be active")
+    assert "initialize_from_existing" in m.journal("governor")
+    conf = m.run("cat", "/etc/postgresql/15/main/conf.d/governor.conf").stdout
+    assert f"port = '{m.ports['pg']}'" in conf
+    # The adopted cluster's superuser got its password: a remote-style login works.
+    node_sql = m.run("env", f"PGPASSWORD={harness.SUPERUSER_PASSWORD}", "psql", "-h", "127.0.0.1", "-p",
+                     str(m.ports["pg"]), "-U", "postgres", "-Atc", "SELECT pg_is_in_recovery()")
+    assert node_sql.stdout.strip() == "f"
+
+    # Watchdog + fence through systemctl: the unit's postmaster is stopped at once.
+    pid = m.run("systemctl", "show", "-p", "MainPID", "--value", "governor").stdout.strip()
+    m.run("kill", "-STOP", pid)
+    wait_until(lambda: m.run("systemctl", "is-active", "postgresql@15-main", check=False).stdout.strip()
+                       != "active", 25, "the fence to stop postgresql@15-main")
+    wait_until(lambda: m.run("systemctl", "is-active", "postgresql@15-main", check=False).stdout.strip()
+                       == "active", 60, "governor's restart to start it again")
+    m.run("systemctl", "stop", "governor")
+    assert m.run("systemctl", "is-active", "postgresql@15-main", check=False).stdout.strip() != "active"

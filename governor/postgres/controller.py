@@ -97,6 +97,69 @@ class PgCtl(ProcessController):
         return read_postmaster_pid(self.data_dir)
 
 
+class Systemctl(ProcessController):
+    """PostgreSQL as a systemd unit of the distribution (Debian: postgresql@15-main, PGDG RPMs:
+    postgresql-15). governor runs as postgres, so it needs a polkit rule allowing that user to
+    start, stop and reload the unit (systemd/50-governor-postgresql.rules)."""
+
+    def __init__(self, unit: str, data_dir: str, systemctl: str = "systemctl"):
+        self.unit = unit if "." in unit else f"{unit}.service"
+        self.data_dir = data_dir
+        self.systemctl = systemctl
+
+    def _run(self, *args: str, timeout: float = 90) -> None:
+        cmd = [self.systemctl, *args]
+        log.debug("running %s", " ".join(cmd))
+        try:
+            result = subprocess.run(cmd, env=child_environment(), stdin=subprocess.DEVNULL, capture_output=True,
+                                    text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise ControllerError(f"systemctl {args[0]} {self.unit} did not finish within {timeout:.0f}s") from exc
+        if result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            raise ControllerError(f"systemctl {' '.join(args)} failed ({result.returncode}): "
+                                  f"{' / '.join(detail[-2:])}")
+
+    def start(self, timeout: float, wait: bool = True) -> None:
+        # The unit's own start job waits for a primary; a standby may need its upstream's WAL
+        # before it accepts connections, so governor then only waits for the postmaster.
+        self._run("reset-failed", self.unit, timeout=10) if self._failed() else None
+        self._run("start", *([] if wait else ["--no-block"]), self.unit, timeout=timeout + 10)
+        deadline = time.monotonic() + (timeout if wait else min(timeout, 15))
+        while self.postmaster_pid() is None:
+            if time.monotonic() > deadline:
+                raise ControllerError(f"{self.unit} started but no postmaster runs in {self.data_dir}")
+            time.sleep(0.1)
+
+    def _failed(self) -> bool:
+        return subprocess.run([self.systemctl, "is-failed", "--quiet", self.unit], env=child_environment(),
+                              stdin=subprocess.DEVNULL, capture_output=True, check=False).returncode == 0
+
+    def stop(self, mode: str = "fast", timeout: float = 60) -> None:
+        if mode == "immediate" and self.is_running():
+            # SIGQUIT to the postmaster is PostgreSQL's immediate shutdown.
+            self._run("kill", "--kill-who=main", "--signal=SIGQUIT", self.unit, timeout=10)
+            deadline = time.monotonic() + timeout
+            while self.is_running() and time.monotonic() < deadline:
+                time.sleep(0.1)
+        self._run("stop", self.unit, timeout=timeout + 10)
+        if self.is_running():
+            raise ControllerError(f"{self.unit} stopped but a postmaster still runs in {self.data_dir}")
+
+    def reload(self) -> None:
+        self._run("reload", self.unit, timeout=30)
+
+    def postmaster_pid(self) -> Optional[int]:
+        return read_postmaster_pid(self.data_dir)
+
+
+def make_controller(pg) -> ProcessController:
+    """pg_ctl by default; systemctl when postgresql.systemd_unit is set."""
+    if pg.systemd_unit:
+        return Systemctl(pg.systemd_unit, pg.data_dir)
+    return PgCtl(pg.bin_dir, pg.data_dir, pg.log_file)
+
+
 def read_postmaster_pid(data_dir: str) -> Optional[int]:
     """The PID in postmaster.pid if that process is a live postgres (not a zombie, and not another
     program that reused the PID of a crashed postmaster)."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 from dataclasses import dataclass
 from typing import Dict, Optional
@@ -88,20 +89,38 @@ def primary_conninfo(cfg: PostgresConfig, host: str, port: int) -> str:
     return " ".join(f"{k}={_conninfo_quote(v)}" for k, v in parts.items())
 
 
-def write_postgresql_conf(cfg: PostgresConfig, standby_of: Optional[tuple] = None) -> bool:
-    """(Re)write postgresql.conf; returns True when its content changed.
+def conf_path(cfg: PostgresConfig) -> str:
+    """The file governor owns: postgresql.conf in the data directory, or, with a distribution's
+    config_dir (Debian: /etc/postgresql/15/main), conf.d/governor.conf there, which its
+    postgresql.conf includes last."""
+    if cfg.config_dir:
+        return os.path.join(cfg.config_dir, "conf.d", "governor.conf")
+    return os.path.join(cfg.data_dir, "postgresql.conf")
 
-    initdb's own postgresql.conf is kept as postgresql.base.conf and included first. With
-    `standby_of` = (host, port) the standby settings point at that leader; with an empty tuple the
-    server is a standby that follows nobody yet.
+
+def hba_path(cfg: PostgresConfig) -> str:
+    return os.path.join(cfg.config_dir or cfg.data_dir, "pg_hba.conf")
+
+
+def write_postgresql_conf(cfg: PostgresConfig, standby_of: Optional[tuple] = None) -> bool:
+    """(Re)write governor's configuration file; returns True when its content changed.
+
+    In the data directory, initdb's own postgresql.conf is kept as postgresql.base.conf and
+    included first. With `standby_of` = (host, port) the standby settings point at that leader;
+    with an empty tuple the server is a standby that follows nobody yet.
     """
-    path = os.path.join(cfg.data_dir, "postgresql.conf")
-    base = os.path.join(cfg.data_dir, BASE_CONF)
-    if not os.path.exists(base) and os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            first = fh.readline()
-        if first != GOVERNOR_CONF_HEADER:
-            os.rename(path, base)
+    path = conf_path(cfg)
+    lines = [GOVERNOR_CONF_HEADER]
+    if cfg.config_dir:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    else:
+        base = os.path.join(cfg.data_dir, BASE_CONF)
+        if not os.path.exists(base) and os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                first = fh.readline()
+            if first != GOVERNOR_CONF_HEADER:
+                os.rename(path, base)
+        lines.append(f"include_if_exists {_quote(BASE_CONF)}\n")
     settings: Dict[str, object] = {
         "listen_addresses": cfg.listen_host if cfg.listen_host not in ("", "*") else "*",
         "port": cfg.port,
@@ -115,7 +134,6 @@ def write_postgresql_conf(cfg: PostgresConfig, standby_of: Optional[tuple] = Non
             settings["primary_slot_name"] = cfg.slot_name
         settings["recovery_target_timeline"] = "latest"
         settings.update(cfg.recovery_conf)
-    lines = [GOVERNOR_CONF_HEADER, f"include_if_exists {_quote(BASE_CONF)}\n"]
     lines += [f"{key} = {_quote(value)}\n" for key, value in settings.items()]
     content = "".join(lines)
     try:
@@ -140,10 +158,15 @@ def is_standby(data_dir: str) -> bool:
     return os.path.exists(os.path.join(data_dir, "standby.signal"))
 
 
-def write_pg_hba(cfg: PostgresConfig) -> None:
+def write_pg_hba(cfg: PostgresConfig) -> bool:
+    """Write pg_hba.conf (before every start); returns True when its content changed.
+
+    The superuser connects locally by peer authentication when governor runs as the OS user of
+    the same name (so governor can always administer its server, even one it adopted whose
+    superuser has no password yet), otherwise with its password."""
     su, repl = cfg.superuser.username, cfg.replication.username
-    local_su = "scram-sha-256" if cfg.superuser.password else "peer"
-    rules = ["# Written by governor at bootstrap. Lines from postgresql.pg_hba come first.",
+    local_su = "peer" if _os_user() == su or not cfg.superuser.password else "scram-sha-256"
+    rules = ["# Written by governor; add lines with postgresql.pg_hba. Those come first.",
              *cfg.pg_hba,
              f"local   all          {su:<12} {'':<18} {local_su}",
              f"local   all          all          {'':<18} peer",
@@ -155,7 +178,23 @@ def write_pg_hba(cfg: PostgresConfig) -> None:
               "host    all          all          ::1/128            scram-sha-256"]
     for network in cfg.replication_network.split():
         rules.append(f"host    all          all          {network:<18} scram-sha-256")
-    _write_private(os.path.join(cfg.data_dir, "pg_hba.conf"), "\n".join(rules) + "\n")
+    content = "\n".join(rules) + "\n"
+    path = hba_path(cfg)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if fh.read() == content:
+                return False
+    except FileNotFoundError:
+        pass
+    _write_private(path, content)
+    return True
+
+
+def _os_user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return ""
 
 
 def _pgpass_escape(value: str) -> str:

@@ -122,6 +122,9 @@ class Server:
             params = (scram_verifier(password),)
         self.query(sql, params)
 
+    def set_password(self, name: str, password: str) -> None:
+        self.query(f"ALTER ROLE {quote_ident(name)} PASSWORD %s", (scram_verifier(password),))
+
 
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
