@@ -4,7 +4,7 @@ PYTHON   ?= /usr/bin/python3
 PYTEST   ?= $(PYTHON) -m pytest -p no:cacheprovider --timeout=600
 DEMO_DIR ?= /tmp/governor-demo
 
-.PHONY: all deps lint unit test test-system demo demo-stop demo-status demo-clean clean
+.PHONY: all deps lint unit test test-system deb demo demo-stop demo-status demo-clean clean
 
 all: test
 
@@ -35,6 +35,16 @@ demo-clean:
 
 demo-stop:
 	$(PYTHON) demo/demo.py stop --dir $(DEMO_DIR)
+
+# Debian package from the committed tree: build/deb/governor_<version>_all.deb, checked by lintian.
+deb: deps
+	rm -rf build/deb && mkdir -p build/deb/src
+	git ls-files -z | xargs -0 tar -cf - | tar -C build/deb/src -xf -
+	cp -r packaging/debian build/deb/src/debian
+	cp systemd/governor.service systemd/governor@.service build/deb/src/debian/
+	cd build/deb/src && dpkg-buildpackage -us -uc -b
+	lintian --fail-on error,warning --suppress-tags-from-file packaging/lintian-suppressed build/deb/*.changes
+	@ls build/deb/*.deb
 
 clean:
 	rm -rf .venv build dist *.egg-info .pytest_cache .ruff_cache
