@@ -4,7 +4,7 @@ PYTHON   ?= /usr/bin/python3
 PYTEST   ?= $(PYTHON) -m pytest -p no:cacheprovider --timeout=600
 DEMO_DIR ?= /tmp/governor-demo
 
-.PHONY: all deps lint unit test test-system deb demo demo-stop demo-status demo-clean clean
+.PHONY: all deps lint unit test test-system test-packages deb demo demo-stop demo-status demo-clean clean
 
 all: test
 
@@ -19,7 +19,11 @@ unit: deps
 
 # governor as a systemd service in a booted Debian 12 container (also part of `make test`)
 test-system: deps
-	$(PYTEST) -q -m system tests
+	$(PYTEST) -q -m "system and not packages" tests
+
+# build the .deb, apt install it into a booted Debian 12, configure, enable, purge (also in `make test`)
+test-packages: deps
+	$(PYTEST) -q -m packages tests
 
 test: deps lint
 	$(PYTEST) -q tests

@@ -1,0 +1,88 @@
+"""The Debian package, installed with apt into a booted Debian 12 (systemd-nspawn).
+
+Run alone with `make test-packages`; it builds the .deb with `make deb` first.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import urllib.request
+
+import pytest
+import yaml
+
+from tests import harness, system
+from tests.harness import REPO, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.system, pytest.mark.packages]
+
+
+@pytest.fixture(scope="module")
+def deb(base_dir) -> str:
+    result = subprocess.run(["make", "-s", "deb"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    debs = glob.glob(os.path.join(REPO, "build", "deb", "governor_*_all.deb"))
+    assert len(debs) == 1, debs
+    return debs[0]
+
+
+@pytest.fixture(scope="module")
+def machine(base_dir, deb):
+    root = system.rootfs()
+    work = os.path.join(base_dir, "packages")
+    os.makedirs(work)
+    m = system.Machine(root, binds=[], ro_binds=[(os.path.dirname(deb), "/mnt/debs")],
+                       log_path=os.path.join(work, "nspawn.log"))
+    yield m
+    m.poweroff()
+
+
+def test_apt_install_configure_enable_and_purge(machine, deb, etcd):
+    m = machine
+    m.run("apt-get", "update", "-q", timeout=300)
+    installed = m.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
+                      f"/mnt/debs/{os.path.basename(deb)}", timeout=300)
+    assert "governor" in installed.stdout
+    # Installed, not enabled or started: the operator configures first.
+    assert m.run("systemctl", "is-enabled", "governor", check=False).stdout.strip() == "disabled"
+    assert m.run("systemctl", "is-active", "governor", check=False).stdout.strip() == "inactive"
+    assert m.run("stat", "-c", "%a %U %G", "/etc/governor/governor.yml").stdout.split() == ["640", "root",
+                                                                                              "postgres"]
+    assert m.run("test", "-x", "/usr/lib/governor/governor-check", check=False).returncode == 0
+    for page in ("/usr/share/man/man8/governor.8.gz", "/usr/share/man/man1/governorctl.1.gz"):
+        assert m.run("test", "-f", page, check=False).returncode == 0, page
+
+    # Configure one node: the shipped example plus a per-host file merged after it (name order:
+    # local.yml sorts after governor.yml, so its values win).
+    ports = {name: harness.free_port() for name in ("pg", "api", "metrics")}
+    override = {
+        "loop_wait": 2, "retry_timeout": 3,
+        "etcd": {"scope": "packaged", "ttl": 10, "host": etcd.endpoint},
+        "restapi": {"listen": f"127.0.0.1:{ports['api']}"},
+        "metrics": {"listen": f"127.0.0.1:{ports['metrics']}"},
+        "postgresql": {"name": "pkg1", "listen": f"127.0.0.1:{ports['pg']}",
+                       "data_dir": "/var/lib/postgresql/governor",
+                       "replication": {"password": harness.REPLICATION_PASSWORD},
+                       "superuser": {"password": harness.SUPERUSER_PASSWORD},
+                       "parameters": {"shared_buffers": "16MB"}},
+    }
+    text = yaml.safe_dump(override)
+    m.run("sh", "-c", f"cat > /etc/governor/local.yml <<'EOF'\n{text}EOF\n"
+                      "chgrp postgres /etc/governor/local.yml && chmod 0640 /etc/governor/local.yml")
+    m.run("systemctl", "enable", "--now", "governor")
+    wait_until(lambda: 'Status: "primary, leader of packaged' in m.run("systemctl", "status", "governor",
+                                                                        check=False).stdout, 60, "the primary")
+    assert "holding the lock as primary" in m.journal("governor", "info")
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=5) as resp:
+        assert 'governor_role{role="primary"} 1.0' in resp.read().decode()
+    listing = json.loads(m.run("governorctl", "-c", "/etc/governor", "list", "--format", "json").stdout)
+    assert listing["leader"] == "pkg1" and [r["member"] for r in listing["members"]] == ["pkg1"]
+
+    # Purge: configuration gone, data kept.
+    m.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "purge", "-y", "-q", "governor", timeout=300)
+    assert m.run("test", "-e", "/etc/governor/governor.yml", check=False).returncode != 0
+    assert m.run("test", "-f", "/var/lib/postgresql/governor/PG_VERSION", check=False).returncode == 0
+    assert m.run("pgrep", "-u", "postgres", "-x", "postgres", check=False).returncode != 0, \
+        "removing the package stopped governor, and governor its PostgreSQL"
