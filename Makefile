@@ -4,7 +4,7 @@ PYTHON   ?= /usr/bin/python3
 PYTEST   ?= $(PYTHON) -m pytest -p no:cacheprovider --timeout=600
 DEMO_DIR ?= /tmp/governor-demo
 
-.PHONY: all deps lint unit test test-system test-packages deb demo demo-stop demo-status demo-clean clean
+.PHONY: all deps lint unit test test-system test-packages deb rpm demo demo-stop demo-status demo-clean clean
 
 all: test
 
@@ -49,6 +49,15 @@ deb: deps
 	cd build/deb/src && dpkg-buildpackage -us -uc -b
 	lintian --fail-on error,warning --suppress-tags-from-file packaging/lintian-suppressed build/deb/*.changes
 	@ls build/deb/*.deb
+
+# RPM for EL9-style systems from the committed tree: build/rpm/RPMS/noarch/governor-*.noarch.rpm.
+rpm: deps
+	rm -rf build/rpm && mkdir -p build/rpm/SOURCES
+	git archive --format=tar.gz --prefix=governor-$$($(PYTHON) -c 'import governor; print(governor.__version__)')/ \
+	    -o build/rpm/SOURCES/governor-$$($(PYTHON) -c 'import governor; print(governor.__version__)').tar.gz HEAD
+	rpmbuild --define "_topdir $(CURDIR)/build/rpm" -bb packaging/rpm/governor.spec
+	rpmlint -r packaging/rpmlintrc build/rpm/RPMS/noarch/*.rpm packaging/rpm/governor.spec
+	@ls build/rpm/RPMS/noarch/*.rpm
 
 clean:
 	rm -rf .venv build dist *.egg-info .pytest_cache .ruff_cache
