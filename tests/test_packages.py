@@ -86,3 +86,24 @@ def test_apt_install_configure_enable_and_purge(machine, deb, etcd):
     assert m.run("test", "-f", "/var/lib/postgresql/governor/PG_VERSION", check=False).returncode == 0
     assert m.run("pgrep", "-u", "postgres", "-x", "postgres", check=False).returncode != 0, \
         "removing the package stopped governor, and governor its PostgreSQL"
+
+
+def test_rpm_builds_lint_clean_with_the_same_file_set():
+    result = subprocess.run(["make", "-s", "rpm"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "0 errors, 0 warnings" in result.stdout
+    rpms = glob.glob(os.path.join(REPO, "build", "rpm", "RPMS", "noarch", "governor-*.noarch.rpm"))
+    assert len(rpms) == 1
+    listing = subprocess.run(["rpm", "-qlvp", rpms[0]], capture_output=True, text=True, check=True).stdout
+    entries = {line.split()[-1]: line.split() for line in listing.splitlines()}
+    for path in ("/usr/bin/governor", "/usr/bin/governorctl", "/usr/lib/systemd/system/governor.service",
+                 "/usr/lib/systemd/system/governor@.service", "/usr/share/governor/haproxy/haproxy.cfg",
+                 "/usr/libexec/governor/governor-check", "/usr/share/man/man8/governor.8.gz",
+                 "/usr/lib/python3.9/site-packages/governor/daemon.py"):
+        assert path in entries, path
+    mode, _links, owner, group = entries["/etc/governor/governor.yml"][:4]
+    assert (mode, owner, group) == ("-rw-r-----", "root", "postgres")
+    configs = subprocess.run(["rpm", "-qcp", rpms[0]], capture_output=True, text=True, check=True).stdout
+    assert configs.split() == ["/etc/governor/governor.yml"]
+    requires = subprocess.run(["rpm", "-qpR", rpms[0]], capture_output=True, text=True, check=True).stdout
+    assert "python3-etcd" in requires and "postgresql-server" in requires
