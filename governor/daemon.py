@@ -76,6 +76,26 @@ class LeaderWatcher(threading.Thread):
                 self.wake.set()
 
 
+RESTART_MARKER = "restart-keep-postgres"
+RESTART_MARKER_MAX_AGE = 120.0
+
+
+def consume_restart_marker(max_age: float) -> bool:
+    """The package's postinst drops RESTART_MARKER into the unit's RuntimeDirectory before it
+    restarts governor. True when a marker younger than `max_age` seconds was there; it is
+    removed either way."""
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if not runtime:
+        return False
+    path = os.path.join(runtime, RESTART_MARKER)
+    try:
+        age = time.time() - os.stat(path).st_mtime
+        os.unlink(path)
+    except OSError:
+        return False
+    return age <= max_age
+
+
 def peer_status(api_url: str, cafile: Optional[str] = None, timeout: float = 1.0) -> Optional[Member]:
     """A member's own answer to GET /status, as a Member; None when it does not answer."""
     context = ssl.create_default_context(cafile=cafile) if api_url.startswith("https") else None
@@ -616,6 +636,7 @@ class Governor:
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, self.request_reload)
         self.check_watchdog_timing()
+        consume_restart_marker(max_age=0)   # a marker left from before this start means nothing now
         log.info("governor %s starting: member %s, %s, data directory %s", __version__, self.name,
                  self.dcs.describe(), self.pg.data_dir)
         self.api = ApiServer(self.config, self.board.get)
@@ -657,6 +678,19 @@ class Governor:
         self.shutdown()
         return 0
 
+    def stop_for_restart(self) -> None:
+        """A package upgrade restarts governor: exit leaving PostgreSQL running and the lock and
+        member key in place, for the new governor to pick up within seconds. Should it not come
+        up, systemd's ExecStopPost fence (start failure) or watchdog (hang) stops PostgreSQL."""
+        log.warning("restarting for a package upgrade: leaving PostgreSQL running%s; the new governor "
+                    "takes over", " and the leader lock held" if self.holds_lock else "")
+        self.server.close()
+        self.dcs.close()
+        if self.api:
+            self.api.stop()
+        if self.metrics:
+            self.metrics.stop()
+
     def reload(self) -> None:
         """SIGHUP: re-read the configuration; apply what can change live, keep the rest."""
         self.notify.reloading()
@@ -690,6 +724,9 @@ class Governor:
     def shutdown(self) -> None:
         """Clean stop: PostgreSQL first, then the lock, so a replica can take over at once."""
         self.notify.stopping()
+        if consume_restart_marker(max_age=RESTART_MARKER_MAX_AGE):
+            self.stop_for_restart()
+            return
         # Health checks fail from now on, so load balancers stop sending new sessions here.
         self.board.set(replace(self.board.get(), state="stopping", holds_lock=False, lock_deadline=None))
         log.info("shutting down: stopping PostgreSQL")

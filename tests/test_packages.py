@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import subprocess
 import urllib.request
 
@@ -29,17 +30,39 @@ def deb(base_dir) -> str:
 
 
 @pytest.fixture(scope="module")
-def machine(base_dir, deb):
+def next_deb(deb) -> str:
+    """The same package under a newer version, to test an upgrade."""
+    src = os.path.join(REPO, "build", "deb", "src")
+    work = os.path.join(REPO, "build", "deb-next")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(src, os.path.join(work, "src"), symlinks=True)
+    changelog = os.path.join(work, "src", "debian", "changelog")
+    with open(changelog) as fh:
+        old = fh.read()
+    version = old.split("(", 1)[1].split(")", 1)[0] + "+next1"
+    entry = (f"governor ({version}) unstable; urgency=medium\n\n  * Test upgrade.\n\n"
+             f" -- governor developers <governor@governor-ha.org>  Wed, 25 Nov 2026 20:00:00 +0000\n\n")
+    with open(changelog, "w") as fh:
+        fh.write(entry + old)
+    result = subprocess.run(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=os.path.join(work, "src"),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return os.path.join(work, f"governor_{version}_all.deb")
+
+
+@pytest.fixture(scope="module")
+def machine(base_dir, deb, next_deb):
     root = system.rootfs()
     work = os.path.join(base_dir, "packages")
     os.makedirs(work)
-    m = system.Machine(root, binds=[], ro_binds=[(os.path.dirname(deb), "/mnt/debs")],
+    m = system.Machine(root, binds=[], ro_binds=[(os.path.dirname(deb), "/mnt/debs"),
+                                                 (os.path.dirname(next_deb), "/mnt/debs-next")],
                        log_path=os.path.join(work, "nspawn.log"))
     yield m
     m.poweroff()
 
 
-def test_apt_install_configure_enable_and_purge(machine, deb, etcd):
+def test_apt_install_configure_enable_upgrade_and_purge(machine, deb, next_deb, etcd):
     m = machine
     m.run("apt-get", "update", "-q", timeout=300)
     installed = m.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
@@ -79,6 +102,21 @@ def test_apt_install_configure_enable_and_purge(machine, deb, etcd):
         assert 'governor_role{role="primary"} 1.0' in resp.read().decode()
     listing = json.loads(m.run("governorctl", "-c", "/etc/governor", "list", "--format", "json").stdout)
     assert listing["leader"] == "pkg1" and [r["member"] for r in listing["members"]] == ["pkg1"]
+
+    # Upgrade: governor restarts on the new code, PostgreSQL keeps running, no failover.
+    postmaster = m.run("head", "-1", "/var/lib/postgresql/governor/postmaster.pid").stdout.strip()
+    old_main = m.run("systemctl", "show", "-p", "MainPID", "--value", "governor").stdout.strip()
+    m.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
+          f"/mnt/debs-next/{os.path.basename(next_deb)}", timeout=300)
+    wait_until(lambda: m.run("systemctl", "show", "-p", "MainPID", "--value", "governor").stdout.strip()
+               not in ("0", old_main), 30, "governor to be restarted by the upgrade")
+    wait_until(lambda: 'Status: "primary, leader of packaged' in m.run("systemctl", "status", "governor",
+                                                                        check=False).stdout, 30, "the leader")
+    assert m.run("head", "-1", "/var/lib/postgresql/governor/postmaster.pid").stdout.strip() == postmaster
+    assert "restarting for a package upgrade: leaving PostgreSQL running" in m.journal("governor")
+    sql = m.run("env", f"PGPASSWORD={harness.SUPERUSER_PASSWORD}", "psql", "-h", "127.0.0.1", "-p",
+                str(ports["pg"]), "-U", "postgres", "-Atc", "SELECT timeline_id FROM pg_control_checkpoint()")
+    assert sql.stdout.strip() == "1", "no failover happened"
 
     # Purge: configuration gone, data kept.
     m.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "purge", "-y", "-q", "governor", timeout=300)
