@@ -103,6 +103,29 @@ def test_apt_install_configure_enable_upgrade_and_purge(machine, deb, next_deb, 
     listing = json.loads(m.run("governorctl", "-c", "/etc/governor", "list", "--format", "json").stdout)
     assert listing["leader"] == "pkg1" and [r["member"] for r in listing["members"]] == ["pkg1"]
 
+    # Two more members on this host as template instances (governor@NAME reads /etc/governor/NAME.d/)
+    # join as replicas of pkg1.
+    for name in ("r1", "r2"):
+        inst = {key: value for key, value in override.items()}
+        inst_ports = {k: harness.free_port() for k in ("pg", "api", "metrics")}
+        inst["restapi"] = {"listen": f"127.0.0.1:{inst_ports['api']}"}
+        inst["metrics"] = {"listen": f"127.0.0.1:{inst_ports['metrics']}"}
+        inst["postgresql"] = {**override["postgresql"], "name": name, "listen": f"127.0.0.1:{inst_ports['pg']}",
+                              "data_dir": f"/var/lib/postgresql/governor-{name}"}
+        text = yaml.safe_dump(inst)
+        m.run("sh", "-c", f"install -d -m 0750 -g postgres /etc/governor/{name}.d && "
+                          f"cat > /etc/governor/{name}.d/governor.yml <<'EOF'\n{text}EOF\n"
+                          f"chgrp postgres /etc/governor/{name}.d/governor.yml && "
+                          f"chmod 0640 /etc/governor/{name}.d/governor.yml")
+        m.run("systemctl", "enable", "--now", f"governor@{name}")
+
+    def members():
+        data = json.loads(m.run("governorctl", "-c", "/etc/governor", "list", "--format", "json").stdout)
+        return {r["member"]: r["role"] for r in data["members"]}
+
+    wait_until(lambda: members() == {"pkg1": "leader", "r1": "replica", "r2": "replica"}, 90,
+               "two replicas from the template units")
+
     # Upgrade: governor restarts on the new code, PostgreSQL keeps running, no failover.
     postmaster = m.run("head", "-1", "/var/lib/postgresql/governor/postmaster.pid").stdout.strip()
     old_main = m.run("systemctl", "show", "-p", "MainPID", "--value", "governor").stdout.strip()
@@ -117,6 +140,13 @@ def test_apt_install_configure_enable_upgrade_and_purge(machine, deb, next_deb, 
     sql = m.run("env", f"PGPASSWORD={harness.SUPERUSER_PASSWORD}", "psql", "-h", "127.0.0.1", "-p",
                 str(ports["pg"]), "-U", "postgres", "-Atc", "SELECT timeline_id FROM pg_control_checkpoint()")
     assert sql.stdout.strip() == "1", "no failover happened"
+
+    # Failover: stopping the leader's governor hands the lock to a replica; the other follows it.
+    m.run("systemctl", "stop", "governor")
+    wait_until(lambda: (lambda r: r.get("r1") == "leader" or r.get("r2") == "leader")(members()), 30,
+               "a replica to take over")
+    roles = members()
+    assert sorted(roles.values()) == ["leader", "replica"] and "pkg1" not in roles
 
     # Purge: configuration gone, data kept.
     m.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "purge", "-y", "-q", "governor", timeout=300)

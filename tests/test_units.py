@@ -57,3 +57,21 @@ def test_watchdog_fits_the_default_timings(tmp_path):
         assert service["KillMode"] == "process", "restarting governor must not kill PostgreSQL"
         assert "--fence" in service["ExecStopPost"]
         assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+
+
+def test_restart_marker_is_honoured_only_when_fresh(tmp_path, monkeypatch):
+    from governor.daemon import RESTART_MARKER, consume_restart_marker
+
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
+    marker = tmp_path / RESTART_MARKER
+    assert consume_restart_marker(max_age=120) is False, "no marker: a clean stop"
+    marker.touch()
+    assert consume_restart_marker(max_age=120) is True
+    assert not marker.exists(), "consumed"
+    marker.touch()
+    old = marker.stat().st_mtime - 600
+    os.utime(marker, (old, old))
+    assert consume_restart_marker(max_age=120) is False, "a stale marker does not keep PostgreSQL running"
+    assert not marker.exists()
+    monkeypatch.delenv("RUNTIME_DIRECTORY")
+    assert consume_restart_marker(max_age=120) is False, "outside systemd there is no marker"
