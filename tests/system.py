@@ -25,15 +25,20 @@ PACKAGES = ["systemd", "systemd-sysv", "dbus", "libpam-systemd", "polkitd", "pro
 MIRROR = "http://deb.debian.org/debian"
 
 
-def rootfs() -> str:
-    """Path of the cached bookworm root file system, built on first use."""
-    key = hashlib.sha256(" ".join(PACKAGES).encode()).hexdigest()[:12]
-    path = os.path.join(CACHE, f"bookworm-{key}")
+# Debian 13 carries PostgreSQL 17 and Python 3.13: the same .deb must install there too.
+TRIXIE_PACKAGES = [p.replace("postgresql-15", "postgresql-17") for p in PACKAGES]
+
+
+def rootfs(release: str = "bookworm", packages: Optional[List[str]] = None) -> str:
+    """Path of a cached root file system of `release`, built on first use."""
+    packages = packages or PACKAGES
+    key = hashlib.sha256(" ".join(packages).encode()).hexdigest()[:12]
+    path = os.path.join(CACHE, f"{release}-{key}")
     if os.path.exists(os.path.join(path, ".complete")):
         return path
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(CACHE, exist_ok=True)
-    subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", "bookworm", path,
+    subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", release, path,
                     MIRROR], check=True, capture_output=True)
     # No default PostgreSQL cluster or etcd started at boot: governor manages its own.
     for unit in ("postgresql.service", "etcd.service"):

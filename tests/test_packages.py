@@ -175,3 +175,43 @@ def test_rpm_builds_lint_clean_with_the_same_file_set():
     assert configs.split() == ["/etc/governor/governor.yml"]
     requires = subprocess.run(["rpm", "-qpR", rpms[0]], capture_output=True, text=True, check=True).stdout
     assert "python3-etcd" in requires and "postgresql-server" in requires
+
+
+@pytest.fixture(scope="module")
+def trixie(base_dir, deb):
+    root = system.rootfs("trixie", system.TRIXIE_PACKAGES)
+    work = os.path.join(base_dir, "packages-trixie")
+    os.makedirs(work)
+    m = system.Machine(root, binds=[], ro_binds=[(os.path.dirname(deb), "/mnt/debs")],
+                       log_path=os.path.join(work, "nspawn.log"))
+    yield m
+    m.poweroff()
+
+
+def test_the_same_deb_runs_on_debian_13(trixie, deb, etcd):
+    """Debian 13: Python 3.13, PostgreSQL 17 (found by the default bin_dir), trixie's python3-etcd."""
+    m = trixie
+    assert m.run("cat", "/etc/debian_version").stdout.startswith("13")
+    m.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
+          f"/mnt/debs/{os.path.basename(deb)}", timeout=300)
+    ports = {name: harness.free_port() for name in ("pg", "api", "metrics")}
+    local = {
+        "loop_wait": 2, "retry_timeout": 3,
+        "etcd": {"scope": "trixie", "ttl": 10, "host": etcd.endpoint},
+        "restapi": {"listen": f"127.0.0.1:{ports['api']}"},
+        "metrics": {"listen": f"127.0.0.1:{ports['metrics']}"},
+        "postgresql": {"name": "t1", "listen": f"127.0.0.1:{ports['pg']}",
+                       "data_dir": "/var/lib/postgresql/governor",
+                       "replication": {"password": harness.REPLICATION_PASSWORD},
+                       "superuser": {"password": harness.SUPERUSER_PASSWORD}},
+    }
+    text = yaml.safe_dump(local)
+    m.run("sh", "-c", f"cat > /etc/governor/local.yml <<'EOF'\n{text}EOF\n"
+                      "chgrp postgres /etc/governor/local.yml && chmod 0640 /etc/governor/local.yml")
+    m.run("systemctl", "enable", "--now", "governor")
+    wait_until(lambda: 'Status: "primary, leader of trixie' in m.run("systemctl", "status", "governor",
+                                                                      check=False).stdout, 60, "the primary")
+    version = m.run("env", f"PGPASSWORD={harness.SUPERUSER_PASSWORD}", "psql", "-h", "127.0.0.1", "-p",
+                    str(ports["pg"]), "-U", "postgres", "-Atc", "SHOW server_version_num").stdout.strip()
+    assert version.startswith("17")
+    m.run("systemctl", "stop", "governor")
