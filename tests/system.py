@@ -16,7 +16,16 @@ import subprocess
 import time
 from typing import List, Optional
 
-from tests.harness import REPO, _processes, child_pids, cmdline, wait_until
+from tests.harness import (
+    REPLICATION_PASSWORD,
+    REPO,
+    SUPERUSER_PASSWORD,
+    _processes,
+    child_pids,
+    cmdline,
+    free_port,
+    wait_until,
+)
 
 CACHE = os.environ.get("GOVERNOR_TEST_CACHE", "/var/cache/governor-test")
 PACKAGES = ["systemd", "systemd-sysv", "dbus", "libpam-systemd", "polkitd", "procps", "postgresql-15",
@@ -102,6 +111,24 @@ class Machine:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+def node_config(etcd_endpoint: str, scope: str, name: str, data_dir: str, **top: object) -> tuple:
+    """A governor configuration for a member inside a container (which shares the host's network,
+    so every port is chosen free on the host): (config dict, ports)."""
+    ports = {key: free_port() for key in ("pg", "api", "metrics")}
+    cfg = {
+        "loop_wait": 2, "retry_timeout": 3,
+        "etcd": {"scope": scope, "ttl": 10, "host": etcd_endpoint},
+        "restapi": {"listen": f"127.0.0.1:{ports['api']}"},
+        "metrics": {"listen": f"127.0.0.1:{ports['metrics']}"},
+        "postgresql": {"name": name, "listen": f"127.0.0.1:{ports['pg']}", "data_dir": data_dir,
+                       "replication": {"password": REPLICATION_PASSWORD},
+                       "superuser": {"password": SUPERUSER_PASSWORD},
+                       "parameters": {"shared_buffers": "16MB"}},
+    }
+    cfg.update(top)
+    return cfg, ports
 
 
 def governor_launcher(path: str) -> str:

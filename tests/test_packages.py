@@ -79,18 +79,7 @@ def test_apt_install_configure_enable_upgrade_and_purge(machine, deb, next_deb, 
 
     # Configure one node: the shipped example plus a per-host file merged after it (name order:
     # local.yml sorts after governor.yml, so its values win).
-    ports = {name: harness.free_port() for name in ("pg", "api", "metrics")}
-    override = {
-        "loop_wait": 2, "retry_timeout": 3,
-        "etcd": {"scope": "packaged", "ttl": 10, "host": etcd.endpoint},
-        "restapi": {"listen": f"127.0.0.1:{ports['api']}"},
-        "metrics": {"listen": f"127.0.0.1:{ports['metrics']}"},
-        "postgresql": {"name": "pkg1", "listen": f"127.0.0.1:{ports['pg']}",
-                       "data_dir": "/var/lib/postgresql/governor",
-                       "replication": {"password": harness.REPLICATION_PASSWORD},
-                       "superuser": {"password": harness.SUPERUSER_PASSWORD},
-                       "parameters": {"shared_buffers": "16MB"}},
-    }
+    override, ports = system.node_config(etcd.endpoint, "packaged", "pkg1", "/var/lib/postgresql/governor")
     text = yaml.safe_dump(override)
     m.run("sh", "-c", f"cat > /etc/governor/local.yml <<'EOF'\n{text}EOF\n"
                       "chgrp postgres /etc/governor/local.yml && chmod 0640 /etc/governor/local.yml")
@@ -194,17 +183,7 @@ def test_the_same_deb_runs_on_debian_13(trixie, deb, etcd):
     assert m.run("cat", "/etc/debian_version").stdout.startswith("13")
     m.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
           f"/mnt/debs/{os.path.basename(deb)}", timeout=300)
-    ports = {name: harness.free_port() for name in ("pg", "api", "metrics")}
-    local = {
-        "loop_wait": 2, "retry_timeout": 3,
-        "etcd": {"scope": "trixie", "ttl": 10, "host": etcd.endpoint},
-        "restapi": {"listen": f"127.0.0.1:{ports['api']}"},
-        "metrics": {"listen": f"127.0.0.1:{ports['metrics']}"},
-        "postgresql": {"name": "t1", "listen": f"127.0.0.1:{ports['pg']}",
-                       "data_dir": "/var/lib/postgresql/governor",
-                       "replication": {"password": harness.REPLICATION_PASSWORD},
-                       "superuser": {"password": harness.SUPERUSER_PASSWORD}},
-    }
+    local, ports = system.node_config(etcd.endpoint, "trixie", "t1", "/var/lib/postgresql/governor")
     text = yaml.safe_dump(local)
     m.run("sh", "-c", f"cat > /etc/governor/local.yml <<'EOF'\n{text}EOF\n"
                       "chgrp postgres /etc/governor/local.yml && chmod 0640 /etc/governor/local.yml")

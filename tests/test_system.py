@@ -28,18 +28,8 @@ def machine(base_dir, src_dir, etcd):
     dropin = os.path.join(work, "governor.service.d")
     os.makedirs(etc)
     os.makedirs(dropin)
-    ports = {name: harness.free_port() for name in ("pg", "api", "metrics")}
-    cfg = {
-        "loop_wait": 1, "retry_timeout": 2,
-        "etcd": {"scope": "system", "ttl": 10, "host": etcd.endpoint},
-        "restapi": {"listen": f"127.0.0.1:{ports['api']}"},
-        "metrics": {"listen": f"127.0.0.1:{ports['metrics']}"},
-        "postgresql": {"name": "sys1", "listen": f"127.0.0.1:{ports['pg']}",
-                       "data_dir": "/var/lib/postgresql/governor",
-                       "replication": {"password": harness.REPLICATION_PASSWORD},
-                       "superuser": {"password": harness.SUPERUSER_PASSWORD},
-                       "parameters": {"shared_buffers": "16MB"}},
-    }
+    cfg, ports = system.node_config(etcd.endpoint, "system", "sys1", "/var/lib/postgresql/governor",
+                                    loop_wait=1, retry_timeout=2)
     with open(os.path.join(etc, "governor.yml"), "w") as fh:
         yaml.safe_dump(cfg, fh)
     os.chown(etc, 0, gid)

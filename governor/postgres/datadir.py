@@ -135,15 +135,7 @@ def write_postgresql_conf(cfg: PostgresConfig, standby_of: Optional[tuple] = Non
         settings["recovery_target_timeline"] = "latest"
         settings.update(cfg.recovery_conf)
     lines += [f"{key} = {_quote(value)}\n" for key, value in settings.items()]
-    content = "".join(lines)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            if fh.read() == content:
-                return False
-    except FileNotFoundError:
-        pass
-    _write_private(path, content)
-    return True
+    return _write_if_changed(path, "".join(lines))
 
 
 def set_standby_signal(data_dir: str, standby: bool) -> None:
@@ -178,16 +170,7 @@ def write_pg_hba(cfg: PostgresConfig) -> bool:
               "host    all          all          ::1/128            scram-sha-256"]
     for network in cfg.replication_network.split():
         rules.append(f"host    all          all          {network:<18} scram-sha-256")
-    content = "\n".join(rules) + "\n"
-    path = hba_path(cfg)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            if fh.read() == content:
-                return False
-    except FileNotFoundError:
-        pass
-    _write_private(path, content)
-    return True
+    return _write_if_changed(hba_path(cfg), "\n".join(rules) + "\n")
 
 
 def _os_user() -> str:
@@ -214,6 +197,18 @@ def write_pgpass(cfg: PostgresConfig) -> None:
 def was_primary(control: ControlData) -> bool:
     """A data directory last run as a primary (crashed or shut down), not as a standby."""
     return control.state in ("in production", "shut down")
+
+
+def _write_if_changed(path: str, content: str) -> bool:
+    """Write `content` privately unless the file already holds it; True when written."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if fh.read() == content:
+                return False
+    except FileNotFoundError:
+        pass
+    _write_private(path, content)
+    return True
 
 
 def _write_private(path: str, content: str) -> None:
