@@ -91,8 +91,10 @@ HEALTH: Dict[str, HealthCheck] = {
 
 
 class ApiServer:
-    def __init__(self, config: Config, get_status: Callable[[], NodeStatus]):
+    def __init__(self, config: Config, get_status: Callable[[], NodeStatus],
+                 controls: Optional[Dict[str, Callable[[dict], Tuple[int, dict]]]] = None):
         self.config = config
+        self.controls = controls or {}   # POST endpoints: path -> handler(body) -> (code, body)
         self.cfg: RestApiConfig = config.restapi
         self.get_status = get_status
         self.liveness_window = max(float(config.etcd.ttl), config.loop_wait + 2 * config.retry_timeout)
@@ -195,11 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, st.cluster_dict(), head_only)
             if path == "/config":
                 if not self.api.authorized(self.headers.get("Authorization")):
-                    self.send_response(401)
-                    self.send_header("WWW-Authenticate", 'Basic realm="governor"')
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return None
+                    return self._unauthorized()
                 return self._send(200, self.api.config_view(), head_only)
         except BadRequest as exc:
             return self._send(400, {"error": str(exc)}, head_only)
@@ -214,10 +212,38 @@ class _Handler(BaseHTTPRequestHandler):
     def do_OPTIONS(self) -> None:  # noqa: N802
         self._route("OPTIONS")
 
-    def _not_allowed(self) -> None:
+    def _read_body(self) -> Optional[bytes]:
         length = int(self.headers.get("Content-Length") or 0)
-        if 0 < length <= 65536:
-            self.rfile.read(length)
+        if length > 65536:
+            return None
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _unauthorized(self) -> None:
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="governor"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_POST(self) -> None:  # noqa: N802
+        path = urlsplit(self.path).path.rstrip("/")
+        raw = self._read_body()
+        handler = self.api.controls.get(path)
+        if handler is None:
+            return self._send(405 if path in HEALTH or path in ("/status", "/cluster") else 404,
+                              {"error": f"POST is not supported on {path}"})
+        if not self.api.authorized(self.headers.get("Authorization")):
+            return self._unauthorized()
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return self._send(400, {"error": "expected a JSON object"})
+        code, answer = handler(body)
+        return self._send(code, answer)
+
+    def _not_allowed(self) -> None:
+        self._read_body()
         self._send(405, {"error": f"{self.command} is not supported on {urlsplit(self.path).path}"})
 
-    do_POST = do_PUT = do_PATCH = do_DELETE = _not_allowed  # noqa: N815 - control endpoints come with governorctl
+    do_PUT = do_PATCH = do_DELETE = _not_allowed  # noqa: N815 - more control endpoints come with governorctl

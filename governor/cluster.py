@@ -54,6 +54,23 @@ class Leader:
 
 
 @dataclass(frozen=True)
+class Switchover:
+    """A planned change of leader requested by an operator (the `failover` key)."""
+    leader: Optional[str]
+    candidate: str
+    requested_at: float            # Unix time of the request
+
+    @classmethod
+    def from_json(cls, text: str) -> Optional[Switchover]:
+        try:
+            data = json.loads(text)
+            return cls(leader=data.get("leader"), candidate=str(data["candidate"]),
+                       requested_at=float(data.get("requested_at", 0)))
+        except (TypeError, ValueError, KeyError):
+            return None
+
+
+@dataclass(frozen=True)
 class Cluster:
     initialize: Optional[str]      # None: key absent; "": bootstrap claimed, no system id yet
     leader: Optional[Leader]
@@ -61,6 +78,7 @@ class Cluster:
     leader_lsn: Optional[int] = None
     index: int = 0                 # the DCS index this snapshot was read at
     history: Tuple[Dict[str, Any], ...] = ()  # one record per promotion, oldest first
+    switchover: Optional[Switchover] = None
 
     @property
     def initialized(self) -> bool:

@@ -1,12 +1,18 @@
-"""governorctl: look at a governor cluster from etcd.
+"""governorctl: look at a governor cluster from etcd, and move its leader.
 
-This first version knows `list`; switchover, failover, pause and the rest come with the HTTP API.
+`list` reads etcd; `switchover` checks the candidate through its own API, then asks the leader's
+authenticated control endpoint. failover, pause and the rest come next.
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import os
 import sys
+import time
+import urllib.error
+import urllib.request
 from typing import List, Optional
 
 from governor import __version__
@@ -30,6 +36,16 @@ def parser() -> argparse.ArgumentParser:
     sub.required = True
     lst = sub.add_parser("list", help="show the members: role, state, timeline, lag")
     lst.add_argument("--format", choices=("table", "json"), default="table")
+    sw = sub.add_parser("switchover", help="planned change of leader: the leader stops, the candidate takes over",
+                        description="The leader shuts PostgreSQL down (its standbys receive all WAL), releases "
+                                    "the lock, the candidate takes it and is promoted, the old leader rejoins "
+                                    "as a replica. Refused, with nothing changed, when the candidate is not a "
+                                    "healthy streaming replica within the lag limit.")
+    sw.add_argument("--candidate", required=True, help="member to promote")
+    sw.add_argument("--leader", help="expected current leader (refuse if another member leads)")
+    sw.add_argument("--max-lag", default="1MB", help="refuse a candidate further behind (default 1MB)")
+    sw.add_argument("--force", action="store_true", help="skip the candidate health checks")
+    sw.add_argument("--wait", type=float, default=60, help="seconds to wait for the new leader (default 60)")
     return p
 
 
@@ -51,6 +67,14 @@ def _dcs(args: argparse.Namespace) -> Etcd2:
     if args.scope:
         etcd = config_mod.EtcdConfig(**{**etcd.__dict__, "scope": args.scope})
     return Etcd2(etcd, retry_timeout=min(cfg.retry_timeout, 5))
+
+
+def _api_auth(args: argparse.Namespace) -> tuple:
+    """restapi credentials from the configuration, when one is readable."""
+    if args.dcs_url:
+        return (os.environ.get("GOVERNOR_API_USERNAME"), os.environ.get("GOVERNOR_API_PASSWORD"))
+    cfg = config_mod.load(args.config)
+    return (cfg.restapi.username, cfg.restapi.password)
 
 
 def rows(cluster: Cluster) -> List[dict]:
@@ -88,6 +112,88 @@ def format_table(scope: str, cluster: Cluster) -> str:
     return "\n".join(lines)
 
 
+def _http_json(url: str, method: str = "GET", body: Optional[dict] = None, auth: Optional[tuple] = None,
+               timeout: float = 5) -> tuple:
+    """(status code, JSON body or {}) of one API request."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data else {})
+    if auth and auth[0]:
+        token = base64.b64encode(f"{auth[0]}:{auth[1] or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            code, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        code, raw = exc.code, exc.read()
+    try:
+        return code, json.loads(raw) if raw else {}
+    except ValueError:
+        return code, {}
+
+
+def switchover(args: argparse.Namespace, dcs: Etcd2, cluster: Cluster, auth: tuple) -> int:
+    if cluster.leader is None:
+        return _refuse("no member holds the leader lock; a switchover needs a leader")
+    leader = cluster.leader.name
+    if args.leader and args.leader != leader:
+        return _refuse(f"{args.leader} is not the leader; {leader} is")
+    candidate = cluster.member(args.candidate)
+    if candidate is None or args.candidate == leader:
+        return _refuse(f"{args.candidate} is not a replica of this cluster "
+                       f"(members: {', '.join(m.name for m in cluster.members)})")
+    max_lag = config_mod.parse_size(args.max_lag)
+    if max_lag is None:
+        print(f"governorctl: --max-lag: expected a size such as 1MB, got {args.max_lag!r}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.force:
+        if not candidate.api_url:
+            return _refuse(f"{args.candidate} publishes no API address to check its health")
+        try:
+            code, status = _http_json(f"{candidate.api_url}/status", timeout=3)
+        except OSError as exc:
+            return _refuse(f"{args.candidate} does not answer on {candidate.api_url}: {exc}")
+        if code != 200 or not status.get("running") or status.get("role") != "replica":
+            return _refuse(f"{args.candidate} is not a running replica (role {status.get('role')}, "
+                           f"state {status.get('state')})")
+        if not status.get("streaming"):
+            return _refuse(f"{args.candidate} is not streaming from the leader")
+        lag = status.get("lag_bytes")
+        if lag is None or lag > max_lag:
+            return _refuse(f"{args.candidate} lags {lag} bytes behind the leader, more than --max-lag {max_lag}")
+    leader_member = cluster.member(leader)
+    if leader_member is None or not leader_member.api_url:
+        return _refuse(f"the leader {leader} publishes no API address")
+    try:
+        code, answer = _http_json(f"{leader_member.api_url}/switchover", "POST",
+                                  {"leader": leader, "candidate": args.candidate}, auth)
+    except OSError as exc:
+        return _refuse(f"the leader's API at {leader_member.api_url} does not answer: {exc}")
+    if code == 401:
+        return _refuse("the leader's API refused the credentials (restapi.username/password in the config)")
+    if code != 202:
+        return _refuse(answer.get("error") or f"the leader answered HTTP {code}")
+    print(f"switchover from {leader} to {args.candidate} requested; waiting ...")
+    started = time.monotonic()
+    while time.monotonic() - started < args.wait:
+        time.sleep(0.2)
+        try:
+            now = dcs.get_cluster()
+        except DCSError:
+            continue
+        if now.leader and now.leader.name == args.candidate:
+            print(f"switchover done: {args.candidate} is the leader ({time.monotonic() - started:.1f}s)")
+            return EXIT_OK
+    print(f"governorctl: {args.candidate} did not take the lock within {args.wait:.0f}s; see governor's log",
+          file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _refuse(message: str) -> int:
+    print(f"governorctl: refused: {message}; nothing changed", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -99,6 +205,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except DCSError as exc:
         print(f"governorctl: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    if args.command == "switchover":
+        return switchover(args, dcs, cluster, _api_auth(args))
     if args.command == "list":
         if args.format == "json":
             print(json.dumps({"scope": dcs.cfg.scope, "leader": cluster.leader.name if cluster.leader else None,

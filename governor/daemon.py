@@ -135,6 +135,7 @@ class Governor:
         self.lock_deadline: Optional[float] = None  # monotonic expiry of the lock as we last set it
         self.dcs_failed = False   # an etcd call failed in the current (or last) pass
         self._roles_checked = False
+        self._control_dcs: Optional[DCS] = None   # the API thread's own etcd client
         self.conf_target: Optional[tuple] = None  # what postgresql.conf was last written for
         self.notify = Notifier()
         self.reload_requested = threading.Event()
@@ -379,6 +380,11 @@ class Governor:
         self.write_conf(standby_of=None)
         state = self.server.state()
         log.info("promoted: this member is now the primary on timeline %s", state.timeline)
+        if self.cluster is not None and self.cluster.switchover and self.cluster.switchover.candidate == self.name:
+            try:
+                self.dcs.clear_switchover()
+            except DCSError as exc:
+                log.warning("could not clear the switchover request (it expires by itself): %s", exc)
         if self.metrics:
             self.metrics.promotions.inc()
             if decision.case == "leader_race":
@@ -395,6 +401,42 @@ class Governor:
             self.dcs.append_history(entry)
         except DCSError as exc:
             log.warning("could not record the promotion in the history key: %s", exc)
+
+    def do_step_down(self, decision: Decision, local: LocalState) -> None:
+        """Switchover, leader side: a fast shutdown waits until connected standbys received all
+        WAL up to the shutdown checkpoint; only then is the lock released for the candidate."""
+        log.warning("switchover: %s", decision.message)
+        self.rewind_pending = True
+        self.controller.stop("fast", timeout=max(30.0, self.pg.start_timeout))
+        self._release_lock()
+        log.info("switchover: PostgreSQL stopped and lock released for %s", decision.leader)
+
+    def request_switchover(self, body: dict) -> tuple:
+        """POST /switchover (API thread): validate against the last snapshot, write the request."""
+        candidate, leader = body.get("candidate"), body.get("leader")
+        if not isinstance(candidate, str) or (leader is not None and not isinstance(leader, str)):
+            return 400, {"error": "expected a JSON object with 'candidate' (and optionally 'leader') names"}
+        cluster = self.board.get().cluster
+        if cluster is None or cluster.leader is None:
+            return 503, {"error": "no leader: a switchover needs one (use failover)"}
+        if leader and leader != cluster.leader.name:
+            return 412, {"error": f"{leader} is not the leader; {cluster.leader.name} is"}
+        member = cluster.member(candidate)
+        if member is None or candidate == cluster.leader.name:
+            return 412, {"error": f"{candidate} is not a replica of this cluster"}
+        if member.role != "replica" or member.state != "running":
+            return 412, {"error": f"{candidate} is not a running replica ({member.role}, {member.state})"}
+        request = {"leader": cluster.leader.name, "candidate": candidate, "requested_at": time.time()}
+        try:
+            if self._control_dcs is None:
+                self._control_dcs = from_config(self.config)
+            if not self._control_dcs.request_switchover(request):
+                return 409, {"error": "another switchover is pending"}
+        except DCSError as exc:
+            return 503, {"error": str(exc)}
+        log.info("switchover from %s to %s requested through the API", cluster.leader.name, candidate)
+        self.wake.set()
+        return 202, {"message": f"switchover from {cluster.leader.name} to {candidate} requested"}
 
     def do_demote(self, decision: Decision, local: LocalState) -> None:
         log.warning("demoting: %s", decision.message)
@@ -639,7 +681,7 @@ class Governor:
         consume_restart_marker(max_age=0)   # a marker left from before this start means nothing now
         log.info("governor %s starting: member %s, %s, data directory %s", __version__, self.name,
                  self.dcs.describe(), self.pg.data_dir)
-        self.api = ApiServer(self.config, self.board.get)
+        self.api = ApiServer(self.config, self.board.get, controls={"/switchover": self.request_switchover})
         try:
             self.api.start()
         except OSError as exc:

@@ -17,11 +17,13 @@ Cases, checked top to bottom (the first that matches wins):
   clone_from_leader             data_dir empty, a leader is running          clone
   wait_for_leader_to_clone      data_dir empty, no usable leader             -
   rewind_failed_wait            pg_rewind failed, no permission to re-clone  -  (operator must act)
+  switchover_await_candidate    stopped after stepping down, switchover due  -
   start_lock_holder             stopped, this member holds the lock          renew_lock, start_as_leader
   rewind_then_follow            stopped former primary, another leader       rewind, start_as_replica
   start_following_leader        stopped, another member holds the lock       start_as_replica
   start_read_only               stopped, nobody holds the lock               start_as_replica
   postgres_not_answering        running but not accepting queries            -
+  switchover_step_down          holds the lock, switchover to another member step_down
   leader_renew                  holds the lock, running as primary           renew_lock, ensure_slots
   lock_held_promote             holds the lock, running as replica           renew_lock, promote
   demote_other_leader           primary, but another member holds the lock   demote
@@ -31,6 +33,8 @@ Cases, checked top to bottom (the first that matches wins):
   race_not_eligible_lag         nobody holds the lock, lag > max             follow (nobody)
   race_wait_for_better          nobody holds the lock, a healthier member    follow (nobody)
   primary_reacquire             nobody holds the lock, running as primary    acquire_lock, ensure_slots
+  switchover_take_over          nobody holds the lock, this is the candidate acquire_lock, promote
+  switchover_defer              nobody holds the lock, another is candidate  follow (nobody)
   leader_race                   nobody holds the lock, eligible replica      acquire_lock, promote
 """
 from __future__ import annotations
@@ -55,6 +59,7 @@ class Action(str, Enum):
     PROMOTE = "promote"
     DEMOTE = "demote"
     REWIND = "rewind"
+    STEP_DOWN = "step_down"
     FOLLOW = "follow"
     ENSURE_SLOTS = "ensure_slots"
 
@@ -134,7 +139,11 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                         f"pg_rewind against the leader failed; staying stopped. To rejoin, remove {local.data_dir} "
                         "and restart governor (it clones the leader), or set "
                         "postgresql.remove_data_directory_on_rewind_failure: true")
+    switchover = cluster.switchover
     if not local.running:
+        if leader is None and switchover and switchover.candidate != me:
+            return Decision("switchover_await_candidate",
+                            f"switchover: waiting for {switchover.candidate} to take the lock")
         if leader == me:
             return Decision("start_lock_holder", "PostgreSQL stopped and this member holds the lock: starting it",
                             (Action.RENEW_LOCK, Action.START_AS_LEADER))
@@ -151,6 +160,12 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
         return Decision("postgres_not_answering", "PostgreSQL is running but not accepting queries yet; waiting")
 
     if leader == me:
+        if local.role == "primary" and switchover and switchover.candidate != me \
+                and switchover.leader in (None, me):
+            return Decision("switchover_step_down",
+                            f"switchover to {switchover.candidate} requested: stopping PostgreSQL, so the "
+                            "candidate receives all of its WAL, then releasing the lock", (Action.STEP_DOWN,),
+                            leader=switchover.candidate)
         if local.role == "primary":
             return Decision("leader_renew", "holding the lock as primary", (Action.RENEW_LOCK, Action.ENSURE_SLOTS))
         return Decision("lock_held_promote", "this member holds the lock but runs as a replica: promoting",
@@ -166,6 +181,13 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
         return Decision("follow_leader", f"following leader {leader}", (Action.FOLLOW,), leader=leader)
 
     # Nobody holds the lock.
+    if switchover and local.role == "replica":
+        if switchover.candidate == me:
+            return Decision("switchover_take_over",
+                            "switchover: this member is the candidate; taking the lock and promoting",
+                            (Action.ACQUIRE_LOCK, Action.PROMOTE))
+        return Decision("switchover_defer", f"switchover to {switchover.candidate} in progress: not racing",
+                        (Action.FOLLOW,))
     if local.role == "primary":
         return Decision("primary_reacquire", "nobody holds the lock and this member is primary: taking it",
                         (Action.ACQUIRE_LOCK, Action.ENSURE_SLOTS))

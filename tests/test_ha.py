@@ -6,7 +6,7 @@ import re
 import pytest
 
 from governor import ha
-from governor.cluster import Cluster, Leader, Member
+from governor.cluster import Cluster, Leader, Member, Switchover
 from governor.ha import Action as A
 
 SYSID = "7000000000000000001"
@@ -18,9 +18,10 @@ def member(name, role="replica", state="running", lsn=100, **tags):
                   tags=tags)
 
 
-def cluster(leader=None, initialize=SYSID, members=(), leader_lsn=None):
+def cluster(leader=None, initialize=SYSID, members=(), leader_lsn=None, switchover_to=None):
+    switchover = Switchover(leader=None, candidate=switchover_to, requested_at=0) if switchover_to else None
     return Cluster(initialize=initialize, leader=Leader(leader) if leader else None, members=tuple(members),
-                   leader_lsn=leader_lsn)
+                   leader_lsn=leader_lsn, switchover=switchover)
 
 
 def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, rewind_pending=False,
@@ -47,6 +48,7 @@ TABLE = [
     ("wait_for_leader_to_clone", cluster(), local(data=ha.EMPTY, running=False), (), None),
     ("rewind_failed_wait", cluster("node2", members=[PRIMARY_NODE2]), local(running=False, rewind_failed=True),
      (), None),
+    ("switchover_await_candidate", cluster(switchover_to="node2"), local(running=False), (), None),
     ("start_lock_holder", cluster(ME), local(running=False), (A.RENEW_LOCK, A.START_AS_LEADER), None),
     ("rewind_then_follow", cluster("node2", members=[PRIMARY_NODE2]), local(running=False, rewind_pending=True),
      (A.REWIND, A.START_AS_REPLICA), "node2"),
@@ -54,6 +56,7 @@ TABLE = [
      (A.START_AS_REPLICA,), "node2"),
     ("start_read_only", cluster(), local(running=False), (A.START_AS_REPLICA,), None),
     ("postgres_not_answering", cluster(), local(role=None), (), None),
+    ("switchover_step_down", cluster(ME, switchover_to="node2"), local(role="primary"), (A.STEP_DOWN,), "node2"),
     ("leader_renew", cluster(ME), local(role="primary"), (A.RENEW_LOCK, A.ENSURE_SLOTS), None),
     ("lock_held_promote", cluster(ME), local(role="replica"), (A.RENEW_LOCK, A.PROMOTE), None),
     ("demote_other_leader", cluster("node2", members=[PRIMARY_NODE2]), local(role="primary"), (A.DEMOTE,),
@@ -62,6 +65,10 @@ TABLE = [
      (A.REWIND, A.START_AS_REPLICA), "node2"),
     ("follow_leader", cluster("node2", members=[PRIMARY_NODE2]), local(), (A.FOLLOW,), "node2"),
     ("primary_reacquire", cluster(), local(role="primary"), (A.ACQUIRE_LOCK, A.ENSURE_SLOTS), None),
+    ("switchover_take_over", cluster(switchover_to=ME, leader_lsn=10**9), local(lsn=100),
+     (A.ACQUIRE_LOCK, A.PROMOTE), None),
+    ("switchover_defer", cluster(members=[member("node2", lsn=1)], switchover_to="node3"), local(lsn=100),
+     (A.FOLLOW,), None),
     ("race_not_eligible_nofailover", cluster(), local(nofailover=True), (A.FOLLOW,), None),
     ("race_not_eligible_lag", cluster(leader_lsn=5000), local(lsn=100), (A.FOLLOW,), None),
     ("race_wait_for_better", cluster(members=[member("node2", lsn=200)]), local(lsn=100), (A.FOLLOW,), None),

@@ -62,6 +62,14 @@ class DCS(abc.ABC):
         """Add one promotion record to the `history` list (compare-and-swap on the old value)."""
 
     @abc.abstractmethod
+    def request_switchover(self, data: dict) -> bool:
+        """Create the `failover` key unless a request is pending; False when one is."""
+
+    @abc.abstractmethod
+    def clear_switchover(self) -> None:
+        """Delete the `failover` key."""
+
+    @abc.abstractmethod
     def wait_for_leader_change(self, index: int, timeout: float) -> bool:
         """Block until the leader key changes after `index` or `timeout` passes; True on change."""
 

@@ -13,12 +13,14 @@ from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 import etcd
 import urllib3
 
-from governor.cluster import Cluster, Leader, Member
+from governor.cluster import Cluster, Leader, Member, Switchover
 from governor.config import EtcdConfig
 from governor.dcs import DCS, DCSError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# A switchover request not carried out within this time expires by itself.
+SWITCHOVER_TTL = 60
 
 # Errors that mean "this endpoint did not answer", as opposed to a logical answer (key exists...).
 _CONNECTION_ERRORS = (etcd.EtcdConnectionFailed, urllib3.exceptions.HTTPError, OSError,
@@ -111,6 +113,7 @@ class Etcd2(DCS):
         leader_lsn = None
         members = []
         history: tuple = ()
+        switchover = None
         for node in result.leaves:
             if node.dir or node.key is None:
                 continue
@@ -124,13 +127,15 @@ class Etcd2(DCS):
                     leader_lsn = int(node.value)
                 except (TypeError, ValueError):
                     leader_lsn = None
+            elif rel == "failover":
+                switchover = Switchover.from_json(node.value)
             elif rel == "history":
                 history = _history_list(node.value)
             elif rel.startswith("members/"):
                 members.append(Member.from_json(rel[len("members/"):], node.value))
         index = getattr(result, "etcd_index", 0) or 0
         return Cluster(initialize=initialize, leader=leader, members=tuple(sorted(members, key=lambda m: m.name)),
-                       leader_lsn=leader_lsn, index=index, history=history)
+                       leader_lsn=leader_lsn, index=index, history=history, switchover=switchover)
 
     def wait_for_leader_change(self, index: int, timeout: float) -> bool:
         if timeout <= 0:
@@ -222,6 +227,25 @@ class Etcd2(DCS):
 
     def write_leader_lsn(self, lsn: int) -> None:
         self._call("leader position update", lambda c: c.write(self._key("optime", "leader"), str(lsn)))
+
+    def request_switchover(self, data: dict) -> bool:
+        def op(client: etcd.Client) -> bool:
+            try:
+                client.write(self._key("failover"), json.dumps(data), prevExist=False, ttl=SWITCHOVER_TTL)
+                return True
+            except etcd.EtcdAlreadyExist:
+                return False
+
+        return self._call("switchover request", op)
+
+    def clear_switchover(self) -> None:
+        def op(client: etcd.Client) -> None:
+            try:
+                client.delete(self._key("failover"))
+            except etcd.EtcdKeyNotFound:
+                pass
+
+        self._call("switchover cleanup", op)
 
     def append_history(self, entry: dict) -> None:
         key = self._key("history")

@@ -1,0 +1,145 @@
+"""Planned switchover through governorctl and the leader's authenticated control endpoint."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import psycopg2
+import pytest
+
+from tests import harness
+from tests.harness import wait_until
+
+pytestmark = pytest.mark.integration
+AUTH = {"restapi": {"username": "admin", "password": "api-Secret-9"}}
+
+
+@pytest.fixture
+def cluster(make_cluster):
+    c = make_cluster("sw")
+    for name in ("node1", "node2", "node3"):
+        c.add(name, extra=AUTH)
+    primary = c.wait_for_primary(90)
+    c.wait_for_streaming([n for n in c.nodes if n != primary.name], 90)
+    wait_until(lambda: all(n.api("/readiness")[0] == 200 for n in c.nodes.values()), 10, "readiness")
+    primary.sql("CREATE TABLE acks (id int PRIMARY KEY)")
+    return c
+
+
+def governorctl(node, *args):
+    return subprocess.run([sys.executable, "-m", "governor.ctl", "-c", node.config_path, *args],
+                          capture_output=True, text=True, cwd=harness.REPO,
+                          env={**os.environ, "PYTHONPATH": harness.REPO}, timeout=120)
+
+
+class Writer(threading.Thread):
+    """A new connection every 50 ms to whichever node accepts writes; remembers every ack."""
+
+    def __init__(self, cluster):
+        super().__init__(daemon=True)
+        nodes = list(cluster.nodes.values())
+        self.dsn = (f"host={','.join('127.0.0.1' for _ in nodes)} port={','.join(str(n.port) for n in nodes)} "
+                    f"target_session_attrs=read-write dbname=postgres user=postgres "
+                    f"password={harness.SUPERUSER_PASSWORD} connect_timeout=1")
+        self.acked, self.halt, self.seq = [], threading.Event(), 0
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            self.seq += 1
+            try:
+                conn = psycopg2.connect(self.dsn)
+                try:
+                    conn.autocommit = True
+                    with conn.cursor() as cur:
+                        cur.execute("INSERT INTO acks VALUES (%s)", (self.seq,))
+                    self.acked.append((self.seq, time.monotonic()))
+                finally:
+                    conn.close()
+            except psycopg2.Error:
+                pass
+            time.sleep(0.05)
+
+    def longest_gap(self) -> float:
+        times = [t for _i, t in self.acked]
+        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+
+
+def test_switchover_moves_the_leader_with_a_short_write_gap_and_no_lost_write(cluster):
+    old = cluster.nodes[cluster.leader_name()]
+    candidate = next(n for n in cluster.nodes.values() if n is not old)
+    writer = Writer(cluster)
+    writer.start()
+    time.sleep(1)
+    result = governorctl(old, "switchover", "--leader", old.name, "--candidate", candidate.name)
+    time.sleep(1)
+    writer.halt.set()
+    writer.join(10)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{candidate.name} is the leader" in result.stdout
+    assert cluster.leader_name() == candidate.name
+    assert candidate.role() == "primary"
+    cluster.wait_for_streaming([old.name], 60)
+    present = {r[0] for r in candidate.sql("SELECT id FROM acks")}
+    lost = [i for i, _t in writer.acked if i not in present]
+    assert not lost, f"acknowledged writes lost: {lost}"
+    gap = writer.longest_gap()
+    assert gap < 5, f"writes stopped for {gap:.1f}s"
+    assert cluster.etcd.get(f"/service/{cluster.scope}/failover") is None, "the request is cleared"
+    history = json.loads(cluster.etcd.get(f"/service/{cluster.scope}/history")["value"])
+    assert history[-1]["leader"] == candidate.name and "switchover_take_over" in history[-1]["reason"]
+    print(f"switchover write gap: {gap:.2f}s")
+
+
+def test_switchover_is_refused_when_the_candidate_lags_or_does_not_exist(cluster):
+    leader = cluster.nodes[cluster.leader_name()]
+    lagging, other = [n for n in cluster.nodes.values() if n is not leader]
+    frozen = lagging.signal_postgres("walreceiver", signal.SIGSTOP)
+    try:
+        leader.sql("CREATE TABLE filler AS SELECT repeat('x', 100) FROM generate_series(1, 40000)")
+        wait_until(lambda: (lagging.api("/status")[1].get("lag_bytes") or 0) > 1048576, 15, "the lag to show")
+        result = governorctl(leader, "switchover", "--candidate", lagging.name)
+        assert result.returncode == 1
+        assert "refused" in result.stderr and "lags" in result.stderr and "nothing changed" in result.stderr
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    result = governorctl(leader, "switchover", "--candidate", "nosuchnode")
+    assert result.returncode == 1 and "not a replica of this cluster" in result.stderr
+    result = governorctl(leader, "switchover", "--leader", other.name, "--candidate", lagging.name)
+    assert result.returncode == 1 and f"{other.name} is not the leader" in result.stderr
+    time.sleep(2)
+    assert cluster.leader_name() == leader.name and leader.role() == "primary"
+    assert cluster.etcd.get(f"/service/{cluster.scope}/failover") is None
+
+
+def test_control_endpoint_needs_credentials_and_a_valid_body(cluster):
+    leader = cluster.nodes[cluster.leader_name()]
+    replica = next(n for n in cluster.nodes.values() if n is not leader)
+    url = f"http://127.0.0.1:{leader.api_port}/switchover"
+
+    def post(body: bytes, user: str = "", password: str = "") -> int:
+        req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+        if user:
+            req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    body = json.dumps({"candidate": replica.name}).encode()
+    assert post(body) == 401
+    assert post(body, "admin", "wrong") == 401
+    assert post(b"not json", "admin", "api-Secret-9") == 400
+    assert post(json.dumps({"candidate": 5}).encode(), "admin", "api-Secret-9") == 400
+    assert post(json.dumps({"candidate": "ghost"}).encode(), "admin", "api-Secret-9") == 412
+    time.sleep(2)
+    assert cluster.leader_name() == leader.name, "a refused request changes nothing"
