@@ -46,6 +46,13 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--max-lag", default="1MB", help="refuse a candidate further behind (default 1MB)")
     sw.add_argument("--force", action="store_true", help="skip the candidate health checks")
     sw.add_argument("--wait", type=float, default=60, help="seconds to wait for the new leader (default 60)")
+    fo = sub.add_parser("failover", help="manual promotion of a candidate when no member holds the lock",
+                        description="When the cluster has no leader (for example every replica lags beyond "
+                                    "maximum_lag_on_failover), promote the candidate you choose. A lagging "
+                                    "candidate loses the transactions it did not receive: that needs --force.")
+    fo.add_argument("--candidate", required=True, help="member to promote")
+    fo.add_argument("--force", action="store_true", help="promote even a lagging or unchecked candidate")
+    fo.add_argument("--wait", type=float, default=60, help="seconds to wait for the new leader (default 60)")
     return p
 
 
@@ -174,17 +181,51 @@ def switchover(args: argparse.Namespace, dcs: Etcd2, cluster: Cluster, auth: tup
     if code != 202:
         return _refuse(answer.get("error") or f"the leader answered HTTP {code}")
     print(f"switchover from {leader} to {args.candidate} requested; waiting ...")
+    return _wait_for_leader(dcs, args.candidate, args.wait, "switchover")
+
+
+def failover(args: argparse.Namespace, dcs: Etcd2, cluster: Cluster) -> int:
+    if cluster.leader is not None:
+        return _refuse(f"{cluster.leader.name} holds the leader lock; use switchover")
+    candidate = cluster.member(args.candidate)
+    if candidate is None:
+        return _refuse(f"{args.candidate} is not a member of this cluster "
+                       f"(members: {', '.join(m.name for m in cluster.members) or 'none'})")
+    status: dict = {}
+    if candidate.api_url:
+        try:
+            _code, status = _http_json(f"{candidate.api_url}/status", timeout=3)
+        except OSError:
+            status = {}
+    if not args.force:
+        if not status.get("running") or status.get("role") != "replica":
+            return _refuse(f"{args.candidate} is not a running replica as far as its API tells; --force to try")
+        lag = status.get("lag_bytes")
+        if lag:
+            return _refuse(f"{args.candidate} is {lag} bytes behind the last leader position: promoting it "
+                           "loses those transactions; --force to accept that")
+    try:
+        if not dcs.request_switchover({"leader": None, "candidate": args.candidate, "requested_at": time.time()}):
+            return _refuse("another switchover or failover is pending")
+    except DCSError as exc:
+        print(f"governorctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"failover to {args.candidate} requested; waiting ...")
+    return _wait_for_leader(dcs, args.candidate, args.wait, "failover")
+
+
+def _wait_for_leader(dcs: Etcd2, candidate: str, wait: float, what: str) -> int:
     started = time.monotonic()
-    while time.monotonic() - started < args.wait:
+    while time.monotonic() - started < wait:
         time.sleep(0.2)
         try:
             now = dcs.get_cluster()
         except DCSError:
             continue
-        if now.leader and now.leader.name == args.candidate:
-            print(f"switchover done: {args.candidate} is the leader ({time.monotonic() - started:.1f}s)")
+        if now.leader and now.leader.name == candidate:
+            print(f"{what} done: {candidate} is the leader ({time.monotonic() - started:.1f}s)")
             return EXIT_OK
-    print(f"governorctl: {args.candidate} did not take the lock within {args.wait:.0f}s; see governor's log",
+    print(f"governorctl: {candidate} did not take the lock within {wait:.0f}s; see governor's log",
           file=sys.stderr)
     return EXIT_FAILED
 
@@ -207,6 +248,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_FAILED
     if args.command == "switchover":
         return switchover(args, dcs, cluster, _api_auth(args))
+    if args.command == "failover":
+        return failover(args, dcs, cluster)
     if args.command == "list":
         if args.format == "json":
             print(json.dumps({"scope": dcs.cfg.scope, "leader": cluster.leader.name if cluster.leader else None,

@@ -184,7 +184,8 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
     if switchover and local.role == "replica":
         if switchover.candidate == me:
             return Decision("switchover_take_over",
-                            "switchover: this member is the candidate; taking the lock and promoting",
+                            "this member is the operator's candidate (switchover or failover): taking the "
+                            "lock and promoting",
                             (Action.ACQUIRE_LOCK, Action.PROMOTE))
         return Decision("switchover_defer", f"switchover to {switchover.candidate} in progress: not racing",
                         (Action.FOLLOW,))

@@ -143,3 +143,34 @@ def test_control_endpoint_needs_credentials_and_a_valid_body(cluster):
     assert post(json.dumps({"candidate": "ghost"}).encode(), "admin", "api-Secret-9") == 412
     time.sleep(2)
     assert cluster.leader_name() == leader.name, "a refused request changes nothing"
+
+
+def test_manual_failover_promotes_the_chosen_candidate_when_no_leader_can_be_elected(make_cluster):
+    extra = {**AUTH, "postgresql": {"maximum_lag_on_failover": "64kB"}}
+    c = make_cluster("fo-manual")
+    for name in ("node1", "node2"):
+        c.add(name, extra=extra)
+    old = c.wait_for_primary(90)
+    replica = next(n for n in c.nodes.values() if n is not old)
+    c.wait_for_streaming([replica.name], 90)
+    assert governorctl(old, "failover", "--candidate", replica.name).returncode == 1, "a leader exists"
+    frozen = replica.signal_postgres("walreceiver", signal.SIGSTOP)
+    try:
+        old.sql("CREATE TABLE big AS SELECT repeat('x', 100) AS v FROM generate_series(1, 20000)")
+        wait_until(lambda: int(c.etcd.get(f"/service/{c.scope}/optime/leader")["value"])
+                   - replica.member()["lsn"] > 65536, 15, "the replica to fall behind")
+        old.crash()
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: "race_not_eligible_lag" in replica.log_text() and c.leader_name() is None, 30,
+               "the cluster to stay leaderless")
+    refused = governorctl(replica, "failover", "--candidate", replica.name)
+    assert refused.returncode == 1 and "--force" in refused.stderr
+    assert c.leader_name() is None
+    done = governorctl(replica, "failover", "--candidate", replica.name, "--force")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert c.leader_name() == replica.name
+    wait_until(lambda: replica.role() == "primary", 10, "the promotion")
+    replica.sql("CREATE TABLE after_manual_failover (v int)")  # writable; `big` never reached it
+    assert c.etcd.get(f"/service/{c.scope}/failover") is None
