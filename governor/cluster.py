@@ -79,6 +79,7 @@ class Cluster:
     index: int = 0                 # the DCS index this snapshot was read at
     history: Tuple[Dict[str, Any], ...] = ()  # one record per promotion, oldest first
     switchover: Optional[Switchover] = None
+    paused: bool = False           # maintenance mode: no automatic action (governorctl pause)
 
     @property
     def initialized(self) -> bool:

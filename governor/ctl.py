@@ -53,6 +53,8 @@ def parser() -> argparse.ArgumentParser:
     fo.add_argument("--candidate", required=True, help="member to promote")
     fo.add_argument("--force", action="store_true", help="promote even a lagging or unchecked candidate")
     fo.add_argument("--wait", type=float, default=60, help="seconds to wait for the new leader (default 60)")
+    sub.add_parser("pause", help="maintenance mode: governor keeps the lock but takes no automatic action")
+    sub.add_parser("resume", help="end maintenance mode")
     return p
 
 
@@ -116,6 +118,8 @@ def format_table(scope: str, cluster: Cluster) -> str:
     lines.append(sep)
     if not cluster.leader:
         lines.append("No member holds the leader lock.")
+    if cluster.paused:
+        lines.append("Maintenance mode: on (governorctl resume to end it)")
     return "\n".join(lines)
 
 
@@ -250,10 +254,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         return switchover(args, dcs, cluster, _api_auth(args))
     if args.command == "failover":
         return failover(args, dcs, cluster)
+    if args.command in ("pause", "resume"):
+        try:
+            dcs.set_paused(args.command == "pause")
+        except DCSError as exc:
+            print(f"governorctl: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        print("maintenance mode on: no automatic failover, restart or promotion until `governorctl resume`"
+              if args.command == "pause" else "maintenance mode off: automatic actions resume")
+        return EXIT_OK
     if args.command == "list":
         if args.format == "json":
             print(json.dumps({"scope": dcs.cfg.scope, "leader": cluster.leader.name if cluster.leader else None,
-                              "members": rows(cluster)}, indent=2))
+                              "paused": cluster.paused, "members": rows(cluster)}, indent=2))
         else:
             print(format_table(dcs.cfg.scope, cluster))
     return EXIT_OK

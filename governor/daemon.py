@@ -628,6 +628,7 @@ class Governor:
             dcs_reachable=self.cluster is not None, tags=self.config.tags, decision=decision.case,
             message=decision.message, loop_finished=time.monotonic(), loop_finished_wall=time.time(),
             cluster=self.cluster, replicas=self.replicas, pg_version=self.pg_version,
+            paused=bool(self.cluster and self.cluster.paused),
             api_url=self.config.restapi.api_url, conn_url=self.pg.conn_url))
 
     def sleep(self, seconds: float) -> None:

@@ -11,6 +11,8 @@ Cases, checked top to bottom (the first that matches wins):
   dcs_unreachable               etcd unreachable otherwise                    -
   data_dir_not_postgres         data_dir holds files that are not PostgreSQL  -  (never touched)
   foreign_data_dir              system identifier differs from `initialize`  -  (never touched)
+  paused_leader                 maintenance mode, this member holds the lock renew_lock (nothing else)
+  paused                        maintenance mode otherwise                   -
   bootstrap_race                cluster not initialized, data_dir empty      bootstrap
   initialize_from_existing      cluster not initialized, data_dir has data   claim_initialize
   bootstrap_in_progress         another member is running initdb             -
@@ -115,6 +117,12 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                         f"cluster has {cluster.initialize}); leaving it untouched: move it away to let this "
                         "member clone the leader")
 
+    if cluster.paused:
+        leader_name = cluster.leader.name if cluster.leader else None
+        if leader_name == me:
+            return Decision("paused_leader", "maintenance mode: keeping the leader lock, taking no other action",
+                            (Action.RENEW_LOCK,))
+        return Decision("paused", "maintenance mode: taking no automatic action")
     if cluster.initialize is None:
         if local.data == EMPTY:
             return Decision("bootstrap_race", "cluster not initialized: racing to bootstrap it",

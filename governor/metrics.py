@@ -107,7 +107,7 @@ class _StatusCollector:
             gauge("governor_postgres_up", "1 when PostgreSQL answers queries",
                   float(st.running and st.role in ("primary", "replica"))),
             gauge("governor_dcs_reachable", "1 when etcd answered in the last loop", float(st.dcs_reachable)),
-            gauge("governor_paused", "1 while automatic actions are paused", 0.0),
+            gauge("governor_paused", "1 while automatic actions are paused", float(st.paused)),
             gauge("governor_timeline", "PostgreSQL timeline", float(st.timeline) if st.timeline else None),
             gauge("governor_wal_current_lsn_bytes", "Primary: current WAL position",
                   float(st.lsn) if st.role == "primary" and st.lsn is not None else None),

@@ -46,6 +46,7 @@ class NodeStatus:
     cluster: Optional[Cluster] = None
     replicas: Tuple[ReplicaLag, ...] = ()
     pg_version: Optional[int] = None
+    paused: bool = False
     api_url: Optional[str] = None
     conn_url: Optional[str] = None
 
@@ -93,6 +94,7 @@ class NodeStatus:
             "message": self.message,
             "last_loop_age": round(now - self.loop_finished, 3) if self.loop_finished else None,
             "pg_version": self.pg_version,
+            "paused": self.paused,
             "conn_url": self.conn_url,
             "api_url": self.api_url,
         }
@@ -109,7 +111,8 @@ class NodeStatus:
                 members.append({"name": m.name, "role": "leader" if m.name == leader else m.role,
                                 "state": m.state, "timeline": m.timeline, "lsn": m.lsn, "lag_bytes": lag,
                                 "conn_url": m.conn_url, "api_url": m.api_url, "tags": m.tags})
-        return {"scope": self.scope, "leader": self.leader, "initialized": bool(cluster and cluster.initialized),
+        return {"scope": self.scope, "leader": self.leader, "paused": bool(cluster and cluster.paused),
+                "initialized": bool(cluster and cluster.initialized),
                 "leader_lsn": cluster.leader_lsn if cluster else None, "members": members,
                 "history": list(cluster.history) if cluster else [], "dcs_reachable": self.dcs_reachable}
 

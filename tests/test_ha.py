@@ -18,10 +18,10 @@ def member(name, role="replica", state="running", lsn=100, **tags):
                   tags=tags)
 
 
-def cluster(leader=None, initialize=SYSID, members=(), leader_lsn=None, switchover_to=None):
+def cluster(leader=None, initialize=SYSID, members=(), leader_lsn=None, switchover_to=None, paused=False):
     switchover = Switchover(leader=None, candidate=switchover_to, requested_at=0) if switchover_to else None
     return Cluster(initialize=initialize, leader=Leader(leader) if leader else None, members=tuple(members),
-                   leader_lsn=leader_lsn, switchover=switchover)
+                   leader_lsn=leader_lsn, switchover=switchover, paused=paused)
 
 
 def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, rewind_pending=False,
@@ -40,6 +40,8 @@ TABLE = [
     ("dcs_unreachable", None, local(role="replica"), (), None),
     ("data_dir_not_postgres", cluster(), local(data=ha.NOT_POSTGRES, running=False), (), None),
     ("foreign_data_dir", cluster("node2", members=[PRIMARY_NODE2]), local(sysid="123"), (), None),
+    ("paused_leader", cluster(ME, paused=True), local(running=False), (A.RENEW_LOCK,), None),
+    ("paused", cluster(paused=True), local(role="replica"), (), None),
     ("bootstrap_race", cluster(initialize=None), local(data=ha.EMPTY, running=False), (A.BOOTSTRAP,), None),
     ("initialize_from_existing", cluster(initialize=None), local(running=False), (A.CLAIM_INITIALIZE,), None),
     ("bootstrap_in_progress", cluster(initialize=""), local(data=ha.EMPTY, running=False), (), None),

@@ -174,3 +174,28 @@ def test_manual_failover_promotes_the_chosen_candidate_when_no_leader_can_be_ele
     wait_until(lambda: replica.role() == "primary", 10, "the promotion")
     replica.sql("CREATE TABLE after_manual_failover (v int)")  # writable; `big` never reached it
     assert c.etcd.get(f"/service/{c.scope}/failover") is None
+
+
+def test_pause_stops_automatic_actions_until_resume(make_cluster):
+    c = make_cluster("pause")
+    for name in ("node1", "node2"):
+        c.add(name, extra=AUTH)
+    leader = c.wait_for_primary(90)
+    c.wait_for_streaming([n for n in c.nodes if n != leader.name], 90)
+    result = governorctl(leader, "pause")
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: leader.api("/status")[1]["paused"], 10, "/status to show maintenance mode")
+    listing = json.loads(governorctl(leader, "list", "--format", "json").stdout)
+    assert listing["paused"] is True
+    assert "Maintenance mode: on" in governorctl(leader, "list").stdout
+    with urllib.request.urlopen(f"http://127.0.0.1:{leader.metrics_port}/metrics", timeout=3) as resp:
+        assert "governor_paused 1.0" in resp.read().decode()
+    # The operator works on PostgreSQL by hand: a stopped primary is not restarted, no failover.
+    leader.crash_postgres()
+    time.sleep(leader.config["etcd"]["ttl"] + 3)
+    assert leader.postmaster_pid() is None, "paused: governor does not restart PostgreSQL"
+    assert c.leader_name() == leader.name, "paused: the leader keeps its lock"
+    assert "paused_leader" in leader.log_text()
+    assert governorctl(leader, "resume").returncode == 0
+    wait_until(lambda: leader.role() == "primary", 30, "PostgreSQL restarted in place after resume")
+    assert c.leader_name() == leader.name

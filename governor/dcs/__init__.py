@@ -70,6 +70,10 @@ class DCS(abc.ABC):
         """Delete the `failover` key."""
 
     @abc.abstractmethod
+    def set_paused(self, paused: bool) -> None:
+        """Turn maintenance mode on or off for the whole cluster (the `pause` key)."""
+
+    @abc.abstractmethod
     def wait_for_leader_change(self, index: int, timeout: float) -> bool:
         """Block until the leader key changes after `index` or `timeout` passes; True on change."""
 

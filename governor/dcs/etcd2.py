@@ -114,6 +114,7 @@ class Etcd2(DCS):
         members = []
         history: tuple = ()
         switchover = None
+        paused = False
         for node in result.leaves:
             if node.dir or node.key is None:
                 continue
@@ -127,6 +128,8 @@ class Etcd2(DCS):
                     leader_lsn = int(node.value)
                 except (TypeError, ValueError):
                     leader_lsn = None
+            elif rel == "pause":
+                paused = node.value == "true"
             elif rel == "failover":
                 switchover = Switchover.from_json(node.value)
             elif rel == "history":
@@ -135,7 +138,7 @@ class Etcd2(DCS):
                 members.append(Member.from_json(rel[len("members/"):], node.value))
         index = getattr(result, "etcd_index", 0) or 0
         return Cluster(initialize=initialize, leader=leader, members=tuple(sorted(members, key=lambda m: m.name)),
-                       leader_lsn=leader_lsn, index=index, history=history, switchover=switchover)
+                       leader_lsn=leader_lsn, index=index, history=history, switchover=switchover, paused=paused)
 
     def wait_for_leader_change(self, index: int, timeout: float) -> bool:
         if timeout <= 0:
@@ -237,6 +240,18 @@ class Etcd2(DCS):
                 return False
 
         return self._call("switchover request", op)
+
+    def set_paused(self, paused: bool) -> None:
+        def op(client: etcd.Client) -> None:
+            if paused:
+                client.write(self._key("pause"), "true")
+            else:
+                try:
+                    client.delete(self._key("pause"))
+                except etcd.EtcdKeyNotFound:
+                    pass
+
+        self._call("pause update", op)
 
     def clear_switchover(self) -> None:
         def op(client: etcd.Client) -> None:
