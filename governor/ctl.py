@@ -53,6 +53,8 @@ def parser() -> argparse.ArgumentParser:
     fo.add_argument("--candidate", required=True, help="member to promote")
     fo.add_argument("--force", action="store_true", help="promote even a lagging or unchecked candidate")
     fo.add_argument("--wait", type=float, default=60, help="seconds to wait for the new leader (default 60)")
+    hist = sub.add_parser("history", help="every promotion recorded in etcd: timeline, position, time, reason")
+    hist.add_argument("--format", choices=("table", "json"), default="table")
     sub.add_parser("pause", help="maintenance mode: governor keeps the lock but takes no automatic action")
     sub.add_parser("resume", help="end maintenance mode")
     return p
@@ -239,6 +241,22 @@ def _refuse(message: str) -> int:
     return EXIT_FAILED
 
 
+def format_history(cluster: Cluster) -> str:
+    header = ["TL", "LSN", "Time", "New leader", "Reason"]
+    table = [header] + [[str(h.get("timeline", "")), _lsn(h.get("lsn")), str(h.get("time", "")),
+                         str(h.get("leader", "")), str(h.get("reason", ""))[:70]] for h in cluster.history]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    return "\n".join(lines) if cluster.history else "No promotion recorded."
+
+
+def _lsn(value: object) -> str:
+    """Bytes as PostgreSQL's X/X notation."""
+    if not isinstance(value, int):
+        return ""
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -254,6 +272,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return switchover(args, dcs, cluster, _api_auth(args))
     if args.command == "failover":
         return failover(args, dcs, cluster)
+    if args.command == "history":
+        if args.format == "json":
+            print(json.dumps(list(cluster.history), indent=2))
+        else:
+            print(format_history(cluster))
+        return EXIT_OK
     if args.command in ("pause", "resume"):
         try:
             dcs.set_paused(args.command == "pause")

@@ -57,7 +57,7 @@ def become_subreaper() -> None:
                 if pid not in own and process_gone(pid):
                     try:
                         os.waitpid(pid, os.WNOHANG)
-                    except ChildProcessError:
+                    except OSError:
                         pass
 
     threading.Thread(target=reap, name="reaper", daemon=True).start()
@@ -89,7 +89,7 @@ def process_gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as fh:
             return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
+    except OSError:   # gone, possibly while being read (ESRCH)
         return True
 
 

@@ -95,6 +95,9 @@ def test_switchover_moves_the_leader_with_a_short_write_gap_and_no_lost_write(cl
     assert cluster.etcd.get(f"/service/{cluster.scope}/failover") is None, "the request is cleared"
     history = json.loads(cluster.etcd.get(f"/service/{cluster.scope}/history")["value"])
     assert history[-1]["leader"] == candidate.name and "switchover_take_over" in history[-1]["reason"]
+    shown = governorctl(old, "history")
+    assert shown.returncode == 0 and candidate.name in shown.stdout.splitlines()[-1]
+    assert shown.stdout.splitlines()[0].split()[:3] == ["TL", "LSN", "Time"]
     print(f"switchover write gap: {gap:.2f}s")
 
 
