@@ -192,6 +192,9 @@ def healthy(base: str) -> bool:
     m = members(base)
     if m.get(name, {}).get("role") != "primary":
         return False
+    # Every member has published itself as running (one loop after PostgreSQL is up).
+    if len(m) != len(NODES) or any(v.get("state") != "running" for v in m.values()):
+        return False
     conn = psycopg2.connect(host="127.0.0.1", port=NODES[name], user="postgres", password=SUPERUSER_PASSWORD,
                             dbname="postgres", connect_timeout=2)
     try:
