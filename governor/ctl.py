@@ -15,6 +15,8 @@ import urllib.error
 import urllib.request
 from typing import List, Optional
 
+import yaml
+
 from governor import __version__
 from governor import config as config_mod
 from governor.cluster import Cluster
@@ -35,7 +37,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     lst = sub.add_parser("list", help="show the members: role, state, timeline, lag")
-    lst.add_argument("--format", choices=("table", "json"), default="table")
+    lst.add_argument("--format", choices=("table", "json", "yaml"), default="table")
+    lst.add_argument("--watch", type=float, metavar="N", help="refresh every N seconds until interrupted")
     sw = sub.add_parser("switchover", help="planned change of leader: the leader stops, the candidate takes over",
                         description="The leader shuts PostgreSQL down (its standbys receive all WAL), releases "
                                     "the lock, the candidate takes it and is promoted, the old leader rejoins "
@@ -288,12 +291,31 @@ def main(argv: Optional[List[str]] = None) -> int:
               if args.command == "pause" else "maintenance mode off: automatic actions resume")
         return EXIT_OK
     if args.command == "list":
-        if args.format == "json":
-            print(json.dumps({"scope": dcs.cfg.scope, "leader": cluster.leader.name if cluster.leader else None,
-                              "paused": cluster.paused, "members": rows(cluster)}, indent=2))
-        else:
-            print(format_table(dcs.cfg.scope, cluster))
+        while True:
+            print_list(args.format, dcs.cfg.scope, cluster)
+            if not args.watch:
+                break
+            try:
+                time.sleep(args.watch)
+                cluster = dcs.get_cluster()
+            except KeyboardInterrupt:
+                break
+            except DCSError as exc:
+                print(f"governorctl: {exc}", file=sys.stderr)
+                continue
+            print()
     return EXIT_OK
+
+
+def print_list(fmt: str, scope: str, cluster: Cluster) -> None:
+    data = {"scope": scope, "leader": cluster.leader.name if cluster.leader else None,
+            "paused": cluster.paused, "members": rows(cluster)}
+    if fmt == "json":
+        print(json.dumps(data, indent=2))
+    elif fmt == "yaml":
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+    else:
+        print(format_table(scope, cluster))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import urllib.request
 
 import psycopg2
 import pytest
+import yaml
 
 from tests import harness
 from tests.harness import wait_until
@@ -190,6 +191,8 @@ def test_pause_stops_automatic_actions_until_resume(make_cluster):
     wait_until(lambda: leader.api("/status")[1]["paused"], 10, "/status to show maintenance mode")
     listing = json.loads(governorctl(leader, "list", "--format", "json").stdout)
     assert listing["paused"] is True
+    as_yaml = yaml.safe_load(governorctl(leader, "list", "--format", "yaml").stdout)
+    assert as_yaml["paused"] is True and {m["member"] for m in as_yaml["members"]} == set(c.nodes)
     assert "Maintenance mode: on" in governorctl(leader, "list").stdout
     with urllib.request.urlopen(f"http://127.0.0.1:{leader.metrics_port}/metrics", timeout=3) as resp:
         assert "governor_paused 1.0" in resp.read().decode()
