@@ -125,7 +125,6 @@ class Governor:
         self.cluster: Optional[Cluster] = None
         self.holds_lock = False
         self.activity: Optional[str] = None  # "bootstrapping" / "creating replica" while it runs
-        self.last_decision: Optional[Decision] = None
         self._sysid_cache: Optional[tuple] = None
         self._published_lsn: Optional[int] = None
         self.rewind_pending = False   # this data directory ran as a primary since it last followed
@@ -585,7 +584,6 @@ class Governor:
                 and local.running and local.role == "replica":
             local = replace(local, peers=self.ask_peers(self.cluster))
         decision = decide(self.cluster, local)
-        self.last_decision = decision
         self.once("decision", decision.summary)
         log.debug("decision %s", decision.summary)
         if self.cluster is not None and self.cluster.leader and self.cluster.leader.name != self.name:

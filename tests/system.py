@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from typing import List, Optional
 
 from tests.harness import (
@@ -141,7 +140,3 @@ def governor_launcher(path: str) -> str:
 
 def unit_path(name: str) -> str:
     return os.path.join(REPO, "systemd", name)
-
-
-def wait_seconds(seconds: float) -> None:
-    time.sleep(seconds)
