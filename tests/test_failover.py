@@ -241,6 +241,9 @@ def test_failed_rewind_stays_stopped_until_allowed_to_reclone(make_cluster):
     extra = {"postgresql": {"initdb": [{"encoding": "UTF8"}], "parameters": {"wal_log_hints": "off"}}}
     cluster, old = start_cluster(make_cluster, names=("node1", "node2"), extra=extra)
     old.sql("CREATE TABLE t (v text)")
+    replica = next(n for n in cluster.nodes.values() if n is not old)
+    wait_until(lambda: replica.sql("SELECT count(*) FROM pg_class WHERE relname = 't'")[0][0] == 1, 15,
+               "the table to reach the replica")
     assert old.signal_postgres("walsender", signal.SIGSTOP)
     old.sql("INSERT INTO t VALUES ('diverged')")
     old.crash()

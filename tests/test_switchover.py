@@ -160,7 +160,8 @@ def test_manual_failover_promotes_the_chosen_candidate_when_no_leader_can_be_ele
     assert governorctl(old, "failover", "--candidate", replica.name).returncode == 1, "a leader exists"
     frozen = replica.signal_postgres("walreceiver", signal.SIGSTOP)
     try:
-        old.sql("CREATE TABLE big AS SELECT repeat('x', 100) AS v FROM generate_series(1, 20000)")
+        # Far more WAL than socket buffers hold, so the replica stays behind even after SIGCONT.
+        old.sql("CREATE TABLE big AS SELECT repeat('x', 100) AS v FROM generate_series(1, 300000)")
         wait_until(lambda: int(c.etcd.get(f"/service/{c.scope}/optime/leader")["value"])
                    - replica.member()["lsn"] > 65536, 15, "the replica to fall behind")
         old.crash()
