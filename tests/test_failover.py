@@ -274,10 +274,10 @@ def test_leader_whose_postgres_cannot_start_releases_the_lock(make_cluster):
     extra = {"primary_start_timeout": 3}
     cluster, old = start_cluster(make_cluster, names=("node1", "node2"), extra=extra)
     replica = next(n for n in cluster.nodes.values() if n is not old)
-    old.crash_postgres()
-    # An operator's broken edit: PostgreSQL now refuses to start on the leader.
+    # An operator's broken edit (read only at the next start): PostgreSQL will refuse to start.
     with open(harness.os.path.join(old.data_dir, "postgresql.base.conf"), "a") as fh:
         fh.write("\nno_such_setting = 1\n")
+    old.crash_postgres()
     started = time.monotonic()
     wait_until(lambda: other_leader(cluster, old.name), 3 + 10, "the replica to take over")
     assert time.monotonic() - started < 3 + 8
