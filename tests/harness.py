@@ -35,12 +35,12 @@ _processes: List[subprocess.Popen] = []
 
 
 def become_subreaper() -> None:
-    """Adopt orphaned descendants and reap them.
+    """Adopt orphaned descendants and reap the PostgreSQL ones.
 
     A postmaster started through pg_ctl is orphaned at once; where PID 1 does not reap (as in this
     sandbox), a killed postmaster would stay a zombie and PostgreSQL, seeing its PID alive, would
-    refuse to start again. The test process becomes their subreaper and reaps every child it did
-    not start itself (those are waited for by subprocess)."""
+    refuse to start again. The test process becomes their subreaper and reaps exited `postgres`
+    processes; its own children are left to subprocess, which waits for them."""
     import ctypes
     import threading
 
@@ -54,7 +54,9 @@ def become_subreaper() -> None:
             time.sleep(0.1)
             own = {p.pid for p in _processes}
             for pid in child_pids(me):
-                if pid not in own and process_gone(pid):
+                # Only orphaned PostgreSQL processes: reaping a child that subprocess.run is about
+                # to wait for would hide its exit code.
+                if pid not in own and process_gone(pid) and _comm(pid) == "postgres":
                     try:
                         os.waitpid(pid, os.WNOHANG)
                     except OSError:
@@ -82,6 +84,14 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, inter
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}"
                          + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split("(", 1)[1].rsplit(")", 1)[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def process_gone(pid: int) -> bool:
