@@ -23,7 +23,7 @@ import urllib.request
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from tests.harness import make_source_copy  # noqa: E402
+from tests.harness import make_source_copy, server_port  # noqa: E402
 
 ETCD_PORT, ETCD_PEER_PORT = 2379, 2380
 NODES = {"node1": 5441, "node2": 5442, "node3": 5443}
@@ -161,7 +161,8 @@ def start(base: str) -> None:
 
     print("waiting for 1 primary and 2 streaming replicas ...")
     wait_for(lambda: healthy(base), 180, "the cluster to form")
-    wait_for(lambda: routed_port(5000) == NODES[leader(base)], 30, "haproxy to route to the primary")
+    wait_for(lambda: server_port(5000, SUPERUSER_PASSWORD) == NODES[leader(base)], 30,
+             "haproxy to route to the primary")
     status(base)
     name = leader(base)
     print(f"""
@@ -201,19 +202,6 @@ def healthy(base: str) -> bool:
         with conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
             return cur.fetchone()[0] == len(NODES) - 1
-    finally:
-        conn.close()
-
-
-def routed_port(port: int) -> int:
-    import psycopg2
-
-    conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", password=SUPERUSER_PASSWORD,
-                            dbname="postgres", connect_timeout=2)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT inet_server_port()")
-            return cur.fetchone()[0]
     finally:
         conn.close()
 

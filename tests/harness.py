@@ -457,17 +457,23 @@ class Haproxy:
         return conn
 
     def server_port(self, port: int) -> int:
-        conn = self.connect(port)
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT inet_server_port()")
-                return cur.fetchone()[0]
-        finally:
-            conn.close()
+        return server_port(port)
 
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+
+
+def server_port(port: int, password: str = SUPERUSER_PASSWORD) -> int:
+    """The port of the PostgreSQL server a connection to 127.0.0.1:`port` lands on (behind haproxy)."""
+    conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", password=password,
+                            connect_timeout=2)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT inet_server_port()")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
 
 
 def make_source_copy(base_dir: str) -> str:

@@ -15,6 +15,8 @@ import signal
 import subprocess
 from typing import List, Optional
 
+import yaml
+
 from tests.harness import (
     REPLICATION_PASSWORD,
     REPO,
@@ -98,6 +100,15 @@ class Machine:
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}): {result.stdout}{result.stderr}")
         return result
+
+    def install_config(self, path: str, cfg: dict) -> None:
+        """Write a governor YAML file inside the container as the packages lay them out:
+        root-owned, group postgres, mode 0640 (in a 0750 directory when it creates one)."""
+        text = yaml.safe_dump(cfg)
+        directory = os.path.dirname(path)
+        self.run("sh", "-c", f"test -d {directory} || install -d -m 0750 -g postgres {directory}\n"
+                             f"cat > {path} <<'EOF'\n{text}EOF\n"
+                             f"chgrp postgres {path} && chmod 0640 {path}")
 
     def journal(self, unit: str, priority: str = "debug") -> str:
         return self.run("journalctl", "-u", unit, "-p", priority, "--no-pager", "-o", "cat", check=False).stdout

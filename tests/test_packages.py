@@ -12,7 +12,6 @@ import subprocess
 import urllib.request
 
 import pytest
-import yaml
 
 from tests import harness, system
 from tests.harness import REPO, wait_until
@@ -80,9 +79,7 @@ def test_apt_install_configure_enable_upgrade_and_purge(machine, deb, next_deb, 
     # Configure one node: the shipped example plus a per-host file merged after it (name order:
     # local.yml sorts after governor.yml, so its values win).
     override, ports = system.node_config(etcd.endpoint, "packaged", "pkg1", "/var/lib/postgresql/governor")
-    text = yaml.safe_dump(override)
-    m.run("sh", "-c", f"cat > /etc/governor/local.yml <<'EOF'\n{text}EOF\n"
-                      "chgrp postgres /etc/governor/local.yml && chmod 0640 /etc/governor/local.yml")
+    m.install_config("/etc/governor/local.yml", override)
     m.run("systemctl", "enable", "--now", "governor")
     wait_until(lambda: 'Status: "primary, leader of packaged' in m.run("systemctl", "status", "governor",
                                                                         check=False).stdout, 60, "the primary")
@@ -101,11 +98,7 @@ def test_apt_install_configure_enable_upgrade_and_purge(machine, deb, next_deb, 
         inst["metrics"] = {"listen": f"127.0.0.1:{inst_ports['metrics']}"}
         inst["postgresql"] = {**override["postgresql"], "name": name, "listen": f"127.0.0.1:{inst_ports['pg']}",
                               "data_dir": f"/var/lib/postgresql/governor-{name}"}
-        text = yaml.safe_dump(inst)
-        m.run("sh", "-c", f"install -d -m 0750 -g postgres /etc/governor/{name}.d && "
-                          f"cat > /etc/governor/{name}.d/governor.yml <<'EOF'\n{text}EOF\n"
-                          f"chgrp postgres /etc/governor/{name}.d/governor.yml && "
-                          f"chmod 0640 /etc/governor/{name}.d/governor.yml")
+        m.install_config(f"/etc/governor/{name}.d/governor.yml", inst)
         m.run("systemctl", "enable", "--now", f"governor@{name}")
 
     def members():
@@ -184,9 +177,7 @@ def test_the_same_deb_runs_on_debian_13(trixie, deb, etcd):
     m.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
           f"/mnt/debs/{os.path.basename(deb)}", timeout=300)
     local, ports = system.node_config(etcd.endpoint, "trixie", "t1", "/var/lib/postgresql/governor")
-    text = yaml.safe_dump(local)
-    m.run("sh", "-c", f"cat > /etc/governor/local.yml <<'EOF'\n{text}EOF\n"
-                      "chgrp postgres /etc/governor/local.yml && chmod 0640 /etc/governor/local.yml")
+    m.install_config("/etc/governor/local.yml", local)
     m.run("systemctl", "enable", "--now", "governor")
     wait_until(lambda: 'Status: "primary, leader of trixie' in m.run("systemctl", "status", "governor",
                                                                       check=False).stdout, 60, "the primary")
