@@ -94,7 +94,8 @@ class ApiServer:
     def __init__(self, config: Config, get_status: Callable[[], NodeStatus],
                  controls: Optional[Dict[str, Callable[[dict], Tuple[int, dict]]]] = None):
         self.config = config
-        self.controls = controls or {}   # POST endpoints: path -> handler(body) -> (code, body)
+        # Control endpoints: "METHOD /path" -> handler(JSON body) -> (HTTP code, JSON answer)
+        self.controls = controls or {}
         self.cfg: RestApiConfig = config.restapi
         self.get_status = get_status
         self.liveness_window = max(float(config.etcd.ttl), config.loop_wait + 2 * config.retry_timeout)
@@ -224,15 +225,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def do_POST(self) -> None:  # noqa: N802
+    def _control(self) -> None:
+        """POST/PATCH/DELETE: the control endpoints, all behind the configured credentials."""
         path = urlsplit(self.path).path.rstrip("/")
         raw = self._read_body()
-        handler = self.api.controls.get(path)
+        handler = self.api.controls.get(f"{self.command} {path}")
         if handler is None:
-            return self._send(405 if path in HEALTH or path in ("/status", "/cluster") else 404,
-                              {"error": f"POST is not supported on {path}"})
+            known = path in HEALTH or path in ("/status", "/cluster", "/liveness") or any(
+                key.endswith(f" {path}") for key in self.api.controls)
+            return self._send(405 if known else 404, {"error": f"{self.command} is not supported on {path}"})
         if not self.api.authorized(self.headers.get("Authorization")):
             return self._unauthorized()
+        if raw is None:
+            return self._send(400, {"error": "request body too large"})
         try:
             body = json.loads(raw or b"{}")
         except ValueError:
@@ -242,8 +247,8 @@ class _Handler(BaseHTTPRequestHandler):
         code, answer = handler(body)
         return self._send(code, answer)
 
-    def _not_allowed(self) -> None:
-        self._read_body()
-        self._send(405, {"error": f"{self.command} is not supported on {urlsplit(self.path).path}"})
+    do_POST = do_PATCH = do_DELETE = _control  # noqa: N815 - http.server naming
 
-    do_PUT = do_PATCH = do_DELETE = _not_allowed  # noqa: N815 - more control endpoints come with governorctl
+    def do_PUT(self) -> None:  # noqa: N802
+        self._read_body()
+        self._send(405, {"error": f"PUT is not supported on {urlsplit(self.path).path}"})

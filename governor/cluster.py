@@ -17,6 +17,7 @@ class Member:
     lsn: Optional[int] = None      # primary: current WAL position; replica: received position
     replay_lsn: Optional[int] = None
     tags: Dict[str, Any] = field(default_factory=dict)
+    pending_restart: bool = False  # a changed PostgreSQL setting waits for a restart
 
     @classmethod
     def from_json(cls, name: str, text: str) -> Member:
@@ -36,6 +37,7 @@ class Member:
             lsn=_int_or_none(data.get("lsn")),
             replay_lsn=_int_or_none(data.get("replay_lsn")),
             tags=data.get("tags") if isinstance(data.get("tags"), dict) else {},
+            pending_restart=data.get("pending_restart") is True,
         )
 
 
@@ -59,15 +61,21 @@ class Switchover:
     leader: Optional[str]
     candidate: str
     requested_at: float            # Unix time of the request
+    scheduled_at: Optional[float] = None   # Unix time it is due; None: at once
 
     @classmethod
     def from_json(cls, text: str) -> Optional[Switchover]:
         try:
             data = json.loads(text)
+            scheduled = data.get("scheduled_at")
             return cls(leader=data.get("leader"), candidate=str(data["candidate"]),
-                       requested_at=float(data.get("requested_at", 0)))
+                       requested_at=float(data.get("requested_at", 0)),
+                       scheduled_at=float(scheduled) if scheduled is not None else None)
         except (TypeError, ValueError, KeyError):
             return None
+
+    def due(self, now: float) -> bool:
+        return self.scheduled_at is None or self.scheduled_at <= now
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,8 @@ class Cluster:
     history: Tuple[Dict[str, Any], ...] = ()  # one record per promotion, oldest first
     switchover: Optional[Switchover] = None
     paused: bool = False           # maintenance mode: no automatic action (governorctl pause)
+    config: Dict[str, Any] = field(default_factory=dict)  # dynamic settings (governorctl edit-config)
+    config_index: int = 0          # modification index of the `config` key; 0: no such key
 
     @property
     def initialized(self) -> bool:

@@ -1,12 +1,14 @@
-"""governorctl: look at a governor cluster from etcd, and move its leader.
+"""governorctl: look at a governor cluster from etcd, and operate it.
 
-`list` reads etcd; `switchover` checks the candidate through its own API, then asks the leader's
-authenticated control endpoint. failover, pause and the rest come next.
+Reads the cluster from etcd; acts either through etcd (failover, pause, edit-config, remove) or
+through the members' authenticated control endpoints (switchover, restart, reinit).
+Exit codes: 0 done, 1 refused or failed, 2 usage or configuration error.
 """
 from __future__ import annotations
 
 import argparse
 import base64
+import datetime
 import json
 import os
 import sys
@@ -17,7 +19,7 @@ from typing import List, Optional
 
 import yaml
 
-from governor import __version__
+from governor import __version__, dynamic
 from governor import config as config_mod
 from governor.cluster import Cluster
 from governor.dcs import DCSError
@@ -44,8 +46,11 @@ def parser() -> argparse.ArgumentParser:
                                     "the lock, the candidate takes it and is promoted, the old leader rejoins "
                                     "as a replica. Refused, with nothing changed, when the candidate is not a "
                                     "healthy streaming replica within the lag limit.")
-    sw.add_argument("--candidate", required=True, help="member to promote")
+    sw.add_argument("--candidate", help="member to promote (required unless --cancel)")
     sw.add_argument("--leader", help="expected current leader (refuse if another member leads)")
+    sw.add_argument("--scheduled", metavar="ISO-8601",
+                    help="carry it out at this time, e.g. 2026-11-26T03:00:00+00:00 (no zone: local time)")
+    sw.add_argument("--cancel", action="store_true", help="cancel a pending (scheduled) switchover")
     sw.add_argument("--max-lag", default="1MB", help="refuse a candidate further behind (default 1MB)")
     sw.add_argument("--force", action="store_true", help="skip the candidate health checks")
     sw.add_argument("--wait", type=float, default=60, help="seconds to wait for the new leader (default 60)")
@@ -60,6 +65,33 @@ def parser() -> argparse.ArgumentParser:
     hist.add_argument("--format", choices=("table", "json"), default="table")
     sub.add_parser("pause", help="maintenance mode: governor keeps the lock but takes no automatic action")
     sub.add_parser("resume", help="end maintenance mode")
+    rs = sub.add_parser("restart", help="restart PostgreSQL on members, replicas first, the leader last",
+                        description="Restarts PostgreSQL one member at a time, waiting for each to run again "
+                                    "before the next; the leader last and in place (it keeps the lock, writes "
+                                    "pause for the restart). To avoid that pause, switch over first and restart "
+                                    "the old leader as a replica.")
+    rs.add_argument("members", nargs="*", metavar="MEMBER", help="members to restart (default: all)")
+    rs.add_argument("--pending", action="store_true",
+                    help="only members whose PostgreSQL has a setting waiting for a restart")
+    rs.add_argument("--force", action="store_true", help="do not ask before restarting the leader")
+    ri = sub.add_parser("reinit", help="re-clone a replica from the leader (its data directory is removed)",
+                        description="Removes the replica's data directory and clones the leader afresh with "
+                                    "pg_basebackup. Asks you to type the member name unless --force.")
+    ri.add_argument("member", metavar="MEMBER")
+    ri.add_argument("--force", action="store_true", help="do not ask for confirmation")
+    ri.add_argument("--wait", type=float, default=300, help="seconds to wait for it to stream (default 300)")
+    sub.add_parser("show-config", help="print the dynamic configuration kept in etcd")
+    ec = sub.add_parser("edit-config", help="change the dynamic configuration (validated, compare-and-swap)",
+                        description="Cluster-wide settings every member applies: ttl, loop_wait, retry_timeout, "
+                                    "maximum_lag_on_failover and postgresql.parameters.NAME. They take "
+                                    "precedence over the members' files. A PostgreSQL setting that needs a "
+                                    "restart shows up as pending in `list`; `restart --pending` applies it.")
+    ec.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="e.g. --set loop_wait=5 --set postgresql.parameters.work_mem=16MB; VALUE is YAML, "
+                         "'null' removes the key; repeatable")
+    ec.add_argument("--file", metavar="FILE", help="a YAML mapping merged in the same way ('-' for stdin)")
+    rm = sub.add_parser("remove", help="delete every etcd key of a stopped cluster (asks you to type its scope)")
+    rm.add_argument("remove_scope", metavar="SCOPE", help="the cluster scope, repeated as a safeguard")
     return p
 
 
@@ -100,18 +132,23 @@ def rows(cluster: Cluster) -> List[dict]:
             lag = max(0, cluster.leader_lsn - m.lsn)
         host = m.conn_url.split("://", 1)[-1].split("/", 1)[0] if m.conn_url else ""
         out.append({"member": m.name, "host": host, "role": "leader" if m.name == leader else m.role,
-                    "state": m.state, "timeline": m.timeline, "lag_bytes": lag, "tags": m.tags})
+                    "state": m.state, "timeline": m.timeline, "lag_bytes": lag, "tags": m.tags,
+                    "pending_restart": m.pending_restart})
     return out
 
 
 def format_table(scope: str, cluster: Cluster) -> str:
     data = rows(cluster)
     header = ["Member", "Host", "Role", "State", "TL", "Lag in MB", "Tags"]
+    pending = any(r["pending_restart"] for r in data)
+    if pending:
+        header.append("Pending restart")
     table = [header]
     for r in data:
         lag = "" if r["lag_bytes"] is None else f"{r['lag_bytes'] / 1048576:.1f}"
         tags = ",".join(k for k, v in sorted(r["tags"].items()) if v)
-        table.append([r["member"], r["host"], r["role"], r["state"], str(r["timeline"] or ""), lag, tags])
+        row = [r["member"], r["host"], r["role"], r["state"], str(r["timeline"] or ""), lag, tags]
+        table.append(row + (["*" if r["pending_restart"] else ""] if pending else []))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = [f"Cluster: {scope} (initialized: {cluster.initialize or 'no'})"]
     sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
@@ -149,6 +186,20 @@ def _http_json(url: str, method: str = "GET", body: Optional[dict] = None, auth:
 
 
 def switchover(args: argparse.Namespace, dcs: Etcd2, cluster: Cluster, auth: tuple) -> int:
+    if args.cancel:
+        return cancel_switchover(dcs, cluster, auth)
+    if not args.candidate:
+        print("governorctl: switchover: --candidate is required", file=sys.stderr)
+        return EXIT_USAGE
+    scheduled = None
+    if args.scheduled:
+        scheduled = parse_time(args.scheduled)
+        if scheduled is None:
+            print(f"governorctl: --scheduled: expected an ISO-8601 time such as 2026-11-26T03:00:00+00:00, "
+                  f"got {args.scheduled!r}", file=sys.stderr)
+            return EXIT_USAGE
+        if scheduled < time.time():
+            return _refuse(f"{args.scheduled} has already passed")
     if cluster.leader is None:
         return _refuse("no member holds the leader lock; a switchover needs a leader")
     leader = cluster.leader.name
@@ -162,7 +213,7 @@ def switchover(args: argparse.Namespace, dcs: Etcd2, cluster: Cluster, auth: tup
     if max_lag is None:
         print(f"governorctl: --max-lag: expected a size such as 1MB, got {args.max_lag!r}", file=sys.stderr)
         return EXIT_USAGE
-    if not args.force:
+    if not args.force and scheduled is None:   # a scheduled one is checked by the leader when due
         if not candidate.api_url:
             return _refuse(f"{args.candidate} publishes no API address to check its health")
         try:
@@ -181,16 +232,55 @@ def switchover(args: argparse.Namespace, dcs: Etcd2, cluster: Cluster, auth: tup
     if leader_member is None or not leader_member.api_url:
         return _refuse(f"the leader {leader} publishes no API address")
     try:
-        code, answer = _http_json(f"{leader_member.api_url}/switchover", "POST",
-                                  {"leader": leader, "candidate": args.candidate}, auth)
+        body = {"leader": leader, "candidate": args.candidate}
+        if scheduled is not None:
+            body["scheduled_at"] = scheduled
+        code, answer = _http_json(f"{leader_member.api_url}/switchover", "POST", body, auth)
     except OSError as exc:
         return _refuse(f"the leader's API at {leader_member.api_url} does not answer: {exc}")
     if code == 401:
         return _refuse("the leader's API refused the credentials (restapi.username/password in the config)")
     if code != 202:
         return _refuse(answer.get("error") or f"the leader answered HTTP {code}")
+    if scheduled is not None:
+        print(f"switchover from {leader} to {args.candidate} scheduled for "
+              f"{time.strftime('%Y-%m-%dT%H:%M:%S%z', time.localtime(scheduled))}; "
+              "`governorctl switchover --cancel` cancels it")
+        return EXIT_OK
     print(f"switchover from {leader} to {args.candidate} requested; waiting ...")
     return _wait_for_leader(dcs, args.candidate, args.wait, "switchover")
+
+
+def parse_time(text: str) -> Optional[float]:
+    """ISO-8601 date and time -> Unix time; without a zone it is local time."""
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.timestamp()
+
+
+def cancel_switchover(dcs: Etcd2, cluster: Cluster, auth: tuple) -> int:
+    if cluster.switchover is None:
+        return _refuse("no switchover is pending")
+    leader = cluster.leader_member
+    if leader is not None and leader.api_url:
+        try:
+            code, answer = _http_json(f"{leader.api_url}/switchover", "DELETE", {}, auth)
+        except OSError as exc:
+            return _refuse(f"the leader's API at {leader.api_url} does not answer: {exc}")
+        if code == 401:
+            return _refuse("the leader's API refused the credentials (restapi.username/password in the config)")
+        if code != 200:
+            return _refuse(answer.get("error") or f"the leader answered HTTP {code}")
+    else:
+        try:
+            dcs.clear_switchover()
+        except DCSError as exc:
+            print(f"governorctl: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    print(f"switchover to {cluster.switchover.candidate} cancelled")
+    return EXIT_OK
 
 
 def failover(args: argparse.Namespace, dcs: Etcd2, cluster: Cluster) -> int:
@@ -244,6 +334,162 @@ def _refuse(message: str) -> int:
     return EXIT_FAILED
 
 
+def restart(args: argparse.Namespace, cluster: Cluster, auth: tuple) -> int:
+    names = args.members or [m.name for m in cluster.members]
+    unknown = [n for n in names if cluster.member(n) is None]
+    if unknown:
+        return _refuse(f"not members of this cluster: {', '.join(unknown)}")
+    leader = cluster.leader.name if cluster.leader else None
+    targets = [cluster.member(n) for n in dict.fromkeys(names)]
+    if args.pending:
+        targets = [m for m in targets if m.pending_restart]
+        if not targets:
+            print("no member has a restart pending")
+            return EXIT_OK
+    targets.sort(key=lambda m: m.name == leader)   # replicas first, the leader last
+    if any(m.name == leader for m in targets) and not args.force and \
+            not _confirm(f"Restart the leader {leader} in place? Writes stop while it restarts. [y/N] ", "y"):
+        return _refuse("not confirmed")
+    for member in targets:
+        if not member.api_url:
+            return _refuse(f"{member.name} publishes no API address")
+        print(f"restarting {member.name} ...", flush=True)
+        try:
+            code, answer = _http_json(f"{member.api_url}/restart", "POST", {"pending": args.pending}, auth,
+                                      timeout=300)
+        except OSError as exc:
+            return _refuse(f"{member.name}'s API at {member.api_url} does not answer: {exc}")
+        if code == 401:
+            return _refuse(f"{member.name}'s API refused the credentials")
+        if code != 200:
+            print(f"governorctl: restart of {member.name} failed: {answer.get('error') or f'HTTP {code}'}; "
+                  "stopping the rolling restart here", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"{member.name}: {answer.get('message', 'restarted')}")
+    return EXIT_OK
+
+
+def reinit(args: argparse.Namespace, cluster: Cluster, auth: tuple) -> int:
+    member = cluster.member(args.member)
+    if member is None:
+        return _refuse(f"{args.member} is not a member of this cluster")
+    if cluster.leader and cluster.leader.name == args.member:
+        return _refuse(f"{args.member} is the leader; switch over first")
+    if not member.api_url:
+        return _refuse(f"{args.member} publishes no API address")
+    if not args.force and not _confirm(
+            f"This removes {args.member}'s data directory and clones the leader again.\n"
+            f"Type the member name to confirm: ", args.member):
+        return _refuse("not confirmed")
+    try:
+        code, answer = _http_json(f"{member.api_url}/reinitialize", "POST", {}, auth, timeout=90)
+    except OSError as exc:
+        return _refuse(f"{args.member}'s API at {member.api_url} does not answer: {exc}")
+    if code == 401:
+        return _refuse(f"{args.member}'s API refused the credentials")
+    if code not in (200, 202):
+        return _refuse(answer.get("error") or f"{args.member} answered HTTP {code}")
+    print(f"{args.member}: {answer.get('message')}; waiting for it to stream ...", flush=True)
+    started = time.monotonic()
+    while time.monotonic() - started < args.wait:
+        time.sleep(1)
+        try:
+            _code, status = _http_json(f"{member.api_url}/status", timeout=3)
+        except OSError:
+            continue
+        if status.get("role") == "replica" and status.get("running") and status.get("streaming"):
+            print(f"reinit done: {args.member} streams from {status.get('upstream')} "
+                  f"({time.monotonic() - started:.0f}s)")
+            return EXIT_OK
+    print(f"governorctl: {args.member} is not streaming after {args.wait:.0f}s; see its log", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _confirm(prompt: str, expected: str) -> bool:
+    try:
+        answer = input(prompt)
+    except EOFError:
+        return False
+    return answer.strip().lower() == expected.lower() if expected == "y" else answer.strip() == expected
+
+
+def edit_config(args: argparse.Namespace, dcs: Etcd2, cluster: Cluster) -> int:
+    changes: dict = {}
+    try:
+        if args.file:
+            text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+            loaded = yaml.safe_load(text) or {}
+            if not isinstance(loaded, dict):
+                print(f"governorctl: {args.file}: expected a YAML mapping", file=sys.stderr)
+                return EXIT_USAGE
+            changes = dynamic.combine(changes, loaded)
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                print(f"governorctl: --set: expected KEY=VALUE, got {item!r}", file=sys.stderr)
+                return EXIT_USAGE
+            changes = dynamic.combine(changes, dynamic.nested(key.strip(), yaml.safe_load(value)))
+    except (OSError, yaml.YAMLError) as exc:
+        print(f"governorctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not changes:
+        print("governorctl: edit-config: nothing to change (use --set or --file)", file=sys.stderr)
+        return EXIT_USAGE
+    new = dynamic.patch(cluster.config, changes)
+    problems = dynamic.validate(new, _timing(args))
+    if problems:
+        print("governorctl: refused, nothing written:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return EXIT_FAILED
+    diff = dynamic.diff(cluster.config, new)
+    if not diff:
+        print("no change")
+        return EXIT_OK
+    try:
+        if not dcs.set_config(new, cluster.config_index):
+            return _refuse("the dynamic configuration was changed by someone else meanwhile; "
+                           "look at `governorctl show-config` and try again")
+    except DCSError as exc:
+        print(f"governorctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    for key, old, value in diff:
+        print(f"{key}: {'(unset)' if old is None else old} -> {'(unset)' if value is None else value}")
+    return EXIT_OK
+
+
+def _timing(args: argparse.Namespace) -> tuple:
+    """The file configuration's timing, the base the ttl rule is checked against."""
+    if not args.dcs_url:
+        try:
+            return dynamic.timing(config_mod.load(args.config))
+        except config_mod.ConfigError:
+            pass
+    return dynamic.DEFAULT_TIMING
+
+
+def remove(args: argparse.Namespace, dcs: Etcd2, cluster: Cluster) -> int:
+    scope = dcs.cfg.scope
+    if args.remove_scope != scope:
+        return _refuse(f"SCOPE {args.remove_scope!r} is not the configured scope {scope!r}")
+    if cluster.initialize is None and not cluster.members and cluster.leader is None:
+        print(f"nothing to remove: etcd holds no keys for {scope}")
+        return EXIT_OK
+    if cluster.leader is not None or cluster.members:
+        alive = [m.name for m in cluster.members]
+        return _refuse(f"{scope} is alive (leader: {cluster.leader.name if cluster.leader else 'none'}, members: "
+                       f"{', '.join(alive) or 'none'}); stop governor on every member first, then wait for "
+                       "their keys to expire (ttl)")
+    if not _confirm(f"This deletes every key of cluster {scope} from etcd (its data directories stay).\n"
+                    f"Type the scope name to confirm: ", scope):
+        return _refuse("not confirmed")
+    try:
+        dcs.remove_cluster()
+    except DCSError as exc:
+        print(f"governorctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"removed cluster {scope} from etcd")
+    return EXIT_OK
+
+
 def format_history(cluster: Cluster) -> str:
     header = ["TL", "LSN", "Time", "New leader", "Reason"]
     table = [header] + [[str(h.get("timeline", "")), _lsn(h.get("lsn")), str(h.get("time", "")),
@@ -275,6 +521,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         return switchover(args, dcs, cluster, _api_auth(args))
     if args.command == "failover":
         return failover(args, dcs, cluster)
+    if args.command == "restart":
+        return restart(args, cluster, _api_auth(args))
+    if args.command == "reinit":
+        return reinit(args, cluster, _api_auth(args))
+    if args.command == "edit-config":
+        return edit_config(args, dcs, cluster)
+    if args.command == "show-config":
+        print(yaml.safe_dump(cluster.config, sort_keys=True).rstrip() if cluster.config
+              else "# no dynamic settings: every member uses its configuration files")
+        return EXIT_OK
+    if args.command == "remove":
+        return remove(args, dcs, cluster)
     if args.command == "history":
         if args.format == "json":
             print(json.dumps(list(cluster.history), indent=2))

@@ -16,11 +16,12 @@ from typing import Dict, Optional
 
 import psycopg2
 
-from governor import __version__
+from governor import __version__, dynamic
 from governor import config as config_mod
 from governor.api import ApiServer
 from governor.cluster import Cluster, Member, parse_conn_url
 from governor.config import Config, slot_name_for
+from governor.controls import Controls
 from governor.dcs import DCS, DCSError, from_config
 from governor.ha import Action, Decision, LocalState, decide
 from governor.metrics import Metrics
@@ -76,6 +77,19 @@ class LeaderWatcher(threading.Thread):
                 self.wake.set()
 
 
+class OperatorRequest:
+    """An operator's restart or re-initialization, handed from the API thread to the loop."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.done = threading.Event()
+        self.result: tuple = (500, {"error": "not carried out"})
+
+    def finish(self, code: int, body: dict) -> None:
+        self.result = (code, body)
+        self.done.set()
+
+
 RESTART_MARKER = "restart-keep-postgres"
 RESTART_MARKER_MAX_AGE = 120.0
 
@@ -112,7 +126,9 @@ def peer_status(api_url: str, cafile: Optional[str] = None, timeout: float = 1.0
 class Governor:
     def __init__(self, config: Config, dcs: Optional[DCS] = None,
                  controller: Optional[ProcessController] = None):
+        self.file_config = config      # what the files say; self.config adds the dynamic settings
         self.config = config
+        self._dynamic_index = -1       # the `config` key index last applied
         self.pg = config.postgresql
         self.name = self.pg.name
         self.dcs = dcs or from_config(config)
@@ -134,11 +150,13 @@ class Governor:
         self.lock_deadline: Optional[float] = None  # monotonic expiry of the lock as we last set it
         self.dcs_failed = False   # an etcd call failed in the current (or last) pass
         self._roles_checked = False
-        self._control_dcs: Optional[DCS] = None   # the API thread's own etcd client
         self.conf_target: Optional[tuple] = None  # what postgresql.conf was last written for
         self.notify = Notifier()
         self.reload_requested = threading.Event()
         self.server_state: Optional[ServerState] = None
+        self._request: Optional[OperatorRequest] = None
+        self._request_lock = threading.Lock()
+        self.last_error: Optional[str] = None   # why the last failed action failed
         self.replicas: tuple = ()
         self.pg_version: Optional[int] = None
         self.board = StatusBoard(NodeStatus(name=self.name, scope=config.etcd.scope))
@@ -228,10 +246,12 @@ class Governor:
             try:
                 getattr(self, f"do_{action.value}")(decision, local)
             except ActionFailed as exc:
-                self.once("action", f"{action.value} not done: {exc}", logging.WARNING)
+                self.last_error = f"{action.value} not done: {exc}"
+                self.once("action", self.last_error, logging.WARNING)
                 return False
             except (ControllerError, bootstrap.BootstrapError, DCSError, psycopg2.Error, OSError) as exc:
-                self.once("action", f"{action.value} failed: {str(exc).strip()}", logging.ERROR)
+                self.last_error = f"{action.value} failed: {str(exc).strip()}"
+                self.once("action", self.last_error, logging.ERROR)
                 if isinstance(exc, DCSError):
                     self.dcs_failed = True
                 return False
@@ -410,32 +430,45 @@ class Governor:
         self._release_lock()
         log.info("switchover: PostgreSQL stopped and lock released for %s", decision.leader)
 
-    def request_switchover(self, body: dict) -> tuple:
-        """POST /switchover (API thread): validate against the last snapshot, write the request."""
-        candidate, leader = body.get("candidate"), body.get("leader")
-        if not isinstance(candidate, str) or (leader is not None and not isinstance(leader, str)):
-            return 400, {"error": "expected a JSON object with 'candidate' (and optionally 'leader') names"}
-        cluster = self.board.get().cluster
-        if cluster is None or cluster.leader is None:
-            return 503, {"error": "no leader: a switchover needs one (use failover)"}
-        if leader and leader != cluster.leader.name:
-            return 412, {"error": f"{leader} is not the leader; {cluster.leader.name} is"}
-        member = cluster.member(candidate)
-        if member is None or candidate == cluster.leader.name:
-            return 412, {"error": f"{candidate} is not a replica of this cluster"}
-        if member.role != "replica" or member.state != "running":
-            return 412, {"error": f"{candidate} is not a running replica ({member.role}, {member.state})"}
-        request = {"leader": cluster.leader.name, "candidate": candidate, "requested_at": time.time()}
-        try:
-            if self._control_dcs is None:
-                self._control_dcs = from_config(self.config)
-            if not self._control_dcs.request_switchover(request):
-                return 409, {"error": "another switchover is pending"}
-        except DCSError as exc:
-            return 503, {"error": str(exc)}
-        log.info("switchover from %s to %s requested through the API", cluster.leader.name, candidate)
+    def submit_request(self, kind: str, timeout: float) -> tuple:
+        """API thread: hand a restart/reinitialize to the loop and wait for its outcome."""
+        with self._request_lock:
+            if self._request is not None:
+                return 409, {"error": f"a {self._request.kind} is already in progress"}
+            request = self._request = OperatorRequest(kind)
         self.wake.set()
-        return 202, {"message": f"switchover from {cluster.leader.name} to {candidate} requested"}
+        if not request.done.wait(timeout):
+            return 202, {"message": f"{kind} is still in progress; see governor's log"}
+        return request.result
+
+    def answer_request(self, request: OperatorRequest, decision: Decision, ok: bool) -> None:
+        """Loop: report what became of an operator's request, then forget it."""
+        with self._request_lock:
+            self._request = None
+        if decision.case not in ("restart_requested", "reinitialize_requested"):
+            request.finish(412, {"error": f"{request.kind} not possible now: {decision.summary}"})
+        elif not ok:
+            request.finish(500, {"error": self.last_error or f"{request.kind} failed"})
+        elif request.kind == "restart":
+            request.finish(200, {"message": "PostgreSQL restarted"})
+        else:
+            request.finish(202, {"message": f"data directory removed; cloning {decision.leader}"})
+
+    def do_restart(self, decision: Decision, local: LocalState) -> None:
+        standby_of = None if local.role == "primary" else (self.leader_address(decision.leader) or ())
+        self.server.close()
+        self.controller.stop("fast", timeout=max(30.0, self.pg.start_timeout))
+        self._prepare(standby_of)
+        self.controller.start(self.pg.start_timeout)
+        log.info("restart: PostgreSQL is running again as %s", local.role)
+
+    def do_reinitialize(self, decision: Decision, local: LocalState) -> None:
+        self.server.close()
+        self.controller.stop("immediate")
+        datadir.empty_directory(self.pg.data_dir)
+        self.rewind_pending = self.rewind_failed = False
+        self._sysid_cache = None
+        log.info("reinitialize: %s removed; the next loop clones %s", self.pg.data_dir, decision.leader)
 
     def do_demote(self, decision: Decision, local: LocalState) -> None:
         log.warning("demoting: %s", decision.message)
@@ -546,9 +579,10 @@ class Governor:
             role = local.role or ("stopped" if not local.running else "unknown")
         state = self.activity or \
             ("running" if local.running and local.role else ("starting" if local.running else "stopped"))
+        pending = bool(local.running and self.server_state and self.server_state.pending_restart)
         return {"role": role, "state": state, "conn_url": self.pg.conn_url, "api_url": self.config.restapi.api_url,
                 "timeline": local.timeline, "lsn": local.lsn, "tags": self.config.tags,
-                "version": __version__}
+                "pending_restart": pending, "version": __version__}
 
     def publish(self, local: LocalState) -> None:
         try:
@@ -579,7 +613,10 @@ class Governor:
         else:
             self.cluster = self.observe_dcs()
         self.dcs_failed = self.cluster is None
-        local = self.observe_local()
+        if self.cluster is not None:
+            self.apply_dynamic(self.cluster)
+        request = self._request
+        local = replace(self.observe_local(), now=time.time(), request=request.kind if request else None)
         if self.cluster is not None and self.cluster.initialized and self.cluster.leader is None \
                 and local.running and local.role == "replica":
             local = replace(local, peers=self.ask_peers(self.cluster))
@@ -593,6 +630,8 @@ class Governor:
             # sees in etcd, and a member key may have expired while this process was stopped.
             self.publish(local)
         ok = self.execute(decision, local)
+        if request is not None:
+            self.answer_request(request, decision, ok)
         if decision.actions:
             local = self.observe_local()
         if self.cluster is not None and not self.dcs_failed:
@@ -626,7 +665,8 @@ class Governor:
             dcs_reachable=self.cluster is not None, tags=self.config.tags, decision=decision.case,
             message=decision.message, loop_finished=time.monotonic(), loop_finished_wall=time.time(),
             cluster=self.cluster, replicas=self.replicas, pg_version=self.pg_version,
-            paused=bool(self.cluster and self.cluster.paused),
+            paused=bool(self.cluster and self.cluster.paused), pending_restart=member["pending_restart"],
+            started_at=st.started_at if st else None,
             api_url=self.config.restapi.api_url, conn_url=self.pg.conn_url))
 
     def sleep(self, seconds: float) -> None:
@@ -680,7 +720,7 @@ class Governor:
         consume_restart_marker(max_age=0)   # a marker left from before this start means nothing now
         log.info("governor %s starting: member %s, %s, data directory %s", __version__, self.name,
                  self.dcs.describe(), self.pg.data_dir)
-        self.api = ApiServer(self.config, self.board.get, controls={"/switchover": self.request_switchover})
+        self.api = ApiServer(self.config, self.board.get, controls=Controls(self).endpoints())
         try:
             self.api.start()
         except OSError as exc:
@@ -742,25 +782,58 @@ class Governor:
                       "\n  ".join(exc.problems))
             self.notify.ready()
             return
-        new, needs_restart = config_mod.merge_live(self.config, new)
+        new, needs_restart = config_mod.merge_live(self.file_config, new)
         if needs_restart:
             log.warning("reload: %s can only change with a restart of governor; keeping the running values",
                         ", ".join(needs_restart))
+        self.file_config = new
+        changed = self.apply_config(self.with_dynamic(new), "reload")
+        log.info("reload: configuration reloaded%s", f" (changed: {', '.join(changed)})" if changed else
+                 " (nothing changed)")
+        self.notify.ready(self.status_line())
+
+    def with_dynamic(self, file_config: Config) -> Config:
+        """The file configuration with the cluster's valid dynamic settings over it."""
+        data = self.cluster.config if self.cluster is not None else {}
+        if data and not dynamic.validate(data, dynamic.timing(file_config)):
+            return dynamic.apply(file_config, data)
+        return file_config
+
+    def apply_dynamic(self, cluster: Cluster) -> None:
+        """Take over the dynamic settings in etcd when the `config` key changed."""
+        if cluster.config_index == self._dynamic_index:
+            return
+        self._dynamic_index = cluster.config_index
+        problems = dynamic.validate(cluster.config, dynamic.timing(self.file_config))
+        if problems:
+            self.once("dynamic", "the dynamic configuration in etcd is invalid, keeping the current settings: "
+                      + "; ".join(problems), logging.ERROR)
+            return
+        self.once("dynamic", None)
+        changed = self.apply_config(dynamic.apply(self.file_config, cluster.config), "dynamic configuration")
+        if changed:
+            log.info("dynamic configuration applied (changed: %s)", ", ".join(changed))
+
+    def apply_config(self, new: Config, why: str) -> list:
+        """Switch to `new`; rewrite and reload PostgreSQL's settings when they changed."""
         changed = config_mod.changed_keys(self.config, new)
         self.config, self.pg = new, new.postgresql
+        self.server.cfg = new.postgresql
         self.dcs.cfg, self.dcs.retry_timeout = new.etcd, new.retry_timeout
+        if self.api is not None:
+            self.api.config = new
         logging.getLogger().setLevel(new.log_level)
+        if not changed:
+            return changed
         try:
             if datadir.classify(self.pg.data_dir) == datadir.POSTGRES:
                 datadir.write_pgpass(self.pg)
                 if self.controller.is_running() and self.write_conf(self.conf_target):
                     self.controller.reload()
-                    log.info("reload: PostgreSQL configuration rewritten and reloaded")
+                    log.info("%s: PostgreSQL configuration rewritten and reloaded", why)
         except (OSError, ControllerError) as exc:
-            log.error("reload: could not apply the PostgreSQL settings: %s", exc)
-        log.info("reload: configuration reloaded%s", f" (changed: {', '.join(changed)})" if changed else
-                 " (nothing changed)")
-        self.notify.ready(self.status_line())
+            log.error("%s: could not apply the PostgreSQL settings: %s", why, exc)
+        return changed
 
     def shutdown(self) -> None:
         """Clean stop: PostgreSQL first, then the lock, so a replica can take over at once."""

@@ -11,6 +11,8 @@ Cases, checked top to bottom (the first that matches wins):
   dcs_unreachable               etcd unreachable otherwise                    -
   data_dir_not_postgres         data_dir holds files that are not PostgreSQL  -  (never touched)
   foreign_data_dir              system identifier differs from `initialize`  -  (never touched)
+  restart_requested             operator asked to restart PostgreSQL here    (renew_lock), restart
+  reinitialize_requested        operator asked to re-clone this replica      reinitialize
   paused_leader                 maintenance mode, this member holds the lock renew_lock (nothing else)
   paused                        maintenance mode otherwise                   -
   bootstrap_race                cluster not initialized, data_dir empty      bootstrap
@@ -25,6 +27,8 @@ Cases, checked top to bottom (the first that matches wins):
   start_following_leader        stopped, another member holds the lock       start_as_replica
   start_read_only               stopped, nobody holds the lock               start_as_replica
   postgres_not_answering        running but not accepting queries            -
+  switchover_not_ready          holds the lock, switchover due, candidate    renew_lock, ensure_slots
+                                not a running replica (postponed)
   switchover_step_down          holds the lock, switchover to another member step_down
   leader_renew                  holds the lock, running as primary           renew_lock, ensure_slots
   lock_held_promote             holds the lock, running as replica           renew_lock, promote
@@ -61,6 +65,8 @@ class Action(str, Enum):
     PROMOTE = "promote"
     DEMOTE = "demote"
     REWIND = "rewind"
+    RESTART = "restart"
+    REINITIALIZE = "reinitialize"
     STEP_DOWN = "step_down"
     FOLLOW = "follow"
     ENSURE_SLOTS = "ensure_slots"
@@ -84,6 +90,8 @@ class LocalState:
     # Other members as they answered this loop over the HTTP API (None: did not answer); used in
     # the leader race instead of the positions they last published in etcd.
     peers: Dict[str, Optional[Member]] = field(default_factory=dict)
+    now: float = 0.0                # wall clock, for scheduled switchovers
+    request: Optional[str] = None   # an operator's pending "restart" / "reinitialize" (HTTP API)
 
 
 @dataclass(frozen=True)
@@ -117,8 +125,17 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                         f"cluster has {cluster.initialize}); leaving it untouched: move it away to let this "
                         "member clone the leader")
 
+    leader_name = cluster.leader.name if cluster.leader else None
+    if local.request == "restart" and local.running and local.role:
+        return Decision("restart_requested", "restart requested by the operator: restarting PostgreSQL"
+                        + (" in place, keeping the leader lock" if leader_name == me else ""),
+                        (Action.RENEW_LOCK, Action.RESTART) if leader_name == me else (Action.RESTART,),
+                        leader=leader_name)
+    if local.request == "reinitialize" and leader_name and leader_name != me and cluster.initialized:
+        return Decision("reinitialize_requested",
+                        f"re-initialization requested by the operator: removing {local.data_dir} to clone "
+                        f"{leader_name} afresh", (Action.REINITIALIZE,), leader=leader_name)
     if cluster.paused:
-        leader_name = cluster.leader.name if cluster.leader else None
         if leader_name == me:
             return Decision("paused_leader", "maintenance mode: keeping the leader lock, taking no other action",
                             (Action.RENEW_LOCK,))
@@ -147,7 +164,7 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                         f"pg_rewind against the leader failed; staying stopped. To rejoin, remove {local.data_dir} "
                         "and restart governor (it clones the leader), or set "
                         "postgresql.remove_data_directory_on_rewind_failure: true")
-    switchover = cluster.switchover
+    switchover = cluster.switchover if cluster.switchover and cluster.switchover.due(local.now) else None
     if not local.running:
         if leader is None and switchover and switchover.candidate != me:
             return Decision("switchover_await_candidate",
@@ -170,6 +187,12 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
     if leader == me:
         if local.role == "primary" and switchover and switchover.candidate != me \
                 and switchover.leader in (None, me):
+            candidate = cluster.member(switchover.candidate)
+            if candidate is None or candidate.role != "replica" or candidate.state != "running":
+                return Decision("switchover_not_ready",
+                                f"switchover to {switchover.candidate} postponed: it is not a running replica "
+                                f"({candidate.role + ', ' + candidate.state if candidate else 'not a member'})",
+                                (Action.RENEW_LOCK, Action.ENSURE_SLOTS))
             return Decision("switchover_step_down",
                             f"switchover to {switchover.candidate} requested: stopping PostgreSQL, so the "
                             "candidate receives all of its WAL, then releasing the lock", (Action.STEP_DOWN,),

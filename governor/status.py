@@ -47,6 +47,8 @@ class NodeStatus:
     replicas: Tuple[ReplicaLag, ...] = ()
     pg_version: Optional[int] = None
     paused: bool = False
+    pending_restart: bool = False       # a changed PostgreSQL setting needs a restart
+    started_at: Optional[float] = None  # postmaster start, Unix time
     api_url: Optional[str] = None
     conn_url: Optional[str] = None
 
@@ -95,6 +97,8 @@ class NodeStatus:
             "last_loop_age": round(now - self.loop_finished, 3) if self.loop_finished else None,
             "pg_version": self.pg_version,
             "paused": self.paused,
+            "pending_restart": self.pending_restart,
+            "postmaster_start_time": self.started_at,
             "conn_url": self.conn_url,
             "api_url": self.api_url,
         }
@@ -110,7 +114,8 @@ class NodeStatus:
                     lag = max(0, cluster.leader_lsn - m.lsn)
                 members.append({"name": m.name, "role": "leader" if m.name == leader else m.role,
                                 "state": m.state, "timeline": m.timeline, "lsn": m.lsn, "lag_bytes": lag,
-                                "conn_url": m.conn_url, "api_url": m.api_url, "tags": m.tags})
+                                "conn_url": m.conn_url, "api_url": m.api_url, "tags": m.tags,
+                                "pending_restart": m.pending_restart})
         return {"scope": self.scope, "leader": self.leader, "paused": bool(cluster and cluster.paused),
                 "initialized": bool(cluster and cluster.initialized),
                 "leader_lsn": cluster.leader_lsn if cluster else None, "members": members,

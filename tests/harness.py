@@ -14,9 +14,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -214,6 +216,12 @@ class Etcd:
             if exc.code == 404:
                 return None
             raise
+
+    def put(self, key: str, value: str) -> None:
+        """Write a key directly, as an operator with etcdctl would."""
+        data = urllib.parse.urlencode({"value": value}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v2/keys{key}", data=data, method="PUT")
+        urllib.request.urlopen(req, timeout=3).close()
 
     def delete_tree(self, key: str) -> None:
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v2/keys{key}?recursive=true&dir=true",
@@ -462,6 +470,13 @@ class Haproxy:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+
+
+def governorctl(node: Node, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    """governorctl with the node's configuration; `stdin` answers its confirmation prompts."""
+    return subprocess.run([sys.executable, "-m", "governor.ctl", "-c", node.config_path, *args],
+                          capture_output=True, text=True, cwd=REPO, input=stdin,
+                          env={**os.environ, "PYTHONPATH": REPO}, timeout=400)
 
 
 def server_port(port: int, password: str = SUPERUSER_PASSWORD) -> int:

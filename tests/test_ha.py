@@ -25,11 +25,11 @@ def cluster(leader=None, initialize=SYSID, members=(), leader_lsn=None, switchov
 
 
 def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, rewind_pending=False,
-          rewind_failed=False, peers=None, **tags):
+          rewind_failed=False, peers=None, request=None, now=0.0, **tags):
     return ha.LocalState(name=ME, data=data, sysid=sysid if data == ha.POSTGRES else None, running=running,
                          role=role if running else None, lsn=lsn, tags=tags, maximum_lag_on_failover=1000,
                          data_dir="/var/lib/pg", rewind_pending=rewind_pending, rewind_failed=rewind_failed,
-                         peers=peers or {})
+                         peers=peers or {}, request=request, now=now)
 
 
 PRIMARY_NODE2 = member("node2", role="primary")
@@ -40,6 +40,10 @@ TABLE = [
     ("dcs_unreachable", None, local(role="replica"), (), None),
     ("data_dir_not_postgres", cluster(), local(data=ha.NOT_POSTGRES, running=False), (), None),
     ("foreign_data_dir", cluster("node2", members=[PRIMARY_NODE2]), local(sysid="123"), (), None),
+    ("restart_requested", cluster(ME, paused=True), local(role="primary", request="restart"),
+     (A.RENEW_LOCK, A.RESTART), ME),
+    ("reinitialize_requested", cluster("node2", members=[PRIMARY_NODE2]), local(request="reinitialize"),
+     (A.REINITIALIZE,), "node2"),
     ("paused_leader", cluster(ME, paused=True), local(running=False), (A.RENEW_LOCK,), None),
     ("paused", cluster(paused=True), local(role="replica"), (), None),
     ("bootstrap_race", cluster(initialize=None), local(data=ha.EMPTY, running=False), (A.BOOTSTRAP,), None),
@@ -58,7 +62,10 @@ TABLE = [
      (A.START_AS_REPLICA,), "node2"),
     ("start_read_only", cluster(), local(running=False), (A.START_AS_REPLICA,), None),
     ("postgres_not_answering", cluster(), local(role=None), (), None),
-    ("switchover_step_down", cluster(ME, switchover_to="node2"), local(role="primary"), (A.STEP_DOWN,), "node2"),
+    ("switchover_not_ready", cluster(ME, switchover_to="node2", members=[member("node2", state="stopped")]),
+     local(role="primary"), (A.RENEW_LOCK, A.ENSURE_SLOTS), None),
+    ("switchover_step_down", cluster(ME, switchover_to="node2", members=[member("node2")]), local(role="primary"),
+     (A.STEP_DOWN,), "node2"),
     ("leader_renew", cluster(ME), local(role="primary"), (A.RENEW_LOCK, A.ENSURE_SLOTS), None),
     ("lock_held_promote", cluster(ME), local(role="replica"), (A.RENEW_LOCK, A.PROMOTE), None),
     ("demote_other_leader", cluster("node2", members=[PRIMARY_NODE2]), local(role="primary"), (A.DEMOTE,),
@@ -130,3 +137,17 @@ def test_never_promotes_without_taking_the_lock_first():
 def test_a_primary_never_keeps_running_when_another_member_holds_the_lock():
     for snapshot in (cluster("node2", members=[PRIMARY_NODE2]), cluster("node3")):
         assert ha.decide(snapshot, local(role="primary")).actions == (A.DEMOTE,)
+
+
+def test_a_scheduled_switchover_waits_for_its_time():
+    planned = Switchover(leader=ME, candidate="node2", requested_at=0, scheduled_at=1000.0)
+    snapshot = Cluster(initialize=SYSID, leader=Leader(ME), switchover=planned, members=(member("node2"),))
+    assert ha.decide(snapshot, local(role="primary", now=999.0)).case == "leader_renew"
+    assert ha.decide(snapshot, local(role="primary", now=1000.0)).case == "switchover_step_down"
+
+
+def test_operator_requests_never_reinitialize_the_leader_or_restart_a_stopped_server():
+    assert ha.decide(cluster(ME), local(role="primary", request="reinitialize")).case == "leader_renew"
+    assert ha.decide(cluster(), local(request="reinitialize")).actions != (A.REINITIALIZE,)
+    assert A.RESTART not in ha.decide(cluster("node2", members=[PRIMARY_NODE2]),
+                                      local(running=False, request="restart")).actions

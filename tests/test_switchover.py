@@ -5,8 +5,6 @@ import base64
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -17,7 +15,7 @@ import pytest
 import yaml
 
 from tests import harness
-from tests.harness import wait_until
+from tests.harness import governorctl, wait_until
 
 pytestmark = pytest.mark.integration
 AUTH = {"restapi": {"username": "admin", "password": "api-Secret-9"}}
@@ -33,12 +31,6 @@ def cluster(make_cluster):
     wait_until(lambda: all(n.api("/readiness")[0] == 200 for n in c.nodes.values()), 10, "readiness")
     primary.sql("CREATE TABLE acks (id int PRIMARY KEY)")
     return c
-
-
-def governorctl(node, *args):
-    return subprocess.run([sys.executable, "-m", "governor.ctl", "-c", node.config_path, *args],
-                          capture_output=True, text=True, cwd=harness.REPO,
-                          env={**os.environ, "PYTHONPATH": harness.REPO}, timeout=120)
 
 
 class Writer(threading.Thread):

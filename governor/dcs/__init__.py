@@ -74,6 +74,15 @@ class DCS(abc.ABC):
         """Turn maintenance mode on or off for the whole cluster (the `pause` key)."""
 
     @abc.abstractmethod
+    def set_config(self, data: dict, index: int) -> bool:
+        """Write the dynamic `config` key only if it is still at `index` (0: only if absent);
+        False when someone changed it meanwhile."""
+
+    @abc.abstractmethod
+    def remove_cluster(self) -> None:
+        """Delete every key of this scope (governorctl remove)."""
+
+    @abc.abstractmethod
     def wait_for_leader_change(self, index: int, timeout: float) -> bool:
         """Block until the leader key changes after `index` or `timeout` passes; True on change."""
 

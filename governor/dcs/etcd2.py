@@ -115,6 +115,8 @@ class Etcd2(DCS):
         history: tuple = ()
         switchover = None
         paused = False
+        config: dict = {}
+        config_index = 0
         for node in result.leaves:
             if node.dir or node.key is None:
                 continue
@@ -132,13 +134,16 @@ class Etcd2(DCS):
                 paused = node.value == "true"
             elif rel == "failover":
                 switchover = Switchover.from_json(node.value)
+            elif rel == "config":
+                config, config_index = _json_dict(node.value), node.modifiedIndex or 0
             elif rel == "history":
                 history = _history_list(node.value)
             elif rel.startswith("members/"):
                 members.append(Member.from_json(rel[len("members/"):], node.value))
         index = getattr(result, "etcd_index", 0) or 0
         return Cluster(initialize=initialize, leader=leader, members=tuple(sorted(members, key=lambda m: m.name)),
-                       leader_lsn=leader_lsn, index=index, history=history, switchover=switchover, paused=paused)
+                       leader_lsn=leader_lsn, index=index, history=history, switchover=switchover, paused=paused,
+                       config=config, config_index=config_index)
 
     def wait_for_leader_change(self, index: int, timeout: float) -> bool:
         if timeout <= 0:
@@ -232,9 +237,12 @@ class Etcd2(DCS):
         self._call("leader position update", lambda c: c.write(self._key("optime", "leader"), str(lsn)))
 
     def request_switchover(self, data: dict) -> bool:
+        # A scheduled request lives until its time plus the normal grace period.
+        ttl = SWITCHOVER_TTL + max(0, int((data.get("scheduled_at") or 0) - time.time()))
+
         def op(client: etcd.Client) -> bool:
             try:
-                client.write(self._key("failover"), json.dumps(data), prevExist=False, ttl=SWITCHOVER_TTL)
+                client.write(self._key("failover"), json.dumps(data), prevExist=False, ttl=ttl)
                 return True
             except etcd.EtcdAlreadyExist:
                 return False
@@ -261,6 +269,30 @@ class Etcd2(DCS):
                 pass
 
         self._call("switchover cleanup", op)
+
+    def set_config(self, data: dict, index: int) -> bool:
+        body = json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+        def op(client: etcd.Client) -> bool:
+            try:
+                if index:
+                    client.write(self._key("config"), body, prevIndex=index)
+                else:
+                    client.write(self._key("config"), body, prevExist=False)
+                return True
+            except (etcd.EtcdAlreadyExist, etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
+                return False
+
+        return self._call("dynamic configuration update", op)
+
+    def remove_cluster(self) -> None:
+        def op(client: etcd.Client) -> None:
+            try:
+                client.delete(self.prefix, recursive=True, dir=True)
+            except etcd.EtcdKeyNotFound:
+                pass
+
+        self._call("removal of the cluster", op)
 
     def append_history(self, entry: dict) -> None:
         key = self._key("history")
@@ -300,6 +332,14 @@ def _history_list(text: Optional[str]) -> tuple:
     except ValueError:
         return ()
     return tuple(item for item in data if isinstance(item, dict)) if isinstance(data, list) else ()
+
+
+def _json_dict(text: Optional[str]) -> dict:
+    try:
+        data = json.loads(text or "{}")
+    except ValueError:
+        return {"": text}   # not JSON: reported as an invalid dynamic configuration
+    return data if isinstance(data, dict) else {"": data}
 
 
 def _short(exc: BaseException) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
 from dataclasses import dataclass
 from typing import Dict, Optional
@@ -48,6 +49,19 @@ def classify(data_dir: str) -> str:
             os.path.exists(os.path.join(data_dir, "global", "pg_control")):
         return POSTGRES
     return NOT_POSTGRES
+
+
+def empty_directory(data_dir: str) -> None:
+    """Remove everything inside `data_dir` (an operator's reinitialize) but keep the directory
+    itself, its owner and mode, and a mount point's lost+found."""
+    for entry in os.listdir(data_dir):
+        if entry == "lost+found":
+            continue
+        path = os.path.join(data_dir, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
 
 
 def read_controldata(bin_dir: str, data_dir: str) -> ControlData:

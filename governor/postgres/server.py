@@ -25,6 +25,8 @@ class ServerState:
     lsn: Optional[int]           # primary: current WAL insert position; replica: received
     replay_lsn: Optional[int]
     receiving_from: Optional[str]  # replica: "host:port" of its upstream, when streaming
+    pending_restart: bool = False  # a changed setting takes effect only after a restart
+    started_at: Optional[float] = None  # postmaster start, Unix time
 
 
 class Server:
@@ -74,14 +76,16 @@ class Server:
                    END,
                    (SELECT sender_host || ':' || sender_port FROM pg_stat_get_wal_receiver()
                      WHERE status = 'streaming'),
-                   (SELECT timeline_id FROM pg_control_checkpoint())
+                   (SELECT timeline_id FROM pg_control_checkpoint()),
+                   (SELECT coalesce(bool_or(pending_restart), false) FROM pg_settings),
+                   extract(epoch FROM pg_postmaster_start_time())::float8
         """)[0]
-        in_recovery, sysid, current, received, replayed, tli, upstream, checkpoint_tli = row
+        in_recovery, sysid, current, received, replayed, tli, upstream, checkpoint_tli, pending, started = row
         if in_recovery:
             lsn = max(int(received or 0), int(replayed or 0)) or None
             return ServerState("replica", sysid, tli or checkpoint_tli, lsn,
-                               int(replayed) if replayed is not None else None, upstream)
-        return ServerState("primary", sysid, tli, int(current), None, None)
+                               int(replayed) if replayed is not None else None, upstream, bool(pending), started)
+        return ServerState("primary", sysid, tli, int(current), None, None, bool(pending), started)
 
     def replication(self) -> List[tuple]:
         """On a primary: (application_name, state, sync_state, lag in bytes behind our position)."""

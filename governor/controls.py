@@ -1,0 +1,149 @@
+"""The HTTP API's control endpoints: what an operator (or governorctl) asks a member to do.
+
+Each handler runs in the API thread, validates the JSON body against the loop's last view of
+the cluster, and either writes a request to etcd (switchover, failover, dynamic configuration)
+for the HA loop of the right member to carry out, or hands the loop a local request (restart,
+reinitialize, reload). A bad body gets 400 and changes nothing.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
+
+from governor import dynamic
+from governor.cluster import Cluster
+from governor.dcs import DCS, DCSError, from_config
+
+if TYPE_CHECKING:
+    from governor.daemon import Governor
+
+log = logging.getLogger("governor")
+Answer = Tuple[int, dict]
+
+
+class Controls:
+    def __init__(self, governor: Governor):
+        self.gov = governor
+        self._dcs: Optional[DCS] = None   # the API thread's own etcd client
+
+    def endpoints(self) -> Dict[str, Callable[[dict], Answer]]:
+        return {
+            "POST /switchover": self.switchover,
+            "DELETE /switchover": self.cancel_switchover,
+            "POST /failover": self.failover,
+            "POST /restart": self.restart,
+            "POST /reinitialize": self.reinitialize,
+            "POST /reload": self.reload,
+            "PATCH /config": self.patch_config,
+        }
+
+    @property
+    def dcs(self) -> DCS:
+        if self._dcs is None:
+            self._dcs = from_config(self.gov.config)
+        return self._dcs
+
+    def _cluster(self) -> Optional[Cluster]:
+        return self.gov.board.get().cluster
+
+    def switchover(self, body: dict) -> Answer:
+        candidate, leader, scheduled = body.get("candidate"), body.get("leader"), body.get("scheduled_at")
+        if not isinstance(candidate, str) or (leader is not None and not isinstance(leader, str)):
+            return 400, {"error": "expected a JSON object with 'candidate' (and optionally 'leader' and "
+                                  "'scheduled_at') "}
+        if scheduled is not None and (isinstance(scheduled, bool) or not isinstance(scheduled, (int, float))):
+            return 400, {"error": "scheduled_at: expected a Unix time in seconds"}
+        if scheduled is not None and scheduled < time.time() - 5:
+            return 400, {"error": "scheduled_at: that time has passed"}
+        cluster = self._cluster()
+        if cluster is None or cluster.leader is None:
+            return 503, {"error": "no leader: a switchover needs one (use failover)"}
+        if leader and leader != cluster.leader.name:
+            return 412, {"error": f"{leader} is not the leader; {cluster.leader.name} is"}
+        member = cluster.member(candidate)
+        if member is None or candidate == cluster.leader.name:
+            return 412, {"error": f"{candidate} is not a replica of this cluster"}
+        if scheduled is None and (member.role != "replica" or member.state != "running"):
+            return 412, {"error": f"{candidate} is not a running replica ({member.role}, {member.state})"}
+        request = {"leader": cluster.leader.name, "candidate": candidate, "requested_at": time.time()}
+        if scheduled is not None:
+            request["scheduled_at"] = float(scheduled)
+        try:
+            if not self.dcs.request_switchover(request):
+                return 409, {"error": "another switchover is pending"}
+        except DCSError as exc:
+            return 503, {"error": str(exc)}
+        when = time.strftime(" at %Y-%m-%dT%H:%M:%S%z", time.localtime(scheduled)) if scheduled else ""
+        log.info("switchover from %s to %s requested through the API%s", cluster.leader.name, candidate, when)
+        self.gov.wake.set()
+        return 202, {"message": f"switchover from {cluster.leader.name} to {candidate} requested{when}"}
+
+    def cancel_switchover(self, body: dict) -> Answer:
+        cluster = self._cluster()
+        if cluster is None or cluster.switchover is None:
+            return 404, {"error": "no switchover or failover is pending"}
+        try:
+            self.dcs.clear_switchover()
+        except DCSError as exc:
+            return 503, {"error": str(exc)}
+        log.info("pending switchover to %s cancelled through the API", cluster.switchover.candidate)
+        return 200, {"message": f"switchover to {cluster.switchover.candidate} cancelled"}
+
+    def failover(self, body: dict) -> Answer:
+        candidate = body.get("candidate")
+        if not isinstance(candidate, str):
+            return 400, {"error": "expected a JSON object with 'candidate'"}
+        cluster = self._cluster()
+        if cluster is None:
+            return 503, {"error": "etcd is not reachable from this member"}
+        if cluster.leader is not None:
+            return 412, {"error": f"{cluster.leader.name} holds the leader lock; use switchover"}
+        member = cluster.member(candidate)
+        if member is None or member.role != "replica" or member.state != "running":
+            return 412, {"error": f"{candidate} is not a running replica of this cluster"}
+        try:
+            if not self.dcs.request_switchover({"leader": None, "candidate": candidate, "requested_at": time.time()}):
+                return 409, {"error": "another switchover or failover is pending"}
+        except DCSError as exc:
+            return 503, {"error": str(exc)}
+        log.info("manual failover to %s requested through the API", candidate)
+        return 202, {"message": f"failover to {candidate} requested"}
+
+    def restart(self, body: dict) -> Answer:
+        st = self.gov.board.get()
+        if body.get("pending") and not st.pending_restart:
+            return 200, {"message": "no restart pending; PostgreSQL left running"}
+        if not st.running:
+            return 412, {"error": "PostgreSQL is not running here"}
+        return self.gov.submit_request("restart", timeout=2 * max(30.0, self.gov.pg.start_timeout) + 10)
+
+    def reinitialize(self, body: dict) -> Answer:
+        st = self.gov.board.get()
+        if st.holds_lock or st.leader in (None, st.name):
+            return 412, {"error": "only a replica of a running leader can be re-initialized"}
+        return self.gov.submit_request("reinitialize", timeout=60)
+
+    def reload(self, body: dict) -> Answer:
+        self.gov.request_reload()
+        return 202, {"message": "reload requested"}
+
+    def patch_config(self, body: dict) -> Answer:
+        """Merge `body` into the dynamic configuration (null removes a key), compare-and-swap."""
+        try:
+            cluster = self.dcs.get_cluster()
+        except DCSError as exc:
+            return 503, {"error": str(exc)}
+        new = dynamic.patch(cluster.config, body)
+        problems = dynamic.validate(new, dynamic.timing(self.gov.file_config))
+        if problems:
+            return 400, {"error": "; ".join(problems)}
+        try:
+            if not self.dcs.set_config(new, cluster.config_index):
+                return 409, {"error": "the dynamic configuration changed meanwhile; nothing written, try again"}
+        except DCSError as exc:
+            return 503, {"error": str(exc)}
+        log.info("dynamic configuration changed through the API: %s",
+                 ", ".join(f"{k}={b!r}" for k, _a, b in dynamic.diff(cluster.config, new)) or "no change")
+        self.gov.wake.set()
+        return 200, new

@@ -1,0 +1,164 @@
+"""Dynamic configuration: cluster-wide settings kept in the DCS `config` key.
+
+`governorctl edit-config` writes them (validated, compare-and-swap); every member lays them over
+its own file configuration each loop. They win over the files, because their point is that all
+members agree. Only the settings below can be dynamic; identity, addresses and credentials stay
+in the files.
+
+    ttl, loop_wait, retry_timeout          seconds (the timing rule is checked on the result)
+    maximum_lag_on_failover                bytes, or a size such as '1MB'
+    postgresql.parameters.<name>           PostgreSQL settings for every member
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Any, Dict, List, Tuple
+
+from governor.config import MANAGED_PARAMETERS, Config, parse_size
+
+# Per-member PostgreSQL settings a cluster-wide value would break.
+MEMBER_PARAMETERS = dict(MANAGED_PARAMETERS, unix_socket_directories="each member's file configuration",
+                         data_directory="postgresql.data_dir", hba_file="governor",
+                         config_file="governor", ident_file="each member's file configuration")
+TOP_KEYS = ("ttl", "loop_wait", "retry_timeout", "maximum_lag_on_failover", "postgresql")
+PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def timing(config: Config) -> Tuple[float, float, float]:
+    """(ttl, loop_wait, retry_timeout) of a configuration, the base the timing rule is checked on."""
+    return config.etcd.ttl, config.loop_wait, config.retry_timeout
+
+
+DEFAULT_TIMING = (30, 10, 10)
+
+
+def validate(data: Any, base: Tuple[float, float, float] = DEFAULT_TIMING) -> List[str]:
+    """Every problem with `data` as dynamic configuration, as 'config: KEY: expected ...'; the timing
+    rule is checked with `base` (ttl, loop_wait, retry_timeout) for the keys `data` does not set."""
+    if not isinstance(data, dict):
+        return ["config: expected a mapping of settings"]
+    problems = []
+
+    def fail(key: str, message: str) -> None:
+        problems.append(f"config: {key}: {message}")
+
+    for key in data:
+        if key not in TOP_KEYS:
+            fail(key, f"not a dynamic setting (expected one of {', '.join(TOP_KEYS)})")
+    if "ttl" in data and not (isinstance(data["ttl"], int) and not isinstance(data["ttl"], bool)
+                              and data["ttl"] >= 5):
+        fail("ttl", f"expected an integer of at least 5 seconds, got {data['ttl']!r}")
+    for key in ("loop_wait", "retry_timeout"):
+        if key in data and not _number(data[key]):
+            fail(key, f"expected a positive number of seconds, got {data[key]!r}")
+    if "maximum_lag_on_failover" in data and parse_size(data["maximum_lag_on_failover"]) is None:
+        fail("maximum_lag_on_failover", f"expected a size in bytes such as 1048576 or '1MB', "
+                                        f"got {data['maximum_lag_on_failover']!r}")
+    pg = data.get("postgresql", {})
+    if not isinstance(pg, dict):
+        fail("postgresql", "expected a mapping with 'parameters'")
+        pg = {}
+    for key in pg:
+        if key != "parameters":
+            fail(f"postgresql.{key}", "not a dynamic setting (only postgresql.parameters is)")
+    params = pg.get("parameters", {})
+    if not isinstance(params, dict):
+        fail("postgresql.parameters", "expected a mapping of PostgreSQL settings")
+        params = {}
+    for name, value in params.items():
+        key = f"postgresql.parameters.{name}"
+        if not PARAMETER_NAME.match(str(name)):
+            fail(key, "expected a PostgreSQL setting name")
+        elif name in MEMBER_PARAMETERS:
+            fail(key, f"set by {MEMBER_PARAMETERS[name]}, not cluster-wide")
+        elif not isinstance(value, (str, int, float, bool)):
+            fail(key, f"expected a string, number or boolean, got {type(value).__name__}")
+        elif name == "wal_level" and str(value) == "minimal":
+            fail(key, "expected 'replica' or 'logical': streaming replication needs it")
+    if not problems:
+        ttl, loop_wait, retry = (data.get(k, b) for k, b in zip(("ttl", "loop_wait", "retry_timeout"), base))
+        if loop_wait + 2 * retry > ttl:
+            fail("ttl", f"expected loop_wait + 2 * retry_timeout <= ttl so a primary that loses etcd demotes "
+                        f"before its lock expires; got {loop_wait} + 2 * {retry} > {ttl}")
+    return problems
+
+
+def apply(base: Config, data: Dict[str, Any]) -> Config:
+    """`base` (the file configuration) with the dynamic settings laid over it."""
+    if not data:
+        return base
+    config = base
+    if "ttl" in data:
+        config = replace(config, etcd=replace(config.etcd, ttl=int(data["ttl"])))
+    if "loop_wait" in data:
+        config = replace(config, loop_wait=float(data["loop_wait"]))
+    if "retry_timeout" in data:
+        config = replace(config, retry_timeout=float(data["retry_timeout"]))
+    pg = config.postgresql
+    if "maximum_lag_on_failover" in data:
+        pg = replace(pg, maximum_lag_on_failover=parse_size(data["maximum_lag_on_failover"]))
+    params = (data.get("postgresql") or {}).get("parameters") or {}
+    if params:
+        pg = replace(pg, parameters={**pg.parameters, **params})
+    return replace(config, postgresql=pg)
+
+
+def nested(dotted: str, value: Any) -> Dict[str, Any]:
+    """'a.b.c', v -> {'a': {'b': {'c': v}}}; PostgreSQL names after postgresql.parameters may hold
+    dots themselves (auto_explain.log_min_duration)."""
+    parts = dotted.split(".")
+    if parts[:2] == ["postgresql", "parameters"] and len(parts) > 3:
+        parts = parts[:2] + [".".join(parts[2:])]
+    out: Dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        out = {part: out}
+    return out
+
+
+def combine(first: Dict[str, Any], second: Dict[str, Any]) -> Dict[str, Any]:
+    """Two patches as one: `second` wins, None values are kept (they mean 'remove')."""
+    out = _copy(first)
+    for key, value in second.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = combine(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _copy(data: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: _copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def _prune(data: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: _prune(v) if isinstance(v, dict) else v for k, v in data.items() if v != {}}
+
+
+def diff(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> List[Tuple[str, Any, Any]]:
+    """(dotted key, old, new) for every leaf that differs."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) or isinstance(b, dict):
+            out.extend(diff(a if isinstance(a, dict) else {}, b if isinstance(b, dict) else {}, f"{prefix}{key}."))
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
+
+
+def patch(data: Dict[str, Any], changes: Dict[str, Any]) -> Dict[str, Any]:
+    """`data` with `changes` merged in, recursively; a None value removes the key (JSON merge patch)."""
+    out = _copy(data)
+    for key, value in changes.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = patch(out[key], value)
+        else:
+            out[key] = _copy(value) if isinstance(value, dict) else value
+    return _prune(out)
