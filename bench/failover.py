@@ -8,12 +8,14 @@ with --haproxy-port). For each run it injects a fault into the leader and measur
   crash     SIGKILL of the leader's governor and postmaster (a host crash); failover time is
             from the fault to the first INSERT that succeeds afterwards
   clean     SIGTERM of the leader's governor (a clean stop); same measure
+  switchover `governorctl switchover` to a replica; the write gap is the longest time between two
+            acknowledged INSERTs around it (the old leader rejoins by itself)
   rejoin    after each fault the old leader's governor is started again; time until it streams
   lost      acknowledged INSERTs missing on the new primary
 
 Usage (as root; governor and PostgreSQL run as the postgres user):
   bench/failover.py [--runs 3] [--ttl 10] [--loop-wait 1] [--retry-timeout 3] [--haproxy-port 5000]
-                    [--output FILE]
+                    [--kinds crash,clean,switchover] [--output FILE]
 Writes a JSON file (default bench/results/failover-<time>.json) and prints a summary.
 """
 from __future__ import annotations
@@ -24,58 +26,12 @@ import os
 import signal
 import statistics
 import sys
-import threading
 import time
-from typing import Dict, List, Optional, Tuple
-
-import psycopg2
+from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests import harness  # noqa: E402
-
-
-class Client(threading.Thread):
-    """Every `interval` seconds: a new connection, one INSERT; remembers every acknowledgement."""
-
-    def __init__(self, dsn: str, interval: float = 0.1):
-        super().__init__(daemon=True)
-        self.dsn = dsn
-        self.interval = interval
-        self.acked: List[Tuple[int, float, float]] = []   # (id, attempt started, acknowledged)
-        self.halt = threading.Event()
-        self.seq = 0
-        self.lock = threading.Lock()
-
-    def run(self) -> None:
-        while not self.halt.is_set():
-            started = time.monotonic()
-            self.seq += 1
-            try:
-                conn = psycopg2.connect(self.dsn)
-                try:
-                    conn.autocommit = True
-                    with conn.cursor() as cur:
-                        cur.execute("INSERT INTO bench_writes (id) VALUES (%s)", (self.seq,))
-                    with self.lock:
-                        self.acked.append((self.seq, started, time.monotonic()))
-                finally:
-                    conn.close()
-            except psycopg2.Error:
-                pass
-            self.halt.wait(max(0.0, self.interval - (time.monotonic() - started)))
-
-    def first_ack_after(self, moment: float, timeout: float) -> Optional[float]:
-        """Acknowledgement time of the first INSERT whose connection attempt began after `moment`
-        (one already in flight at the fault may still be acknowledged by the old primary)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                after = [acked for _i, began, acked in self.acked if began > moment]
-            if after:
-                return after[0]
-            time.sleep(0.05)
-        return None
 
 
 def wait_healthy(cluster: harness.TestCluster, timeout: float = 120) -> harness.Node:
@@ -84,7 +40,29 @@ def wait_healthy(cluster: harness.TestCluster, timeout: float = 120) -> harness.
     return primary
 
 
-def one_run(cluster: harness.TestCluster, client: Client, kind: str, ttl: float) -> Dict[str, object]:
+def switchover_run(cluster: harness.TestCluster, client: harness.WriteClient) -> Dict[str, object]:
+    old = wait_healthy(cluster)
+    candidate = next(n for n in cluster.nodes.values() if n is not old)
+    time.sleep(2)
+    started = time.monotonic()
+    result = harness.governorctl(old, "switchover", "--candidate", candidate.name)
+    if result.returncode != 0:
+        raise RuntimeError(f"switchover failed: {result.stderr}")
+    new = cluster.wait_for_primary(60)
+    time.sleep(2)   # writes have resumed on the new primary for a while
+    gap = client.longest_gap(since=started - 1)
+    harness.wait_until(old.is_streaming, 120, f"{old.name} to rejoin", interval=0.1)
+    present = {r[0] for r in new.sql("SELECT id FROM bench_writes")}
+    lost = sorted(set(client.acked_ids()) - present)
+    return {"kind": "switchover", "old_leader": old.name, "new_leader": new.name,
+            "failover_seconds": round(gap, 3),
+            "rejoin_seconds": round(time.monotonic() - started, 3),   # from the command, as replica
+            "acknowledged_writes_lost": len(lost)}
+
+
+def one_run(cluster: harness.TestCluster, client: harness.WriteClient, kind: str, ttl: float) -> Dict[str, object]:
+    if kind == "switchover":
+        return switchover_run(cluster, client)
     old = wait_healthy(cluster)
     time.sleep(2)  # steady state: every node has published its position
     fault = time.monotonic()
@@ -127,8 +105,13 @@ def main() -> int:
     p.add_argument("--haproxy-port", type=int,
                    help="start haproxy from haproxy/haproxy.cfg with its read-write port here, and write "
                         "through it instead of libpq multi-host")
+    p.add_argument("--kinds", default="crash,clean,switchover",
+                   help="comma separated: crash, clean, switchover (default: all three)")
     p.add_argument("--output", help="JSON result file")
     args = p.parse_args()
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not kinds or set(kinds) - {"crash", "clean", "switchover"}:
+        p.error("--kinds: expected a comma separated list of crash, clean, switchover")
 
     base = harness.new_base_dir()
     harness.become_subreaper()
@@ -150,9 +133,9 @@ def main() -> int:
             dsn = (f"host={','.join('127.0.0.1' for _ in nodes)} port={','.join(str(n.port) for n in nodes)} "
                    "target_session_attrs=read-write")
         dsn += f" dbname=postgres user=postgres password={harness.SUPERUSER_PASSWORD} connect_timeout=1"
-        client = Client(dsn)
+        client = harness.WriteClient(dsn, "bench_writes")
         client.start()
-        for kind in ("crash", "clean"):
+        for kind in kinds:
             for i in range(args.runs):
                 result = one_run(cluster, client, kind, args.ttl)
                 runs.append(result)
@@ -171,12 +154,14 @@ def main() -> int:
         "settings": {"ttl": args.ttl, "loop_wait": args.loop_wait, "retry_timeout": args.retry_timeout,
                      "nodes": 3, "client_interval_seconds": 0.1,
                      "route": route},
+        "notes": {"failover_seconds": "crash/clean: fault to the first acknowledged INSERT begun after it; "
+                                  "switchover: the longest gap between two acknowledged INSERTs around it"},
         "summary": {
             kind: {
                 "failover_seconds": summary([r["failover_seconds"] for r in runs if r["kind"] == kind]),
                 "rejoin_seconds": summary([r["rejoin_seconds"] for r in runs if r["kind"] == kind]),
                 "acknowledged_writes_lost": sum(r["acknowledged_writes_lost"] for r in runs if r["kind"] == kind),
-            } for kind in ("crash", "clean")},
+            } for kind in kinds},
         "runs": runs,
     }
     out = args.output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -470,6 +471,71 @@ class Haproxy:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+
+
+class WriteClient(threading.Thread):
+    """Every `interval` seconds: a new connection, one INSERT into `table`; remembers every
+    acknowledgement. Shared by the tests and the benchmarks."""
+
+    def __init__(self, dsn: str, table: str, interval: float = 0.1):
+        super().__init__(daemon=True)
+        self.dsn, self.table, self.interval = dsn, table, interval
+        self.acked: List[Tuple[int, float, float]] = []   # (id, attempt started, acknowledged)
+        self.halt = threading.Event()
+        self.seq = 0
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            started = time.monotonic()
+            self.seq += 1
+            try:
+                conn = psycopg2.connect(self.dsn)
+                try:
+                    conn.autocommit = True
+                    with conn.cursor() as cur:
+                        cur.execute(f"INSERT INTO {self.table} (id) VALUES (%s)", (self.seq,))
+                    with self.lock:
+                        self.acked.append((self.seq, started, time.monotonic()))
+                finally:
+                    conn.close()
+            except psycopg2.Error:
+                pass
+            self.halt.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(10)
+
+    def acked_ids(self) -> List[int]:
+        with self.lock:
+            return [i for i, _b, _a in self.acked]
+
+    def first_ack_after(self, moment: float, timeout: float) -> Optional[float]:
+        """Acknowledgement time of the first INSERT whose connection attempt began after `moment`
+        (one already in flight at the fault may still be acknowledged by the old primary)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                after = [acked for _i, began, acked in self.acked if began > moment]
+            if after:
+                return after[0]
+            time.sleep(0.05)
+        return None
+
+    def longest_gap(self, since: float = 0.0) -> float:
+        """The longest time between two consecutive acknowledgements after `since`."""
+        with self.lock:
+            times = [acked for _i, _b, acked in self.acked if acked >= since]
+        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+
+
+def multihost_dsn(cluster: TestCluster) -> str:
+    """libpq connection string that reaches whichever node accepts writes."""
+    nodes = list(cluster.nodes.values())
+    return (f"host={','.join('127.0.0.1' for _ in nodes)} port={','.join(str(n.port) for n in nodes)} "
+            f"target_session_attrs=read-write dbname=postgres user=postgres password={SUPERUSER_PASSWORD} "
+            "connect_timeout=1")
 
 
 def governorctl(node: Node, *args: str, stdin: str = "") -> subprocess.CompletedProcess:

@@ -5,12 +5,10 @@ import base64
 import json
 import os
 import signal
-import threading
 import time
 import urllib.error
 import urllib.request
 
-import psycopg2
 import pytest
 import yaml
 
@@ -33,55 +31,22 @@ def cluster(make_cluster):
     return c
 
 
-class Writer(threading.Thread):
-    """A new connection every 50 ms to whichever node accepts writes; remembers every ack."""
-
-    def __init__(self, cluster):
-        super().__init__(daemon=True)
-        nodes = list(cluster.nodes.values())
-        self.dsn = (f"host={','.join('127.0.0.1' for _ in nodes)} port={','.join(str(n.port) for n in nodes)} "
-                    f"target_session_attrs=read-write dbname=postgres user=postgres "
-                    f"password={harness.SUPERUSER_PASSWORD} connect_timeout=1")
-        self.acked, self.halt, self.seq = [], threading.Event(), 0
-
-    def run(self) -> None:
-        while not self.halt.is_set():
-            self.seq += 1
-            try:
-                conn = psycopg2.connect(self.dsn)
-                try:
-                    conn.autocommit = True
-                    with conn.cursor() as cur:
-                        cur.execute("INSERT INTO acks VALUES (%s)", (self.seq,))
-                    self.acked.append((self.seq, time.monotonic()))
-                finally:
-                    conn.close()
-            except psycopg2.Error:
-                pass
-            time.sleep(0.05)
-
-    def longest_gap(self) -> float:
-        times = [t for _i, t in self.acked]
-        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
-
-
 def test_switchover_moves_the_leader_with_a_short_write_gap_and_no_lost_write(cluster):
     old = cluster.nodes[cluster.leader_name()]
     candidate = next(n for n in cluster.nodes.values() if n is not old)
-    writer = Writer(cluster)
+    writer = harness.WriteClient(harness.multihost_dsn(cluster), "acks", interval=0.05)
     writer.start()
     time.sleep(1)
     result = governorctl(old, "switchover", "--leader", old.name, "--candidate", candidate.name)
     time.sleep(1)
-    writer.halt.set()
-    writer.join(10)
+    writer.stop()
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{candidate.name} is the leader" in result.stdout
     assert cluster.leader_name() == candidate.name
     assert candidate.role() == "primary"
     cluster.wait_for_streaming([old.name], 60)
     present = {r[0] for r in candidate.sql("SELECT id FROM acks")}
-    lost = [i for i, _t in writer.acked if i not in present]
+    lost = [i for i in writer.acked_ids() if i not in present]
     assert not lost, f"acknowledged writes lost: {lost}"
     gap = writer.longest_gap()
     assert gap < 5, f"writes stopped for {gap:.1f}s"
