@@ -15,7 +15,7 @@ with --haproxy-port). For each run it injects a fault into the leader and measur
 
 Usage (as root; governor and PostgreSQL run as the postgres user):
   bench/failover.py [--runs 3] [--ttl 10] [--loop-wait 1] [--retry-timeout 3] [--haproxy-port 5000]
-                    [--kinds crash,clean,switchover] [--output FILE]
+                    [--kinds crash,clean,switchover] [--synchronous-mode off|on|quorum] [--output FILE]
 Writes a JSON file (default bench/results/failover-<time>.json) and prints a summary.
 """
 from __future__ import annotations
@@ -105,6 +105,8 @@ def main() -> int:
     p.add_argument("--haproxy-port", type=int,
                    help="start haproxy from haproxy/haproxy.cfg with its read-write port here, and write "
                         "through it instead of libpq multi-host")
+    p.add_argument("--synchronous-mode", choices=("off", "on", "quorum"), default="off",
+                   help="governor's synchronous_mode for the cluster (default off)")
     p.add_argument("--kinds", default="crash,clean,switchover",
                    help="comma separated: crash, clean, switchover (default: all three)")
     p.add_argument("--output", help="JSON result file")
@@ -117,7 +119,8 @@ def main() -> int:
     harness.become_subreaper()
     etcd = harness.Etcd(base).start()
     cluster = harness.TestCluster(etcd, base, harness.make_source_copy(base), "bench")
-    timing = {"loop_wait": args.loop_wait, "retry_timeout": args.retry_timeout, "etcd": {"ttl": args.ttl}}
+    timing = {"loop_wait": args.loop_wait, "retry_timeout": args.retry_timeout, "etcd": {"ttl": args.ttl},
+              "synchronous_mode": args.synchronous_mode}
     runs: List[Dict[str, object]] = []
     try:
         for name in ("node1", "node2", "node3"):
@@ -152,7 +155,7 @@ def main() -> int:
         "benchmark": "failover",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": {"ttl": args.ttl, "loop_wait": args.loop_wait, "retry_timeout": args.retry_timeout,
-                     "nodes": 3, "client_interval_seconds": 0.1,
+                     "nodes": 3, "client_interval_seconds": 0.1, "synchronous_mode": args.synchronous_mode,
                      "route": route},
         "notes": {"failover_seconds": "crash/clean: fault to the first acknowledged INSERT begun after it; "
                                   "switchover: the longest gap between two acknowledged INSERTs around it"},

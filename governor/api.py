@@ -139,6 +139,8 @@ class ApiServer:
         pg = c.postgresql
         return {
             "loop_wait": c.loop_wait, "retry_timeout": c.retry_timeout,
+            "synchronous_mode": c.synchronous_mode, "synchronous_mode_strict": c.synchronous_mode_strict,
+            "synchronous_node_count": c.synchronous_node_count,
             "primary_start_timeout": c.primary_start_timeout,
             "etcd": {"scope": c.etcd.scope, "ttl": c.etcd.ttl, "hosts": [f"{h}:{p}" for h, p in c.etcd.hosts],
                      "protocol": c.etcd.protocol},

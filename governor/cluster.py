@@ -5,6 +5,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+from governor.sync import SyncState
+
 
 @dataclass(frozen=True)
 class Member:
@@ -90,6 +92,7 @@ class Cluster:
     paused: bool = False           # maintenance mode: no automatic action (governorctl pause)
     config: Dict[str, Any] = field(default_factory=dict)  # dynamic settings (governorctl edit-config)
     config_index: int = 0          # modification index of the `config` key; 0: no such key
+    sync: Optional[SyncState] = None   # the leader's synchronous replication promise (`sync` key)
 
     @property
     def initialized(self) -> bool:

@@ -137,6 +137,9 @@ class Config:
     log_level: str
     source: str
     log_format: str = "text"
+    synchronous_mode: str = "off"          # off | on | quorum
+    synchronous_mode_strict: bool = False  # block writes rather than fall back to asynchronous
+    synchronous_node_count: int = 1
     restapi: RestApiConfig = RestApiConfig()
     metrics: MetricsConfig = MetricsConfig()
 
@@ -385,8 +388,17 @@ def _network_check(v: str) -> Optional[str]:
 
 
 TOP_KEYS = ("loop_wait", "retry_timeout", "primary_start_timeout", "log_level", "log_format", "tags", "etcd",
-            "postgresql",
-            "restapi", "metrics")
+            "postgresql", "restapi", "metrics", "synchronous_mode", "synchronous_mode_strict",
+            "synchronous_node_count")
+SYNC_MODES = ("off", "on", "quorum")
+
+
+def parse_sync_mode(value: Any) -> Optional[str]:
+    """YAML reads a bare on/off as a boolean: accept both spellings."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = str(value).strip().lower()
+    return {"true": "on", "false": "off"}.get(text, text) if text in SYNC_MODES + ("true", "false") else None
 RESTAPI_KEYS = ("listen", "connect_address", "username", "password", "certfile", "keyfile", "cafile")
 METRICS_KEYS = ("enabled", "listen")
 ETCD_KEYS = ("scope", "ttl", "host", "protocol", "cacert", "cert", "key", "username", "password")
@@ -409,6 +421,14 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
 
     log_format = c.value("log_format", "str", "text",
                          check=lambda v: None if v in ("text", "json") else "expected 'text' or 'json'")
+    sync_value = c.get("synchronous_mode")
+    sync_mode = parse_sync_mode(sync_value) if sync_value is not None else "off"
+    if sync_mode is None:
+        c.fail("synchronous_mode", f"expected one of off, on, quorum; got {sync_value!r}")
+        sync_mode = "off"
+    sync_strict = c.value("synchronous_mode_strict", "bool", False)
+    sync_count = c.value("synchronous_node_count", "int", 1,
+                         check=lambda v: None if v >= 1 else "expected at least 1")
     tags = c.section("tags")
     c.unknown("tags", tags, TAG_KEYS)
     for tag in ("nofailover", "noloadbalance", "nosync"):
@@ -490,6 +510,9 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     for key, owner in MANAGED_PARAMETERS.items():
         if key in parameters:
             c.fail(f"postgresql.parameters.{key}", f"set by governor from {owner}; remove it here")
+    if sync_mode != "off" and "synchronous_standby_names" in parameters:
+        c.fail("postgresql.parameters.synchronous_standby_names",
+               "governor manages it when synchronous_mode is on or quorum; remove it here")
     if str(parameters.get("wal_level", "replica")) == "minimal":
         c.fail("postgresql.parameters.wal_level", "expected 'replica' or 'logical': streaming replication needs it")
     recovery_conf = dict(c.value("postgresql.recovery_conf", "scalars", {}) or {})
@@ -540,6 +563,8 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         primary_start_timeout=primary_start_timeout,
         log_level=log_level.upper(),
         log_format=log_format,
+        synchronous_mode=sync_mode, synchronous_mode_strict=bool(sync_strict),
+        synchronous_node_count=sync_count or 1,
         tags={k: v for k, v in tags.items()},
         source=source,
         etcd=EtcdConfig(scope=scope, ttl=ttl, hosts=tuple(hosts), protocol=protocol,

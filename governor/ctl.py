@@ -24,6 +24,7 @@ from governor import config as config_mod
 from governor.cluster import Cluster
 from governor.dcs import DCSError
 from governor.dcs.etcd2 import Etcd2
+from governor.sync import describe as describe_sync
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -131,7 +132,10 @@ def rows(cluster: Cluster) -> List[dict]:
         if m.name != leader and cluster.leader_lsn is not None and m.lsn is not None:
             lag = max(0, cluster.leader_lsn - m.lsn)
         host = m.conn_url.split("://", 1)[-1].split("/", 1)[0] if m.conn_url else ""
-        out.append({"member": m.name, "host": host, "role": "leader" if m.name == leader else m.role,
+        sync = cluster.sync
+        synchronous = bool(sync and sync.synchronous and m.name in sync.members and m.name != leader)
+        role = "leader" if m.name == leader else ("sync replica" if synchronous and m.role == "replica" else m.role)
+        out.append({"member": m.name, "host": host, "role": role, "sync_standby": synchronous,
                     "state": m.state, "timeline": m.timeline, "lag_bytes": lag, "tags": m.tags,
                     "pending_restart": m.pending_restart})
     return out
@@ -162,6 +166,8 @@ def format_table(scope: str, cluster: Cluster) -> str:
         lines.append("No member holds the leader lock.")
     if cluster.paused:
         lines.append("Maintenance mode: on (governorctl resume to end it)")
+    if cluster.sync is not None:
+        lines.append(f"Replication: {describe_sync(cluster.sync)}")
     return "\n".join(lines)
 
 
@@ -567,7 +573,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def print_list(fmt: str, scope: str, cluster: Cluster) -> None:
     data = {"scope": scope, "leader": cluster.leader.name if cluster.leader else None,
-            "paused": cluster.paused, "members": rows(cluster)}
+            "paused": cluster.paused, "sync": cluster.sync.as_dict() if cluster.sync else None,
+            "members": rows(cluster)}
     if fmt == "json":
         print(json.dumps(data, indent=2))
     elif fmt == "yaml":

@@ -29,12 +29,13 @@ from governor.postgres import bootstrap, datadir
 from governor.postgres.controller import ControllerError, ProcessController, make_controller
 from governor.postgres.server import Server, ServerState
 from governor.status import NodeStatus, ReplicaLag, StatusBoard
+from governor.syncrep import PromiseNotWritten, SyncManager
 from governor.systemd import Notifier
 
 log = logging.getLogger("governor")
 
 
-STEADY_ACTIONS = {Action.RENEW_LOCK, Action.ENSURE_SLOTS, Action.FOLLOW}
+STEADY_ACTIONS = {Action.RENEW_LOCK, Action.ENSURE_SLOTS, Action.MANAGE_SYNC, Action.FOLLOW}
 
 
 class ActionFailed(Exception):
@@ -157,6 +158,7 @@ class Governor:
         self._request: Optional[OperatorRequest] = None
         self._request_lock = threading.Lock()
         self.last_error: Optional[str] = None   # why the last failed action failed
+        self.syncrep = SyncManager(self)
         self.replicas: tuple = ()
         self.pg_version: Optional[int] = None
         self.board = StatusBoard(NodeStatus(name=self.name, scope=config.etcd.scope))
@@ -324,7 +326,8 @@ class Governor:
     def write_conf(self, standby_of: Optional[tuple]) -> bool:
         """Write postgresql.conf for a primary (None) or a standby of (host, port) / nobody (())."""
         self.conf_target = standby_of
-        return datadir.write_postgresql_conf(self.pg, standby_of=standby_of)
+        return datadir.write_postgresql_conf(self.pg, standby_of=standby_of,
+                                             synchronous_standby_names=self.syncrep.names)
 
     def _prepare(self, standby_of: Optional[tuple]) -> None:
         """The files PostgreSQL reads at start, for a primary (None) or a standby."""
@@ -385,6 +388,7 @@ class Governor:
     def _lock_lost(self) -> None:
         self.holds_lock = False
         self._roles_checked = False
+        self.syncrep.reset()
 
     def _lock_taken(self, sent: float) -> None:
         # etcd starts the TTL when it applies the write, which is after we sent it: counting from
@@ -394,6 +398,11 @@ class Governor:
 
     def do_promote(self, decision: Decision, local: LocalState) -> None:
         log.info("promoting: %s", decision.message)
+        if self.cluster is not None:
+            try:
+                self.syncrep.before_promote(self.cluster)
+            except PromiseNotWritten as exc:
+                raise ActionFailed(f"not promoting: {exc}") from exc
         if not self.server.promote():
             raise ActionFailed("pg_promote() did not finish in time")
         self.write_conf(standby_of=None)
@@ -554,6 +563,14 @@ class Governor:
                 log.info("dropped replication slot %s: no member has used it for %ss (member_slots_ttl)",
                          slot, int(now - since))
 
+    def do_manage_sync(self, decision: Decision, local: LocalState) -> None:
+        if self.cluster is None:
+            return
+        try:
+            self.syncrep.manage(self.cluster)
+        except PromiseNotWritten as exc:
+            raise ActionFailed(f"synchronous replication: {exc}") from exc
+
     def ensure_roles(self) -> None:
         """Once per leadership: the replication role, and the superuser's password, exist as
         configured (a cluster adopted from an existing data directory has neither)."""
@@ -666,6 +683,7 @@ class Governor:
             message=decision.message, loop_finished=time.monotonic(), loop_finished_wall=time.time(),
             cluster=self.cluster, replicas=self.replicas, pg_version=self.pg_version,
             paused=bool(self.cluster and self.cluster.paused), pending_restart=member["pending_restart"],
+            synchronous_mode=self.config.synchronous_mode,
             started_at=st.started_at if st else None,
             api_url=self.config.restapi.api_url, conn_url=self.pg.conn_url))
 

@@ -7,6 +7,9 @@ in the files.
 
     ttl, loop_wait, retry_timeout          seconds (the timing rule is checked on the result)
     maximum_lag_on_failover                bytes, or a size such as '1MB'
+    synchronous_mode                       off | on | quorum
+    synchronous_mode_strict                true: block writes rather than fall back to asynchronous
+    synchronous_node_count                 how many standbys confirm each commit (at least 1)
     postgresql.parameters.<name>           PostgreSQL settings for every member
 """
 from __future__ import annotations
@@ -15,13 +18,14 @@ import re
 from dataclasses import replace
 from typing import Any, Dict, List, Tuple
 
-from governor.config import MANAGED_PARAMETERS, Config, parse_size
+from governor.config import MANAGED_PARAMETERS, Config, parse_size, parse_sync_mode
 
 # Per-member PostgreSQL settings a cluster-wide value would break.
 MEMBER_PARAMETERS = dict(MANAGED_PARAMETERS, unix_socket_directories="each member's file configuration",
                          data_directory="postgresql.data_dir", hba_file="governor",
                          config_file="governor", ident_file="each member's file configuration")
-TOP_KEYS = ("ttl", "loop_wait", "retry_timeout", "maximum_lag_on_failover", "postgresql")
+TOP_KEYS = ("ttl", "loop_wait", "retry_timeout", "maximum_lag_on_failover", "postgresql", "synchronous_mode",
+            "synchronous_mode_strict", "synchronous_node_count")
 PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 
@@ -59,6 +63,13 @@ def validate(data: Any, base: Tuple[float, float, float] = DEFAULT_TIMING) -> Li
     if "maximum_lag_on_failover" in data and parse_size(data["maximum_lag_on_failover"]) is None:
         fail("maximum_lag_on_failover", f"expected a size in bytes such as 1048576 or '1MB', "
                                         f"got {data['maximum_lag_on_failover']!r}")
+    if "synchronous_mode" in data and parse_sync_mode(data["synchronous_mode"]) is None:
+        fail("synchronous_mode", f"expected one of off, on, quorum; got {data['synchronous_mode']!r}")
+    if "synchronous_mode_strict" in data and not isinstance(data["synchronous_mode_strict"], bool):
+        fail("synchronous_mode_strict", f"expected true or false, got {data['synchronous_mode_strict']!r}")
+    count = data.get("synchronous_node_count", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        fail("synchronous_node_count", f"expected an integer of at least 1, got {count!r}")
     pg = data.get("postgresql", {})
     if not isinstance(pg, dict):
         fail("postgresql", "expected a mapping with 'parameters'")
@@ -74,8 +85,9 @@ def validate(data: Any, base: Tuple[float, float, float] = DEFAULT_TIMING) -> Li
         key = f"postgresql.parameters.{name}"
         if not PARAMETER_NAME.match(str(name)):
             fail(key, "expected a PostgreSQL setting name")
-        elif name in MEMBER_PARAMETERS:
-            fail(key, f"set by {MEMBER_PARAMETERS[name]}, not cluster-wide")
+        elif name in MEMBER_PARAMETERS or name == "synchronous_standby_names" and \
+                parse_sync_mode(data.get("synchronous_mode")) in ("on", "quorum"):
+            fail(key, f"set by {MEMBER_PARAMETERS.get(name, 'governor in synchronous mode')}, not cluster-wide")
         elif not isinstance(value, (str, int, float, bool)):
             fail(key, f"expected a string, number or boolean, got {type(value).__name__}")
         elif name == "wal_level" and str(value) == "minimal":
@@ -99,6 +111,12 @@ def apply(base: Config, data: Dict[str, Any]) -> Config:
         config = replace(config, loop_wait=float(data["loop_wait"]))
     if "retry_timeout" in data:
         config = replace(config, retry_timeout=float(data["retry_timeout"]))
+    if "synchronous_mode" in data:
+        config = replace(config, synchronous_mode=parse_sync_mode(data["synchronous_mode"]) or "off")
+    if "synchronous_mode_strict" in data:
+        config = replace(config, synchronous_mode_strict=bool(data["synchronous_mode_strict"]))
+    if "synchronous_node_count" in data:
+        config = replace(config, synchronous_node_count=int(data["synchronous_node_count"]))
     pg = config.postgresql
     if "maximum_lag_on_failover" in data:
         pg = replace(pg, maximum_lag_on_failover=parse_size(data["maximum_lag_on_failover"]))

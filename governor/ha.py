@@ -30,14 +30,19 @@ Cases, checked top to bottom (the first that matches wins):
   switchover_not_ready          holds the lock, switchover due, candidate    renew_lock, ensure_slots
                                 not a running replica (postponed)
   switchover_step_down          holds the lock, switchover to another member step_down
-  leader_renew                  holds the lock, running as primary           renew_lock, ensure_slots
+  leader_renew                  holds the lock, running as primary           renew_lock, ensure_slots,
+                                                                             manage_sync
   lock_held_promote             holds the lock, running as replica           renew_lock, promote
   demote_other_leader           primary, but another member holds the lock   demote
   rewind_demoted                replica that was primary, another leader     rewind, start_as_replica
   follow_leader                 replica, another member holds the lock       follow
   race_not_eligible_nofailover  nobody holds the lock, tagged nofailover     follow (nobody)
-  race_not_eligible_lag         nobody holds the lock, lag > max             follow (nobody)
+  race_not_synchronous          nobody holds the lock, the dead leader's      follow (nobody)
+                                sync promise does not name this member
+  race_not_eligible_lag         nobody holds the lock, lag > max (async)     follow (nobody)
   race_wait_for_better          nobody holds the lock, a healthier member    follow (nobody)
+  race_sync_unproven            nobody holds the lock, too few synchronous   follow (nobody)
+                                members answer to prove no commit is missing
   primary_reacquire             nobody holds the lock, running as primary    acquire_lock, ensure_slots
   switchover_take_over          nobody holds the lock, this is the candidate acquire_lock, promote
   switchover_defer              nobody holds the lock, another is candidate  follow (nobody)
@@ -50,6 +55,8 @@ from enum import Enum
 from typing import Any, Dict, Optional, Tuple
 
 from governor.cluster import Cluster, Member
+from governor.sync import describe as describe_sync
+from governor.sync import voters as sync_voters
 
 EMPTY, POSTGRES, NOT_POSTGRES = "empty", "postgres", "invalid"
 
@@ -70,6 +77,7 @@ class Action(str, Enum):
     STEP_DOWN = "step_down"
     FOLLOW = "follow"
     ENSURE_SLOTS = "ensure_slots"
+    MANAGE_SYNC = "manage_sync"
 
 
 @dataclass(frozen=True)
@@ -198,7 +206,8 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                             "candidate receives all of its WAL, then releasing the lock", (Action.STEP_DOWN,),
                             leader=switchover.candidate)
         if local.role == "primary":
-            return Decision("leader_renew", "holding the lock as primary", (Action.RENEW_LOCK, Action.ENSURE_SLOTS))
+            return Decision("leader_renew", "holding the lock as primary",
+                            (Action.RENEW_LOCK, Action.ENSURE_SLOTS, Action.MANAGE_SYNC))
         return Decision("lock_held_promote", "this member holds the lock but runs as a replica: promoting",
                         (Action.RENEW_LOCK, Action.PROMOTE))
     if leader:
@@ -228,7 +237,13 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                         (Action.FOLLOW,))
     known = cluster.leader_lsn is not None and local.lsn is not None
     lag = max(0, cluster.leader_lsn - local.lsn) if known else 0
-    if lag > local.maximum_lag_on_failover:
+    sync = cluster.sync
+    promised = sync is not None and sync.synchronous and sync.leader != me
+    if promised and me not in sync.members:
+        return Decision("race_not_synchronous",
+                        f"no leader; {sync.leader} acknowledged commits only once {describe_sync(sync)} had "
+                        "them, and this member is not one of them: not racing", (Action.FOLLOW,))
+    if not promised and lag > local.maximum_lag_on_failover:
         return Decision("race_not_eligible_lag",
                         f"no leader; lag {lag} bytes exceeds maximum_lag_on_failover "
                         f"{local.maximum_lag_on_failover}: not racing, to avoid losing data", (Action.FOLLOW,))
@@ -236,9 +251,22 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
               for m in cluster.members if m.name != me]
     unreachable = sum(1 for m in others if m is None)
     others = [m for m in others if m is not None]  # a member that does not answer cannot block the race
+    if promised:
+        known_voters, needed = sync_voters(sync, me, local.lsn, [(m.name, m.lsn) for m in others])
+        ahead = [name for name, lsn in known_voters if lsn > (local.lsn or 0)]
+        if ahead:
+            return Decision("race_wait_for_better",
+                            f"no leader; synchronous member {ahead[0]} has received more WAL: letting it take over",
+                            (Action.FOLLOW,))
+        if len(known_voters) < needed:
+            return Decision("race_sync_unproven",
+                            f"no leader; {len(known_voters)} of the {needed} synchronous members needed to prove "
+                            f"that no acknowledged commit is missing answered ({describe_sync(sync)}): waiting",
+                            (Action.FOLLOW,))
     better = [m for m in others
               if m.state == "running" and m.role == "replica" and not m.tags.get("nofailover")
-              and m.lsn is not None and local.lsn is not None and m.lsn > local.lsn]
+              and m.lsn is not None and local.lsn is not None and m.lsn > local.lsn
+              and (not promised or m.name in sync.members)]
     if better:
         best = max(better, key=lambda m: m.lsn or 0)
         return Decision("race_wait_for_better",
@@ -247,5 +275,6 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
     running = sum(1 for m in others if m.state == "running")
     return Decision("leader_race",
                     f"no leader: taking the lock and promoting (lag {lag} bytes, {running} of "
-                    f"{len(others) + unreachable} other members reachable and running)",
+                    f"{len(others) + unreachable} other members reachable and running"
+                    + (f"; {describe_sync(sync)}, this member has every acknowledged commit)" if promised else ")"),
                     (Action.ACQUIRE_LOCK, Action.PROMOTE))

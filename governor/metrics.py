@@ -108,6 +108,10 @@ class _StatusCollector:
                   float(st.running and st.role in ("primary", "replica"))),
             gauge("governor_dcs_reachable", "1 when etcd answered in the last loop", float(st.dcs_reachable)),
             gauge("governor_paused", "1 while automatic actions are paused", float(st.paused)),
+            gauge("governor_sync_standby", "1 when the leader's synchronous promise names this member",
+                  float(st.sync_standby)),
+            gauge("governor_sync_degraded", "Leader in synchronous mode: 1 while commits are acknowledged "
+                  "without a synchronous standby", float(st.sync_degraded) if st.sync_degraded is not None else None),
             gauge("governor_timeline", "PostgreSQL timeline", float(st.timeline) if st.timeline else None),
             gauge("governor_wal_current_lsn_bytes", "Primary: current WAL position",
                   float(st.lsn) if st.role == "primary" and st.lsn is not None else None),
@@ -129,9 +133,14 @@ class _StatusCollector:
                                 labels=["replica"])
         streaming = GaugeMetricFamily("governor_replica_streaming",
                                       "Leader: 1 for each replica connected and streaming", labels=["replica"])
+        synchronous = GaugeMetricFamily("governor_replica_synchronous",
+                                        "Leader: 1 for each replica PostgreSQL waits for (sync or quorum)",
+                                        labels=["replica"])
         for r in st.replicas:
             if r.lag_bytes is not None:
                 lag.add_metric([r.name], float(r.lag_bytes))
             streaming.add_metric([r.name], 1.0 if r.state == "streaming" else 0.0)
+            synchronous.add_metric([r.name], 1.0 if r.sync_state in ("sync", "quorum") else 0.0)
         yield lag
         yield streaming
+        yield synchronous

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from governor.cluster import Cluster
+from governor.sync import describe as describe_sync
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class ReplicaLag:
     state: str
     sync_state: str
     lag_bytes: Optional[int]        # primary's current position - replica's replayed position
+    flush_lsn: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class NodeStatus:
     pg_version: Optional[int] = None
     paused: bool = False
     pending_restart: bool = False       # a changed PostgreSQL setting needs a restart
+    synchronous_mode: str = "off"
     started_at: Optional[float] = None  # postmaster start, Unix time
     api_url: Optional[str] = None
     conn_url: Optional[str] = None
@@ -66,6 +69,20 @@ class NodeStatus:
     @property
     def is_replica(self) -> bool:
         return self.running and self.role == "replica"
+
+    @property
+    def sync_standby(self) -> bool:
+        """Named by the leader's synchronous promise (it has every acknowledged commit)."""
+        sync = self.cluster.sync if self.cluster is not None else None
+        return bool(sync and sync.synchronous and self.name in sync.members and sync.leader != self.name)
+
+    @property
+    def sync_degraded(self) -> Optional[bool]:
+        """Leader in synchronous mode: True while commits are acknowledged without a standby."""
+        if not self.is_primary or self.synchronous_mode == "off":
+            return None
+        sync = self.cluster.sync if self.cluster is not None else None
+        return not (sync and sync.synchronous and sync.leader == self.name)
 
     def lag_bytes(self) -> Optional[int]:
         """This replica's distance behind the leader's last published position."""
@@ -98,6 +115,9 @@ class NodeStatus:
             "pg_version": self.pg_version,
             "paused": self.paused,
             "pending_restart": self.pending_restart,
+            "synchronous_mode": self.synchronous_mode,
+            "sync_standby": self.sync_standby,
+            "sync_degraded": self.sync_degraded,
             "postmaster_start_time": self.started_at,
             "conn_url": self.conn_url,
             "api_url": self.api_url,
@@ -112,14 +132,19 @@ class NodeStatus:
                 lag = None
                 if m.name != leader and cluster.leader_lsn is not None and m.lsn is not None:
                     lag = max(0, cluster.leader_lsn - m.lsn)
+                sync = cluster.sync
                 members.append({"name": m.name, "role": "leader" if m.name == leader else m.role,
+                                "sync_standby": bool(sync and sync.synchronous and m.name in sync.members
+                                                     and m.name != leader),
                                 "state": m.state, "timeline": m.timeline, "lsn": m.lsn, "lag_bytes": lag,
                                 "conn_url": m.conn_url, "api_url": m.api_url, "tags": m.tags,
                                 "pending_restart": m.pending_restart})
         return {"scope": self.scope, "leader": self.leader, "paused": bool(cluster and cluster.paused),
                 "initialized": bool(cluster and cluster.initialized),
                 "leader_lsn": cluster.leader_lsn if cluster else None, "members": members,
-                "history": list(cluster.history) if cluster else [], "dcs_reachable": self.dcs_reachable}
+                "history": list(cluster.history) if cluster else [], "dcs_reachable": self.dcs_reachable,
+                "sync": cluster.sync.as_dict() if cluster and cluster.sync else None,
+                "synchronous": describe_sync(cluster.sync if cluster else None)}
 
 
 class StatusBoard:

@@ -8,6 +8,7 @@ import pytest
 from governor import ha
 from governor.cluster import Cluster, Leader, Member, Switchover
 from governor.ha import Action as A
+from governor.sync import SyncState
 
 SYSID = "7000000000000000001"
 ME = "node1"
@@ -18,10 +19,11 @@ def member(name, role="replica", state="running", lsn=100, **tags):
                   tags=tags)
 
 
-def cluster(leader=None, initialize=SYSID, members=(), leader_lsn=None, switchover_to=None, paused=False):
+def cluster(leader=None, initialize=SYSID, members=(), leader_lsn=None, switchover_to=None, paused=False,
+            sync=None):
     switchover = Switchover(leader=None, candidate=switchover_to, requested_at=0) if switchover_to else None
     return Cluster(initialize=initialize, leader=Leader(leader) if leader else None, members=tuple(members),
-                   leader_lsn=leader_lsn, switchover=switchover, paused=paused)
+                   leader_lsn=leader_lsn, switchover=switchover, paused=paused, sync=sync)
 
 
 def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, rewind_pending=False,
@@ -66,7 +68,7 @@ TABLE = [
      local(role="primary"), (A.RENEW_LOCK, A.ENSURE_SLOTS), None),
     ("switchover_step_down", cluster(ME, switchover_to="node2", members=[member("node2")]), local(role="primary"),
      (A.STEP_DOWN,), "node2"),
-    ("leader_renew", cluster(ME), local(role="primary"), (A.RENEW_LOCK, A.ENSURE_SLOTS), None),
+    ("leader_renew", cluster(ME), local(role="primary"), (A.RENEW_LOCK, A.ENSURE_SLOTS, A.MANAGE_SYNC), None),
     ("lock_held_promote", cluster(ME), local(role="replica"), (A.RENEW_LOCK, A.PROMOTE), None),
     ("demote_other_leader", cluster("node2", members=[PRIMARY_NODE2]), local(role="primary"), (A.DEMOTE,),
      "node2"),
@@ -79,8 +81,12 @@ TABLE = [
     ("switchover_defer", cluster(members=[member("node2", lsn=1)], switchover_to="node3"), local(lsn=100),
      (A.FOLLOW,), None),
     ("race_not_eligible_nofailover", cluster(), local(nofailover=True), (A.FOLLOW,), None),
+    ("race_not_synchronous", cluster(sync=SyncState("node9", ("node2",), 1)), local(), (A.FOLLOW,), None),
     ("race_not_eligible_lag", cluster(leader_lsn=5000), local(lsn=100), (A.FOLLOW,), None),
     ("race_wait_for_better", cluster(members=[member("node2", lsn=200)]), local(lsn=100), (A.FOLLOW,), None),
+    ("race_sync_unproven", cluster(sync=SyncState("node9", (ME, "node2", "node3"), 2),
+                                   members=[member("node2"), member("node3")]),
+     local(peers={"node2": None, "node3": None}), (A.FOLLOW,), None),
     ("leader_race", cluster(members=[member("node2", lsn=50)], leader_lsn=150), local(lsn=100),
      (A.ACQUIRE_LOCK, A.PROMOTE), None),
 ]
@@ -151,3 +157,33 @@ def test_operator_requests_never_reinitialize_the_leader_or_restart_a_stopped_se
     assert ha.decide(cluster(), local(request="reinitialize")).actions != (A.REINITIALIZE,)
     assert A.RESTART not in ha.decide(cluster("node2", members=[PRIMARY_NODE2]),
                                       local(running=False, request="restart")).actions
+
+
+SYNC_2_OF_3 = SyncState("node9", (ME, "node2", "node3"), 2)
+PEERS = [member("node2"), member("node3")]
+
+
+def test_sync_quorum_needs_enough_voters_and_the_most_wal():
+    # 2 of 3 acknowledge each commit: any 2 of the 3 include one with every commit.
+    one_answers = {"node2": member("node2", lsn=90), "node3": None}
+    decision = ha.decide(cluster(sync=SYNC_2_OF_3, members=PEERS), local(lsn=100, peers=one_answers))
+    assert decision.case == "leader_race" and "every acknowledged commit" in decision.message
+    ahead = {"node2": member("node2", lsn=120, nofailover=True), "node3": None}
+    decision = ha.decide(cluster(sync=SYNC_2_OF_3, members=PEERS), local(lsn=100, peers=ahead))
+    assert decision.case == "race_wait_for_better"
+
+
+def test_a_sync_member_races_even_when_lagging_and_an_async_member_ahead_does_not_block_it():
+    promise = SyncState("node9", (ME,), 1)
+    async_ahead = {"node2": member("node2", lsn=500)}
+    decision = ha.decide(cluster(sync=promise, leader_lsn=10**6, members=[member("node2")]),
+                         local(lsn=100, peers=async_ahead))
+    assert decision.case == "leader_race"
+
+
+def test_a_degraded_promise_falls_back_to_the_asynchronous_rules():
+    degraded = SyncState("node9", (), 0)
+    assert ha.decide(cluster(sync=degraded, leader_lsn=5000), local(lsn=100)).case == "race_not_eligible_lag"
+    assert ha.decide(cluster(sync=degraded), local(lsn=100)).case == "leader_race"
+    nobody = SyncState("node9", (), 1)   # strict, no standby: nobody has every commit
+    assert ha.decide(cluster(sync=nobody), local(lsn=100)).case == "race_not_synchronous"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import abc
 
 from governor.cluster import Cluster
+from governor.sync import SyncState
 
 
 class DCSError(Exception):
@@ -77,6 +78,14 @@ class DCS(abc.ABC):
     def set_config(self, data: dict, index: int) -> bool:
         """Write the dynamic `config` key only if it is still at `index` (0: only if absent);
         False when someone changed it meanwhile."""
+
+    @abc.abstractmethod
+    def set_sync(self, state: SyncState, index: int) -> bool:
+        """Write the `sync` key only if it is still at `index` (0: only if absent)."""
+
+    @abc.abstractmethod
+    def delete_sync(self, index: int) -> bool:
+        """Delete the `sync` key only if it is still at `index`."""
 
     @abc.abstractmethod
     def remove_cluster(self) -> None:

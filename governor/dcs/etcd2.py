@@ -16,6 +16,7 @@ import urllib3
 from governor.cluster import Cluster, Leader, Member, Switchover
 from governor.config import EtcdConfig
 from governor.dcs import DCS, DCSError
+from governor.sync import SyncState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -117,6 +118,7 @@ class Etcd2(DCS):
         paused = False
         config: dict = {}
         config_index = 0
+        sync = None
         for node in result.leaves:
             if node.dir or node.key is None:
                 continue
@@ -134,6 +136,8 @@ class Etcd2(DCS):
                 paused = node.value == "true"
             elif rel == "failover":
                 switchover = Switchover.from_json(node.value)
+            elif rel == "sync":
+                sync = SyncState.from_json(node.value, node.modifiedIndex or 0)
             elif rel == "config":
                 config, config_index = _json_dict(node.value), node.modifiedIndex or 0
             elif rel == "history":
@@ -143,7 +147,7 @@ class Etcd2(DCS):
         index = getattr(result, "etcd_index", 0) or 0
         return Cluster(initialize=initialize, leader=leader, members=tuple(sorted(members, key=lambda m: m.name)),
                        leader_lsn=leader_lsn, index=index, history=history, switchover=switchover, paused=paused,
-                       config=config, config_index=config_index)
+                       config=config, config_index=config_index, sync=sync)
 
     def wait_for_leader_change(self, index: int, timeout: float) -> bool:
         if timeout <= 0:
@@ -284,6 +288,31 @@ class Etcd2(DCS):
                 return False
 
         return self._call("dynamic configuration update", op)
+
+    def set_sync(self, state: SyncState, index: int) -> bool:
+        body = json.dumps(state.as_dict(), sort_keys=True, separators=(",", ":"))
+
+        def op(client: etcd.Client) -> bool:
+            try:
+                if index:
+                    client.write(self._key("sync"), body, prevIndex=index)
+                else:
+                    client.write(self._key("sync"), body, prevExist=False)
+                return True
+            except (etcd.EtcdAlreadyExist, etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
+                return False
+
+        return self._call("sync state update", op)
+
+    def delete_sync(self, index: int) -> bool:
+        def op(client: etcd.Client) -> bool:
+            try:
+                client.delete(self._key("sync"), prevIndex=index)
+                return True
+            except (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
+                return False
+
+        return self._call("sync state removal", op)
 
     def remove_cluster(self) -> None:
         def op(client: etcd.Client) -> None:

@@ -116,7 +116,8 @@ def hba_path(cfg: PostgresConfig) -> str:
     return os.path.join(cfg.config_dir or cfg.data_dir, "pg_hba.conf")
 
 
-def write_postgresql_conf(cfg: PostgresConfig, standby_of: Optional[tuple] = None) -> bool:
+def write_postgresql_conf(cfg: PostgresConfig, standby_of: Optional[tuple] = None,
+                          synchronous_standby_names: Optional[str] = None) -> bool:
     """(Re)write governor's configuration file; returns True when its content changed.
 
     In the data directory, initdb's own postgresql.conf is kept as postgresql.base.conf and
@@ -142,6 +143,8 @@ def write_postgresql_conf(cfg: PostgresConfig, standby_of: Optional[tuple] = Non
     }
     settings.update(REPLICATION_DEFAULTS)
     settings.update(cfg.parameters)
+    if synchronous_standby_names is not None:   # managed: synchronous_mode is on
+        settings["synchronous_standby_names"] = synchronous_standby_names
     if standby_of is not None:
         if standby_of:
             settings["primary_conninfo"] = primary_conninfo(cfg, standby_of[0], standby_of[1])

@@ -40,7 +40,8 @@ class Server:
                 host=self.cfg.socket_dir, port=self.cfg.port, dbname="postgres",
                 user=self.cfg.superuser.username, password=self.cfg.superuser.password,
                 connect_timeout=3, application_name="governor",
-                options="-c statement_timeout=10000")
+                # Its own writes (roles, slots) never wait for a synchronous standby.
+                options="-c statement_timeout=10000 -c synchronous_commit=local")
             self._conn.autocommit = True
         return self._conn
 
@@ -88,11 +89,19 @@ class Server:
         return ServerState("primary", sysid, tli, int(current), None, None, bool(pending), started)
 
     def replication(self) -> List[tuple]:
-        """On a primary: (application_name, state, sync_state, lag in bytes behind our position)."""
+        """On a primary: (application_name, state, sync_state, lag in bytes behind our position,
+        flushed position)."""
         return self.query("""
             SELECT application_name, state, sync_state,
-                   (pg_current_wal_lsn() - coalesce(replay_lsn, flush_lsn, write_lsn, sent_lsn))::bigint
+                   (pg_current_wal_lsn() - coalesce(replay_lsn, flush_lsn, write_lsn, sent_lsn))::bigint,
+                   (flush_lsn - '0/0')::bigint
               FROM pg_stat_replication ORDER BY application_name""")
+
+    def current_lsn(self) -> int:
+        return int(self.query("SELECT (pg_current_wal_lsn() - '0/0')::bigint")[0][0])
+
+    def setting(self, name: str) -> str:
+        return str(self.query("SELECT current_setting(%s)", (name,))[0][0])
 
     def version(self) -> int:
         return int(self.query("SHOW server_version_num")[0][0])

@@ -1,0 +1,123 @@
+"""The leader's side of managed synchronous replication: keeps synchronous_standby_names and the
+DCS `sync` promise in step (the rules are in governor/sync.py; this module does the I/O)."""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, List, Optional
+
+from governor import sync
+from governor.cluster import Cluster
+from governor.sync import Standby, SyncState
+
+if TYPE_CHECKING:
+    from governor.daemon import Governor
+
+log = logging.getLogger("governor")
+
+
+class PromiseNotWritten(Exception):
+    """The `sync` key could not be written (lost compare-and-swap); nothing else was changed."""
+
+
+class SyncManager:
+    def __init__(self, governor: Governor):
+        self.gov = governor
+        self.applied: Optional[SyncState] = None   # what synchronous_standby_names waits for now
+        self.names: Optional[str] = None            # its value; None: not managed (mode off)
+        self.switch_lsn: Optional[int] = None       # our position when PostgreSQL took `applied`
+
+    @property
+    def mode(self) -> str:
+        return self.gov.config.synchronous_mode
+
+    def reset(self) -> None:
+        """Leadership ended: the next leadership starts from what the DCS says."""
+        self.applied = None
+        self.switch_lsn = None
+        self.names = "" if self.mode != "off" else None
+
+    def eligible(self, cluster: Cluster, standbys: List[Standby]) -> List[Standby]:
+        members = {m.name: m for m in cluster.members}
+        return [s for s in standbys if s.name in members and s.name != self.gov.name
+                and not members[s.name].tags.get("nosync")]
+
+    def connected(self) -> List[Standby]:
+        return [Standby(name, state == "streaming", flush) for name, state, _sync, _lag, flush
+                in self.gov.server.replication()]
+
+    def _write_promise(self, cluster: Cluster, promise: SyncState) -> None:
+        current = cluster.sync
+        if not self.gov.dcs.set_sync(promise, current.index if current else 0):
+            raise PromiseNotWritten("the sync key changed meanwhile")
+
+    def _apply(self, state: SyncState, standby: bool = False) -> None:
+        self.names = sync.standby_names(self.mode, state)
+        self.gov.write_conf(standby_of=self.gov.conf_target if standby else None)
+        self.gov.controller.reload()
+        self.applied = state
+        self.switch_lsn = None
+
+    def before_promote(self, cluster: Cluster) -> None:
+        """A replica about to be promoted in synchronous mode: promise, then configure, so that
+        no commit after the promotion is acknowledged on this server alone. The promise names
+        this member too: it alone may hold the last commits of the old leader until the
+        others have caught up (non-strict mode drops to asynchronous later if nobody comes)."""
+        if self.mode == "off":
+            self.names = None
+            return
+        me, cfg = self.gov.name, self.gov.config
+        others = tuple(sorted(m.name for m in cluster.members if m.name != me and not m.tags.get("nosync")))
+        if others:
+            state = SyncState(me, others, min(cfg.synchronous_node_count, len(others)))
+            promise = SyncState(me, tuple(sorted(others + (me,))), 1)
+        elif cfg.synchronous_mode_strict:
+            state, promise = SyncState(me, (), 1), SyncState(me, (me,), 1)
+        else:
+            state = promise = SyncState(me, (), 0)
+        self._write_promise(cluster, promise)
+        self._apply(state, standby=True)    # still a standby: the setting counts once promoted
+        log.info("synchronous replication from promotion on: %s", sync.describe(state))
+
+    def manage(self, cluster: Cluster) -> None:
+        """One step per loop towards the standby set the leader should wait for."""
+        promise = cluster.sync
+        ours = promise if promise is not None and promise.leader == self.gov.name else None
+        if self.mode == "off":
+            if self.names is not None:
+                self.names = None
+                self.gov.write_conf(standby_of=None)   # back to postgresql.parameters' own value
+                self.gov.controller.reload()
+                self.applied = None
+                log.info("synchronous_mode off: synchronous_standby_names is no longer managed")
+            if promise is not None and self.gov.dcs.delete_sync(promise.index):
+                log.info("synchronous_mode off: removed the sync key; failover follows the asynchronous rules")
+            return
+        cfg = self.gov.config
+        standbys = self.eligible(cluster, self.connected())
+        target = sync.wanted(self.mode, cfg.synchronous_node_count, cfg.synchronous_mode_strict, self.gov.name,
+                             standbys, ours)
+        # Unknown at the start of a process: PostgreSQL runs with what our promise covers.
+        applied = self.applied or ours or SyncState(self.gov.name)
+        if self.names is None or not _same(applied, target):
+            needed = sync.widened(*(s for s in (ours, applied, target) if s is not None))
+            if ours is None or not _same(ours, needed):
+                self._write_promise(cluster, needed)      # step 1: the promise first
+            self._apply(target)                           # step 2: then PostgreSQL
+            if not _same(applied, target):
+                log.info("synchronous replication: %s -> %s", sync.describe(applied), sync.describe(target))
+            return
+        if ours is not None and _same(ours, target):
+            return
+        if self.switch_lsn is None:
+            # Walsenders take the reload within moments; from the next loop on, every commit
+            # beyond this position waits for the new set.
+            if self.gov.server.setting("synchronous_standby_names") == self.names:
+                self.switch_lsn = self.gov.server.current_lsn()
+            return
+        if sync.caught_up(target, standbys, self.switch_lsn):
+            self._write_promise(cluster, target)          # step 3: narrow the promise
+            log.info("synchronous replication promise: %s", sync.describe(target))
+
+
+def _same(a: SyncState, b: SyncState) -> bool:
+    return (a.members, a.quorum) == (b.members, b.quorum)
