@@ -3,6 +3,8 @@ repeated leader crashes, strict and non-strict behaviour without a standby, quor
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 
@@ -69,6 +71,14 @@ def crash_the_leader(c, writer: harness.WriteClient, run: int) -> str:
     sync_members = set(promise(c)["members"])
     before = len(writer.acked_ids())
     wait_until(lambda: len(writer.acked_ids()) > before + 10, 20, "writes to flow")
+    # Freeze the leader's WAL sender to the synchronous standby: commits now wait for it, while
+    # the nosync member keeps receiving WAL and gets ahead. Asynchronous replication would
+    # acknowledge those commits (and lose them: the standby never receives them), and the
+    # asynchronous rules would promote the nosync member (it has the most WAL).
+    sync_name = next(iter(sync_members))
+    sender = old.sql("SELECT pid FROM pg_stat_replication WHERE application_name = %s", (sync_name,))[0][0]
+    os.kill(sender, signal.SIGSTOP)
+    time.sleep(1.5)
     old.crash()
     new = wait_until(lambda: new_primary(c, old), 40, f"run {run}: a new leader")
     assert new.name in sync_members, f"run {run}: {new.name} promoted, promise was {sync_members}"
@@ -161,6 +171,11 @@ def test_quorum_mode_waits_for_two_of_three_standbys(make_cluster):
         before = len(writer.acked_ids())
         wait_until(lambda: len(writer.acked_ids()) > before + 20, 10, "writes with 2 of 2 standbys left")
         wait_until(lambda: sorted(promise(c)["members"]) == sorted(others[1:]), 30, "the promise to narrow")
+        # Without synchronous replication, commits acknowledged while no WAL leaves the leader
+        # would be lost by the crash; with ANY 2 they wait.
+        for pid in [r[0] for r in leader.sql("SELECT pid FROM pg_stat_replication")]:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(1.5)
         leader.crash()
         new = wait_until(lambda: new_primary(c, leader), 40, "a new leader")
         assert new.name in others[1:]
