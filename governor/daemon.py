@@ -435,7 +435,13 @@ class Governor:
         WAL up to the shutdown checkpoint; only then is the lock released for the candidate."""
         log.warning("switchover: %s", decision.message)
         self.rewind_pending = True
+        streamed = self.syncrep.streaming_names()
         self.controller.stop("fast", timeout=max(30.0, self.pg.start_timeout))
+        self.server.close()
+        try:
+            self.syncrep.hand_over(self.cluster, streamed)
+        except DCSError as exc:
+            log.warning("switchover: could not update the sync key: %s", exc)
         self._release_lock()
         log.info("switchover: PostgreSQL stopped and lock released for %s", decision.leader)
 
@@ -862,6 +868,7 @@ class Governor:
         # Health checks fail from now on, so load balancers stop sending new sessions here.
         self.board.set(replace(self.board.get(), state="stopping", holds_lock=False, lock_deadline=None))
         log.info("shutting down: stopping PostgreSQL")
+        streamed = self.syncrep.streaming_names() if self.holds_lock else []
         try:
             self.controller.stop("fast", timeout=max(30.0, self.pg.start_timeout))
         except ControllerError as exc:
@@ -873,6 +880,10 @@ class Governor:
                 return
         self.server.close()
         if self.holds_lock:
+            try:
+                self.syncrep.hand_over(self.cluster, streamed)
+            except DCSError as exc:
+                log.warning("could not update the sync key: %s", exc)
             self._release_lock()
         try:
             self.dcs.delete_member(self.name)

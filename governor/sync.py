@@ -70,8 +70,8 @@ class Standby:
 
 def wanted(mode: str, count: int, strict: bool, leader: str, standbys: Sequence[Standby],
            current: Optional[SyncState]) -> SyncState:
-    """The standby set the leader should wait for now. `standbys` holds only eligible ones
-    (members of the cluster, not tagged nosync)."""
+    """The standby set the leader should wait for now, given the set PostgreSQL waits for
+    (`current`). `standbys` holds only eligible ones (members, not tagged nosync)."""
     if mode == "off":
         return SyncState(leader, (), 0)
     ours = current if current is not None and current.leader == leader else None

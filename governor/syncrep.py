@@ -3,6 +3,7 @@ DCS `sync` promise in step (the rules are in governor/sync.py; this module does 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, List, Optional
 
 from governor import sync
@@ -25,6 +26,13 @@ class SyncManager:
         self.applied: Optional[SyncState] = None   # what synchronous_standby_names waits for now
         self.names: Optional[str] = None            # its value; None: not managed (mode off)
         self.switch_lsn: Optional[int] = None       # our position when PostgreSQL took `applied`
+        self.promoted_at: Optional[float] = None    # monotonic time of our promotion
+
+    @property
+    def grace(self) -> float:
+        """After a promotion, the standbys need a moment to reconnect: non-strict mode does not
+        give up on them (and fall back to asynchronous) before this many seconds."""
+        return max(5.0, 2 * self.gov.config.loop_wait)
 
     @property
     def mode(self) -> str:
@@ -34,6 +42,7 @@ class SyncManager:
         """Leadership ended: the next leadership starts from what the DCS says."""
         self.applied = None
         self.switch_lsn = None
+        self.promoted_at = None
         self.names = "" if self.mode != "off" else None
 
     def eligible(self, cluster: Cluster, standbys: List[Standby]) -> List[Standby]:
@@ -76,6 +85,7 @@ class SyncManager:
             state = promise = SyncState(me, (), 0)
         self._write_promise(cluster, promise)
         self._apply(state, standby=True)    # still a standby: the setting counts once promoted
+        self.promoted_at = time.monotonic()
         log.info("synchronous replication from promotion on: %s", sync.describe(state))
 
     def manage(self, cluster: Cluster) -> None:
@@ -94,10 +104,13 @@ class SyncManager:
             return
         cfg = self.gov.config
         standbys = self.eligible(cluster, self.connected())
-        target = sync.wanted(self.mode, cfg.synchronous_node_count, cfg.synchronous_mode_strict, self.gov.name,
-                             standbys, ours)
         # Unknown at the start of a process: PostgreSQL runs with what our promise covers.
         applied = self.applied or ours or SyncState(self.gov.name)
+        target = sync.wanted(self.mode, cfg.synchronous_node_count, cfg.synchronous_mode_strict, self.gov.name,
+                             standbys, applied)
+        if not target.members and applied.members and self.promoted_at is not None \
+                and time.monotonic() - self.promoted_at < self.grace:
+            target = applied    # just promoted: the standbys are still reconnecting
         if self.names is None or not _same(applied, target):
             needed = sync.widened(*(s for s in (ours, applied, target) if s is not None))
             if ours is None or not _same(ours, needed):
@@ -117,6 +130,31 @@ class SyncManager:
         if sync.caught_up(target, standbys, self.switch_lsn):
             self._write_promise(cluster, target)          # step 3: narrow the promise
             log.info("synchronous replication promise: %s", sync.describe(target))
+
+
+    def hand_over(self, cluster: Optional[Cluster], streamed: List[str]) -> None:
+        """After a clean shutdown of the leader: the standbys that were streaming have received
+        every bit of WAL (PostgreSQL's fast shutdown waits for that), so they, and not this
+        stopped member, hold every acknowledged commit. Say so before the lock is released, or
+        a promise naming this member would keep the others from taking over."""
+        promise = cluster.sync if cluster is not None else None
+        if self.mode == "off" or promise is None or promise.leader != self.gov.name \
+                or not promise.synchronous or self.gov.name not in promise.members:
+            return
+        members = {m.name for m in cluster.members if not m.tags.get("nosync")}
+        names = tuple(sorted(n for n in streamed if n in members and n != self.gov.name))
+        if not names:
+            return
+        handed = SyncState(self.gov.name, names, 1)
+        if self.gov.dcs.set_sync(handed, promise.index):
+            log.info("synchronous replication: %s received everything at shutdown; promise: %s",
+                     ", ".join(names), sync.describe(handed))
+
+    def streaming_names(self) -> List[str]:
+        try:
+            return [s.name for s in self.connected() if s.streaming]
+        except Exception:  # noqa: BLE001 - best effort before a shutdown
+            return []
 
 
 def _same(a: SyncState, b: SyncState) -> bool:

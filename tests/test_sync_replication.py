@@ -183,3 +183,30 @@ def test_quorum_mode_waits_for_two_of_three_standbys(make_cluster):
         assert not lost_writes(writer, new)
     finally:
         writer.stop()
+
+
+def test_a_clean_stop_right_after_a_switchover_hands_over_at_once(make_cluster):
+    """Just after a promotion the promise also names the new leader (it alone may hold the old
+    leader's last commits). Its clean stop must not leave the others waiting for it: the
+    standbys that streamed to the end hold everything, and the promise says so."""
+    c = make_cluster("sync-stop")
+    timing = {"loop_wait": 2, "retry_timeout": 2, "etcd": {"ttl": 8}}
+    for name in ("node1", "node2", "node3"):
+        c.add(name, extra={**timing, "synchronous_mode": "on",
+                           "restapi": {"username": "admin", "password": "api-Secret-9"}})
+    old = c.wait_for_primary(90)
+    c.wait_for_streaming([n for n in c.nodes if n != old.name], 90)
+    new, third = [n for n in c.nodes.values() if n is not old]
+    wait_until(lambda: all(m["state"] == "running" for m in old.api("/cluster")[1]["members"]), 20,
+               "the leader to see every member running")
+    assert governorctl(old, "switchover", "--candidate", new.name).returncode == 0
+    wait_until(lambda: new.role() == "primary" and third.is_streaming(), 30, "the third member to follow")
+    now = promise(c)
+    assert now["leader"] == new.name and now["quorum"] == 1 and new.name in now["members"], \
+        f"the promise still names the new leader itself: {now}"
+    stopped = time.monotonic()
+    assert new.stop() == 0
+    taken = wait_until(lambda: c.leader_name() not in (None, new.name) and c.leader_name(), 20,
+                       "another member to take over")
+    assert "received everything at shutdown" in new.log_text()
+    print(f"{taken} took over {time.monotonic() - stopped:.1f}s after the clean stop began")
