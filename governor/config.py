@@ -55,6 +55,7 @@ class EtcdConfig:
     key: Optional[str] = None
     username: Optional[str] = None
     password: Optional[str] = field(default=None, repr=False)
+    api: int = 2                      # 2: the v2 keys API (python-etcd); 3: the v3 JSON gateway
 
 
 @dataclass(frozen=True)
@@ -401,7 +402,7 @@ def parse_sync_mode(value: Any) -> Optional[str]:
     return {"true": "on", "false": "off"}.get(text, text) if text in SYNC_MODES + ("true", "false") else None
 RESTAPI_KEYS = ("listen", "connect_address", "username", "password", "certfile", "keyfile", "cafile")
 METRICS_KEYS = ("enabled", "listen")
-ETCD_KEYS = ("scope", "ttl", "host", "protocol", "cacert", "cert", "key", "username", "password")
+ETCD_KEYS = ("scope", "ttl", "host", "protocol", "cacert", "cert", "key", "username", "password", "api")
 PG_KEYS = ("name", "listen", "connect_address", "data_dir", "bin_dir", "maximum_lag_on_failover",
            "replication", "superuser", "recovery_conf", "parameters", "initdb", "pg_hba", "pgpass",
            "log_file", "start_timeout", "use_pg_rewind", "remove_data_directory_on_rewind_failure",
@@ -455,6 +456,8 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     if files["key"] and not files["cert"]:
         c.fail("etcd.key", "set etcd.cert too: a client key needs its certificate")
     etcd_user, etcd_password = _user_and_password(c, "etcd")
+    etcd_api = c.value("etcd.api", "int", 2,
+                       check=lambda v: None if v in (2, 3) else "expected 2 (etcd v2 API) or 3 (etcd v3 API)")
 
     if loop_wait and retry_timeout and ttl and loop_wait + 2 * retry_timeout > ttl:
         c.fail("etcd.ttl", f"expected loop_wait + 2 * retry_timeout <= ttl so a primary that loses etcd "
@@ -569,7 +572,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         source=source,
         etcd=EtcdConfig(scope=scope, ttl=ttl, hosts=tuple(hosts), protocol=protocol,
                         cacert=files["cacert"], cert=files["cert"], key=files["key"],
-                        username=etcd_user, password=etcd_password),
+                        username=etcd_user, password=etcd_password, api=etcd_api or 2),
         postgresql=PostgresConfig(
             name=name, listen_host=listen_host, port=port, connect_host=connect_host,
             data_dir=data_dir, bin_dir=bin_dir, maximum_lag_on_failover=max_lag,
@@ -642,7 +645,7 @@ def _metrics(c: _Checker) -> MetricsConfig:
 # Settings a running governor cannot take over on SIGHUP: its identity, where things live and
 # listen, and how it reaches etcd.
 RESTART_ONLY = {
-    "etcd": ("scope", "hosts", "protocol", "cacert", "cert", "key", "username", "password"),
+    "etcd": ("scope", "hosts", "protocol", "cacert", "cert", "key", "username", "password", "api"),
     "postgresql": ("name", "listen_host", "port", "connect_host", "data_dir", "bin_dir", "socket_dir",
                    "log_file", "pgpass", "systemd_unit", "config_dir"),
     "restapi": None,   # the whole section

@@ -22,8 +22,8 @@ import yaml
 from governor import __version__, dynamic
 from governor import config as config_mod
 from governor.cluster import Cluster
-from governor.dcs import DCSError
-from governor.dcs.etcd2 import Etcd2
+from governor.dcs import DCS, DCSError
+from governor.dcs import make as make_dcs
 from governor.sync import describe as describe_sync
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -36,6 +36,8 @@ def parser() -> argparse.ArgumentParser:
                         "(default: /etc/governor)")
     p.add_argument("--dcs-url", help="etcd endpoint(s), comma separated host:port, instead of the config")
     p.add_argument("--scope", help="cluster scope, instead of the config")
+    p.add_argument("--dcs-api", type=int, choices=(2, 3), default=2,
+                   help="etcd API with --dcs-url: 2 or 3 (default 2; with a config, etcd.api)")
     p.add_argument("--version", action="version", version=f"governorctl {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -96,7 +98,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _dcs(args: argparse.Namespace) -> Etcd2:
+def _dcs(args: argparse.Namespace) -> DCS:
     if args.dcs_url:
         if not args.scope:
             raise config_mod.ConfigError(["--scope is required with --dcs-url"])
@@ -107,13 +109,13 @@ def _dcs(args: argparse.Namespace) -> Etcd2:
                 raise config_mod.ConfigError([f"--dcs-url: expected host:port, got {item!r}"])
             hosts.append(parsed)
         protocol = "https" if args.dcs_url.startswith("https://") else "http"
-        return Etcd2(config_mod.EtcdConfig(scope=args.scope, ttl=30, hosts=tuple(hosts), protocol=protocol),
-                     retry_timeout=5)
+        return make_dcs(config_mod.EtcdConfig(scope=args.scope, ttl=30, hosts=tuple(hosts), protocol=protocol,
+                                              api=args.dcs_api), retry_timeout=5)
     cfg = config_mod.load(args.config)
     etcd = cfg.etcd
     if args.scope:
         etcd = config_mod.EtcdConfig(**{**etcd.__dict__, "scope": args.scope})
-    return Etcd2(etcd, retry_timeout=min(cfg.retry_timeout, 5))
+    return make_dcs(etcd, retry_timeout=min(cfg.retry_timeout, 5))
 
 
 def _api_auth(args: argparse.Namespace) -> tuple:
@@ -191,7 +193,7 @@ def _http_json(url: str, method: str = "GET", body: Optional[dict] = None, auth:
         return code, {}
 
 
-def switchover(args: argparse.Namespace, dcs: Etcd2, cluster: Cluster, auth: tuple) -> int:
+def switchover(args: argparse.Namespace, dcs: DCS, cluster: Cluster, auth: tuple) -> int:
     if args.cancel:
         return cancel_switchover(dcs, cluster, auth)
     if not args.candidate:
@@ -266,7 +268,7 @@ def parse_time(text: str) -> Optional[float]:
     return moment.timestamp()
 
 
-def cancel_switchover(dcs: Etcd2, cluster: Cluster, auth: tuple) -> int:
+def cancel_switchover(dcs: DCS, cluster: Cluster, auth: tuple) -> int:
     if cluster.switchover is None:
         return _refuse("no switchover is pending")
     leader = cluster.leader_member
@@ -289,7 +291,7 @@ def cancel_switchover(dcs: Etcd2, cluster: Cluster, auth: tuple) -> int:
     return EXIT_OK
 
 
-def failover(args: argparse.Namespace, dcs: Etcd2, cluster: Cluster) -> int:
+def failover(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
     if cluster.leader is not None:
         return _refuse(f"{cluster.leader.name} holds the leader lock; use switchover")
     candidate = cluster.member(args.candidate)
@@ -319,7 +321,7 @@ def failover(args: argparse.Namespace, dcs: Etcd2, cluster: Cluster) -> int:
     return _wait_for_leader(dcs, args.candidate, args.wait, "failover")
 
 
-def _wait_for_leader(dcs: Etcd2, candidate: str, wait: float, what: str) -> int:
+def _wait_for_leader(dcs: DCS, candidate: str, wait: float, what: str) -> int:
     started = time.monotonic()
     while time.monotonic() - started < wait:
         time.sleep(0.2)
@@ -419,7 +421,7 @@ def _confirm(prompt: str, expected: str) -> bool:
     return answer.strip().lower() == expected.lower() if expected == "y" else answer.strip() == expected
 
 
-def edit_config(args: argparse.Namespace, dcs: Etcd2, cluster: Cluster) -> int:
+def edit_config(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
     changes: dict = {}
     try:
         if args.file:
@@ -472,7 +474,7 @@ def _timing(args: argparse.Namespace) -> tuple:
     return dynamic.DEFAULT_TIMING
 
 
-def remove(args: argparse.Namespace, dcs: Etcd2, cluster: Cluster) -> int:
+def remove(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
     scope = dcs.cfg.scope
     if args.remove_scope != scope:
         return _refuse(f"SCOPE {args.remove_scope!r} is not the configured scope {scope!r}")

@@ -173,7 +173,7 @@ class Governor:
         try:
             cluster = self.dcs.get_cluster()
         except DCSError as exc:
-            self.once("dcs", f"etcd unreachable: {exc}", logging.WARNING)
+            self.once("dcs", str(exc), logging.WARNING)
             return None
         self.once("dcs", f"etcd reachable ({self.dcs.describe()})")
         return cluster
@@ -616,7 +616,7 @@ class Governor:
                 self._published_lsn = local.lsn
         except DCSError as exc:
             self.dcs_failed = True
-            self.once("dcs", f"etcd unreachable: {exc}", logging.WARNING)
+            self.once("dcs", str(exc), logging.WARNING)
 
     # ------------------------------------------------------------------ loop
 

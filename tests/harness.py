@@ -29,6 +29,9 @@ import yaml
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = "/usr/bin/python3"   # Debian's python3 with python3-psycopg2, python3-etcd, ... from apt
 PG_BIN = "/usr/lib/postgresql/15/bin"
+# The etcd API the test clusters use: 3 (the recommended adapter) unless the environment says 2;
+# `make test` runs the failover tests once more with 2.
+ETCD_API = int(os.environ.get("GOVERNOR_TEST_ETCD_API", "3"))
 HAPROXY_EXAMPLE = os.path.join(REPO, "haproxy", "haproxy.cfg")
 RUN_AS = "postgres"
 SUPERUSER_PASSWORD = "test-super-Secret-1"
@@ -253,7 +256,7 @@ class Node:
         self.config = {
             "loop_wait": 1,
             "retry_timeout": 3,
-            "etcd": {"scope": cluster.scope, "ttl": 10, "host": cluster.etcd.endpoint},
+            "etcd": {"scope": cluster.scope, "ttl": 10, "host": cluster.etcd.endpoint, "api": ETCD_API},
             "restapi": {"listen": f"127.0.0.1:{self.api_port}"},
             "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
             "postgresql": {

@@ -102,8 +102,16 @@ class DCS(abc.ABC):
         return type(self).__name__
 
 
-def from_config(config) -> DCS:
+def make(cfg, retry_timeout: float) -> DCS:
+    """The adapter for an EtcdConfig: v2 (python-etcd) or v3 (JSON gateway)."""
+    if cfg.api == 3:
+        from governor.dcs.etcd3 import Etcd3
+
+        return Etcd3(cfg, retry_timeout=retry_timeout)
     from governor.dcs.etcd2 import Etcd2
 
-    return Etcd2(config.etcd, retry_timeout=config.retry_timeout)
+    return Etcd2(cfg, retry_timeout=retry_timeout)
 
+
+def from_config(config) -> DCS:
+    return make(config.etcd, config.retry_timeout)

@@ -13,9 +13,10 @@ from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 import etcd
 import urllib3
 
-from governor.cluster import Cluster, Leader, Member, Switchover
+from governor.cluster import Cluster
 from governor.config import EtcdConfig
 from governor.dcs import DCS, DCSError
+from governor.dcs.keys import Entry, build_cluster, history_list
 from governor.sync import SyncState
 
 log = logging.getLogger(__name__)
@@ -109,45 +110,9 @@ class Etcd2(DCS):
         result = self._call("read of the cluster", read)
         if result is None:
             return Cluster(initialize=None, leader=None)
-        initialize = None
-        leader = None
-        leader_lsn = None
-        members = []
-        history: tuple = ()
-        switchover = None
-        paused = False
-        config: dict = {}
-        config_index = 0
-        sync = None
-        for node in result.leaves:
-            if node.dir or node.key is None:
-                continue
-            rel = node.key[len(self.prefix) + 1:]
-            if rel == "initialize":
-                initialize = node.value or ""
-            elif rel == "leader":
-                leader = Leader(name=node.value, index=node.modifiedIndex or 0, ttl=node.ttl)
-            elif rel == "optime/leader":
-                try:
-                    leader_lsn = int(node.value)
-                except (TypeError, ValueError):
-                    leader_lsn = None
-            elif rel == "pause":
-                paused = node.value == "true"
-            elif rel == "failover":
-                switchover = Switchover.from_json(node.value)
-            elif rel == "sync":
-                sync = SyncState.from_json(node.value, node.modifiedIndex or 0)
-            elif rel == "config":
-                config, config_index = _json_dict(node.value), node.modifiedIndex or 0
-            elif rel == "history":
-                history = _history_list(node.value)
-            elif rel.startswith("members/"):
-                members.append(Member.from_json(rel[len("members/"):], node.value))
-        index = getattr(result, "etcd_index", 0) or 0
-        return Cluster(initialize=initialize, leader=leader, members=tuple(sorted(members, key=lambda m: m.name)),
-                       leader_lsn=leader_lsn, index=index, history=history, switchover=switchover, paused=paused,
-                       config=config, config_index=config_index, sync=sync)
+        entries = [Entry(node.key[len(self.prefix) + 1:], node.value, node.modifiedIndex or 0, node.ttl)
+                   for node in result.leaves if not node.dir and node.key is not None]
+        return build_cluster(entries, getattr(result, "etcd_index", 0) or 0)
 
     def wait_for_leader_change(self, index: int, timeout: float) -> bool:
         if timeout <= 0:
@@ -330,7 +295,7 @@ class Etcd2(DCS):
             for _ in range(5):
                 try:
                     node = client.read(key)
-                    old, index = _history_list(node.value), node.modifiedIndex
+                    old, index = history_list(node.value), node.modifiedIndex
                 except etcd.EtcdKeyNotFound:
                     old, index = (), None
                 body = json.dumps(list(old) + [entry], separators=(",", ":"))
@@ -353,22 +318,6 @@ class Etcd2(DCS):
             except Exception:  # noqa: BLE001 - closing is best effort
                 pass
         self._clients.clear()
-
-
-def _history_list(text: Optional[str]) -> tuple:
-    try:
-        data = json.loads(text or "[]")
-    except ValueError:
-        return ()
-    return tuple(item for item in data if isinstance(item, dict)) if isinstance(data, list) else ()
-
-
-def _json_dict(text: Optional[str]) -> dict:
-    try:
-        data = json.loads(text or "{}")
-    except ValueError:
-        return {"": text}   # not JSON: reported as an invalid dynamic configuration
-    return data if isinstance(data, dict) else {"": data}
 
 
 def _short(exc: BaseException) -> str:

@@ -1,0 +1,441 @@
+"""etcd v3 API adapter, over etcd's JSON gateway (`/v3/...`) with urllib3; same key layout as v2.
+
+Each member holds one lease with TTL = ttl; its member key and, while it leads, the leader
+key are attached to it, so a keepalive per loop is the whole heartbeat and a dead member's
+keys vanish when the lease expires. The lock is taken by a transaction on
+`create_revision == 0`; renewing checks, in a transaction, that the key still holds our name
+(the keepalive extends it); releasing deletes it under the same comparison. Nothing another
+node writes can be overwritten or removed by these.
+
+etcd 3.4 serves the gateway at /v3/, 3.3 at /v3beta/, 3.2 at /v3alpha/: the first that answers
+is used. Keys and values travel base64-encoded, 64-bit integers as strings.
+"""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import logging
+import ssl
+import time
+from typing import Any, Dict, List, Optional, Tuple, TypeVar
+
+import urllib3
+
+from governor.cluster import Cluster
+from governor.config import EtcdConfig
+from governor.dcs import DCS, DCSError
+from governor.dcs.keys import Entry, build_cluster, history_list
+from governor.sync import SyncState
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+SWITCHOVER_TTL = 60
+GATEWAY_PREFIXES = ("/v3", "/v3beta", "/v3alpha")
+
+
+class Unreachable(Exception):
+    """This endpoint did not answer (try the next one)."""
+
+
+class Refused(Exception):
+    """etcd answered with an error that another endpoint would repeat."""
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def _unb64(text: Optional[str]) -> str:
+    return base64.b64decode(text or "").decode("utf-8")
+
+
+def _prefix_end(prefix: str) -> str:
+    """range_end covering every key that starts with `prefix` (last byte + 1)."""
+    raw = bytearray(prefix.encode("utf-8"))
+    raw[-1] += 1
+    return base64.b64encode(bytes(raw)).decode("ascii")
+
+
+class Etcd3(DCS):
+    def __init__(self, cfg: EtcdConfig, retry_timeout: float = 10):
+        self.cfg = cfg
+        self.prefix = f"/service/{cfg.scope}/"
+        self.retry_timeout = retry_timeout
+        self.request_timeout = max(1.0, min(retry_timeout / 2.0, 5.0))
+        kw: Dict[str, Any] = {"retries": False, "maxsize": 2}
+        if cfg.protocol == "https":
+            kw.update(cert_reqs="CERT_REQUIRED" if cfg.cacert else "CERT_NONE", ca_certs=cfg.cacert,
+                      cert_file=cfg.cert, key_file=cfg.key)
+        self.http = urllib3.PoolManager(**kw)
+        self._current = 0
+        self._gateway: Optional[str] = None
+        self._token: Optional[str] = None
+        self._lease: Optional[str] = None
+        self._lease_renewed = 0.0
+        self._claim_revision: Optional[int] = None
+
+    def describe(self) -> str:
+        hosts = ", ".join(f"{h}:{p}" for h, p in self.cfg.hosts)
+        return f"etcd v3 at {self.cfg.protocol}://{hosts} scope {self.cfg.scope}"
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _url(self, endpoint: Tuple[str, int], path: str) -> str:
+        host = f"[{endpoint[0]}]" if ":" in endpoint[0] else endpoint[0]
+        return f"{self.cfg.protocol}://{host}:{endpoint[1]}{self._gateway or '/v3'}{path}"
+
+    def _raw_post(self, endpoint: Tuple[str, int], path: str, body: dict, timeout: float) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if self._token:
+            headers["Authorization"] = self._token
+        try:
+            resp = self.http.request("POST", self._url(endpoint, path), body=json.dumps(body).encode(),
+                                     headers=headers, timeout=urllib3.Timeout(connect=timeout, read=timeout))
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Unreachable(_short(exc)) from exc
+        try:
+            data = json.loads(resp.data or b"{}")
+        except ValueError:
+            data = {}
+        if resp.status == 404 and not data.get("error") and not data.get("message"):
+            raise LookupError(path)
+        if resp.status >= 500 and resp.status != 503:
+            raise Unreachable(f"HTTP {resp.status}")
+        if resp.status >= 400 or "error" in data and "result" not in data:
+            message = data.get("message") or data.get("error") or f"HTTP {resp.status}"
+            if resp.status == 503 or "no leader" in str(message):
+                raise Unreachable(str(message))
+            raise Refused(str(message))
+        return data
+
+    def _detect_gateway(self, endpoint: Tuple[str, int], timeout: float) -> None:
+        for prefix in GATEWAY_PREFIXES:
+            self._gateway = prefix
+            try:
+                self._raw_post(endpoint, "/kv/range", {"key": _b64(self.prefix), "limit": 1}, timeout)
+                return
+            except LookupError:
+                continue
+            except Refused:
+                return   # an etcd error (e.g. authentication needed) still proves the gateway is there
+        self._gateway = None
+        raise Refused("this etcd serves no v3 JSON gateway (/v3, /v3beta, /v3alpha)")
+
+    def _authenticate(self, endpoint: Tuple[str, int], timeout: float) -> None:
+        self._token = None
+        try:
+            data = self._raw_post(endpoint, "/auth/authenticate",
+                                  {"name": self.cfg.username, "password": self.cfg.password or ""}, timeout)
+        except Refused as exc:
+            raise Refused(f"authentication as {self.cfg.username!r} failed: {exc}") from exc
+        self._token = data.get("token")
+
+    def _post(self, what: str, path: str, body: dict, budget: Optional[float] = None) -> dict:
+        started = time.monotonic()
+        ok = False
+        try:
+            result = self._try_endpoints(what, path, body, budget)
+            ok = True
+            return result
+        finally:
+            if self.observer is not None:
+                self.observer(what, time.monotonic() - started, ok)
+
+    def _try_endpoints(self, what: str, path: str, body: dict, budget: Optional[float]) -> dict:
+        deadline = time.monotonic() + (budget if budget is not None else self.retry_timeout)
+        hosts: List[Tuple[str, int]] = list(self.cfg.hosts)
+        errors: List[str] = []
+        attempt = 0
+        reauthenticated = False
+        while True:
+            endpoint = hosts[(self._current + attempt) % len(hosts)]
+            timeout = max(0.1, min(self.request_timeout, deadline - time.monotonic()))
+            try:
+                if self._gateway is None:
+                    self._detect_gateway(endpoint, timeout)
+                if self.cfg.username and self._token is None:
+                    self._authenticate(endpoint, timeout)
+                result = self._raw_post(endpoint, path, body, timeout)
+                self._current = (self._current + attempt) % len(hosts)
+                return result
+            except Unreachable as exc:
+                errors.append(f"{endpoint[0]}:{endpoint[1]}: {exc}")
+            except LookupError as exc:
+                raise DCSError(f"etcd refused {what}: no such API endpoint {exc}") from exc
+            except Refused as exc:
+                text = str(exc)
+                if self.cfg.username and not reauthenticated and "token" in text:
+                    self._token, reauthenticated = None, True   # expired token: log in again once
+                    continue
+                if "permission denied" in text or "authentication" in text:
+                    raise DCSError(f"etcd refused {what}: {text}") from exc
+                raise DCSError(f"etcd refused {what}: {text}") from exc
+            attempt += 1
+            if time.monotonic() >= deadline:
+                break
+            if attempt % len(hosts) == 0:
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        raise DCSError(f"etcd unreachable during {what}: {'; '.join(errors[-len(hosts):])}")
+
+    def _key(self, name: str) -> str:
+        return self.prefix + name
+
+    def _txn(self, what: str, compare: List[dict], success: List[dict], failure: Optional[List[dict]] = None) -> dict:
+        return self._post(what, "/kv/txn", {"compare": compare, "success": success, "failure": failure or []})
+
+    @staticmethod
+    def _put(key: str, value: str, lease: Optional[str] = None) -> dict:
+        request = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            request["lease"] = lease
+        return {"request_put": request}
+
+    @staticmethod
+    def _delete(key: str) -> dict:
+        return {"request_delete_range": {"key": _b64(key)}}
+
+    @staticmethod
+    def _created(key: str) -> dict:
+        """Compare: the key does not exist."""
+        return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+
+    @staticmethod
+    def _value_is(key: str, value: str) -> dict:
+        return {"key": _b64(key), "target": "VALUE", "result": "EQUAL", "value": _b64(value)}
+
+    @staticmethod
+    def _revision_is(key: str, revision: int) -> dict:
+        return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
+
+    def _cas(self, what: str, key: str, index: int, success: dict) -> bool:
+        """A write that happens only if `key` is still at `index` (0: only if it does not exist)."""
+        compare = self._revision_is(key, index) if index else self._created(key)
+        return bool(self._txn(what, [compare], [success]).get("succeeded"))
+
+    # ------------------------------------------------------------------ lease
+
+    def _grant(self, ttl: int) -> str:
+        data = self._post("lease grant", "/lease/grant", {"TTL": str(ttl)})
+        lease = data.get("ID")
+        if not lease:
+            raise DCSError(f"etcd granted no lease: {data}")
+        return str(lease)
+
+    def _member_lease(self) -> str:
+        if self._lease is None:
+            self._lease = self._grant(self.cfg.ttl)
+            self._lease_renewed = time.monotonic()
+        return self._lease
+
+    def _keepalive(self) -> bool:
+        """Extend our lease; False when it had already expired (its keys are gone)."""
+        if self._lease is None:
+            return False
+        data = self._post("lease keepalive", "/lease/keepalive", {"ID": self._lease})
+        result = data.get("result") or {}
+        if int(result.get("TTL") or 0) <= 0:
+            log.warning("etcd lease %s had expired; its keys are gone", self._lease)
+            self._lease = None
+            return False
+        self._lease_renewed = time.monotonic()
+        return True
+
+    # ------------------------------------------------------------------ reads
+
+    def get_cluster(self) -> Cluster:
+        data = self._post("read of the cluster", "/kv/range",
+                          {"key": _b64(self.prefix), "range_end": _prefix_end(self.prefix)})
+        revision = int((data.get("header") or {}).get("revision") or 0)
+        entries = []
+        for kv in data.get("kvs") or ():
+            key = _unb64(kv.get("key"))
+            entries.append(Entry(key[len(self.prefix):], _unb64(kv.get("value")), int(kv.get("mod_revision") or 0)))
+        return build_cluster(entries, revision)
+
+    def wait_for_leader_change(self, index: int, timeout: float) -> bool:
+        """Watch the leader key from revision index + 1 (so nothing after the snapshot is missed,
+        even across a broken stream) until an event arrives or `timeout` passes."""
+        if timeout <= 0 or self._gateway is None:
+            if self._gateway is None:
+                try:
+                    self.get_cluster()      # finds the gateway (and logs in)
+                except DCSError:
+                    time.sleep(min(timeout, 1.0))
+                    return False
+            if timeout <= 0:
+                return False
+        deadline = time.monotonic() + timeout
+        host, port = self.cfg.hosts[self._current % len(self.cfg.hosts)]
+        body = json.dumps({"create_request": {"key": _b64(self._key("leader")),
+                                              "start_revision": str(index + 1)}})
+        headers = {"Content-Type": "application/json"}
+        if self._token:
+            headers["Authorization"] = self._token
+        conn = self._stream_connection(host, port, timeout)
+        try:
+            conn.request("POST", f"{self._gateway}/watch", body=body, headers=headers)
+            resp = conn.getresponse()
+            decoder = json.JSONDecoder()
+            buffer = ""
+            while time.monotonic() < deadline:
+                chunk = resp.read1(65536)
+                if not chunk:
+                    return False
+                buffer += chunk.decode("utf-8", "replace")
+                while buffer.strip():
+                    try:
+                        message, end = decoder.raw_decode(buffer.lstrip())
+                    except ValueError:
+                        break
+                    buffer = buffer.lstrip()[end:]
+                    result = message.get("result") or {}
+                    if result.get("events") or result.get("compact_revision") or result.get("canceled") \
+                            or message.get("error"):
+                        return True   # a change, or a watch we cannot trust: read again
+            return False
+        except (OSError, http.client.HTTPException) as exc:
+            if not isinstance(exc, TimeoutError) and "timed out" not in str(exc):
+                log.debug("watch on leader key ended: %s", _short(exc))
+                time.sleep(min(max(0.0, deadline - time.monotonic()), 1.0))
+            return False
+        finally:
+            conn.close()
+
+    def _stream_connection(self, host: str, port: int, timeout: float) -> http.client.HTTPConnection:
+        if self.cfg.protocol != "https":
+            return http.client.HTTPConnection(host, port, timeout=timeout)
+        context = ssl.create_default_context(cafile=self.cfg.cacert)
+        if not self.cfg.cacert:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.cfg.cert:
+            context.load_cert_chain(self.cfg.cert, self.cfg.key)
+        return http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+
+    # ------------------------------------------------------------------ writes
+
+    def claim_initialize(self, value: str = "") -> bool:
+        key = self._key("initialize")
+        data = self._txn("claim of initialize", [self._created(key)], [self._put(key, value)])
+        if data.get("succeeded"):
+            self._claim_revision = int(data["header"]["revision"])
+            return True
+        return False
+
+    def set_initialize(self, sysid: str) -> None:
+        key = self._key("initialize")
+        if not self._cas("write of initialize", key, self._claim_revision or -1, self._put(key, sysid)):
+            raise DCSError("the initialize key changed under our claim")
+
+    def cancel_initialize(self) -> None:
+        if self._claim_revision is not None:
+            key = self._key("initialize")
+            self._txn("delete of initialize", [self._revision_is(key, self._claim_revision)], [self._delete(key)])
+
+    def acquire_leader(self, name: str) -> bool:
+        key = self._key("leader")
+        lease = self._member_lease()
+        data = self._txn("leader lock acquisition", [self._created(key)], [self._put(key, name, lease)])
+        return bool(data.get("succeeded"))
+
+    def renew_leader(self, name: str) -> bool:
+        had_lease = self._lease is not None
+        if had_lease and not self._keepalive():
+            return False          # our lease expired: the leader key went with it
+        lease = self._member_lease()
+        key = self._key("leader")
+        data = self._txn("leader lock renewal", [self._value_is(key, name)], [{"request_range": {"key": _b64(key)}}])
+        if not data.get("succeeded"):
+            return False
+        responses = data.get("responses") or [{}]
+        kv = ((responses[0].get("response_range") or {}).get("kvs") or [{}])[0]
+        if str(kv.get("lease") or "") == lease:
+            return True
+        # Still ours by name but on another lease: the one of the governor that ran before this
+        # process (a package upgrade leaves the lock in place). Move it onto ours while it lives.
+        revision = int(kv.get("mod_revision") or 0)
+        moved = self._txn("leader lock renewal", [self._value_is(key, name), self._revision_is(key, revision)],
+                          [self._put(key, name, lease)])
+        return bool(moved.get("succeeded"))
+
+    def release_leader(self, name: str) -> bool:
+        key = self._key("leader")
+        data = self._txn("leader lock release", [self._value_is(key, name)], [self._delete(key)])
+        return bool(data.get("succeeded"))
+
+    def touch_member(self, name: str, data: dict) -> None:
+        """Keep our lease alive (skipped right after renew_leader did) and write the member key
+        on it. An expired lease is replaced."""
+        if self._lease is not None and time.monotonic() - self._lease_renewed > 0.5:
+            self._keepalive()
+        lease = self._member_lease()
+        body = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        self._post("member update", "/kv/put", {"key": _b64(self._key(f"members/{name}")), "value": _b64(body),
+                                                "lease": lease})
+
+    def delete_member(self, name: str) -> None:
+        self._post("member delete", "/kv/deleterange", {"key": _b64(self._key(f"members/{name}"))})
+
+    def write_leader_lsn(self, lsn: int) -> None:
+        self._post("leader position update", "/kv/put", {"key": _b64(self._key("optime/leader")),
+                                                          "value": _b64(str(lsn))})
+
+    def request_switchover(self, data: dict) -> bool:
+        ttl = SWITCHOVER_TTL + max(0, int((data.get("scheduled_at") or 0) - time.time()))
+        key = self._key("failover")
+        lease = self._grant(ttl)
+        result = self._txn("switchover request", [self._created(key)], [self._put(key, json.dumps(data), lease)])
+        return bool(result.get("succeeded"))
+
+    def clear_switchover(self) -> None:
+        self._post("switchover cleanup", "/kv/deleterange", {"key": _b64(self._key("failover"))})
+
+    def set_paused(self, paused: bool) -> None:
+        key = self._key("pause")
+        if paused:
+            self._post("pause update", "/kv/put", {"key": _b64(key), "value": _b64("true")})
+        else:
+            self._post("pause update", "/kv/deleterange", {"key": _b64(key)})
+
+    def set_config(self, data: dict, index: int) -> bool:
+        key = self._key("config")
+        body = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return self._cas("dynamic configuration update", key, index, self._put(key, body))
+
+    def set_sync(self, state: SyncState, index: int) -> bool:
+        key = self._key("sync")
+        body = json.dumps(state.as_dict(), sort_keys=True, separators=(",", ":"))
+        return self._cas("sync state update", key, index, self._put(key, body))
+
+    def delete_sync(self, index: int) -> bool:
+        key = self._key("sync")
+        data = self._txn("sync state removal", [self._revision_is(key, index)], [self._delete(key)])
+        return bool(data.get("succeeded"))
+
+    def remove_cluster(self) -> None:
+        self._post("removal of the cluster", "/kv/deleterange",
+                   {"key": _b64(self.prefix), "range_end": _prefix_end(self.prefix)})
+
+    def append_history(self, entry: dict) -> None:
+        key = self._key("history")
+        for _ in range(5):
+            data = self._post("history read", "/kv/range", {"key": _b64(key)})
+            kvs = data.get("kvs") or []
+            old = history_list(_unb64(kvs[0].get("value"))) if kvs else ()
+            revision = int(kvs[0].get("mod_revision") or 0) if kvs else 0
+            body = json.dumps(list(old) + [entry], separators=(",", ":"))
+            if self._cas("history update", key, revision, self._put(key, body)):
+                return
+        raise DCSError("history update kept losing compare-and-swap races")
+
+    def close(self) -> None:
+        """Drop connections. The lease is not revoked: on a restart for a package upgrade the
+        lock and member key must outlive this process until the next one takes them over."""
+        self.http.clear()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+

@@ -1,0 +1,253 @@
+"""The DCS contract against a real etcd, one test body for both adapters (v2 keys API through
+python-etcd, v3 JSON gateway): the lock rules, expiry, watches and endpoint failover."""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from governor.config import EtcdConfig
+from governor.dcs import DCSError, make
+from governor.sync import SyncState
+from tests import harness
+from tests.harness import free_port
+
+_n = itertools.count()
+
+
+@pytest.fixture
+def scope():
+    return f"dcs{next(_n)}-{time.monotonic_ns()}"
+
+
+@pytest.fixture(params=[2, 3], ids=["v2", "v3"])
+def adapter(request, etcd):
+    """Factory for adapters of the API under test against the session's etcd."""
+    def make_adapter(scope, ttl=10, hosts=None, retry_timeout=3.0):
+        hosts = hosts or (("127.0.0.1", etcd.port),)
+        return make(EtcdConfig(scope=scope, ttl=ttl, hosts=tuple(hosts), api=request.param),
+                    retry_timeout=retry_timeout)
+
+    make_adapter.api = request.param
+    return make_adapter
+
+
+def test_empty_scope_reads_as_uninitialized(adapter, etcd, scope):
+    cluster = adapter(scope).get_cluster()
+    assert cluster.initialize is None and cluster.leader is None and cluster.members == ()
+
+
+def test_bootstrap_race_has_one_winner(adapter, etcd, scope):
+    a, b = adapter(scope), adapter(scope)
+    assert a.claim_initialize() is True
+    assert b.claim_initialize() is False
+    assert a.get_cluster().initialize == "" and not a.get_cluster().initialized
+    a.set_initialize("7123")
+    assert b.get_cluster().initialize == "7123"
+    b.cancel_initialize()  # b never claimed: must not delete a's key
+    assert a.get_cluster().initialized
+
+
+def test_cancelled_bootstrap_frees_the_race(adapter, etcd, scope):
+    a, b = adapter(scope), adapter(scope)
+    assert a.claim_initialize()
+    a.cancel_initialize()
+    assert b.claim_initialize()
+
+
+def test_leader_lock_rules(adapter, etcd, scope):
+    a, b = adapter(scope), adapter(scope)
+    assert a.acquire_leader("node-a")
+    assert not b.acquire_leader("node-b"), "only one holder"
+    assert not b.renew_leader("node-b"), "renewal is a compare-and-swap on the holder's own name"
+    assert not b.release_leader("node-b"), "only the holder may delete the lock"
+    assert a.get_cluster().leader.name == "node-a"
+    assert a.renew_leader("node-a")
+    assert a.release_leader("node-a")
+    assert a.get_cluster().leader is None
+    assert not a.renew_leader("node-a"), "a released lock cannot be renewed back into existence"
+    assert b.acquire_leader("node-b")
+
+
+def test_lock_expires_after_ttl_and_renewal_keeps_it(adapter, etcd, scope):
+    a = adapter(scope, ttl=2)
+    assert a.acquire_leader("node-a")
+    for _ in range(3):
+        time.sleep(1)
+        assert a.renew_leader("node-a")
+    assert a.get_cluster().leader.name == "node-a"
+    time.sleep(3.5)
+    assert a.get_cluster().leader is None
+    assert not a.renew_leader("node-a")
+
+
+def test_members_and_leader_position(adapter, etcd, scope):
+    a = adapter(scope)
+    a.touch_member("node-a", {"role": "primary", "state": "running", "lsn": 1234,
+                              "conn_url": "postgres://10.0.0.1:5432/postgres"})
+    a.touch_member("node-b", {"role": "replica", "state": "running", "lsn": 1000})
+    a.write_leader_lsn(1234)
+    cluster = a.get_cluster()
+    assert [m.name for m in cluster.members] == ["node-a", "node-b"]
+    assert cluster.member("node-a").lsn == 1234
+    assert cluster.leader_lsn == 1234
+    if adapter.api == 2:
+        node = etcd.get(f"/service/{scope}/members/node-a")
+        assert node["ttl"] <= 10 and json.loads(node["value"])["role"] == "primary"
+    a.delete_member("node-a")
+    assert [m.name for m in a.get_cluster().members] == ["node-b"]
+
+
+def test_watch_wakes_on_leader_change(adapter, etcd, scope):
+    a, b = adapter(scope), adapter(scope)
+    a.acquire_leader("node-a")
+    index = b.get_cluster().index
+    timer = threading.Timer(0.5, lambda: a.release_leader("node-a"))
+    timer.start()
+    started = time.monotonic()
+    assert b.wait_for_leader_change(index, 5) is True
+    assert time.monotonic() - started < 2
+    index = b.get_cluster().index
+    started = time.monotonic()
+    assert b.wait_for_leader_change(index, 1) is False
+    assert 0.9 < time.monotonic() - started < 2
+
+
+def test_fails_over_to_the_next_endpoint(adapter, etcd, scope):
+    dead = ("127.0.0.1", free_port())
+    a = adapter(scope, hosts=(dead, ("127.0.0.1", etcd.port)))
+    assert a.acquire_leader("node-a")
+    assert a.get_cluster().leader.name == "node-a"
+
+
+def test_unreachable_etcd_raises_within_retry_timeout(adapter, scope):
+    a = adapter(scope, hosts=(("127.0.0.1", free_port()),), retry_timeout=2)
+    started = time.monotonic()
+    with pytest.raises(DCSError, match="etcd unreachable"):
+        a.get_cluster()
+    assert time.monotonic() - started < 3
+
+
+def test_hung_etcd_raises_within_retry_timeout(adapter, etcd, scope):
+    """A frozen etcd (SIGSTOP) must not block the loop longer than retry_timeout."""
+    a = adapter(scope, retry_timeout=2)
+    a.get_cluster()
+    etcd.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(DCSError):
+            a.renew_leader("node-a")
+        assert time.monotonic() - started < 3
+    finally:
+        etcd.proc.send_signal(signal.SIGCONT)
+
+
+def test_a_dead_members_key_expires_after_ttl(adapter, scope):
+    a = adapter(scope, ttl=2)
+    a.touch_member("node-a", {"role": "replica"})
+    for _ in range(3):
+        time.sleep(1)
+        a.touch_member("node-a", {"role": "replica"})   # alive: refreshed each loop
+    assert [m.name for m in a.get_cluster().members] == ["node-a"]
+    time.sleep(3.5)                                       # dead: no refresh
+    assert a.get_cluster().members == ()
+
+
+def test_a_watch_started_after_the_change_still_sees_it(adapter, scope):
+    """A broken watch stream is resumed from the snapshot's revision, so a leader change that
+    happened while no watch was open is not missed."""
+    a, b = adapter(scope), adapter(scope)
+    a.acquire_leader("node-a")
+    index = b.get_cluster().index
+    a.release_leader("node-a")              # happens between two watches
+    started = time.monotonic()
+    assert b.wait_for_leader_change(index, 5) is True
+    assert time.monotonic() - started < 1
+
+
+def test_dynamic_config_and_sync_keys_are_compare_and_swap(adapter, scope):
+    a, b = adapter(scope), adapter(scope)
+    assert a.set_config({"loop_wait": 5}, 0)
+    assert not b.set_config({"loop_wait": 6}, 0), "create only if absent"
+    first = b.get_cluster()
+    assert first.config == {"loop_wait": 5}
+    assert b.set_config({"loop_wait": 6}, first.config_index)
+    assert not a.set_config({"loop_wait": 7}, first.config_index), "a stale index loses"
+    assert a.get_cluster().config == {"loop_wait": 6}
+    promise = SyncState("node-a", ("node-b",), 1)
+    assert a.set_sync(promise, 0) and not b.set_sync(promise, 0)
+    current = b.get_cluster().sync
+    assert (current.leader, current.members, current.quorum) == ("node-a", ("node-b",), 1)
+    assert not b.delete_sync(current.index + 1000)
+    assert b.delete_sync(current.index) and a.get_cluster().sync is None
+
+
+def test_switchover_request_pause_history_and_removal(adapter, scope):
+    a = adapter(scope)
+    assert a.request_switchover({"leader": "node-a", "candidate": "node-b", "requested_at": 1.0})
+    assert not a.request_switchover({"leader": "node-a", "candidate": "node-c", "requested_at": 2.0})
+    assert a.get_cluster().switchover.candidate == "node-b"
+    a.clear_switchover()
+    assert a.get_cluster().switchover is None
+    a.set_paused(True)
+    assert a.get_cluster().paused
+    a.set_paused(False)
+    assert not a.get_cluster().paused
+    a.append_history({"timeline": 2})
+    a.append_history({"timeline": 3})
+    assert [h["timeline"] for h in a.get_cluster().history] == [2, 3]
+    assert a.claim_initialize("7000")
+    a.remove_cluster()
+    assert a.get_cluster().initialize is None and a.get_cluster().history == ()
+
+
+def v3(etcd, scope, ttl=10, **kw):
+    return make(EtcdConfig(scope=scope, ttl=ttl, hosts=(("127.0.0.1", etcd.port),), api=3, **kw), retry_timeout=3)
+
+
+def test_v3_a_new_process_takes_over_the_lock_of_the_one_before_it(etcd, scope):
+    """A package upgrade restarts governor without releasing the lock: the new process, with a
+    new lease, must keep the lock, and nobody else may take it meanwhile."""
+    before = v3(etcd, scope, ttl=3)
+    assert before.acquire_leader("node-a")
+    before.close()                          # the old process exits without releasing
+    after, other = v3(etcd, scope, ttl=3), v3(etcd, scope, ttl=3)
+    assert not other.acquire_leader("node-b")
+    assert after.renew_leader("node-a")
+    for _ in range(5):                      # past the old lease's ttl, renewed by the new one
+        time.sleep(1)
+        assert after.renew_leader("node-a")
+    assert other.get_cluster().leader.name == "node-a"
+
+
+@pytest.fixture
+def etcd_with_auth(base_dir):
+    """A separate etcd with authentication on: user root, password root-Secret-1."""
+    server = harness.Etcd(os.path.join(base_dir, f"etcd-auth-{next(_n)}")).start()
+    ctl = ["etcdctl", f"--endpoints=http://127.0.0.1:{server.port}"]
+    env = {**os.environ, "ETCDCTL_API": "3"}
+    subprocess.run(ctl + ["user", "add", "root", "--new-user-password=root-Secret-1"], check=True, env=env,
+                   capture_output=True)
+    subprocess.run(ctl + ["auth", "enable"], check=True, env=env, capture_output=True)
+    yield server
+    server.stop()
+
+
+def test_v3_authenticates_and_a_wrong_password_is_a_clear_error(etcd_with_auth, scope):
+    wrong = v3(etcd_with_auth, scope, username="root", password="nope")
+    with pytest.raises(DCSError, match="authentication as 'root' failed") as info:
+        wrong.get_cluster()
+    assert "nope" not in str(info.value), "never a password in a message"
+    right = v3(etcd_with_auth, scope, username="root", password="root-Secret-1")
+    assert right.acquire_leader("node-a")
+    right.touch_member("node-a", {"role": "primary"})
+    assert right.get_cluster().leader.name == "node-a"
+    anonymous = v3(etcd_with_auth, scope)
+    with pytest.raises(DCSError, match="etcd refused"):
+        anonymous.get_cluster()
