@@ -146,6 +146,7 @@ class Governor:
         self._published_lsn: Optional[int] = None
         self.rewind_pending = False   # this data directory ran as a primary since it last followed
         self.rewind_failed = False
+        self._not_streaming_since: Optional[float] = None   # replica: since when it has not streamed
         self._leader_start_since: Optional[float] = None  # first failed start under the lock
         self._orphan_slots: Dict[str, float] = {}  # slot -> monotonic time it was first seen without member
         self.lock_deadline: Optional[float] = None  # monotonic expiry of the lock as we last set it
@@ -192,6 +193,8 @@ class Governor:
                 self.once("pg", f"PostgreSQL running as {st.role}")
                 if st.role == "primary":
                     self.rewind_pending = True
+                else:
+                    self.check_divergence(st)
                 return LocalState(**self._local_base(kind), sysid=st.sysid, running=True, role=st.role,
                                   timeline=st.timeline, lsn=st.lsn)
             except psycopg2.Error as exc:
@@ -203,6 +206,28 @@ class Governor:
         if datadir.was_primary(control):
             self.rewind_pending = True
         return LocalState(**self._local_base(kind), sysid=control.sysid)
+
+    def check_divergence(self, st: ServerState) -> None:
+        """A replica that received WAL the new leader never had (it was ahead of the member that
+        was promoted) cannot follow the leader's new timeline. When it has not streamed for a
+        while and the leader is on a later timeline, have pg_rewind check it, as a demoted
+        primary would be."""
+        leader = self.cluster.leader_member if self.cluster is not None else None
+        if st.receiving_from or leader is None or leader.name == self.name:
+            self._not_streaming_since = None
+            return
+        now = time.monotonic()
+        if self._not_streaming_since is None:
+            self._not_streaming_since = now
+            return
+        waited = now - self._not_streaming_since
+        if waited >= max(5.0, 2 * self.config.loop_wait) and leader.timeline and st.timeline \
+                and leader.timeline > st.timeline and not self.rewind_pending:
+            log.warning("not streaming from %s for %.0fs and still on timeline %s while it is on %s: this "
+                        "replica may have WAL the leader never had; checking with pg_rewind",
+                        leader.name, waited, st.timeline, leader.timeline)
+            self.rewind_pending = True
+            self._not_streaming_since = None
 
     def ask_peers(self, cluster: Cluster) -> Dict[str, Optional[Member]]:
         """Ask every other member's API for its position, in parallel, with a short timeout."""
@@ -525,6 +550,8 @@ class Governor:
             with self.notify.keep_alive_while(f"pg_rewind from {leader}"):
                 result = bootstrap.rewind(self.pg, *target)
         except bootstrap.BootstrapError as exc:
+            if "could not connect" in str(exc) or "connection to server" in str(exc):
+                raise ActionFailed(f"{exc}; trying again") from exc   # the leader is not reachable now
             if self.pg.remove_data_directory_on_rewind_failure:
                 log.error("%s; removing %s to clone the leader (remove_data_directory_on_rewind_failure)",
                           exc, self.pg.data_dir)

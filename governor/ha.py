@@ -34,7 +34,8 @@ Cases, checked top to bottom (the first that matches wins):
                                                                              manage_sync
   lock_held_promote             holds the lock, running as replica           renew_lock, promote
   demote_other_leader           primary, but another member holds the lock   demote
-  rewind_demoted                replica that was primary, another leader     rewind, start_as_replica
+  rewind_demoted                replica that was primary (or cannot stream    rewind, start_as_replica
+                                the leader's newer timeline), another leader
   follow_leader                 replica, another member holds the lock       follow
   race_not_eligible_nofailover  nobody holds the lock, tagged nofailover     follow (nobody)
   race_not_synchronous          nobody holds the lock, the dead leader's      follow (nobody)
@@ -93,7 +94,8 @@ class LocalState:
     tags: Dict[str, Any] = field(default_factory=dict)
     maximum_lag_on_failover: int = 1048576
     data_dir: str = ""
-    rewind_pending: bool = False    # was a primary since its last check against the current leader
+    rewind_pending: bool = False    # was a primary, or has not streamed from a leader on a newer timeline,
+    # since its last check against the current leader
     rewind_failed: bool = False     # pg_rewind failed and re-cloning is not allowed
     # Other members as they answered this loop over the HTTP API (None: did not answer); used in
     # the leader race instead of the positions they last published in etcd.
@@ -216,7 +218,8 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                             (Action.DEMOTE,), leader=leader)
         if local.rewind_pending:
             return Decision("rewind_demoted",
-                            f"demoted former primary: checking its timeline against {leader} with pg_rewind",
+                            f"former primary, or a replica that cannot follow {leader}'s timeline: checking it "
+                            f"against {leader} with pg_rewind",
                             (Action.REWIND, Action.START_AS_REPLICA), leader=leader)
         return Decision("follow_leader", f"following leader {leader}", (Action.FOLLOW,), leader=leader)
 

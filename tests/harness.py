@@ -6,6 +6,7 @@ system user, from a copy of the package in a directory that user can read.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pwd
@@ -210,8 +211,20 @@ class Etcd:
             self.proc.send_signal(sig)
             self.proc.wait(20)
 
-    def get(self, key: str) -> Optional[dict]:
-        """The v2 node at /v2/keys<key>, or None."""
+    # Direct access to the keys, as an operator with etcdctl would have, in the API the test
+    # clusters use (ETCD_API): v2 keys and v3 keys are separate in etcd 3.4.
+
+    def _v3(self, path: str, body: dict) -> dict:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v3{path}", data=json.dumps(body).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=3) as resp:
+            return json.load(resp)
+
+    def get(self, key: str, api: Optional[int] = None) -> Optional[dict]:
+        """{"key", "value"[, "ttl"]} of one key, or None."""
+        if (api or ETCD_API) == 3:
+            kvs = self._v3("/kv/range", {"key": _b64(key)}).get("kvs") or []
+            return {"key": key, "value": _unb64(kvs[0].get("value"))} if kvs else None
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/keys{key}?recursive=true",
                                         timeout=3) as resp:
@@ -222,20 +235,28 @@ class Etcd:
             raise
 
     def put(self, key: str, value: str) -> None:
-        """Write a key directly, as an operator with etcdctl would."""
+        if ETCD_API == 3:
+            self._v3("/kv/put", {"key": _b64(key), "value": _b64(value)})
+            return
         data = urllib.parse.urlencode({"value": value}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v2/keys{key}", data=data, method="PUT")
         urllib.request.urlopen(req, timeout=3).close()
 
     def delete_tree(self, key: str) -> None:
+        if ETCD_API == 3:
+            self._v3("/kv/deleterange", {"key": _b64(key + "/"), "range_end": _prefix_end(key + "/")})
+            self._v3("/kv/deleterange", {"key": _b64(key)})
+            return
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v2/keys{key}?recursive=true&dir=true",
                                      method="DELETE")
         urllib.request.urlopen(req, timeout=3).close()
 
-    def dump(self, prefix: str = "/") -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/keys{prefix}?recursive=true",
-                                    timeout=3) as resp:
-            return resp.read().decode()
+    def dump(self) -> str:
+        """Every key and value in both APIs, as text (to look for what must not be there)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/keys/?recursive=true", timeout=3) as resp:
+            text = resp.read().decode()
+        kvs = self._v3("/kv/range", {"key": _b64("\0"), "range_end": _b64("\0")}).get("kvs") or []
+        return text + "\n" + "\n".join(f"{_unb64(kv['key'])} = {_unb64(kv.get('value'))}" for kv in kvs)
 
 
 class Node:
@@ -539,6 +560,20 @@ def multihost_dsn(cluster: TestCluster) -> str:
     return (f"host={','.join('127.0.0.1' for _ in nodes)} port={','.join(str(n.port) for n in nodes)} "
             f"target_session_attrs=read-write dbname=postgres user=postgres password={SUPERUSER_PASSWORD} "
             "connect_timeout=1")
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _unb64(text: Optional[str]) -> str:
+    return base64.b64decode(text or "").decode()
+
+
+def _prefix_end(prefix: str) -> str:
+    raw = bytearray(prefix.encode())
+    raw[-1] += 1
+    return base64.b64encode(bytes(raw)).decode()
 
 
 def governorctl(node: Node, *args: str, stdin: str = "") -> subprocess.CompletedProcess:

@@ -98,7 +98,7 @@ def test_members_and_leader_position(adapter, etcd, scope):
     assert cluster.member("node-a").lsn == 1234
     assert cluster.leader_lsn == 1234
     if adapter.api == 2:
-        node = etcd.get(f"/service/{scope}/members/node-a")
+        node = etcd.get(f"/service/{scope}/members/node-a", api=2)
         assert node["ttl"] <= 10 and json.loads(node["value"])["role"] == "primary"
     a.delete_member("node-a")
     assert [m.name for m in a.get_cluster().members] == ["node-b"]
