@@ -25,8 +25,11 @@ test-system: deps
 test-packages: deps
 	$(PYTEST) -q -m packages tests
 
+# Every test (the integration tests on the etcd v3 adapter), then the failover tests once more
+# on the v2 adapter.
 test: deps lint
 	$(PYTEST) -q tests
+	GOVERNOR_TEST_ETCD_API=2 $(PYTEST) -q tests/test_failover.py
 
 demo: deps
 	$(PYTHON) demo/demo.py start --dir $(DEMO_DIR)

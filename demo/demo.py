@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pwd
 import shutil
@@ -93,6 +92,7 @@ etcd:
   scope: demo
   ttl: 10
   host: 127.0.0.1:{ETCD_PORT}
+  api: 3
 postgresql:
   name: {name}
   listen: 127.0.0.1:{port}
@@ -124,13 +124,13 @@ def start(base: str) -> None:
             if port_busy(port):
                 raise SystemExit(f"demo: port {port} is in use; stop what listens there (another etcd?)")
         url, peer = f"http://127.0.0.1:{ETCD_PORT}", f"http://127.0.0.1:{ETCD_PEER_PORT}"
-        spawn(["etcd", "--name", "demo", "--data-dir", os.path.join(base, "etcd"), "--enable-v2=true",
+        spawn(["etcd", "--name", "demo", "--data-dir", os.path.join(base, "etcd"),
                "--listen-client-urls", url, "--advertise-client-urls", url, "--listen-peer-urls", peer,
                "--initial-advertise-peer-urls", peer, "--initial-cluster", f"demo={peer}"],
               os.path.join(base, "etcd.log"), etcd_pid)
         wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{ETCD_PORT}/health", timeout=1).status == 200,
                  30, "etcd")
-        print(f"etcd listening on 127.0.0.1:{ETCD_PORT} (v2 API)")
+        print(f"etcd listening on 127.0.0.1:{ETCD_PORT} (governor uses its v3 API)")
 
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": src, "LANG": "C.UTF-8", "HOME": base}
     for name, port in NODES.items():
@@ -175,26 +175,27 @@ Stop everything:     make demo-stop     (data stays in {base}; make demo reuses 
 """)
 
 
-def members(base: str) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{ETCD_PORT}/v2/keys/service/demo/members", timeout=2) as r:
-        nodes = json.load(r)["node"].get("nodes", [])
-    return {n["key"].rsplit("/", 1)[-1]: json.loads(n["value"]) for n in nodes}
+def read_cluster():
+    from governor.config import EtcdConfig
+    from governor.dcs import make
+
+    return make(EtcdConfig(scope="demo", ttl=10, hosts=(("127.0.0.1", ETCD_PORT),), api=3), 2).get_cluster()
 
 
 def leader(base: str) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{ETCD_PORT}/v2/keys/service/demo/leader", timeout=2) as r:
-        return json.load(r)["node"]["value"]
+    cluster = read_cluster()
+    return cluster.leader.name if cluster.leader else ""
 
 
 def healthy(base: str) -> bool:
     import psycopg2
 
-    name = leader(base)
-    m = members(base)
-    if m.get(name, {}).get("role") != "primary":
+    cluster = read_cluster()
+    if cluster.leader is None or cluster.leader_member is None or cluster.leader_member.role != "primary":
         return False
+    name = cluster.leader.name
     # Every member has published itself as running (one loop after PostgreSQL is up).
-    if len(m) != len(NODES) or any(v.get("state") != "running" for v in m.values()):
+    if len(cluster.members) != len(NODES) or any(m.state != "running" for m in cluster.members):
         return False
     conn = psycopg2.connect(host="127.0.0.1", port=NODES[name], user="postgres", password=SUPERUSER_PASSWORD,
                             dbname="postgres", connect_timeout=2)
@@ -209,7 +210,7 @@ def healthy(base: str) -> bool:
 def status(base: str) -> None:
     from governor import ctl
 
-    ctl.main(["--dcs-url", f"127.0.0.1:{ETCD_PORT}", "--scope", "demo", "list"])
+    ctl.main(["--dcs-url", f"127.0.0.1:{ETCD_PORT}", "--scope", "demo", "--dcs-api", "3", "list"])
 
 
 def stop(base: str) -> None:
