@@ -41,6 +41,18 @@ def etcd(base_dir):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def etcd35(base_dir):
+    """Debian 13's etcd 3.5, where the v2 API is deprecated (only the v3 adapter is used on it)."""
+    try:
+        binary = harness.debian13_etcd()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"etcd 3.5 from Debian 13 could not be fetched with apt: {exc}")
+    server = harness.Etcd(os.path.join(base_dir, "etcd35"), binary=binary).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def make_cluster(etcd, base_dir, src_dir, request):
     """Factory for clusters with a fresh scope; every node is stopped at the end of the test."""

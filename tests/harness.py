@@ -174,7 +174,8 @@ def stop_postmaster(data_dir: str) -> None:
 
 
 class Etcd:
-    def __init__(self, base_dir: str):
+    def __init__(self, base_dir: str, binary: str = "etcd"):
+        self.binary = binary              # Debian 12's etcd 3.4 unless told otherwise
         self.dir = os.path.join(base_dir, "etcd")
         self.port = free_port()
         self.peer_port = free_port()
@@ -189,7 +190,8 @@ class Etcd:
         url, peer = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.peer_port}"
         self.log = open(os.path.join(self.dir, "etcd.log"), "ab")
         self.proc = subprocess.Popen(
-            ["etcd", "--name", "test", "--data-dir", os.path.join(self.dir, "data"), "--enable-v2=true",
+            [self.binary, "--name", "test", "--data-dir", os.path.join(self.dir, "data"),
+             *(["--enable-v2=true"] if self.binary == "etcd" else []),
              "--listen-client-urls", url, "--advertise-client-urls", url,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
              "--initial-cluster", f"test={peer}"],
@@ -203,8 +205,8 @@ class Etcd:
         return self.start()
 
     def healthy(self) -> bool:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/keys/", timeout=1) as resp:
-            return resp.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1) as resp:
+            return json.load(resp).get("health") == "true"
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
@@ -253,8 +255,10 @@ class Etcd:
 
     def dump(self) -> str:
         """Every key and value in both APIs, as text (to look for what must not be there)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/keys/?recursive=true", timeout=3) as resp:
-            text = resp.read().decode()
+        text = ""
+        if self.binary == "etcd":
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/keys/?recursive=true", timeout=3) as resp:
+                text = resp.read().decode()
         kvs = self._v3("/kv/range", {"key": _b64("\0"), "range_end": _b64("\0")}).get("kvs") or []
         return text + "\n" + "\n".join(f"{_unb64(kv['key'])} = {_unb64(kv.get('value'))}" for kv in kvs)
 
@@ -560,6 +564,44 @@ def multihost_dsn(cluster: TestCluster) -> str:
     return (f"host={','.join('127.0.0.1' for _ in nodes)} port={','.join(str(n.port) for n in nodes)} "
             f"target_session_attrs=read-write dbname=postgres user=postgres password={SUPERUSER_PASSWORD} "
             "connect_timeout=1")
+
+
+TEST_CACHE = os.environ.get("GOVERNOR_TEST_CACHE", "/var/cache/governor-test")
+
+
+def debian13_etcd() -> str:
+    """Path of the etcd binary of Debian 13's etcd-server package (etcd 3.5), fetched once with
+    apt from the Debian archive into the test cache. Raises RuntimeError with the reason when it
+    cannot be had (no network, archive moved)."""
+    target = os.path.join(TEST_CACHE, "etcd-debian13")
+    binary = os.path.join(target, "usr", "bin", "etcd")
+    if os.access(binary, os.X_OK):
+        return binary
+    work = tempfile.mkdtemp(prefix="etcd-debian13-")
+    try:
+        for sub in ("lists/partial", "archives/partial"):
+            os.makedirs(os.path.join(work, sub))
+        with open(os.path.join(work, "sources.list"), "w") as fh:
+            fh.write("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+                     "http://deb.debian.org/debian trixie main\n")
+        opts = [f"-oDir::Etc::SourceList={work}/sources.list", "-oDir::Etc::SourceParts=/dev/null",
+                f"-oDir::State::Lists={work}/lists", f"-oDir::Cache::Archives={work}/archives",
+                "-oAPT::Sandbox::User=root"]
+        for args in (["update", "-q"], ["download", "-q", "etcd-server"]):
+            done = subprocess.run(["apt-get", *opts, *args], cwd=work, capture_output=True, text=True, timeout=300)
+            if done.returncode != 0:
+                raise RuntimeError(f"apt-get {args[0]} for Debian 13's etcd-server failed: "
+                                   f"{done.stderr.strip().splitlines()[-1:]}")
+        deb = [f for f in os.listdir(work) if f.startswith("etcd-server_") and f.endswith(".deb")]
+        if not deb:
+            raise RuntimeError("apt-get download left no etcd-server package")
+        os.makedirs(TEST_CACHE, exist_ok=True)
+        unpacked = tempfile.mkdtemp(prefix="etcd-debian13-", dir=TEST_CACHE)
+        subprocess.run(["dpkg-deb", "-x", os.path.join(work, deb[0]), unpacked], check=True)
+        os.rename(unpacked, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return binary
 
 
 def _b64(text: str) -> str:

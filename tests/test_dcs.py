@@ -1,5 +1,6 @@
 """The DCS contract against a real etcd, one test body for both adapters (v2 keys API through
-python-etcd, v3 JSON gateway): the lock rules, expiry, watches and endpoint failover."""
+python-etcd, v3 JSON gateway; v3 also against etcd 3.5): the lock rules, expiry, watches,
+compare-and-swap and endpoint failover."""
 from __future__ import annotations
 
 import itertools
@@ -26,24 +27,28 @@ def scope():
     return f"dcs{next(_n)}-{time.monotonic_ns()}"
 
 
-@pytest.fixture(params=[2, 3], ids=["v2", "v3"])
-def adapter(request, etcd):
-    """Factory for adapters of the API under test against the session's etcd."""
-    def make_adapter(scope, ttl=10, hosts=None, retry_timeout=3.0):
-        hosts = hosts or (("127.0.0.1", etcd.port),)
-        return make(EtcdConfig(scope=scope, ttl=ttl, hosts=tuple(hosts), api=request.param),
-                    retry_timeout=retry_timeout)
+@pytest.fixture(params=[(2, "etcd"), (3, "etcd"), (3, "etcd35")], ids=["v2", "v3", "v3-etcd3.5"])
+def adapter(request):
+    """Factory for adapters of the API under test, against Debian 12's etcd 3.4 or Debian 13's
+    etcd 3.5 (`.server`)."""
+    api, server_fixture = request.param
+    server = request.getfixturevalue(server_fixture)
 
-    make_adapter.api = request.param
+    def make_adapter(scope, ttl=10, hosts=None, retry_timeout=3.0):
+        hosts = hosts or (("127.0.0.1", server.port),)
+        return make(EtcdConfig(scope=scope, ttl=ttl, hosts=tuple(hosts), api=api), retry_timeout=retry_timeout)
+
+    make_adapter.api = api
+    make_adapter.server = server
     return make_adapter
 
 
-def test_empty_scope_reads_as_uninitialized(adapter, etcd, scope):
+def test_empty_scope_reads_as_uninitialized(adapter, scope):
     cluster = adapter(scope).get_cluster()
     assert cluster.initialize is None and cluster.leader is None and cluster.members == ()
 
 
-def test_bootstrap_race_has_one_winner(adapter, etcd, scope):
+def test_bootstrap_race_has_one_winner(adapter, scope):
     a, b = adapter(scope), adapter(scope)
     assert a.claim_initialize() is True
     assert b.claim_initialize() is False
@@ -54,14 +59,14 @@ def test_bootstrap_race_has_one_winner(adapter, etcd, scope):
     assert a.get_cluster().initialized
 
 
-def test_cancelled_bootstrap_frees_the_race(adapter, etcd, scope):
+def test_cancelled_bootstrap_frees_the_race(adapter, scope):
     a, b = adapter(scope), adapter(scope)
     assert a.claim_initialize()
     a.cancel_initialize()
     assert b.claim_initialize()
 
 
-def test_leader_lock_rules(adapter, etcd, scope):
+def test_leader_lock_rules(adapter, scope):
     a, b = adapter(scope), adapter(scope)
     assert a.acquire_leader("node-a")
     assert not b.acquire_leader("node-b"), "only one holder"
@@ -75,7 +80,7 @@ def test_leader_lock_rules(adapter, etcd, scope):
     assert b.acquire_leader("node-b")
 
 
-def test_lock_expires_after_ttl_and_renewal_keeps_it(adapter, etcd, scope):
+def test_lock_expires_after_ttl_and_renewal_keeps_it(adapter, scope):
     a = adapter(scope, ttl=2)
     assert a.acquire_leader("node-a")
     for _ in range(3):
@@ -87,7 +92,7 @@ def test_lock_expires_after_ttl_and_renewal_keeps_it(adapter, etcd, scope):
     assert not a.renew_leader("node-a")
 
 
-def test_members_and_leader_position(adapter, etcd, scope):
+def test_members_and_leader_position(adapter, scope):
     a = adapter(scope)
     a.touch_member("node-a", {"role": "primary", "state": "running", "lsn": 1234,
                               "conn_url": "postgres://10.0.0.1:5432/postgres"})
@@ -98,13 +103,13 @@ def test_members_and_leader_position(adapter, etcd, scope):
     assert cluster.member("node-a").lsn == 1234
     assert cluster.leader_lsn == 1234
     if adapter.api == 2:
-        node = etcd.get(f"/service/{scope}/members/node-a", api=2)
+        node = adapter.server.get(f"/service/{scope}/members/node-a", api=2)
         assert node["ttl"] <= 10 and json.loads(node["value"])["role"] == "primary"
     a.delete_member("node-a")
     assert [m.name for m in a.get_cluster().members] == ["node-b"]
 
 
-def test_watch_wakes_on_leader_change(adapter, etcd, scope):
+def test_watch_wakes_on_leader_change(adapter, scope):
     a, b = adapter(scope), adapter(scope)
     a.acquire_leader("node-a")
     index = b.get_cluster().index
@@ -119,9 +124,9 @@ def test_watch_wakes_on_leader_change(adapter, etcd, scope):
     assert 0.9 < time.monotonic() - started < 2
 
 
-def test_fails_over_to_the_next_endpoint(adapter, etcd, scope):
+def test_fails_over_to_the_next_endpoint(adapter, scope):
     dead = ("127.0.0.1", free_port())
-    a = adapter(scope, hosts=(dead, ("127.0.0.1", etcd.port)))
+    a = adapter(scope, hosts=(dead, ("127.0.0.1", adapter.server.port)))
     assert a.acquire_leader("node-a")
     assert a.get_cluster().leader.name == "node-a"
 
@@ -134,18 +139,18 @@ def test_unreachable_etcd_raises_within_retry_timeout(adapter, scope):
     assert time.monotonic() - started < 3
 
 
-def test_hung_etcd_raises_within_retry_timeout(adapter, etcd, scope):
+def test_hung_etcd_raises_within_retry_timeout(adapter, scope):
     """A frozen etcd (SIGSTOP) must not block the loop longer than retry_timeout."""
     a = adapter(scope, retry_timeout=2)
     a.get_cluster()
-    etcd.proc.send_signal(signal.SIGSTOP)
+    adapter.server.proc.send_signal(signal.SIGSTOP)
     try:
         started = time.monotonic()
         with pytest.raises(DCSError):
             a.renew_leader("node-a")
         assert time.monotonic() - started < 3
     finally:
-        etcd.proc.send_signal(signal.SIGCONT)
+        adapter.server.proc.send_signal(signal.SIGCONT)
 
 
 def test_a_dead_members_key_expires_after_ttl(adapter, scope):
