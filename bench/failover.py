@@ -11,11 +11,14 @@ with --haproxy-port). For each run it injects a fault into the leader and measur
   switchover `governorctl switchover` to a replica; the write gap is the longest time between two
             acknowledged INSERTs around it (the old leader rejoins by itself)
   rejoin    after each fault the old leader's governor is started again; time until it streams
+  idle      before the faults, with the cluster healthy and idle: etcd requests and raft writes
+            per second per node, counted by etcd itself (/metrics), for the adapter in use
   lost      acknowledged INSERTs missing on the new primary
 
 Usage (as root; governor and PostgreSQL run as the postgres user):
   bench/failover.py [--runs 3] [--ttl 10] [--loop-wait 1] [--retry-timeout 3] [--haproxy-port 5000]
-                    [--kinds crash,clean,switchover] [--synchronous-mode off|on|quorum] [--output FILE]
+                    [--kinds crash,clean,switchover] [--synchronous-mode off|on|quorum]
+                    [--etcd-api 2|3] [--idle-seconds 30] [--output FILE]
 Writes a JSON file (default bench/results/failover-<time>.json) and prints a summary.
 """
 from __future__ import annotations
@@ -27,11 +30,34 @@ import signal
 import statistics
 import sys
 import time
+import urllib.request
 from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests import harness  # noqa: E402
+
+
+def etcd_counters(etcd: harness.Etcd) -> Dict[str, float]:
+    """Requests etcd received over either API, and raft proposals committed (writes)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{etcd.port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    counts = {"requests": 0.0, "writes": 0.0, "lease_keepalives": 0.0}
+    for line in text.splitlines():
+        if line.startswith("etcd_http_received_total") or line.startswith("grpc_server_started_total"):
+            counts["requests"] += float(line.rsplit(" ", 1)[1])
+            if 'grpc_method="LeaseKeepAlive"' in line:
+                counts["lease_keepalives"] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("etcd_server_proposals_committed_total"):
+            counts["writes"] += float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def idle_cost(etcd: harness.Etcd, nodes: int, seconds: float) -> Dict[str, float]:
+    before = etcd_counters(etcd)
+    time.sleep(seconds)
+    after = etcd_counters(etcd)
+    return {f"{k}_per_second_per_node": round((after[k] - before[k]) / seconds / nodes, 2) for k in before}
 
 
 def wait_healthy(cluster: harness.TestCluster, timeout: float = 120) -> harness.Node:
@@ -107,6 +133,9 @@ def main() -> int:
                         "through it instead of libpq multi-host")
     p.add_argument("--synchronous-mode", choices=("off", "on", "quorum"), default="off",
                    help="governor's synchronous_mode for the cluster (default off)")
+    p.add_argument("--etcd-api", type=int, choices=(2, 3), default=3, help="the DCS adapter (default 3)")
+    p.add_argument("--idle-seconds", type=float, default=30,
+                   help="measure idle etcd traffic for this long before the faults (0: skip)")
     p.add_argument("--kinds", default="crash,clean,switchover",
                    help="comma separated: crash, clean, switchover (default: all three)")
     p.add_argument("--output", help="JSON result file")
@@ -115,12 +144,13 @@ def main() -> int:
     if not kinds or set(kinds) - {"crash", "clean", "switchover"}:
         p.error("--kinds: expected a comma separated list of crash, clean, switchover")
 
+    harness.ETCD_API = args.etcd_api
     base = harness.new_base_dir()
     harness.become_subreaper()
     etcd = harness.Etcd(base).start()
     cluster = harness.TestCluster(etcd, base, harness.make_source_copy(base), "bench")
-    timing = {"loop_wait": args.loop_wait, "retry_timeout": args.retry_timeout, "etcd": {"ttl": args.ttl},
-              "synchronous_mode": args.synchronous_mode}
+    timing = {"loop_wait": args.loop_wait, "retry_timeout": args.retry_timeout,
+              "synchronous_mode": args.synchronous_mode, "etcd": {"ttl": args.ttl, "api": args.etcd_api}}
     runs: List[Dict[str, object]] = []
     try:
         for name in ("node1", "node2", "node3"):
@@ -136,6 +166,11 @@ def main() -> int:
             dsn = (f"host={','.join('127.0.0.1' for _ in nodes)} port={','.join(str(n.port) for n in nodes)} "
                    "target_session_attrs=read-write")
         dsn += f" dbname=postgres user=postgres password={harness.SUPERUSER_PASSWORD} connect_timeout=1"
+        idle = {}
+        if args.idle_seconds > 0:
+            time.sleep(3)
+            idle = idle_cost(etcd, len(cluster.nodes), args.idle_seconds)
+            print(f"idle: {json.dumps(idle)}", flush=True)
         client = harness.WriteClient(dsn, "bench_writes")
         client.start()
         for kind in kinds:
@@ -156,6 +191,7 @@ def main() -> int:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": {"ttl": args.ttl, "loop_wait": args.loop_wait, "retry_timeout": args.retry_timeout,
                      "nodes": 3, "client_interval_seconds": 0.1, "synchronous_mode": args.synchronous_mode,
+                     "etcd_api": args.etcd_api,
                      "route": route},
         "notes": {"failover_seconds": "crash/clean: fault to the first acknowledged INSERT begun after it; "
                                   "switchover: the longest gap between two acknowledged INSERTs around it"},
@@ -165,6 +201,7 @@ def main() -> int:
                 "rejoin_seconds": summary([r["rejoin_seconds"] for r in runs if r["kind"] == kind]),
                 "acknowledged_writes_lost": sum(r["acknowledged_writes_lost"] for r in runs if r["kind"] == kind),
             } for kind in kinds},
+        "idle": idle,
         "runs": runs,
     }
     out = args.output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",

@@ -642,10 +642,10 @@ def _metrics(c: _Checker) -> MetricsConfig:
     return MetricsConfig(enabled=enabled, listen_host=host, port=port)
 
 
-# Settings a running governor cannot take over on SIGHUP: its identity, where things live and
-# listen, and how it reaches etcd.
+# Settings a running governor cannot take over on SIGHUP: its identity and where things live
+# and listen.
 RESTART_ONLY = {
-    "etcd": ("scope", "hosts", "protocol", "cacert", "cert", "key", "username", "password", "api"),
+    "etcd": ("scope",),   # endpoints, API, TLS and credentials change on reload in maintenance mode
     "postgresql": ("name", "listen_host", "port", "connect_host", "data_dir", "bin_dir", "socket_dir",
                    "log_file", "pgpass", "systemd_unit", "config_dir"),
     "restapi": None,   # the whole section

@@ -38,6 +38,10 @@ class Controls:
             "PATCH /config": self.patch_config,
         }
 
+    def reset(self) -> None:
+        """The daemon moved to another store: connect anew on the next request."""
+        self._dcs = None
+
     @property
     def dcs(self) -> DCS:
         if self._dcs is None:

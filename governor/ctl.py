@@ -93,6 +93,15 @@ def parser() -> argparse.ArgumentParser:
                     help="e.g. --set loop_wait=5 --set postgresql.parameters.work_mem=16MB; VALUE is YAML, "
                          "'null' removes the key; repeatable")
     ec.add_argument("--file", metavar="FILE", help="a YAML mapping merged in the same way ('-' for stdin)")
+    mg = sub.add_parser("migrate", help="copy a paused cluster's keys to another etcd API or store",
+                        description="Moving a running cluster from the etcd v2 API to v3 (or to another etcd) "
+                                    "without restarting PostgreSQL: governorctl pause; governorctl migrate "
+                                    "--to-api 3; set etcd.api: 3 on every member and reload governor (systemctl "
+                                    "reload governor); governorctl resume (with the new configuration). Copies "
+                                    "initialize, config, history and sets pause in the target; each member's "
+                                    "lock and member key are created by the member itself.")
+    mg.add_argument("--to-api", type=int, choices=(2, 3), required=True, help="the target API")
+    mg.add_argument("--to-dcs-url", help="target etcd endpoint(s), comma separated (default: the same)")
     rm = sub.add_parser("remove", help="delete every etcd key of a stopped cluster (asks you to type its scope)")
     rm.add_argument("remove_scope", metavar="SCOPE", help="the cluster scope, repeated as a safeguard")
     return p
@@ -498,6 +507,56 @@ def remove(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
     return EXIT_OK
 
 
+def migrate(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
+    if not cluster.paused:
+        return _refuse("the cluster is not in maintenance mode; run governorctl pause first")
+    if not cluster.initialized:
+        return _refuse("the cluster has no system identifier in etcd yet; nothing to migrate")
+    hosts = dcs.cfg.hosts
+    if args.to_dcs_url:
+        hosts = _parse_hosts(args.to_dcs_url)
+        if hosts is None:
+            print(f"governorctl: --to-dcs-url: expected host:port[,host:port...], got {args.to_dcs_url!r}",
+                  file=sys.stderr)
+            return EXIT_USAGE
+    target_cfg = config_mod.EtcdConfig(**{**dcs.cfg.__dict__, "hosts": tuple(hosts), "api": args.to_api})
+    if target_cfg == dcs.cfg:
+        return _refuse("the target is the store the cluster is in")
+    target = make_dcs(target_cfg, retry_timeout=5)
+    try:
+        there = target.get_cluster()
+        if there.initialize not in (None, cluster.initialize):
+            return _refuse(f"the target already holds another cluster {dcs.cfg.scope} (system identifier "
+                           f"{there.initialize})")
+        target.set_paused(True)
+        if there.initialize is None:
+            target.claim_initialize(cluster.initialize or "")
+        if cluster.config and not there.config:
+            target.set_config(cluster.config, 0)
+        if not there.history:
+            for entry in cluster.history:
+                target.append_history(entry)
+    except DCSError as exc:
+        print(f"governorctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"copied {dcs.cfg.scope} to {target.describe()} (maintenance mode on there too).\n"
+          f"Next: set etcd.api: {args.to_api}"
+          + (f" and etcd.host: {args.to_dcs_url}" if args.to_dcs_url else "")
+          + " on every member, reload governor (systemctl reload governor), check with governorctl list, "
+            "then governorctl resume.")
+    return EXIT_OK
+
+
+def _parse_hosts(text: str) -> Optional[list]:
+    hosts = []
+    for item in text.split(","):
+        parsed = config_mod.parse_host_port(item.split("://")[-1], 2379)
+        if parsed is None:
+            return None
+        hosts.append(parsed)
+    return hosts
+
+
 def format_history(cluster: Cluster) -> str:
     header = ["TL", "LSN", "Time", "New leader", "Reason"]
     table = [header] + [[str(h.get("timeline", "")), _lsn(h.get("lsn")), str(h.get("time", "")),
@@ -541,6 +600,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_OK
     if args.command == "remove":
         return remove(args, dcs, cluster)
+    if args.command == "migrate":
+        return migrate(args, dcs, cluster)
     if args.command == "history":
         if args.format == "json":
             print(json.dumps(list(cluster.history), indent=2))

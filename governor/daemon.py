@@ -23,6 +23,7 @@ from governor.cluster import Cluster, Member, parse_conn_url
 from governor.config import Config, slot_name_for
 from governor.controls import Controls
 from governor.dcs import DCS, DCSError, from_config
+from governor.dcs import make as make_dcs
 from governor.ha import Action, Decision, LocalState, decide
 from governor.metrics import Metrics
 from governor.postgres import bootstrap, datadir
@@ -164,6 +165,7 @@ class Governor:
         self.pg_version: Optional[int] = None
         self.board = StatusBoard(NodeStatus(name=self.name, scope=config.etcd.scope))
         self.api: Optional[ApiServer] = None
+        self.controls: Optional[Controls] = None
         self.metrics: Optional[Metrics] = Metrics(config, self.board.get) if config.metrics.enabled else None
         if self.metrics:
             self.dcs.observer = self.metrics.observe_dcs
@@ -771,7 +773,8 @@ class Governor:
         consume_restart_marker(max_age=0)   # a marker left from before this start means nothing now
         log.info("governor %s starting: member %s, %s, data directory %s", __version__, self.name,
                  self.dcs.describe(), self.pg.data_dir)
-        self.api = ApiServer(self.config, self.board.get, controls=Controls(self).endpoints())
+        self.controls = Controls(self)
+        self.api = ApiServer(self.config, self.board.get, controls=self.controls.endpoints())
         try:
             self.api.start()
         except OSError as exc:
@@ -843,6 +846,29 @@ class Governor:
                  " (nothing changed)")
         self.notify.ready(self.status_line())
 
+    def _switch_etcd(self, new: Config) -> Config:
+        """New etcd endpoints, API, TLS or credentials: only in maintenance mode, where no member
+        acts on what it reads, is it safe to move to another store (e.g. from the v2 to the v3
+        API). Otherwise the running connection stays until a restart."""
+        old_etcd, new_etcd = self.config.etcd, new.etcd
+        connection = ("hosts", "protocol", "cacert", "cert", "key", "username", "password", "api")
+        if all(getattr(old_etcd, k) == getattr(new_etcd, k) for k in connection):
+            return new
+        if self.cluster is None or not self.cluster.paused:
+            log.warning("reload: etcd endpoints, API, TLS or credentials change only in maintenance mode "
+                        "(governorctl pause) or with a restart of governor; keeping the running connection")
+            return replace(new, etcd=replace(new_etcd, **{k: getattr(old_etcd, k) for k in connection}))
+        old_dcs = self.dcs
+        self.dcs = make_dcs(new_etcd, new.retry_timeout)
+        self.dcs.observer = old_dcs.observer
+        self.watcher = None            # the old one waits on the old store; a new one starts on demand
+        if self.controls is not None:
+            self.controls.reset()
+        old_dcs.close()
+        log.warning("reload: now using %s (maintenance mode is on: check it with governorctl list, then "
+                    "governorctl resume)", self.dcs.describe())
+        return new
+
     def with_dynamic(self, file_config: Config) -> Config:
         """The file configuration with the cluster's valid dynamic settings over it."""
         data = self.cluster.config if self.cluster is not None else {}
@@ -868,6 +894,7 @@ class Governor:
     def apply_config(self, new: Config, why: str) -> list:
         """Switch to `new`; rewrite and reload PostgreSQL's settings when they changed."""
         changed = config_mod.changed_keys(self.config, new)
+        new = self._switch_etcd(new)
         self.config, self.pg = new, new.postgresql
         self.server.cfg = new.postgresql
         self.dcs.cfg, self.dcs.retry_timeout = new.etcd, new.retry_timeout

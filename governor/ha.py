@@ -14,6 +14,8 @@ Cases, checked top to bottom (the first that matches wins):
   restart_requested             operator asked to restart PostgreSQL here    (renew_lock), restart
   reinitialize_requested        operator asked to re-clone this replica      reinitialize
   paused_leader                 maintenance mode, this member holds the lock renew_lock (nothing else)
+  paused_primary_reacquire      maintenance mode, nobody holds the lock,     acquire_lock
+                                running as primary (e.g. moved to a new etcd)
   paused                        maintenance mode otherwise                   -
   bootstrap_race                cluster not initialized, data_dir empty      bootstrap
   initialize_from_existing      cluster not initialized, data_dir has data   claim_initialize
@@ -149,6 +151,10 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
         if leader_name == me:
             return Decision("paused_leader", "maintenance mode: keeping the leader lock, taking no other action",
                             (Action.RENEW_LOCK,))
+        if leader_name is None and local.running and local.role == "primary":
+            return Decision("paused_primary_reacquire",
+                            "maintenance mode: nobody holds the leader lock and this member runs the primary: "
+                            "taking the lock, nothing else", (Action.ACQUIRE_LOCK,))
         return Decision("paused", "maintenance mode: taking no automatic action")
     if cluster.initialize is None:
         if local.data == EMPTY:

@@ -47,6 +47,7 @@ TABLE = [
     ("reinitialize_requested", cluster("node2", members=[PRIMARY_NODE2]), local(request="reinitialize"),
      (A.REINITIALIZE,), "node2"),
     ("paused_leader", cluster(ME, paused=True), local(running=False), (A.RENEW_LOCK,), None),
+    ("paused_primary_reacquire", cluster(paused=True), local(role="primary"), (A.ACQUIRE_LOCK,), None),
     ("paused", cluster(paused=True), local(role="replica"), (), None),
     ("bootstrap_race", cluster(initialize=None), local(data=ha.EMPTY, running=False), (A.BOOTSTRAP,), None),
     ("initialize_from_existing", cluster(initialize=None), local(running=False), (A.CLAIM_INITIALIZE,), None),
