@@ -129,7 +129,7 @@ def node_config(etcd_endpoint: str, scope: str, name: str, data_dir: str, **top:
     ports = {key: free_port() for key in ("pg", "api", "metrics")}
     cfg = {
         "loop_wait": 2, "retry_timeout": 3,
-        "etcd": {"scope": scope, "ttl": 10, "host": etcd_endpoint},
+        "etcd": {"scope": scope, "ttl": 10, "host": etcd_endpoint, "api": 3},
         "restapi": {"listen": f"127.0.0.1:{ports['api']}"},
         "metrics": {"listen": f"127.0.0.1:{ports['metrics']}"},
         "postgresql": {"name": name, "listen": f"127.0.0.1:{ports['pg']}", "data_dir": data_dir,
