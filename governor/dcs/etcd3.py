@@ -74,6 +74,7 @@ class Etcd3(DCS):
         self._lease: Optional[str] = None
         self._lease_renewed = 0.0
         self._claim_revision: Optional[int] = None
+        self._member_written: Optional[Tuple[str, str, str]] = None   # (name, value, lease) last put
 
     def describe(self) -> str:
         hosts = ", ".join(f"{h}:{p}" for h, p in self.cfg.hosts)
@@ -371,10 +372,14 @@ class Etcd3(DCS):
             self._keepalive()
         lease = self._member_lease()
         body = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        if self._member_written == (name, body, lease):
+            return   # unchanged and on a live lease: the keepalive was the whole heartbeat
         self._post("member update", "/kv/put", {"key": _b64(self._key(f"members/{name}")), "value": _b64(body),
                                                 "lease": lease})
+        self._member_written = (name, body, lease)
 
     def delete_member(self, name: str) -> None:
+        self._member_written = None
         self._post("member delete", "/kv/deleterange", {"key": _b64(self._key(f"members/{name}"))})
 
     def write_leader_lsn(self, lsn: int) -> None:
