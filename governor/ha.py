@@ -48,7 +48,7 @@ Cases, checked top to bottom (the first that matches wins):
                                 members answer to prove no commit is missing
   primary_reacquire             nobody holds the lock, running as primary    acquire_lock, ensure_slots
   switchover_take_over          nobody holds the lock, this is the candidate acquire_lock, promote
-  switchover_defer              nobody holds the lock, another is candidate  follow (nobody)
+  switchover_defer              nobody holds the lock, another is candidate  -  (keeps its upstream)
   leader_race                   nobody holds the lock, eligible replica      acquire_lock, promote
 """
 from __future__ import annotations
@@ -236,8 +236,10 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                             "this member is the operator's candidate (switchover or failover): taking the "
                             "lock and promoting",
                             (Action.ACQUIRE_LOCK, Action.PROMOTE))
-        return Decision("switchover_defer", f"switchover to {switchover.candidate} in progress: not racing",
-                        (Action.FOLLOW,))
+        # Keep the current upstream until the candidate holds the lock: dropping it now would only
+        # delay reconnecting to the new primary (whose first commits may wait for this standby).
+        return Decision("switchover_defer", f"switchover to {switchover.candidate} in progress: not racing, "
+                        "keeping the current upstream until it holds the lock")
     if local.role == "primary":
         return Decision("primary_reacquire", "nobody holds the lock and this member is primary: taking it",
                         (Action.ACQUIRE_LOCK, Action.ENSURE_SLOTS))

@@ -80,7 +80,7 @@ TABLE = [
     ("switchover_take_over", cluster(switchover_to=ME, leader_lsn=10**9), local(lsn=100),
      (A.ACQUIRE_LOCK, A.PROMOTE), None),
     ("switchover_defer", cluster(members=[member("node2", lsn=1)], switchover_to="node3"), local(lsn=100),
-     (A.FOLLOW,), None),
+     (), None),
     ("race_not_eligible_nofailover", cluster(), local(nofailover=True), (A.FOLLOW,), None),
     ("race_not_synchronous", cluster(sync=SyncState("node9", ("node2",), 1)), local(), (A.FOLLOW,), None),
     ("race_not_eligible_lag", cluster(leader_lsn=5000), local(lsn=100), (A.FOLLOW,), None),

@@ -135,7 +135,7 @@ def test_manual_failover_promotes_the_chosen_candidate_when_no_leader_can_be_ele
     assert c.leader_name() == replica.name
     wait_until(lambda: replica.role() == "primary", 10, "the promotion")
     replica.sql("CREATE TABLE after_manual_failover (v int)")  # writable; `big` never reached it
-    assert c.etcd.get(f"/service/{c.scope}/failover") is None
+    wait_until(lambda: c.etcd.get(f"/service/{c.scope}/failover") is None, 5, "the request to be cleared")
 
 
 def test_pause_stops_automatic_actions_until_resume(make_cluster):
