@@ -599,8 +599,8 @@ class Governor:
                          slot, int(now - since))
 
     def do_manage_sync(self, decision: Decision, local: LocalState) -> None:
-        if self.cluster is None:
-            return
+        if self.cluster is None or not (local.running and local.role == "primary"):
+            return   # e.g. paused with PostgreSQL stopped by the operator
         try:
             self.syncrep.manage(self.cluster)
         except PromiseNotWritten as exc:

@@ -13,7 +13,7 @@ Cases, checked top to bottom (the first that matches wins):
   foreign_data_dir              system identifier differs from `initialize`  -  (never touched)
   restart_requested             operator asked to restart PostgreSQL here    (renew_lock), restart
   reinitialize_requested        operator asked to re-clone this replica      reinitialize
-  paused_leader                 maintenance mode, this member holds the lock renew_lock (nothing else)
+  paused_leader                 maintenance mode, this member holds the lock renew_lock, manage_sync
   paused_primary_reacquire      maintenance mode, nobody holds the lock,     acquire_lock
                                 running as primary (e.g. moved to a new etcd)
   paused                        maintenance mode otherwise                   -
@@ -29,8 +29,8 @@ Cases, checked top to bottom (the first that matches wins):
   start_following_leader        stopped, another member holds the lock       start_as_replica
   start_read_only               stopped, nobody holds the lock               start_as_replica
   postgres_not_answering        running but not accepting queries            -
-  switchover_not_ready          holds the lock, switchover due, candidate    renew_lock, ensure_slots
-                                not a running replica (postponed)
+  switchover_not_ready          holds the lock, switchover due, candidate    renew_lock, ensure_slots,
+                                not a running replica (postponed)            manage_sync
   switchover_step_down          holds the lock, switchover to another member step_down
   leader_renew                  holds the lock, running as primary           renew_lock, ensure_slots,
                                                                              manage_sync
@@ -149,8 +149,10 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                         f"{leader_name} afresh", (Action.REINITIALIZE,), leader=leader_name)
     if cluster.paused:
         if leader_name == me:
+            # Synchronous standbys are still managed: a standby stopped for maintenance must not
+            # block writes in non-strict mode.
             return Decision("paused_leader", "maintenance mode: keeping the leader lock, taking no other action",
-                            (Action.RENEW_LOCK,))
+                            (Action.RENEW_LOCK, Action.MANAGE_SYNC))
         if leader_name is None and local.running and local.role == "primary":
             return Decision("paused_primary_reacquire",
                             "maintenance mode: nobody holds the leader lock and this member runs the primary: "
@@ -208,7 +210,7 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                 return Decision("switchover_not_ready",
                                 f"switchover to {switchover.candidate} postponed: it is not a running replica "
                                 f"({candidate.role + ', ' + candidate.state if candidate else 'not a member'})",
-                                (Action.RENEW_LOCK, Action.ENSURE_SLOTS))
+                                (Action.RENEW_LOCK, Action.ENSURE_SLOTS, Action.MANAGE_SYNC))
             return Decision("switchover_step_down",
                             f"switchover to {switchover.candidate} requested: stopping PostgreSQL, so the "
                             "candidate receives all of its WAL, then releasing the lock", (Action.STEP_DOWN,),

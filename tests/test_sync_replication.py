@@ -93,7 +93,7 @@ def crash_the_leader(c, writer: harness.WriteClient, run: int) -> str:
     return new.name
 
 
-def _stop_only_standby(make_cluster, prefix: str, strict: bool):
+def _stop_only_standby(make_cluster, prefix: str, strict: bool, paused: bool = False):
     c = make_cluster(prefix)
     for name in ("node1", "node2"):
         c.add(name, extra={**FAST, "restapi": {"username": "admin", "password": "api-Secret-9"}})
@@ -107,6 +107,8 @@ def _stop_only_standby(make_cluster, prefix: str, strict: bool):
     assert leader.sql("SHOW synchronous_standby_names")[0][0] == f'FIRST 1 ("{standby.name}")'
     assert "sync replica" in governorctl(leader, "list").stdout
     wait_until(lambda: standby.api("/status")[1]["sync_standby"] is True, 5, "/status to show sync_standby")
+    if paused:
+        assert governorctl(leader, "pause").returncode == 0
     stopped_at = time.monotonic()
     assert standby.stop() == 0
     return c, leader, standby, stopped_at
@@ -139,6 +141,14 @@ def test_non_strict_mode_drops_to_asynchronous_when_the_only_standby_stops(make_
     standby.start()
     wait_until(lambda: settled_on(c, leader, [standby.name]), 60, "the returning standby to be synchronous")
     wait_until(lambda: leader.api("/status")[1]["sync_degraded"] is False, 5, "/status to show synchronous")
+
+
+def test_maintenance_mode_still_drops_a_stopped_standby_in_non_strict_mode(make_cluster):
+    """Pausing to work on the synchronous standby must not block the primary's writes."""
+    c, leader, standby, _ = _stop_only_standby(make_cluster, "sync-pause", strict=False, paused=True)
+    write = insert_in_background(leader, 1)
+    assert write.done.wait(15), "writes continue while paused without the standby"
+    assert c.leader_name() == leader.name
 
 
 def test_strict_mode_blocks_writes_until_a_standby_returns(make_cluster):
