@@ -194,8 +194,9 @@ def test_metrics_pass_promtool_and_match_the_cluster(cluster):
         assert value(text, "governor_dcs_request_duration_seconds_count", 'operation="read of the cluster"') > 0
     text = scrape(primary)
     assert 0 < value(text, "governor_lock_expiry_seconds") <= 10
-    for node in (replica, other):
-        assert value(text, "governor_replica_streaming", f'replica="{node.name}"') == 1
+    for node in (replica, other):   # the leader's view, as of its last loop
+        wait_until(lambda n=node: value(scrape(primary), "governor_replica_streaming", f'replica="{n.name}"') == 1,
+                   5, f"the leader to report {node.name} streaming")
 
     # Freeze one replica's WAL receiver and write: the leader reports its lag in bytes.
     frozen = replica.signal_postgres("walreceiver", signal.SIGSTOP)
