@@ -10,6 +10,7 @@ import base64
 import hmac
 import json
 import logging
+import socketserver
 import ssl
 import threading
 import time
@@ -90,6 +91,14 @@ HEALTH: Dict[str, HealthCheck] = {
 }
 
 
+class _Server(ThreadingHTTPServer):
+    def server_bind(self) -> None:
+        """Bind without the reverse DNS lookup (socket.getfqdn) of the standard server, which
+        stalls start-up for as long as the resolver takes to give up."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+
 class ApiServer:
     def __init__(self, config: Config, get_status: Callable[[], NodeStatus],
                  controls: Optional[Dict[str, Callable[[dict], Tuple[int, dict]]]] = None):
@@ -104,7 +113,7 @@ class ApiServer:
 
     def start(self) -> None:
         handler = type("Handler", (_Handler,), {"api": self})
-        self.httpd = ThreadingHTTPServer((self.cfg.listen_host, self.cfg.port), handler)
+        self.httpd = _Server((self.cfg.listen_host, self.cfg.port), handler)
         self.httpd.daemon_threads = True
         if self.cfg.certfile:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

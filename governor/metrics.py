@@ -6,6 +6,7 @@ scrape); counters and histograms are updated by the loop and the etcd adapter as
 from __future__ import annotations
 
 import logging
+import socketserver
 import threading
 import time
 from typing import Callable, Iterable, Optional
@@ -59,7 +60,7 @@ class Metrics:
     def start(self) -> None:
         app = make_wsgi_app(self.registry)
         self._server = make_server(self.config.metrics.listen_host, self.config.metrics.port, app,
-                                   ThreadingWSGIServer, handler_class=_QuietHandler)
+                                   _Server, handler_class=_QuietHandler)
         threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
         log.info("Prometheus metrics on http://%s:%s/metrics", self.config.metrics.listen_host,
                  self.config.metrics.port)
@@ -68,6 +69,15 @@ class Metrics:
         if self._server:
             self._server.shutdown()
             self._server.server_close()
+
+
+class _Server(ThreadingWSGIServer):
+    def server_bind(self) -> None:
+        """Bind without the reverse DNS lookup (socket.getfqdn) of the standard server, which
+        stalls start-up for as long as the resolver takes to give up."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+        self.setup_environ()
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -176,6 +176,7 @@ def stop_postmaster(data_dir: str) -> None:
 class Etcd:
     def __init__(self, base_dir: str, binary: str = "etcd"):
         self.binary = binary              # Debian 12's etcd 3.4 unless told otherwise
+        self.listen_all = False           # clients on every address (members in network namespaces)
         self.dir = os.path.join(base_dir, "etcd")
         self.port = free_port()
         self.peer_port = free_port()
@@ -188,11 +189,12 @@ class Etcd:
     def start(self) -> Etcd:
         os.makedirs(self.dir, exist_ok=True)
         url, peer = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.peer_port}"
+        listen = f"http://0.0.0.0:{self.port}" if self.listen_all else url
         self.log = open(os.path.join(self.dir, "etcd.log"), "ab")
         self.proc = subprocess.Popen(
             [self.binary, "--name", "test", "--data-dir", os.path.join(self.dir, "data"),
              *(["--enable-v2=true"] if self.binary == "etcd" else []),
-             "--listen-client-urls", url, "--advertise-client-urls", url,
+             "--listen-client-urls", listen, "--advertise-client-urls", url,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
              "--initial-cluster", f"test={peer}"],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -269,6 +271,8 @@ class Node:
         self.name = name
         self.port = free_port()
         self.api_port = free_port()
+        self.api_host = "127.0.0.1"
+        self.pg_host = "127.0.0.1"
         self.metrics_port = free_port()
         self.dir = os.path.join(cluster.base_dir, name)
         os.makedirs(self.dir, exist_ok=True)
@@ -379,7 +383,7 @@ class Node:
         return None if process_gone(pid) else pid
 
     def connect(self, timeout: float = 3):
-        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
+        conn = psycopg2.connect(host=self.pg_host, port=self.port, user="postgres", dbname="postgres",
                                 password=SUPERUSER_PASSWORD, connect_timeout=timeout)
         conn.autocommit = True
         return conn
@@ -409,7 +413,8 @@ class Node:
 
     def api(self, path: str, method: str = "GET", headers: Optional[dict] = None) -> Tuple[int, Optional[dict]]:
         """(status code, JSON body or None) of a request to this node's REST API."""
-        req = urllib.request.Request(f"http://127.0.0.1:{self.api_port}{path}", method=method, headers=headers or {})
+        req = urllib.request.Request(f"http://{self.api_host}:{self.api_port}{path}", method=method,
+                                     headers=headers or {})
         try:
             with urllib.request.urlopen(req, timeout=3) as resp:
                 body = resp.read()
