@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -184,6 +185,7 @@ def main() -> int:
         cluster.teardown()
         etcd.stop()
         harness.stop_all_processes()
+        shutil.rmtree(base, ignore_errors=True)   # data directories and logs of the run
 
     route = "haproxy (haproxy/haproxy.cfg)" if args.haproxy_port else "libpq target_session_attrs=read-write"
     report = {

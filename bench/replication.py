@@ -19,6 +19,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -95,6 +96,7 @@ def main() -> int:
         cluster.teardown()
         etcd.stop()
         harness.stop_all_processes()
+        shutil.rmtree(base, ignore_errors=True)   # data directories and logs of the run
 
     report = {"benchmark": "replication", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "settings": {"nodes": 3, "pgbench": f"TPC-B-like, scale 10, {args.clients} clients, "
