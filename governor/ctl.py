@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import yaml
 
@@ -111,12 +111,7 @@ def _dcs(args: argparse.Namespace) -> DCS:
     if args.dcs_url:
         if not args.scope:
             raise config_mod.ConfigError(["--scope is required with --dcs-url"])
-        hosts = []
-        for item in args.dcs_url.split(","):
-            parsed = config_mod.parse_host_port(item.split("://")[-1], 2379)
-            if parsed is None:
-                raise config_mod.ConfigError([f"--dcs-url: expected host:port, got {item!r}"])
-            hosts.append(parsed)
+        hosts = _parse_hosts(args.dcs_url, "--dcs-url")
         protocol = "https" if args.dcs_url.startswith("https://") else "http"
         return make_dcs(config_mod.EtcdConfig(scope=args.scope, ttl=30, hosts=tuple(hosts), protocol=protocol,
                                               api=args.dcs_api), retry_timeout=5)
@@ -290,12 +285,8 @@ def cancel_switchover(dcs: DCS, cluster: Cluster, auth: tuple) -> int:
             return _refuse("the leader's API refused the credentials (restapi.username/password in the config)")
         if code != 200:
             return _refuse(answer.get("error") or f"the leader answered HTTP {code}")
-    else:
-        try:
-            dcs.clear_switchover()
-        except DCSError as exc:
-            print(f"governorctl: {exc}", file=sys.stderr)
-            return EXIT_FAILED
+    elif not _dcs_call(dcs.clear_switchover):
+        return EXIT_FAILED
     print(f"switchover to {cluster.switchover.candidate} cancelled")
     return EXIT_OK
 
@@ -344,6 +335,16 @@ def _wait_for_leader(dcs: DCS, candidate: str, wait: float, what: str) -> int:
     print(f"governorctl: {candidate} did not take the lock within {wait:.0f}s; see governor's log",
           file=sys.stderr)
     return EXIT_FAILED
+
+
+def _dcs_call(operation: Callable[[], object]) -> bool:
+    """Run one etcd operation; on failure print why and return False."""
+    try:
+        operation()
+        return True
+    except DCSError as exc:
+        print(f"governorctl: {exc}", file=sys.stderr)
+        return False
 
 
 def _refuse(message: str) -> int:
@@ -498,10 +499,7 @@ def remove(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
     if not _confirm(f"This deletes every key of cluster {scope} from etcd (its data directories stay).\n"
                     f"Type the scope name to confirm: ", scope):
         return _refuse("not confirmed")
-    try:
-        dcs.remove_cluster()
-    except DCSError as exc:
-        print(f"governorctl: {exc}", file=sys.stderr)
+    if not _dcs_call(dcs.remove_cluster):
         return EXIT_FAILED
     print(f"removed cluster {scope} from etcd")
     return EXIT_OK
@@ -514,10 +512,10 @@ def migrate(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
         return _refuse("the cluster has no system identifier in etcd yet; nothing to migrate")
     hosts = dcs.cfg.hosts
     if args.to_dcs_url:
-        hosts = _parse_hosts(args.to_dcs_url)
-        if hosts is None:
-            print(f"governorctl: --to-dcs-url: expected host:port[,host:port...], got {args.to_dcs_url!r}",
-                  file=sys.stderr)
+        try:
+            hosts = _parse_hosts(args.to_dcs_url, "--to-dcs-url")
+        except config_mod.ConfigError as exc:
+            print(f"governorctl: {exc}", file=sys.stderr)
             return EXIT_USAGE
     target_cfg = config_mod.EtcdConfig(**{**dcs.cfg.__dict__, "hosts": tuple(hosts), "api": args.to_api})
     if target_cfg == dcs.cfg:
@@ -547,12 +545,13 @@ def migrate(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
     return EXIT_OK
 
 
-def _parse_hosts(text: str) -> Optional[list]:
+def _parse_hosts(text: str, option: str) -> List[tuple]:
+    """'host:port,host:port' (a scheme prefix is ignored); ConfigError naming the bad item."""
     hosts = []
     for item in text.split(","):
         parsed = config_mod.parse_host_port(item.split("://")[-1], 2379)
         if parsed is None:
-            return None
+            raise config_mod.ConfigError([f"{option}: expected host:port, got {item!r}"])
         hosts.append(parsed)
     return hosts
 
@@ -609,10 +608,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(format_history(cluster))
         return EXIT_OK
     if args.command in ("pause", "resume"):
-        try:
-            dcs.set_paused(args.command == "pause")
-        except DCSError as exc:
-            print(f"governorctl: {exc}", file=sys.stderr)
+        if not _dcs_call(lambda: dcs.set_paused(args.command == "pause")):
             return EXIT_FAILED
         print("maintenance mode on: no automatic failover, restart or promotion until `governorctl resume`"
               if args.command == "pause" else "maintenance mode off: automatic actions resume")

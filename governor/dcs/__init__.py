@@ -15,6 +15,12 @@ class DCSError(Exception):
     """The store could not be reached or answered with an error."""
 
 
+def short_error(exc: BaseException) -> str:
+    """The first line of an exception, at most 200 characters, for log lines and DCSError."""
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
 class DCS(abc.ABC):
     # Called as observer(operation, seconds, ok) after every operation (the metrics exporter).
     observer = None

@@ -15,7 +15,7 @@ import urllib3
 
 from governor.cluster import Cluster
 from governor.config import EtcdConfig
-from governor.dcs import DCS, DCSError
+from governor.dcs import DCS, DCSError, short_error
 from governor.dcs.keys import Entry, build_cluster, history_list
 from governor.sync import SyncState
 
@@ -83,11 +83,11 @@ class Etcd2(DCS):
                 self._current = (self._current + attempt) % len(hosts)
                 return result
             except _CONNECTION_ERRORS as exc:
-                errors.append(f"{endpoint[0]}:{endpoint[1]}: {_short(exc)}")
+                errors.append(f"{endpoint[0]}:{endpoint[1]}: {short_error(exc)}")
             except etcd.EtcdInsufficientPermissions as exc:
-                raise DCSError(f"etcd refused {what}: permission denied ({_short(exc)})") from exc
+                raise DCSError(f"etcd refused {what}: permission denied ({short_error(exc)})") from exc
             except etcd.EtcdException as exc:
-                raise DCSError(f"etcd refused {what}: {_short(exc)}") from exc
+                raise DCSError(f"etcd refused {what}: {short_error(exc)}") from exc
             attempt += 1
             if time.monotonic() >= deadline:
                 break
@@ -127,7 +127,7 @@ class Etcd2(DCS):
             return True
         except (etcd.EtcdException, urllib3.exceptions.HTTPError, OSError) as exc:
             # The caller re-reads on its next loop; do not spin on a dead endpoint.
-            log.debug("watch on leader key ended: %s", _short(exc))
+            log.debug("watch on leader key ended: %s", short_error(exc))
             time.sleep(min(timeout, 1.0))
             return False
 
@@ -319,7 +319,3 @@ class Etcd2(DCS):
                 pass
         self._clients.clear()
 
-
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]

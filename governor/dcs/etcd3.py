@@ -24,7 +24,7 @@ import urllib3
 
 from governor.cluster import Cluster
 from governor.config import EtcdConfig
-from governor.dcs import DCS, DCSError
+from governor.dcs import DCS, DCSError, short_error
 from governor.dcs.keys import Entry, build_cluster, history_list
 from governor.sync import SyncState
 
@@ -94,7 +94,7 @@ class Etcd3(DCS):
             resp = self.http.request("POST", self._url(endpoint, path), body=json.dumps(body).encode(),
                                      headers=headers, timeout=urllib3.Timeout(connect=timeout, read=timeout))
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise Unreachable(_short(exc)) from exc
+            raise Unreachable(short_error(exc)) from exc
         try:
             data = json.loads(resp.data or b"{}")
         except ValueError:
@@ -169,8 +169,6 @@ class Etcd3(DCS):
                 if self.cfg.username and not reauthenticated and "token" in text:
                     self._token, reauthenticated = None, True   # expired token: log in again once
                     continue
-                if "permission denied" in text or "authentication" in text:
-                    raise DCSError(f"etcd refused {what}: {text}") from exc
                 raise DCSError(f"etcd refused {what}: {text}") from exc
             attempt += 1
             if time.monotonic() >= deadline:
@@ -297,7 +295,7 @@ class Etcd3(DCS):
             return False
         except (OSError, http.client.HTTPException) as exc:
             if not isinstance(exc, TimeoutError) and "timed out" not in str(exc):
-                log.debug("watch on leader key ended: %s", _short(exc))
+                log.debug("watch on leader key ended: %s", short_error(exc))
                 time.sleep(min(max(0.0, deadline - time.monotonic()), 1.0))
             return False
         finally:
@@ -439,8 +437,4 @@ class Etcd3(DCS):
         lock and member key must outlive this process until the next one takes them over."""
         self.http.clear()
 
-
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
 
