@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import glob
 import ipaddress
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import yaml
+from governor import pgparams, safe_yaml
 
 UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:\\-]+$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_MAX = 63          # a member name becomes a replication slot name, which PostgreSQL caps at 63 bytes
+SECRET_MAX = 1024
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# Upper bounds on timings: a value beyond these is a typo, and an unbounded one crashes a sleep.
+LIMITS = {"loop_wait": 300, "retry_timeout": 300, "ttl": 3600, "primary_start_timeout": 86400,
+          "start_timeout": 86400, "member_slots_ttl": 10 * 365 * 86400}
+SIZE_MAX = 2**62
+SLOT_RE = re.compile(r"^[a-z0-9_]{1,63}$")
 SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|kB|KB|MB|GB|TB)?\s*$")
 SIZE_UNITS = {None: 1, "B": 1, "kB": 1024, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 WILDCARD_HOSTS = {"0.0.0.0", "::", "*", ""}
@@ -143,6 +152,7 @@ class Config:
     synchronous_node_count: int = 1
     restapi: RestApiConfig = RestApiConfig()
     metrics: MetricsConfig = MetricsConfig()
+    warnings: Tuple[str, ...] = ()         # what was accepted but translated, for the log
 
 
 def slot_name_for(member: str) -> str:
@@ -191,15 +201,9 @@ def read_raw(path: str) -> Tuple[dict, Dict[str, str]]:
     problems = []
     for name in files:
         try:
-            with open(name, encoding="utf-8") as fh:
-                data = yaml.safe_load(fh)
-        except OSError as exc:
-            problems.append(f"{name}: cannot read: {exc.strerror}")
-            continue
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-            problems.append(f"{name}: not valid YAML{where}: {getattr(exc, 'problem', exc)}")
+            data = safe_yaml.load_file(name)
+        except safe_yaml.YamlProblem as exc:
+            problems.append(f"{name}: {exc}")
             continue
         if data is None:
             continue
@@ -230,6 +234,7 @@ class _Checker:
         self.origin = origin
         self.source = source
         self.problems: List[str] = []
+        self.warnings: List[str] = []
 
     def where(self, key: str) -> str:
         parts = key.split(".")
@@ -326,7 +331,8 @@ _EXPECT = {
 def parse_size(value: Any) -> Optional[int]:
     if isinstance(value, int) and not isinstance(value, bool):
         return value if value >= 0 else None
-    match = SIZE_RE.match(str(value))
+    text = str(value)
+    match = SIZE_RE.match(text) if len(text) <= 40 else None
     if not match:
         return None
     return int(match.group(1)) * SIZE_UNITS[match.group(2)]
@@ -371,11 +377,36 @@ def default_bin_dir() -> str:
 
 
 def _name_check(v: str) -> Optional[str]:
-    return None if NAME_RE.match(v) else "expected letters, digits, '_', '.' or '-' (it is used in etcd keys)"
+    if not NAME_RE.fullmatch(v):
+        return "expected letters, digits, '_', '.' or '-' (it is used in etcd keys)"
+    if len(v) > NAME_MAX:
+        return f"expected at most {NAME_MAX} characters (it names a replication slot), got {len(v)}"
+    return None
+
+
+def _secret_check(v: str) -> Optional[str]:
+    if CONTROL_RE.search(v):
+        return "control characters (such as a newline) are not allowed"
+    if len(v) > SECRET_MAX:
+        return f"expected at most {SECRET_MAX} characters"
+    return None
 
 
 def _positive(v: float) -> Optional[str]:
     return None if v > 0 else "expected a value greater than 0"
+
+
+def bounded(key: str, minimum: float = 0, inclusive: bool = False) -> Callable[[float], Optional[str]]:
+    """A check that a finite number lies above `minimum` and at most LIMITS[key]."""
+    top = LIMITS[key]
+
+    def check(v: float) -> Optional[str]:
+        if not math.isfinite(v) or v > top or v < minimum or (v == minimum and not inclusive):
+            low = f"at least {minimum}" if inclusive else f"greater than {minimum}"
+            return f"expected a number {low} and at most {top}, got {v!r}"
+        return None
+
+    return check
 
 
 def _network_check(v: str) -> Optional[str]:
@@ -414,9 +445,9 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     c = _Checker(raw, origin, source)
     c.unknown("", raw, TOP_KEYS)
 
-    loop_wait = c.value("loop_wait", "number", 10, check=_positive)
-    retry_timeout = c.value("retry_timeout", "number", 10, check=_positive)
-    primary_start_timeout = c.value("primary_start_timeout", "number", 30, check=_positive)
+    loop_wait = c.value("loop_wait", "number", 10, check=bounded("loop_wait"))
+    retry_timeout = c.value("retry_timeout", "number", 10, check=bounded("retry_timeout"))
+    primary_start_timeout = c.value("primary_start_timeout", "number", 30, check=bounded("primary_start_timeout"))
     log_level = c.value("log_level", "str", "INFO",
                         check=lambda v: None if v.upper() in LOG_LEVELS else f"expected one of {', '.join(LOG_LEVELS)}")
 
@@ -429,7 +460,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         sync_mode = "off"
     sync_strict = c.value("synchronous_mode_strict", "bool", False)
     sync_count = c.value("synchronous_node_count", "int", 1,
-                         check=lambda v: None if v >= 1 else "expected at least 1")
+                         check=lambda v: None if 1 <= v <= 64 else "expected 1 to 64")
     tags = c.section("tags")
     c.unknown("tags", tags, TAG_KEYS)
     for tag in ("nofailover", "noloadbalance", "nosync"):
@@ -439,7 +470,8 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     etcd_section = c.section("etcd")
     c.unknown("etcd", etcd_section, ETCD_KEYS)
     scope = c.value("etcd.scope", "str", required=True, check=_name_check)
-    ttl = c.value("etcd.ttl", "int", 30, check=lambda v: None if v >= 5 else "expected at least 5 seconds")
+    ttl = c.value("etcd.ttl", "int", 30, check=lambda v: None if 5 <= v <= LIMITS["ttl"]
+                  else f"expected 5 to {LIMITS['ttl']} seconds, got {v}")
     protocol = c.value("etcd.protocol", "str", "http",
                        check=lambda v: None if v in ("http", "https") else "expected 'http' or 'https'")
     host_value = c.value("etcd.host", "hosts", "127.0.0.1:2379")
@@ -450,7 +482,9 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
             c.fail("etcd.host", f"expected 'host:port', got {item!r}")
         else:
             hosts.append(parsed)
-    if not hosts and host_value:
+    if isinstance(host_value, list) and not host_value:
+        c.fail("etcd.host", "expected at least one 'host:port'")
+    if not hosts:
         hosts = [("127.0.0.1", 2379)]
     files = _existing_files(c, "etcd", ("cacert", "cert", "key"))
     if files["key"] and not files["cert"]:
@@ -485,33 +519,47 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         c.fail("postgresql.connect_address",
                f"required when postgresql.listen is a wildcard ({listen!r}): the address other members use")
 
-    data_dir = c.value("postgresql.data_dir", "str", required=True)
+    data_dir = c.value("postgresql.data_dir", "str", required=True, check=_path_check)
     if data_dir:
         data_dir = os.path.abspath(data_dir)
         parent = os.path.dirname(data_dir)
         if not os.path.isdir(parent):
             c.fail("postgresql.data_dir", f"the parent directory {parent} does not exist")
+        elif os.path.lexists(data_dir) and not os.path.isdir(data_dir):
+            c.fail("postgresql.data_dir", f"{data_dir} exists and is not a directory")
+        elif os.path.isdir(data_dir) and os.geteuid() != 0 and os.stat(data_dir).st_uid != os.geteuid():
+            c.fail("postgresql.data_dir", f"{data_dir} belongs to another user (uid {os.stat(data_dir).st_uid}); "
+                                          f"governor runs as uid {os.geteuid()}, as PostgreSQL must")
     bin_dir = c.value("postgresql.bin_dir", "str") or default_bin_dir()
     if not os.path.exists(os.path.join(bin_dir, "pg_ctl")):
         c.fail("postgresql.bin_dir", f"expected the directory holding pg_ctl and initdb; {bin_dir}/pg_ctl not found")
-    max_lag = c.value("postgresql.maximum_lag_on_failover", "size", 1048576)
+    max_lag = c.value("postgresql.maximum_lag_on_failover", "size", 1048576,
+                      check=lambda v: None if v <= SIZE_MAX else f"expected at most {SIZE_MAX} bytes")
 
     repl = c.section("postgresql.replication")
     c.unknown("postgresql.replication", repl, ("username", "password", "network"))
     repl_user = c.value("postgresql.replication.username", "str", "replicator", check=_name_check)
-    repl_password = c.value("postgresql.replication.password", "str", required=True)
+    repl_password = c.value("postgresql.replication.password", "str", required=True, check=_secret_check)
     repl_network = c.value("postgresql.replication.network", "str", "127.0.0.1/32", check=_network_check)
 
     su = c.section("postgresql.superuser")
     c.unknown("postgresql.superuser", su, ("username", "password"))
     su_user = c.value("postgresql.superuser.username", "str", "postgres", check=_name_check)
-    su_password = c.value("postgresql.superuser.password", "str")
+    su_password = c.value("postgresql.superuser.password", "str", check=_secret_check)
     if su_user and repl_user and su_user == repl_user:
         c.fail("postgresql.replication.username", "must differ from postgresql.superuser.username")
 
     parameters = dict(c.value("postgresql.parameters", "scalars", {}) or {})
-    for key, owner in MANAGED_PARAMETERS.items():
-        if key in parameters:
+    cat = pgparams.catalogue(bin_dir) if os.path.exists(os.path.join(bin_dir, "postgres")) else None
+    parameters, translated = pgparams.translate_renamed(parameters, cat)
+    c.warnings.extend(f"{c.where('postgresql.parameters')}: {w}" for w in translated)
+    for pname, pvalue in parameters.items():
+        problem = pgparams.check(pname, pvalue, cat)
+        if problem:
+            c.fail(f"postgresql.parameters.{pname}", problem)
+    for key in parameters:
+        owner = MANAGED_PARAMETERS.get(str(key).lower())
+        if owner:
             c.fail(f"postgresql.parameters.{key}", f"set by governor from {owner}; remove it here")
     if sync_mode != "off" and "synchronous_standby_names" in parameters:
         c.fail("postgresql.parameters.synchronous_standby_names",
@@ -519,6 +567,10 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     if str(parameters.get("wal_level", "replica")) == "minimal":
         c.fail("postgresql.parameters.wal_level", "expected 'replica' or 'logical': streaming replication needs it")
     recovery_conf = dict(c.value("postgresql.recovery_conf", "scalars", {}) or {})
+    for rname, rvalue in recovery_conf.items():
+        problem = pgparams.check(rname, rvalue, cat)
+        if problem:
+            c.fail(f"postgresql.recovery_conf.{rname}", problem)
     for key, why in FORBIDDEN_RECOVERY.items():
         if key in recovery_conf:
             c.fail(f"postgresql.recovery_conf.{key}", f"not allowed: {why}")
@@ -535,14 +587,17 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     default_pgpass = os.path.join(os.path.dirname(data_dir or "/"), f".pgpass_{name or 'governor'}")
     pgpass = os.path.abspath(c.value("postgresql.pgpass", "str", default_pgpass))
     log_file = c.value("postgresql.log_file", "str")
-    start_timeout = c.value("postgresql.start_timeout", "number", 60, check=_positive)
+    start_timeout = c.value("postgresql.start_timeout", "number", 60, check=bounded("start_timeout"))
     use_pg_rewind = c.value("postgresql.use_pg_rewind", "bool", True)
     remove_on_failure = c.value("postgresql.remove_data_directory_on_rewind_failure", "bool", False)
     member_slots_ttl = c.value("postgresql.member_slots_ttl", "number", 1800,
-                               check=lambda v: None if v >= 0 else "expected 0 (never drop) or more seconds")
+                               check=bounded("member_slots_ttl", 0, inclusive=True))
     permanent_slots = tuple(c.value("postgresql.permanent_slots", "strlist", []) or [])
+    for slot in permanent_slots:
+        if not SLOT_RE.fullmatch(slot):
+            c.fail("postgresql.permanent_slots", f"expected slot names of at most 63 of a-z, 0-9 and '_', got {slot!r}")
     systemd_unit = c.value("postgresql.systemd_unit", "str",
-                           check=lambda v: None if UNIT_RE.match(v) else "expected a unit name such as "
+                           check=lambda v: None if UNIT_RE.fullmatch(v) else "expected a unit name such as "
                                                                         "postgresql@15-main")
     config_dir = c.value("postgresql.config_dir", "str",
                          check=lambda v: None if os.path.isdir(v) else f"directory {v!r} does not exist")
@@ -552,8 +607,12 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
 
     restapi = _restapi(c)
     metrics = _metrics(c)
-    if metrics.enabled and (metrics.listen_host, metrics.port) == (restapi.listen_host, restapi.port):
+    if metrics.enabled and _same_listener((metrics.listen_host, metrics.port), (restapi.listen_host, restapi.port)):
         c.fail("metrics.listen", "must differ from restapi.listen")
+    if _same_listener((restapi.listen_host, restapi.port), (listen_host, port)):
+        c.fail("restapi.listen", f"port {port} is PostgreSQL's (postgresql.listen)")
+    if metrics.enabled and _same_listener((metrics.listen_host, metrics.port), (listen_host, port)):
+        c.fail("metrics.listen", f"port {port} is PostgreSQL's (postgresql.listen)")
 
     if c.problems:
         raise ConfigError(c.problems)
@@ -570,6 +629,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         synchronous_node_count=sync_count or 1,
         tags={k: v for k, v in tags.items()},
         source=source,
+        warnings=tuple(c.warnings),
         etcd=EtcdConfig(scope=scope, ttl=ttl, hosts=tuple(hosts), protocol=protocol,
                         cacert=files["cacert"], cert=files["cert"], key=files["key"],
                         username=etcd_user, password=etcd_password, api=etcd_api or 2),
@@ -587,9 +647,20 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     )
 
 
+def _same_listener(a: Tuple[str, int], b: Tuple[str, int]) -> bool:
+    """Two listeners collide on the same port when their hosts are equal or one is a wildcard."""
+    return a[1] == b[1] and (a[0] == b[0] or a[0] in WILDCARD_HOSTS or b[0] in WILDCARD_HOSTS)
+
+
+def _path_check(v: str) -> Optional[str]:
+    if not v or CONTROL_RE.search(v):
+        return "expected a path without control characters"
+    return None
+
+
 def _user_and_password(c: _Checker, section: str) -> Tuple[Optional[str], Optional[str]]:
-    user = c.value(f"{section}.username", "str")
-    password = c.value(f"{section}.password", "str")
+    user = c.value(f"{section}.username", "str", check=_secret_check)
+    password = c.value(f"{section}.password", "str", check=_secret_check)
     if bool(user) != bool(password):
         c.fail(f"{section}.username" if password else f"{section}.password",
                f"{section}.username and {section}.password must be given together")

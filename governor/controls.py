@@ -11,7 +11,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
 
-from governor import dynamic
+from governor import dynamic, pgparams
 from governor.cluster import Cluster
 from governor.dcs import DCS, DCSError, from_config
 
@@ -139,7 +139,8 @@ class Controls:
         except DCSError as exc:
             return 503, {"error": str(exc)}
         new = dynamic.patch(cluster.config, body)
-        problems = dynamic.validate(new, dynamic.timing(self.gov.file_config))
+        problems = dynamic.validate(new, dynamic.timing(self.gov.file_config),
+                                    pgparams.catalogue(self.gov.file_config.postgresql.bin_dir))
         if problems:
             return 400, {"error": "; ".join(problems)}
         try:

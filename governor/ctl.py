@@ -19,7 +19,7 @@ from typing import Callable, List, Optional
 
 import yaml
 
-from governor import __version__, dynamic
+from governor import __version__, dynamic, pgparams, safe_yaml
 from governor import config as config_mod
 from governor.cluster import Cluster
 from governor.dcs import DCS, DCSError
@@ -435,8 +435,11 @@ def edit_config(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
     changes: dict = {}
     try:
         if args.file:
-            text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
-            loaded = yaml.safe_load(text) or {}
+            data = sys.stdin.buffer.read(safe_yaml.MAX_BYTES + 1) if args.file == "-" \
+                else safe_yaml.read_bytes(args.file)
+            if len(data) > safe_yaml.MAX_BYTES:
+                raise safe_yaml.YamlProblem("larger than 1 MB")
+            loaded = safe_yaml.loads(safe_yaml.decode(data)) or {}
             if not isinstance(loaded, dict):
                 print(f"governorctl: {args.file}: expected a YAML mapping", file=sys.stderr)
                 return EXIT_USAGE
@@ -446,15 +449,18 @@ def edit_config(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
             if not sep or not key.strip():
                 print(f"governorctl: --set: expected KEY=VALUE, got {item!r}", file=sys.stderr)
                 return EXIT_USAGE
-            changes = dynamic.combine(changes, dynamic.nested(key.strip(), yaml.safe_load(value)))
-    except (OSError, yaml.YAMLError) as exc:
+            changes = dynamic.combine(changes, dynamic.nested(key.strip(), safe_yaml.loads(value)))
+    except safe_yaml.YamlProblem as exc:
+        print(f"governorctl: {args.file or '--set'}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
         print(f"governorctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if not changes:
         print("governorctl: edit-config: nothing to change (use --set or --file)", file=sys.stderr)
         return EXIT_USAGE
     new = dynamic.patch(cluster.config, changes)
-    problems = dynamic.validate(new, _timing(args))
+    problems = dynamic.validate(new, *_timing_and_catalogue(args))
     if problems:
         print("governorctl: refused, nothing written:\n  " + "\n  ".join(problems), file=sys.stderr)
         return EXIT_FAILED
@@ -474,14 +480,16 @@ def edit_config(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
     return EXIT_OK
 
 
-def _timing(args: argparse.Namespace) -> tuple:
-    """The file configuration's timing, the base the ttl rule is checked against."""
+def _timing_and_catalogue(args: argparse.Namespace) -> tuple:
+    """The file configuration's timing, the base the ttl rule is checked against, and the
+    PostgreSQL settings its server binary knows (None where no server is installed)."""
     if not args.dcs_url:
         try:
-            return dynamic.timing(config_mod.load(args.config))
+            cfg = config_mod.load(args.config)
+            return dynamic.timing(cfg), pgparams.catalogue(cfg.postgresql.bin_dir)
         except config_mod.ConfigError:
             pass
-    return dynamic.DEFAULT_TIMING
+    return dynamic.DEFAULT_TIMING, None
 
 
 def remove(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -12,17 +13,18 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional, TypeVar
 
 import psycopg2
 
-from governor import __version__, dynamic
+from governor import __version__, dynamic, pgparams
 from governor import config as config_mod
 from governor.api import ApiServer
+from governor.backoff import Backoff
 from governor.cluster import Cluster, Member, parse_conn_url
 from governor.config import Config, slot_name_for
 from governor.controls import Controls
-from governor.dcs import DCS, DCSError, from_config
+from governor.dcs import DCS, DCSError, from_config, short_error
 from governor.dcs import make as make_dcs
 from governor.ha import Action, Decision, LocalState, decide
 from governor.metrics import Metrics
@@ -36,6 +38,8 @@ from governor.systemd import Notifier
 log = logging.getLogger("governor")
 
 
+T = TypeVar("T")
+MAX_SLEEP = 300.0      # no sleep of the loop lasts longer, whatever a setting says
 STEADY_ACTIONS = {Action.RENEW_LOCK, Action.ENSURE_SLOTS, Action.MANAGE_SYNC, Action.FOLLOW}
 
 
@@ -155,6 +159,7 @@ class Governor:
         self._roles_checked = False
         self.conf_target: Optional[tuple] = None  # what postgresql.conf was last written for
         self.notify = Notifier()
+        self.backoff = Backoff()
         self.reload_requested = threading.Event()
         self.server_state: Optional[ServerState] = None
         self._request: Optional[OperatorRequest] = None
@@ -723,6 +728,7 @@ class Governor:
             api_url=self.config.restapi.api_url, conn_url=self.pg.conn_url))
 
     def sleep(self, seconds: float) -> None:
+        seconds = min(seconds, MAX_SLEEP) if math.isfinite(seconds) else MAX_SLEEP
         if seconds <= 0 or self.stopping.is_set():
             return
         self.wake.clear()
@@ -773,6 +779,8 @@ class Governor:
         consume_restart_marker(max_age=0)   # a marker left from before this start means nothing now
         log.info("governor %s starting: member %s, %s, data directory %s", __version__, self.name,
                  self.dcs.describe(), self.pg.data_dir)
+        for warning in self.config.warnings:
+            log.warning("%s", warning)
         self.controls = Controls(self)
         self.api = ApiServer(self.config, self.board.get, controls=self.controls.endpoints())
         try:
@@ -791,27 +799,40 @@ class Governor:
                 return 1
         while not self.stopping.is_set():
             started = time.monotonic()
-            try:
-                ok = self.run_once()
-            except Exception:  # noqa: BLE001 - a bug in one pass must not kill the HA loop
-                log.exception("unexpected error in the HA loop; trying again")
-                ok = True
+            ok = self.guarded("HA loop", self.run_once) is True
             if self.metrics:
                 self.metrics.loop_duration.observe(time.monotonic() - started)
             self.notify.watchdog()   # only after a pass that completed: a hung loop stops the pings
-            if not self.notify.ready_sent:
-                self.notify.ready(self.status_line())
-            else:
-                self.notify.status(self.status_line())
+            self.guarded("status notification", self.notify_status)
             if self.stopping.is_set():
                 break
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
-                self.reload()
+                self.guarded("reload", self.reload)
                 continue
-            self.sleep(0.1 if not ok else self.config.loop_wait - (time.monotonic() - started))
-        self.shutdown()
+            self.guarded("sleep", self.sleep, self.backoff.next_delay(ok, self.config.loop_wait, started))
+        self.guarded("shutdown", self.shutdown)
         return 0
+
+    def notify_status(self) -> None:
+        if not self.notify.ready_sent:
+            self.notify.ready(self.status_line())
+        else:
+            self.notify.status(self.status_line())
+
+    def guarded(self, what: str, func: Callable[..., T], *args: object) -> Optional[T]:
+        """Run one step of the loop; an exception is logged (once per distinct message, with the
+        traceback at debug level), counted, and the step counts as failed: nothing that a file, a
+        request or a value in etcd can cause may end the loop and leave PostgreSQL unguarded."""
+        try:
+            return func(*args)
+        except Exception as exc:  # noqa: BLE001 - the loop is total
+            text = f"unexpected error in {what}: {type(exc).__name__}: {short_error(exc)}"
+            self.once(f"unexpected:{what}", text, logging.ERROR)
+            log.debug("%s", text, exc_info=True)
+            if self.metrics:
+                self.metrics.unexpected_errors.labels(what).inc()
+            return None
 
     def stop_for_restart(self) -> None:
         """A package upgrade restarts governor: exit leaving PostgreSQL running and the lock and
@@ -836,6 +857,13 @@ class Governor:
                       "\n  ".join(exc.problems))
             self.notify.ready()
             return
+        except Exception as exc:  # noqa: BLE001 - whatever the file holds, the running configuration stays
+            log.error("reload: the new configuration could not be read (%s: %s), the running one stays in force",
+                      type(exc).__name__, short_error(exc))
+            self.notify.ready()
+            return
+        for warning in new.warnings:
+            log.warning("reload: %s", warning)
         new, needs_restart = config_mod.merge_live(self.file_config, new)
         if needs_restart:
             log.warning("reload: %s can only change with a restart of governor; keeping the running values",
@@ -872,7 +900,8 @@ class Governor:
     def with_dynamic(self, file_config: Config) -> Config:
         """The file configuration with the cluster's valid dynamic settings over it."""
         data = self.cluster.config if self.cluster is not None else {}
-        if data and not dynamic.validate(data, dynamic.timing(file_config)):
+        if data and not dynamic.validate(data, dynamic.timing(file_config),
+                                         pgparams.catalogue(file_config.postgresql.bin_dir)):
             return dynamic.apply(file_config, data)
         return file_config
 
@@ -881,7 +910,8 @@ class Governor:
         if cluster.config_index == self._dynamic_index:
             return
         self._dynamic_index = cluster.config_index
-        problems = dynamic.validate(cluster.config, dynamic.timing(self.file_config))
+        problems = dynamic.validate(cluster.config, dynamic.timing(self.file_config),
+                                    pgparams.catalogue(self.file_config.postgresql.bin_dir))
         if problems:
             self.once("dynamic", "the dynamic configuration in etcd is invalid, keeping the current settings: "
                       + "; ".join(problems), logging.ERROR)

@@ -14,11 +14,12 @@ in the files.
 """
 from __future__ import annotations
 
-import re
+import math
 from dataclasses import replace
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from governor.config import MANAGED_PARAMETERS, Config, parse_size, parse_sync_mode
+from governor import pgparams
+from governor.config import LIMITS, MANAGED_PARAMETERS, SIZE_MAX, Config, parse_size, parse_sync_mode
 
 # Per-member PostgreSQL settings a cluster-wide value would break.
 MEMBER_PARAMETERS = dict(MANAGED_PARAMETERS, unix_socket_directories="each member's file configuration",
@@ -26,11 +27,11 @@ MEMBER_PARAMETERS = dict(MANAGED_PARAMETERS, unix_socket_directories="each membe
                          config_file="governor", ident_file="each member's file configuration")
 TOP_KEYS = ("ttl", "loop_wait", "retry_timeout", "maximum_lag_on_failover", "postgresql", "synchronous_mode",
             "synchronous_mode_strict", "synchronous_node_count")
-PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+def _number(value: Any, key: str) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and 0 < value <= LIMITS[key]
 
 
 def timing(config: Config) -> Tuple[float, float, float]:
@@ -41,9 +42,11 @@ def timing(config: Config) -> Tuple[float, float, float]:
 DEFAULT_TIMING = (30, 10, 10)
 
 
-def validate(data: Any, base: Tuple[float, float, float] = DEFAULT_TIMING) -> List[str]:
+def validate(data: Any, base: Tuple[float, float, float] = DEFAULT_TIMING,
+             catalogue: Optional[pgparams.Catalogue] = None) -> List[str]:
     """Every problem with `data` as dynamic configuration, as 'config: KEY: expected ...'; the timing
-    rule is checked with `base` (ttl, loop_wait, retry_timeout) for the keys `data` does not set."""
+    rule is checked with `base` (ttl, loop_wait, retry_timeout) for the keys `data` does not set,
+    PostgreSQL settings against `catalogue` (pgparams) when there is one."""
     if not isinstance(data, dict):
         return ["config: expected a mapping of settings"]
     problems = []
@@ -53,23 +56,25 @@ def validate(data: Any, base: Tuple[float, float, float] = DEFAULT_TIMING) -> Li
 
     for key in data:
         if key not in TOP_KEYS:
-            fail(key, f"not a dynamic setting (expected one of {', '.join(TOP_KEYS)})")
+            fail(_label(key), f"not a dynamic setting (expected one of {', '.join(TOP_KEYS)})")
     if "ttl" in data and not (isinstance(data["ttl"], int) and not isinstance(data["ttl"], bool)
-                              and data["ttl"] >= 5):
-        fail("ttl", f"expected an integer of at least 5 seconds, got {data['ttl']!r}")
+                              and 5 <= data["ttl"] <= LIMITS["ttl"]):
+        fail("ttl", f"expected an integer from 5 to {LIMITS['ttl']} seconds, got {_short(data['ttl'])}")
     for key in ("loop_wait", "retry_timeout"):
-        if key in data and not _number(data[key]):
-            fail(key, f"expected a positive number of seconds, got {data[key]!r}")
-    if "maximum_lag_on_failover" in data and parse_size(data["maximum_lag_on_failover"]) is None:
+        if key in data and not _number(data[key], key):
+            fail(key, f"expected a number of seconds greater than 0 and at most {LIMITS[key]}, "
+                      f"got {_short(data[key])}")
+    lag = parse_size(data["maximum_lag_on_failover"]) if "maximum_lag_on_failover" in data else 0
+    if lag is None or lag > SIZE_MAX:
         fail("maximum_lag_on_failover", f"expected a size in bytes such as 1048576 or '1MB', "
-                                        f"got {data['maximum_lag_on_failover']!r}")
+                                        f"got {_short(data['maximum_lag_on_failover'])}")
     if "synchronous_mode" in data and parse_sync_mode(data["synchronous_mode"]) is None:
-        fail("synchronous_mode", f"expected one of off, on, quorum; got {data['synchronous_mode']!r}")
+        fail("synchronous_mode", f"expected one of off, on, quorum; got {_short(data['synchronous_mode'])}")
     if "synchronous_mode_strict" in data and not isinstance(data["synchronous_mode_strict"], bool):
-        fail("synchronous_mode_strict", f"expected true or false, got {data['synchronous_mode_strict']!r}")
+        fail("synchronous_mode_strict", f"expected true or false, got {_short(data['synchronous_mode_strict'])}")
     count = data.get("synchronous_node_count", 1)
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        fail("synchronous_node_count", f"expected an integer of at least 1, got {count!r}")
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 64:
+        fail("synchronous_node_count", f"expected an integer from 1 to 64, got {_short(count)}")
     pg = data.get("postgresql", {})
     if not isinstance(pg, dict):
         fail("postgresql", "expected a mapping with 'parameters'")
@@ -82,15 +87,17 @@ def validate(data: Any, base: Tuple[float, float, float] = DEFAULT_TIMING) -> Li
         fail("postgresql.parameters", "expected a mapping of PostgreSQL settings")
         params = {}
     for name, value in params.items():
-        key = f"postgresql.parameters.{name}"
-        if not PARAMETER_NAME.match(str(name)):
-            fail(key, "expected a PostgreSQL setting name")
-        elif name in MEMBER_PARAMETERS or name == "synchronous_standby_names" and \
+        key = f"postgresql.parameters.{_label(name)}"
+        lower = str(name).lower()
+        if value is None:
+            continue      # a removal (JSON merge patch)
+        problem = pgparams.check(name, value, catalogue)
+        if problem:
+            fail(key, problem)
+        elif lower in MEMBER_PARAMETERS or lower == "synchronous_standby_names" and \
                 parse_sync_mode(data.get("synchronous_mode")) in ("on", "quorum"):
-            fail(key, f"set by {MEMBER_PARAMETERS.get(name, 'governor in synchronous mode')}, not cluster-wide")
-        elif not isinstance(value, (str, int, float, bool)):
-            fail(key, f"expected a string, number or boolean, got {type(value).__name__}")
-        elif name == "wal_level" and str(value) == "minimal":
+            fail(key, f"set by {MEMBER_PARAMETERS.get(lower, 'governor in synchronous mode')}, not cluster-wide")
+        elif lower == "wal_level" and str(value) == "minimal":
             fail(key, "expected 'replica' or 'logical': streaming replication needs it")
     if not problems:
         ttl, loop_wait, retry = (data.get(k, b) for k, b in zip(("ttl", "loop_wait", "retry_timeout"), base))
@@ -98,6 +105,18 @@ def validate(data: Any, base: Tuple[float, float, float] = DEFAULT_TIMING) -> Li
             fail("ttl", f"expected loop_wait + 2 * retry_timeout <= ttl so a primary that loses etcd demotes "
                         f"before its lock expires; got {loop_wait} + 2 * {retry} > {ttl}")
     return problems
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """repr() of a value for a message, cut short: an error must not echo a megabyte back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _label(key: Any) -> str:
+    """A key as it may appear in a message: control characters escaped, cut short."""
+    text = str(key).encode("unicode_escape").decode("ascii")
+    return text if len(text) <= 80 else text[:80] + "..."
 
 
 def apply(base: Config, data: Dict[str, Any]) -> Config:
@@ -122,7 +141,7 @@ def apply(base: Config, data: Dict[str, Any]) -> Config:
         pg = replace(pg, maximum_lag_on_failover=parse_size(data["maximum_lag_on_failover"]))
     params = (data.get("postgresql") or {}).get("parameters") or {}
     if params:
-        pg = replace(pg, parameters={**pg.parameters, **params})
+        pg = replace(pg, parameters={**pg.parameters, **{k: v for k, v in params.items() if v is not None}})
     return replace(config, postgresql=pg)
 
 

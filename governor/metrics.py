@@ -50,6 +50,12 @@ class Metrics:
                                  registry=self.registry)
         self.demotions = Counter("governor_demotions_total", "Times this member demoted itself",
                                  registry=self.registry)
+        self.unexpected_errors = Counter("governor_unexpected_errors_total",
+                                         "Exceptions caught in a step of the loop (a bug or a hostile input)",
+                                         ["step"], registry=self.registry)
+        self.lock_fence = Counter("governor_lock_fence_total",
+                                  "Times the lock fence demoted or stopped PostgreSQL because the leader lock "
+                                  "could not be proven before its expiry", registry=self.registry)
         self._server: Optional[ThreadingWSGIServer] = None
 
     def observe_dcs(self, operation: str, seconds: float, ok: bool) -> None:

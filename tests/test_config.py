@@ -191,7 +191,7 @@ def test_validate_config_cli_exit_codes(tmp_path):
     bad = write(tmp_path / "bad.yml", raw)
     result = run_cli("--validate-config", bad)
     assert result.returncode == 2
-    assert f"{bad}: loop_wait: expected a value greater than 0" in result.stderr
+    assert f"{bad}: loop_wait: expected a number greater than 0 and at most 300, got -1" in result.stderr
     assert f"{bad}: bogus: unknown setting" in result.stderr
     assert "2 problems" in result.stderr
 

@@ -21,7 +21,8 @@ def test_each_bad_value_is_named_with_what_was_expected():
     problems = dynamic.validate({"ttl": 2, "loop_wait": "soon", "maximum_lag_on_failover": "lots", "colour": 1,
                                  "postgresql": {"parameters": {"port": 5433, "work_mem": [1]}, "data_dir": "/x"}})
     text = "\n".join(problems)
-    for expected in ("config: ttl: expected an integer of at least 5", "config: loop_wait: expected a positive",
+    for expected in ("config: ttl: expected an integer from 5 to 3600",
+                     "config: loop_wait: expected a number of seconds greater than 0",
                      "config: maximum_lag_on_failover: expected a size", "config: colour: not a dynamic setting",
                      "config: postgresql.parameters.port: set by", "postgresql.parameters.work_mem: expected a string",
                      "config: postgresql.data_dir: not a dynamic setting"):

@@ -1,0 +1,155 @@
+"""PostgreSQL settings checked before they reach postgresql.conf.
+
+A bad value in postgresql.conf does not fail at once: the running server keeps its old value on
+reload and refuses to start at the next restart. So every name and value from a file, a reload,
+`PATCH /config`, `edit-config` or the DCS is checked here first, against the server binary's own
+catalogue (`postgres --describe-config`: every setting with its type and bounds, no running server
+needed). Names with a dot (`auto_explain.log_min_duration`) belong to extensions the catalogue does
+not know: only their form is checked.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+UNIT_NUMBER_RE = re.compile(r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*(B|kB|MB|GB|TB|us|ms|s|min|h|d)?\s*$")
+INTEGER_RE = re.compile(r"^\s*[-+]?\d+\s*$")
+ENUM_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+BOOLEAN_WORDS = ("on", "off", "true", "false", "yes", "no", "1", "0", "t", "f", "y", "n")
+MAX_VALUE_LENGTH = 4096
+WAL_SEGMENT_MB = 16
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    type: str            # BOOLEAN | INTEGER | REAL | STRING | ENUM
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+
+
+Catalogue = Dict[str, Setting]
+
+
+@functools.lru_cache(maxsize=8)
+def catalogue(bin_dir: str) -> Optional[Catalogue]:
+    """Every setting the server binary in `bin_dir` knows, by lower-case name; None when the
+    binary cannot tell (not installed on this host, e.g. where only governorctl runs)."""
+    binary = os.path.join(bin_dir, "postgres")
+    try:
+        done = subprocess.run([binary, "--describe-config"], capture_output=True, text=True, timeout=20,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.debug("cannot list PostgreSQL settings with %s: %s", binary, exc)
+        return None
+    if done.returncode != 0:
+        return None
+    found: Catalogue = {}
+    for line in done.stdout.splitlines():
+        cols = line.split("\t")
+        if len(cols) < 7:
+            continue
+        found[cols[0].lower()] = Setting(cols[0], cols[3], _float(cols[5]), _float(cols[6]))
+    return found or None
+
+
+def _float(text: str) -> Optional[float]:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def translate_renamed(params: Dict[str, Any], cat: Optional[Catalogue]) -> Tuple[Dict[str, Any], List[str]]:
+    """Settings renamed by PostgreSQL that the 2015 template's files still use, translated for the
+    installed server: wal_keep_segments (gone in 13) becomes wal_keep_size. Returns the
+    parameters and one warning per translation."""
+    if cat is None or "wal_keep_segments" not in params or "wal_keep_segments" in cat or "wal_keep_size" not in cat:
+        return params, []
+    out = dict(params)
+    segments = out.pop("wal_keep_segments")
+    if "wal_keep_size" in out:
+        return out, ["postgresql.parameters.wal_keep_segments: ignored, PostgreSQL 13+ has only wal_keep_size, "
+                     "which is also set"]
+    if not isinstance(segments, bool) and (isinstance(segments, int) or INTEGER_RE.match(str(segments))):
+        size = int(str(segments).strip()) * WAL_SEGMENT_MB
+        out["wal_keep_size"] = f"{size}MB"
+        return out, [f"postgresql.parameters.wal_keep_segments: {segments} translated to wal_keep_size: "
+                     f"{size}MB (PostgreSQL 13 replaced the setting)"]
+    out["wal_keep_segments"] = segments   # not a number: the check reports it
+    return out, []
+
+
+def check(name: Any, value: Any, cat: Optional[Catalogue]) -> Optional[str]:
+    """What is wrong with `name: value` as a PostgreSQL setting, or None."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        return "expected a PostgreSQL setting name (letters, digits and '_', optionally extension.name)"
+    if isinstance(value, bool):
+        text = "on" if value else "off"
+    elif isinstance(value, int):
+        text = str(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return f"expected a finite number, got {value!r}"
+        text = repr(value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        return f"expected a string, number or boolean, got {type(value).__name__}"
+    if CONTROL_RE.search(text):
+        return "control characters (such as a newline) are not allowed in a value"
+    if len(text) > MAX_VALUE_LENGTH:
+        return f"longer than {MAX_VALUE_LENGTH} characters"
+    if "." in name or cat is None:
+        return None
+    setting = cat.get(name.lower())
+    if setting is None:
+        return "unknown to this PostgreSQL server (postgres --describe-config does not list it)"
+    return _check_type(setting, value, text)
+
+
+def _check_type(setting: Setting, value: Any, text: str) -> Optional[str]:
+    kind = setting.type
+    if kind == "BOOLEAN":
+        if isinstance(value, bool) or text.strip().lower() in BOOLEAN_WORDS:
+            return None
+        return f"expected on or off, got {value!r}"
+    if kind in ("INTEGER", "REAL"):
+        if isinstance(value, bool):
+            return f"expected a number, got {value!r}"
+        number = float(value) if isinstance(value, (int, float)) else _float(text.strip())
+        if number is not None and not math.isfinite(number):
+            return f"expected a finite number, got {value!r}"
+        if kind == "INTEGER" and number is not None and number != int(number):
+            return f"expected an integer, got {value!r}"
+        if number is not None:
+            if setting.minimum is not None and number < setting.minimum or \
+                    setting.maximum is not None and number > setting.maximum:
+                return f"expected a value from {_plain(setting.minimum)} to {_plain(setting.maximum)}, got {value!r}"
+            return None
+        match = UNIT_NUMBER_RE.match(text)
+        if match and match.group(4):
+            return None   # with a unit: PostgreSQL converts it; its range depends on the unit
+        return f"expected {'an integer' if kind == 'INTEGER' else 'a number'} (optionally with a unit such " \
+               f"as MB or s), got {value!r}"
+    if kind == "ENUM":
+        if isinstance(value, (bool, int)) or ENUM_RE.fullmatch(text.strip()):
+            return None
+        return f"expected one word, got {value!r}"
+    return None   # STRING: any text without control characters
+
+
+def _plain(number: Optional[float]) -> str:
+    if number is None:
+        return "?"
+    return str(int(number)) if number == int(number) else str(number)
