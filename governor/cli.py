@@ -32,6 +32,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fence", action="store_true",
                    help="for systemd's ExecStopPost: if $SERVICE_RESULT is not 'success' (watchdog "
                         "timeout, crash), stop the local PostgreSQL immediately, then exit")
+    p.add_argument("--no-supervisor", action="store_true",
+                   help="outside systemd, governor runs as two processes: the HA loop and a small parent that "
+                        "stops PostgreSQL if the loop freezes or dies while it holds the leader lock; this "
+                        "runs the loop alone (under systemd the watchdog and the --fence step do that job)")
     p.add_argument("--version", action="version", version=f"governor {__version__}")
     return p
 
@@ -57,9 +61,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.daemonize:
         return daemonize(cfg, args)
     log_mod.setup(cfg.log_level, args.log_file, fmt=cfg.log_format)
-    from governor.daemon import Governor
+    return run(cfg, args)
 
-    return Governor(cfg).run()
+
+def run(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """The HA loop, supervised by a parent process unless systemd supervises it (supervisor.py)."""
+    from governor.daemon import Governor
+    from governor.supervisor import supervise, under_systemd
+
+    if args.no_supervisor or under_systemd():
+        return Governor(cfg).run()
+    return supervise(cfg.postgresql.data_dir, lambda report: Governor(cfg, report=report).run())
 
 
 def daemonize(cfg: config_mod.Config, args: argparse.Namespace) -> int:
@@ -78,9 +90,7 @@ def daemonize(cfg: config_mod.Config, args: argparse.Namespace) -> int:
                                    detach_process=True)
     with context:
         log_mod.setup(cfg.log_level, log_file, syslog=log_file is None, fmt=cfg.log_format)
-        from governor.daemon import Governor
-
-        return Governor(cfg).run()
+        return run(cfg, args)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
@@ -33,8 +34,8 @@ class Member:
             name=name,
             role=str(data.get("role", "unknown")),
             state=str(data.get("state", "unknown")),
-            conn_url=data.get("conn_url"),
-            api_url=data.get("api_url"),
+            conn_url=_str_or_none(data.get("conn_url")),
+            api_url=_str_or_none(data.get("api_url")),
             timeline=_int_or_none(data.get("timeline")),
             lsn=_int_or_none(data.get("lsn")),
             replay_lsn=_int_or_none(data.get("replay_lsn")),
@@ -44,10 +45,18 @@ class Member:
 
 
 def _int_or_none(value: Any) -> Optional[int]:
+    """A non-negative 64-bit integer (an LSN, a timeline), or None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return None
     try:
-        return int(value) if value is not None else None
+        number = int(value)
     except (TypeError, ValueError):
         return None
+    return number if 0 <= number < 2**64 else None
+
+
+def _str_or_none(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) and len(value) < 1024 else None
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,7 @@ class Cluster:
     config: Dict[str, Any] = field(default_factory=dict)  # dynamic settings (governorctl edit-config)
     config_index: int = 0          # modification index of the `config` key; 0: no such key
     sync: Optional[SyncState] = None   # the leader's synchronous replication promise (`sync` key)
+    problems: Tuple[str, ...] = ()     # keys that did not parse and were taken as unknown/absent
 
     @property
     def initialized(self) -> bool:
@@ -109,11 +119,19 @@ class Cluster:
         return self.member(self.leader.name) if self.leader else None
 
 
-def parse_conn_url(url: str) -> Tuple[str, int]:
-    """postgres://host:port/db -> (host, port)."""
+HOST_RE = re.compile(r"[A-Za-z0-9_.:%-]{1,253}")
+
+
+def parse_conn_url(url: str) -> Optional[Tuple[str, int]]:
+    """postgres://host:port/db -> (host, port); None when it is not that shape. The host ends up in
+    primary_conninfo and pg_rewind's command line, so only host-name and address characters pass."""
+    if not isinstance(url, str):
+        return None
     rest = url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
     if rest.startswith("["):
         host, _, port = rest[1:].partition("]:")
     else:
-        host, _, port = rest.rpartition(":")
+        host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    if not HOST_RE.fullmatch(host) or not (port == "" or port.isdigit() and 0 < int(port) < 65536):
+        return None
     return host, int(port or 5432)

@@ -27,6 +27,7 @@ from governor.controls import Controls
 from governor.dcs import DCS, DCSError, from_config, short_error
 from governor.dcs import make as make_dcs
 from governor.ha import Action, Decision, LocalState, decide
+from governor.lockfence import LockFence
 from governor.metrics import Metrics
 from governor.postgres import bootstrap, datadir
 from governor.postgres.controller import ControllerError, ProcessController, make_controller
@@ -131,7 +132,8 @@ def peer_status(api_url: str, cafile: Optional[str] = None, timeout: float = 1.0
 
 class Governor:
     def __init__(self, config: Config, dcs: Optional[DCS] = None,
-                 controller: Optional[ProcessController] = None):
+                 controller: Optional[ProcessController] = None,
+                 report: Optional[Callable[[Optional[float]], None]] = None):
         self.file_config = config      # what the files say; self.config adds the dynamic settings
         self.config = config
         self._dynamic_index = -1       # the `config` key index last applied
@@ -174,6 +176,14 @@ class Governor:
         self.metrics: Optional[Metrics] = Metrics(config, self.board.get) if config.metrics.enabled else None
         if self.metrics:
             self.dcs.observer = self.metrics.observe_dcs
+        # `report` tells the supervising parent (supervisor.py) the lock deadline, when there is one.
+        self.fence = LockFence(self.pg.data_dir, config.etcd.ttl, on_fire=self._fenced, report=report)
+
+    def _fenced(self, left: float) -> None:
+        """The lock fence stopped PostgreSQL (its own thread): count it, wake the loop to act."""
+        if self.metrics:
+            self.metrics.lock_fence.inc()
+        self.wake.set()
 
     # ------------------------------------------------------------------ observe
 
@@ -184,6 +194,8 @@ class Governor:
             self.once("dcs", str(exc), logging.WARNING)
             return None
         self.once("dcs", f"etcd reachable ({self.dcs.describe()})")
+        self.once("dcs-values", "values in etcd that do not parse, taken as unknown: " + "; ".join(cluster.problems)
+                  if cluster.problems else None, logging.WARNING)
         return cluster
 
     def observe_local(self) -> LocalState:
@@ -417,16 +429,21 @@ class Governor:
             raise ActionFailed("the leader lock is no longer ours")
         self._lock_taken(sent)
 
-    def _lock_lost(self) -> None:
+    def _lock_lost(self, keep_fence: bool = False) -> None:
+        """The lock is no longer ours. `keep_fence`: PostgreSQL may still be primary (a demotion is
+        about to stop it), so the lock fence stays armed with the old deadline until it has."""
         self.holds_lock = False
         self._roles_checked = False
         self.syncrep.reset()
+        if not keep_fence:
+            self.fence.disarm()
 
     def _lock_taken(self, sent: float) -> None:
         # etcd starts the TTL when it applies the write, which is after we sent it: counting from
         # the send time errs on the safe side.
         self.holds_lock = True
         self.lock_deadline = sent + self.config.etcd.ttl
+        self.fence.arm(self.lock_deadline)
 
     def do_promote(self, decision: Decision, local: LocalState) -> None:
         log.info("promoting: %s", decision.message)
@@ -521,14 +538,21 @@ class Governor:
         log.warning("demoting: %s", decision.message)
         if self.metrics:
             self.metrics.demotions.inc()
-        self._lock_lost()
+        self._lock_lost(keep_fence=True)
         self.rewind_pending = True
+        # A fast shutdown waits until the standbys received all WAL: that may be what can no longer
+        # be reached. It gets until the lock fence's moment at most, then stops hard.
+        budget = self.config.retry_timeout
+        if self.fence.deadline is not None:
+            budget = min(budget, self.fence.deadline - self.fence.margin - time.monotonic())
         try:
-            self.controller.stop("fast", timeout=self.config.retry_timeout)
-        except ControllerError:
-            log.error("fast shutdown did not finish in %ss; stopping PostgreSQL immediately",
-                      self.config.retry_timeout)
+            if budget < 1:
+                raise ControllerError("no time left for a fast shutdown before the lock expires")
+            self.controller.stop("fast", timeout=budget)
+        except ControllerError as exc:
+            log.error("fast shutdown did not finish (%s); stopping PostgreSQL immediately", exc)
             self.controller.stop("immediate")
+        self.fence.disarm()
         target = self.leader_address(decision.leader)
         if target:
             self._rewind(decision.leader, target)
@@ -584,7 +608,9 @@ class Governor:
             return
         if not self._roles_checked:
             self.ensure_roles()
-        wanted = {slot_name_for(m.name) for m in self.cluster.members if m.name != self.name}
+        # Only for members whose key is a member record governor wrote (a valid name, an address).
+        wanted = {slot_name_for(m.name) for m in self.cluster.members
+                  if m.name != self.name and m.conn_url is not None}
         existing = self.server.replication_slots()
         for slot in sorted(wanted - set(existing)):
             self.server.create_physical_slot(slot)
@@ -781,6 +807,7 @@ class Governor:
                  self.dcs.describe(), self.pg.data_dir)
         for warning in self.config.warnings:
             log.warning("%s", warning)
+        self.fence.start()
         self.controls = Controls(self)
         self.api = ApiServer(self.config, self.board.get, controls=self.controls.endpoints())
         try:
@@ -926,6 +953,7 @@ class Governor:
         changed = config_mod.changed_keys(self.config, new)
         new = self._switch_etcd(new)
         self.config, self.pg = new, new.postgresql
+        self.fence.set_ttl(new.etcd.ttl)
         self.server.cfg = new.postgresql
         self.dcs.cfg, self.dcs.retry_timeout = new.etcd, new.retry_timeout
         if self.api is not None:

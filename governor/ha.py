@@ -42,6 +42,9 @@ Cases, checked top to bottom (the first that matches wins):
   race_not_eligible_nofailover  nobody holds the lock, tagged nofailover     follow (nobody)
   race_not_synchronous          nobody holds the lock, the dead leader's      follow (nobody)
                                 sync promise does not name this member
+  race_lag_unknown              nobody holds the lock, the leader's last     follow (nobody)
+                                position or this member's is unknown (async):
+                                unknown lag is not 0
   race_not_eligible_lag         nobody holds the lock, lag > max (async)     follow (nobody)
   race_wait_for_better          nobody holds the lock, a healthier member    follow (nobody)
   race_sync_unproven            nobody holds the lock, too few synchronous   follow (nobody)
@@ -249,14 +252,20 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
         return Decision("race_not_eligible_nofailover", "no leader; tagged nofailover, so not racing",
                         (Action.FOLLOW,))
     known = cluster.leader_lsn is not None and local.lsn is not None
-    lag = max(0, cluster.leader_lsn - local.lsn) if known else 0
+    lag = max(0, cluster.leader_lsn - local.lsn) if known else None
     sync = cluster.sync
     promised = sync is not None and sync.synchronous and sync.leader != me
     if promised and me not in sync.members:
         return Decision("race_not_synchronous",
                         f"no leader; {sync.leader} acknowledged commits only once {describe_sync(sync)} had "
                         "them, and this member is not one of them: not racing", (Action.FOLLOW,))
-    if not promised and lag > local.maximum_lag_on_failover:
+    if not promised and lag is None:
+        missing = "the leader's last WAL position (optime/leader in etcd) is missing or unreadable" \
+            if cluster.leader_lsn is None else "this member's own WAL position is unknown"
+        return Decision("race_lag_unknown",
+                        f"no leader; {missing}, so this member's lag cannot be known: not racing, to avoid losing "
+                        "data (an operator can choose a member with governorctl failover)", (Action.FOLLOW,))
+    if not promised and lag is not None and lag > local.maximum_lag_on_failover:
         return Decision("race_not_eligible_lag",
                         f"no leader; lag {lag} bytes exceeds maximum_lag_on_failover "
                         f"{local.maximum_lag_on_failover}: not racing, to avoid losing data", (Action.FOLLOW,))
@@ -287,7 +296,8 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                         "take over", (Action.FOLLOW,))
     running = sum(1 for m in others if m.state == "running")
     return Decision("leader_race",
-                    f"no leader: taking the lock and promoting (lag {lag} bytes, {running} of "
+                    f"no leader: taking the lock and promoting (lag {lag if lag is not None else 'unknown'} bytes, "
+                    f"{running} of "
                     f"{len(others) + unreachable} other members reachable and running"
                     + (f"; {describe_sync(sync)}, this member has every acknowledged commit)" if promised else ")"),
                     (Action.ACQUIRE_LOCK, Action.PROMOTE))

@@ -326,6 +326,23 @@ class Node:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
 
+    def loop_pid(self) -> Optional[int]:
+        """The PID of the process running the HA loop: outside systemd governor forks, and the
+        process the test started (self.proc) is the supervising parent (governor/supervisor.py)."""
+        if not self.proc or self.proc.poll() is not None:
+            return None
+        children = [p for p in child_pids(self.proc.pid) if "governor" in cmdline(p)]
+        return children[0] if children else self.proc.pid
+
+    def freeze(self) -> int:
+        """SIGSTOP the HA loop's process (a hung governor); returns its PID for thaw()."""
+        pid = wait_until(self.loop_pid, 10, f"the HA loop process of {self.name}")
+        os.kill(pid, signal.SIGSTOP)
+        return pid
+
+    def thaw(self, pid: int) -> None:
+        os.kill(pid, signal.SIGCONT)
+
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM governor and wait for it to exit."""
         self.signal(signal.SIGTERM)

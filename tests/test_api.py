@@ -131,7 +131,7 @@ def test_haproxy_routes_to_primary_and_replicas_and_follows_a_failover(cluster, 
         cur.execute("SELECT 1")
     # Freeze the leader's governor: its API stops answering, haproxy marks the primary down and cuts
     # the open session although PostgreSQL itself still runs; then a replica takes the lock.
-    primary.signal(signal.SIGSTOP)
+    frozen = primary.freeze()
     try:
         frozen_at = time.monotonic()
 
@@ -158,7 +158,7 @@ def test_haproxy_routes_to_primary_and_replicas_and_follows_a_failover(cluster, 
             cur.execute("CREATE TABLE through_haproxy (v int)")
         conn.close()
     finally:
-        primary.signal(signal.SIGCONT)
+        primary.thaw(frozen)
     wait_until(lambda: primary.role() == "replica", 20, "the old leader to demote")
     assert haproxy.server_port(haproxy.rw_port) == new.port
 

@@ -183,11 +183,11 @@ def test_frozen_leader_governor_is_replaced_and_demotes_itself_on_resume(make_cl
     writer.start()
     try:
         time.sleep(1)
-        old.signal(signal.SIGSTOP)
+        frozen = old.freeze()
         new_name = wait_until(lambda: other_leader(cluster, old.name), TTL + 10, "a new leader", interval=0.05)
         new_leader_seen = time.monotonic()
         time.sleep(2)
-        old.signal(signal.SIGCONT)
+        old.thaw(frozen)
         resumed = time.monotonic()
         wait_until(lambda: old.role() == "replica", 10, "the old leader to demote itself", interval=0.05)
         demoted_after = time.monotonic() - resumed

@@ -83,8 +83,10 @@ TABLE = [
      (), None),
     ("race_not_eligible_nofailover", cluster(), local(nofailover=True), (A.FOLLOW,), None),
     ("race_not_synchronous", cluster(sync=SyncState("node9", ("node2",), 1)), local(), (A.FOLLOW,), None),
+    ("race_lag_unknown", cluster(leader_lsn=None), local(lsn=100), (A.FOLLOW,), None),
     ("race_not_eligible_lag", cluster(leader_lsn=5000), local(lsn=100), (A.FOLLOW,), None),
-    ("race_wait_for_better", cluster(members=[member("node2", lsn=200)]), local(lsn=100), (A.FOLLOW,), None),
+    ("race_wait_for_better", cluster(members=[member("node2", lsn=200)], leader_lsn=200), local(lsn=100),
+     (A.FOLLOW,), None),
     ("race_sync_unproven", cluster(sync=SyncState("node9", (ME, "node2", "node3"), 2),
                                    members=[member("node2"), member("node3")]),
      local(peers={"node2": None, "node3": None}), (A.FOLLOW,), None),
@@ -110,8 +112,17 @@ def test_every_documented_case_is_in_the_table():
 
 def test_nofailover_or_lagging_members_do_not_block_the_race():
     others = [member("node2", lsn=500, nofailover=True), member("node3", lsn=900, state="stopped")]
-    decision = ha.decide(cluster(members=others), local(lsn=100))
+    decision = ha.decide(cluster(members=others, leader_lsn=100), local(lsn=100))
     assert decision.case == "leader_race"
+
+
+def test_unknown_lag_is_not_zero():
+    """A garbage or missing optime/leader, or a replica that cannot report its position, never
+    counts as 'no lag': the member does not race."""
+    for snapshot, state in ((cluster(leader_lsn=None), local(lsn=100)),
+                            (cluster(leader_lsn=5000), local(lsn=None))):
+        decision = ha.decide(snapshot, state)
+        assert decision.case == "race_lag_unknown" and decision.actions == (A.FOLLOW,)
 
 
 def test_lag_within_limit_races_and_message_explains():
@@ -124,10 +135,10 @@ def test_lag_within_limit_races_and_message_explains():
 def test_fresh_answers_from_peers_override_published_positions():
     stale = [member("node2", lsn=50), member("node3", lsn=50)]
     fresh_ahead = {"node2": member("node2", lsn=500), "node3": None}
-    decision = ha.decide(cluster(members=stale), local(lsn=100, peers=fresh_ahead))
+    decision = ha.decide(cluster(members=stale, leader_lsn=100), local(lsn=100, peers=fresh_ahead))
     assert decision.case == "race_wait_for_better" and "node2" in decision.message
     fresh_behind = {"node2": member("node2", lsn=90), "node3": None}
-    decision = ha.decide(cluster(members=[member("node2", lsn=500), member("node3", lsn=900)]),
+    decision = ha.decide(cluster(members=[member("node2", lsn=500), member("node3", lsn=900)], leader_lsn=100),
                          local(lsn=100, peers=fresh_behind))
     assert decision.case == "leader_race", "an unreachable member does not block the race"
     assert "1 of 2 other members reachable" in decision.message
@@ -185,6 +196,7 @@ def test_a_sync_member_races_even_when_lagging_and_an_async_member_ahead_does_no
 def test_a_degraded_promise_falls_back_to_the_asynchronous_rules():
     degraded = SyncState("node9", (), 0)
     assert ha.decide(cluster(sync=degraded, leader_lsn=5000), local(lsn=100)).case == "race_not_eligible_lag"
-    assert ha.decide(cluster(sync=degraded), local(lsn=100)).case == "leader_race"
+    assert ha.decide(cluster(sync=degraded, leader_lsn=100), local(lsn=100)).case == "leader_race"
+    assert ha.decide(cluster(sync=degraded), local(lsn=100)).case == "race_lag_unknown"
     nobody = SyncState("node9", (), 1)   # strict, no standby: nobody has every commit
     assert ha.decide(cluster(sync=nobody), local(lsn=100)).case == "race_not_synchronous"

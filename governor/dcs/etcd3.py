@@ -50,6 +50,31 @@ def _unb64(text: Optional[str]) -> str:
     return base64.b64decode(text or "").decode("utf-8")
 
 
+def _unb64_lenient(text: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
+    """(text, None), or (text with U+FFFD for each undecodable byte, reason) for bytes that are not
+    UTF-8, or (None, reason) when it is not even base64."""
+    try:
+        raw = base64.b64decode(text or "", validate=True)
+    except (ValueError, TypeError):
+        return None, "not base64"
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace"), "not UTF-8"
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _int(value: Any) -> int:
+    """etcd's 64-bit integers arrive as strings; anything unreadable is 0."""
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
+
+
 def _prefix_end(prefix: str) -> str:
     """range_end covering every key that starts with `prefix` (last byte + 1)."""
     raw = bytearray(prefix.encode("utf-8"))
@@ -75,6 +100,7 @@ class Etcd3(DCS):
         self._lease_renewed = 0.0
         self._claim_revision: Optional[int] = None
         self._member_written: Optional[Tuple[str, str, str]] = None   # (name, value, lease) last put
+        self.duplicate_owner: Optional[str] = None   # another lease that wrote our member key
 
     def describe(self) -> str:
         hosts = ", ".join(f"{h}:{p}" for h, p in self.cfg.hosts)
@@ -245,12 +271,41 @@ class Etcd3(DCS):
     def get_cluster(self) -> Cluster:
         data = self._post("read of the cluster", "/kv/range",
                           {"key": _b64(self.prefix), "range_end": _prefix_end(self.prefix)})
-        revision = int((data.get("header") or {}).get("revision") or 0)
-        entries = []
-        for kv in data.get("kvs") or ():
-            key = _unb64(kv.get("key"))
-            entries.append(Entry(key[len(self.prefix):], _unb64(kv.get("value")), int(kv.get("mod_revision") or 0)))
-        return build_cluster(entries, revision)
+        revision = _int(_dict(data.get("header")).get("revision"))
+        entries, problems = [], []
+        kvs = data.get("kvs")
+        for kv in kvs if isinstance(kvs, list) else ():
+            kv = _dict(kv)
+            key, why = _unb64_lenient(kv.get("key"))
+            if key is None or why or not key.startswith(self.prefix):
+                problems.append(f"a key under {self.prefix} is {why or 'outside the scope'}: ignored ({key!r:.80})")
+                continue
+            name = key[len(self.prefix):]
+            value, why = _unb64_lenient(kv.get("value"))
+            if why:
+                # The leader key keeps its (unreadable) holder: a lock held by someone unknown is
+                # still held. Other values are unknown, which every parser downstream handles.
+                problems.append(f"{name}: value is {why}; taken as unknown")
+                if value is None:
+                    value = "\ufffd"
+            entries.append(Entry(name, value, _int(kv.get("mod_revision"))))
+            if self._member_written and name == f"members/{self._member_written[0]}":
+                self._check_own_member_key(value, str(kv.get("lease") or ""))
+        if self._member_written and not any(e.key == f"members/{self._member_written[0]}" for e in entries):
+            self._member_written = None   # our member key is gone (deleted by hand?): the next touch writes it
+        return build_cluster(entries, revision, problems)
+
+    def _check_own_member_key(self, value: Optional[str], lease: str) -> None:
+        """Our member key as read back: when it is not what we last wrote on our lease, write it
+        again on the next touch; when another lease wrote it, another governor uses our name."""
+        name, body, our_lease = self._member_written or ("", "", "")
+        if value == body and lease == our_lease:
+            return
+        self._member_written = None
+        if lease and lease != our_lease and lease != "0" and lease != self.duplicate_owner:
+            self.duplicate_owner = lease
+            log.error("member key members/%s was written by another etcd lease (%s, ours is %s): another governor "
+                      "runs with postgresql.name %s; give every member its own name", name, lease, our_lease, name)
 
     def wait_for_leader_change(self, index: int, timeout: float) -> bool:
         """Watch the leader key from revision index + 1 (so nothing after the snapshot is missed,

@@ -6,6 +6,7 @@ import json
 from typing import Iterable, NamedTuple, Optional
 
 from governor.cluster import Cluster, Leader, Member, Switchover
+from governor.config import NAME_MAX, NAME_RE
 from governor.sync import SyncState
 
 
@@ -16,7 +17,22 @@ class Entry(NamedTuple):
     ttl: Optional[float] = None
 
 
-def build_cluster(entries: Iterable[Entry], index: int) -> Cluster:
+LSN_MAX = 2**64 - 1
+
+
+def parse_lsn(text: Optional[str]) -> Optional[int]:
+    """A WAL position as governor writes it (decimal); anything else is unknown (None)."""
+    text = (text or "").strip()
+    if not text.isdigit() or len(text) > 20:
+        return None
+    value = int(text)
+    return value if value <= LSN_MAX else None
+
+
+def build_cluster(entries: Iterable[Entry], index: int, problems: Iterable[str] = ()) -> Cluster:
+    """The snapshot of one read. Every value is parsed defensively: one that does not parse is
+    unknown (None / left out), and the reason is kept in Cluster.problems for the log."""
+    problems = list(problems)
     initialize = None
     leader = None
     leader_lsn = None
@@ -33,10 +49,10 @@ def build_cluster(entries: Iterable[Entry], index: int) -> Cluster:
         elif e.key == "leader":
             leader = Leader(name=e.value or "", index=e.index, ttl=e.ttl)
         elif e.key == "optime/leader":
-            try:
-                leader_lsn = int(e.value or "")
-            except ValueError:
-                leader_lsn = None
+            leader_lsn = parse_lsn(e.value)
+            if leader_lsn is None:
+                problems.append(f"optime/leader: expected a WAL position, got {_snippet(e.value)}: "
+                                "the leader's position is unknown")
         elif e.key == "pause":
             paused = e.value == "true"
         elif e.key == "failover":
@@ -48,10 +64,26 @@ def build_cluster(entries: Iterable[Entry], index: int) -> Cluster:
         elif e.key == "history":
             history = history_list(e.value)
         elif e.key.startswith("members/"):
-            members.append(Member.from_json(e.key[len("members/"):], e.value or ""))
+            name = e.key[len("members/"):]
+            if not valid_member_name(name):
+                problems.append(f"members/{_snippet(name)}: not a valid member name; ignored")
+                continue
+            member = Member.from_json(name, e.value or "")
+            if member.role == "unknown" and member.conn_url is None:
+                problems.append(f"members/{name}: not a member record ({_snippet(e.value)}); its state is unknown")
+            members.append(member)
     return Cluster(initialize=initialize, leader=leader, members=tuple(sorted(members, key=lambda m: m.name)),
                    leader_lsn=leader_lsn, index=index, history=history, switchover=switchover, paused=paused,
-                   config=config, config_index=config_index, sync=sync)
+                   config=config, config_index=config_index, sync=sync, problems=tuple(problems))
+
+
+def valid_member_name(name: str) -> bool:
+    return bool(NAME_RE.fullmatch(name)) and len(name) <= NAME_MAX
+
+
+def _snippet(value: Optional[str]) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
 
 
 def history_list(text: Optional[str]) -> tuple:

@@ -1,0 +1,137 @@
+"""The lock fence: PostgreSQL stops being writable before the leader lock can expire, whatever the
+HA loop is doing.
+
+The loop renews the lock and demotes itself when etcd fails, but a loop can be slow (two etcd
+timeouts in one pass), stuck (a call that never returns) or dead. So the lock's deadline (the
+send time of the last successful renewal + ttl) is kept apart from the loop, and a thread that
+does nothing else stops the postmaster once `margin` seconds are left and no renewal has moved
+the deadline. It stops it the quickest way there is, PostgreSQL's immediate shutdown (SIGQUIT to
+the postmaster), escalating to SIGKILL: a clean demotion would wait for standbys, which may be
+what can no longer be reached. The loop then finds PostgreSQL stopped without the lock and
+restarts it as a replica (pg_rewind first), as after any demotion.
+
+The same deadline goes to the supervising parent process (supervisor.py) when there is one, which
+fences PostgreSQL should this whole process freeze or die.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Callable, Optional
+
+from governor.postgres.controller import read_postmaster_pid
+
+log = logging.getLogger("governor")
+
+
+def margin_for(ttl: float) -> float:
+    """Seconds before the lock's expiry at which the fence stops PostgreSQL: long enough for an
+    immediate shutdown (well under a second) to finish, short enough not to fire while a healthy
+    loop (which demotes itself at retry_timeout + 1 before expiry) is still renewing."""
+    return max(1.5, min(0.2 * ttl, 5.0))
+
+
+def stop_postmaster_now(data_dir: str, timeout: float = 2.0) -> Optional[int]:
+    """Immediate shutdown of the postmaster running in `data_dir`, SIGKILL if it is not gone within
+    `timeout`. Returns the postmaster's PID, or None when none was running."""
+    pid = read_postmaster_pid(data_dir)
+    if pid is None:
+        return None
+    try:
+        os.kill(pid, signal.SIGQUIT)
+    except ProcessLookupError:
+        return pid
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if read_postmaster_pid(data_dir) != pid:
+            return pid
+        time.sleep(0.02)
+    try:
+        os.kill(pid, signal.SIGKILL)   # its backends exit when they notice the postmaster is gone
+    except ProcessLookupError:
+        pass
+    return pid
+
+
+class LockFence(threading.Thread):
+    """Arm with the lock's deadline (time.monotonic() seconds) whenever it is taken or renewed;
+    disarm when it is released or lost. Fires at most once per arming."""
+
+    def __init__(self, data_dir: str, ttl: float, on_fire: Optional[Callable[[float], None]] = None,
+                 report: Optional[Callable[[Optional[float]], None]] = None):
+        super().__init__(name="lock-fence", daemon=True)
+        self.data_dir = data_dir
+        self.margin = margin_for(ttl)
+        self.on_fire = on_fire          # called with the seconds that were left, after the stop
+        self.report = report            # tells the supervisor the deadline (None: no lock)
+        self._deadline: Optional[float] = None
+        self._cond = threading.Condition()
+        self.fired = 0
+        self.set_ttl(ttl)
+
+    def set_ttl(self, ttl: float) -> None:
+        with self._cond:
+            self.margin = margin_for(ttl)
+            self._cond.notify()
+        if self.report is not None and hasattr(self.report, "margin"):
+            self.report.margin = self.margin / 2
+
+    def arm(self, deadline: float) -> None:
+        with self._cond:
+            self._deadline = deadline
+            self._cond.notify()
+        if self.report:
+            self.report(deadline)
+
+    def disarm(self) -> None:
+        with self._cond:
+            was = self._deadline
+            self._deadline = None
+            self._cond.notify()
+        if self.report and was is not None:
+            self.report(None)
+
+    @property
+    def deadline(self) -> Optional[float]:
+        return self._deadline
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    deadline = self._deadline
+                    if deadline is None:
+                        self._cond.wait()
+                        continue
+                    wait = deadline - self.margin - time.monotonic()
+                    if wait <= 0:
+                        self._deadline = None
+                        break
+                    self._cond.wait(wait)
+            self._fire(deadline)
+
+    def _fire(self, deadline: float) -> None:
+        left = deadline - time.monotonic()
+        try:
+            pid = stop_postmaster_now(self.data_dir)
+        except Exception as exc:  # noqa: BLE001 - the fence thread must outlive anything
+            log.error("lock_fence: could not stop PostgreSQL: %s", exc)
+            pid = None
+        self.fired += 1
+        if pid is None:
+            log.warning("lock_fence: the leader lock was not renewed and expires in %.1fs; PostgreSQL is not "
+                        "running", left)
+        else:
+            log.error("lock_fence: the leader lock was not renewed and expires in %.1fs: stopped PostgreSQL "
+                      "(postmaster %s) immediately so it cannot outlive the lock; %.1fs were left at the stop",
+                      left, pid, deadline - time.monotonic())
+        if self.report:
+            self.report(None)
+        if self.on_fire:
+            try:
+                self.on_fire(left)
+            except Exception:  # noqa: BLE001
+                log.debug("lock_fence callback failed", exc_info=True)
