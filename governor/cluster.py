@@ -82,7 +82,7 @@ class Switchover:
             return cls(leader=data.get("leader"), candidate=str(data["candidate"]),
                        requested_at=float(data.get("requested_at", 0)),
                        scheduled_at=float(scheduled) if scheduled is not None else None)
-        except (TypeError, ValueError, KeyError):
+        except (TypeError, ValueError, KeyError, AttributeError):
             return None
 
     def due(self, now: float) -> bool:

@@ -8,17 +8,20 @@ reinitialize, reload). A bad body gets 400 and changes nothing.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
 
 from governor import dynamic, pgparams
 from governor.cluster import Cluster
 from governor.dcs import DCS, DCSError, from_config
+from governor.dcs.keys import valid_member_name
 
 if TYPE_CHECKING:
     from governor.daemon import Governor
 
 log = logging.getLogger("governor")
+MAX_SCHEDULE = 30 * 86400
 Answer = Tuple[int, dict]
 
 
@@ -56,8 +59,11 @@ class Controls:
         if not isinstance(candidate, str) or (leader is not None and not isinstance(leader, str)):
             return 400, {"error": "expected a JSON object with 'candidate' (and optionally 'leader' and "
                                   "'scheduled_at') "}
-        if scheduled is not None and (isinstance(scheduled, bool) or not isinstance(scheduled, (int, float))):
-            return 400, {"error": "scheduled_at: expected a Unix time in seconds"}
+        if scheduled is not None and (isinstance(scheduled, bool) or not isinstance(scheduled, (int, float))
+                                      or not math.isfinite(scheduled) or scheduled > time.time() + MAX_SCHEDULE):
+            return 400, {"error": "scheduled_at: expected a Unix time in seconds, at most 30 days ahead"}
+        if not valid_member_name(candidate):
+            return 400, {"error": "candidate: expected a member name"}
         if scheduled is not None and scheduled < time.time() - 5:
             return 400, {"error": "scheduled_at: that time has passed"}
         cluster = self._cluster()

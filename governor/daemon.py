@@ -610,7 +610,7 @@ class Governor:
             self.ensure_roles()
         # Only for members whose key is a member record governor wrote (a valid name, an address).
         wanted = {slot_name_for(m.name) for m in self.cluster.members
-                  if m.name != self.name and m.conn_url is not None}
+                  if m.name != self.name and m.conn_url is not None and parse_conn_url(m.conn_url)}
         existing = self.server.replication_slots()
         for slot in sorted(wanted - set(existing)):
             self.server.create_physical_slot(slot)

@@ -121,13 +121,13 @@ class LockFence(threading.Thread):
             log.error("lock_fence: could not stop PostgreSQL: %s", exc)
             pid = None
         self.fired += 1
+        when = f"expires in {left:.1f}s" if left >= 0 else f"expired {-left:.1f}s ago"
         if pid is None:
-            log.warning("lock_fence: the leader lock was not renewed and expires in %.1fs; PostgreSQL is not "
-                        "running", left)
+            log.warning("lock_fence: the leader lock was not renewed and %s; PostgreSQL is not running", when)
         else:
-            log.error("lock_fence: the leader lock was not renewed and expires in %.1fs: stopped PostgreSQL "
-                      "(postmaster %s) immediately so it cannot outlive the lock; %.1fs were left at the stop",
-                      left, pid, deadline - time.monotonic())
+            log.error("lock_fence: the leader lock was not renewed and %s: stopped PostgreSQL (postmaster %s) "
+                      "immediately so it cannot outlive the lock; %.1fs were left once it had stopped",
+                      when, pid, deadline - time.monotonic())
         if self.report:
             self.report(None)
         if self.on_fire:

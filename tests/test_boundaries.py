@@ -1,0 +1,279 @@
+"""Safety at every boundary, on running clusters (real etcd, real PostgreSQL): a frozen or killed
+HA loop, hostile files, API requests and etcd values. After each, governor is alive, there was
+never more than one server with pg_is_in_recovery() = false at any 100 ms sample (asked of
+each server directly, not through governor), no traceback was logged, and the cluster is healthy."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+from typing import List, Optional, Tuple
+
+import psycopg2
+import pytest
+
+from tests import harness
+from tests.harness import wait_until
+
+pytestmark = pytest.mark.integration
+TTL = 10
+
+
+class PrimaryWatch(threading.Thread):
+    """Every 100 ms: which servers accept writes (pg_is_in_recovery() = false, asked on a new
+    connection straight to each server, not through governor), and who holds the leader key."""
+
+    def __init__(self, cluster: harness.TestCluster):
+        super().__init__(daemon=True)
+        self.cluster = cluster
+        self.samples: List[Tuple[float, frozenset, Optional[str]]] = []
+        self.halt = threading.Event()
+
+    @staticmethod
+    def writable(node: harness.Node) -> bool:
+        try:
+            conn = psycopg2.connect(host=node.pg_host, port=node.port, user="postgres", dbname="postgres",
+                                    password=harness.SUPERUSER_PASSWORD, connect_timeout=1)
+        except psycopg2.Error:
+            return False
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_is_in_recovery()")
+                return not cur.fetchone()[0]
+        except psycopg2.Error:
+            return False
+        finally:
+            conn.close()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            started = time.monotonic()
+            primaries = frozenset(n.name for n in self.cluster.nodes.values() if self.writable(n))
+            try:
+                leader = self.cluster.leader_name()
+            except OSError:
+                leader = "?"
+            self.samples.append((started, primaries, leader))
+            self.halt.wait(max(0.0, 0.1 - (time.monotonic() - started)))
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(10)
+
+    def two_primaries(self) -> list:
+        return [(round(t, 2), sorted(p)) for t, p, _l in self.samples if len(p) > 1]
+
+    def last_writable(self, name: str) -> Optional[float]:
+        times = [t for t, p, _l in self.samples if name in p]
+        return times[-1] if times else None
+
+    def first_writable_after(self, name: str, moment: float) -> Optional[float]:
+        times = [t for t, p, _l in self.samples if name in p and t > moment]
+        return times[0] if times else None
+
+    def leader_changed(self, old: str, moment: float) -> Optional[float]:
+        """When the leader key first stopped naming `old` (expired, or taken by another)."""
+        times = [t for t, _p, leader in self.samples if t > moment and leader != old]
+        return times[0] if times else None
+
+
+def two_nodes(make_cluster, prefix: str) -> Tuple[harness.TestCluster, harness.Node, harness.Node]:
+    cluster = make_cluster(prefix)
+    for name in ("node1", "node2"):
+        cluster.add(name)
+    leader = cluster.wait_for_primary(90)
+    replica = next(n for n in cluster.nodes.values() if n is not leader)
+    cluster.wait_for_streaming([replica.name], 90)
+    return cluster, leader, replica
+
+
+def assert_no_traceback(*nodes: harness.Node) -> None:
+    for node in nodes:
+        assert "Traceback" not in node.log_text(), f"{node.name} logged a traceback:\n{node.log_text()[-3000:]}"
+
+
+def assert_alive(*nodes: harness.Node) -> None:
+    for node in nodes:
+        assert node.proc.poll() is None, f"governor {node.name} exited with {node.proc.returncode}"
+        assert node.loop_pid() != node.proc.pid, f"the HA loop process of {node.name} is gone"
+
+
+def test_a_frozen_leader_loop_stops_being_writable_before_its_lock_expires(make_cluster):
+    """Without systemd: SIGSTOP of the HA loop's process. The supervising parent stops PostgreSQL
+    before the lock can expire; the replica is promoted only after the lock expired."""
+    cluster, leader, replica = two_nodes(make_cluster, "frz")
+    watch = PrimaryWatch(cluster)
+    watch.start()
+    time.sleep(1.5)
+    frozen = leader.freeze()
+    frozen_at = time.monotonic()
+    try:
+        wait_until(lambda: cluster.leader_name() == replica.name and replica.role() == "primary", TTL + 15,
+                   "the replica to take over")
+        time.sleep(1)
+    finally:
+        watch.stop()
+        leader.thaw(frozen)
+    last_old = watch.last_writable(leader.name)
+    lock_gone = watch.leader_changed(leader.name, frozen_at)
+    first_new = watch.first_writable_after(replica.name, frozen_at)
+    assert not watch.two_primaries(), watch.two_primaries()
+    assert last_old is not None and lock_gone is not None and first_new is not None
+    writable_for = last_old - frozen_at
+    print(f"\nfrozen loop: PostgreSQL writable {writable_for:.2f}s after the freeze, lock gone after "
+          f"{lock_gone - frozen_at:.2f}s (ttl {TTL}), new primary after {first_new - frozen_at:.2f}s; "
+          f"margin {lock_gone - last_old:.2f}s")
+    assert last_old < lock_gone, "PostgreSQL stayed writable until its lock expired"
+    assert writable_for < TTL
+    assert "did not renew the leader lock" in leader.log_text()
+    # Thawed, the old leader finds its PostgreSQL stopped and another leader: it rejoins as a replica.
+    wait_until(lambda: leader.role() == "replica", 60, "the old leader to rejoin as a replica")
+    cluster.wait_for_streaming([leader.name], 60)
+    assert_alive(leader, replica)
+    assert_no_traceback(leader, replica)
+
+
+def test_a_killed_leader_loop_is_fenced_at_once(make_cluster):
+    """SIGKILL of the HA loop's process (not of the parent): the parent stops PostgreSQL at once."""
+    cluster, leader, replica = two_nodes(make_cluster, "kil")
+    watch = PrimaryWatch(cluster)
+    watch.start()
+    time.sleep(1)
+    loop = leader.loop_pid()
+    os.kill(loop, signal.SIGKILL)
+    killed_at = time.monotonic()
+    try:
+        wait_until(lambda: leader.postmaster_pid() is None, 5, "the parent to stop PostgreSQL")
+        stopped_after = time.monotonic() - killed_at
+        wait_until(lambda: cluster.leader_name() == replica.name and replica.role() == "primary", TTL + 15,
+                   "the replica to take over")
+    finally:
+        watch.stop()
+    assert stopped_after < 3
+    assert not watch.two_primaries(), watch.two_primaries()
+    leader.proc.wait(10)
+    assert leader.proc.returncode == 128 + signal.SIGKILL
+    assert "was killed by signal 9: stopped PostgreSQL" in leader.log_text()
+
+
+def put_raw(etcd: harness.Etcd, key: bytes, value: bytes) -> None:
+    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    req = urllib.request.Request(f"http://127.0.0.1:{etcd.port}/v3/kv/put",
+                                 data=json.dumps({"key": b64(key), "value": b64(value)}).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=3).close()
+
+
+def delete_raw(etcd: harness.Etcd, key: bytes) -> None:
+    req = urllib.request.Request(f"http://127.0.0.1:{etcd.port}/v3/kv/deleterange",
+                                 data=json.dumps({"key": base64.b64encode(key).decode()}).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=3).close()
+
+
+def api_request(node: harness.Node, method: str, path: str, body: bytes) -> Tuple[int, dict]:
+    req = urllib.request.Request(f"http://127.0.0.1:{node.api_port}{path}", data=body, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def steady(cluster: harness.TestCluster, leader: harness.Node, replica: harness.Node, seconds: float) -> None:
+    """For `seconds`: both governors alive, the same leader, its server the only primary."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert_alive(leader, replica)
+        assert cluster.leader_name() == leader.name
+        time.sleep(0.5)
+    assert leader.role() == "primary" and replica.role() == "replica"
+
+
+@pytest.mark.skipif(harness.ETCD_API != 3, reason="raw v3 keys")
+def test_hostile_files_requests_and_etcd_values_change_nothing(make_cluster):
+    cluster, leader, replica = two_nodes(make_cluster, "hos")
+    scope = f"/service/{cluster.scope}/".encode()
+    watch = PrimaryWatch(cluster)
+    watch.start()
+    tried = 0
+    try:
+        # 1. A reload of a file with one Latin-1 byte, then with a recursive alias (SIGHUP, POST /reload).
+        with open(leader.config_path, "rb") as fh:
+            good = fh.read()
+        for bad, how in ((good + "# caf\xe9\n".encode("latin-1"), "sighup"),
+                         (good + b"tags: &t\n  x: *t\n", "api"),
+                         (good + b"loop_wait: 1\nloop_wait: 2\n", "sighup")):
+            with open(leader.config_path, "wb") as fh:
+                fh.write(bad)
+            seen = leader.log_text().count("the running one stays in force")
+            if how == "sighup":
+                leader.signal(signal.SIGHUP)
+            else:
+                assert api_request(leader, "POST", "/reload", b"{}")[0] == 202
+            wait_until(lambda seen=seen: leader.log_text().count("the running one stays in force") > seen, 10,
+                       "the reload to be refused")
+            tried += 1
+        with open(leader.config_path, "wb") as fh:
+            fh.write(good)
+        steady(cluster, leader, replica, 3)
+
+        # 2. PATCH /config with values that once killed the leader or broke postgresql.conf: 400, nothing written.
+        config_key = f"/service/{cluster.scope}/config"
+        before = cluster.etcd.get(config_key)
+        for patch in ({"loop_wait": 1e300, "ttl": 10**301}, {"retry_timeout": 1e308},
+                      {"postgresql": {"parameters": {"max_connections": "abc"}}},
+                      {"postgresql": {"parameters": {"no_such_setting": "1"}}},
+                      {"postgresql": {"parameters": {"work_mem": "4MB\nfsync = off"}}},
+                      {"postgresql": {"parameters": {"a\nb": 1}}}, {"ttl": -1}, {"synchronous_node_count": 10**40}):
+            code, answer = api_request(leader, "PATCH", "/config", json.dumps(patch).encode())
+            assert code == 400, (patch, code, answer)
+            tried += 1
+        code, _ = api_request(leader, "POST", "/switchover", b'{"candidate": "node2", "scheduled_at": 1e999}')
+        assert code == 400
+        assert cluster.etcd.get(config_key) == before
+        steady(cluster, leader, replica, 3)
+
+        # 3. Keys and values in etcd that are not UTF-8, a member record that is not one, garbage everywhere.
+        hostile = {scope + b"members/\xff\xfe": b"x", scope + b"members/ghost": b"\xff\xfe",
+                   scope + b"members/evil": json.dumps({"conn_url": "postgres://x' host=evil:5432/"}).encode(),
+                   scope + b"\xc3(": b"\xc3(", scope + b"failover": b"\xff", scope + b"sync": b"[1,2",
+                   scope + b"history": b"{", scope + b"config": b"\xff\xfe"}
+        for key, value in hostile.items():
+            put_raw(cluster.etcd, key, value)
+            tried += 1
+        steady(cluster, leader, replica, 5)
+        slots = {row[0] for row in leader.sql("SELECT slot_name FROM pg_replication_slots")}
+        assert slots == {replica.name}, f"slots for hand-made member keys: {slots}"
+        assert "values in etcd that do not parse" in leader.log_text()
+        for key in hostile:
+            delete_raw(cluster.etcd, key)
+
+        # 4. The replica's member key deleted behind its back: written again within a few loops.
+        cluster.etcd.delete_tree(f"/service/{cluster.scope}/members/{replica.name}")
+        wait_until(replica.member, 10, "the member key to be written again")
+        tried += 1
+        steady(cluster, leader, replica, 2)
+    finally:
+        watch.stop()
+    assert not watch.two_primaries(), watch.two_primaries()
+    assert_no_traceback(leader, replica)
+    print(f"\nhostile inputs tried: {tried}, samples: {len(watch.samples)}, two-primary samples: 0")
+
+
+def test_garbage_leader_position_means_no_automatic_failover(make_cluster):
+    """optime/leader that does not parse: the replica cannot know its lag and does not promote."""
+    cluster, leader, replica = two_nodes(make_cluster, "opt")
+    leader.kill()                       # nothing rewrites the position from here on
+    cluster.etcd.put(f"/service/{cluster.scope}/optime/leader", "garbage")
+    leader.crash_postgres()
+    wait_until(lambda: "race_lag_unknown" in replica.log_text(), TTL + 15, "the replica to refuse the race")
+    time.sleep(3)
+    assert replica.role() == "replica" and cluster.leader_name() is None
+    assert "optime/leader: expected a WAL position, got 'garbage'" in replica.log_text()
+    assert_no_traceback(replica)
