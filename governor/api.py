@@ -91,12 +91,57 @@ HEALTH: Dict[str, HealthCheck] = {
 }
 
 
+MAX_BODY = 65536
+MAX_CONNECTIONS = 128         # connections served at once; more wait in the listen backlog
+HANDSHAKE_TIMEOUT = 5.0
+
+
 class _Server(ThreadingHTTPServer):
+    """One thread per connection, at most MAX_CONNECTIONS of them; the TLS handshake happens in
+    that thread with a timeout, so an idle or slow client never blocks the accept loop (and with
+    it haproxy's health checks)."""
+    request_queue_size = 128
+    daemon_threads = True
+    tls: Optional[ssl.SSLContext] = None
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
     def server_bind(self) -> None:
         """Bind without the reverse DNS lookup (socket.getfqdn) of the standard server, which
         stalls start-up for as long as the resolver takes to give up."""
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
+
+    def process_request(self, request, client_address) -> None:
+        # At the limit, the accept loop waits for a thread to finish (each has a timeout); new
+        # connections wait in the listen backlog meanwhile instead of being refused.
+        self.slots.acquire()
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def finish_request(self, request, client_address) -> None:
+        if self.tls is not None:
+            request.settimeout(HANDSHAKE_TIMEOUT)
+            try:
+                request = self.tls.wrap_socket(request, server_side=True)
+            except (OSError, ssl.SSLError) as exc:
+                log.debug("api: TLS handshake with %s failed: %s", client_address, exc)
+                return
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request, client_address) -> None:
+        log.debug("api: error while serving %s", client_address, exc_info=True)
 
 
 class ApiServer:
@@ -114,14 +159,13 @@ class ApiServer:
     def start(self) -> None:
         handler = type("Handler", (_Handler,), {"api": self})
         self.httpd = _Server((self.cfg.listen_host, self.cfg.port), handler)
-        self.httpd.daemon_threads = True
         if self.cfg.certfile:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(self.cfg.certfile, self.cfg.keyfile)
             if self.cfg.cafile:
                 ctx.load_verify_locations(self.cfg.cafile)
                 ctx.verify_mode = ssl.CERT_OPTIONAL
-            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+            self.httpd.tls = ctx
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="restapi", daemon=True)
         self.thread.start()
         log.info("REST API listening on %s:%s", self.cfg.listen_host, self.cfg.port)
@@ -137,10 +181,12 @@ class ApiServer:
         if not header or not header.startswith("Basic "):
             return False
         try:
-            user, _, password = base64.b64decode(header[6:]).decode("utf-8").partition(":")
-        except (ValueError, UnicodeDecodeError):
+            user, _, password = base64.b64decode(header[6:].encode("ascii"), validate=True).partition(b":")
+        except (ValueError, UnicodeError):
             return False
-        return hmac.compare_digest(user, self.cfg.username) and hmac.compare_digest(password, self.cfg.password or "")
+        expected_password = (self.cfg.password or "").encode("utf-8")
+        return hmac.compare_digest(user, self.cfg.username.encode("utf-8")) & \
+            hmac.compare_digest(password, expected_password)
 
     def config_view(self) -> dict:
         """The effective configuration without a single password."""
@@ -187,6 +233,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = url.path.rstrip("/") or "/"
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         head_only = method in ("HEAD", "OPTIONS")
+        if (self.headers.get("Content-Length") or "0").strip() != "0" or self.headers.get("Transfer-Encoding"):
+            self.close_connection = True    # a body we do not read must not be taken for the next request
         st = self.api.get_status()
         try:
             if path in HEALTH:
@@ -216,19 +264,33 @@ class _Handler(BaseHTTPRequestHandler):
         return self._send(404, {"error": f"no such endpoint: {path}"}, head_only)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
-        self._route("GET")
+        self._guarded(lambda: self._route("GET"))
 
     def do_HEAD(self) -> None:  # noqa: N802
-        self._route("HEAD")
+        self._guarded(lambda: self._route("HEAD"))
 
     def do_OPTIONS(self) -> None:  # noqa: N802
-        self._route("OPTIONS")
+        self._guarded(lambda: self._route("OPTIONS"))
 
-    def _read_body(self) -> Optional[bytes]:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > 65536:
-            return None
-        return self.rfile.read(length) if length > 0 else b""
+    def _read_body(self) -> Tuple[Optional[bytes], Optional[Tuple[int, str]]]:
+        """(body, None), or (None, (code, reason)) when the body cannot be read; then the connection
+        is closed after the answer, since what remains of it is not a request."""
+        text = (self.headers.get("Content-Length") or "0").strip()
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            return None, (411, "send the body with a Content-Length")
+        if not text.isdigit() or len(text) > 12:
+            self.close_connection = True
+            return None, (400, f"Content-Length: expected a number of bytes, got {text[:40]!r}")
+        length = int(text)
+        if length > MAX_BODY:
+            self.close_connection = True
+            return None, (413, f"request body too large (at most {MAX_BODY} bytes)")
+        body = self.rfile.read(length) if length > 0 else b""
+        if len(body) < length:
+            self.close_connection = True
+            return None, (400, "request body shorter than its Content-Length")
+        return body, None
 
     def _unauthorized(self) -> None:
         self.send_response(401)
@@ -239,7 +301,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _control(self) -> None:
         """POST/PATCH/DELETE: the control endpoints, all behind the configured credentials."""
         path = urlsplit(self.path).path.rstrip("/")
-        raw = self._read_body()
+        raw, problem = self._read_body()
+        if problem is not None:
+            return self._send(problem[0], {"error": problem[1]})
         handler = self.api.controls.get(f"{self.command} {path}")
         if handler is None:
             known = path in HEALTH or path in ("/status", "/cluster", "/liveness") or any(
@@ -247,19 +311,45 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(405 if known else 404, {"error": f"{self.command} is not supported on {path}"})
         if not self.api.authorized(self.headers.get("Authorization")):
             return self._unauthorized()
-        if raw is None:
-            return self._send(400, {"error": "request body too large"})
         try:
             body = json.loads(raw or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):
             body = None
         if not isinstance(body, dict):
             return self._send(400, {"error": "expected a JSON object"})
-        code, answer = handler(body)
+        try:
+            code, answer = handler(body)
+        except RecursionError:
+            code, answer = 400, {"error": "the JSON object is nested too deeply"}
         return self._send(code, answer)
 
-    do_POST = do_PATCH = do_DELETE = _control  # noqa: N815 - http.server naming
+    def _guarded(self, method: Callable[[], None]) -> None:
+        """Whatever a request holds, it gets an answer (or a closed connection), never a traceback
+        that leaves the client waiting."""
+        try:
+            method()
+        except (OSError, ssl.SSLError):
+            self.close_connection = True
+        except Exception as exc:  # noqa: BLE001 - a request must not take the API down
+            log.error("api: %s %s failed: %s: %s", self.command, urlsplit(self.path).path[:100], type(exc).__name__,
+                      str(exc)[:200])
+            log.debug("api request failure", exc_info=True)
+            self.close_connection = True
+            try:
+                self._send(500, {"error": "internal error; see governor's log"})
+            except OSError:
+                pass
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._guarded(self._control)
+
+    do_PATCH = do_DELETE = do_POST  # noqa: N815 - http.server naming
+
+    def _put(self) -> None:
+        _body, problem = self._read_body()
+        if problem is not None:
+            return self._send(problem[0], {"error": problem[1]})
+        self._send(405, {"error": f"PUT is not supported on {urlsplit(self.path).path}"})
 
     def do_PUT(self) -> None:  # noqa: N802
-        self._read_body()
-        self._send(405, {"error": f"PUT is not supported on {urlsplit(self.path).path}"})
+        self._guarded(self._put)
