@@ -1,6 +1,7 @@
 """The loop: observe -> decide -> act -> publish. All of governor's I/O for HA lives here."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ from governor.config import Config, slot_name_for
 from governor.controls import Controls
 from governor.dcs import DCS, DCSError, from_config, short_error
 from governor.dcs import make as make_dcs
-from governor.ha import Action, Decision, LocalState, decide
+from governor.ha import BOOTSTRAP_ATTEMPTS, Action, Decision, LocalState, decide
 from governor.lockfence import LockFence
 from governor.metrics import Metrics
 from governor.postgres import bootstrap, datadir
@@ -153,6 +154,7 @@ class Governor:
         self._published_lsn: Optional[int] = None
         self.rewind_pending = False   # this data directory ran as a primary since it last followed
         self.rewind_failed = False
+        self.bootstrap_failures = 0   # in a row; decide() stops trying after ha.BOOTSTRAP_ATTEMPTS
         self._not_streaming_since: Optional[float] = None   # replica: since when it has not streamed
         self._leader_start_since: Optional[float] = None  # first failed start under the lock
         self._orphan_slots: Dict[str, float] = {}  # slot -> monotonic time it was first seen without member
@@ -260,7 +262,8 @@ class Governor:
     def _local_base(self, kind: str) -> dict:
         return dict(name=self.name, data=kind, tags=self.config.tags, data_dir=self.pg.data_dir,
                     maximum_lag_on_failover=self.pg.maximum_lag_on_failover,
-                    rewind_pending=self.rewind_pending, rewind_failed=self.rewind_failed)
+                    rewind_pending=self.rewind_pending, rewind_failed=self.rewind_failed,
+                    bootstrap_failures=self.bootstrap_failures)
 
     def _controldata(self) -> datadir.ControlData:
         """pg_controldata of the stopped data directory, re-read when pg_control changes."""
@@ -311,41 +314,59 @@ class Governor:
             raise ActionFailed("another member won the bootstrap race")
         log.info("bootstrap: won the race; running initdb in %s", self.pg.data_dir)
         self.activity = "bootstrapping"
-        created = False
         try:
             with self.notify.keep_alive_while("initdb"):
                 bootstrap.initdb(self.pg)
-            created = True
             self.rewind_pending = self.rewind_failed = False
             self.write_conf(standby_of=None)
             datadir.write_pgpass(self.pg)
+            sent = time.monotonic()
             if not self.dcs.acquire_leader(self.name):
                 raise ActionFailed("a leader lock exists although the cluster was never initialized; "
                                    "remove the stale keys of this scope")
-            self.holds_lock = True
+            self._lock_taken(sent)
             self.controller.start(self.pg.start_timeout)
             self.server.create_role(self.pg.replication.username, self.pg.replication.password, replication=True)
             sysid = self.server.state().sysid
             self.dcs.set_initialize(sysid)
             log.info("bootstrap: cluster initialized with system identifier %s; this member is the leader", sysid)
+            self.bootstrap_failures = 0
         except Exception:
-            self._undo_bootstrap(created)
+            self.bootstrap_failures += 1
+            self._undo_bootstrap()
             raise
 
-    def _undo_bootstrap(self, created: bool) -> None:
+    def _undo_bootstrap(self) -> None:
         try:
             self.controller.stop("immediate")
         except ControllerError as exc:
             log.error("bootstrap: could not stop PostgreSQL: %s", exc)
         if self.holds_lock:
             self._release_lock()
+        if os.path.lexists(self.pg.data_dir) and datadir.classify(self.pg.data_dir) != datadir.EMPTY:
+            # initdb may have failed half-way too: whatever it left is ours and must go, or it
+            # would be offered as the cluster's data on the next pass (initialize_from_existing).
+            try:
+                try:
+                    moved = bootstrap.move_aside(self.pg.data_dir)
+                except OSError as exc:
+                    if exc.errno not in (errno.EBUSY, errno.EXDEV):
+                        raise
+                    # A mount point cannot be renamed. It was empty when this attempt began, so
+                    # everything in it is what this attempt created.
+                    datadir.empty_directory(self.pg.data_dir)
+                    moved = "nowhere (a mount point): emptied it instead"
+            except OSError as exc:
+                log.error("bootstrap failed and the half-made data directory %s could not be moved aside (%s); "
+                          "keeping the bootstrap claim so it is never adopted: remove the directory, then run "
+                          "governorctl remove for this scope", self.pg.data_dir, exc)
+                return
+            log.error("bootstrap failed (attempt %s of %s): moved the half-made data directory to %s",
+                      self.bootstrap_failures, BOOTSTRAP_ATTEMPTS, moved)
         try:
             self.dcs.cancel_initialize()
         except DCSError as exc:
             log.error("bootstrap: could not cancel the initialize claim: %s", exc)
-        if created and os.path.exists(self.pg.data_dir):
-            moved = bootstrap.move_aside(self.pg.data_dir)
-            log.error("bootstrap failed: moved the half-made data directory to %s", moved)
 
     def do_claim_initialize(self, decision: Decision, local: LocalState) -> None:
         if not local.sysid:

@@ -17,6 +17,8 @@ Cases, checked top to bottom (the first that matches wins):
   paused_primary_reacquire      maintenance mode, nobody holds the lock,     acquire_lock
                                 running as primary (e.g. moved to a new etcd)
   paused                        maintenance mode otherwise                   -
+  bootstrap_gave_up             cluster not initialized, data_dir empty,     -  (operator must act)
+                                BOOTSTRAP_ATTEMPTS failed bootstraps in a row
   bootstrap_race                cluster not initialized, data_dir empty      bootstrap
   initialize_from_existing      cluster not initialized, data_dir has data   claim_initialize
   bootstrap_in_progress         another member is running initdb             -
@@ -65,6 +67,7 @@ from governor.sync import describe as describe_sync
 from governor.sync import voters as sync_voters
 
 EMPTY, POSTGRES, NOT_POSTGRES = "empty", "postgres", "invalid"
+BOOTSTRAP_ATTEMPTS = 3   # failed bootstraps in a row before governor stops trying and waits
 
 
 class Action(str, Enum):
@@ -107,6 +110,7 @@ class LocalState:
     peers: Dict[str, Optional[Member]] = field(default_factory=dict)
     now: float = 0.0                # wall clock, for scheduled switchovers
     request: Optional[str] = None   # an operator's pending "restart" / "reinitialize" (HTTP API)
+    bootstrap_failures: int = 0     # failed bootstraps in a row since governor started
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,11 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                             "taking the lock, nothing else", (Action.ACQUIRE_LOCK,))
         return Decision("paused", "maintenance mode: taking no automatic action")
     if cluster.initialize is None:
+        if local.data == EMPTY and local.bootstrap_failures >= BOOTSTRAP_ATTEMPTS:
+            return Decision("bootstrap_gave_up",
+                            f"bootstrap failed {local.bootstrap_failures} times in a row (the reasons are logged "
+                            "above; each half-made data directory was moved to *.failed-*): not trying again. Fix "
+                            "the cause, then restart governor")
         if local.data == EMPTY:
             return Decision("bootstrap_race", "cluster not initialized: racing to bootstrap it",
                             (Action.BOOTSTRAP,))

@@ -277,3 +277,21 @@ def test_garbage_leader_position_means_no_automatic_failover(make_cluster):
     assert replica.role() == "replica" and cluster.leader_name() is None
     assert "optime/leader: expected a WAL position, got 'garbage'" in replica.log_text()
     assert_no_traceback(replica)
+
+
+def test_a_bootstrap_that_cannot_start_gives_up_and_is_never_adopted(make_cluster):
+    """PostgreSQL that cannot start (shared memory it cannot get): each half-made directory is moved
+    aside under its own name, the attempts back off, and after three governor waits for the operator
+    instead of adopting a half-made directory as the cluster."""
+    cluster = make_cluster("boot")
+    node = cluster.add("node1", extra={"postgresql": {"parameters": {"shared_buffers": "200GB"}}})
+    wait_until(lambda: "bootstrap_gave_up" in node.log_text(), 120, "governor to give up bootstrapping")
+    time.sleep(3)
+    failed = sorted(d for d in os.listdir(node.dir) if d.startswith("data.failed-"))
+    assert len(failed) == 3, failed
+    assert not os.path.exists(node.data_dir) or not os.listdir(node.data_dir)
+    assert cluster.etcd.get(f"/service/{cluster.scope}/initialize") is None, "a half-made directory was adopted"
+    assert "initialize_from_existing" not in node.log_text()
+    assert node.log_text().count("running initdb") == 3
+    assert_alive(node)
+    assert_no_traceback(node)

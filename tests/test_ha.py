@@ -27,11 +27,11 @@ def cluster(leader=None, initialize=SYSID, members=(), leader_lsn=None, switchov
 
 
 def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, rewind_pending=False,
-          rewind_failed=False, peers=None, request=None, now=0.0, **tags):
+          rewind_failed=False, peers=None, request=None, now=0.0, bootstrap_failures=0, **tags):
     return ha.LocalState(name=ME, data=data, sysid=sysid if data == ha.POSTGRES else None, running=running,
                          role=role if running else None, lsn=lsn, tags=tags, maximum_lag_on_failover=1000,
                          data_dir="/var/lib/pg", rewind_pending=rewind_pending, rewind_failed=rewind_failed,
-                         peers=peers or {}, request=request, now=now)
+                         peers=peers or {}, request=request, now=now, bootstrap_failures=bootstrap_failures)
 
 
 PRIMARY_NODE2 = member("node2", role="primary")
@@ -49,6 +49,8 @@ TABLE = [
     ("paused_leader", cluster(ME, paused=True), local(running=False), (A.RENEW_LOCK, A.MANAGE_SYNC), None),
     ("paused_primary_reacquire", cluster(paused=True), local(role="primary"), (A.ACQUIRE_LOCK,), None),
     ("paused", cluster(paused=True), local(role="replica"), (), None),
+    ("bootstrap_gave_up", cluster(initialize=None),
+     local(data=ha.EMPTY, running=False, bootstrap_failures=ha.BOOTSTRAP_ATTEMPTS), (), None),
     ("bootstrap_race", cluster(initialize=None), local(data=ha.EMPTY, running=False), (A.BOOTSTRAP,), None),
     ("initialize_from_existing", cluster(initialize=None), local(running=False), (A.CLAIM_INITIALIZE,), None),
     ("bootstrap_in_progress", cluster(initialize=""), local(data=ha.EMPTY, running=False), (), None),

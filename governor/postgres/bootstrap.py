@@ -1,6 +1,7 @@
 """Creating a data directory: initdb for a new cluster, pg_basebackup for a new replica."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import subprocess
@@ -84,7 +85,19 @@ def rewind(cfg: PostgresConfig, host: str, port: int, timeout: float = 3600) -> 
 
 
 def move_aside(data_dir: str) -> str:
-    """Rename a data directory governor itself just created and failed to finish; never deletes."""
-    target = f"{data_dir}.failed-{time.strftime('%Y%m%d%H%M%S')}"
-    os.rename(data_dir, target)
-    return target
+    """Rename a data directory governor itself just created and failed to finish; never deletes.
+    The name is unique (two failures in one second must not collide: a half-made directory left in
+    place would look like an existing cluster to adopt) and the rename is atomic."""
+    stamp = time.strftime("%Y%m%d%H%M%S")
+    for attempt in range(1000):
+        target = f"{data_dir}.failed-{stamp}" + (f"-{attempt}" if attempt else "")
+        if os.path.lexists(target):
+            continue
+        try:
+            os.rename(data_dir, target)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                continue
+            raise
+        return target
+    raise OSError(errno.EEXIST, f"no free name for {data_dir}.failed-{stamp}-N")
