@@ -72,10 +72,30 @@ def become_subreaper() -> None:
     threading.Thread(target=reap, name="reaper", daemon=True).start()
 
 
+# Ports for test listeners come from below the kernel's ephemeral range (32768-60999 by default),
+# so no outgoing connection can take one between this check and the listener's bind, and none is
+# handed out twice in one run. Each run starts at an offset from its PID.
+PORT_RANGE = (20000, 32000)
+_issued: set = set()
+_port_lock = threading.Lock()
+_next_port = [PORT_RANGE[0] + (os.getpid() * 37) % (PORT_RANGE[1] - PORT_RANGE[0])]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with _port_lock:
+        for _ in range(PORT_RANGE[1] - PORT_RANGE[0]):
+            port = _next_port[0]
+            _next_port[0] = port + 1 if port + 1 < PORT_RANGE[1] else PORT_RANGE[0]
+            if port in _issued:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("0.0.0.0", port))
+                except OSError:
+                    continue
+            _issued.add(port)
+            return port
+    raise RuntimeError("no free port left in the test range")
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2):
