@@ -137,6 +137,12 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WatchdogConfig:
+    mode: str = "automatic"            # off | automatic | required (governor/watchdog.py)
+    device: str = "/dev/watchdog"
+
+
+@dataclass(frozen=True)
 class Config:
     loop_wait: float
     retry_timeout: float
@@ -152,6 +158,7 @@ class Config:
     synchronous_node_count: int = 1
     restapi: RestApiConfig = RestApiConfig()
     metrics: MetricsConfig = MetricsConfig()
+    watchdog: WatchdogConfig = WatchdogConfig()
     warnings: Tuple[str, ...] = ()         # what was accepted but translated, for the log
 
 
@@ -421,7 +428,7 @@ def _network_check(v: str) -> Optional[str]:
 
 TOP_KEYS = ("loop_wait", "retry_timeout", "primary_start_timeout", "log_level", "log_format", "tags", "etcd",
             "postgresql", "restapi", "metrics", "synchronous_mode", "synchronous_mode_strict",
-            "synchronous_node_count")
+            "synchronous_node_count", "watchdog")
 SYNC_MODES = ("off", "on", "quorum")
 
 
@@ -607,6 +614,14 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
 
     restapi = _restapi(c)
     metrics = _metrics(c)
+    c.unknown("watchdog", c.section("watchdog"), ("mode", "device"))
+    watchdog_mode = c.value("watchdog.mode", "str", "automatic",
+                            check=lambda v: None if v in ("off", "automatic", "required")
+                            else "expected off, automatic or required")
+    if c.get("watchdog.mode") is False:     # YAML reads a bare `off` as false
+        watchdog_mode = "off"
+        c.problems = [p for p in c.problems if ": watchdog.mode: " not in p]
+    watchdog_device = c.value("watchdog.device", "str", "/dev/watchdog", check=_path_check)
     if metrics.enabled and _same_listener((metrics.listen_host, metrics.port), (restapi.listen_host, restapi.port)):
         c.fail("metrics.listen", "must differ from restapi.listen")
     if _same_listener((restapi.listen_host, restapi.port), (listen_host, port)):
@@ -630,6 +645,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         tags={k: v for k, v in tags.items()},
         source=source,
         warnings=tuple(c.warnings),
+        watchdog=WatchdogConfig(mode=watchdog_mode or "automatic", device=watchdog_device or "/dev/watchdog"),
         etcd=EtcdConfig(scope=scope, ttl=ttl, hosts=tuple(hosts), protocol=protocol,
                         cacert=files["cacert"], cert=files["cert"], key=files["key"],
                         username=etcd_user, password=etcd_password, api=etcd_api or 2),
@@ -721,6 +737,7 @@ RESTART_ONLY = {
                    "log_file", "pgpass", "systemd_unit", "config_dir"),
     "restapi": None,   # the whole section
     "metrics": None,
+    "watchdog": None,
 }
 
 

@@ -28,7 +28,7 @@ from governor.controls import Controls
 from governor.dcs import DCS, DCSError, from_config, short_error
 from governor.dcs import make as make_dcs
 from governor.ha import BOOTSTRAP_ATTEMPTS, Action, Decision, LocalState, decide
-from governor.lockfence import LockFence
+from governor.lockfence import LockFence, stop_postmaster_now
 from governor.metrics import Metrics
 from governor.postgres import bootstrap, datadir
 from governor.postgres.controller import ControllerError, ProcessController, make_controller
@@ -36,6 +36,7 @@ from governor.postgres.server import Server, ServerState
 from governor.status import NodeStatus, ReplicaLag, StatusBoard
 from governor.syncrep import PromiseNotWritten, SyncManager
 from governor.systemd import Notifier
+from governor.watchdog import Watchdog
 
 log = logging.getLogger("governor")
 
@@ -180,6 +181,7 @@ class Governor:
             self.dcs.observer = self.metrics.observe_dcs
         # `report` tells the supervising parent (supervisor.py) the lock deadline, when there is one.
         self.fence = LockFence(self.pg.data_dir, config.etcd.ttl, on_fire=self._fenced, report=report)
+        self.watchdog = Watchdog(config.watchdog.mode, config.watchdog.device)
 
     def _fenced(self, left: float) -> None:
         """The lock fence stopped PostgreSQL (its own thread): count it, wake the loop to act."""
@@ -310,6 +312,10 @@ class Governor:
         return True
 
     def do_bootstrap(self, decision: Decision, local: LocalState) -> None:
+        if not self.watchdog.keepalive(time.monotonic() + self.config.etcd.ttl, max(0.5, self.fence.margin / 4)):
+            raise ActionFailed(f"watchdog.mode is required and {self.config.watchdog.device} cannot be armed: "
+                               "not bootstrapping a cluster this member could not lead")
+        self.watchdog.disarm()
         if not self.dcs.claim_initialize(""):
             raise ActionFailed("another member won the bootstrap race")
         log.info("bootstrap: won the race; running initdb in %s", self.pg.data_dir)
@@ -457,7 +463,12 @@ class Governor:
         self._roles_checked = False
         self.syncrep.reset()
         if not keep_fence:
-            self.fence.disarm()
+            self._unfence()
+
+    def _unfence(self) -> None:
+        """PostgreSQL is no longer primary under our lock: the lock fence and watchdog stand down."""
+        self.fence.disarm()
+        self.watchdog.disarm()
 
     def _lock_taken(self, sent: float) -> None:
         # etcd starts the TTL when it applies the write, which is after we sent it: counting from
@@ -465,6 +476,13 @@ class Governor:
         self.holds_lock = True
         self.lock_deadline = sent + self.config.etcd.ttl
         self.fence.arm(self.lock_deadline)
+        if not self.watchdog.keepalive(self.lock_deadline, max(0.5, self.fence.margin / 4)):
+            # watchdog.mode required and the device cannot be armed: no leading without it.
+            if self.server_state is not None and self.server_state.role == "primary":
+                stop_postmaster_now(self.pg.data_dir)
+                log.error("stopped PostgreSQL: it must not stay primary without the watchdog")
+            self._release_lock()
+            raise ActionFailed(f"watchdog.mode is required and {self.config.watchdog.device} cannot be armed")
 
     def do_promote(self, decision: Decision, local: LocalState) -> None:
         log.info("promoting: %s", decision.message)
@@ -573,7 +591,7 @@ class Governor:
         except ControllerError as exc:
             log.error("fast shutdown did not finish (%s); stopping PostgreSQL immediately", exc)
             self.controller.stop("immediate")
-        self.fence.disarm()
+        self._unfence()
         target = self.leader_address(decision.leader)
         if target:
             self._rewind(decision.leader, target)

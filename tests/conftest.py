@@ -26,7 +26,7 @@ def base_dir(request):
         print(f"\nkept test files for inspection: {path}")
     else:
         shutil.rmtree(path, ignore_errors=True)
-    assert not leftovers, f"processes left behind: {leftovers}"
+    assert not leftovers, f"processes left behind: {[(p, harness.cmdline(int(p))) for p in leftovers]}"
 
 
 @pytest.fixture(scope="session")

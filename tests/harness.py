@@ -162,11 +162,22 @@ def chown_to_runner(path: str) -> None:
 def stop_all_processes() -> None:
     for proc in _processes:
         if proc.poll() is None:
+            # governor's HA loop runs in a child of the process started (supervisor.py); it dies
+            # with its parent, but only once the kernel got to it: wait for that too.
+            loops = [p for p in child_pids(proc.pid) if "governor" in cmdline(p)]
             try:
                 proc.kill()
                 proc.wait(10)
             except (OSError, subprocess.TimeoutExpired):
                 pass
+            for pid in loops:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 10
+            while any(not process_gone(p) for p in loops) and time.monotonic() < deadline:
+                time.sleep(0.05)
     _processes.clear()
 
 
@@ -369,9 +380,13 @@ class Node:
         return self.proc.wait(timeout) if self.proc else 0
 
     def kill(self) -> None:
+        """SIGKILL governor: the supervising parent and, with it, the HA loop's process."""
+        loop = self.loop_pid()
         self.signal(signal.SIGKILL)
         if self.proc:
             self.proc.wait(10)
+        if loop and loop != self.proc.pid:
+            wait_until(lambda: process_gone(loop), 10, "the HA loop process to die with its parent", interval=0.02)
 
     def log_text(self) -> str:
         try:

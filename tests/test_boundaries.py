@@ -295,3 +295,23 @@ def test_a_bootstrap_that_cannot_start_gives_up_and_is_never_adopted(make_cluste
     assert node.log_text().count("running initdb") == 3
     assert_alive(node)
     assert_no_traceback(node)
+
+
+def test_watchdog_required_without_a_usable_device_never_leads(make_cluster):
+    """watchdog.mode required with a device that is not a watchdog (a regular file stands in, as
+    this kernel has none): the member does not hold the lock, so it is never a primary."""
+    cluster = make_cluster("wdog")
+    node = cluster.add("node1", start=False, extra={"watchdog": {"mode": "required"}})
+    device = os.path.join(node.dir, "watchdog")
+    open(device, "w").close()
+    harness.chown_to_runner(device)
+    node.config["watchdog"]["device"] = device
+    node.write_config()
+    node.start()
+    wait_until(lambda: "cannot be armed (Inappropriate ioctl for device) and watchdog.mode is required"
+               in node.log_text(), 60, "the watchdog to be refused")
+    time.sleep(2)
+    assert cluster.leader_name() is None
+    assert node.role() is None and not os.path.exists(node.data_dir), "bootstrapped a cluster it cannot lead"
+    assert_alive(node)
+    assert_no_traceback(node)
