@@ -25,8 +25,8 @@ class Member:
     @classmethod
     def from_json(cls, name: str, text: str) -> Member:
         try:
-            data = json.loads(text)
-        except (TypeError, ValueError):
+            data = loads(text)
+        except ValueError:
             return cls(name=name)
         if not isinstance(data, dict):
             return cls(name=name)
@@ -42,6 +42,16 @@ class Member:
             tags=data.get("tags") if isinstance(data.get("tags"), dict) else {},
             pending_restart=data.get("pending_restart") is True,
         )
+
+
+def loads(text: Optional[str]) -> Any:
+    """JSON from etcd; ValueError for anything that is not (nesting that exhausts the parser too)."""
+    if not isinstance(text, str) or len(text) > 1024 * 1024:
+        raise ValueError("not a JSON text of reasonable size")
+    try:
+        return json.loads(text)
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
 
 
 def _int_or_none(value: Any) -> Optional[int]:
@@ -77,12 +87,15 @@ class Switchover:
     @classmethod
     def from_json(cls, text: str) -> Optional[Switchover]:
         try:
-            data = json.loads(text)
+            data = loads(text)
             scheduled = data.get("scheduled_at")
-            return cls(leader=data.get("leader"), candidate=str(data["candidate"]),
+            leader = data.get("leader")
+            if not isinstance(data["candidate"], str) or not (leader is None or isinstance(leader, str)):
+                return None
+            return cls(leader=leader, candidate=data["candidate"],
                        requested_at=float(data.get("requested_at", 0)),
                        scheduled_at=float(scheduled) if scheduled is not None else None)
-        except (TypeError, ValueError, KeyError, AttributeError):
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
             return None
 
     def due(self, now: float) -> bool:

@@ -51,13 +51,26 @@ class SyncState:
 
     @classmethod
     def from_json(cls, text: Optional[str], index: int = 0) -> Optional[SyncState]:
+        """The promise in the `sync` key; None when it does not parse."""
         try:
             data = json.loads(text or "")
-            members = tuple(str(m) for m in data.get("members") or ())
-            quorum = int(data.get("quorum") or 0)
-        except (TypeError, ValueError, AttributeError):
+            members = data.get("members") or []
+            quorum = data.get("quorum") or 0
+            leader = data.get("leader")
+        except (TypeError, ValueError, AttributeError, RecursionError):
             return None
-        return cls(leader=data.get("leader"), members=members, quorum=max(0, quorum), index=index)
+        if not isinstance(members, list) or not all(isinstance(m, str) for m in members) \
+                or isinstance(quorum, bool) or not isinstance(quorum, int) or not 0 <= quorum <= len(members) + 1 \
+                or not (leader is None or isinstance(leader, str)):
+            return None
+        return cls(leader=leader, members=tuple(members), quorum=quorum, index=index)
+
+    @classmethod
+    def unknown(cls, index: int) -> SyncState:
+        """A `sync` key that does not parse: a promise that may name anyone. Read as synchronous
+        with no member known to hold every commit, so no member takes over on its own (an operator
+        can still choose one); the leader rewrites or removes the key on its next loop."""
+        return cls(leader=None, members=(), quorum=1, index=index)
 
 
 @dataclass(frozen=True)

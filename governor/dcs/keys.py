@@ -2,10 +2,9 @@
 one read into a Cluster snapshot."""
 from __future__ import annotations
 
-import json
 from typing import Iterable, NamedTuple, Optional
 
-from governor.cluster import Cluster, Leader, Member, Switchover
+from governor.cluster import Cluster, Leader, Member, Switchover, loads
 from governor.config import NAME_MAX, NAME_RE
 from governor.sync import SyncState
 
@@ -18,6 +17,7 @@ class Entry(NamedTuple):
 
 
 LSN_MAX = 2**64 - 1
+UNKNOWN_HOLDER = "?unreadable"   # no member can have this name (see NAME_RE)
 
 
 def parse_lsn(text: Optional[str]) -> Optional[int]:
@@ -47,7 +47,14 @@ def build_cluster(entries: Iterable[Entry], index: int, problems: Iterable[str] 
         if e.key == "initialize":
             initialize = e.value or ""
         elif e.key == "leader":
-            leader = Leader(name=e.value or "", index=e.index, ttl=e.ttl)
+            name = e.value or ""
+            if not valid_member_name(name):
+                # Held, by someone we cannot name: still held. Nobody races for it, and a member
+                # whose own name is not in it does not count as its holder.
+                problems.append(f"leader: not a member name ({_snippet(e.value)}); the lock counts as held by "
+                                "an unknown member")
+                name = UNKNOWN_HOLDER
+            leader = Leader(name=name, index=e.index, ttl=e.ttl)
         elif e.key == "optime/leader":
             leader_lsn = parse_lsn(e.value)
             if leader_lsn is None:
@@ -59,6 +66,10 @@ def build_cluster(entries: Iterable[Entry], index: int, problems: Iterable[str] 
             switchover = Switchover.from_json(e.value or "")
         elif e.key == "sync":
             sync = SyncState.from_json(e.value, e.index)
+            if sync is None:
+                sync = SyncState.unknown(e.index)
+                problems.append(f"sync: not a synchronous replication promise ({_snippet(e.value)}): no "
+                                "automatic failover until the leader rewrites it")
         elif e.key == "config":
             config, config_index = json_dict(e.value), e.index
         elif e.key == "history":
@@ -88,7 +99,7 @@ def _snippet(value: Optional[str]) -> str:
 
 def history_list(text: Optional[str]) -> tuple:
     try:
-        data = json.loads(text or "[]")
+        data = loads(text or "[]")
     except ValueError:
         return ()
     return tuple(item for item in data if isinstance(item, dict)) if isinstance(data, list) else ()
@@ -96,7 +107,7 @@ def history_list(text: Optional[str]) -> tuple:
 
 def json_dict(text: Optional[str]) -> dict:
     try:
-        data = json.loads(text or "{}")
+        data = loads(text or "{}")
     except ValueError:
         return {"": text}   # not JSON: reported as an invalid dynamic configuration
     return data if isinstance(data, dict) else {"": data}
