@@ -165,6 +165,7 @@ class Governor:
         self.conf_target: Optional[tuple] = None  # what postgresql.conf was last written for
         self.notify = Notifier()
         self.backoff = Backoff()
+        self.name_is_ours = False     # wait_for_unique_name() found no other governor using our name
         self.reload_requested = threading.Event()
         self.server_state: Optional[ServerState] = None
         self._request: Optional[OperatorRequest] = None
@@ -863,6 +864,7 @@ class Governor:
                           self.config.metrics.port, exc.strerror or exc)
                 self.api.stop()
                 return 1
+        self.guarded("member name check", self.wait_for_unique_name)
         while not self.stopping.is_set():
             started = time.monotonic()
             ok = self.guarded("HA loop", self.run_once) is True
@@ -879,6 +881,24 @@ class Governor:
             self.guarded("sleep", self.sleep, self.backoff.next_delay(ok, self.config.loop_wait, started))
         self.guarded("shutdown", self.shutdown)
         return 0
+
+    def wait_for_unique_name(self) -> None:
+        """Before touching anything: if etcd holds a live member key of our name that another
+        governor wrote (it publishes other addresses), two members share a name and would take each
+        other's slot, key and lock. Wait, doing nothing, until that key expires; say so loudly."""
+        ours = (self.pg.conn_url, self.config.restapi.api_url)
+        while not self.stopping.is_set():
+            cluster = self.observe_dcs()
+            member = cluster.member(self.name) if cluster is not None else None
+            if member is None or (member.conn_url, member.api_url) == ours:
+                self.once("duplicate", None)
+                self.name_is_ours = True
+                return
+            self.once("duplicate", f"another governor runs as member {self.name} (PostgreSQL at {member.conn_url}, "
+                      f"API at {member.api_url}; this one would be {ours[0]}, {ours[1]}): give every member its "
+                      "own postgresql.name. Doing nothing until its member key expires", logging.ERROR)
+            self.wake.wait(max(1.0, self.config.loop_wait))
+            self.wake.clear()
 
     def notify_status(self) -> None:
         if not self.notify.ready_sent:
@@ -1037,7 +1057,8 @@ class Governor:
                 log.warning("could not update the sync key: %s", exc)
             self._release_lock()
         try:
-            self.dcs.delete_member(self.name)
+            if self.name_is_ours:     # never the key of another governor that uses our name
+                self.dcs.delete_member(self.name)
         except DCSError as exc:
             log.warning("could not remove the member key (%s); it expires after ttl", exc)
         self.dcs.close()

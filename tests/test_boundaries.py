@@ -259,6 +259,23 @@ def test_hostile_files_requests_and_etcd_values_change_nothing(make_cluster):
         wait_until(replica.member, 10, "the member key to be written again")
         tried += 1
         steady(cluster, leader, replica, 2)
+
+        # 5. A second governor started with the replica's name (another directory, other ports): it
+        #    says so and does nothing; the replica's key is untouched.
+        twin = harness.Node(cluster, replica.name + "-twin")
+        twin.config["postgresql"]["name"] = replica.name
+        twin.write_config()
+        twin.start()
+        try:
+            wait_until(lambda: f"another governor runs as member {replica.name}" in twin.log_text(), 20,
+                       "the twin to notice")
+            steady(cluster, leader, replica, 3)
+            assert replica.member()["api_url"] == f"http://127.0.0.1:{replica.api_port}"
+            assert not os.path.exists(twin.data_dir)
+        finally:
+            twin.stop(30)
+        assert replica.member()["api_url"] == f"http://127.0.0.1:{replica.api_port}", "the twin removed its key"
+        tried += 1
     finally:
         watch.stop()
     assert not watch.two_primaries(), watch.two_primaries()
