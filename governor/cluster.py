@@ -116,6 +116,7 @@ class Cluster:
     config_index: int = 0          # modification index of the `config` key; 0: no such key
     sync: Optional[SyncState] = None   # the leader's synchronous replication promise (`sync` key)
     problems: Tuple[str, ...] = ()     # keys that did not parse and were taken as unknown/absent
+    leader_lsn_unreadable: bool = False  # optime/leader exists but does not parse: the position is unknown
 
     @property
     def initialized(self) -> bool:

@@ -447,6 +447,7 @@ class Governor:
         sent = time.monotonic()
         if not self.dcs.acquire_leader(self.name):
             raise ActionFailed("another member took the leader lock first")
+        self._published_lsn = None     # publish our position as the new leader's, even if unchanged
         self._lock_taken(sent)
         log.info("acquired the leader lock")
 
@@ -974,6 +975,7 @@ class Governor:
             return replace(new, etcd=replace(new_etcd, **{k: getattr(old_etcd, k) for k in connection}))
         old_dcs = self.dcs
         self.dcs = make_dcs(new_etcd, new.retry_timeout)
+        self._published_lsn = None     # the new store has not heard our position yet
         self.dcs.observer = old_dcs.observer
         self.watcher = None            # the old one waits on the old store; a new one starts on demand
         if self.controls is not None:

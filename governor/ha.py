@@ -45,8 +45,10 @@ Cases, checked top to bottom (the first that matches wins):
   race_not_synchronous          nobody holds the lock, the dead leader's      follow (nobody)
                                 sync promise does not name this member
   race_lag_unknown              nobody holds the lock, the leader's last     follow (nobody)
-                                position or this member's is unknown (async):
-                                unknown lag is not 0
+                                position in etcd does not parse, or this
+                                member's is unknown (async): unknown lag is
+                                not 0 (an absent key is no leader yet: the
+                                members compare among themselves)
   race_not_eligible_lag         nobody holds the lock, lag > max (async)     follow (nobody)
   race_wait_for_better          nobody holds the lock, a healthier member    follow (nobody)
   race_sync_unproven            nobody holds the lock, too few synchronous   follow (nobody)
@@ -262,15 +264,19 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                         (Action.FOLLOW,))
     known = cluster.leader_lsn is not None and local.lsn is not None
     lag = max(0, cluster.leader_lsn - local.lsn) if known else None
+    # No position published at all happens before any leader ran on this data (a cluster just
+    # initialized from an existing data directory, keys wiped): the members compare among
+    # themselves below. A position that is there but unreadable, or our own unknown, is unknown.
+    lag_unknown = cluster.leader_lsn_unreadable or local.lsn is None
     sync = cluster.sync
     promised = sync is not None and sync.synchronous and sync.leader != me
     if promised and me not in sync.members:
         return Decision("race_not_synchronous",
                         f"no leader; {sync.leader} acknowledged commits only once {describe_sync(sync)} had "
                         "them, and this member is not one of them: not racing", (Action.FOLLOW,))
-    if not promised and lag is None:
-        missing = "the leader's last WAL position (optime/leader in etcd) is missing or unreadable" \
-            if cluster.leader_lsn is None else "this member's own WAL position is unknown"
+    if not promised and lag_unknown:
+        missing = "the leader's last WAL position (optime/leader in etcd) is unreadable" \
+            if cluster.leader_lsn_unreadable else "this member's own WAL position is unknown"
         return Decision("race_lag_unknown",
                         f"no leader; {missing}, so this member's lag cannot be known: not racing, to avoid losing "
                         "data (an operator can choose a member with governorctl failover)", (Action.FOLLOW,))

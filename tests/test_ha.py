@@ -20,10 +20,11 @@ def member(name, role="replica", state="running", lsn=100, **tags):
 
 
 def cluster(leader=None, initialize=SYSID, members=(), leader_lsn=None, switchover_to=None, paused=False,
-            sync=None):
+            sync=None, unreadable_lsn=False):
     switchover = Switchover(leader=None, candidate=switchover_to, requested_at=0) if switchover_to else None
     return Cluster(initialize=initialize, leader=Leader(leader) if leader else None, members=tuple(members),
-                   leader_lsn=leader_lsn, switchover=switchover, paused=paused, sync=sync)
+                   leader_lsn=leader_lsn, switchover=switchover, paused=paused, sync=sync,
+                   leader_lsn_unreadable=unreadable_lsn)
 
 
 def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, rewind_pending=False,
@@ -85,7 +86,7 @@ TABLE = [
      (), None),
     ("race_not_eligible_nofailover", cluster(), local(nofailover=True), (A.FOLLOW,), None),
     ("race_not_synchronous", cluster(sync=SyncState("node9", ("node2",), 1)), local(), (A.FOLLOW,), None),
-    ("race_lag_unknown", cluster(leader_lsn=None), local(lsn=100), (A.FOLLOW,), None),
+    ("race_lag_unknown", cluster(leader_lsn=None, unreadable_lsn=True), local(lsn=100), (A.FOLLOW,), None),
     ("race_not_eligible_lag", cluster(leader_lsn=5000), local(lsn=100), (A.FOLLOW,), None),
     ("race_wait_for_better", cluster(members=[member("node2", lsn=200)], leader_lsn=200), local(lsn=100),
      (A.FOLLOW,), None),
@@ -121,10 +122,16 @@ def test_nofailover_or_lagging_members_do_not_block_the_race():
 def test_unknown_lag_is_not_zero():
     """A garbage or missing optime/leader, or a replica that cannot report its position, never
     counts as 'no lag': the member does not race."""
-    for snapshot, state in ((cluster(leader_lsn=None), local(lsn=100)),
+    for snapshot, state in ((cluster(leader_lsn=None, unreadable_lsn=True), local(lsn=100)),
                             (cluster(leader_lsn=5000), local(lsn=None))):
         decision = ha.decide(snapshot, state)
         assert decision.case == "race_lag_unknown" and decision.actions == (A.FOLLOW,)
+    # No position published at all (no leader has run on this data yet): the members compare
+    # among themselves.
+    assert ha.decide(cluster(leader_lsn=None, members=[member("node2", lsn=50)]), local(lsn=100)).case == \
+        "leader_race"
+    assert ha.decide(cluster(leader_lsn=None, members=[member("node2", lsn=500)]), local(lsn=100)).case == \
+        "race_wait_for_better"
 
 
 def test_lag_within_limit_races_and_message_explains():
@@ -199,6 +206,6 @@ def test_a_degraded_promise_falls_back_to_the_asynchronous_rules():
     degraded = SyncState("node9", (), 0)
     assert ha.decide(cluster(sync=degraded, leader_lsn=5000), local(lsn=100)).case == "race_not_eligible_lag"
     assert ha.decide(cluster(sync=degraded, leader_lsn=100), local(lsn=100)).case == "leader_race"
-    assert ha.decide(cluster(sync=degraded), local(lsn=100)).case == "race_lag_unknown"
+    assert ha.decide(cluster(sync=degraded, unreadable_lsn=True), local(lsn=100)).case == "race_lag_unknown"
     nobody = SyncState("node9", (), 1)   # strict, no standby: nobody has every commit
     assert ha.decide(cluster(sync=nobody), local(lsn=100)).case == "race_not_synchronous"

@@ -78,7 +78,7 @@ def test_edit_config_reaches_every_member_and_restart_pending_applies_what_needs
 def test_invalid_dynamic_settings_are_refused_and_change_nothing(cluster):
     node = next(iter(cluster.nodes.values()))
     key = f"/service/{cluster.scope}/config"
-    for bad, expected in ((["--set", "ttl=2"], "config: ttl: expected an integer of at least 5"),
+    for bad, expected in ((["--set", "ttl=2"], "config: ttl: expected an integer from 5 to 3600"),
                           (["--set", "loop_wait=20"], "loop_wait + 2 * retry_timeout <= ttl"),
                           (["--set", "postgresql.parameters.port=5999"], "postgresql.parameters.port"),
                           (["--set", "colour=blue"], "config: colour: not a dynamic setting")):

@@ -36,6 +36,7 @@ def build_cluster(entries: Iterable[Entry], index: int, problems: Iterable[str] 
     initialize = None
     leader = None
     leader_lsn = None
+    leader_lsn_unreadable = False
     members = []
     history: tuple = ()
     switchover = None
@@ -57,6 +58,7 @@ def build_cluster(entries: Iterable[Entry], index: int, problems: Iterable[str] 
             leader = Leader(name=name, index=e.index, ttl=e.ttl)
         elif e.key == "optime/leader":
             leader_lsn = parse_lsn(e.value)
+            leader_lsn_unreadable = leader_lsn is None
             if leader_lsn is None:
                 problems.append(f"optime/leader: expected a WAL position, got {_snippet(e.value)}: "
                                 "the leader's position is unknown")
@@ -85,7 +87,8 @@ def build_cluster(entries: Iterable[Entry], index: int, problems: Iterable[str] 
             members.append(member)
     return Cluster(initialize=initialize, leader=leader, members=tuple(sorted(members, key=lambda m: m.name)),
                    leader_lsn=leader_lsn, index=index, history=history, switchover=switchover, paused=paused,
-                   config=config, config_index=config_index, sync=sync, problems=tuple(problems))
+                   config=config, config_index=config_index, sync=sync, problems=tuple(problems),
+                   leader_lsn_unreadable=leader_lsn_unreadable)
 
 
 def valid_member_name(name: str) -> bool:
