@@ -523,6 +523,64 @@ class TestCluster:
             stop_postmaster(node.data_dir)
 
 
+class PrimaryWatch(threading.Thread):
+    """Every 100 ms: which servers accept writes (pg_is_in_recovery() = false, asked on a new
+    connection straight to each server, not through governor), and who holds the leader key."""
+
+    def __init__(self, cluster: TestCluster):
+        super().__init__(daemon=True)
+        self.cluster = cluster
+        self.samples: List[Tuple[float, frozenset, Optional[str]]] = []
+        self.halt = threading.Event()
+
+    @staticmethod
+    def writable(node: Node) -> bool:
+        try:
+            conn = psycopg2.connect(host=node.pg_host, port=node.port, user="postgres", dbname="postgres",
+                                    password=SUPERUSER_PASSWORD, connect_timeout=1)
+        except psycopg2.Error:
+            return False
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_is_in_recovery()")
+                return not cur.fetchone()[0]
+        except psycopg2.Error:
+            return False
+        finally:
+            conn.close()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            started = time.monotonic()
+            primaries = frozenset(n.name for n in self.cluster.nodes.values() if self.writable(n))
+            try:
+                leader = self.cluster.leader_name()
+            except OSError:
+                leader = "?"
+            self.samples.append((started, primaries, leader))
+            self.halt.wait(max(0.0, 0.1 - (time.monotonic() - started)))
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(10)
+
+    def two_primaries(self) -> list:
+        return [(round(t, 2), sorted(p)) for t, p, _l in self.samples if len(p) > 1]
+
+    def last_writable(self, name: str) -> Optional[float]:
+        times = [t for t, p, _l in self.samples if name in p]
+        return times[-1] if times else None
+
+    def first_writable_after(self, name: str, moment: float) -> Optional[float]:
+        times = [t for t, p, _l in self.samples if name in p and t > moment]
+        return times[0] if times else None
+
+    def leader_changed(self, old: str, moment: float) -> Optional[float]:
+        """When the leader key first stopped naming `old` (expired, or taken by another)."""
+        times = [t for t, _p, leader in self.samples if t > moment and leader != old]
+        return times[0] if times else None
+
+
 class Haproxy:
     """A real haproxy running the shipped example, pointed at the test cluster's ports."""
 

@@ -8,12 +8,10 @@ import base64
 import json
 import os
 import signal
-import threading
 import time
 import urllib.request
-from typing import List, Optional, Tuple
+from typing import Tuple
 
-import psycopg2
 import pytest
 
 from tests import harness
@@ -21,64 +19,6 @@ from tests.harness import wait_until
 
 pytestmark = pytest.mark.integration
 TTL = 10
-
-
-class PrimaryWatch(threading.Thread):
-    """Every 100 ms: which servers accept writes (pg_is_in_recovery() = false, asked on a new
-    connection straight to each server, not through governor), and who holds the leader key."""
-
-    def __init__(self, cluster: harness.TestCluster):
-        super().__init__(daemon=True)
-        self.cluster = cluster
-        self.samples: List[Tuple[float, frozenset, Optional[str]]] = []
-        self.halt = threading.Event()
-
-    @staticmethod
-    def writable(node: harness.Node) -> bool:
-        try:
-            conn = psycopg2.connect(host=node.pg_host, port=node.port, user="postgres", dbname="postgres",
-                                    password=harness.SUPERUSER_PASSWORD, connect_timeout=1)
-        except psycopg2.Error:
-            return False
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_is_in_recovery()")
-                return not cur.fetchone()[0]
-        except psycopg2.Error:
-            return False
-        finally:
-            conn.close()
-
-    def run(self) -> None:
-        while not self.halt.is_set():
-            started = time.monotonic()
-            primaries = frozenset(n.name for n in self.cluster.nodes.values() if self.writable(n))
-            try:
-                leader = self.cluster.leader_name()
-            except OSError:
-                leader = "?"
-            self.samples.append((started, primaries, leader))
-            self.halt.wait(max(0.0, 0.1 - (time.monotonic() - started)))
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join(10)
-
-    def two_primaries(self) -> list:
-        return [(round(t, 2), sorted(p)) for t, p, _l in self.samples if len(p) > 1]
-
-    def last_writable(self, name: str) -> Optional[float]:
-        times = [t for t, p, _l in self.samples if name in p]
-        return times[-1] if times else None
-
-    def first_writable_after(self, name: str, moment: float) -> Optional[float]:
-        times = [t for t, p, _l in self.samples if name in p and t > moment]
-        return times[0] if times else None
-
-    def leader_changed(self, old: str, moment: float) -> Optional[float]:
-        """When the leader key first stopped naming `old` (expired, or taken by another)."""
-        times = [t for t, _p, leader in self.samples if t > moment and leader != old]
-        return times[0] if times else None
 
 
 def two_nodes(make_cluster, prefix: str) -> Tuple[harness.TestCluster, harness.Node, harness.Node]:
@@ -106,7 +46,7 @@ def test_a_frozen_leader_loop_stops_being_writable_before_its_lock_expires(make_
     """Without systemd: SIGSTOP of the HA loop's process. The supervising parent stops PostgreSQL
     before the lock can expire; the replica is promoted only after the lock expired."""
     cluster, leader, replica = two_nodes(make_cluster, "frz")
-    watch = PrimaryWatch(cluster)
+    watch = harness.PrimaryWatch(cluster)
     watch.start()
     time.sleep(1.5)
     frozen = leader.freeze()
@@ -140,7 +80,7 @@ def test_a_frozen_leader_loop_stops_being_writable_before_its_lock_expires(make_
 def test_a_killed_leader_loop_is_fenced_at_once(make_cluster):
     """SIGKILL of the HA loop's process (not of the parent): the parent stops PostgreSQL at once."""
     cluster, leader, replica = two_nodes(make_cluster, "kil")
-    watch = PrimaryWatch(cluster)
+    watch = harness.PrimaryWatch(cluster)
     watch.start()
     time.sleep(1)
     loop = leader.loop_pid()
@@ -199,7 +139,7 @@ def steady(cluster: harness.TestCluster, leader: harness.Node, replica: harness.
 def test_hostile_files_requests_and_etcd_values_change_nothing(make_cluster):
     cluster, leader, replica = two_nodes(make_cluster, "hos")
     scope = f"/service/{cluster.scope}/".encode()
-    watch = PrimaryWatch(cluster)
+    watch = harness.PrimaryWatch(cluster)
     watch.start()
     tried = 0
     try:

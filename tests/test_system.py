@@ -93,6 +93,7 @@ def test_watchdog_kills_a_hung_governor_and_the_fence_stops_postgres(machine):
     fenced_after = time.monotonic() - frozen
     # The lock was renewed at most a loop before the freeze: PostgreSQL is gone before it expires.
     assert fenced_after < 10, f"PostgreSQL outlived the frozen governor by {fenced_after:.1f}s (ttl 10s)"
+    print(f"\nsystemd: PostgreSQL stopped {fenced_after:.1f}s after governor froze (WatchdogSec 7, ttl 10)")
     assert "fence: governor ended with watchdog" in m.journal("governor")
     # Restart=on-failure brings governor back, and with it PostgreSQL.
     wait_until(lambda: m.run("systemctl", "is-active", "governor", check=False).stdout.strip() == "active"
