@@ -256,3 +256,40 @@ def test_v3_authenticates_and_a_wrong_password_is_a_clear_error(etcd_with_auth, 
     anonymous = v3(etcd_with_auth, scope)
     with pytest.raises(DCSError, match="etcd refused"):
         anonymous.get_cluster()
+
+
+def _put_bytes(adapter, key: bytes, value: bytes) -> None:
+    """Write raw bytes the way a careless operator's tool would, in the adapter's own API."""
+    import base64
+    import urllib.parse
+    import urllib.request
+    port = adapter.server.port
+    if adapter.api == 3:
+        body = json.dumps({"key": base64.b64encode(key).decode(), "value": base64.b64encode(value).decode()})
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v3/kv/put", data=body.encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    else:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/keys{urllib.parse.quote(key)}",
+                                     data=b"value=" + urllib.parse.quote(value).encode(), method="PUT",
+                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    urllib.request.urlopen(req, timeout=3).close()
+
+
+def test_bytes_that_are_not_utf8_read_as_unknown_not_as_an_error(adapter, scope):
+    """Non-UTF-8 keys and values under the scope: the read succeeds, a bad member key is left
+    out, a bad member value is a member of unknown state, a bad leader value is a lock held by
+    an unknown member, and every one of them is named in Cluster.problems."""
+    dcs = adapter(scope)
+    dcs.claim_initialize("7123")
+    prefix = f"/service/{scope}/".encode()
+    _put_bytes(adapter, prefix + b"members/\xff\xfe", b"x")
+    _put_bytes(adapter, prefix + b"members/ghost", b"\xff\xfe")
+    _put_bytes(adapter, prefix + b"leader", b"\xff")
+    _put_bytes(adapter, prefix + b"optime/leader", b"\xc3(")
+    cluster = dcs.get_cluster()
+    assert [m.name for m in cluster.members] == ["ghost"] and cluster.members[0].role == "unknown"
+    assert cluster.leader is not None and cluster.leader.name == "?unreadable"
+    assert cluster.leader_lsn is None and cluster.leader_lsn_unreadable
+    assert len(cluster.problems) >= 3
+    assert dcs.acquire_leader("node1") is False, "a lock held by someone unknown is still held"
+    assert dcs.renew_leader("node1") is False
