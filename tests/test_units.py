@@ -75,3 +75,13 @@ def test_restart_marker_is_honoured_only_when_fresh(tmp_path, monkeypatch):
     assert not marker.exists()
     monkeypatch.delenv("RUNTIME_DIRECTORY")
     assert consume_restart_marker(max_age=120) is False, "outside systemd there is no marker"
+
+
+def test_failed_passes_back_off_and_a_success_resets():
+    from governor.backoff import Backoff
+    b = Backoff()
+    delays = [b.next_delay(False, 10, started=0.0, now=0.0) for _ in range(10)]
+    assert delays[:4] == [0.1, 0.2, 0.4, 0.8]
+    assert max(delays) == 10, "capped at loop_wait"
+    assert b.next_delay(True, 10, started=0.0, now=2.5) == 7.5, "after a success: the rest of loop_wait"
+    assert b.next_delay(False, 10, started=0.0, now=0.0) == 0.1
