@@ -11,38 +11,38 @@ import ipaddress
 import math
 import os
 import re
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import fields, is_dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from governor import pgparams, safe_yaml
-
-UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:\\-]+$")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-NAME_MAX = 63          # a member name becomes a replication slot name, which PostgreSQL caps at 63 bytes
-SECRET_MAX = 1024
-CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-# Upper bounds on timings: a value beyond these is a typo, and an unbounded one crashes a sleep.
-LIMITS = {"loop_wait": 300, "retry_timeout": 300, "ttl": 3600, "primary_start_timeout": 86400,
-          "start_timeout": 86400, "member_slots_ttl": 10 * 365 * 86400}
-SIZE_MAX = 2**62
-SLOT_RE = re.compile(r"^[a-z0-9_]{1,63}$")
-SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|kB|KB|MB|GB|TB)?\s*$")
-SIZE_UNITS = {None: 1, "B": 1, "kB": 1024, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
-WILDCARD_HOSTS = {"0.0.0.0", "::", "*", ""}
-# PostgreSQL settings governor derives itself; setting them under `parameters` would conflict.
-MANAGED_PARAMETERS = {
-    "listen_addresses": "postgresql.listen",
-    "port": "postgresql.listen",
-    "primary_conninfo": "the current leader",
-    "primary_slot_name": "the member name",
-    "hot_standby": "governor (always on)",
-}
-FORBIDDEN_RECOVERY = {
-    "primary_conninfo": "governor writes it from the current leader",
-    "primary_slot_name": "governor derives it from postgresql.name",
-    "standby_mode": "PostgreSQL 12+ uses standby.signal, which governor manages",
-}
-TAG_KEYS = ("nofailover", "noloadbalance", "nosync", "clonefrom")
+from governor.postgres.catalogue import catalogue
+from governor.settings import (  # noqa: F401 - re-exported: the configuration's types live in settings
+    CONTROL_RE,
+    FORBIDDEN_RECOVERY,
+    LIMITS,
+    MANAGED_PARAMETERS,
+    NAME_MAX,
+    NAME_RE,
+    SECRET_MAX,
+    SIZE_MAX,
+    SIZE_RE,
+    SIZE_UNITS,
+    SLOT_RE,
+    SYNC_MODES,
+    TAG_KEYS,
+    UNIT_RE,
+    WILDCARD_HOSTS,
+    Config,
+    Credentials,
+    EtcdConfig,
+    MetricsConfig,
+    PostgresConfig,
+    RestApiConfig,
+    WatchdogConfig,
+    parse_size,
+    parse_sync_mode,
+    slot_name_for,
+)
 
 
 class ConfigError(Exception):
@@ -51,120 +51,6 @@ class ConfigError(Exception):
     def __init__(self, problems: List[str]):
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-@dataclass(frozen=True)
-class EtcdConfig:
-    scope: str
-    ttl: int
-    hosts: Tuple[Tuple[str, int], ...]
-    protocol: str = "http"
-    cacert: Optional[str] = None
-    cert: Optional[str] = None
-    key: Optional[str] = None
-    username: Optional[str] = None
-    password: Optional[str] = field(default=None, repr=False)
-    api: int = 2                      # 2: the v2 keys API (python-etcd); 3: the v3 JSON gateway
-
-
-@dataclass(frozen=True)
-class Credentials:
-    username: str
-    password: Optional[str] = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class PostgresConfig:
-    name: str
-    listen_host: str
-    port: int
-    connect_host: str
-    data_dir: str
-    bin_dir: str
-    maximum_lag_on_failover: int
-    replication: Credentials
-    replication_network: str
-    superuser: Credentials
-    recovery_conf: Dict[str, Any]
-    parameters: Dict[str, Any]
-    initdb: Tuple[str, ...]
-    pg_hba: Tuple[str, ...]
-    pgpass: str
-    log_file: Optional[str]
-    socket_dir: str
-    start_timeout: float
-    use_pg_rewind: bool = True
-    remove_data_directory_on_rewind_failure: bool = False
-    member_slots_ttl: float = 1800
-    permanent_slots: Tuple[str, ...] = ()
-    systemd_unit: Optional[str] = None    # run PostgreSQL as this unit through systemctl
-    config_dir: Optional[str] = None      # where the distribution keeps postgresql.conf (Debian: /etc/...)
-
-    @property
-    def slot_name(self) -> str:
-        return slot_name_for(self.name)
-
-    @property
-    def conn_url(self) -> str:
-        """How other members reach this server; never carries a password."""
-        host = f"[{self.connect_host}]" if ":" in self.connect_host else self.connect_host
-        return f"postgres://{host}:{self.port}/postgres"
-
-
-@dataclass(frozen=True)
-class RestApiConfig:
-    listen_host: str = "127.0.0.1"
-    port: int = 8008
-    connect_host: str = "127.0.0.1"
-    username: Optional[str] = None
-    password: Optional[str] = field(default=None, repr=False)
-    certfile: Optional[str] = None
-    keyfile: Optional[str] = None
-    cafile: Optional[str] = None
-
-    @property
-    def api_url(self) -> str:
-        scheme = "https" if self.certfile else "http"
-        host = f"[{self.connect_host}]" if ":" in self.connect_host else self.connect_host
-        return f"{scheme}://{host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    enabled: bool = True
-    listen_host: str = "127.0.0.1"
-    port: int = 9547
-
-
-@dataclass(frozen=True)
-class WatchdogConfig:
-    mode: str = "automatic"            # off | automatic | required (governor/watchdog.py)
-    device: str = "/dev/watchdog"
-
-
-@dataclass(frozen=True)
-class Config:
-    loop_wait: float
-    retry_timeout: float
-    primary_start_timeout: float
-    etcd: EtcdConfig
-    postgresql: PostgresConfig
-    tags: Dict[str, Any]
-    log_level: str
-    source: str
-    log_format: str = "text"
-    synchronous_mode: str = "off"          # off | on | quorum
-    synchronous_mode_strict: bool = False  # block writes rather than fall back to asynchronous
-    synchronous_node_count: int = 1
-    restapi: RestApiConfig = RestApiConfig()
-    metrics: MetricsConfig = MetricsConfig()
-    watchdog: WatchdogConfig = WatchdogConfig()
-    warnings: Tuple[str, ...] = ()         # what was accepted but translated, for the log
-
-
-def slot_name_for(member: str) -> str:
-    """Physical replication slot names allow only [a-z0-9_]."""
-    return re.sub(r"[^a-z0-9_]", "_", member.lower())
 
 
 # --------------------------------------------------------------------------- loading
@@ -335,16 +221,6 @@ _EXPECT = {
 }
 
 
-def parse_size(value: Any) -> Optional[int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value if value >= 0 else None
-    text = str(value)
-    match = SIZE_RE.match(text) if len(text) <= 40 else None
-    if not match:
-        return None
-    return int(match.group(1)) * SIZE_UNITS[match.group(2)]
-
-
 def parse_host_port(text: str, default_port: Optional[int] = None) -> Optional[Tuple[str, int]]:
     """'host:port', '[v6]:port' or (with a default) 'host' -> (host, port); None when malformed."""
     text = text.strip()
@@ -429,15 +305,6 @@ def _network_check(v: str) -> Optional[str]:
 TOP_KEYS = ("loop_wait", "retry_timeout", "primary_start_timeout", "log_level", "log_format", "tags", "etcd",
             "postgresql", "restapi", "metrics", "synchronous_mode", "synchronous_mode_strict",
             "synchronous_node_count", "watchdog")
-SYNC_MODES = ("off", "on", "quorum")
-
-
-def parse_sync_mode(value: Any) -> Optional[str]:
-    """YAML reads a bare on/off as a boolean: accept both spellings."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    text = str(value).strip().lower()
-    return {"true": "on", "false": "off"}.get(text, text) if text in SYNC_MODES + ("true", "false") else None
 RESTAPI_KEYS = ("listen", "connect_address", "username", "password", "certfile", "keyfile", "cafile")
 METRICS_KEYS = ("enabled", "listen")
 ETCD_KEYS = ("scope", "ttl", "host", "protocol", "cacert", "cert", "key", "username", "password", "api")
@@ -557,7 +424,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         c.fail("postgresql.replication.username", "must differ from postgresql.superuser.username")
 
     parameters = dict(c.value("postgresql.parameters", "scalars", {}) or {})
-    cat = pgparams.catalogue(bin_dir) if os.path.exists(os.path.join(bin_dir, "postgres")) else None
+    cat = catalogue(bin_dir) if os.path.exists(os.path.join(bin_dir, "postgres")) else None
     parameters, translated = pgparams.translate_renamed(parameters, cat)
     c.warnings.extend(f"{c.where('postgresql.parameters')}: {w}" for w in translated)
     for pname, pvalue in parameters.items():

@@ -12,10 +12,11 @@ import math
 import time
 from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
 
-from governor import dynamic, pgparams
+from governor import dynamic
 from governor.cluster import Cluster
 from governor.dcs import DCS, DCSError, from_config
 from governor.dcs.keys import valid_member_name
+from governor.postgres.catalogue import catalogue
 
 if TYPE_CHECKING:
     from governor.daemon import Governor
@@ -146,7 +147,7 @@ class Controls:
             return 503, {"error": str(exc)}
         new = dynamic.patch(cluster.config, body)
         problems = dynamic.validate(new, dynamic.timing(self.gov.file_config),
-                                    pgparams.catalogue(self.gov.file_config.postgresql.bin_dir))
+                                    catalogue(self.gov.file_config.postgresql.bin_dir))
         if problems:
             return 400, {"error": "; ".join(problems)}
         try:

@@ -19,11 +19,12 @@ from typing import Callable, List, Optional
 
 import yaml
 
-from governor import __version__, dynamic, pgparams, safe_yaml
+from governor import __version__, dynamic, safe_yaml
 from governor import config as config_mod
 from governor.cluster import Cluster
 from governor.dcs import DCS, DCSError
 from governor.dcs import make as make_dcs
+from governor.postgres.catalogue import catalogue
 from governor.sync import describe as describe_sync
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -486,7 +487,7 @@ def _timing_and_catalogue(args: argparse.Namespace) -> tuple:
     if not args.dcs_url:
         try:
             cfg = config_mod.load(args.config)
-            return dynamic.timing(cfg), pgparams.catalogue(cfg.postgresql.bin_dir)
+            return dynamic.timing(cfg), catalogue(cfg.postgresql.bin_dir)
         except config_mod.ConfigError:
             pass
     return dynamic.DEFAULT_TIMING, None

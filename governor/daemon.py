@@ -18,7 +18,7 @@ from typing import Callable, Dict, Optional, TypeVar
 
 import psycopg2
 
-from governor import __version__, dynamic, pgparams
+from governor import __version__, dynamic
 from governor import config as config_mod
 from governor.api import ApiServer
 from governor.backoff import Backoff
@@ -31,6 +31,7 @@ from governor.ha import BOOTSTRAP_ATTEMPTS, Action, Decision, LocalState, decide
 from governor.lockfence import LockFence, stop_postmaster_now
 from governor.metrics import Metrics
 from governor.postgres import bootstrap, datadir
+from governor.postgres.catalogue import catalogue
 from governor.postgres.controller import ControllerError, ProcessController, make_controller
 from governor.postgres.server import Server, ServerState
 from governor.status import NodeStatus, ReplicaLag, StatusBoard
@@ -989,7 +990,7 @@ class Governor:
         """The file configuration with the cluster's valid dynamic settings over it."""
         data = self.cluster.config if self.cluster is not None else {}
         if data and not dynamic.validate(data, dynamic.timing(file_config),
-                                         pgparams.catalogue(file_config.postgresql.bin_dir)):
+                                         catalogue(file_config.postgresql.bin_dir)):
             return dynamic.apply(file_config, data)
         return file_config
 
@@ -999,7 +1000,7 @@ class Governor:
             return
         self._dynamic_index = cluster.config_index
         problems = dynamic.validate(cluster.config, dynamic.timing(self.file_config),
-                                    pgparams.catalogue(self.file_config.postgresql.bin_dir))
+                                    catalogue(self.file_config.postgresql.bin_dir))
         if problems:
             self.once("dynamic", "the dynamic configuration in etcd is invalid, keeping the current settings: "
                       + "; ".join(problems), logging.ERROR)

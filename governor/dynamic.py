@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
 
 from governor import pgparams
-from governor.config import LIMITS, MANAGED_PARAMETERS, SIZE_MAX, Config, parse_size, parse_sync_mode
+from governor.settings import LIMITS, MANAGED_PARAMETERS, SIZE_MAX, Config, parse_size, parse_sync_mode
 
 # Per-member PostgreSQL settings a cluster-wide value would break.
 MEMBER_PARAMETERS = dict(MANAGED_PARAMETERS, unix_socket_directories="each member's file configuration",

@@ -4,21 +4,16 @@ A bad value in postgresql.conf does not fail at once: the running server keeps i
 reload and refuses to start at the next restart. So every name and value from a file, a reload,
 `PATCH /config`, `edit-config` or the DCS is checked here first, against the server binary's own
 catalogue (`postgres --describe-config`: every setting with its type and bounds, no running server
-needed). Names with a dot (`auto_explain.log_min_duration`) belong to extensions the catalogue does
-not know: only their form is checked.
+needed; governor/postgres/catalogue.py reads it, this module checks without I/O). Names with a
+dot (`auto_explain.log_min_duration`) belong to extensions the catalogue does not know: only
+their form is checked.
 """
 from __future__ import annotations
 
-import functools
-import logging
 import math
-import os
 import re
-import subprocess
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
-
-log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -39,28 +34,6 @@ class Setting:
 
 
 Catalogue = Dict[str, Setting]
-
-
-@functools.lru_cache(maxsize=8)
-def catalogue(bin_dir: str) -> Optional[Catalogue]:
-    """Every setting the server binary in `bin_dir` knows, by lower-case name; None when the
-    binary cannot tell (not installed on this host, e.g. where only governorctl runs)."""
-    binary = os.path.join(bin_dir, "postgres")
-    try:
-        done = subprocess.run([binary, "--describe-config"], capture_output=True, text=True, timeout=20,
-                              stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.debug("cannot list PostgreSQL settings with %s: %s", binary, exc)
-        return None
-    if done.returncode != 0:
-        return None
-    found: Catalogue = {}
-    for line in done.stdout.splitlines():
-        cols = line.split("\t")
-        if len(cols) < 7:
-            continue
-        found[cols[0].lower()] = Setting(cols[0], cols[3], _float(cols[5]), _float(cols[6]))
-    return found or None
 
 
 def _float(text: str) -> Optional[float]:

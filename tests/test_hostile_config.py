@@ -14,10 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from governor import config, dynamic, pgparams
+from governor.postgres.catalogue import catalogue
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PG_BIN = "/usr/lib/postgresql/15/bin"
-CATALOGUE = pgparams.catalogue(PG_BIN)
+CATALOGUE = catalogue(PG_BIN)
 
 
 def minimal(tmp_path) -> dict:

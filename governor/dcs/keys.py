@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterable, NamedTuple, Optional
 
 from governor.cluster import Cluster, Leader, Member, Switchover, loads
-from governor.config import NAME_MAX, NAME_RE
+from governor.settings import NAME_MAX, NAME_RE
 from governor.sync import SyncState
 
 
