@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -120,6 +121,15 @@ def consume_restart_marker(max_age: float) -> bool:
     return age <= max_age
 
 
+def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether a TCP connection to host:port opens within `timeout`."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def peer_status(api_url: str, cafile: Optional[str] = None, timeout: float = 1.0) -> Optional[Member]:
     """A member's own answer to GET /status, as a Member; None when it does not answer."""
     context = ssl.create_default_context(cafile=cafile) if api_url.startswith("https") else None
@@ -158,6 +168,7 @@ class Governor:
         self.rewind_failed = False
         self.bootstrap_failures = 0   # in a row; decide() stops trying after ha.BOOTSTRAP_ATTEMPTS
         self._not_streaming_since: Optional[float] = None   # replica: since when it has not streamed
+        self._streamed_tli: Optional[int] = None   # replica: highest timeline seen streaming
         self._leader_start_since: Optional[float] = None  # first failed start under the lock
         self._orphan_slots: Dict[str, float] = {}  # slot -> monotonic time it was first seen without member
         self.lock_deadline: Optional[float] = None  # monotonic expiry of the lock as we last set it
@@ -216,12 +227,15 @@ class Governor:
             try:
                 st = self.server_state = self.server.state()
                 self.once("pg", f"PostgreSQL running as {st.role}")
+                timeline = st.timeline
+                not_streaming_for = None
                 if st.role == "primary":
                     self.rewind_pending = True
                 else:
-                    self.check_divergence(st)
+                    timeline = self._replica_timeline(st)
+                    not_streaming_for = self._not_streaming_for(st)
                 return LocalState(**self._local_base(kind), sysid=st.sysid, running=True, role=st.role,
-                                  timeline=st.timeline, lsn=st.lsn)
+                                  timeline=timeline, lsn=st.lsn, not_streaming_for=not_streaming_for)
             except psycopg2.Error as exc:
                 self.once("pg", f"PostgreSQL is running but does not answer: {str(exc).strip()}", logging.WARNING)
                 return LocalState(**self._local_base(kind), sysid=self._sysid(), running=True)
@@ -232,27 +246,34 @@ class Governor:
             self.rewind_pending = True
         return LocalState(**self._local_base(kind), sysid=control.sysid)
 
-    def check_divergence(self, st: ServerState) -> None:
-        """A replica that received WAL the new leader never had (it was ahead of the member that
-        was promoted) cannot follow the leader's new timeline. When it has not streamed for a
-        while and the leader is on a later timeline, have pg_rewind check it, as a demoted
-        primary would be."""
-        leader = self.cluster.leader_member if self.cluster is not None else None
+    def _replica_timeline(self, st: ServerState) -> Optional[int]:
+        """The timeline a replica is on. PostgreSQL tells it while the WAL receiver runs; without
+        one, only the last restartpoint's timeline is left, which lags behind a timeline switch
+        this replica has long followed. So the highest timeline seen streaming is remembered
+        (until the data directory is replaced), and the larger of the two is the answer."""
+        if st.receiving_from and st.timeline:
+            self._streamed_tli = max(self._streamed_tli or 0, st.timeline)
+        known = [t for t in (st.timeline, self._streamed_tli) if t]
+        return max(known) if known else None
+
+    def _not_streaming_for(self, st: ServerState) -> Optional[float]:
+        """Seconds this replica has gone without streaming while another member leads (None while
+        it streams or nobody else leads): decide() judges divergence from it."""
+        leader = self.cluster.leader if self.cluster is not None else None
         if st.receiving_from or leader is None or leader.name == self.name:
             self._not_streaming_since = None
-            return
+            return None
         now = time.monotonic()
         if self._not_streaming_since is None:
             self._not_streaming_since = now
-            return
-        waited = now - self._not_streaming_since
-        if waited >= max(5.0, 2 * self.config.loop_wait) and leader.timeline and st.timeline \
-                and leader.timeline > st.timeline and not self.rewind_pending:
-            log.warning("not streaming from %s for %.0fs and still on timeline %s while it is on %s: this "
-                        "replica may have WAL the leader never had; checking with pg_rewind",
-                        leader.name, waited, st.timeline, leader.timeline)
-            self.rewind_pending = True
-            self._not_streaming_since = None
+        return now - self._not_streaming_since
+
+    def _data_replaced(self) -> None:
+        """A new data directory (clone, bootstrap, reinitialize) or one rewound onto the leader's
+        timeline: what was remembered about the old one no longer holds."""
+        self.rewind_pending = self.rewind_failed = False
+        self._streamed_tli = None
+        self._not_streaming_since = None
 
     def ask_peers(self, cluster: Cluster) -> Dict[str, Optional[Member]]:
         """Ask every other member's API for its position, in parallel, with a short timeout."""
@@ -265,6 +286,7 @@ class Governor:
 
     def _local_base(self, kind: str) -> dict:
         return dict(name=self.name, data=kind, tags=self.config.tags, data_dir=self.pg.data_dir,
+                    loop_wait=self.config.loop_wait,
                     maximum_lag_on_failover=self.pg.maximum_lag_on_failover,
                     rewind_pending=self.rewind_pending, rewind_failed=self.rewind_failed,
                     bootstrap_failures=self.bootstrap_failures)
@@ -325,7 +347,7 @@ class Governor:
         try:
             with self.notify.keep_alive_while("initdb"):
                 bootstrap.initdb(self.pg)
-            self.rewind_pending = self.rewind_failed = False
+            self._data_replaced()
             self.write_conf(standby_of=None)
             datadir.write_pgpass(self.pg)
             sent = time.monotonic()
@@ -392,7 +414,7 @@ class Governor:
         log.info("cloning %s from %s:%s with pg_basebackup", self.pg.data_dir, *address)
         with self.notify.keep_alive_while(f"cloning {decision.leader} with pg_basebackup"):
             bootstrap.basebackup(self.pg, *address)
-        self.rewind_pending = self.rewind_failed = False
+        self._data_replaced()
         self._start(standby_of=address)
         log.info("clone finished: streaming from %s", decision.leader)
 
@@ -572,7 +594,7 @@ class Governor:
         self.server.close()
         self.controller.stop("immediate")
         datadir.empty_directory(self.pg.data_dir)
-        self.rewind_pending = self.rewind_failed = False
+        self._data_replaced()
         self._sysid_cache = None
         log.info("reinitialize: %s removed; the next loop clones %s", self.pg.data_dir, decision.leader)
 
@@ -605,6 +627,11 @@ class Governor:
         target = self.leader_address(decision.leader)
         if target is None:
             raise ActionFailed(f"leader {decision.leader} has published no address")
+        if local.running and not reachable(*target):
+            # pg_rewind needs the leader; stopping a running replica for a rewind that cannot
+            # happen (the leader died and its lock has not expired yet) only makes it unreadable.
+            raise ActionFailed(f"leader {decision.leader} at {target[0]}:{target[1]} does not answer; not "
+                               "stopping PostgreSQL for pg_rewind")
         self.controller.stop("fast")
         self._rewind(decision.leader, target)
 
@@ -633,7 +660,7 @@ class Governor:
                 raise ActionFailed("data directory removed after a failed pg_rewind; cloning next") from exc
             self.rewind_failed = True
             raise ActionFailed(f"{exc}; this member stays stopped until the operator acts") from exc
-        self.rewind_pending = False
+        self._data_replaced()
         log.info("pg_rewind: %s", result.replace("pg_rewind: ", ""))
 
     def do_follow(self, decision: Decision, local: LocalState) -> None:

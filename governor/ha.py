@@ -38,8 +38,11 @@ Cases, checked top to bottom (the first that matches wins):
                                                                              manage_sync
   lock_held_promote             holds the lock, running as replica           renew_lock, promote
   demote_other_leader           primary, but another member holds the lock   demote
-  rewind_demoted                replica that was primary (or cannot stream    rewind, start_as_replica
-                                the leader's newer timeline), another leader
+  rewind_demoted                replica that was primary, another leader     rewind, start_as_replica
+  replica_diverged              replica not streaming for max(5 s,           rewind, start_as_replica
+                                2 * loop_wait) while the running leader is
+                                on a later timeline: it may hold WAL the
+                                leader never had
   follow_leader                 replica, another member holds the lock       follow
   race_not_eligible_nofailover  nobody holds the lock, tagged nofailover     follow (nobody)
   race_not_synchronous          nobody holds the lock, the dead leader's      follow (nobody)
@@ -112,6 +115,8 @@ class LocalState:
     peers: Dict[str, Optional[Member]] = field(default_factory=dict)
     now: float = 0.0                # wall clock, for scheduled switchovers
     request: Optional[str] = None   # an operator's pending "restart" / "reinitialize" (HTTP API)
+    not_streaming_for: Optional[float] = None  # replica: seconds without streaming while another leads
+    loop_wait: float = 10.0
     bootstrap_failures: int = 0     # failed bootstraps in a row since governor started
 
 
@@ -240,9 +245,16 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                             (Action.DEMOTE,), leader=leader)
         if local.rewind_pending:
             return Decision("rewind_demoted",
-                            f"former primary, or a replica that cannot follow {leader}'s timeline: checking it "
-                            f"against {leader} with pg_rewind",
+                            f"former primary: checking it against {leader} with pg_rewind",
                             (Action.REWIND, Action.START_AS_REPLICA), leader=leader)
+        waited = local.not_streaming_for
+        if waited is not None and waited >= max(5.0, 2 * local.loop_wait) and leader_member is not None \
+                and leader_member.role == "primary" and leader_member.state == "running" \
+                and leader_member.timeline and local.timeline and leader_member.timeline > local.timeline:
+            return Decision("replica_diverged",
+                            f"not streaming from {leader} for {waited:.0f}s and on timeline {local.timeline} while "
+                            f"it is on {leader_member.timeline}: this replica may have WAL the leader never had; "
+                            "checking it with pg_rewind", (Action.REWIND, Action.START_AS_REPLICA), leader=leader)
         return Decision("follow_leader", f"following leader {leader}", (Action.FOLLOW,), leader=leader)
 
     # Nobody holds the lock.

@@ -28,14 +28,18 @@ def cluster(leader=None, initialize=SYSID, members=(), leader_lsn=None, switchov
 
 
 def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, rewind_pending=False,
-          rewind_failed=False, peers=None, request=None, now=0.0, bootstrap_failures=0, **tags):
+          rewind_failed=False, peers=None, request=None, now=0.0, bootstrap_failures=0, timeline=None,
+          not_streaming_for=None, **tags):
     return ha.LocalState(name=ME, data=data, sysid=sysid if data == ha.POSTGRES else None, running=running,
                          role=role if running else None, lsn=lsn, tags=tags, maximum_lag_on_failover=1000,
                          data_dir="/var/lib/pg", rewind_pending=rewind_pending, rewind_failed=rewind_failed,
-                         peers=peers or {}, request=request, now=now, bootstrap_failures=bootstrap_failures)
+                         peers=peers or {}, request=request, now=now, bootstrap_failures=bootstrap_failures,
+                         timeline=timeline, not_streaming_for=not_streaming_for, loop_wait=1)
 
 
 PRIMARY_NODE2 = member("node2", role="primary")
+NODE2_TL3 = Member(name="node2", role="primary", state="running", conn_url="postgres://127.0.0.1:5432/x",
+                   timeline=3, lsn=100)
 
 # (case, cluster snapshot, local state, expected actions, expected leader to follow/clone)
 TABLE = [
@@ -78,6 +82,8 @@ TABLE = [
      "node2"),
     ("rewind_demoted", cluster("node2", members=[PRIMARY_NODE2]), local(rewind_pending=True),
      (A.REWIND, A.START_AS_REPLICA), "node2"),
+    ("replica_diverged", cluster("node2", members=[NODE2_TL3]), local(timeline=2, not_streaming_for=6),
+     (A.REWIND, A.START_AS_REPLICA), "node2"),
     ("follow_leader", cluster("node2", members=[PRIMARY_NODE2]), local(), (A.FOLLOW,), "node2"),
     ("primary_reacquire", cluster(), local(role="primary"), (A.ACQUIRE_LOCK, A.ENSURE_SLOTS), None),
     ("switchover_take_over", cluster(switchover_to=ME, leader_lsn=10**9), local(lsn=100),
@@ -117,6 +123,21 @@ def test_nofailover_or_lagging_members_do_not_block_the_race():
     others = [member("node2", lsn=500, nofailover=True), member("node3", lsn=900, state="stopped")]
     decision = ha.decide(cluster(members=others, leader_lsn=100), local(lsn=100))
     assert decision.case == "leader_race"
+
+
+def test_a_replica_is_only_rewound_when_the_running_leader_is_ahead_for_long_enough():
+    """A replica waiting for a new leader to come up, or one on the leader's timeline, is not
+    stopped for pg_rewind: only a running leader on a later timeline, not streamed from for
+    max(5 s, 2 * loop_wait), makes it a divergence."""
+    diverged = ha.decide(cluster("node2", members=[NODE2_TL3]), local(timeline=2, not_streaming_for=6))
+    assert diverged.case == "replica_diverged" and "timeline 2 while it is on 3" in diverged.message
+    dead = Member(name="node2", role="primary", state="stopped", conn_url="postgres://h:1/x", timeline=3)
+    for snapshot, state in ((cluster("node2", members=[NODE2_TL3]), local(timeline=2, not_streaming_for=4)),
+                            (cluster("node2", members=[NODE2_TL3]), local(timeline=3, not_streaming_for=60)),
+                            (cluster("node2", members=[NODE2_TL3]), local(timeline=None, not_streaming_for=60)),
+                            (cluster("node2", members=[dead]), local(timeline=2, not_streaming_for=60)),
+                            (cluster("node2", members=[NODE2_TL3]), local(timeline=2, not_streaming_for=None))):
+        assert ha.decide(snapshot, state).case == "follow_leader"
 
 
 def test_unknown_lag_is_not_zero():
