@@ -286,7 +286,8 @@ class Governor:
 
     def _local_base(self, kind: str) -> dict:
         return dict(name=self.name, data=kind, tags=self.config.tags, data_dir=self.pg.data_dir,
-                    loop_wait=self.config.loop_wait,
+                    loop_wait=self.config.loop_wait, retry_timeout=self.config.retry_timeout,
+                    primary_start_timeout=self.config.primary_start_timeout,
                     maximum_lag_on_failover=self.pg.maximum_lag_on_failover,
                     rewind_pending=self.rewind_pending, rewind_failed=self.rewind_failed,
                     bootstrap_failures=self.bootstrap_failures)
@@ -437,31 +438,28 @@ class Governor:
         self.controller.start(self.pg.start_timeout, wait=standby_of is None)
 
     def do_start_as_leader(self, decision: Decision, local: LocalState) -> None:
-        """Restart in place under the lock; give the lock up if it does not come up in time."""
+        """Restart in place under the lock. The wait is bounded by the lock (the next pass renews it
+        while PostgreSQL comes up: lock_holder_starting); decide() gives the lock up after
+        primary_start_timeout (start_timeout_release)."""
         # A replica data directory starts as a standby; the next loop promotes it under the lock.
         standby_of = () if datadir.is_standby(self.pg.data_dir) else None
         self._prepare(standby_of)
-        now = time.monotonic()
-        if self._leader_start_since is None:
-            self._leader_start_since = now
-        left = self.config.primary_start_timeout - (now - self._leader_start_since)
-        log.info("starting PostgreSQL in place (this member holds the lock); waiting up to %.0fs", left)
+        wait = self.config.primary_start_timeout - (local.starting_for or 0)
+        if self.fence.deadline is not None:
+            wait = min(wait, self.fence.deadline - self.fence.margin - 1 - time.monotonic())
+        log.info("starting PostgreSQL in place (this member holds the lock); waiting up to %.0fs", max(wait, 1.0))
         try:
-            self.controller.start(max(left, 1.0))
-            self._leader_start_since = None
+            self.controller.start(max(wait, 1.0))
         except ControllerError as exc:
-            if time.monotonic() - self._leader_start_since < self.config.primary_start_timeout:
-                log.warning("PostgreSQL did not start (%s); trying again", exc)
-                return
+            raise ActionFailed(f"PostgreSQL is not up yet ({exc}); renewing the lock and waiting") from exc
+
+    def do_release_lock(self, decision: Decision, local: LocalState) -> None:
+        log.error("%s", decision.message)
+        try:
+            self.controller.stop("immediate")
+        finally:
+            self._release_lock()
             self._leader_start_since = None
-            log.error("PostgreSQL did not accept connections within primary_start_timeout (%ss): %s; "
-                      "stopping it and releasing the lock so a replica takes over",
-                      self.config.primary_start_timeout, exc)
-            try:
-                self.controller.stop("immediate")
-            finally:
-                self._release_lock()
-            raise ActionFailed("gave up the leader lock after a failed start") from exc
 
     def do_start_as_replica(self, decision: Decision, local: LocalState) -> None:
         self._start(standby_of=self.leader_address(decision.leader) or ())
@@ -749,12 +747,28 @@ class Governor:
 
     # ------------------------------------------------------------------ loop
 
+    def lock_left(self) -> Optional[float]:
+        """Seconds before our lock expires, as this member knows it; None when it holds none."""
+        if not self.holds_lock or self.lock_deadline is None:
+            return None
+        return self.lock_deadline - time.monotonic()
+
     def lock_too_close_to_expiry(self) -> bool:
-        """After a failed etcd call, a primary whose lock would expire before another call could
-        time out must not ask again: it treats etcd as unreachable and demotes now."""
-        if not (self.dcs_failed and self.holds_lock and self.lock_deadline is not None):
-            return False
-        return self.lock_deadline - time.monotonic() <= self.config.retry_timeout + 1
+        """After a failed etcd call, no new call is started that could outlast our lock: the pass
+        goes on without a snapshot and decide() demotes (lock_expiring_demote)."""
+        left = self.lock_left()
+        return self.dcs_failed and left is not None and left <= self.config.retry_timeout + 1
+
+    def _starting_for(self, local: LocalState) -> Optional[float]:
+        """Holding the lock: since when PostgreSQL has not been up (memory for decide())."""
+        holder = self.cluster is not None and self.cluster.leader is not None and self.cluster.leader.name == self.name
+        if not holder or (local.running and local.role):
+            self._leader_start_since = None
+            return None
+        now = time.monotonic()
+        if self._leader_start_since is None:
+            self._leader_start_since = now
+        return now - self._leader_start_since
 
     def run_once(self) -> bool:
         """One pass; returns False when an action failed and the loop should run again at once."""
@@ -768,7 +782,9 @@ class Governor:
         if self.cluster is not None:
             self.apply_dynamic(self.cluster)
         request = self._request
-        local = replace(self.observe_local(), now=time.time(), request=request.kind if request else None)
+        local = self.observe_local()
+        local = replace(local, now=time.time(), request=request.kind if request else None,
+                        lock_left=self.lock_left(), starting_for=self._starting_for(local))
         if self.cluster is not None and self.cluster.initialized and self.cluster.leader is None \
                 and local.running and local.role == "replica":
             local = replace(local, peers=self.ask_peers(self.cluster))

@@ -7,6 +7,8 @@ Cases, checked top to bottom (the first that matches wins):
 
   case                          when                                          actions
   ----------------------------  --------------------------------------------  ---------------------------
+  lock_expiring_demote          etcd did not answer and our lock expires      demote (follow nobody)
+                                within retry_timeout + 1 s: no waiting again
   dcs_unreachable_demote        etcd unreachable, local server is a primary   demote (follow nobody)
   dcs_unreachable               etcd unreachable otherwise                    -
   data_dir_not_postgres         data_dir holds files that are not PostgreSQL  -  (never touched)
@@ -26,10 +28,14 @@ Cases, checked top to bottom (the first that matches wins):
   wait_for_leader_to_clone      data_dir empty, no usable leader             -
   rewind_failed_wait            pg_rewind failed, no permission to re-clone  -  (operator must act)
   switchover_await_candidate    stopped after stepping down, switchover due  -
+  start_timeout_release         holds the lock, PostgreSQL not up for        release_lock
+                                primary_start_timeout: let a replica lead
   start_lock_holder             stopped, this member holds the lock          renew_lock, start_as_leader
   rewind_then_follow            stopped former primary, another leader       rewind, start_as_replica
   start_following_leader        stopped, another member holds the lock       start_as_replica
   start_read_only               stopped, nobody holds the lock               start_as_replica
+  lock_holder_starting          holds the lock, running but not accepting     renew_lock
+                                queries yet (crash recovery under the lock)
   postgres_not_answering        running but not accepting queries            -
   switchover_not_ready          holds the lock, switchover due, candidate    renew_lock, ensure_slots,
                                 not a running replica (postponed)            manage_sync
@@ -89,6 +95,7 @@ class Action(str, Enum):
     RESTART = "restart"
     REINITIALIZE = "reinitialize"
     STEP_DOWN = "step_down"
+    RELEASE_LOCK = "release_lock"
     FOLLOW = "follow"
     ENSURE_SLOTS = "ensure_slots"
     MANAGE_SYNC = "manage_sync"
@@ -117,6 +124,10 @@ class LocalState:
     request: Optional[str] = None   # an operator's pending "restart" / "reinitialize" (HTTP API)
     not_streaming_for: Optional[float] = None  # replica: seconds without streaming while another leads
     loop_wait: float = 10.0
+    retry_timeout: float = 10.0
+    primary_start_timeout: float = 30.0
+    lock_left: Optional[float] = None          # seconds before our lock expires, as we know it (None: not ours)
+    starting_for: Optional[float] = None       # holding the lock: seconds PostgreSQL has not been up
     bootstrap_failures: int = 0     # failed bootstraps in a row since governor started
 
 
@@ -132,9 +143,21 @@ class Decision:
         return f"{self.case}: {self.message}"
 
 
+def _start_timeout(local: LocalState) -> Decision:
+    return Decision("start_timeout_release",
+                    f"PostgreSQL has not come up for {local.starting_for:.0f}s under the lock "
+                    f"(primary_start_timeout {local.primary_start_timeout:.0f}s): stopping it and releasing the lock "
+                    "so a replica takes over", (Action.RELEASE_LOCK,))
+
+
 def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
     me = local.name
     if cluster is None:
+        if local.running and local.role == "primary" and local.lock_left is not None \
+                and local.lock_left <= local.retry_timeout + 1:
+            return Decision("lock_expiring_demote",
+                            f"etcd did not answer and the leader lock expires in {max(local.lock_left, 0):.1f}s, less "
+                            "than another etcd call may take: demoting to a read-only standby now", (Action.DEMOTE,))
         if local.running and local.role == "primary":
             return Decision("dcs_unreachable_demote",
                             "etcd unreachable: demoting to a read-only standby before the lock can expire",
@@ -207,6 +230,8 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
             return Decision("switchover_await_candidate",
                             f"switchover: waiting for {switchover.candidate} to take the lock")
         if leader == me:
+            if local.starting_for is not None and local.starting_for >= local.primary_start_timeout:
+                return _start_timeout(local)
             return Decision("start_lock_holder", "PostgreSQL stopped and this member holds the lock: starting it",
                             (Action.RENEW_LOCK, Action.START_AS_LEADER))
         if leader and local.rewind_pending:
@@ -219,6 +244,11 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
         return Decision("start_read_only", "PostgreSQL stopped and nobody holds the lock: starting it read-only",
                         (Action.START_AS_REPLICA,))
     if local.role is None:
+        if leader == me:
+            if local.starting_for is not None and local.starting_for >= local.primary_start_timeout:
+                return _start_timeout(local)
+            return Decision("lock_holder_starting", "PostgreSQL is starting (not accepting queries yet) and this "
+                            "member holds the lock: keeping it while it comes up", (Action.RENEW_LOCK,))
         return Decision("postgres_not_answering", "PostgreSQL is running but not accepting queries yet; waiting")
 
     if leader == me:

@@ -29,12 +29,13 @@ def cluster(leader=None, initialize=SYSID, members=(), leader_lsn=None, switchov
 
 def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, rewind_pending=False,
           rewind_failed=False, peers=None, request=None, now=0.0, bootstrap_failures=0, timeline=None,
-          not_streaming_for=None, **tags):
+          not_streaming_for=None, lock_left=None, starting_for=None, **tags):
     return ha.LocalState(name=ME, data=data, sysid=sysid if data == ha.POSTGRES else None, running=running,
                          role=role if running else None, lsn=lsn, tags=tags, maximum_lag_on_failover=1000,
                          data_dir="/var/lib/pg", rewind_pending=rewind_pending, rewind_failed=rewind_failed,
                          peers=peers or {}, request=request, now=now, bootstrap_failures=bootstrap_failures,
-                         timeline=timeline, not_streaming_for=not_streaming_for, loop_wait=1)
+                         timeline=timeline, not_streaming_for=not_streaming_for, loop_wait=1, retry_timeout=3,
+                         primary_start_timeout=30, lock_left=lock_left, starting_for=starting_for)
 
 
 PRIMARY_NODE2 = member("node2", role="primary")
@@ -43,7 +44,8 @@ NODE2_TL3 = Member(name="node2", role="primary", state="running", conn_url="post
 
 # (case, cluster snapshot, local state, expected actions, expected leader to follow/clone)
 TABLE = [
-    ("dcs_unreachable_demote", None, local(role="primary"), (A.DEMOTE,), None),
+    ("lock_expiring_demote", None, local(role="primary", lock_left=3.5), (A.DEMOTE,), None),
+    ("dcs_unreachable_demote", None, local(role="primary", lock_left=8), (A.DEMOTE,), None),
     ("dcs_unreachable", None, local(role="replica"), (), None),
     ("data_dir_not_postgres", cluster(), local(data=ha.NOT_POSTGRES, running=False), (), None),
     ("foreign_data_dir", cluster("node2", members=[PRIMARY_NODE2]), local(sysid="123"), (), None),
@@ -65,12 +67,15 @@ TABLE = [
     ("rewind_failed_wait", cluster("node2", members=[PRIMARY_NODE2]), local(running=False, rewind_failed=True),
      (), None),
     ("switchover_await_candidate", cluster(switchover_to="node2"), local(running=False), (), None),
-    ("start_lock_holder", cluster(ME), local(running=False), (A.RENEW_LOCK, A.START_AS_LEADER), None),
+    ("start_timeout_release", cluster(ME), local(running=False, starting_for=31), (A.RELEASE_LOCK,), None),
+    ("start_lock_holder", cluster(ME), local(running=False, starting_for=5), (A.RENEW_LOCK, A.START_AS_LEADER),
+     None),
     ("rewind_then_follow", cluster("node2", members=[PRIMARY_NODE2]), local(running=False, rewind_pending=True),
      (A.REWIND, A.START_AS_REPLICA), "node2"),
     ("start_following_leader", cluster("node2", members=[PRIMARY_NODE2]), local(running=False),
      (A.START_AS_REPLICA,), "node2"),
     ("start_read_only", cluster(), local(running=False), (A.START_AS_REPLICA,), None),
+    ("lock_holder_starting", cluster(ME), local(role=None, starting_for=12), (A.RENEW_LOCK,), None),
     ("postgres_not_answering", cluster(), local(role=None), (), None),
     ("switchover_not_ready", cluster(ME, switchover_to="node2", members=[member("node2", state="stopped")]),
      local(role="primary"), (A.RENEW_LOCK, A.ENSURE_SLOTS, A.MANAGE_SYNC), None),

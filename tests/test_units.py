@@ -85,3 +85,10 @@ def test_failed_passes_back_off_and_a_success_resets():
     assert max(delays) == 10, "capped at loop_wait"
     assert b.next_delay(True, 10, started=0.0, now=2.5) == 7.5, "after a success: the rest of loop_wait"
     assert b.next_delay(False, 10, started=0.0, now=0.0) == 0.1
+
+
+def test_every_action_has_exactly_one_executor():
+    from governor.daemon import Governor
+    from governor.ha import Action
+    executors = {name[3:] for name in dir(Governor) if name.startswith("do_")}
+    assert executors == {a.value for a in Action}, executors ^ {a.value for a in Action}
