@@ -4,7 +4,7 @@ PYTHON   ?= /usr/bin/python3
 PYTEST   ?= $(PYTHON) -m pytest -p no:cacheprovider --timeout=600
 DEMO_DIR ?= /tmp/governor-demo
 
-.PHONY: all deps lint unit test test-system test-packages deb rpm demo demo-stop demo-status demo-clean clean
+.PHONY: all deps lint unit test test-system test-packages simulate deb rpm demo demo-stop demo-status demo-clean clean
 
 all: test
 
@@ -30,6 +30,13 @@ test-packages: deps
 test: deps lint
 	$(PYTEST) -q tests
 	GOVERNOR_TEST_ETCD_API=2 $(PYTEST) -q tests/test_failover.py
+
+# The deterministic simulator on many more fault schedules than `make test` runs (10,000):
+# make simulate SIM_SCHEDULES=1000000 SIM_FIRST_SEED=10001
+SIM_SCHEDULES ?= 200000
+SIM_FIRST_SEED ?= 10001
+simulate: deps
+	SIM_SCHEDULES=$(SIM_SCHEDULES) SIM_FIRST_SEED=$(SIM_FIRST_SEED) $(PYTEST) --timeout=0 -q -s tests/test_simulation.py -k random
 
 demo: deps
 	$(PYTHON) demo/demo.py start --dir $(DEMO_DIR)

@@ -64,6 +64,9 @@ Cases, checked top to bottom (the first that matches wins):
                                 members answer to prove no commit is missing
   primary_reacquire             nobody holds the lock, running as primary    acquire_lock, ensure_slots
   switchover_take_over          nobody holds the lock, this is the candidate acquire_lock, promote
+                                (of a failover, or of a switchover whose
+                                candidate is within the lag limit; otherwise
+                                the race below decides)
   switchover_defer              nobody holds the lock, another is candidate  -  (keeps its upstream)
   leader_race                   nobody holds the lock, eligible replica      acquire_lock, promote
 """
@@ -73,7 +76,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, Optional, Tuple
 
-from governor.cluster import Cluster, Member
+from governor.cluster import Cluster, Member, Switchover
 from governor.sync import describe as describe_sync
 from governor.sync import voters as sync_voters
 
@@ -141,6 +144,36 @@ class Decision:
     @property
     def summary(self) -> str:
         return f"{self.case}: {self.message}"
+
+
+def common_position(timeline: Optional[int], lsn: Optional[int], history: Tuple[Dict[str, Any], ...]) -> Optional[int]:
+    """How far a member's WAL agrees with the newest timeline: its position, capped at the switch
+    point where its own timeline was left for the next one (the `history` key records each
+    promotion's timeline and position). Unknown timeline: the position as it is."""
+    if lsn is None or timeline is None:
+        return lsn
+    ends = [entry.get("lsn") for entry in history
+            if isinstance(entry.get("timeline"), int) and entry["timeline"] > timeline
+            and isinstance(entry.get("lsn"), int) and not isinstance(entry.get("lsn"), bool)]
+    return min([lsn] + ends)
+
+
+def _candidate_caught_up(cluster: Cluster, switchover: Switchover, local: LocalState) -> bool:
+    """A switchover's candidate takes the lock without racing because its leader stopped only
+    once the candidate had all of its WAL. When the leader lost its lock some other way (an etcd
+    outage, a crash) that promise is void: the candidate is then trusted only within
+    maximum_lag_on_failover of the last published position. A manual failover (no leader in the
+    request) is the operator's explicit choice and always honoured."""
+    if switchover.leader is None:
+        return True
+    if switchover.candidate == local.name:
+        lsn = common_position(local.timeline, local.lsn, cluster.history)
+    else:
+        member = cluster.member(switchover.candidate)
+        lsn = common_position(member.timeline, member.lsn, cluster.history) if member is not None else None
+    if cluster.leader_lsn is None or lsn is None:
+        return False
+    return cluster.leader_lsn - lsn <= local.maximum_lag_on_failover
 
 
 def _start_timeout(local: LocalState) -> Decision:
@@ -260,6 +293,15 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                                 f"switchover to {switchover.candidate} postponed: it is not a running replica "
                                 f"({candidate.role + ', ' + candidate.state if candidate else 'not a member'})",
                                 (Action.RENEW_LOCK, Action.ENSURE_SLOTS, Action.MANAGE_SYNC))
+            # Only connected standbys get the last WAL at the shutdown: one that lags (it just came
+            # back, its stream stalled) would take over without it.
+            behind = None if candidate.lsn is None or local.lsn is None else local.lsn - candidate.lsn
+            if behind is None or behind > local.maximum_lag_on_failover:
+                return Decision("switchover_not_ready",
+                                f"switchover to {switchover.candidate} postponed: it lags "
+                                f"{'an unknown amount' if behind is None else f'{behind} bytes'} behind, more than "
+                                f"maximum_lag_on_failover {local.maximum_lag_on_failover}",
+                                (Action.RENEW_LOCK, Action.ENSURE_SLOTS, Action.MANAGE_SYNC))
             return Decision("switchover_step_down",
                             f"switchover to {switchover.candidate} requested: stopping PostgreSQL, so the "
                             "candidate receives all of its WAL, then releasing the lock", (Action.STEP_DOWN,),
@@ -288,6 +330,8 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
         return Decision("follow_leader", f"following leader {leader}", (Action.FOLLOW,), leader=leader)
 
     # Nobody holds the lock.
+    if switchover and local.role == "replica" and not _candidate_caught_up(cluster, switchover, local):
+        switchover = None   # a switchover whose leader did not hand over cleanly: the normal race decides
     if switchover and local.role == "replica":
         if switchover.candidate == me:
             return Decision("switchover_take_over",
@@ -304,8 +348,11 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
     if local.tags.get("nofailover"):
         return Decision("race_not_eligible_nofailover", "no leader; tagged nofailover, so not racing",
                         (Action.FOLLOW,))
-    known = cluster.leader_lsn is not None and local.lsn is not None
-    lag = max(0, cluster.leader_lsn - local.lsn) if known else None
+    # Positions on an older timeline count only up to where that timeline ended: WAL past the
+    # switch point is WAL the later leaders never had, not progress.
+    my_lsn = common_position(local.timeline, local.lsn, cluster.history)
+    known = cluster.leader_lsn is not None and my_lsn is not None
+    lag = max(0, cluster.leader_lsn - my_lsn) if known else None
     # No position published at all happens before any leader ran on this data (a cluster just
     # initialized from an existing data directory, keys wiped): the members compare among
     # themselves below. A position that is there but unreadable, or our own unknown, is unknown.
@@ -344,7 +391,8 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                             (Action.FOLLOW,))
     better = [m for m in others
               if m.state == "running" and m.role == "replica" and not m.tags.get("nofailover")
-              and m.lsn is not None and local.lsn is not None and m.lsn > local.lsn
+              and common_position(m.timeline, m.lsn, cluster.history) is not None and my_lsn is not None
+              and common_position(m.timeline, m.lsn, cluster.history) > my_lsn
               and (not promised or m.name in sync.members)]
     if better:
         best = max(better, key=lambda m: m.lsn or 0)

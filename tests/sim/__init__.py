@@ -1,0 +1,1 @@
+"""A deterministic simulator of a governor cluster: the real decide(), modelled effects."""
