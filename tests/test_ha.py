@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -235,3 +236,32 @@ def test_a_degraded_promise_falls_back_to_the_asynchronous_rules():
     assert ha.decide(cluster(sync=degraded, unreadable_lsn=True), local(lsn=100)).case == "race_lag_unknown"
     nobody = SyncState("node9", (), 1)   # strict, no standby: nobody has every commit
     assert ha.decide(cluster(sync=nobody), local(lsn=100)).case == "race_not_synchronous"
+
+
+def test_a_lagging_switchover_candidate_is_waited_for():
+    lagging = Member(name="node2", role="replica", state="running", conn_url="postgres://h:1/x", lsn=100)
+    decision = ha.decide(cluster(ME, switchover_to="node2", members=[lagging]), local(role="primary", lsn=5000))
+    assert decision.case == "switchover_not_ready" and "lags 4900 bytes" in decision.message
+
+
+def test_a_switchover_whose_leader_did_not_hand_over_is_decided_by_the_race():
+    """The request names a leader that lost its lock some other way: its candidate is trusted only
+    within the lag limit; a manual failover (no leader named) is always honoured."""
+    snapshot = Cluster(initialize=SYSID, leader=None, members=(member("node2", lsn=100),), leader_lsn=9000,
+                       switchover=Switchover(leader="node3", candidate=ME, requested_at=0))
+    assert ha.decide(snapshot, local(lsn=100)).case == "race_not_eligible_lag"
+    assert ha.decide(replace(snapshot, leader_lsn=500), local(lsn=100)).case == "switchover_take_over"
+    failover = replace(snapshot, switchover=Switchover(leader=None, candidate=ME, requested_at=0))
+    assert ha.decide(failover, local(lsn=100)).case == "switchover_take_over"
+
+
+def test_positions_on_an_old_timeline_count_up_to_its_switch_point():
+    history = ({"timeline": 2, "lsn": 1000}, {"timeline": 3, "lsn": 5000})
+    assert ha.common_position(1, 4000, history) == 1000
+    assert ha.common_position(2, 4000, history) == 4000
+    assert ha.common_position(3, 7000, history) == 7000
+    assert ha.common_position(None, 7000, history) == 7000
+    # A replica on timeline 1 past the switch point lags from where timeline 1 ended.
+    snapshot = Cluster(initialize=SYSID, leader=None, leader_lsn=5200, history=history)
+    decision = ha.decide(snapshot, local(lsn=5100, timeline=1))
+    assert decision.case == "race_not_eligible_lag" and "lag 4200 bytes" in decision.message
