@@ -30,6 +30,7 @@ from governor.dcs import DCS, DCSError, from_config, short_error
 from governor.dcs import make as make_dcs
 from governor.ha import BOOTSTRAP_ATTEMPTS, Action, Decision, LocalState, decide
 from governor.lockfence import LockFence, stop_postmaster_now
+from governor.memory import NodeMemory
 from governor.metrics import Metrics
 from governor.postgres import bootstrap, datadir
 from governor.postgres.catalogue import catalogue
@@ -160,29 +161,13 @@ class Governor:
         self.watcher: Optional[LeaderWatcher] = None
         self.once = OnChange()
         self.cluster: Optional[Cluster] = None
-        self.holds_lock = False
-        self.activity: Optional[str] = None  # "bootstrapping" / "creating replica" while it runs
-        self._sysid_cache: Optional[tuple] = None
-        self._published_lsn: Optional[int] = None
-        self.rewind_pending = False   # this data directory ran as a primary since it last followed
-        self.rewind_failed = False
-        self.bootstrap_failures = 0   # in a row; decide() stops trying after ha.BOOTSTRAP_ATTEMPTS
-        self._not_streaming_since: Optional[float] = None   # replica: since when it has not streamed
-        self._streamed_tli: Optional[int] = None   # replica: highest timeline seen streaming
-        self._leader_start_since: Optional[float] = None  # first failed start under the lock
-        self._orphan_slots: Dict[str, float] = {}  # slot -> monotonic time it was first seen without member
-        self.lock_deadline: Optional[float] = None  # monotonic expiry of the lock as we last set it
-        self.dcs_failed = False   # an etcd call failed in the current (or last) pass
-        self._roles_checked = False
-        self.conf_target: Optional[tuple] = None  # what postgresql.conf was last written for
+        self.mem = NodeMemory()
         self.notify = Notifier()
         self.backoff = Backoff()
-        self.name_is_ours = False     # wait_for_unique_name() found no other governor using our name
         self.reload_requested = threading.Event()
         self.server_state: Optional[ServerState] = None
         self._request: Optional[OperatorRequest] = None
         self._request_lock = threading.Lock()
-        self.last_error: Optional[str] = None   # why the last failed action failed
         self.syncrep = SyncManager(self)
         self.replicas: tuple = ()
         self.pg_version: Optional[int] = None
@@ -218,8 +203,8 @@ class Governor:
     def observe_local(self) -> LocalState:
         kind = datadir.classify(self.pg.data_dir)
         if kind != datadir.POSTGRES:
-            self._sysid_cache = None
-            self.rewind_pending = self.rewind_failed = False
+            self.mem.sysid_cache = None
+            self.mem.rewind_pending = self.mem.rewind_failed = False
             return LocalState(**self._local_base(kind))
         running = self.controller.is_running()
         self.server_state = None
@@ -230,7 +215,7 @@ class Governor:
                 timeline = st.timeline
                 not_streaming_for = None
                 if st.role == "primary":
-                    self.rewind_pending = True
+                    self.mem.rewind_pending = True
                 else:
                     timeline = self._replica_timeline(st)
                     not_streaming_for = self._not_streaming_for(st)
@@ -243,7 +228,7 @@ class Governor:
         self.once("pg", "PostgreSQL is not running")
         control = self._controldata()
         if datadir.was_primary(control):
-            self.rewind_pending = True
+            self.mem.rewind_pending = True
         return LocalState(**self._local_base(kind), sysid=control.sysid)
 
     def _replica_timeline(self, st: ServerState) -> Optional[int]:
@@ -252,8 +237,8 @@ class Governor:
         this replica has long followed. So the highest timeline seen streaming is remembered
         (until the data directory is replaced), and the larger of the two is the answer."""
         if st.receiving_from and st.timeline:
-            self._streamed_tli = max(self._streamed_tli or 0, st.timeline)
-        known = [t for t in (st.timeline, self._streamed_tli) if t]
+            self.mem.streamed_tli = max(self.mem.streamed_tli or 0, st.timeline)
+        known = [t for t in (st.timeline, self.mem.streamed_tli) if t]
         return max(known) if known else None
 
     def _not_streaming_for(self, st: ServerState) -> Optional[float]:
@@ -261,19 +246,19 @@ class Governor:
         it streams or nobody else leads): decide() judges divergence from it."""
         leader = self.cluster.leader if self.cluster is not None else None
         if st.receiving_from or leader is None or leader.name == self.name:
-            self._not_streaming_since = None
+            self.mem.not_streaming_since = None
             return None
         now = time.monotonic()
-        if self._not_streaming_since is None:
-            self._not_streaming_since = now
-        return now - self._not_streaming_since
+        if self.mem.not_streaming_since is None:
+            self.mem.not_streaming_since = now
+        return now - self.mem.not_streaming_since
 
     def _data_replaced(self) -> None:
         """A new data directory (clone, bootstrap, reinitialize) or one rewound onto the leader's
         timeline: what was remembered about the old one no longer holds."""
-        self.rewind_pending = self.rewind_failed = False
-        self._streamed_tli = None
-        self._not_streaming_since = None
+        self.mem.rewind_pending = self.mem.rewind_failed = False
+        self.mem.streamed_tli = None
+        self.mem.not_streaming_since = None
 
     def ask_peers(self, cluster: Cluster) -> Dict[str, Optional[Member]]:
         """Ask every other member's API for its position, in parallel, with a short timeout."""
@@ -289,8 +274,8 @@ class Governor:
                     loop_wait=self.config.loop_wait, retry_timeout=self.config.retry_timeout,
                     primary_start_timeout=self.config.primary_start_timeout,
                     maximum_lag_on_failover=self.pg.maximum_lag_on_failover,
-                    rewind_pending=self.rewind_pending, rewind_failed=self.rewind_failed,
-                    bootstrap_failures=self.bootstrap_failures)
+                    rewind_pending=self.mem.rewind_pending, rewind_failed=self.mem.rewind_failed,
+                    bootstrap_failures=self.mem.bootstrap_failures)
 
     def _controldata(self) -> datadir.ControlData:
         """pg_controldata of the stopped data directory, re-read when pg_control changes."""
@@ -299,9 +284,9 @@ class Governor:
             key = (st.st_ino, st.st_mtime_ns)
         except OSError:
             return datadir.ControlData(None, None, None)
-        if self._sysid_cache is None or self._sysid_cache[0] != key:
-            self._sysid_cache = (key, datadir.read_controldata(self.pg.bin_dir, self.pg.data_dir))
-        return self._sysid_cache[1]
+        if self.mem.sysid_cache is None or self.mem.sysid_cache[0] != key:
+            self.mem.sysid_cache = (key, datadir.read_controldata(self.pg.bin_dir, self.pg.data_dir))
+        return self.mem.sysid_cache[1]
 
     def _sysid(self) -> Optional[str]:
         return self._controldata().sysid
@@ -322,17 +307,17 @@ class Governor:
             try:
                 getattr(self, f"do_{action.value}")(decision, local)
             except ActionFailed as exc:
-                self.last_error = f"{action.value} not done: {exc}"
-                self.once("action", self.last_error, logging.WARNING)
+                self.mem.last_error = f"{action.value} not done: {exc}"
+                self.once("action", self.mem.last_error, logging.WARNING)
                 return False
             except (ControllerError, bootstrap.BootstrapError, DCSError, psycopg2.Error, OSError) as exc:
-                self.last_error = f"{action.value} failed: {str(exc).strip()}"
-                self.once("action", self.last_error, logging.ERROR)
+                self.mem.last_error = f"{action.value} failed: {str(exc).strip()}"
+                self.once("action", self.mem.last_error, logging.ERROR)
                 if isinstance(exc, DCSError):
-                    self.dcs_failed = True
+                    self.mem.dcs_failed = True
                 return False
             finally:
-                self.activity = None
+                self.mem.activity = None
         self.once("action", None)
         return True
 
@@ -344,7 +329,7 @@ class Governor:
         if not self.dcs.claim_initialize(""):
             raise ActionFailed("another member won the bootstrap race")
         log.info("bootstrap: won the race; running initdb in %s", self.pg.data_dir)
-        self.activity = "bootstrapping"
+        self.mem.activity = "bootstrapping"
         try:
             with self.notify.keep_alive_while("initdb"):
                 bootstrap.initdb(self.pg)
@@ -361,9 +346,9 @@ class Governor:
             sysid = self.server.state().sysid
             self.dcs.set_initialize(sysid)
             log.info("bootstrap: cluster initialized with system identifier %s; this member is the leader", sysid)
-            self.bootstrap_failures = 0
+            self.mem.bootstrap_failures = 0
         except Exception:
-            self.bootstrap_failures += 1
+            self.mem.bootstrap_failures += 1
             self._undo_bootstrap()
             raise
 
@@ -372,7 +357,7 @@ class Governor:
             self.controller.stop("immediate")
         except ControllerError as exc:
             log.error("bootstrap: could not stop PostgreSQL: %s", exc)
-        if self.holds_lock:
+        if self.mem.holds_lock:
             self._release_lock()
         if os.path.lexists(self.pg.data_dir) and datadir.classify(self.pg.data_dir) != datadir.EMPTY:
             # initdb may have failed half-way too: whatever it left is ours and must go, or it
@@ -393,7 +378,7 @@ class Governor:
                           "governorctl remove for this scope", self.pg.data_dir, exc)
                 return
             log.error("bootstrap failed (attempt %s of %s): moved the half-made data directory to %s",
-                      self.bootstrap_failures, BOOTSTRAP_ATTEMPTS, moved)
+                      self.mem.bootstrap_failures, BOOTSTRAP_ATTEMPTS, moved)
         try:
             self.dcs.cancel_initialize()
         except DCSError as exc:
@@ -410,7 +395,7 @@ class Governor:
         address = self.leader_address(decision.leader)
         if address is None:
             raise ActionFailed(f"leader {decision.leader} has published no address")
-        self.activity = "creating replica"
+        self.mem.activity = "creating replica"
         self.publish(local)
         log.info("cloning %s from %s:%s with pg_basebackup", self.pg.data_dir, *address)
         with self.notify.keep_alive_while(f"cloning {decision.leader} with pg_basebackup"):
@@ -421,7 +406,7 @@ class Governor:
 
     def write_conf(self, standby_of: Optional[tuple]) -> bool:
         """Write postgresql.conf for a primary (None) or a standby of (host, port) / nobody (())."""
-        self.conf_target = standby_of
+        self.mem.conf_target = standby_of
         return datadir.write_postgresql_conf(self.pg, standby_of=standby_of,
                                              synchronous_standby_names=self.syncrep.names)
 
@@ -459,7 +444,7 @@ class Governor:
             self.controller.stop("immediate")
         finally:
             self._release_lock()
-            self._leader_start_since = None
+            self.mem.leader_start_since = None
 
     def do_start_as_replica(self, decision: Decision, local: LocalState) -> None:
         self._start(standby_of=self.leader_address(decision.leader) or ())
@@ -468,7 +453,7 @@ class Governor:
         sent = time.monotonic()
         if not self.dcs.acquire_leader(self.name):
             raise ActionFailed("another member took the leader lock first")
-        self._published_lsn = None     # publish our position as the new leader's, even if unchanged
+        self.mem.published_lsn = None     # publish our position as the new leader's, even if unchanged
         self._lock_taken(sent)
         log.info("acquired the leader lock")
 
@@ -482,8 +467,8 @@ class Governor:
     def _lock_lost(self, keep_fence: bool = False) -> None:
         """The lock is no longer ours. `keep_fence`: PostgreSQL may still be primary (a demotion is
         about to stop it), so the lock fence stays armed with the old deadline until it has."""
-        self.holds_lock = False
-        self._roles_checked = False
+        self.mem.holds_lock = False
+        self.mem.roles_checked = False
         self.syncrep.reset()
         if not keep_fence:
             self._unfence()
@@ -496,10 +481,10 @@ class Governor:
     def _lock_taken(self, sent: float) -> None:
         # etcd starts the TTL when it applies the write, which is after we sent it: counting from
         # the send time errs on the safe side.
-        self.holds_lock = True
-        self.lock_deadline = sent + self.config.etcd.ttl
-        self.fence.arm(self.lock_deadline)
-        if not self.watchdog.keepalive(self.lock_deadline, max(0.5, self.fence.margin / 4)):
+        self.mem.holds_lock = True
+        self.mem.lock_deadline = sent + self.config.etcd.ttl
+        self.fence.arm(self.mem.lock_deadline)
+        if not self.watchdog.keepalive(self.mem.lock_deadline, max(0.5, self.fence.margin / 4)):
             # watchdog.mode required and the device cannot be armed: no leading without it.
             if self.server_state is not None and self.server_state.role == "primary":
                 stop_postmaster_now(self.pg.data_dir)
@@ -545,7 +530,7 @@ class Governor:
         """Switchover, leader side: a fast shutdown waits until connected standbys received all
         WAL up to the shutdown checkpoint; only then is the lock released for the candidate."""
         log.warning("switchover: %s", decision.message)
-        self.rewind_pending = True
+        self.mem.rewind_pending = True
         streamed = self.syncrep.streaming_names()
         self.controller.stop("fast", timeout=max(30.0, self.pg.start_timeout))
         self.server.close()
@@ -574,7 +559,7 @@ class Governor:
         if decision.case not in ("restart_requested", "reinitialize_requested"):
             request.finish(412, {"error": f"{request.kind} not possible now: {decision.summary}"})
         elif not ok:
-            request.finish(500, {"error": self.last_error or f"{request.kind} failed"})
+            request.finish(500, {"error": self.mem.last_error or f"{request.kind} failed"})
         elif request.kind == "restart":
             request.finish(200, {"message": "PostgreSQL restarted"})
         else:
@@ -593,7 +578,7 @@ class Governor:
         self.controller.stop("immediate")
         datadir.empty_directory(self.pg.data_dir)
         self._data_replaced()
-        self._sysid_cache = None
+        self.mem.sysid_cache = None
         log.info("reinitialize: %s removed; the next loop clones %s", self.pg.data_dir, decision.leader)
 
     def do_demote(self, decision: Decision, local: LocalState) -> None:
@@ -601,7 +586,7 @@ class Governor:
         if self.metrics:
             self.metrics.demotions.inc()
         self._lock_lost(keep_fence=True)
-        self.rewind_pending = True
+        self.mem.rewind_pending = True
         # A fast shutdown waits until the standbys received all WAL: that may be what can no longer
         # be reached. It gets until the lock fence's moment at most, then stops hard.
         budget = self.config.retry_timeout
@@ -641,7 +626,7 @@ class Governor:
                 "postgresql.superuser.password is not set, so pg_rewind cannot connect to the leader"
             log.warning("not checking this former primary with pg_rewind (%s); if its timeline diverged "
                         "it will not stream", why)
-            self.rewind_pending = False
+            self.mem.rewind_pending = False
             return
         log.info("pg_rewind from %s at %s:%s", leader, *target)
         try:
@@ -654,9 +639,9 @@ class Governor:
                 log.error("%s; removing %s to clone the leader (remove_data_directory_on_rewind_failure)",
                           exc, self.pg.data_dir)
                 shutil.rmtree(self.pg.data_dir)
-                self.rewind_pending = False
+                self.mem.rewind_pending = False
                 raise ActionFailed("data directory removed after a failed pg_rewind; cloning next") from exc
-            self.rewind_failed = True
+            self.mem.rewind_failed = True
             raise ActionFailed(f"{exc}; this member stays stopped until the operator acts") from exc
         self._data_replaced()
         log.info("pg_rewind: %s", result.replace("pg_rewind: ", ""))
@@ -673,7 +658,7 @@ class Governor:
         """A physical slot per member; slots of members gone for member_slots_ttl are dropped."""
         if self.cluster is None:
             return
-        if not self._roles_checked:
+        if not self.mem.roles_checked:
             self.ensure_roles()
         # Only for members whose key is a member record governor wrote (a valid name, an address).
         wanted = {slot_name_for(m.name) for m in self.cluster.members
@@ -684,15 +669,15 @@ class Governor:
             log.info("created replication slot %s", slot)
         now = time.monotonic()
         keep = wanted | set(self.pg.permanent_slots)
-        self._orphan_slots = {s: t for s, t in self._orphan_slots.items() if s in existing and s not in keep}
+        self.mem.orphan_slots = {s: t for s, t in self.mem.orphan_slots.items() if s in existing and s not in keep}
         ttl = self.pg.member_slots_ttl
         for slot, active in sorted(existing.items()):
             if slot in keep or active:
                 continue
-            since = self._orphan_slots.setdefault(slot, now)
+            since = self.mem.orphan_slots.setdefault(slot, now)
             if ttl and now - since >= ttl:
                 self.server.drop_slot(slot)
-                del self._orphan_slots[slot]
+                del self.mem.orphan_slots[slot]
                 log.info("dropped replication slot %s: no member has used it for %ss (member_slots_ttl)",
                          slot, int(now - since))
 
@@ -710,7 +695,7 @@ class Governor:
         self.server.create_role(self.pg.replication.username, self.pg.replication.password, replication=True)
         if self.pg.superuser.password:
             self.server.set_password(self.pg.superuser.username, self.pg.superuser.password)
-        self._roles_checked = True
+        self.mem.roles_checked = True
 
     def _release_lock(self) -> None:
         try:
@@ -727,7 +712,7 @@ class Governor:
             role = "uninitialized"
         else:
             role = local.role or ("stopped" if not local.running else "unknown")
-        state = self.activity or \
+        state = self.mem.activity or \
             ("running" if local.running and local.role else ("starting" if local.running else "stopped"))
         pending = bool(local.running and self.server_state and self.server_state.pending_restart)
         return {"role": role, "state": state, "conn_url": self.pg.conn_url, "api_url": self.config.restapi.api_url,
@@ -737,38 +722,38 @@ class Governor:
     def publish(self, local: LocalState) -> None:
         try:
             self.dcs.touch_member(self.name, self.member_data(local))
-            if self.holds_lock and local.role == "primary" and local.lsn is not None \
-                    and local.lsn != self._published_lsn:
+            if self.mem.holds_lock and local.role == "primary" and local.lsn is not None \
+                    and local.lsn != self.mem.published_lsn:
                 self.dcs.write_leader_lsn(local.lsn)
-                self._published_lsn = local.lsn
+                self.mem.published_lsn = local.lsn
         except DCSError as exc:
-            self.dcs_failed = True
+            self.mem.dcs_failed = True
             self.once("dcs", str(exc), logging.WARNING)
 
     # ------------------------------------------------------------------ loop
 
     def lock_left(self) -> Optional[float]:
         """Seconds before our lock expires, as this member knows it; None when it holds none."""
-        if not self.holds_lock or self.lock_deadline is None:
+        if not self.mem.holds_lock or self.mem.lock_deadline is None:
             return None
-        return self.lock_deadline - time.monotonic()
+        return self.mem.lock_deadline - time.monotonic()
 
     def lock_too_close_to_expiry(self) -> bool:
         """After a failed etcd call, no new call is started that could outlast our lock: the pass
         goes on without a snapshot and decide() demotes (lock_expiring_demote)."""
         left = self.lock_left()
-        return self.dcs_failed and left is not None and left <= self.config.retry_timeout + 1
+        return self.mem.dcs_failed and left is not None and left <= self.config.retry_timeout + 1
 
     def _starting_for(self, local: LocalState) -> Optional[float]:
         """Holding the lock: since when PostgreSQL has not been up (memory for decide())."""
         holder = self.cluster is not None and self.cluster.leader is not None and self.cluster.leader.name == self.name
         if not holder or (local.running and local.role):
-            self._leader_start_since = None
+            self.mem.leader_start_since = None
             return None
         now = time.monotonic()
-        if self._leader_start_since is None:
-            self._leader_start_since = now
-        return now - self._leader_start_since
+        if self.mem.leader_start_since is None:
+            self.mem.leader_start_since = now
+        return now - self.mem.leader_start_since
 
     def run_once(self) -> bool:
         """One pass; returns False when an action failed and the loop should run again at once."""
@@ -778,7 +763,7 @@ class Governor:
             self.cluster = None
         else:
             self.cluster = self.observe_dcs()
-        self.dcs_failed = self.cluster is None
+        self.mem.dcs_failed = self.cluster is None
         if self.cluster is not None:
             self.apply_dynamic(self.cluster)
         request = self._request
@@ -802,7 +787,7 @@ class Governor:
             self.answer_request(request, decision, ok)
         if decision.actions:
             local = self.observe_local()
-        if self.cluster is not None and not self.dcs_failed:
+        if self.cluster is not None and not self.mem.dcs_failed:
             self.publish(local)
         self.publish_status(local, decision)
         return ok
@@ -810,7 +795,7 @@ class Governor:
     def publish_status(self, local: LocalState, decision: Decision) -> None:
         """Hand what this loop saw to the API and the metrics exporter."""
         st = self.server_state
-        if local.role == "primary" and self.holds_lock:
+        if local.role == "primary" and self.mem.holds_lock:
             try:
                 self.replicas = tuple(ReplicaLag(*row) for row in self.server.replication())
             except psycopg2.Error:
@@ -827,8 +812,8 @@ class Governor:
             name=self.name, scope=self.config.etcd.scope, role=member["role"], state=member["state"],
             running=local.running, timeline=local.timeline, lsn=local.lsn,
             replay_lsn=st.replay_lsn if st else None, streaming=bool(st and st.receiving_from),
-            upstream=st.receiving_from if st else None, holds_lock=self.holds_lock,
-            lock_deadline=self.lock_deadline if self.holds_lock else None,
+            upstream=st.receiving_from if st else None, holds_lock=self.mem.holds_lock,
+            lock_deadline=self.mem.lock_deadline if self.mem.holds_lock else None,
             leader=self.cluster.leader.name if self.cluster and self.cluster.leader else None,
             dcs_reachable=self.cluster is not None, tags=self.config.tags, decision=decision.case,
             message=decision.message, loop_finished=time.monotonic(), loop_finished_wall=time.time(),
@@ -843,7 +828,7 @@ class Governor:
         if seconds <= 0 or self.stopping.is_set():
             return
         self.wake.clear()
-        if not self.holds_lock and self.cluster is not None:
+        if not self.mem.holds_lock and self.cluster is not None:
             if self.watcher is None:
                 self.watcher = LeaderWatcher(from_config(self.config), self.wake)
                 self.watcher.start()
@@ -937,7 +922,7 @@ class Governor:
             member = cluster.member(self.name) if cluster is not None else None
             if member is None or (member.conn_url, member.api_url) == ours:
                 self.once("duplicate", None)
-                self.name_is_ours = True
+                self.mem.name_is_ours = True
                 return
             self.once("duplicate", f"another governor runs as member {self.name} (PostgreSQL at {member.conn_url}, "
                       f"API at {member.api_url}; this one would be {ours[0]}, {ours[1]}): give every member its "
@@ -970,7 +955,7 @@ class Governor:
         member key in place, for the new governor to pick up within seconds. Should it not come
         up, systemd's ExecStopPost fence (start failure) or watchdog (hang) stops PostgreSQL."""
         log.warning("restarting for a package upgrade: leaving PostgreSQL running%s; the new governor "
-                    "takes over", " and the leader lock held" if self.holds_lock else "")
+                    "takes over", " and the leader lock held" if self.mem.holds_lock else "")
         self.server.close()
         self.dcs.close()
         if self.api:
@@ -1019,7 +1004,7 @@ class Governor:
             return replace(new, etcd=replace(new_etcd, **{k: getattr(old_etcd, k) for k in connection}))
         old_dcs = self.dcs
         self.dcs = make_dcs(new_etcd, new.retry_timeout)
-        self._published_lsn = None     # the new store has not heard our position yet
+        self.mem.published_lsn = None     # the new store has not heard our position yet
         self.dcs.observer = old_dcs.observer
         self.watcher = None            # the old one waits on the old store; a new one starts on demand
         if self.controls is not None:
@@ -1069,7 +1054,7 @@ class Governor:
         try:
             if datadir.classify(self.pg.data_dir) == datadir.POSTGRES:
                 datadir.write_pgpass(self.pg)
-                if self.controller.is_running() and self.write_conf(self.conf_target):
+                if self.controller.is_running() and self.write_conf(self.mem.conf_target):
                     self.controller.reload()
                     log.info("%s: PostgreSQL configuration rewritten and reloaded", why)
         except (OSError, ControllerError) as exc:
@@ -1085,7 +1070,7 @@ class Governor:
         # Health checks fail from now on, so load balancers stop sending new sessions here.
         self.board.set(replace(self.board.get(), state="stopping", holds_lock=False, lock_deadline=None))
         log.info("shutting down: stopping PostgreSQL")
-        streamed = self.syncrep.streaming_names() if self.holds_lock else []
+        streamed = self.syncrep.streaming_names() if self.mem.holds_lock else []
         try:
             self.controller.stop("fast", timeout=max(30.0, self.pg.start_timeout))
         except ControllerError as exc:
@@ -1096,14 +1081,14 @@ class Governor:
                 log.error("PostgreSQL did not stop: %s; keeping the lock so no second primary appears", exc2)
                 return
         self.server.close()
-        if self.holds_lock:
+        if self.mem.holds_lock:
             try:
                 self.syncrep.hand_over(self.cluster, streamed)
             except DCSError as exc:
                 log.warning("could not update the sync key: %s", exc)
             self._release_lock()
         try:
-            if self.name_is_ours:     # never the key of another governor that uses our name
+            if self.mem.name_is_ours:     # never the key of another governor that uses our name
                 self.dcs.delete_member(self.name)
         except DCSError as exc:
             log.warning("could not remove the member key (%s); it expires after ttl", exc)

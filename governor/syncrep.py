@@ -61,7 +61,7 @@ class SyncManager:
 
     def _apply(self, state: SyncState, standby: bool = False) -> None:
         self.names = sync.standby_names(self.mode, state)
-        self.gov.write_conf(standby_of=self.gov.conf_target if standby else None)
+        self.gov.write_conf(standby_of=self.gov.mem.conf_target if standby else None)
         self.gov.controller.reload()
         self.applied = state
         self.switch_lsn = None

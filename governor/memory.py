@@ -1,0 +1,32 @@
+"""What a member remembers between passes of its loop, in one place.
+
+decide() is a pure function of the etcd snapshot and LocalState; whatever it needs from earlier
+passes (how long PostgreSQL has not been up, since when a replica has not streamed, failed
+bootstraps...) is kept here by the shell and handed over through LocalState. A new governor
+process starts with a fresh NodeMemory: what must survive a restart lives on disk or in etcd.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+
+@dataclass
+class NodeMemory:
+    holds_lock: bool = False
+    lock_deadline: Optional[float] = None       # monotonic expiry of the lock as we last set it
+    dcs_failed: bool = False                     # an etcd call failed in the current (or last) pass
+    rewind_pending: bool = False                 # this data directory ran as a primary since it last followed
+    rewind_failed: bool = False
+    bootstrap_failures: int = 0                  # in a row; decide() stops after ha.BOOTSTRAP_ATTEMPTS
+    not_streaming_since: Optional[float] = None  # replica: since when it has not streamed from the leader
+    streamed_tli: Optional[int] = None           # replica: highest timeline seen streaming
+    leader_start_since: Optional[float] = None   # holding the lock: since when PostgreSQL has not been up
+    orphan_slots: Dict[str, float] = field(default_factory=dict)  # slot -> when first seen without a member
+    published_lsn: Optional[int] = None          # the leader position last written to etcd
+    roles_checked: bool = False                  # replication role and superuser password ensured as leader
+    conf_target: Optional[tuple] = None          # what postgresql.conf was last written for
+    activity: Optional[str] = None               # "bootstrapping" / "creating replica" while it runs
+    last_error: Optional[str] = None             # why the last failed action failed
+    name_is_ours: bool = False                   # no other governor uses our member name
+    sysid_cache: Optional[tuple] = None          # (pg_control stat, ControlData) of the stopped data directory
