@@ -1,14 +1,11 @@
 """The loop: observe -> decide -> act -> publish. All of governor's I/O for HA lives here."""
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
 import os
-import shutil
 import signal
-import socket
 import ssl
 import threading
 import time
@@ -21,14 +18,15 @@ import psycopg2
 
 from governor import __version__, dynamic
 from governor import config as config_mod
+from governor.actions import EXECUTORS, ActionFailed
 from governor.api import ApiServer
 from governor.backoff import Backoff
 from governor.cluster import Cluster, Member, parse_conn_url
-from governor.config import Config, slot_name_for
+from governor.config import Config
 from governor.controls import Controls
 from governor.dcs import DCS, DCSError, from_config, short_error
 from governor.dcs import make as make_dcs
-from governor.ha import BOOTSTRAP_ATTEMPTS, Action, Decision, LocalState, decide
+from governor.ha import Action, Decision, LocalState, decide
 from governor.lockfence import LockFence, stop_postmaster_now
 from governor.memory import NodeMemory
 from governor.metrics import Metrics
@@ -37,7 +35,7 @@ from governor.postgres.catalogue import catalogue
 from governor.postgres.controller import ControllerError, ProcessController, make_controller
 from governor.postgres.server import Server, ServerState
 from governor.status import NodeStatus, ReplicaLag, StatusBoard
-from governor.syncrep import PromiseNotWritten, SyncManager
+from governor.syncrep import SyncManager
 from governor.systemd import Notifier
 from governor.watchdog import Watchdog
 
@@ -47,10 +45,6 @@ log = logging.getLogger("governor")
 T = TypeVar("T")
 MAX_SLEEP = 300.0      # no sleep of the loop lasts longer, whatever a setting says
 STEADY_ACTIONS = {Action.RENEW_LOCK, Action.ENSURE_SLOTS, Action.MANAGE_SYNC, Action.FOLLOW}
-
-
-class ActionFailed(Exception):
-    """An action could not be carried out; the rest of the decision is skipped."""
 
 
 class OnChange:
@@ -120,15 +114,6 @@ def consume_restart_marker(max_age: float) -> bool:
     except OSError:
         return False
     return age <= max_age
-
-
-def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
-    """Whether a TCP connection to host:port opens within `timeout`."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def peer_status(api_url: str, cafile: Optional[str] = None, timeout: float = 1.0) -> Optional[Member]:
@@ -305,7 +290,7 @@ class Governor:
         """Run the decision's actions in order; False when one failed and the rest were skipped."""
         for action in decision.actions:
             try:
-                getattr(self, f"do_{action.value}")(decision, local)
+                EXECUTORS[action](self, decision, local)
             except ActionFailed as exc:
                 self.mem.last_error = f"{action.value} not done: {exc}"
                 self.once("action", self.mem.last_error, logging.WARNING)
@@ -320,89 +305,6 @@ class Governor:
                 self.mem.activity = None
         self.once("action", None)
         return True
-
-    def do_bootstrap(self, decision: Decision, local: LocalState) -> None:
-        if not self.watchdog.keepalive(time.monotonic() + self.config.etcd.ttl, max(0.5, self.fence.margin / 4)):
-            raise ActionFailed(f"watchdog.mode is required and {self.config.watchdog.device} cannot be armed: "
-                               "not bootstrapping a cluster this member could not lead")
-        self.watchdog.disarm()
-        if not self.dcs.claim_initialize(""):
-            raise ActionFailed("another member won the bootstrap race")
-        log.info("bootstrap: won the race; running initdb in %s", self.pg.data_dir)
-        self.mem.activity = "bootstrapping"
-        try:
-            with self.notify.keep_alive_while("initdb"):
-                bootstrap.initdb(self.pg)
-            self._data_replaced()
-            self.write_conf(standby_of=None)
-            datadir.write_pgpass(self.pg)
-            sent = time.monotonic()
-            if not self.dcs.acquire_leader(self.name):
-                raise ActionFailed("a leader lock exists although the cluster was never initialized; "
-                                   "remove the stale keys of this scope")
-            self._lock_taken(sent)
-            self.controller.start(self.pg.start_timeout)
-            self.server.create_role(self.pg.replication.username, self.pg.replication.password, replication=True)
-            sysid = self.server.state().sysid
-            self.dcs.set_initialize(sysid)
-            log.info("bootstrap: cluster initialized with system identifier %s; this member is the leader", sysid)
-            self.mem.bootstrap_failures = 0
-        except Exception:
-            self.mem.bootstrap_failures += 1
-            self._undo_bootstrap()
-            raise
-
-    def _undo_bootstrap(self) -> None:
-        try:
-            self.controller.stop("immediate")
-        except ControllerError as exc:
-            log.error("bootstrap: could not stop PostgreSQL: %s", exc)
-        if self.mem.holds_lock:
-            self._release_lock()
-        if os.path.lexists(self.pg.data_dir) and datadir.classify(self.pg.data_dir) != datadir.EMPTY:
-            # initdb may have failed half-way too: whatever it left is ours and must go, or it
-            # would be offered as the cluster's data on the next pass (initialize_from_existing).
-            try:
-                try:
-                    moved = bootstrap.move_aside(self.pg.data_dir)
-                except OSError as exc:
-                    if exc.errno not in (errno.EBUSY, errno.EXDEV):
-                        raise
-                    # A mount point cannot be renamed. It was empty when this attempt began, so
-                    # everything in it is what this attempt created.
-                    datadir.empty_directory(self.pg.data_dir)
-                    moved = "nowhere (a mount point): emptied it instead"
-            except OSError as exc:
-                log.error("bootstrap failed and the half-made data directory %s could not be moved aside (%s); "
-                          "keeping the bootstrap claim so it is never adopted: remove the directory, then run "
-                          "governorctl remove for this scope", self.pg.data_dir, exc)
-                return
-            log.error("bootstrap failed (attempt %s of %s): moved the half-made data directory to %s",
-                      self.mem.bootstrap_failures, BOOTSTRAP_ATTEMPTS, moved)
-        try:
-            self.dcs.cancel_initialize()
-        except DCSError as exc:
-            log.error("bootstrap: could not cancel the initialize claim: %s", exc)
-
-    def do_claim_initialize(self, decision: Decision, local: LocalState) -> None:
-        if not local.sysid:
-            raise ActionFailed("cannot read the system identifier of the existing data directory")
-        if not self.dcs.claim_initialize(local.sysid):
-            raise ActionFailed("another member initialized the cluster first")
-        log.info("cluster initialized from this member's existing data (system identifier %s)", local.sysid)
-
-    def do_clone(self, decision: Decision, local: LocalState) -> None:
-        address = self.leader_address(decision.leader)
-        if address is None:
-            raise ActionFailed(f"leader {decision.leader} has published no address")
-        self.mem.activity = "creating replica"
-        self.publish(local)
-        log.info("cloning %s from %s:%s with pg_basebackup", self.pg.data_dir, *address)
-        with self.notify.keep_alive_while(f"cloning {decision.leader} with pg_basebackup"):
-            bootstrap.basebackup(self.pg, *address)
-        self._data_replaced()
-        self._start(standby_of=address)
-        log.info("clone finished: streaming from %s", decision.leader)
 
     def write_conf(self, standby_of: Optional[tuple]) -> bool:
         """Write postgresql.conf for a primary (None) or a standby of (host, port) / nobody (())."""
@@ -421,48 +323,6 @@ class Governor:
         """Write the configuration for the given role and start; standby_of=None means primary."""
         self._prepare(standby_of)
         self.controller.start(self.pg.start_timeout, wait=standby_of is None)
-
-    def do_start_as_leader(self, decision: Decision, local: LocalState) -> None:
-        """Restart in place under the lock. The wait is bounded by the lock (the next pass renews it
-        while PostgreSQL comes up: lock_holder_starting); decide() gives the lock up after
-        primary_start_timeout (start_timeout_release)."""
-        # A replica data directory starts as a standby; the next loop promotes it under the lock.
-        standby_of = () if datadir.is_standby(self.pg.data_dir) else None
-        self._prepare(standby_of)
-        wait = self.config.primary_start_timeout - (local.starting_for or 0)
-        if self.fence.deadline is not None:
-            wait = min(wait, self.fence.deadline - self.fence.margin - 1 - time.monotonic())
-        log.info("starting PostgreSQL in place (this member holds the lock); waiting up to %.0fs", max(wait, 1.0))
-        try:
-            self.controller.start(max(wait, 1.0))
-        except ControllerError as exc:
-            raise ActionFailed(f"PostgreSQL is not up yet ({exc}); renewing the lock and waiting") from exc
-
-    def do_release_lock(self, decision: Decision, local: LocalState) -> None:
-        log.error("%s", decision.message)
-        try:
-            self.controller.stop("immediate")
-        finally:
-            self._release_lock()
-            self.mem.leader_start_since = None
-
-    def do_start_as_replica(self, decision: Decision, local: LocalState) -> None:
-        self._start(standby_of=self.leader_address(decision.leader) or ())
-
-    def do_acquire_lock(self, decision: Decision, local: LocalState) -> None:
-        sent = time.monotonic()
-        if not self.dcs.acquire_leader(self.name):
-            raise ActionFailed("another member took the leader lock first")
-        self.mem.published_lsn = None     # publish our position as the new leader's, even if unchanged
-        self._lock_taken(sent)
-        log.info("acquired the leader lock")
-
-    def do_renew_lock(self, decision: Decision, local: LocalState) -> None:
-        sent = time.monotonic()
-        if not self.dcs.renew_leader(self.name):
-            self._lock_lost()
-            raise ActionFailed("the leader lock is no longer ours")
-        self._lock_taken(sent)
 
     def _lock_lost(self, keep_fence: bool = False) -> None:
         """The lock is no longer ours. `keep_fence`: PostgreSQL may still be primary (a demotion is
@@ -492,55 +352,6 @@ class Governor:
             self._release_lock()
             raise ActionFailed(f"watchdog.mode is required and {self.config.watchdog.device} cannot be armed")
 
-    def do_promote(self, decision: Decision, local: LocalState) -> None:
-        log.info("promoting: %s", decision.message)
-        if self.cluster is not None:
-            try:
-                self.syncrep.before_promote(self.cluster)
-            except PromiseNotWritten as exc:
-                raise ActionFailed(f"not promoting: {exc}") from exc
-        if not self.server.promote():
-            raise ActionFailed("pg_promote() did not finish in time")
-        self.write_conf(standby_of=None)
-        state = self.server.state()
-        log.info("promoted: this member is now the primary on timeline %s", state.timeline)
-        if self.cluster is not None and self.cluster.switchover and self.cluster.switchover.candidate == self.name:
-            try:
-                self.dcs.clear_switchover()
-            except DCSError as exc:
-                log.warning("could not clear the switchover request (it expires by itself): %s", exc)
-        if self.metrics:
-            self.metrics.promotions.inc()
-            if decision.case == "leader_race":
-                self.metrics.failovers.inc()
-        self.record_promotion(state.timeline, local.lsn, decision)
-        # The control file only shows the new timeline after a checkpoint; pg_rewind on the old
-        # primary reads it there and would otherwise think no rewind is needed.
-        self.server.checkpoint()
-
-    def record_promotion(self, timeline: Optional[int], lsn: Optional[int], decision: Decision) -> None:
-        entry = {"timeline": timeline, "lsn": lsn, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                 "leader": self.name, "reason": decision.summary}
-        try:
-            self.dcs.append_history(entry)
-        except DCSError as exc:
-            log.warning("could not record the promotion in the history key: %s", exc)
-
-    def do_step_down(self, decision: Decision, local: LocalState) -> None:
-        """Switchover, leader side: a fast shutdown waits until connected standbys received all
-        WAL up to the shutdown checkpoint; only then is the lock released for the candidate."""
-        log.warning("switchover: %s", decision.message)
-        self.mem.rewind_pending = True
-        streamed = self.syncrep.streaming_names()
-        self.controller.stop("fast", timeout=max(30.0, self.pg.start_timeout))
-        self.server.close()
-        try:
-            self.syncrep.hand_over(self.cluster, streamed)
-        except DCSError as exc:
-            log.warning("switchover: could not update the sync key: %s", exc)
-        self._release_lock()
-        log.info("switchover: PostgreSQL stopped and lock released for %s", decision.leader)
-
     def submit_request(self, kind: str, timeout: float) -> tuple:
         """API thread: hand a restart/reinitialize to the loop and wait for its outcome."""
         with self._request_lock:
@@ -564,138 +375,6 @@ class Governor:
             request.finish(200, {"message": "PostgreSQL restarted"})
         else:
             request.finish(202, {"message": f"data directory removed; cloning {decision.leader}"})
-
-    def do_restart(self, decision: Decision, local: LocalState) -> None:
-        standby_of = None if local.role == "primary" else (self.leader_address(decision.leader) or ())
-        self.server.close()
-        self.controller.stop("fast", timeout=max(30.0, self.pg.start_timeout))
-        self._prepare(standby_of)
-        self.controller.start(self.pg.start_timeout)
-        log.info("restart: PostgreSQL is running again as %s", local.role)
-
-    def do_reinitialize(self, decision: Decision, local: LocalState) -> None:
-        self.server.close()
-        self.controller.stop("immediate")
-        datadir.empty_directory(self.pg.data_dir)
-        self._data_replaced()
-        self.mem.sysid_cache = None
-        log.info("reinitialize: %s removed; the next loop clones %s", self.pg.data_dir, decision.leader)
-
-    def do_demote(self, decision: Decision, local: LocalState) -> None:
-        log.warning("demoting: %s", decision.message)
-        if self.metrics:
-            self.metrics.demotions.inc()
-        self._lock_lost(keep_fence=True)
-        self.mem.rewind_pending = True
-        # A fast shutdown waits until the standbys received all WAL: that may be what can no longer
-        # be reached. It gets until the lock fence's moment at most, then stops hard.
-        budget = self.config.retry_timeout
-        if self.fence.deadline is not None:
-            budget = min(budget, self.fence.deadline - self.fence.margin - time.monotonic())
-        try:
-            if budget < 1:
-                raise ControllerError("no time left for a fast shutdown before the lock expires")
-            self.controller.stop("fast", timeout=budget)
-        except ControllerError as exc:
-            log.error("fast shutdown did not finish (%s); stopping PostgreSQL immediately", exc)
-            self.controller.stop("immediate")
-        self._unfence()
-        target = self.leader_address(decision.leader)
-        if target:
-            self._rewind(decision.leader, target)
-        self._start(standby_of=target or ())
-        log.info("demoted: running read-only%s", f", following {decision.leader}" if target else "")
-
-    def do_rewind(self, decision: Decision, local: LocalState) -> None:
-        target = self.leader_address(decision.leader)
-        if target is None:
-            raise ActionFailed(f"leader {decision.leader} has published no address")
-        if local.running and not reachable(*target):
-            # pg_rewind needs the leader; stopping a running replica for a rewind that cannot
-            # happen (the leader died and its lock has not expired yet) only makes it unreadable.
-            raise ActionFailed(f"leader {decision.leader} at {target[0]}:{target[1]} does not answer; not "
-                               "stopping PostgreSQL for pg_rewind")
-        self.controller.stop("fast")
-        self._rewind(decision.leader, target)
-
-    def _rewind(self, leader: Optional[str], target: tuple) -> None:
-        """Bring a stopped former primary onto the leader's timeline; on failure re-clone if the
-        operator allowed it, otherwise stay stopped."""
-        if not self.pg.use_pg_rewind or not self.pg.superuser.password:
-            why = "use_pg_rewind is off" if not self.pg.use_pg_rewind else \
-                "postgresql.superuser.password is not set, so pg_rewind cannot connect to the leader"
-            log.warning("not checking this former primary with pg_rewind (%s); if its timeline diverged "
-                        "it will not stream", why)
-            self.mem.rewind_pending = False
-            return
-        log.info("pg_rewind from %s at %s:%s", leader, *target)
-        try:
-            with self.notify.keep_alive_while(f"pg_rewind from {leader}"):
-                result = bootstrap.rewind(self.pg, *target)
-        except bootstrap.BootstrapError as exc:
-            if "could not connect" in str(exc) or "connection to server" in str(exc):
-                raise ActionFailed(f"{exc}; trying again") from exc   # the leader is not reachable now
-            if self.pg.remove_data_directory_on_rewind_failure:
-                log.error("%s; removing %s to clone the leader (remove_data_directory_on_rewind_failure)",
-                          exc, self.pg.data_dir)
-                shutil.rmtree(self.pg.data_dir)
-                self.mem.rewind_pending = False
-                raise ActionFailed("data directory removed after a failed pg_rewind; cloning next") from exc
-            self.mem.rewind_failed = True
-            raise ActionFailed(f"{exc}; this member stays stopped until the operator acts") from exc
-        self._data_replaced()
-        log.info("pg_rewind: %s", result.replace("pg_rewind: ", ""))
-
-    def do_follow(self, decision: Decision, local: LocalState) -> None:
-        target = self.leader_address(decision.leader) or ()
-        if decision.leader and not target:
-            return  # the leader has not published its address yet
-        if self.write_conf(standby_of=target):
-            self.controller.reload()
-            log.info("now following %s", f"{decision.leader} at {target[0]}:{target[1]}" if target else "nobody")
-
-    def do_ensure_slots(self, decision: Decision, local: LocalState) -> None:
-        """A physical slot per member; slots of members gone for member_slots_ttl are dropped."""
-        if self.cluster is None:
-            return
-        if not self.mem.roles_checked:
-            self.ensure_roles()
-        # Only for members whose key is a member record governor wrote (a valid name, an address).
-        wanted = {slot_name_for(m.name) for m in self.cluster.members
-                  if m.name != self.name and m.conn_url is not None and parse_conn_url(m.conn_url)}
-        existing = self.server.replication_slots()
-        for slot in sorted(wanted - set(existing)):
-            self.server.create_physical_slot(slot)
-            log.info("created replication slot %s", slot)
-        now = time.monotonic()
-        keep = wanted | set(self.pg.permanent_slots)
-        self.mem.orphan_slots = {s: t for s, t in self.mem.orphan_slots.items() if s in existing and s not in keep}
-        ttl = self.pg.member_slots_ttl
-        for slot, active in sorted(existing.items()):
-            if slot in keep or active:
-                continue
-            since = self.mem.orphan_slots.setdefault(slot, now)
-            if ttl and now - since >= ttl:
-                self.server.drop_slot(slot)
-                del self.mem.orphan_slots[slot]
-                log.info("dropped replication slot %s: no member has used it for %ss (member_slots_ttl)",
-                         slot, int(now - since))
-
-    def do_manage_sync(self, decision: Decision, local: LocalState) -> None:
-        if self.cluster is None or not (local.running and local.role == "primary"):
-            return   # e.g. paused with PostgreSQL stopped by the operator
-        try:
-            self.syncrep.manage(self.cluster)
-        except PromiseNotWritten as exc:
-            raise ActionFailed(f"synchronous replication: {exc}") from exc
-
-    def ensure_roles(self) -> None:
-        """Once per leadership: the replication role, and the superuser's password, exist as
-        configured (a cluster adopted from an existing data directory has neither)."""
-        self.server.create_role(self.pg.replication.username, self.pg.replication.password, replication=True)
-        if self.pg.superuser.password:
-            self.server.set_password(self.pg.superuser.username, self.pg.superuser.password)
-        self.mem.roles_checked = True
 
     def _release_lock(self) -> None:
         try:

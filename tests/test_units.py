@@ -88,7 +88,10 @@ def test_failed_passes_back_off_and_a_success_resets():
 
 
 def test_every_action_has_exactly_one_executor():
+    from governor.actions import EXECUTORS
     from governor.daemon import Governor
     from governor.ha import Action
-    executors = {name[3:] for name in dir(Governor) if name.startswith("do_")}
-    assert executors == {a.value for a in Action}, executors ^ {a.value for a in Action}
+    assert set(EXECUTORS) == set(Action), set(Action) ^ set(EXECUTORS)
+    assert len(set(EXECUTORS.values())) == len(EXECUTORS), "one function per action"
+    assert all(EXECUTORS[a].__name__ == a.value for a in Action), "each named after its action"
+    assert not [name for name in dir(Governor) if name.startswith("do_")], "no executor left on Governor"

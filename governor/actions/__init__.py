@@ -1,0 +1,40 @@
+"""One executor per Action, in one table.
+
+Each executor carries out its action's I/O for the daemon (the `g` argument: its DCS client,
+process controller, SQL connection, notifier, metrics, configuration and NodeMemory) and raises
+ActionFailed, or an I/O error, when it could not; the policy of when to run it is decide()'s.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Dict
+
+from governor.actions import leader, lock, roles, run, setup
+from governor.actions.base import ActionFailed
+from governor.ha import Action, Decision, LocalState
+
+if TYPE_CHECKING:
+    from governor.daemon import Governor
+
+Executor = Callable[["Governor", Decision, LocalState], None]
+
+EXECUTORS: Dict[Action, Executor] = {
+    Action.BOOTSTRAP: setup.bootstrap,
+    Action.CLAIM_INITIALIZE: setup.claim_initialize,
+    Action.CLONE: setup.clone,
+    Action.REINITIALIZE: setup.reinitialize,
+    Action.START_AS_LEADER: run.start_as_leader,
+    Action.START_AS_REPLICA: run.start_as_replica,
+    Action.RESTART: run.restart,
+    Action.FOLLOW: run.follow,
+    Action.ACQUIRE_LOCK: lock.acquire_lock,
+    Action.RENEW_LOCK: lock.renew_lock,
+    Action.RELEASE_LOCK: lock.release_lock,
+    Action.PROMOTE: roles.promote,
+    Action.DEMOTE: roles.demote,
+    Action.STEP_DOWN: roles.step_down,
+    Action.REWIND: roles.rewind,
+    Action.ENSURE_SLOTS: leader.ensure_slots,
+    Action.MANAGE_SYNC: leader.manage_sync,
+}
+
+__all__ = ["EXECUTORS", "ActionFailed", "Executor"]

@@ -1,0 +1,149 @@
+"""Changing role: promotion, demotion, stepping down for a switchover, pg_rewind."""
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import time
+from typing import TYPE_CHECKING, Optional
+
+from governor.actions.base import ActionFailed
+from governor.dcs import DCSError
+from governor.ha import Decision, LocalState
+from governor.postgres import bootstrap as pgbootstrap
+from governor.postgres.controller import ControllerError
+from governor.syncrep import PromiseNotWritten
+
+if TYPE_CHECKING:
+    from governor.daemon import Governor
+
+log = logging.getLogger("governor")
+
+
+def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether a TCP connection to host:port opens within `timeout`."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def promote(g: Governor, decision: Decision, local: LocalState) -> None:
+    log.info("promoting: %s", decision.message)
+    if g.cluster is not None:
+        try:
+            g.syncrep.before_promote(g.cluster)
+        except PromiseNotWritten as exc:
+            raise ActionFailed(f"not promoting: {exc}") from exc
+    if not g.server.promote():
+        raise ActionFailed("pg_promote() did not finish in time")
+    g.write_conf(standby_of=None)
+    state = g.server.state()
+    log.info("promoted: this member is now the primary on timeline %s", state.timeline)
+    if g.cluster is not None and g.cluster.switchover and g.cluster.switchover.candidate == g.name:
+        try:
+            g.dcs.clear_switchover()
+        except DCSError as exc:
+            log.warning("could not clear the switchover request (it expires by itself): %s", exc)
+    if g.metrics:
+        g.metrics.promotions.inc()
+        if decision.case == "leader_race":
+            g.metrics.failovers.inc()
+    record_promotion(g, state.timeline, local.lsn, decision)
+    # The control file only shows the new timeline after a checkpoint; pg_rewind on the old
+    # primary reads it there and would otherwise think no rewind is needed.
+    g.server.checkpoint()
+
+
+def record_promotion(g: Governor, timeline: Optional[int], lsn: Optional[int], decision: Decision) -> None:
+    entry = {"timeline": timeline, "lsn": lsn, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             "leader": g.name, "reason": decision.summary}
+    try:
+        g.dcs.append_history(entry)
+    except DCSError as exc:
+        log.warning("could not record the promotion in the history key: %s", exc)
+
+
+def demote(g: Governor, decision: Decision, local: LocalState) -> None:
+    log.warning("demoting: %s", decision.message)
+    if g.metrics:
+        g.metrics.demotions.inc()
+    g._lock_lost(keep_fence=True)
+    g.mem.rewind_pending = True
+    # A fast shutdown waits until the standbys received all WAL: that may be what can no longer
+    # be reached. It gets until the lock fence's moment at most, then stops hard.
+    budget = g.config.retry_timeout
+    if g.fence.deadline is not None:
+        budget = min(budget, g.fence.deadline - g.fence.margin - time.monotonic())
+    try:
+        if budget < 1:
+            raise ControllerError("no time left for a fast shutdown before the lock expires")
+        g.controller.stop("fast", timeout=budget)
+    except ControllerError as exc:
+        log.error("fast shutdown did not finish (%s); stopping PostgreSQL immediately", exc)
+        g.controller.stop("immediate")
+    g._unfence()
+    target = g.leader_address(decision.leader)
+    if target:
+        run_rewind(g, decision.leader, target)
+    g._start(standby_of=target or ())
+    log.info("demoted: running read-only%s", f", following {decision.leader}" if target else "")
+
+
+def step_down(g: Governor, decision: Decision, local: LocalState) -> None:
+    """Switchover, leader side: a fast shutdown waits until connected standbys received all
+    WAL up to the shutdown checkpoint; only then is the lock released for the candidate."""
+    log.warning("switchover: %s", decision.message)
+    g.mem.rewind_pending = True
+    streamed = g.syncrep.streaming_names()
+    g.controller.stop("fast", timeout=max(30.0, g.pg.start_timeout))
+    g.server.close()
+    try:
+        g.syncrep.hand_over(g.cluster, streamed)
+    except DCSError as exc:
+        log.warning("switchover: could not update the sync key: %s", exc)
+    g._release_lock()
+    log.info("switchover: PostgreSQL stopped and lock released for %s", decision.leader)
+
+
+def rewind(g: Governor, decision: Decision, local: LocalState) -> None:
+    target = g.leader_address(decision.leader)
+    if target is None:
+        raise ActionFailed(f"leader {decision.leader} has published no address")
+    if local.running and not reachable(*target):
+        # pg_rewind needs the leader; stopping a running replica for a rewind that cannot
+        # happen (the leader died and its lock has not expired yet) only makes it unreadable.
+        raise ActionFailed(f"leader {decision.leader} at {target[0]}:{target[1]} does not answer; not "
+                           "stopping PostgreSQL for pg_rewind")
+    g.controller.stop("fast")
+    run_rewind(g, decision.leader, target)
+
+
+def run_rewind(g: Governor, leader: Optional[str], target: tuple) -> None:
+    """Bring a stopped former primary onto the leader's timeline; on failure re-clone if the
+    operator allowed it, otherwise stay stopped."""
+    if not g.pg.use_pg_rewind or not g.pg.superuser.password:
+        why = "use_pg_rewind is off" if not g.pg.use_pg_rewind else \
+            "postgresql.superuser.password is not set, so pg_rewind cannot connect to the leader"
+        log.warning("not checking this former primary with pg_rewind (%s); if its timeline diverged "
+                    "it will not stream", why)
+        g.mem.rewind_pending = False
+        return
+    log.info("pg_rewind from %s at %s:%s", leader, *target)
+    try:
+        with g.notify.keep_alive_while(f"pg_rewind from {leader}"):
+            result = pgbootstrap.rewind(g.pg, *target)
+    except pgbootstrap.BootstrapError as exc:
+        if "could not connect" in str(exc) or "connection to server" in str(exc):
+            raise ActionFailed(f"{exc}; trying again") from exc   # the leader is not reachable now
+        if g.pg.remove_data_directory_on_rewind_failure:
+            log.error("%s; removing %s to clone the leader (remove_data_directory_on_rewind_failure)",
+                      exc, g.pg.data_dir)
+            shutil.rmtree(g.pg.data_dir)
+            g.mem.rewind_pending = False
+            raise ActionFailed("data directory removed after a failed pg_rewind; cloning next") from exc
+        g.mem.rewind_failed = True
+        raise ActionFailed(f"{exc}; this member stays stopped until the operator acts") from exc
+    g._data_replaced()
+    log.info("pg_rewind: %s", result.replace("pg_rewind: ", ""))

@@ -1,0 +1,116 @@
+"""Creating this member's data: bootstrap a new cluster, offer existing data, clone the leader, start afresh."""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+from governor.actions.base import ActionFailed
+from governor.dcs import DCSError
+from governor.ha import BOOTSTRAP_ATTEMPTS, Decision, LocalState
+from governor.postgres import bootstrap as pgbootstrap
+from governor.postgres import datadir
+from governor.postgres.controller import ControllerError
+
+if TYPE_CHECKING:
+    from governor.daemon import Governor
+
+log = logging.getLogger("governor")
+
+
+def bootstrap(g: Governor, decision: Decision, local: LocalState) -> None:
+    if not g.watchdog.keepalive(time.monotonic() + g.config.etcd.ttl, max(0.5, g.fence.margin / 4)):
+        raise ActionFailed(f"watchdog.mode is required and {g.config.watchdog.device} cannot be armed: "
+                           "not bootstrapping a cluster this member could not lead")
+    g.watchdog.disarm()
+    if not g.dcs.claim_initialize(""):
+        raise ActionFailed("another member won the bootstrap race")
+    log.info("bootstrap: won the race; running initdb in %s", g.pg.data_dir)
+    g.mem.activity = "bootstrapping"
+    try:
+        with g.notify.keep_alive_while("initdb"):
+            pgbootstrap.initdb(g.pg)
+        g._data_replaced()
+        g.write_conf(standby_of=None)
+        datadir.write_pgpass(g.pg)
+        sent = time.monotonic()
+        if not g.dcs.acquire_leader(g.name):
+            raise ActionFailed("a leader lock exists although the cluster was never initialized; "
+                               "remove the stale keys of this scope")
+        g._lock_taken(sent)
+        g.controller.start(g.pg.start_timeout)
+        g.server.create_role(g.pg.replication.username, g.pg.replication.password, replication=True)
+        sysid = g.server.state().sysid
+        g.dcs.set_initialize(sysid)
+        log.info("bootstrap: cluster initialized with system identifier %s; this member is the leader", sysid)
+        g.mem.bootstrap_failures = 0
+    except Exception:
+        g.mem.bootstrap_failures += 1
+        undo_bootstrap(g)
+        raise
+
+
+def undo_bootstrap(g: Governor) -> None:
+    try:
+        g.controller.stop("immediate")
+    except ControllerError as exc:
+        log.error("bootstrap: could not stop PostgreSQL: %s", exc)
+    if g.mem.holds_lock:
+        g._release_lock()
+    if os.path.lexists(g.pg.data_dir) and datadir.classify(g.pg.data_dir) != datadir.EMPTY:
+        # initdb may have failed half-way too: whatever it left is ours and must go, or it
+        # would be offered as the cluster's data on the next pass (initialize_from_existing).
+        try:
+            try:
+                moved = pgbootstrap.move_aside(g.pg.data_dir)
+            except OSError as exc:
+                if exc.errno not in (errno.EBUSY, errno.EXDEV):
+                    raise
+                # A mount point cannot be renamed. It was empty when this attempt began, so
+                # everything in it is what this attempt created.
+                datadir.empty_directory(g.pg.data_dir)
+                moved = "nowhere (a mount point): emptied it instead"
+        except OSError as exc:
+            log.error("bootstrap failed and the half-made data directory %s could not be moved aside (%s); "
+                      "keeping the bootstrap claim so it is never adopted: remove the directory, then run "
+                      "governorctl remove for this scope", g.pg.data_dir, exc)
+            return
+        log.error("bootstrap failed (attempt %s of %s): moved the half-made data directory to %s",
+                  g.mem.bootstrap_failures, BOOTSTRAP_ATTEMPTS, moved)
+    try:
+        g.dcs.cancel_initialize()
+    except DCSError as exc:
+        log.error("bootstrap: could not cancel the initialize claim: %s", exc)
+
+
+def claim_initialize(g: Governor, decision: Decision, local: LocalState) -> None:
+    if not local.sysid:
+        raise ActionFailed("cannot read the system identifier of the existing data directory")
+    if not g.dcs.claim_initialize(local.sysid):
+        raise ActionFailed("another member initialized the cluster first")
+    log.info("cluster initialized from this member's existing data (system identifier %s)", local.sysid)
+
+
+def clone(g: Governor, decision: Decision, local: LocalState) -> None:
+    address = g.leader_address(decision.leader)
+    if address is None:
+        raise ActionFailed(f"leader {decision.leader} has published no address")
+    g.mem.activity = "creating replica"
+    g.publish(local)
+    log.info("cloning %s from %s:%s with pg_basebackup", g.pg.data_dir, *address)
+    with g.notify.keep_alive_while(f"cloning {decision.leader} with pg_basebackup"):
+        pgbootstrap.basebackup(g.pg, *address)
+    g._data_replaced()
+    g._start(standby_of=address)
+    log.info("clone finished: streaming from %s", decision.leader)
+
+
+def reinitialize(g: Governor, decision: Decision, local: LocalState) -> None:
+    g.server.close()
+    g.controller.stop("immediate")
+    datadir.empty_directory(g.pg.data_dir)
+    g._data_replaced()
+    g.mem.sysid_cache = None
+    log.info("reinitialize: %s removed; the next loop clones %s", g.pg.data_dir, decision.leader)
