@@ -12,6 +12,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests import harness  # noqa: E402
 
+try:
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:  # pragma: no cover - python3-hypothesis is installed by tools/install-deps
+    _hypothesis_settings = None
+if _hypothesis_settings is not None:
+    # The same examples on every run and no example database: a CI run never depends on what an
+    # earlier run found.
+    _hypothesis_settings.register_profile("governor", derandomize=True, database=None)
+    _hypothesis_settings.load_profile("governor")
+
 _scope_numbers = itertools.count(1)
 
 
