@@ -16,8 +16,7 @@ from typing import Callable, Dict, Optional, TypeVar
 
 import psycopg2
 
-from governor import __version__, dynamic
-from governor import config as config_mod
+from governor import __version__, publish, reconfigure, shutdown
 from governor.actions import EXECUTORS, ActionFailed
 from governor.api import ApiServer
 from governor.backoff import Backoff
@@ -25,16 +24,15 @@ from governor.cluster import Cluster, Member, parse_conn_url
 from governor.config import Config
 from governor.controls import Controls
 from governor.dcs import DCS, DCSError, from_config, short_error
-from governor.dcs import make as make_dcs
 from governor.ha import Action, Decision, LocalState, decide
 from governor.lockfence import LockFence, stop_postmaster_now
 from governor.memory import NodeMemory
 from governor.metrics import Metrics
 from governor.postgres import bootstrap, datadir
-from governor.postgres.catalogue import catalogue
 from governor.postgres.controller import ControllerError, ProcessController, make_controller
 from governor.postgres.server import Server, ServerState
-from governor.status import NodeStatus, ReplicaLag, StatusBoard
+from governor.shutdown import RESTART_MARKER, consume_restart_marker  # noqa: F401 - RESTART_MARKER for tests
+from governor.status import NodeStatus, StatusBoard
 from governor.syncrep import SyncManager
 from governor.systemd import Notifier
 from governor.watchdog import Watchdog
@@ -94,26 +92,6 @@ class OperatorRequest:
     def finish(self, code: int, body: dict) -> None:
         self.result = (code, body)
         self.done.set()
-
-
-RESTART_MARKER = "restart-keep-postgres"
-RESTART_MARKER_MAX_AGE = 120.0
-
-
-def consume_restart_marker(max_age: float) -> bool:
-    """The package's postinst drops RESTART_MARKER into the unit's RuntimeDirectory before it
-    restarts governor. True when a marker younger than `max_age` seconds was there; it is
-    removed either way."""
-    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
-    if not runtime:
-        return False
-    path = os.path.join(runtime, RESTART_MARKER)
-    try:
-        age = time.time() - os.stat(path).st_mtime
-        os.unlink(path)
-    except OSError:
-        return False
-    return age <= max_age
 
 
 def peer_status(api_url: str, cafile: Optional[str] = None, timeout: float = 1.0) -> Optional[Member]:
@@ -386,29 +364,6 @@ class Governor:
 
     # ------------------------------------------------------------------ publish
 
-    def member_data(self, local: LocalState) -> dict:
-        if local.data == datadir.EMPTY:
-            role = "uninitialized"
-        else:
-            role = local.role or ("stopped" if not local.running else "unknown")
-        state = self.mem.activity or \
-            ("running" if local.running and local.role else ("starting" if local.running else "stopped"))
-        pending = bool(local.running and self.server_state and self.server_state.pending_restart)
-        return {"role": role, "state": state, "conn_url": self.pg.conn_url, "api_url": self.config.restapi.api_url,
-                "timeline": local.timeline, "lsn": local.lsn, "tags": self.config.tags,
-                "pending_restart": pending, "version": __version__}
-
-    def publish(self, local: LocalState) -> None:
-        try:
-            self.dcs.touch_member(self.name, self.member_data(local))
-            if self.mem.holds_lock and local.role == "primary" and local.lsn is not None \
-                    and local.lsn != self.mem.published_lsn:
-                self.dcs.write_leader_lsn(local.lsn)
-                self.mem.published_lsn = local.lsn
-        except DCSError as exc:
-            self.mem.dcs_failed = True
-            self.once("dcs", str(exc), logging.WARNING)
-
     # ------------------------------------------------------------------ loop
 
     def lock_left(self) -> Optional[float]:
@@ -444,7 +399,7 @@ class Governor:
             self.cluster = self.observe_dcs()
         self.mem.dcs_failed = self.cluster is None
         if self.cluster is not None:
-            self.apply_dynamic(self.cluster)
+            reconfigure.apply_dynamic(self, self.cluster)
         request = self._request
         local = self.observe_local()
         local = replace(local, now=time.time(), request=request.kind if request else None,
@@ -460,47 +415,16 @@ class Governor:
         if self.cluster is not None and set(decision.actions) - STEADY_ACTIONS:
             # Before a long action: the leader creates our replication slot only for a member it
             # sees in etcd, and a member key may have expired while this process was stopped.
-            self.publish(local)
+            publish.publish(self, local)
         ok = self.execute(decision, local)
         if request is not None:
             self.answer_request(request, decision, ok)
         if decision.actions:
             local = self.observe_local()
         if self.cluster is not None and not self.mem.dcs_failed:
-            self.publish(local)
-        self.publish_status(local, decision)
+            publish.publish(self, local)
+        publish.publish_status(self, local, decision)
         return ok
-
-    def publish_status(self, local: LocalState, decision: Decision) -> None:
-        """Hand what this loop saw to the API and the metrics exporter."""
-        st = self.server_state
-        if local.role == "primary" and self.mem.holds_lock:
-            try:
-                self.replicas = tuple(ReplicaLag(*row) for row in self.server.replication())
-            except psycopg2.Error:
-                self.replicas = ()
-        else:
-            self.replicas = ()
-        if local.running and local.role and self.pg_version is None:
-            try:
-                self.pg_version = self.server.version()
-            except psycopg2.Error:
-                pass
-        member = self.member_data(local)
-        self.board.set(NodeStatus(
-            name=self.name, scope=self.config.etcd.scope, role=member["role"], state=member["state"],
-            running=local.running, timeline=local.timeline, lsn=local.lsn,
-            replay_lsn=st.replay_lsn if st else None, streaming=bool(st and st.receiving_from),
-            upstream=st.receiving_from if st else None, holds_lock=self.mem.holds_lock,
-            lock_deadline=self.mem.lock_deadline if self.mem.holds_lock else None,
-            leader=self.cluster.leader.name if self.cluster and self.cluster.leader else None,
-            dcs_reachable=self.cluster is not None, tags=self.config.tags, decision=decision.case,
-            message=decision.message, loop_finished=time.monotonic(), loop_finished_wall=time.time(),
-            cluster=self.cluster, replicas=self.replicas, pg_version=self.pg_version,
-            paused=bool(self.cluster and self.cluster.paused), pending_restart=member["pending_restart"],
-            synchronous_mode=self.config.synchronous_mode,
-            started_at=st.started_at if st else None,
-            api_url=self.config.restapi.api_url, conn_url=self.pg.conn_url))
 
     def sleep(self, seconds: float) -> None:
         seconds = min(seconds, MAX_SLEEP) if math.isfinite(seconds) else MAX_SLEEP
@@ -521,18 +445,6 @@ class Governor:
     def request_reload(self, signum: int = signal.SIGHUP, frame: object = None) -> None:
         self.reload_requested.set()
         self.wake.set()
-
-    def status_line(self) -> str:
-        """One line for `systemctl status`."""
-        st = self.board.get()
-        if st.is_primary:
-            streaming = sum(1 for r in st.replicas if r.state == "streaming")
-            return f"primary, leader of {st.scope}: {streaming} of {len(st.replicas)} replicas streaming"
-        if st.is_replica:
-            lag = st.lag_bytes()
-            return (f"replica of {st.leader or 'nobody'}, {'streaming' if st.streaming else 'not streaming'}"
-                    + (f", lag {lag} bytes" if lag is not None else ""))
-        return f"{st.decision}: {st.message}"[:200]
 
     def check_watchdog_timing(self) -> None:
         usec = self.notify.watchdog_usec
@@ -585,10 +497,10 @@ class Governor:
                 break
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
-                self.guarded("reload", self.reload)
+                self.guarded("reload", reconfigure.reload, self)
                 continue
             self.guarded("sleep", self.sleep, self.backoff.next_delay(ok, self.config.loop_wait, started))
-        self.guarded("shutdown", self.shutdown)
+        self.guarded("shutdown", shutdown.shutdown, self)
         return 0
 
     def wait_for_unique_name(self) -> None:
@@ -611,9 +523,9 @@ class Governor:
 
     def notify_status(self) -> None:
         if not self.notify.ready_sent:
-            self.notify.ready(self.status_line())
+            self.notify.ready(publish.status_line(self))
         else:
-            self.notify.status(self.status_line())
+            self.notify.status(publish.status_line(self))
 
     def guarded(self, what: str, func: Callable[..., T], *args: object) -> Optional[T]:
         """Run one step of the loop; an exception is logged (once per distinct message, with the
@@ -629,151 +541,3 @@ class Governor:
                 self.metrics.unexpected_errors.labels(what).inc()
             return None
 
-    def stop_for_restart(self) -> None:
-        """A package upgrade restarts governor: exit leaving PostgreSQL running and the lock and
-        member key in place, for the new governor to pick up within seconds. Should it not come
-        up, systemd's ExecStopPost fence (start failure) or watchdog (hang) stops PostgreSQL."""
-        log.warning("restarting for a package upgrade: leaving PostgreSQL running%s; the new governor "
-                    "takes over", " and the leader lock held" if self.mem.holds_lock else "")
-        self.server.close()
-        self.dcs.close()
-        if self.api:
-            self.api.stop()
-        if self.metrics:
-            self.metrics.stop()
-
-    def reload(self) -> None:
-        """SIGHUP: re-read the configuration; apply what can change live, keep the rest."""
-        self.notify.reloading()
-        try:
-            new = config_mod.load(self.config.source)
-        except config_mod.ConfigError as exc:
-            log.error("reload: the new configuration is rejected, the running one stays in force:\n  %s",
-                      "\n  ".join(exc.problems))
-            self.notify.ready()
-            return
-        except Exception as exc:  # noqa: BLE001 - whatever the file holds, the running configuration stays
-            log.error("reload: the new configuration could not be read (%s: %s), the running one stays in force",
-                      type(exc).__name__, short_error(exc))
-            self.notify.ready()
-            return
-        for warning in new.warnings:
-            log.warning("reload: %s", warning)
-        new, needs_restart = config_mod.merge_live(self.file_config, new)
-        if needs_restart:
-            log.warning("reload: %s can only change with a restart of governor; keeping the running values",
-                        ", ".join(needs_restart))
-        self.file_config = new
-        changed = self.apply_config(self.with_dynamic(new), "reload")
-        log.info("reload: configuration reloaded%s", f" (changed: {', '.join(changed)})" if changed else
-                 " (nothing changed)")
-        self.notify.ready(self.status_line())
-
-    def _switch_etcd(self, new: Config) -> Config:
-        """New etcd endpoints, API, TLS or credentials: only in maintenance mode, where no member
-        acts on what it reads, is it safe to move to another store (e.g. from the v2 to the v3
-        API). Otherwise the running connection stays until a restart."""
-        old_etcd, new_etcd = self.config.etcd, new.etcd
-        connection = ("hosts", "protocol", "cacert", "cert", "key", "username", "password", "api")
-        if all(getattr(old_etcd, k) == getattr(new_etcd, k) for k in connection):
-            return new
-        if self.cluster is None or not self.cluster.paused:
-            log.warning("reload: etcd endpoints, API, TLS or credentials change only in maintenance mode "
-                        "(governorctl pause) or with a restart of governor; keeping the running connection")
-            return replace(new, etcd=replace(new_etcd, **{k: getattr(old_etcd, k) for k in connection}))
-        old_dcs = self.dcs
-        self.dcs = make_dcs(new_etcd, new.retry_timeout)
-        self.mem.published_lsn = None     # the new store has not heard our position yet
-        self.dcs.observer = old_dcs.observer
-        self.watcher = None            # the old one waits on the old store; a new one starts on demand
-        if self.controls is not None:
-            self.controls.reset()
-        old_dcs.close()
-        log.warning("reload: now using %s (maintenance mode is on: check it with governorctl list, then "
-                    "governorctl resume)", self.dcs.describe())
-        return new
-
-    def with_dynamic(self, file_config: Config) -> Config:
-        """The file configuration with the cluster's valid dynamic settings over it."""
-        data = self.cluster.config if self.cluster is not None else {}
-        if data and not dynamic.validate(data, dynamic.timing(file_config),
-                                         catalogue(file_config.postgresql.bin_dir)):
-            return dynamic.apply(file_config, data)
-        return file_config
-
-    def apply_dynamic(self, cluster: Cluster) -> None:
-        """Take over the dynamic settings in etcd when the `config` key changed."""
-        if cluster.config_index == self._dynamic_index:
-            return
-        self._dynamic_index = cluster.config_index
-        problems = dynamic.validate(cluster.config, dynamic.timing(self.file_config),
-                                    catalogue(self.file_config.postgresql.bin_dir))
-        if problems:
-            self.once("dynamic", "the dynamic configuration in etcd is invalid, keeping the current settings: "
-                      + "; ".join(problems), logging.ERROR)
-            return
-        self.once("dynamic", None)
-        changed = self.apply_config(dynamic.apply(self.file_config, cluster.config), "dynamic configuration")
-        if changed:
-            log.info("dynamic configuration applied (changed: %s)", ", ".join(changed))
-
-    def apply_config(self, new: Config, why: str) -> list:
-        """Switch to `new`; rewrite and reload PostgreSQL's settings when they changed."""
-        changed = config_mod.changed_keys(self.config, new)
-        new = self._switch_etcd(new)
-        self.config, self.pg = new, new.postgresql
-        self.fence.set_ttl(new.etcd.ttl)
-        self.server.cfg = new.postgresql
-        self.dcs.cfg, self.dcs.retry_timeout = new.etcd, new.retry_timeout
-        if self.api is not None:
-            self.api.config = new
-        logging.getLogger().setLevel(new.log_level)
-        if not changed:
-            return changed
-        try:
-            if datadir.classify(self.pg.data_dir) == datadir.POSTGRES:
-                datadir.write_pgpass(self.pg)
-                if self.controller.is_running() and self.write_conf(self.mem.conf_target):
-                    self.controller.reload()
-                    log.info("%s: PostgreSQL configuration rewritten and reloaded", why)
-        except (OSError, ControllerError) as exc:
-            log.error("%s: could not apply the PostgreSQL settings: %s", why, exc)
-        return changed
-
-    def shutdown(self) -> None:
-        """Clean stop: PostgreSQL first, then the lock, so a replica can take over at once."""
-        self.notify.stopping()
-        if consume_restart_marker(max_age=RESTART_MARKER_MAX_AGE):
-            self.stop_for_restart()
-            return
-        # Health checks fail from now on, so load balancers stop sending new sessions here.
-        self.board.set(replace(self.board.get(), state="stopping", holds_lock=False, lock_deadline=None))
-        log.info("shutting down: stopping PostgreSQL")
-        streamed = self.syncrep.streaming_names() if self.mem.holds_lock else []
-        try:
-            self.controller.stop("fast", timeout=max(30.0, self.pg.start_timeout))
-        except ControllerError as exc:
-            log.error("could not stop PostgreSQL cleanly (%s); stopping it immediately", exc)
-            try:
-                self.controller.stop("immediate")
-            except ControllerError as exc2:
-                log.error("PostgreSQL did not stop: %s; keeping the lock so no second primary appears", exc2)
-                return
-        self.server.close()
-        if self.mem.holds_lock:
-            try:
-                self.syncrep.hand_over(self.cluster, streamed)
-            except DCSError as exc:
-                log.warning("could not update the sync key: %s", exc)
-            self._release_lock()
-        try:
-            if self.mem.name_is_ours:     # never the key of another governor that uses our name
-                self.dcs.delete_member(self.name)
-        except DCSError as exc:
-            log.warning("could not remove the member key (%s); it expires after ttl", exc)
-        self.dcs.close()
-        if self.api:
-            self.api.stop()
-        if self.metrics:
-            self.metrics.stop()
-        log.info("governor stopped")

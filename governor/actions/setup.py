@@ -7,6 +7,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from governor import publish
 from governor.actions.base import ActionFailed
 from governor.dcs import DCSError
 from governor.ha import BOOTSTRAP_ATTEMPTS, Decision, LocalState
@@ -98,7 +99,7 @@ def clone(g: Governor, decision: Decision, local: LocalState) -> None:
     if address is None:
         raise ActionFailed(f"leader {decision.leader} has published no address")
     g.mem.activity = "creating replica"
-    g.publish(local)
+    publish.publish(g, local)
     log.info("cloning %s from %s:%s with pg_basebackup", g.pg.data_dir, *address)
     with g.notify.keep_alive_while(f"cloning {decision.leader} with pg_basebackup"):
         pgbootstrap.basebackup(g.pg, *address)

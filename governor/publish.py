@@ -1,0 +1,90 @@
+"""What a member tells others: its member key and leader position in etcd, and the NodeStatus the
+API, the exporter and systemd's status line are answered from."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import psycopg2
+
+from governor import __version__
+from governor.dcs import DCSError
+from governor.ha import Decision, LocalState
+from governor.postgres import datadir
+from governor.status import NodeStatus, ReplicaLag
+
+if TYPE_CHECKING:
+    from governor.daemon import Governor
+
+log = logging.getLogger("governor")
+
+
+def member_data(g: Governor, local: LocalState) -> dict:
+    if local.data == datadir.EMPTY:
+        role = "uninitialized"
+    else:
+        role = local.role or ("stopped" if not local.running else "unknown")
+    state = g.mem.activity or \
+        ("running" if local.running and local.role else ("starting" if local.running else "stopped"))
+    pending = bool(local.running and g.server_state and g.server_state.pending_restart)
+    return {"role": role, "state": state, "conn_url": g.pg.conn_url, "api_url": g.config.restapi.api_url,
+            "timeline": local.timeline, "lsn": local.lsn, "tags": g.config.tags,
+            "pending_restart": pending, "version": __version__}
+
+
+def publish(g: Governor, local: LocalState) -> None:
+    try:
+        g.dcs.touch_member(g.name, member_data(g, local))
+        if g.mem.holds_lock and local.role == "primary" and local.lsn is not None \
+                and local.lsn != g.mem.published_lsn:
+            g.dcs.write_leader_lsn(local.lsn)
+            g.mem.published_lsn = local.lsn
+    except DCSError as exc:
+        g.mem.dcs_failed = True
+        g.once("dcs", str(exc), logging.WARNING)
+
+
+def publish_status(g: Governor, local: LocalState, decision: Decision) -> None:
+    """Hand what this loop saw to the API and the metrics exporter."""
+    st = g.server_state
+    if local.role == "primary" and g.mem.holds_lock:
+        try:
+            g.replicas = tuple(ReplicaLag(*row) for row in g.server.replication())
+        except psycopg2.Error:
+            g.replicas = ()
+    else:
+        g.replicas = ()
+    if local.running and local.role and g.pg_version is None:
+        try:
+            g.pg_version = g.server.version()
+        except psycopg2.Error:
+            pass
+    member = member_data(g, local)
+    g.board.set(NodeStatus(
+        name=g.name, scope=g.config.etcd.scope, role=member["role"], state=member["state"],
+        running=local.running, timeline=local.timeline, lsn=local.lsn,
+        replay_lsn=st.replay_lsn if st else None, streaming=bool(st and st.receiving_from),
+        upstream=st.receiving_from if st else None, holds_lock=g.mem.holds_lock,
+        lock_deadline=g.mem.lock_deadline if g.mem.holds_lock else None,
+        leader=g.cluster.leader.name if g.cluster and g.cluster.leader else None,
+        dcs_reachable=g.cluster is not None, tags=g.config.tags, decision=decision.case,
+        message=decision.message, loop_finished=time.monotonic(), loop_finished_wall=time.time(),
+        cluster=g.cluster, replicas=g.replicas, pg_version=g.pg_version,
+        paused=bool(g.cluster and g.cluster.paused), pending_restart=member["pending_restart"],
+        synchronous_mode=g.config.synchronous_mode,
+        started_at=st.started_at if st else None,
+        api_url=g.config.restapi.api_url, conn_url=g.pg.conn_url))
+
+
+def status_line(g: Governor) -> str:
+    """One line for `systemctl status`."""
+    st = g.board.get()
+    if st.is_primary:
+        streaming = sum(1 for r in st.replicas if r.state == "streaming")
+        return f"primary, leader of {st.scope}: {streaming} of {len(st.replicas)} replicas streaming"
+    if st.is_replica:
+        lag = st.lag_bytes()
+        return (f"replica of {st.leader or 'nobody'}, {'streaming' if st.streaming else 'not streaming'}"
+                + (f", lag {lag} bytes" if lag is not None else ""))
+    return f"{st.decision}: {st.message}"[:200]

@@ -1,0 +1,127 @@
+"""Changing the running configuration: a reload of the files (SIGHUP, POST /reload) and the
+dynamic settings read from etcd. A new configuration is validated whole before anything changes;
+what can change live is applied (PostgreSQL's settings rewritten and reloaded), the rest is kept
+until a restart and named in the log."""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from governor import config as config_mod
+from governor import dynamic
+from governor.cluster import Cluster
+from governor.config import Config
+from governor.dcs import make as make_dcs
+from governor.dcs import short_error
+from governor.postgres import datadir
+from governor.postgres.catalogue import catalogue
+from governor.postgres.controller import ControllerError
+
+if TYPE_CHECKING:
+    from governor.daemon import Governor
+
+log = logging.getLogger("governor")
+
+
+def reload(g: Governor) -> None:
+    """SIGHUP: re-read the configuration; apply what can change live, keep the rest."""
+    g.notify.reloading()
+    try:
+        new = config_mod.load(g.config.source)
+    except config_mod.ConfigError as exc:
+        log.error("reload: the new configuration is rejected, the running one stays in force:\n  %s",
+                  "\n  ".join(exc.problems))
+        g.notify.ready()
+        return
+    except Exception as exc:  # noqa: BLE001 - whatever the file holds, the running configuration stays
+        log.error("reload: the new configuration could not be read (%s: %s), the running one stays in force",
+                  type(exc).__name__, short_error(exc))
+        g.notify.ready()
+        return
+    for warning in new.warnings:
+        log.warning("reload: %s", warning)
+    new, needs_restart = config_mod.merge_live(g.file_config, new)
+    if needs_restart:
+        log.warning("reload: %s can only change with a restart of governor; keeping the running values",
+                    ", ".join(needs_restart))
+    g.file_config = new
+    changed = apply_config(g, with_dynamic(g, new), "reload")
+    log.info("reload: configuration reloaded%s", f" (changed: {', '.join(changed)})" if changed else
+             " (nothing changed)")
+    g.notify.ready(g.status_line())
+
+
+def switch_etcd(g: Governor, new: Config) -> Config:
+    """New etcd endpoints, API, TLS or credentials: only in maintenance mode, where no member
+    acts on what it reads, is it safe to move to another store (e.g. from the v2 to the v3
+    API). Otherwise the running connection stays until a restart."""
+    old_etcd, new_etcd = g.config.etcd, new.etcd
+    connection = ("hosts", "protocol", "cacert", "cert", "key", "username", "password", "api")
+    if all(getattr(old_etcd, k) == getattr(new_etcd, k) for k in connection):
+        return new
+    if g.cluster is None or not g.cluster.paused:
+        log.warning("reload: etcd endpoints, API, TLS or credentials change only in maintenance mode "
+                    "(governorctl pause) or with a restart of governor; keeping the running connection")
+        return replace(new, etcd=replace(new_etcd, **{k: getattr(old_etcd, k) for k in connection}))
+    old_dcs = g.dcs
+    g.dcs = make_dcs(new_etcd, new.retry_timeout)
+    g.mem.published_lsn = None     # the new store has not heard our position yet
+    g.dcs.observer = old_dcs.observer
+    g.watcher = None            # the old one waits on the old store; a new one starts on demand
+    if g.controls is not None:
+        g.controls.reset()
+    old_dcs.close()
+    log.warning("reload: now using %s (maintenance mode is on: check it with governorctl list, then "
+                "governorctl resume)", g.dcs.describe())
+    return new
+
+
+def with_dynamic(g: Governor, file_config: Config) -> Config:
+    """The file configuration with the cluster's valid dynamic settings over it."""
+    data = g.cluster.config if g.cluster is not None else {}
+    if data and not dynamic.validate(data, dynamic.timing(file_config),
+                                     catalogue(file_config.postgresql.bin_dir)):
+        return dynamic.apply(file_config, data)
+    return file_config
+
+
+def apply_dynamic(g: Governor, cluster: Cluster) -> None:
+    """Take over the dynamic settings in etcd when the `config` key changed."""
+    if cluster.config_index == g._dynamic_index:
+        return
+    g._dynamic_index = cluster.config_index
+    problems = dynamic.validate(cluster.config, dynamic.timing(g.file_config),
+                                catalogue(g.file_config.postgresql.bin_dir))
+    if problems:
+        g.once("dynamic", "the dynamic configuration in etcd is invalid, keeping the current settings: "
+                  + "; ".join(problems), logging.ERROR)
+        return
+    g.once("dynamic", None)
+    changed = apply_config(g, dynamic.apply(g.file_config, cluster.config), "dynamic configuration")
+    if changed:
+        log.info("dynamic configuration applied (changed: %s)", ", ".join(changed))
+
+
+def apply_config(g: Governor, new: Config, why: str) -> list:
+    """Switch to `new`; rewrite and reload PostgreSQL's settings when they changed."""
+    changed = config_mod.changed_keys(g.config, new)
+    new = switch_etcd(g, new)
+    g.config, g.pg = new, new.postgresql
+    g.fence.set_ttl(new.etcd.ttl)
+    g.server.cfg = new.postgresql
+    g.dcs.cfg, g.dcs.retry_timeout = new.etcd, new.retry_timeout
+    if g.api is not None:
+        g.api.config = new
+    logging.getLogger().setLevel(new.log_level)
+    if not changed:
+        return changed
+    try:
+        if datadir.classify(g.pg.data_dir) == datadir.POSTGRES:
+            datadir.write_pgpass(g.pg)
+            if g.controller.is_running() and g.write_conf(g.mem.conf_target):
+                g.controller.reload()
+                log.info("%s: PostgreSQL configuration rewritten and reloaded", why)
+    except (OSError, ControllerError) as exc:
+        log.error("%s: could not apply the PostgreSQL settings: %s", why, exc)
+    return changed

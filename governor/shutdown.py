@@ -1,0 +1,89 @@
+"""Stopping governor: a clean stop hands the lock over; a restart for a package upgrade leaves
+PostgreSQL and the lock to the next governor process."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from governor.dcs import DCSError
+from governor.postgres.controller import ControllerError
+
+if TYPE_CHECKING:
+    from governor.daemon import Governor
+
+log = logging.getLogger("governor")
+
+RESTART_MARKER = "restart-keep-postgres"
+RESTART_MARKER_MAX_AGE = 120.0
+
+
+def consume_restart_marker(max_age: float) -> bool:
+    """The package's postinst drops RESTART_MARKER into the unit's RuntimeDirectory before it
+    restarts governor. True when a marker younger than `max_age` seconds was there; it is
+    removed either way."""
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if not runtime:
+        return False
+    path = os.path.join(runtime, RESTART_MARKER)
+    try:
+        age = time.time() - os.stat(path).st_mtime
+        os.unlink(path)
+    except OSError:
+        return False
+    return age <= max_age
+
+
+def shutdown(g: Governor) -> None:
+    """Clean stop: PostgreSQL first, then the lock, so a replica can take over at once."""
+    g.notify.stopping()
+    if consume_restart_marker(max_age=RESTART_MARKER_MAX_AGE):
+        stop_for_restart(g, )
+        return
+    # Health checks fail from now on, so load balancers stop sending new sessions here.
+    g.board.set(replace(g.board.get(), state="stopping", holds_lock=False, lock_deadline=None))
+    log.info("shutting down: stopping PostgreSQL")
+    streamed = g.syncrep.streaming_names() if g.mem.holds_lock else []
+    try:
+        g.controller.stop("fast", timeout=max(30.0, g.pg.start_timeout))
+    except ControllerError as exc:
+        log.error("could not stop PostgreSQL cleanly (%s); stopping it immediately", exc)
+        try:
+            g.controller.stop("immediate")
+        except ControllerError as exc2:
+            log.error("PostgreSQL did not stop: %s; keeping the lock so no second primary appears", exc2)
+            return
+    g.server.close()
+    if g.mem.holds_lock:
+        try:
+            g.syncrep.hand_over(g.cluster, streamed)
+        except DCSError as exc:
+            log.warning("could not update the sync key: %s", exc)
+        g._release_lock()
+    try:
+        if g.mem.name_is_ours:     # never the key of another governor that uses our name
+            g.dcs.delete_member(g.name)
+    except DCSError as exc:
+        log.warning("could not remove the member key (%s); it expires after ttl", exc)
+    g.dcs.close()
+    if g.api:
+        g.api.stop()
+    if g.metrics:
+        g.metrics.stop()
+    log.info("governor stopped")
+
+
+def stop_for_restart(g: Governor) -> None:
+    """A package upgrade restarts governor: exit leaving PostgreSQL running and the lock and
+    member key in place, for the new governor to pick up within seconds. Should it not come
+    up, systemd's ExecStopPost fence (start failure) or watchdog (hang) stops PostgreSQL."""
+    log.warning("restarting for a package upgrade: leaving PostgreSQL running%s; the new governor "
+                "takes over", " and the leader lock held" if g.mem.holds_lock else "")
+    g.server.close()
+    g.dcs.close()
+    if g.api:
+        g.api.stop()
+    if g.metrics:
+        g.metrics.stop()
