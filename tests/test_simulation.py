@@ -28,6 +28,7 @@ BROKEN = [
     ("no lock fence and no demotion on etcd loss", Rules(fence=False, expiry_demotion=False), "one_writer"),
     ("no lock fence (a frozen loop's primary outlives its lock)", Rules(fence=False), "one_writer"),
     ("lock renewed without compare-and-swap", Rules(renew_by_cas=False), "one_writer"),
+    ("synchronous mode without the sync promise in the race", Rules(sync_promise=False), "sync_loss"),
 ]
 
 

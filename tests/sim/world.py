@@ -15,6 +15,8 @@ stops, operator switchovers. Invariants are checked at every tick:
   one_writer   never two PostgreSQL servers that accept writes at the same moment;
   bounded_loss a member promoted after a failure holds every write acknowledged at or before
                the leader's last published position minus maximum_lag_on_failover;
+  sync_loss    in synchronous mode (every other seed), a promoted member holds every write
+               acknowledged (a write is acknowledged once one of the promise's members has it);
   progress     once the faults are over, a leader is elected within a bound.
 
 `Rules` switches parts of governor off on purpose, to show the invariants catch what they guard.
@@ -28,6 +30,7 @@ from typing import Dict, List, Optional, Tuple
 from governor import ha
 from governor.cluster import Cluster, Leader, Member, Switchover
 from governor.ha import Action, LocalState
+from governor.sync import SyncState
 
 SYSID = "7000000000000000001"
 TICK = 0.1
@@ -41,6 +44,7 @@ class Rules:
     expiry_demotion: bool = True    # a primary that cannot reach etcd demotes itself
     fence: bool = True              # the lock fence / supervising parent stops PostgreSQL before expiry
     renew_by_cas: bool = True       # the lock is renewed only while it names the renewer
+    sync_promise: bool = True       # synchronous mode: the race reads the leader's promise (`sync` key)
 
 
 @dataclass
@@ -146,7 +150,8 @@ class MemberState:
 
 class World:
     def __init__(self, seed: int, rules: Rules = Rules(), timing: Optional[Timing] = None, members: int = 3,
-                 duration: float = 45.0, faults: Optional[List[Tuple[float, str, str, float]]] = None):
+                 duration: float = 45.0, faults: Optional[List[Tuple[float, str, str, float]]] = None,
+                 synchronous: Optional[bool] = None):
         timing = timing or Timing()
         # Two streams: the fault schedule, and the choices made while it runs, so that a schedule
         # run without some of its faults (shrinking) still makes the same choices.
@@ -174,6 +179,11 @@ class World:
         self.etcd.put(0, "optime/leader", "0")
         self.published_wal: Tuple[int, ...] = ()
         self.history: Tuple[dict, ...] = ()     # the `history` key: one record per promotion
+        # Synchronous mode (every other seed unless told): a write is acknowledged only once
+        # `quorum` of the promise's members have it; the promise names every other member.
+        self.synchronous = seed % 2 == 0 if synchronous is None else synchronous
+        self.sync: Optional[SyncState] = SyncState(names[0], tuple(names[1:]), 1, 1) if self.synchronous else None
+        self.acked_upto: Dict[str, int] = {}
         self.max_timeline = 1
         leader.holds_lock, leader.deadline = True, timing.ttl
         for m in self.members.values():
@@ -271,7 +281,24 @@ class World:
             if self._accepts_writes(m):
                 self.write_id += 1
                 m.pg.wal = m.pg.wal + (self.write_id,)
-                self.acked[self.write_id] = (m.name, self.now)
+                if not self.synchronous:
+                    self.acked[self.write_id] = (m.name, self.now)
+
+    def _sync_acks(self) -> None:
+        """Synchronous mode: a primary's commits are acknowledged once `quorum` of the promise's
+        members hold them (a primary outside its own promise acknowledges nothing)."""
+        promise = self.sync
+        if promise is None:
+            return
+        for m in self.members.values():
+            if not self._accepts_writes(m) or promise.leader != m.name:
+                continue
+            have = sorted((len(o.pg.wal) if m.pg.wal[:len(o.pg.wal)] == o.pg.wal else 0
+                           for name, o in self.members.items() if name in promise.members), reverse=True)
+            upto = have[promise.quorum - 1] if len(have) >= promise.quorum else 0
+            for wid in m.pg.wal[self.acked_upto.get(m.name, 0):upto]:
+                self.acked[wid] = (m.name, self.now)
+            self.acked_upto[m.name] = max(self.acked_upto.get(m.name, 0), upto)
 
     def _accepts_writes(self, m: MemberState) -> bool:
         return m.pg.running and m.pg.primary and self.now >= m.crashed_until
@@ -307,7 +334,8 @@ class World:
             old, new = live["failover"].value.split(">")
             switchover = Switchover(leader=old, candidate=new, requested_at=0.0)
         optime = live.get("optime/leader")
-        return Cluster(initialize=SYSID, leader=Leader(leader.value, leader.revision) if leader else None,
+        sync = self.sync if self.rules.sync_promise else None
+        return Cluster(initialize=SYSID, leader=Leader(leader.value, leader.revision) if leader else None, sync=sync,
                        members=tuple(sorted(members, key=lambda x: x.name)),
                        leader_lsn=int(optime.value) if optime else None, index=e.revision, switchover=switchover,
                        history=self.history)
@@ -333,13 +361,23 @@ class World:
         else:
             m.starting_since = None
         max_lag = self.timing.max_lag if self.rules.lag_check else 10**9
+        # What the other members answer over their API this pass (None: crashed or frozen).
+        peers = {}
+        if self.synchronous:
+            for name, o in self.members.items():
+                if name == m.name:
+                    continue
+                answering = o.alive(self.now) and self.now >= o.frozen_until
+                peers[name] = Member(name=name, role=("primary" if o.pg.primary else "replica"),
+                                     state="running" if o.pg.running else "stopped", timeline=o.pg.timeline,
+                                     lsn=o.pg.lsn) if answering else None
         return LocalState(name=m.name, data=ha.POSTGRES, sysid=SYSID, running=pg.running,
                           role=("primary" if pg.primary else "replica") if pg.running else None,
                           timeline=pg.timeline, lsn=pg.lsn, maximum_lag_on_failover=max_lag,
                           rewind_pending=m.rewind_pending, now=self.now, loop_wait=self.timing.loop_wait,
                           retry_timeout=self.timing.retry_timeout, lock_left=lock_left,
                           starting_for=(self.now - m.starting_since) if m.starting_since is not None else None,
-                          peers={})
+                          peers=peers)
 
     def _pass(self, m: MemberState) -> None:
         t = self.timing
@@ -396,6 +434,9 @@ class World:
             return True
         if action == Action.PROMOTE:
             pg.primary, pg.upstream, pg.timeline = True, None, max(pg.timeline, self.max_timeline) + 1
+            if self.synchronous:
+                self.sync = SyncState(m.name, tuple(n for n in self.members if n != m.name), 1,
+                                      (self.sync.index if self.sync else 0) + 1)
             self.max_timeline = pg.timeline
             self.history = self.history + ({"timeline": pg.timeline, "lsn": pg.lsn},)
             self._check_promotion(m)
@@ -459,6 +500,13 @@ class World:
     def _check_promotion(self, m: MemberState) -> None:
         """bounded_loss: the promoted member holds every write acknowledged at or before the last
         published leader position minus maximum_lag_on_failover."""
+        if self.synchronous:
+            have = set(m.pg.wal)
+            lost = [w for w in self.acked if w not in have]
+            if lost:
+                raise Violation(f"sync_loss: {m.name} promoted without {len(lost)} acknowledged write(s), "
+                                f"e.g. {lost[:3]}")
+            return
         published = len(self.published_wal)
         must_have = self.published_wal[:max(0, published - self.timing.max_lag)]
         have = set(m.pg.wal)
@@ -483,6 +531,7 @@ class World:
                 self._apply_faults()
                 self._fences()
                 self._replicate()
+                self._sync_acks()
                 self._writes()
                 self._check_one_writer()
                 for m in sorted(self.members.values(), key=lambda x: x.next_pass):
