@@ -45,6 +45,7 @@ class Rules:
     fence: bool = True              # the lock fence / supervising parent stops PostgreSQL before expiry
     renew_by_cas: bool = True       # the lock is renewed only while it names the renewer
     sync_promise: bool = True       # synchronous mode: the race reads the leader's promise (`sync` key)
+    recheck_after_acquire: bool = True  # a promotion re-reads the positions once it holds the lock
 
 
 @dataclass
@@ -409,7 +410,7 @@ class World:
         reachable = self.now >= m.cut_until
         ok = True
         for action in decision.actions:
-            if not self._execute(m, action, decision, reachable):
+            if not self._execute(m, action, decision, reachable, cluster):
                 ok = False
                 break
         if reachable and cluster is not None:
@@ -418,13 +419,21 @@ class World:
         delay = t.loop_wait if ok else min(0.1 * 2 ** (m.failures - 1), t.loop_wait)
         m.next_pass = self.now + cost + max(delay, TICK)
 
-    def _execute(self, m: MemberState, action: Action, decision: ha.Decision, reachable: bool) -> bool:
+    def _execute(self, m: MemberState, action: Action, decision: ha.Decision, reachable: bool,
+                 snapshot: Optional[Cluster] = None) -> bool:
         t, pg = self.timing, m.pg
         if action in (Action.ACQUIRE_LOCK, Action.RENEW_LOCK):
             if not reachable:
                 return False
             if action == Action.ACQUIRE_LOCK:
                 done = self.etcd.create(self.now, "leader", m.name, t.ttl)
+                if done and Action.PROMOTE in decision.actions and self.rules.recheck_after_acquire \
+                        and snapshot is not None:
+                    now = self._snapshot()
+                    if (now.leader_lsn, now.history, now.sync) != (snapshot.leader_lsn, snapshot.history,
+                                                                    snapshot.sync):
+                        self.etcd.delete_if(self.now, "leader", m.name)
+                        return False
             else:
                 done = self.etcd.refresh_if(self.now, "leader", m.name, t.ttl, check=self.rules.renew_by_cas)
             if not done:
