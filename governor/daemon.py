@@ -235,6 +235,7 @@ class Governor:
     def _local_base(self, kind: str) -> dict:
         return dict(name=self.name, data=kind, tags=self.config.tags, data_dir=self.pg.data_dir,
                     loop_wait=self.config.loop_wait, retry_timeout=self.config.retry_timeout,
+                    remove_data_directory_on_rewind_failure=self.pg.remove_data_directory_on_rewind_failure,
                     primary_start_timeout=self.config.primary_start_timeout,
                     maximum_lag_on_failover=self.pg.maximum_lag_on_failover,
                     rewind_pending=self.mem.rewind_pending, rewind_failed=self.mem.rewind_failed,

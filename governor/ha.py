@@ -26,6 +26,8 @@ Cases, checked top to bottom (the first that matches wins):
   bootstrap_in_progress         another member is running initdb             -
   clone_from_leader             data_dir empty, a leader is running          clone
   wait_for_leader_to_clone      data_dir empty, no usable leader             -
+  rewind_failed_reclone         pg_rewind failed, remove_data_directory_on_  reinitialize (then clone)
+                                rewind_failure: start afresh from the leader
   rewind_failed_wait            pg_rewind failed, no permission to re-clone  -  (operator must act)
   switchover_await_candidate    stopped after stepping down, switchover due  -
   start_timeout_release         holds the lock, PostgreSQL not up for        release_lock
@@ -127,6 +129,7 @@ class LocalState:
     request: Optional[str] = None   # an operator's pending "restart" / "reinitialize" (HTTP API)
     not_streaming_for: Optional[float] = None  # replica: seconds without streaming while another leads
     loop_wait: float = 10.0
+    remove_data_directory_on_rewind_failure: bool = False
     retry_timeout: float = 10.0
     primary_start_timeout: float = 30.0
     lock_left: Optional[float] = None          # seconds before our lock expires, as we know it (None: not ours)
@@ -256,6 +259,10 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                             (Action.CLONE,), leader=leader)
         return Decision("wait_for_leader_to_clone", "data directory empty: waiting for a running leader to clone")
 
+    if local.rewind_failed and leader and leader != me and local.remove_data_directory_on_rewind_failure:
+        return Decision("rewind_failed_reclone",
+                        f"pg_rewind against {leader} failed: removing {local.data_dir} to clone {leader} afresh "
+                        "(postgresql.remove_data_directory_on_rewind_failure)", (Action.REINITIALIZE,), leader=leader)
     if local.rewind_failed and leader != me:
         return Decision("rewind_failed_wait",
                         f"pg_rewind against the leader failed; staying stopped. To rejoin, remove {local.data_dir} "

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
 import time
 from typing import TYPE_CHECKING, Optional
@@ -121,8 +120,9 @@ def rewind(g: Governor, decision: Decision, local: LocalState) -> None:
 
 
 def run_rewind(g: Governor, leader: Optional[str], target: tuple) -> None:
-    """Bring a stopped former primary onto the leader's timeline; on failure re-clone if the
-    operator allowed it, otherwise stay stopped."""
+    """Bring a stopped former primary onto the leader's timeline. A failure that is not a lost
+    connection marks the rewind failed; decide() then re-clones (rewind_failed_reclone) if the
+    operator allowed it, or waits for the operator (rewind_failed_wait)."""
     if not g.pg.use_pg_rewind or not g.pg.superuser.password:
         why = "use_pg_rewind is off" if not g.pg.use_pg_rewind else \
             "postgresql.superuser.password is not set, so pg_rewind cannot connect to the leader"
@@ -137,13 +137,7 @@ def run_rewind(g: Governor, leader: Optional[str], target: tuple) -> None:
     except pgbootstrap.BootstrapError as exc:
         if "could not connect" in str(exc) or "connection to server" in str(exc):
             raise ActionFailed(f"{exc}; trying again") from exc   # the leader is not reachable now
-        if g.pg.remove_data_directory_on_rewind_failure:
-            log.error("%s; removing %s to clone the leader (remove_data_directory_on_rewind_failure)",
-                      exc, g.pg.data_dir)
-            shutil.rmtree(g.pg.data_dir)
-            g.mem.rewind_pending = False
-            raise ActionFailed("data directory removed after a failed pg_rewind; cloning next") from exc
         g.mem.rewind_failed = True
-        raise ActionFailed(f"{exc}; this member stays stopped until the operator acts") from exc
+        raise ActionFailed(f"pg_rewind failed: {exc}") from exc
     g._data_replaced()
     log.info("pg_rewind: %s", result.replace("pg_rewind: ", ""))
