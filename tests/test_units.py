@@ -95,3 +95,19 @@ def test_every_action_has_exactly_one_executor():
     assert len(set(EXECUTORS.values())) == len(EXECUTORS), "one function per action"
     assert all(EXECUTORS[a].__name__ == a.value for a in Action), "each named after its action"
     assert not [name for name in dir(Governor) if name.startswith("do_")], "no executor left on Governor"
+
+
+def test_slot_plan_creates_for_members_and_drops_orphans_only_after_the_ttl():
+    from governor import slots
+    from governor.cluster import Member
+    members = [Member("node1", conn_url="postgres://h1:5432/p"), Member("node2", conn_url="postgres://h2:5432/p"),
+               Member("evil", conn_url="postgres://x' y:5432/p"), Member("ghost")]
+    wanted = slots.wanted_slots(members, "node1")
+    assert wanted == {"node2"}, "only valid member records, never our own"
+    existing = {"node2": True, "gone": False, "busy": True, "archiver": False}
+    first = slots.plan(existing, wanted | {"node3"}, ["archiver"], {}, now=100.0, ttl=60)
+    assert first.create == ("node3",) and first.drop == () and first.orphan_since == {"gone": 100.0}
+    later = slots.plan(existing, wanted, ["archiver"], first.orphan_since, now=170.0, ttl=60)
+    assert later.drop == (("gone", 70.0),) and later.orphan_since == {}
+    never = slots.plan(existing, wanted, [], {"gone": 0.0}, now=10**6, ttl=0)
+    assert never.drop == (), "member_slots_ttl 0 never drops"

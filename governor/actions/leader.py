@@ -5,10 +5,9 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from governor import slots
 from governor.actions.base import ActionFailed
-from governor.cluster import parse_conn_url
 from governor.ha import Decision, LocalState
-from governor.settings import slot_name_for
 from governor.syncrep import PromiseNotWritten
 
 if TYPE_CHECKING:
@@ -23,26 +22,15 @@ def ensure_slots(g: Governor, decision: Decision, local: LocalState) -> None:
         return
     if not g.mem.roles_checked:
         ensure_roles(g)
-    # Only for members whose key is a member record governor wrote (a valid name, an address).
-    wanted = {slot_name_for(m.name) for m in g.cluster.members
-              if m.name != g.name and m.conn_url is not None and parse_conn_url(m.conn_url)}
-    existing = g.server.replication_slots()
-    for slot in sorted(wanted - set(existing)):
+    todo = slots.plan(g.server.replication_slots(), slots.wanted_slots(g.cluster.members, g.name),
+                      g.pg.permanent_slots, g.mem.orphan_slots, time.monotonic(), g.pg.member_slots_ttl)
+    for slot in todo.create:
         g.server.create_physical_slot(slot)
         log.info("created replication slot %s", slot)
-    now = time.monotonic()
-    keep = wanted | set(g.pg.permanent_slots)
-    g.mem.orphan_slots = {s: t for s, t in g.mem.orphan_slots.items() if s in existing and s not in keep}
-    ttl = g.pg.member_slots_ttl
-    for slot, active in sorted(existing.items()):
-        if slot in keep or active:
-            continue
-        since = g.mem.orphan_slots.setdefault(slot, now)
-        if ttl and now - since >= ttl:
-            g.server.drop_slot(slot)
-            del g.mem.orphan_slots[slot]
-            log.info("dropped replication slot %s: no member has used it for %ss (member_slots_ttl)",
-                     slot, int(now - since))
+    for slot, orphaned in todo.drop:
+        g.server.drop_slot(slot)
+        log.info("dropped replication slot %s: no member has used it for %ss (member_slots_ttl)", slot, int(orphaned))
+    g.mem.orphan_slots = todo.orphan_since
 
 
 def ensure_roles(g: Governor) -> None:
