@@ -19,7 +19,7 @@ from governor.dcs.keys import valid_member_name
 from governor.postgres.catalogue import catalogue
 
 if TYPE_CHECKING:
-    from governor.daemon import Governor
+    from governor.ports import ControlHost
 
 log = logging.getLogger("governor")
 MAX_SCHEDULE = 30 * 86400
@@ -27,7 +27,7 @@ Answer = Tuple[int, dict]
 
 
 class Controls:
-    def __init__(self, governor: Governor):
+    def __init__(self, governor: ControlHost):
         self.gov = governor
         self._dcs: Optional[DCS] = None   # the API thread's own etcd client
 

@@ -11,7 +11,7 @@ from governor.cluster import Cluster
 from governor.sync import Standby, SyncState
 
 if TYPE_CHECKING:
-    from governor.daemon import Governor
+    from governor.ports import SyncHost
 
 log = logging.getLogger("governor")
 
@@ -21,7 +21,7 @@ class PromiseNotWritten(Exception):
 
 
 class SyncManager:
-    def __init__(self, governor: Governor):
+    def __init__(self, governor: SyncHost):
         self.gov = governor
         self.applied: Optional[SyncState] = None   # what synchronous_standby_names waits for now
         self.names: Optional[str] = None            # its value; None: not managed (mode off)

@@ -64,3 +64,9 @@ def test_pure_modules_reach_no_io_module():
 def test_the_check_itself_sees_an_io_import():
     assert "subprocess" in reach("governor.postgres.catalogue", {})
     assert "governor.settings" in reach("governor.dynamic", {})
+
+
+def test_controls_and_sync_manager_see_the_daemon_only_through_narrow_ports():
+    graph: Dict[str, Set[str]] = {}
+    for module in ("governor.controls", "governor.syncrep", "governor.ports"):
+        assert "governor.daemon" not in reach(module, graph), f"{module} reaches governor.daemon"
