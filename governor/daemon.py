@@ -216,7 +216,7 @@ class Governor:
             self.mem.not_streaming_since = now
         return now - self.mem.not_streaming_since
 
-    def _data_replaced(self) -> None:
+    def data_replaced(self) -> None:
         """A new data directory (clone, bootstrap, reinitialize) or one rewound onto the leader's
         timeline: what was remembered about the old one no longer holds."""
         self.mem.rewind_pending = self.mem.rewind_failed = False
@@ -291,33 +291,33 @@ class Governor:
         return datadir.write_postgresql_conf(self.pg, standby_of=standby_of,
                                              synchronous_standby_names=self.syncrep.names)
 
-    def _prepare(self, standby_of: Optional[tuple]) -> None:
+    def prepare_files(self, standby_of: Optional[tuple]) -> None:
         """The files PostgreSQL reads at start, for a primary (None) or a standby."""
         datadir.write_pgpass(self.pg)
         datadir.write_pg_hba(self.pg)
         self.write_conf(standby_of=standby_of)
         datadir.set_standby_signal(self.pg.data_dir, standby_of is not None)
 
-    def _start(self, standby_of: Optional[tuple]) -> None:
+    def start_postgres(self, standby_of: Optional[tuple]) -> None:
         """Write the configuration for the given role and start; standby_of=None means primary."""
-        self._prepare(standby_of)
+        self.prepare_files(standby_of)
         self.controller.start(self.pg.start_timeout, wait=standby_of is None)
 
-    def _lock_lost(self, keep_fence: bool = False) -> None:
+    def lock_lost(self, keep_fence: bool = False) -> None:
         """The lock is no longer ours. `keep_fence`: PostgreSQL may still be primary (a demotion is
         about to stop it), so the lock fence stays armed with the old deadline until it has."""
         self.mem.holds_lock = False
         self.mem.roles_checked = False
         self.syncrep.reset()
         if not keep_fence:
-            self._unfence()
+            self.unfence()
 
-    def _unfence(self) -> None:
+    def unfence(self) -> None:
         """PostgreSQL is no longer primary under our lock: the lock fence and watchdog stand down."""
         self.fence.disarm()
         self.watchdog.disarm()
 
-    def _lock_taken(self, sent: float) -> None:
+    def lock_taken(self, sent: float) -> None:
         # etcd starts the TTL when it applies the write, which is after we sent it: counting from
         # the send time errs on the safe side.
         self.mem.holds_lock = True
@@ -328,7 +328,7 @@ class Governor:
             if self.server_state is not None and self.server_state.role == "primary":
                 stop_postmaster_now(self.pg.data_dir)
                 log.error("stopped PostgreSQL: it must not stay primary without the watchdog")
-            self._release_lock()
+            self.give_up_lock()
             raise ActionFailed(f"watchdog.mode is required and {self.config.watchdog.device} cannot be armed")
 
     def submit_request(self, kind: str, timeout: float) -> tuple:
@@ -355,13 +355,13 @@ class Governor:
         else:
             request.finish(202, {"message": f"data directory removed; cloning {decision.leader}"})
 
-    def _release_lock(self) -> None:
+    def give_up_lock(self) -> None:
         try:
             if self.dcs.release_leader(self.name):
                 log.info("released the leader lock")
         except DCSError as exc:
             log.warning("could not release the leader lock (%s); it expires after ttl", exc)
-        self._lock_lost()
+        self.lock_lost()
 
     # ------------------------------------------------------------------ publish
 
@@ -412,7 +412,7 @@ class Governor:
         self.once("decision", decision.summary)
         log.debug("decision %s", decision.summary)
         if self.cluster is not None and self.cluster.leader and self.cluster.leader.name != self.name:
-            self._lock_lost()
+            self.lock_lost()
         if self.cluster is not None and set(decision.actions) - STEADY_ACTIONS:
             # Before a long action: the leader creates our replication slot only for a member it
             # sees in etcd, and a member key may have expired while this process was stopped.

@@ -4,14 +4,22 @@ needs, so neither the API's control endpoints nor the sync manager depends on th
 from __future__ import annotations
 
 import threading
-from typing import Optional, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
 
 from governor.config import Config, PostgresConfig
 from governor.dcs import DCS
 from governor.memory import NodeMemory
 from governor.postgres.controller import ProcessController
-from governor.postgres.server import Server
+from governor.postgres.server import Server, ServerState
 from governor.status import StatusBoard
+
+if TYPE_CHECKING:
+    from governor.cluster import Cluster
+    from governor.lockfence import LockFence
+    from governor.metrics import Metrics
+    from governor.syncrep import SyncManager
+    from governor.systemd import Notifier
+    from governor.watchdog import Watchdog
 
 
 class SyncHost(Protocol):
@@ -37,3 +45,40 @@ class ControlHost(Protocol):
     def submit_request(self, kind: str, timeout: float) -> tuple: ...
 
     def request_reload(self) -> None: ...
+
+
+class ActionHost(Protocol):
+    """What the executors (governor/actions/) use: the node's I/O handles, its configuration and
+    memory, and the few shared steps that keep the lock, the fences and the files consistent."""
+    name: str
+    pg: PostgresConfig
+    config: Config
+    cluster: Optional[Cluster]
+    mem: NodeMemory
+    dcs: DCS
+    server: Server
+    server_state: Optional[ServerState]
+    controller: ProcessController
+    fence: LockFence
+    watchdog: Watchdog
+    syncrep: SyncManager
+    notify: Notifier
+    metrics: Optional[Metrics]
+
+    def leader_address(self, leader: Optional[str]) -> Optional[tuple]: ...
+
+    def write_conf(self, standby_of: Optional[tuple]) -> bool: ...
+
+    def prepare_files(self, standby_of: Optional[tuple]) -> None: ...
+
+    def start_postgres(self, standby_of: Optional[tuple]) -> None: ...
+
+    def lock_taken(self, sent: float) -> None: ...
+
+    def lock_lost(self, keep_fence: bool = False) -> None: ...
+
+    def give_up_lock(self) -> None: ...
+
+    def unfence(self) -> None: ...
+
+    def data_replaced(self) -> None: ...

@@ -61,7 +61,7 @@ def shutdown(g: Governor) -> None:
             g.syncrep.hand_over(g.cluster, streamed)
         except DCSError as exc:
             log.warning("could not update the sync key: %s", exc)
-        g._release_lock()
+        g.give_up_lock()
     try:
         if g.mem.name_is_ours:     # never the key of another governor that uses our name
             g.dcs.delete_member(g.name)

@@ -13,9 +13,9 @@ from governor.actions.base import ActionFailed
 from governor.ha import Action, Decision, LocalState
 
 if TYPE_CHECKING:
-    from governor.daemon import Governor
+    from governor.ports import ActionHost
 
-Executor = Callable[["Governor", Decision, LocalState], None]
+Executor = Callable[["ActionHost", Decision, LocalState], None]
 
 EXECUTORS: Dict[Action, Executor] = {
     Action.BOOTSTRAP: setup.bootstrap,

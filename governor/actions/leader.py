@@ -11,12 +11,12 @@ from governor.ha import Decision, LocalState
 from governor.syncrep import PromiseNotWritten
 
 if TYPE_CHECKING:
-    from governor.daemon import Governor
+    from governor.ports import ActionHost
 
 log = logging.getLogger("governor")
 
 
-def ensure_slots(g: Governor, decision: Decision, local: LocalState) -> None:
+def ensure_slots(g: ActionHost, decision: Decision, local: LocalState) -> None:
     """A physical slot per member; slots of members gone for member_slots_ttl are dropped."""
     if g.cluster is None:
         return
@@ -33,7 +33,7 @@ def ensure_slots(g: Governor, decision: Decision, local: LocalState) -> None:
     g.mem.orphan_slots = todo.orphan_since
 
 
-def ensure_roles(g: Governor) -> None:
+def ensure_roles(g: ActionHost) -> None:
     """Once per leadership: the replication role, and the superuser's password, exist as
     configured (a cluster adopted from an existing data directory has neither)."""
     g.server.create_role(g.pg.replication.username, g.pg.replication.password, replication=True)
@@ -42,7 +42,7 @@ def ensure_roles(g: Governor) -> None:
     g.mem.roles_checked = True
 
 
-def manage_sync(g: Governor, decision: Decision, local: LocalState) -> None:
+def manage_sync(g: ActionHost, decision: Decision, local: LocalState) -> None:
     if g.cluster is None or not (local.running and local.role == "primary"):
         return   # e.g. paused with PostgreSQL stopped by the operator
     try:

@@ -10,46 +10,46 @@ from governor.cluster import Cluster
 from governor.ha import Action, Decision, LocalState
 
 if TYPE_CHECKING:
-    from governor.daemon import Governor
+    from governor.ports import ActionHost
 
 log = logging.getLogger("governor")
 
 
-def acquire_lock(g: Governor, decision: Decision, local: LocalState) -> None:
+def acquire_lock(g: ActionHost, decision: Decision, local: LocalState) -> None:
     sent = time.monotonic()
     if not g.dcs.acquire_leader(g.name):
         raise ActionFailed("another member took the leader lock first")
     g.mem.published_lsn = None     # publish our position as the new leader's, even if unchanged
-    g._lock_taken(sent)
+    g.lock_taken(sent)
     log.info("acquired the leader lock")
     if Action.PROMOTE in decision.actions and g.cluster is not None:
         _still_eligible(g, g.cluster)
 
 
-def _still_eligible(g: Governor, seen: Cluster) -> None:
+def _still_eligible(g: ActionHost, seen: Cluster) -> None:
     """The promotion was decided on a snapshot read before the lock was taken; on a slow host
     another member may have led and written meanwhile (its position, a promotion in `history`).
     Holding the lock now, nothing else can change that: read again, and if the positions the
     decision rested on moved, give the lock back instead of promoting on stale knowledge."""
     fresh = g.dcs.get_cluster()
     if (fresh.leader_lsn, fresh.history, fresh.sync) != (seen.leader_lsn, seen.history, seen.sync):
-        g._release_lock()
+        g.give_up_lock()
         raise ActionFailed("the leader position or history changed between the decision and taking the lock; "
                            "released it to decide again")
 
 
-def renew_lock(g: Governor, decision: Decision, local: LocalState) -> None:
+def renew_lock(g: ActionHost, decision: Decision, local: LocalState) -> None:
     sent = time.monotonic()
     if not g.dcs.renew_leader(g.name):
-        g._lock_lost()
+        g.lock_lost()
         raise ActionFailed("the leader lock is no longer ours")
-    g._lock_taken(sent)
+    g.lock_taken(sent)
 
 
-def release_lock(g: Governor, decision: Decision, local: LocalState) -> None:
+def release_lock(g: ActionHost, decision: Decision, local: LocalState) -> None:
     log.error("%s", decision.message)
     try:
         g.controller.stop("immediate")
     finally:
-        g._release_lock()
+        g.give_up_lock()
         g.mem.leader_start_since = None

@@ -14,7 +14,7 @@ from governor.postgres.controller import ControllerError
 from governor.syncrep import PromiseNotWritten
 
 if TYPE_CHECKING:
-    from governor.daemon import Governor
+    from governor.ports import ActionHost
 
 log = logging.getLogger("governor")
 
@@ -28,7 +28,7 @@ def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def promote(g: Governor, decision: Decision, local: LocalState) -> None:
+def promote(g: ActionHost, decision: Decision, local: LocalState) -> None:
     log.info("promoting: %s", decision.message)
     if g.cluster is not None:
         try:
@@ -55,7 +55,7 @@ def promote(g: Governor, decision: Decision, local: LocalState) -> None:
     g.server.checkpoint()
 
 
-def record_promotion(g: Governor, timeline: Optional[int], lsn: Optional[int], decision: Decision) -> None:
+def record_promotion(g: ActionHost, timeline: Optional[int], lsn: Optional[int], decision: Decision) -> None:
     entry = {"timeline": timeline, "lsn": lsn, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "leader": g.name, "reason": decision.summary}
     try:
@@ -64,11 +64,11 @@ def record_promotion(g: Governor, timeline: Optional[int], lsn: Optional[int], d
         log.warning("could not record the promotion in the history key: %s", exc)
 
 
-def demote(g: Governor, decision: Decision, local: LocalState) -> None:
+def demote(g: ActionHost, decision: Decision, local: LocalState) -> None:
     log.warning("demoting: %s", decision.message)
     if g.metrics:
         g.metrics.demotions.inc()
-    g._lock_lost(keep_fence=True)
+    g.lock_lost(keep_fence=True)
     g.mem.rewind_pending = True
     # A fast shutdown waits until the standbys received all WAL: that may be what can no longer
     # be reached. It gets until the lock fence's moment at most, then stops hard.
@@ -82,15 +82,15 @@ def demote(g: Governor, decision: Decision, local: LocalState) -> None:
     except ControllerError as exc:
         log.error("fast shutdown did not finish (%s); stopping PostgreSQL immediately", exc)
         g.controller.stop("immediate")
-    g._unfence()
+    g.unfence()
     target = g.leader_address(decision.leader)
     if target:
         run_rewind(g, decision.leader, target)
-    g._start(standby_of=target or ())
+    g.start_postgres(standby_of=target or ())
     log.info("demoted: running read-only%s", f", following {decision.leader}" if target else "")
 
 
-def step_down(g: Governor, decision: Decision, local: LocalState) -> None:
+def step_down(g: ActionHost, decision: Decision, local: LocalState) -> None:
     """Switchover, leader side: a fast shutdown waits until connected standbys received all
     WAL up to the shutdown checkpoint; only then is the lock released for the candidate."""
     log.warning("switchover: %s", decision.message)
@@ -102,11 +102,11 @@ def step_down(g: Governor, decision: Decision, local: LocalState) -> None:
         g.syncrep.hand_over(g.cluster, streamed)
     except DCSError as exc:
         log.warning("switchover: could not update the sync key: %s", exc)
-    g._release_lock()
+    g.give_up_lock()
     log.info("switchover: PostgreSQL stopped and lock released for %s", decision.leader)
 
 
-def rewind(g: Governor, decision: Decision, local: LocalState) -> None:
+def rewind(g: ActionHost, decision: Decision, local: LocalState) -> None:
     target = g.leader_address(decision.leader)
     if target is None:
         raise ActionFailed(f"leader {decision.leader} has published no address")
@@ -119,7 +119,7 @@ def rewind(g: Governor, decision: Decision, local: LocalState) -> None:
     run_rewind(g, decision.leader, target)
 
 
-def run_rewind(g: Governor, leader: Optional[str], target: tuple) -> None:
+def run_rewind(g: ActionHost, leader: Optional[str], target: tuple) -> None:
     """Bring a stopped former primary onto the leader's timeline. A failure that is not a lost
     connection marks the rewind failed; decide() then re-clones (rewind_failed_reclone) if the
     operator allowed it, or waits for the operator (rewind_failed_wait)."""
@@ -139,5 +139,5 @@ def run_rewind(g: Governor, leader: Optional[str], target: tuple) -> None:
             raise ActionFailed(f"{exc}; trying again") from exc   # the leader is not reachable now
         g.mem.rewind_failed = True
         raise ActionFailed(f"pg_rewind failed: {exc}") from exc
-    g._data_replaced()
+    g.data_replaced()
     log.info("pg_rewind: %s", result.replace("pg_rewind: ", ""))

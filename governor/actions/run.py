@@ -11,18 +11,18 @@ from governor.postgres import datadir
 from governor.postgres.controller import ControllerError
 
 if TYPE_CHECKING:
-    from governor.daemon import Governor
+    from governor.ports import ActionHost
 
 log = logging.getLogger("governor")
 
 
-def start_as_leader(g: Governor, decision: Decision, local: LocalState) -> None:
+def start_as_leader(g: ActionHost, decision: Decision, local: LocalState) -> None:
     """Restart in place under the lock. The wait is bounded by the lock (the next pass renews it
     while PostgreSQL comes up: lock_holder_starting); decide() gives the lock up after
     primary_start_timeout (start_timeout_release)."""
     # A replica data directory starts as a standby; the next loop promotes it under the lock.
     standby_of = () if datadir.is_standby(g.pg.data_dir) else None
-    g._prepare(standby_of)
+    g.prepare_files(standby_of)
     wait = g.config.primary_start_timeout - (local.starting_for or 0)
     if g.fence.deadline is not None:
         wait = min(wait, g.fence.deadline - g.fence.margin - 1 - time.monotonic())
@@ -33,20 +33,20 @@ def start_as_leader(g: Governor, decision: Decision, local: LocalState) -> None:
         raise ActionFailed(f"PostgreSQL is not up yet ({exc}); renewing the lock and waiting") from exc
 
 
-def start_as_replica(g: Governor, decision: Decision, local: LocalState) -> None:
-    g._start(standby_of=g.leader_address(decision.leader) or ())
+def start_as_replica(g: ActionHost, decision: Decision, local: LocalState) -> None:
+    g.start_postgres(standby_of=g.leader_address(decision.leader) or ())
 
 
-def restart(g: Governor, decision: Decision, local: LocalState) -> None:
+def restart(g: ActionHost, decision: Decision, local: LocalState) -> None:
     standby_of = None if local.role == "primary" else (g.leader_address(decision.leader) or ())
     g.server.close()
     g.controller.stop("fast", timeout=max(30.0, g.pg.start_timeout))
-    g._prepare(standby_of)
+    g.prepare_files(standby_of)
     g.controller.start(g.pg.start_timeout)
     log.info("restart: PostgreSQL is running again as %s", local.role)
 
 
-def follow(g: Governor, decision: Decision, local: LocalState) -> None:
+def follow(g: ActionHost, decision: Decision, local: LocalState) -> None:
     target = g.leader_address(decision.leader) or ()
     if decision.leader and not target:
         return  # the leader has not published its address yet

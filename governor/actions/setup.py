@@ -16,12 +16,12 @@ from governor.postgres import datadir
 from governor.postgres.controller import ControllerError
 
 if TYPE_CHECKING:
-    from governor.daemon import Governor
+    from governor.ports import ActionHost
 
 log = logging.getLogger("governor")
 
 
-def bootstrap(g: Governor, decision: Decision, local: LocalState) -> None:
+def bootstrap(g: ActionHost, decision: Decision, local: LocalState) -> None:
     if not g.watchdog.keepalive(time.monotonic() + g.config.etcd.ttl, max(0.5, g.fence.margin / 4)):
         raise ActionFailed(f"watchdog.mode is required and {g.config.watchdog.device} cannot be armed: "
                            "not bootstrapping a cluster this member could not lead")
@@ -33,14 +33,14 @@ def bootstrap(g: Governor, decision: Decision, local: LocalState) -> None:
     try:
         with g.notify.keep_alive_while("initdb"):
             pgbootstrap.initdb(g.pg)
-        g._data_replaced()
+        g.data_replaced()
         g.write_conf(standby_of=None)
         datadir.write_pgpass(g.pg)
         sent = time.monotonic()
         if not g.dcs.acquire_leader(g.name):
             raise ActionFailed("a leader lock exists although the cluster was never initialized; "
                                "remove the stale keys of this scope")
-        g._lock_taken(sent)
+        g.lock_taken(sent)
         g.controller.start(g.pg.start_timeout)
         g.server.create_role(g.pg.replication.username, g.pg.replication.password, replication=True)
         sysid = g.server.state().sysid
@@ -53,13 +53,13 @@ def bootstrap(g: Governor, decision: Decision, local: LocalState) -> None:
         raise
 
 
-def undo_bootstrap(g: Governor) -> None:
+def undo_bootstrap(g: ActionHost) -> None:
     try:
         g.controller.stop("immediate")
     except ControllerError as exc:
         log.error("bootstrap: could not stop PostgreSQL: %s", exc)
     if g.mem.holds_lock:
-        g._release_lock()
+        g.give_up_lock()
     if os.path.lexists(g.pg.data_dir) and datadir.classify(g.pg.data_dir) != datadir.EMPTY:
         # initdb may have failed half-way too: whatever it left is ours and must go, or it
         # would be offered as the cluster's data on the next pass (initialize_from_existing).
@@ -86,7 +86,7 @@ def undo_bootstrap(g: Governor) -> None:
         log.error("bootstrap: could not cancel the initialize claim: %s", exc)
 
 
-def claim_initialize(g: Governor, decision: Decision, local: LocalState) -> None:
+def claim_initialize(g: ActionHost, decision: Decision, local: LocalState) -> None:
     if not local.sysid:
         raise ActionFailed("cannot read the system identifier of the existing data directory")
     if not g.dcs.claim_initialize(local.sysid):
@@ -94,7 +94,7 @@ def claim_initialize(g: Governor, decision: Decision, local: LocalState) -> None
     log.info("cluster initialized from this member's existing data (system identifier %s)", local.sysid)
 
 
-def clone(g: Governor, decision: Decision, local: LocalState) -> None:
+def clone(g: ActionHost, decision: Decision, local: LocalState) -> None:
     address = g.leader_address(decision.leader)
     if address is None:
         raise ActionFailed(f"leader {decision.leader} has published no address")
@@ -103,15 +103,15 @@ def clone(g: Governor, decision: Decision, local: LocalState) -> None:
     log.info("cloning %s from %s:%s with pg_basebackup", g.pg.data_dir, *address)
     with g.notify.keep_alive_while(f"cloning {decision.leader} with pg_basebackup"):
         pgbootstrap.basebackup(g.pg, *address)
-    g._data_replaced()
-    g._start(standby_of=address)
+    g.data_replaced()
+    g.start_postgres(standby_of=address)
     log.info("clone finished: streaming from %s", decision.leader)
 
 
-def reinitialize(g: Governor, decision: Decision, local: LocalState) -> None:
+def reinitialize(g: ActionHost, decision: Decision, local: LocalState) -> None:
     g.server.close()
     g.controller.stop("immediate")
     datadir.empty_directory(g.pg.data_dir)
-    g._data_replaced()
+    g.data_replaced()
     g.mem.sysid_cache = None
     log.info("reinitialize: %s removed; the next loop clones %s", g.pg.data_dir, decision.leader)
