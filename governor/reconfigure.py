@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from governor import config as config_mod
-from governor import dynamic
+from governor import dynamic, publish
 from governor.cluster import Cluster
 from governor.config import Config
 from governor.dcs import make as make_dcs
@@ -25,19 +25,25 @@ log = logging.getLogger("governor")
 
 
 def reload(g: Governor) -> None:
-    """SIGHUP: re-read the configuration; apply what can change live, keep the rest."""
+    """SIGHUP: re-read the configuration; apply what can change live, keep the rest. systemd hears
+    READY=1 afterwards whatever happened, or the unit would stay "reloading"."""
     g.notify.reloading()
+    try:
+        _reload(g)
+    finally:
+        g.notify.ready(publish.status_line(g))
+
+
+def _reload(g: Governor) -> None:
     try:
         new = config_mod.load(g.config.source)
     except config_mod.ConfigError as exc:
         log.error("reload: the new configuration is rejected, the running one stays in force:\n  %s",
                   "\n  ".join(exc.problems))
-        g.notify.ready()
         return
     except Exception as exc:  # noqa: BLE001 - whatever the file holds, the running configuration stays
         log.error("reload: the new configuration could not be read (%s: %s), the running one stays in force",
                   type(exc).__name__, short_error(exc))
-        g.notify.ready()
         return
     for warning in new.warnings:
         log.warning("reload: %s", warning)
@@ -49,7 +55,6 @@ def reload(g: Governor) -> None:
     changed = apply_config(g, with_dynamic(g, new), "reload")
     log.info("reload: configuration reloaded%s", f" (changed: {', '.join(changed)})" if changed else
              " (nothing changed)")
-    g.notify.ready(g.status_line())
 
 
 def switch_etcd(g: Governor, new: Config) -> Config:
