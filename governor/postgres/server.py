@@ -77,14 +77,19 @@ class Server:
                    END,
                    (SELECT sender_host || ':' || sender_port FROM pg_stat_get_wal_receiver()
                      WHERE status = 'streaming'),
-                   (SELECT timeline_id FROM pg_control_checkpoint()),
+                   greatest((SELECT timeline_id FROM pg_control_checkpoint()),
+                            (SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) FROM pg_ls_waldir()
+                              WHERE name ~ '^[0-9A-F]{24}$')),
                    (SELECT coalesce(bool_or(pending_restart), false) FROM pg_settings),
                    extract(epoch FROM pg_postmaster_start_time())::float8
         """)[0]
         in_recovery, sysid, current, received, replayed, tli, upstream, checkpoint_tli, pending, started = row
         if in_recovery:
+            # Without a WAL receiver PostgreSQL tells no current timeline: the restartpoint's lags
+            # behind a switch this standby followed, but the WAL segments it received since are
+            # named after their timeline (a standby that cannot follow a new timeline has none).
             lsn = max(int(received or 0), int(replayed or 0)) or None
-            return ServerState("replica", sysid, tli or checkpoint_tli, lsn,
+            return ServerState("replica", sysid, max(t for t in (tli, checkpoint_tli, 0) if t is not None) or None, lsn,
                                int(replayed) if replayed is not None else None, upstream, bool(pending), started)
         return ServerState("primary", sysid, tli, int(current), None, None, bool(pending), started)
 
