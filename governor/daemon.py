@@ -26,7 +26,7 @@ from governor.controls import Controls
 from governor.dcs import DCS, DCSError, from_config, short_error
 from governor.ha import Action, Decision, LocalState, decide
 from governor.lockfence import LockFence, stop_postmaster_now
-from governor.memory import NodeMemory
+from governor.memory import NodeMemory, timer
 from governor.metrics import Metrics
 from governor.postgres import bootstrap, datadir
 from governor.postgres.controller import ControllerError, ProcessController, make_controller
@@ -208,13 +208,9 @@ class Governor:
         """Seconds this replica has gone without streaming while another member leads (None while
         it streams or nobody else leads): decide() judges divergence from it."""
         leader = self.cluster.leader if self.cluster is not None else None
-        if st.receiving_from or leader is None or leader.name == self.name:
-            self.mem.not_streaming_since = None
-            return None
-        now = time.monotonic()
-        if self.mem.not_streaming_since is None:
-            self.mem.not_streaming_since = now
-        return now - self.mem.not_streaming_since
+        waiting = not st.receiving_from and leader is not None and leader.name != self.name
+        self.mem.not_streaming_since, seconds = timer(self.mem.not_streaming_since, waiting, time.monotonic())
+        return seconds
 
     def data_replaced(self) -> None:
         """A new data directory (clone, bootstrap, reinitialize) or one rewound onto the leader's
@@ -382,13 +378,9 @@ class Governor:
     def _starting_for(self, local: LocalState) -> Optional[float]:
         """Holding the lock: since when PostgreSQL has not been up (memory for decide())."""
         holder = self.cluster is not None and self.cluster.leader is not None and self.cluster.leader.name == self.name
-        if not holder or (local.running and local.role):
-            self.mem.leader_start_since = None
-            return None
-        now = time.monotonic()
-        if self.mem.leader_start_since is None:
-            self.mem.leader_start_since = now
-        return now - self.mem.leader_start_since
+        down = holder and not (local.running and local.role)
+        self.mem.leader_start_since, seconds = timer(self.mem.leader_start_since, down, time.monotonic())
+        return seconds
 
     def run_once(self) -> bool:
         """One pass; returns False when an action failed and the loop should run again at once."""

@@ -8,7 +8,16 @@ process starts with a fresh NodeMemory: what must survive a restart lives on dis
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
+
+
+def timer(started: Optional[float], active: bool, now: float) -> Tuple[Optional[float], Optional[float]]:
+    """A condition that holds since `started` (None: it did not): the new start and the seconds it
+    has held, or (None, None) when it no longer holds."""
+    if not active:
+        return None, None
+    started = now if started is None else started
+    return started, now - started
 
 
 @dataclass

@@ -111,3 +111,11 @@ def test_slot_plan_creates_for_members_and_drops_orphans_only_after_the_ttl():
     assert later.drop == (("gone", 70.0),) and later.orphan_since == {}
     never = slots.plan(existing, wanted, [], {"gone": 0.0}, now=10**6, ttl=0)
     assert never.drop == (), "member_slots_ttl 0 never drops"
+
+
+def test_timer_measures_how_long_a_condition_has_held():
+    from governor.memory import timer
+    assert timer(None, False, 5.0) == (None, None)
+    assert timer(None, True, 5.0) == (5.0, 0.0)
+    assert timer(3.0, True, 5.0) == (3.0, 2.0)
+    assert timer(3.0, False, 5.0) == (None, None), "ends when the condition does"
