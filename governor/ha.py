@@ -7,9 +7,9 @@ Cases, checked top to bottom (the first that matches wins):
 
   case                          when                                          actions
   ----------------------------  --------------------------------------------  ---------------------------
-  lock_expiring_demote          etcd did not answer and our lock expires      demote (follow nobody)
-                                within retry_timeout + 1 s: no waiting again
-  dcs_unreachable_demote        etcd unreachable, local server is a primary   demote (follow nobody)
+  lock_expiring_demote          etcd did not answer and our lock expires      demote, start_as_replica
+                                within retry_timeout + 1 s: no waiting again  (following nobody)
+  dcs_unreachable_demote        etcd unreachable, local server is a primary   demote, start_as_replica
   dcs_unreachable               etcd unreachable otherwise                    -
   data_dir_not_postgres         data_dir holds files that are not PostgreSQL  -  (never touched)
   foreign_data_dir              system identifier differs from `initialize`  -  (never touched)
@@ -45,7 +45,7 @@ Cases, checked top to bottom (the first that matches wins):
   leader_renew                  holds the lock, running as primary           renew_lock, ensure_slots,
                                                                              manage_sync
   lock_held_promote             holds the lock, running as replica           renew_lock, promote
-  demote_other_leader           primary, but another member holds the lock   demote
+  demote_other_leader           primary, but another member holds the lock   demote, rewind, start_as_replica
   rewind_demoted                replica that was primary, another leader     rewind, start_as_replica
   replica_diverged              replica not streaming for max(5 s,           rewind, start_as_replica
                                 2 * loop_wait) while the running leader is
@@ -197,11 +197,12 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                 and local.lock_left <= local.retry_timeout + 1:
             return Decision("lock_expiring_demote",
                             f"etcd did not answer and the leader lock expires in {max(local.lock_left, 0):.1f}s, less "
-                            "than another etcd call may take: demoting to a read-only standby now", (Action.DEMOTE,))
+                            "than another etcd call may take: demoting to a read-only standby now",
+                            (Action.DEMOTE, Action.START_AS_REPLICA))
         if local.running and local.role == "primary":
             return Decision("dcs_unreachable_demote",
                             "etcd unreachable: demoting to a read-only standby before the lock can expire",
-                            (Action.DEMOTE,))
+                            (Action.DEMOTE, Action.START_AS_REPLICA))
         return Decision("dcs_unreachable", "etcd unreachable: no primary here, leaving PostgreSQL as it is")
 
     if local.data == NOT_POSTGRES:
@@ -324,8 +325,9 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                         (Action.RENEW_LOCK, Action.PROMOTE))
     if leader:
         if local.role == "primary":
-            return Decision("demote_other_leader", f"{leader} holds the lock: demoting and following it",
-                            (Action.DEMOTE,), leader=leader)
+            return Decision("demote_other_leader",
+                            f"{leader} holds the lock: demoting, checking with pg_rewind, following it",
+                            (Action.DEMOTE, Action.REWIND, Action.START_AS_REPLICA), leader=leader)
         if local.rewind_pending:
             return Decision("rewind_demoted",
                             f"former primary: checking it against {leader} with pg_rewind",

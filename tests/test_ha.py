@@ -45,8 +45,8 @@ NODE2_TL3 = Member(name="node2", role="primary", state="running", conn_url="post
 
 # (case, cluster snapshot, local state, expected actions, expected leader to follow/clone)
 TABLE = [
-    ("lock_expiring_demote", None, local(role="primary", lock_left=3.5), (A.DEMOTE,), None),
-    ("dcs_unreachable_demote", None, local(role="primary", lock_left=8), (A.DEMOTE,), None),
+    ("lock_expiring_demote", None, local(role="primary", lock_left=3.5), (A.DEMOTE, A.START_AS_REPLICA), None),
+    ("dcs_unreachable_demote", None, local(role="primary", lock_left=8), (A.DEMOTE, A.START_AS_REPLICA), None),
     ("dcs_unreachable", None, local(role="replica"), (), None),
     ("data_dir_not_postgres", cluster(), local(data=ha.NOT_POSTGRES, running=False), (), None),
     ("foreign_data_dir", cluster("node2", members=[PRIMARY_NODE2]), local(sysid="123"), (), None),
@@ -87,8 +87,8 @@ TABLE = [
      (A.STEP_DOWN,), "node2"),
     ("leader_renew", cluster(ME), local(role="primary"), (A.RENEW_LOCK, A.ENSURE_SLOTS, A.MANAGE_SYNC), None),
     ("lock_held_promote", cluster(ME), local(role="replica"), (A.RENEW_LOCK, A.PROMOTE), None),
-    ("demote_other_leader", cluster("node2", members=[PRIMARY_NODE2]), local(role="primary"), (A.DEMOTE,),
-     "node2"),
+    ("demote_other_leader", cluster("node2", members=[PRIMARY_NODE2]), local(role="primary"),
+     (A.DEMOTE, A.REWIND, A.START_AS_REPLICA), "node2"),
     ("rewind_demoted", cluster("node2", members=[PRIMARY_NODE2]), local(rewind_pending=True),
      (A.REWIND, A.START_AS_REPLICA), "node2"),
     ("replica_diverged", cluster("node2", members=[NODE2_TL3]), local(timeline=2, not_streaming_for=6),
@@ -193,7 +193,7 @@ def test_never_promotes_without_taking_the_lock_first():
 
 def test_a_primary_never_keeps_running_when_another_member_holds_the_lock():
     for snapshot in (cluster("node2", members=[PRIMARY_NODE2]), cluster("node3")):
-        assert ha.decide(snapshot, local(role="primary")).actions == (A.DEMOTE,)
+        assert ha.decide(snapshot, local(role="primary")).actions[0] == A.DEMOTE
 
 
 def test_a_scheduled_switchover_waits_for_its_time():

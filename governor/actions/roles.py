@@ -65,6 +65,8 @@ def record_promotion(g: ActionHost, timeline: Optional[int], lsn: Optional[int],
 
 
 def demote(g: ActionHost, decision: Decision, local: LocalState) -> None:
+    """Stop a primary that must no longer be one. What follows (pg_rewind, starting as a standby)
+    are decide()'s next actions, each its own executor."""
     log.warning("demoting: %s", decision.message)
     if g.metrics:
         g.metrics.demotions.inc()
@@ -75,6 +77,7 @@ def demote(g: ActionHost, decision: Decision, local: LocalState) -> None:
     budget = g.config.retry_timeout
     if g.fence.deadline is not None:
         budget = min(budget, g.fence.deadline - g.fence.margin - time.monotonic())
+    g.server.close()
     try:
         if budget < 1:
             raise ControllerError("no time left for a fast shutdown before the lock expires")
@@ -83,11 +86,8 @@ def demote(g: ActionHost, decision: Decision, local: LocalState) -> None:
         log.error("fast shutdown did not finish (%s); stopping PostgreSQL immediately", exc)
         g.controller.stop("immediate")
     g.unfence()
-    target = g.leader_address(decision.leader)
-    if target:
-        run_rewind(g, decision.leader, target)
-    g.start_postgres(standby_of=target or ())
-    log.info("demoted: running read-only%s", f", following {decision.leader}" if target else "")
+    log.info("demoted: PostgreSQL stopped%s", f"; next: pg_rewind against {decision.leader}"
+             if decision.leader else "")
 
 
 def step_down(g: ActionHost, decision: Decision, local: LocalState) -> None:
@@ -110,19 +110,23 @@ def rewind(g: ActionHost, decision: Decision, local: LocalState) -> None:
     target = g.leader_address(decision.leader)
     if target is None:
         raise ActionFailed(f"leader {decision.leader} has published no address")
-    if local.running and not reachable(*target):
-        # pg_rewind needs the leader; stopping a running replica for a rewind that cannot
-        # happen (the leader died and its lock has not expired yet) only makes it unreadable.
-        raise ActionFailed(f"leader {decision.leader} at {target[0]}:{target[1]} does not answer; not "
-                           "stopping PostgreSQL for pg_rewind")
-    g.controller.stop("fast")
+    if g.controller.is_running():
+        if not reachable(*target):
+            # pg_rewind needs the leader; stopping a running replica for a rewind that cannot
+            # happen (the leader died and its lock has not expired yet) only makes it unreadable.
+            raise ActionFailed(f"leader {decision.leader} at {target[0]}:{target[1]} does not answer; not "
+                               "stopping PostgreSQL for pg_rewind")
+        g.server.close()
+        g.controller.stop("fast")
     run_rewind(g, decision.leader, target)
 
 
 def run_rewind(g: ActionHost, leader: Optional[str], target: tuple) -> None:
-    """Bring a stopped former primary onto the leader's timeline. A failure that is not a lost
-    connection marks the rewind failed; decide() then re-clones (rewind_failed_reclone) if the
-    operator allowed it, or waits for the operator (rewind_failed_wait)."""
+    """Bring a stopped former primary onto the leader's timeline. When pg_rewind fails and the
+    leader does not accept the superuser's connection either, nothing was learnt about this data
+    directory: the attempt is retried (after the loop's back-off). Any other failure marks the
+    rewind failed; decide() then re-clones (rewind_failed_reclone) if the operator allowed it,
+    or waits for the operator (rewind_failed_wait)."""
     if not g.pg.use_pg_rewind or not g.pg.superuser.password:
         why = "use_pg_rewind is off" if not g.pg.use_pg_rewind else \
             "postgresql.superuser.password is not set, so pg_rewind cannot connect to the leader"
@@ -135,8 +139,10 @@ def run_rewind(g: ActionHost, leader: Optional[str], target: tuple) -> None:
         with g.notify.keep_alive_while(f"pg_rewind from {leader}"):
             result = pgbootstrap.rewind(g.pg, *target)
     except pgbootstrap.BootstrapError as exc:
-        if "could not connect" in str(exc) or "connection to server" in str(exc):
-            raise ActionFailed(f"{exc}; trying again") from exc   # the leader is not reachable now
+        refused = pgbootstrap.source_refuses(g.pg, *target)
+        if refused:
+            raise ActionFailed(f"{exc}; the leader does not accept pg_rewind's connection ({refused}): "
+                               "trying again") from exc
         g.mem.rewind_failed = True
         raise ActionFailed(f"pg_rewind failed: {exc}") from exc
     g.data_replaced()

@@ -7,6 +7,9 @@ import os
 import subprocess
 import tempfile
 import time
+from typing import Optional
+
+import psycopg2
 
 from governor.config import PostgresConfig
 from governor.postgres import datadir
@@ -82,6 +85,20 @@ def rewind(cfg: PostgresConfig, host: str, port: int, timeout: float = 3600) -> 
     if "no rewind required" in output:
         return "no rewind required, the timelines have not diverged"
     return "rewound onto the leader's timeline"
+
+
+def source_refuses(cfg: PostgresConfig, host: str, port: int) -> Optional[str]:
+    """Why pg_rewind's source would refuse a connection now (unreachable, not accepting
+    connections, authentication), or None when it accepts one: a rewind that failed while its
+    source answers failed because of this data directory."""
+    try:
+        conn = psycopg2.connect(host=host, port=port, dbname="postgres", user=cfg.superuser.username,
+                                password=cfg.superuser.password, connect_timeout=3,
+                                application_name=f"{cfg.name}-rewind-check")
+    except psycopg2.Error as exc:
+        return " ".join(str(exc).split())[:300] or type(exc).__name__
+    conn.close()
+    return None
 
 
 def move_aside(data_dir: str) -> str:

@@ -459,7 +459,6 @@ class World:
             pg.running, pg.primary = False, False
             m.holds_lock, m.rewind_pending = False, True
             self.note(f"{m.name} demoted ({decision.case})")
-            self._start_replica(m, decision.leader)
             return True
         if action in (Action.REWIND,):
             leader = self.members.get(decision.leader or "")
