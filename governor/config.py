@@ -7,14 +7,22 @@ at once as ``FILE: KEY: what was expected``; nothing is started on a bad config.
 from __future__ import annotations
 
 import glob
-import ipaddress
-import math
 import os
-import re
 from dataclasses import fields, is_dataclass, replace
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from governor import pgparams, safe_yaml
+from governor.checker import (  # noqa: F401 - parse_host_port and default_bin_dir are used through config
+    Checker,
+    bounded,
+    default_bin_dir,
+    kind_of,
+    name_check,
+    network_check,
+    parse_host_port,
+    positive,
+    secret_check,
+)
 from governor.postgres.catalogue import catalogue
 from governor.settings import (  # noqa: F401 - re-exported: the configuration's types live in settings
     CONTROL_RE,
@@ -101,205 +109,12 @@ def read_raw(path: str) -> Tuple[dict, Dict[str, str]]:
         if data is None:
             continue
         if not isinstance(data, dict):
-            problems.append(f"{name}: expected a mapping of settings at the top level, got {_kind(data)}")
+            problems.append(f"{name}: expected a mapping of settings at the top level, got {kind_of(data)}")
             continue
         _merge(merged, data, origin, name)
     if problems:
         raise ConfigError(problems)
     return merged, origin
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
-
-
-class _Checker:
-    """Walks the merged mapping, collecting one message per problem."""
-
-    def __init__(self, raw: dict, origin: Dict[str, str], source: str):
-        self.raw = raw
-        self.origin = origin
-        self.source = source
-        self.problems: List[str] = []
-        self.warnings: List[str] = []
-
-    def where(self, key: str) -> str:
-        parts = key.split(".")
-        for i in range(len(parts), 0, -1):
-            found = self.origin.get(".".join(parts[:i]))
-            if found:
-                return found
-        return self.source
-
-    def fail(self, key: str, message: str) -> None:
-        self.problems.append(f"{self.where(key)}: {key}: {message}")
-
-    def section(self, key: str) -> dict:
-        value = self.get(key)
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(key, f"expected a mapping, got {_kind(value)}")
-            return {}
-        return value
-
-    def get(self, key: str) -> Any:
-        node: Any = self.raw
-        for part in key.split("."):
-            if not isinstance(node, dict):
-                return None
-            node = node.get(part)
-        return node
-
-    def unknown(self, key: str, mapping: dict, allowed: Tuple[str, ...]) -> None:
-        for name in mapping:
-            if name not in allowed:
-                full = f"{key}.{name}" if key else str(name)
-                self.fail(full, f"unknown setting (expected one of: {', '.join(allowed)})")
-
-    def value(self, key: str, kind: str, default: Any = None, required: bool = False,
-              check: Optional[Callable[[Any], Optional[str]]] = None) -> Any:
-        value = self.get(key)
-        if value is None:
-            if required:
-                self.fail(key, f"required ({_EXPECT[kind]})")
-            return default
-        ok = _TYPE_OK[kind](value)
-        if not ok:
-            self.fail(key, f"expected {_EXPECT[kind]}, got {_kind(value)} {value!r}")
-            return default
-        if kind == "size":
-            value = parse_size(value)
-            if value is None:
-                self.fail(key, f"expected {_EXPECT[kind]}, got {self.get(key)!r}")
-                return default
-        if check:
-            message = check(value)
-            if message:
-                self.fail(key, message)
-                return default
-        return value
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _is_scalar(v: Any) -> bool:
-    return isinstance(v, (str, int, float, bool))
-
-
-_TYPE_OK: Dict[str, Callable[[Any], bool]] = {
-    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": _is_number,
-    "str": lambda v: isinstance(v, str),
-    "bool": lambda v: isinstance(v, bool),
-    "size": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, str),
-    "scalars": lambda v: isinstance(v, dict) and all(_is_scalar(x) for x in v.values()),
-    "strlist": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
-    "hosts": lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
-    "initdb": lambda v: isinstance(v, list) and all(
-        isinstance(x, str) or (isinstance(x, dict) and len(x) == 1 and all(_is_scalar(y) for y in x.values()))
-        for x in v),
-}
-_EXPECT = {
-    "int": "an integer",
-    "number": "a number of seconds",
-    "str": "a string",
-    "bool": "true or false",
-    "size": "a size in bytes, e.g. 1048576 or '1MB'",
-    "scalars": "a mapping of names to strings, numbers or booleans",
-    "strlist": "a list of strings",
-    "hosts": "'host:port' or a list of 'host:port'",
-    "initdb": "a list of initdb options, each 'name' or {name: value}",
-}
-
-
-def parse_host_port(text: str, default_port: Optional[int] = None) -> Optional[Tuple[str, int]]:
-    """'host:port', '[v6]:port' or (with a default) 'host' -> (host, port); None when malformed."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    else:
-        host, port_text = text, ""
-        if ":" in host:
-            try:
-                ipaddress.IPv6Address(host)  # a bare IPv6 address, no port
-            except ValueError:
-                return None
-    if not port_text:
-        if default_port is None:
-            return None
-        return (host, default_port) if host else None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        return None
-    return host, int(port_text)
-
-
-def default_bin_dir() -> str:
-    """The newest installed PostgreSQL server's bin directory (Debian or PGDG layout)."""
-    candidates = glob.glob("/usr/lib/postgresql/*/bin") + glob.glob("/usr/pgsql-*/bin")
-
-    def version(path: str) -> float:
-        match = re.search(r"(\d+(?:\.\d+)?)", path)
-        return float(match.group(1)) if match else 0.0
-
-    for path in sorted(candidates, key=version, reverse=True):
-        if os.path.exists(os.path.join(path, "pg_ctl")):
-            return path
-    return "/usr/bin"
-
-
-def _name_check(v: str) -> Optional[str]:
-    if not NAME_RE.fullmatch(v):
-        return "expected letters, digits, '_', '.' or '-' (it is used in etcd keys)"
-    if len(v) > NAME_MAX:
-        return f"expected at most {NAME_MAX} characters (it names a replication slot), got {len(v)}"
-    return None
-
-
-def _secret_check(v: str) -> Optional[str]:
-    if CONTROL_RE.search(v):
-        return "control characters (such as a newline) are not allowed"
-    if len(v) > SECRET_MAX:
-        return f"expected at most {SECRET_MAX} characters"
-    return None
-
-
-def _positive(v: float) -> Optional[str]:
-    return None if v > 0 else "expected a value greater than 0"
-
-
-def bounded(key: str, minimum: float = 0, inclusive: bool = False) -> Callable[[float], Optional[str]]:
-    """A check that a finite number lies above `minimum` and at most LIMITS[key]."""
-    top = LIMITS[key]
-
-    def check(v: float) -> Optional[str]:
-        if not math.isfinite(v) or v > top or v < minimum or (v == minimum and not inclusive):
-            low = f"at least {minimum}" if inclusive else f"greater than {minimum}"
-            return f"expected a number {low} and at most {top}, got {v!r}"
-        return None
-
-    return check
-
-
-def _network_check(v: str) -> Optional[str]:
-    for item in v.split():
-        try:
-            ipaddress.ip_network(item, strict=False)
-        except ValueError:
-            if item not in ("all", "samehost", "samenet") and not item.startswith("."):
-                return f"expected a network for pg_hba.conf such as 10.0.0.0/24, got {item!r}"
-    return None
 
 
 TOP_KEYS = ("loop_wait", "retry_timeout", "primary_start_timeout", "log_level", "log_format", "tags", "etcd",
@@ -316,7 +131,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
-    c = _Checker(raw, origin, source)
+    c = Checker(raw, origin, source)
     c.unknown("", raw, TOP_KEYS)
 
     loop_wait = c.value("loop_wait", "number", 10, check=bounded("loop_wait"))
@@ -343,7 +158,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
 
     etcd_section = c.section("etcd")
     c.unknown("etcd", etcd_section, ETCD_KEYS)
-    scope = c.value("etcd.scope", "str", required=True, check=_name_check)
+    scope = c.value("etcd.scope", "str", required=True, check=name_check)
     ttl = c.value("etcd.ttl", "int", 30, check=lambda v: None if 5 <= v <= LIMITS["ttl"]
                   else f"expected 5 to {LIMITS['ttl']} seconds, got {v}")
     protocol = c.value("etcd.protocol", "str", "http",
@@ -373,7 +188,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
 
     pg = c.section("postgresql")
     c.unknown("postgresql", pg, PG_KEYS)
-    name = c.value("postgresql.name", "str", required=True, check=_name_check)
+    name = c.value("postgresql.name", "str", required=True, check=name_check)
     listen = c.value("postgresql.listen", "str", "127.0.0.1:5432")
     listen_hp = parse_host_port(listen, 5432) if listen else None
     if listen and listen_hp is None:
@@ -412,14 +227,14 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
 
     repl = c.section("postgresql.replication")
     c.unknown("postgresql.replication", repl, ("username", "password", "network"))
-    repl_user = c.value("postgresql.replication.username", "str", "replicator", check=_name_check)
-    repl_password = c.value("postgresql.replication.password", "str", required=True, check=_secret_check)
-    repl_network = c.value("postgresql.replication.network", "str", "127.0.0.1/32", check=_network_check)
+    repl_user = c.value("postgresql.replication.username", "str", "replicator", check=name_check)
+    repl_password = c.value("postgresql.replication.password", "str", required=True, check=secret_check)
+    repl_network = c.value("postgresql.replication.network", "str", "127.0.0.1/32", check=network_check)
 
     su = c.section("postgresql.superuser")
     c.unknown("postgresql.superuser", su, ("username", "password"))
-    su_user = c.value("postgresql.superuser.username", "str", "postgres", check=_name_check)
-    su_password = c.value("postgresql.superuser.password", "str", check=_secret_check)
+    su_user = c.value("postgresql.superuser.username", "str", "postgres", check=name_check)
+    su_password = c.value("postgresql.superuser.password", "str", check=secret_check)
     if su_user and repl_user and su_user == repl_user:
         c.fail("postgresql.replication.username", "must differ from postgresql.superuser.username")
 
@@ -541,22 +356,22 @@ def _path_check(v: str) -> Optional[str]:
     return None
 
 
-def _user_and_password(c: _Checker, section: str) -> Tuple[Optional[str], Optional[str]]:
-    user = c.value(f"{section}.username", "str", check=_secret_check)
-    password = c.value(f"{section}.password", "str", check=_secret_check)
+def _user_and_password(c: Checker, section: str) -> Tuple[Optional[str], Optional[str]]:
+    user = c.value(f"{section}.username", "str", check=secret_check)
+    password = c.value(f"{section}.password", "str", check=secret_check)
     if bool(user) != bool(password):
         c.fail(f"{section}.username" if password else f"{section}.password",
                f"{section}.username and {section}.password must be given together")
     return user, password
 
 
-def _existing_files(c: _Checker, section: str, keys: Tuple[str, ...]) -> Dict[str, Optional[str]]:
+def _existing_files(c: Checker, section: str, keys: Tuple[str, ...]) -> Dict[str, Optional[str]]:
     return {key: c.value(f"{section}.{key}", "str",
                          check=lambda v: None if os.path.isfile(v) else f"file {v!r} does not exist")
             for key in keys}
 
 
-def _listen(c: _Checker, key: str, default: str, default_port: int) -> Tuple[str, int]:
+def _listen(c: Checker, key: str, default: str, default_port: int) -> Tuple[str, int]:
     text = c.value(key, "str", default)
     parsed = parse_host_port(text, default_port) if text else None
     if parsed is None:
@@ -565,7 +380,7 @@ def _listen(c: _Checker, key: str, default: str, default_port: int) -> Tuple[str
     return parsed
 
 
-def _restapi(c: _Checker) -> RestApiConfig:
+def _restapi(c: Checker) -> RestApiConfig:
     section = c.section("restapi")
     c.unknown("restapi", section, RESTAPI_KEYS)
     host, port = _listen(c, "restapi.listen", "127.0.0.1:8008", 8008)
@@ -588,7 +403,7 @@ def _restapi(c: _Checker) -> RestApiConfig:
                          password=password, **files)
 
 
-def _metrics(c: _Checker) -> MetricsConfig:
+def _metrics(c: Checker) -> MetricsConfig:
     section = c.section("metrics")
     c.unknown("metrics", section, METRICS_KEYS)
     enabled = c.value("metrics.enabled", "bool", True)

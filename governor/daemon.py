@@ -1,18 +1,15 @@
-"""The loop: observe -> decide -> act -> publish. All of governor's I/O for HA lives here."""
+"""The loop: observe -> decide -> act -> publish, and what the executors share (ports.ActionHost).
+
+Observing is observe.py, the decision ha.py, the executors actions/, publishing publish.py."""
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import signal
-import ssl
 import threading
 import time
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Callable, Dict, Optional, TypeVar
+from typing import Callable, Optional, TypeVar
 
 import psycopg2
 
@@ -20,7 +17,7 @@ from governor import __version__, publish, reconfigure, shutdown
 from governor.actions import EXECUTORS, ActionFailed
 from governor.api import ApiServer
 from governor.backoff import Backoff
-from governor.cluster import Cluster, Member, parse_conn_url
+from governor.cluster import Cluster, parse_conn_url
 from governor.config import Config
 from governor.controls import Controls
 from governor.dcs import DCS, DCSError, from_config, short_error
@@ -28,6 +25,7 @@ from governor.ha import Action, Decision, LocalState, decide
 from governor.lockfence import LockFence, stop_postmaster_now
 from governor.memory import NodeMemory, timer
 from governor.metrics import Metrics
+from governor.observe import ask_peers, observe_dcs, observe_local
 from governor.postgres import bootstrap, datadir
 from governor.postgres.controller import ControllerError, ProcessController, make_controller
 from governor.postgres.server import Server, ServerState
@@ -35,6 +33,7 @@ from governor.shutdown import RESTART_MARKER, consume_restart_marker  # noqa: F4
 from governor.status import NodeStatus, StatusBoard
 from governor.syncrep import SyncManager
 from governor.systemd import Notifier
+from governor.wakeups import LeaderWatcher, OnChange, OperatorRequest
 from governor.watchdog import Watchdog
 
 log = logging.getLogger("governor")
@@ -43,68 +42,6 @@ log = logging.getLogger("governor")
 T = TypeVar("T")
 MAX_SLEEP = 300.0      # no sleep of the loop lasts longer, whatever a setting says
 STEADY_ACTIONS = {Action.RENEW_LOCK, Action.ENSURE_SLOTS, Action.MANAGE_SYNC, Action.FOLLOW}
-
-
-class OnChange:
-    """Logs a message only when it differs from the previous one under the same key."""
-
-    def __init__(self) -> None:
-        self._last: Dict[str, Optional[str]] = {}
-
-    def __call__(self, key: str, message: Optional[str], level: int = logging.INFO) -> None:
-        if self._last.get(key) != message:
-            self._last[key] = message
-            if message is not None:
-                log.log(level, message)
-
-
-class LeaderWatcher(threading.Thread):
-    """Waits on the leader key in the background so the loop wakes the moment it changes."""
-
-    def __init__(self, dcs: DCS, wake: threading.Event):
-        super().__init__(name="leader-watch", daemon=True)
-        self.dcs = dcs
-        self.wake = wake
-        self._request = threading.Event()
-        self._index = 0
-        self._timeout = 0.0
-
-    def watch(self, index: int, timeout: float) -> None:
-        self._index, self._timeout = index, timeout
-        self._request.set()
-
-    def run(self) -> None:
-        while True:
-            self._request.wait()
-            self._request.clear()
-            if self.dcs.wait_for_leader_change(self._index, self._timeout):
-                self.wake.set()
-
-
-class OperatorRequest:
-    """An operator's restart or re-initialization, handed from the API thread to the loop."""
-
-    def __init__(self, kind: str):
-        self.kind = kind
-        self.done = threading.Event()
-        self.result: tuple = (500, {"error": "not carried out"})
-
-    def finish(self, code: int, body: dict) -> None:
-        self.result = (code, body)
-        self.done.set()
-
-
-def peer_status(api_url: str, cafile: Optional[str] = None, timeout: float = 1.0) -> Optional[Member]:
-    """A member's own answer to GET /status, as a Member; None when it does not answer."""
-    context = ssl.create_default_context(cafile=cafile) if api_url.startswith("https") else None
-    try:
-        with urllib.request.urlopen(f"{api_url}/status", timeout=timeout, context=context) as resp:
-            data = json.load(resp)
-    except (OSError, ValueError):
-        return None
-    return Member(name=str(data.get("name")), role=str(data.get("role")),
-                  state="running" if data.get("running") else str(data.get("state")),
-                  lsn=data.get("lsn"), timeline=data.get("timeline"), tags=data.get("tags") or {})
 
 
 class Governor:
@@ -150,106 +87,12 @@ class Governor:
             self.metrics.lock_fence.inc()
         self.wake.set()
 
-    # ------------------------------------------------------------------ observe
-
-    def observe_dcs(self) -> Optional[Cluster]:
-        try:
-            cluster = self.dcs.get_cluster()
-        except DCSError as exc:
-            self.once("dcs", str(exc), logging.WARNING)
-            return None
-        self.once("dcs", f"etcd reachable ({self.dcs.describe()})")
-        self.once("dcs-values", "values in etcd that do not parse, taken as unknown: " + "; ".join(cluster.problems)
-                  if cluster.problems else None, logging.WARNING)
-        return cluster
-
-    def observe_local(self) -> LocalState:
-        kind = datadir.classify(self.pg.data_dir)
-        if kind != datadir.POSTGRES:
-            self.mem.sysid_cache = None
-            self.mem.rewind_pending = self.mem.rewind_failed = False
-            return LocalState(**self._local_base(kind))
-        running = self.controller.is_running()
-        self.server_state = None
-        if running:
-            try:
-                st = self.server_state = self.server.state()
-                self.once("pg", f"PostgreSQL running as {st.role}")
-                timeline = st.timeline
-                not_streaming_for = None
-                if st.role == "primary":
-                    self.mem.rewind_pending = True
-                else:
-                    timeline = self._replica_timeline(st)
-                    not_streaming_for = self._not_streaming_for(st)
-                return LocalState(**self._local_base(kind), sysid=st.sysid, running=True, role=st.role,
-                                  timeline=timeline, lsn=st.lsn, not_streaming_for=not_streaming_for)
-            except psycopg2.Error as exc:
-                self.once("pg", f"PostgreSQL is running but does not answer: {str(exc).strip()}", logging.WARNING)
-                return LocalState(**self._local_base(kind), sysid=self._sysid(), running=True)
-        self.server.close()
-        self.once("pg", "PostgreSQL is not running")
-        control = self._controldata()
-        if datadir.was_primary(control):
-            self.mem.rewind_pending = True
-        return LocalState(**self._local_base(kind), sysid=control.sysid)
-
-    def _replica_timeline(self, st: ServerState) -> Optional[int]:
-        """The timeline a replica is on. PostgreSQL tells it while the WAL receiver runs; without
-        one, only the last restartpoint's timeline is left, which lags behind a timeline switch
-        this replica has long followed. So the highest timeline seen streaming is remembered
-        (until the data directory is replaced), and the larger of the two is the answer."""
-        if st.receiving_from and st.timeline:
-            self.mem.streamed_tli = max(self.mem.streamed_tli or 0, st.timeline)
-        known = [t for t in (st.timeline, self.mem.streamed_tli) if t]
-        return max(known) if known else None
-
-    def _not_streaming_for(self, st: ServerState) -> Optional[float]:
-        """Seconds this replica has gone without streaming while another member leads (None while
-        it streams or nobody else leads): decide() judges divergence from it."""
-        leader = self.cluster.leader if self.cluster is not None else None
-        waiting = not st.receiving_from and leader is not None and leader.name != self.name
-        self.mem.not_streaming_since, seconds = timer(self.mem.not_streaming_since, waiting, time.monotonic())
-        return seconds
-
     def data_replaced(self) -> None:
         """A new data directory (clone, bootstrap, reinitialize) or one rewound onto the leader's
         timeline: what was remembered about the old one no longer holds."""
         self.mem.rewind_pending = self.mem.rewind_failed = False
         self.mem.streamed_tli = None
         self.mem.not_streaming_since = None
-
-    def ask_peers(self, cluster: Cluster) -> Dict[str, Optional[Member]]:
-        """Ask every other member's API for its position, in parallel, with a short timeout."""
-        others = [m for m in cluster.members if m.name != self.name and m.api_url]
-        if not others:
-            return {}
-        with ThreadPoolExecutor(max_workers=min(8, len(others))) as pool:
-            answers = pool.map(lambda m: (m.name, peer_status(m.api_url, self.config.restapi.cafile)), others)
-            return dict(answers)
-
-    def _local_base(self, kind: str) -> dict:
-        return dict(name=self.name, data=kind, tags=self.config.tags, data_dir=self.pg.data_dir,
-                    loop_wait=self.config.loop_wait, retry_timeout=self.config.retry_timeout,
-                    remove_data_directory_on_rewind_failure=self.pg.remove_data_directory_on_rewind_failure,
-                    primary_start_timeout=self.config.primary_start_timeout,
-                    maximum_lag_on_failover=self.pg.maximum_lag_on_failover,
-                    rewind_pending=self.mem.rewind_pending, rewind_failed=self.mem.rewind_failed,
-                    bootstrap_failures=self.mem.bootstrap_failures)
-
-    def _controldata(self) -> datadir.ControlData:
-        """pg_controldata of the stopped data directory, re-read when pg_control changes."""
-        try:
-            st = os.stat(os.path.join(self.pg.data_dir, "global", "pg_control"))
-            key = (st.st_ino, st.st_mtime_ns)
-        except OSError:
-            return datadir.ControlData(None, None, None)
-        if self.mem.sysid_cache is None or self.mem.sysid_cache[0] != key:
-            self.mem.sysid_cache = (key, datadir.read_controldata(self.pg.bin_dir, self.pg.data_dir))
-        return self.mem.sysid_cache[1]
-
-    def _sysid(self) -> Optional[str]:
-        return self._controldata().sysid
 
     # ------------------------------------------------------------------ act
 
@@ -359,8 +202,6 @@ class Governor:
             log.warning("could not release the leader lock (%s); it expires after ttl", exc)
         self.lock_lost()
 
-    # ------------------------------------------------------------------ publish
-
     # ------------------------------------------------------------------ loop
 
     def lock_left(self) -> Optional[float]:
@@ -389,17 +230,17 @@ class Governor:
                              "not waiting for etcd again", logging.WARNING)
             self.cluster = None
         else:
-            self.cluster = self.observe_dcs()
+            self.cluster = observe_dcs(self)
         self.mem.dcs_failed = self.cluster is None
         if self.cluster is not None:
             reconfigure.apply_dynamic(self, self.cluster)
         request = self._request
-        local = self.observe_local()
+        local = observe_local(self)
         local = replace(local, now=time.time(), request=request.kind if request else None,
                         lock_left=self.lock_left(), starting_for=self._starting_for(local))
         if self.cluster is not None and self.cluster.initialized and self.cluster.leader is None \
                 and local.running and local.role == "replica":
-            local = replace(local, peers=self.ask_peers(self.cluster))
+            local = replace(local, peers=ask_peers(self, self.cluster))
         decision = decide(self.cluster, local)
         self.once("decision", decision.summary)
         log.debug("decision %s", decision.summary)
@@ -413,7 +254,7 @@ class Governor:
         if request is not None:
             self.answer_request(request, decision, ok)
         if decision.actions:
-            local = self.observe_local()
+            local = observe_local(self)
         if self.cluster is not None and not self.mem.dcs_failed:
             publish.publish(self, local)
         publish.publish_status(self, local, decision)
@@ -502,7 +343,7 @@ class Governor:
         other's slot, key and lock. Wait, doing nothing, until that key expires; say so loudly."""
         ours = (self.pg.conn_url, self.config.restapi.api_url)
         while not self.stopping.is_set():
-            cluster = self.observe_dcs()
+            cluster = observe_dcs(self)
             member = cluster.member(self.name) if cluster is not None else None
             if member is None or (member.conn_url, member.api_url) == ours:
                 self.once("duplicate", None)

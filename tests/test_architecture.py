@@ -70,3 +70,20 @@ def test_controls_and_sync_manager_see_the_daemon_only_through_narrow_ports():
     graph: Dict[str, Set[str]] = {}
     for module in ("governor.controls", "governor.syncrep", "governor.ports"):
         assert "governor.daemon" not in reach(module, graph), f"{module} reaches governor.daemon"
+
+
+MODULE_LINES_MAX = 500
+
+
+def test_no_module_grows_past_what_one_reader_holds_in_mind():
+    """Small modules with one job: the etcd v3 adapter is the largest and stays under the limit."""
+    too_long = {}
+    for root, _dirs, files in os.walk(os.path.join(REPO, "governor")):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(root, name)
+                with open(path) as fh:
+                    lines = sum(1 for _ in fh)
+                if lines > MODULE_LINES_MAX:
+                    too_long[os.path.relpath(path, REPO)] = lines
+    assert not too_long, f"modules over {MODULE_LINES_MAX} lines: {too_long}"

@@ -1,0 +1,202 @@
+"""The vocabulary for checking a configuration mapping: a Checker that walks it and collects
+one `FILE: KEY: what was expected` message per problem, and the checks the settings share."""
+from __future__ import annotations
+
+import glob
+import ipaddress
+import math
+import os
+import re
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from governor.settings import CONTROL_RE, LIMITS, NAME_MAX, NAME_RE, SECRET_MAX, parse_size
+
+
+def kind_of(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+class Checker:
+    """Walks the merged mapping, collecting one message per problem."""
+
+    def __init__(self, raw: dict, origin: Dict[str, str], source: str):
+        self.raw = raw
+        self.origin = origin
+        self.source = source
+        self.problems: List[str] = []
+        self.warnings: List[str] = []
+
+    def where(self, key: str) -> str:
+        parts = key.split(".")
+        for i in range(len(parts), 0, -1):
+            found = self.origin.get(".".join(parts[:i]))
+            if found:
+                return found
+        return self.source
+
+    def fail(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.where(key)}: {key}: {message}")
+
+    def section(self, key: str) -> dict:
+        value = self.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(key, f"expected a mapping, got {kind_of(value)}")
+            return {}
+        return value
+
+    def get(self, key: str) -> Any:
+        node: Any = self.raw
+        for part in key.split("."):
+            if not isinstance(node, dict):
+                return None
+            node = node.get(part)
+        return node
+
+    def unknown(self, key: str, mapping: dict, allowed: Tuple[str, ...]) -> None:
+        for name in mapping:
+            if name not in allowed:
+                full = f"{key}.{name}" if key else str(name)
+                self.fail(full, f"unknown setting (expected one of: {', '.join(allowed)})")
+
+    def value(self, key: str, kind: str, default: Any = None, required: bool = False,
+              check: Optional[Callable[[Any], Optional[str]]] = None) -> Any:
+        value = self.get(key)
+        if value is None:
+            if required:
+                self.fail(key, f"required ({_EXPECT[kind]})")
+            return default
+        ok = _TYPE_OK[kind](value)
+        if not ok:
+            self.fail(key, f"expected {_EXPECT[kind]}, got {kind_of(value)} {value!r}")
+            return default
+        if kind == "size":
+            value = parse_size(value)
+            if value is None:
+                self.fail(key, f"expected {_EXPECT[kind]}, got {self.get(key)!r}")
+                return default
+        if check:
+            message = check(value)
+            if message:
+                self.fail(key, message)
+                return default
+        return value
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_scalar(v: Any) -> bool:
+    return isinstance(v, (str, int, float, bool))
+
+
+_TYPE_OK: Dict[str, Callable[[Any], bool]] = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": _is_number,
+    "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "size": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, str),
+    "scalars": lambda v: isinstance(v, dict) and all(_is_scalar(x) for x in v.values()),
+    "strlist": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "hosts": lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    "initdb": lambda v: isinstance(v, list) and all(
+        isinstance(x, str) or (isinstance(x, dict) and len(x) == 1 and all(_is_scalar(y) for y in x.values()))
+        for x in v),
+}
+_EXPECT = {
+    "int": "an integer",
+    "number": "a number of seconds",
+    "str": "a string",
+    "bool": "true or false",
+    "size": "a size in bytes, e.g. 1048576 or '1MB'",
+    "scalars": "a mapping of names to strings, numbers or booleans",
+    "strlist": "a list of strings",
+    "hosts": "'host:port' or a list of 'host:port'",
+    "initdb": "a list of initdb options, each 'name' or {name: value}",
+}
+
+
+def parse_host_port(text: str, default_port: Optional[int] = None) -> Optional[Tuple[str, int]]:
+    """'host:port', '[v6]:port' or (with a default) 'host' -> (host, port); None when malformed."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+        if ":" in host:
+            try:
+                ipaddress.IPv6Address(host)  # a bare IPv6 address, no port
+            except ValueError:
+                return None
+    if not port_text:
+        if default_port is None:
+            return None
+        return (host, default_port) if host else None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        return None
+    return host, int(port_text)
+
+
+def default_bin_dir() -> str:
+    """The newest installed PostgreSQL server's bin directory (Debian or PGDG layout)."""
+    candidates = glob.glob("/usr/lib/postgresql/*/bin") + glob.glob("/usr/pgsql-*/bin")
+
+    def version(path: str) -> float:
+        match = re.search(r"(\d+(?:\.\d+)?)", path)
+        return float(match.group(1)) if match else 0.0
+
+    for path in sorted(candidates, key=version, reverse=True):
+        if os.path.exists(os.path.join(path, "pg_ctl")):
+            return path
+    return "/usr/bin"
+
+
+def name_check(v: str) -> Optional[str]:
+    if not NAME_RE.fullmatch(v):
+        return "expected letters, digits, '_', '.' or '-' (it is used in etcd keys)"
+    if len(v) > NAME_MAX:
+        return f"expected at most {NAME_MAX} characters (it names a replication slot), got {len(v)}"
+    return None
+
+
+def secret_check(v: str) -> Optional[str]:
+    if CONTROL_RE.search(v):
+        return "control characters (such as a newline) are not allowed"
+    if len(v) > SECRET_MAX:
+        return f"expected at most {SECRET_MAX} characters"
+    return None
+
+
+def positive(v: float) -> Optional[str]:
+    return None if v > 0 else "expected a value greater than 0"
+
+
+def bounded(key: str, minimum: float = 0, inclusive: bool = False) -> Callable[[float], Optional[str]]:
+    """A check that a finite number lies above `minimum` and at most LIMITS[key]."""
+    top = LIMITS[key]
+
+    def check(v: float) -> Optional[str]:
+        if not math.isfinite(v) or v > top or v < minimum or (v == minimum and not inclusive):
+            low = f"at least {minimum}" if inclusive else f"greater than {minimum}"
+            return f"expected a number {low} and at most {top}, got {v!r}"
+        return None
+
+    return check
+
+
+def network_check(v: str) -> Optional[str]:
+    for item in v.split():
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            if item not in ("all", "samehost", "samenet") and not item.startswith("."):
+                return f"expected a network for pg_hba.conf such as 10.0.0.0/24, got {item!r}"
+    return None

@@ -1,0 +1,48 @@
+"""What governorctl's commands share: exit codes, one API request, one etcd call, a refusal."""
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Callable, Optional
+
+from governor.dcs import DCSError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def http_json(url: str, method: str = "GET", body: Optional[dict] = None, auth: Optional[tuple] = None,
+               timeout: float = 5) -> tuple:
+    """(status code, JSON body or {}) of one API request."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data else {})
+    if auth and auth[0]:
+        token = base64.b64encode(f"{auth[0]}:{auth[1] or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            code, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        code, raw = exc.code, exc.read()
+    try:
+        return code, json.loads(raw) if raw else {}
+    except ValueError:
+        return code, {}
+
+
+def dcs_call(operation: Callable[[], object]) -> bool:
+    """Run one etcd operation; on failure print why and return False."""
+    try:
+        operation()
+        return True
+    except DCSError as exc:
+        print(f"governorctl: {exc}", file=sys.stderr)
+        return False
+
+
+def refuse(message: str) -> int:
+    print(f"governorctl: refused: {message}; nothing changed", file=sys.stderr)
+    return EXIT_FAILED

@@ -1,0 +1,154 @@
+"""governorctl switchover and failover: checked here, carried out by the leader (switchover)
+or by the candidate's race for the lock (failover)."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from typing import Optional
+
+from governor import config as config_mod
+from governor.cluster import Cluster
+from governor.ctl_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, dcs_call, http_json, refuse
+from governor.dcs import DCS, DCSError
+
+
+def switchover(args: argparse.Namespace, dcs: DCS, cluster: Cluster, auth: tuple) -> int:
+    if args.cancel:
+        return cancel_switchover(dcs, cluster, auth)
+    if not args.candidate:
+        print("governorctl: switchover: --candidate is required", file=sys.stderr)
+        return EXIT_USAGE
+    scheduled = None
+    if args.scheduled:
+        scheduled = parse_time(args.scheduled)
+        if scheduled is None:
+            print(f"governorctl: --scheduled: expected an ISO-8601 time such as 2026-11-26T03:00:00+00:00, "
+                  f"got {args.scheduled!r}", file=sys.stderr)
+            return EXIT_USAGE
+        if scheduled < time.time():
+            return refuse(f"{args.scheduled} has already passed")
+    if cluster.leader is None:
+        return refuse("no member holds the leader lock; a switchover needs a leader")
+    leader = cluster.leader.name
+    if args.leader and args.leader != leader:
+        return refuse(f"{args.leader} is not the leader; {leader} is")
+    candidate = cluster.member(args.candidate)
+    if candidate is None or args.candidate == leader:
+        return refuse(f"{args.candidate} is not a replica of this cluster "
+                       f"(members: {', '.join(m.name for m in cluster.members)})")
+    max_lag = config_mod.parse_size(args.max_lag)
+    if max_lag is None:
+        print(f"governorctl: --max-lag: expected a size such as 1MB, got {args.max_lag!r}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.force and scheduled is None:   # a scheduled one is checked by the leader when due
+        if not candidate.api_url:
+            return refuse(f"{args.candidate} publishes no API address to check its health")
+        try:
+            code, status = http_json(f"{candidate.api_url}/status", timeout=3)
+        except OSError as exc:
+            return refuse(f"{args.candidate} does not answer on {candidate.api_url}: {exc}")
+        if code != 200 or not status.get("running") or status.get("role") != "replica":
+            return refuse(f"{args.candidate} is not a running replica (role {status.get('role')}, "
+                           f"state {status.get('state')})")
+        if not status.get("streaming"):
+            return refuse(f"{args.candidate} is not streaming from the leader")
+        lag = status.get("lag_bytes")
+        if lag is None or lag > max_lag:
+            return refuse(f"{args.candidate} lags {lag} bytes behind the leader, more than --max-lag {max_lag}")
+    leader_member = cluster.member(leader)
+    if leader_member is None or not leader_member.api_url:
+        return refuse(f"the leader {leader} publishes no API address")
+    try:
+        body = {"leader": leader, "candidate": args.candidate}
+        if scheduled is not None:
+            body["scheduled_at"] = scheduled
+        code, answer = http_json(f"{leader_member.api_url}/switchover", "POST", body, auth)
+    except OSError as exc:
+        return refuse(f"the leader's API at {leader_member.api_url} does not answer: {exc}")
+    if code == 401:
+        return refuse("the leader's API refused the credentials (restapi.username/password in the config)")
+    if code != 202:
+        return refuse(answer.get("error") or f"the leader answered HTTP {code}")
+    if scheduled is not None:
+        print(f"switchover from {leader} to {args.candidate} scheduled for "
+              f"{time.strftime('%Y-%m-%dT%H:%M:%S%z', time.localtime(scheduled))}; "
+              "`governorctl switchover --cancel` cancels it")
+        return EXIT_OK
+    print(f"switchover from {leader} to {args.candidate} requested; waiting ...")
+    return _wait_for_leader(dcs, args.candidate, args.wait, "switchover")
+
+
+def parse_time(text: str) -> Optional[float]:
+    """ISO-8601 date and time -> Unix time; without a zone it is local time."""
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.timestamp()
+
+
+def cancel_switchover(dcs: DCS, cluster: Cluster, auth: tuple) -> int:
+    if cluster.switchover is None:
+        return refuse("no switchover is pending")
+    leader = cluster.leader_member
+    if leader is not None and leader.api_url:
+        try:
+            code, answer = http_json(f"{leader.api_url}/switchover", "DELETE", {}, auth)
+        except OSError as exc:
+            return refuse(f"the leader's API at {leader.api_url} does not answer: {exc}")
+        if code == 401:
+            return refuse("the leader's API refused the credentials (restapi.username/password in the config)")
+        if code != 200:
+            return refuse(answer.get("error") or f"the leader answered HTTP {code}")
+    elif not dcs_call(dcs.clear_switchover):
+        return EXIT_FAILED
+    print(f"switchover to {cluster.switchover.candidate} cancelled")
+    return EXIT_OK
+
+
+def failover(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
+    if cluster.leader is not None:
+        return refuse(f"{cluster.leader.name} holds the leader lock; use switchover")
+    candidate = cluster.member(args.candidate)
+    if candidate is None:
+        return refuse(f"{args.candidate} is not a member of this cluster "
+                       f"(members: {', '.join(m.name for m in cluster.members) or 'none'})")
+    status: dict = {}
+    if candidate.api_url:
+        try:
+            _code, status = http_json(f"{candidate.api_url}/status", timeout=3)
+        except OSError:
+            status = {}
+    if not args.force:
+        if not status.get("running") or status.get("role") != "replica":
+            return refuse(f"{args.candidate} is not a running replica as far as its API tells; --force to try")
+        lag = status.get("lag_bytes")
+        if lag:
+            return refuse(f"{args.candidate} is {lag} bytes behind the last leader position: promoting it "
+                           "loses those transactions; --force to accept that")
+    try:
+        if not dcs.request_switchover({"leader": None, "candidate": args.candidate, "requested_at": time.time()}):
+            return refuse("another switchover or failover is pending")
+    except DCSError as exc:
+        print(f"governorctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"failover to {args.candidate} requested; waiting ...")
+    return _wait_for_leader(dcs, args.candidate, args.wait, "failover")
+
+
+def _wait_for_leader(dcs: DCS, candidate: str, wait: float, what: str) -> int:
+    started = time.monotonic()
+    while time.monotonic() - started < wait:
+        time.sleep(0.2)
+        try:
+            now = dcs.get_cluster()
+        except DCSError:
+            continue
+        if now.leader and now.leader.name == candidate:
+            print(f"{what} done: {candidate} is the leader ({time.monotonic() - started:.1f}s)")
+            return EXIT_OK
+    print(f"governorctl: {candidate} did not take the lock within {wait:.0f}s; see governor's log",
+          file=sys.stderr)
+    return EXIT_FAILED

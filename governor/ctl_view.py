@@ -1,0 +1,85 @@
+"""governorctl list and history: the cluster as a table, JSON or YAML."""
+from __future__ import annotations
+
+import json
+from typing import List
+
+import yaml
+
+from governor.cluster import Cluster
+from governor.sync import describe as describe_sync
+
+
+def rows(cluster: Cluster) -> List[dict]:
+    leader = cluster.leader.name if cluster.leader else None
+    out = []
+    for m in cluster.members:
+        lag = None
+        if m.name != leader and cluster.leader_lsn is not None and m.lsn is not None:
+            lag = max(0, cluster.leader_lsn - m.lsn)
+        host = m.conn_url.split("://", 1)[-1].split("/", 1)[0] if m.conn_url else ""
+        sync = cluster.sync
+        synchronous = bool(sync and sync.synchronous and m.name in sync.members and m.name != leader)
+        role = "leader" if m.name == leader else ("sync replica" if synchronous and m.role == "replica" else m.role)
+        out.append({"member": m.name, "host": host, "role": role, "sync_standby": synchronous,
+                    "state": m.state, "timeline": m.timeline, "lag_bytes": lag, "tags": m.tags,
+                    "pending_restart": m.pending_restart})
+    return out
+
+
+def format_table(scope: str, cluster: Cluster) -> str:
+    data = rows(cluster)
+    header = ["Member", "Host", "Role", "State", "TL", "Lag in MB", "Tags"]
+    pending = any(r["pending_restart"] for r in data)
+    if pending:
+        header.append("Pending restart")
+    table = [header]
+    for r in data:
+        lag = "" if r["lag_bytes"] is None else f"{r['lag_bytes'] / 1048576:.1f}"
+        tags = ",".join(k for k, v in sorted(r["tags"].items()) if v)
+        row = [r["member"], r["host"], r["role"], r["state"], str(r["timeline"] or ""), lag, tags]
+        table.append(row + (["*" if r["pending_restart"] else ""] if pending else []))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = [f"Cluster: {scope} (initialized: {cluster.initialize or 'no'})"]
+    sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    lines.append(sep)
+    for i, row in enumerate(table):
+        lines.append("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |")
+        if i == 0:
+            lines.append(sep)
+    lines.append(sep)
+    if not cluster.leader:
+        lines.append("No member holds the leader lock.")
+    if cluster.paused:
+        lines.append("Maintenance mode: on (governorctl resume to end it)")
+    if cluster.sync is not None:
+        lines.append(f"Replication: {describe_sync(cluster.sync)}")
+    return "\n".join(lines)
+
+
+def format_history(cluster: Cluster) -> str:
+    header = ["TL", "LSN", "Time", "New leader", "Reason"]
+    table = [header] + [[str(h.get("timeline", "")), _lsn(h.get("lsn")), str(h.get("time", "")),
+                         str(h.get("leader", "")), str(h.get("reason", ""))[:70]] for h in cluster.history]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    return "\n".join(lines) if cluster.history else "No promotion recorded."
+
+
+def _lsn(value: object) -> str:
+    """Bytes as PostgreSQL's X/X notation."""
+    if not isinstance(value, int):
+        return ""
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+def print_list(fmt: str, scope: str, cluster: Cluster) -> None:
+    data = {"scope": scope, "leader": cluster.leader.name if cluster.leader else None,
+            "paused": cluster.paused, "sync": cluster.sync.as_dict() if cluster.sync else None,
+            "members": rows(cluster)}
+    if fmt == "json":
+        print(json.dumps(data, indent=2))
+    elif fmt == "yaml":
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+    else:
+        print(format_table(scope, cluster))

@@ -1,0 +1,140 @@
+"""Observing: what etcd holds (a Cluster snapshot) and what the local PostgreSQL is (a LocalState).
+
+The only I/O before decide(): a range read from etcd, a few SQL queries or pg_controldata, and,
+during a leader race, the other members' /status answers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import ssl
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Dict, Optional
+
+import psycopg2
+
+from governor.cluster import Cluster, Member
+from governor.dcs import DCSError
+from governor.ha import LocalState
+from governor.memory import timer
+from governor.postgres import datadir
+from governor.postgres.server import ServerState
+
+if TYPE_CHECKING:
+    from governor.daemon import Governor
+
+log = logging.getLogger("governor")
+
+
+def observe_dcs(g: Governor) -> Optional[Cluster]:
+    """The scope's keys as one snapshot; None when etcd cannot be read (logged once per change)."""
+    try:
+        cluster = g.dcs.get_cluster()
+    except DCSError as exc:
+        g.once("dcs", str(exc), logging.WARNING)
+        return None
+    g.once("dcs", f"etcd reachable ({g.dcs.describe()})")
+    g.once("dcs-values", "values in etcd that do not parse, taken as unknown: " + "; ".join(cluster.problems)
+           if cluster.problems else None, logging.WARNING)
+    return cluster
+
+
+def observe_local(g: Governor) -> LocalState:
+    kind = datadir.classify(g.pg.data_dir)
+    if kind != datadir.POSTGRES:
+        g.mem.sysid_cache = None
+        g.mem.rewind_pending = g.mem.rewind_failed = False
+        return LocalState(**_local_base(g, kind))
+    running = g.controller.is_running()
+    g.server_state = None
+    if running:
+        try:
+            st = g.server_state = g.server.state()
+            g.once("pg", f"PostgreSQL running as {st.role}")
+            timeline = st.timeline
+            not_streaming_for = None
+            if st.role == "primary":
+                g.mem.rewind_pending = True
+            else:
+                timeline = _replica_timeline(g, st)
+                not_streaming_for = _not_streaming_for(g, st)
+            return LocalState(**_local_base(g, kind), sysid=st.sysid, running=True, role=st.role,
+                              timeline=timeline, lsn=st.lsn, not_streaming_for=not_streaming_for)
+        except psycopg2.Error as exc:
+            g.once("pg", f"PostgreSQL is running but does not answer: {str(exc).strip()}", logging.WARNING)
+            return LocalState(**_local_base(g, kind), sysid=_controldata(g).sysid, running=True)
+    g.server.close()
+    g.once("pg", "PostgreSQL is not running")
+    control = _controldata(g)
+    if datadir.was_primary(control):
+        g.mem.rewind_pending = True
+    return LocalState(**_local_base(g, kind), sysid=control.sysid)
+
+
+def _replica_timeline(g: Governor, st: ServerState) -> Optional[int]:
+    """The timeline a replica is on. PostgreSQL tells it while the WAL receiver runs; without
+    one, only the last restartpoint's timeline is left, which lags behind a timeline switch
+    this replica has long followed. So the highest timeline seen streaming is remembered
+    (until the data directory is replaced), and the larger of the two is the answer."""
+    if st.receiving_from and st.timeline:
+        g.mem.streamed_tli = max(g.mem.streamed_tli or 0, st.timeline)
+    known = [t for t in (st.timeline, g.mem.streamed_tli) if t]
+    return max(known) if known else None
+
+
+def _not_streaming_for(g: Governor, st: ServerState) -> Optional[float]:
+    """Seconds this replica has gone without streaming while another member leads (None while
+    it streams or nobody else leads): decide() judges divergence from it."""
+    leader = g.cluster.leader if g.cluster is not None else None
+    waiting = not st.receiving_from and leader is not None and leader.name != g.name
+    g.mem.not_streaming_since, seconds = timer(g.mem.not_streaming_since, waiting, time.monotonic())
+    return seconds
+
+
+def _local_base(g: Governor, kind: str) -> dict:
+    cfg, pg, mem = g.config, g.pg, g.mem
+    return dict(name=g.name, data=kind, tags=cfg.tags, data_dir=pg.data_dir,
+                loop_wait=cfg.loop_wait, retry_timeout=cfg.retry_timeout,
+                remove_data_directory_on_rewind_failure=pg.remove_data_directory_on_rewind_failure,
+                primary_start_timeout=cfg.primary_start_timeout,
+                maximum_lag_on_failover=pg.maximum_lag_on_failover,
+                rewind_pending=mem.rewind_pending, rewind_failed=mem.rewind_failed,
+                bootstrap_failures=mem.bootstrap_failures)
+
+
+def _controldata(g: Governor) -> datadir.ControlData:
+    """pg_controldata of the stopped data directory, re-read when pg_control changes."""
+    try:
+        st = os.stat(os.path.join(g.pg.data_dir, "global", "pg_control"))
+        key = (st.st_ino, st.st_mtime_ns)
+    except OSError:
+        return datadir.ControlData(None, None, None)
+    if g.mem.sysid_cache is None or g.mem.sysid_cache[0] != key:
+        g.mem.sysid_cache = (key, datadir.read_controldata(g.pg.bin_dir, g.pg.data_dir))
+    return g.mem.sysid_cache[1]
+
+
+def ask_peers(g: Governor, cluster: Cluster) -> Dict[str, Optional[Member]]:
+    """Ask every other member's API for its position, in parallel, with a short timeout."""
+    others = [m for m in cluster.members if m.name != g.name and m.api_url]
+    if not others:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(8, len(others))) as pool:
+        answers = pool.map(lambda m: (m.name, peer_status(m.api_url, g.config.restapi.cafile)), others)
+        return dict(answers)
+
+
+def peer_status(api_url: str, cafile: Optional[str] = None, timeout: float = 1.0) -> Optional[Member]:
+    """A member's own answer to GET /status, as a Member; None when it does not answer."""
+    context = ssl.create_default_context(cafile=cafile) if api_url.startswith("https") else None
+    try:
+        with urllib.request.urlopen(f"{api_url}/status", timeout=timeout, context=context) as resp:
+            data = json.load(resp)
+    except (OSError, ValueError):
+        return None
+    return Member(name=str(data.get("name")), role=str(data.get("role")),
+                  state="running" if data.get("running") else str(data.get("state")),
+                  lsn=data.get("lsn"), timeline=data.get("timeline"), tags=data.get("tags") or {})
