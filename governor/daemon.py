@@ -25,7 +25,7 @@ from governor.ha import Action, Decision, LocalState, decide
 from governor.lockfence import LockFence, stop_postmaster_now
 from governor.memory import NodeMemory, timer
 from governor.metrics import Metrics
-from governor.observe import ask_peers, observe_dcs, observe_local
+from governor.observe import ask_peers, observe_dcs, observe_local, settled
 from governor.postgres import bootstrap, datadir
 from governor.postgres.controller import ControllerError, ProcessController, make_controller
 from governor.postgres.server import Server, ServerState
@@ -33,7 +33,7 @@ from governor.shutdown import RESTART_MARKER, consume_restart_marker  # noqa: F4
 from governor.status import NodeStatus, StatusBoard
 from governor.syncrep import SyncManager
 from governor.systemd import Notifier
-from governor.wakeups import LeaderWatcher, OnChange, OperatorRequest
+from governor.wakeups import ChangeWatcher, OnChange, OperatorRequest
 from governor.watchdog import Watchdog
 
 log = logging.getLogger("governor")
@@ -41,6 +41,7 @@ log = logging.getLogger("governor")
 
 T = TypeVar("T")
 MAX_SLEEP = 300.0      # no sleep of the loop lasts longer, whatever a setting says
+SETTLE_POLL = 0.1      # how often a PostgreSQL that was just (re)started is looked at until it streams
 STEADY_ACTIONS = {Action.RENEW_LOCK, Action.ENSURE_SLOTS, Action.MANAGE_SYNC, Action.FOLLOW}
 
 
@@ -58,7 +59,7 @@ class Governor:
         self.server = Server(self.pg)
         self.stopping = threading.Event()
         self.wake = threading.Event()
-        self.watcher: Optional[LeaderWatcher] = None
+        self.watcher: Optional[ChangeWatcher] = None
         self.once = OnChange()
         self.cluster: Optional[Cluster] = None
         self.mem = NodeMemory()
@@ -140,6 +141,7 @@ class Governor:
     def start_postgres(self, standby_of: Optional[tuple]) -> None:
         """Write the configuration for the given role and start; standby_of=None means primary."""
         self.prepare_files(standby_of)
+        self.mem.settling = True
         self.controller.start(self.pg.start_timeout, wait=standby_of is None)
 
     def lock_lost(self, keep_fence: bool = False) -> None:
@@ -250,6 +252,7 @@ class Governor:
             # Before a long action: the leader creates our replication slot only for a member it
             # sees in etcd, and a member key may have expired while this process was stopped.
             publish.publish(self, local)
+        self.mem.settling = False        # an executor that (re)starts or re-points PostgreSQL sets it
         ok = self.execute(decision, local)
         if request is not None:
             self.answer_request(request, decision, ok)
@@ -264,13 +267,23 @@ class Governor:
         seconds = min(seconds, MAX_SLEEP) if math.isfinite(seconds) else MAX_SLEEP
         if seconds <= 0 or self.stopping.is_set():
             return
+        deadline = time.monotonic() + seconds
         self.wake.clear()
-        if not self.mem.holds_lock and self.cluster is not None:
+        if self.cluster is not None:
             if self.watcher is None:
-                self.watcher = LeaderWatcher(from_config(self.config), self.wake)
+                self.watcher = ChangeWatcher(from_config(self.config), self.wake)
                 self.watcher.start()
             self.watcher.watch(self.cluster.index, seconds)
-        self.wake.wait(seconds)
+        while self.mem.settling and not self.stopping.is_set():
+            # PostgreSQL was just started, promoted or pointed elsewhere: the next pass runs as soon
+            # as it streams (or is primary), so /status and the member key say so within ~0.1 s.
+            left = deadline - time.monotonic()
+            if left <= 0 or self.wake.wait(min(SETTLE_POLL, left)):
+                return
+            if settled(self):
+                self.mem.settling = False
+                return
+        self.wake.wait(max(0.0, deadline - time.monotonic()))
 
     def request_stop(self, signum: int = signal.SIGTERM, frame: object = None) -> None:
         self.stopping.set()

@@ -44,7 +44,7 @@ Cases, checked top to bottom (the first that matches wins):
   switchover_step_down          holds the lock, switchover to another member step_down
   leader_renew                  holds the lock, running as primary           renew_lock, ensure_slots,
                                                                              manage_sync
-  lock_held_promote             holds the lock, running as replica           renew_lock, promote
+  lock_held_promote             holds the lock, running as replica           renew_lock, promote, ensure_slots
   demote_other_leader           primary, but another member holds the lock   demote, rewind, start_as_replica
   rewind_demoted                replica that was primary, another leader     rewind, start_as_replica
   replica_diverged              replica not streaming for max(5 s,           rewind, start_as_replica
@@ -65,12 +65,15 @@ Cases, checked top to bottom (the first that matches wins):
   race_sync_unproven            nobody holds the lock, too few synchronous   follow (nobody)
                                 members answer to prove no commit is missing
   primary_reacquire             nobody holds the lock, running as primary    acquire_lock, ensure_slots
-  switchover_take_over          nobody holds the lock, this is the candidate acquire_lock, promote
+  switchover_take_over          nobody holds the lock, this is the candidate acquire_lock, promote,
+                                                                             ensure_slots (the replicas'
+                                                                             slots in the same pass)
                                 (of a failover, or of a switchover whose
                                 candidate is within the lag limit; otherwise
                                 the race below decides)
   switchover_defer              nobody holds the lock, another is candidate  -  (keeps its upstream)
-  leader_race                   nobody holds the lock, eligible replica      acquire_lock, promote
+  leader_race                   nobody holds the lock, eligible replica      acquire_lock, promote,
+                                                                             ensure_slots
 """
 from __future__ import annotations
 
@@ -322,7 +325,7 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
             return Decision("leader_renew", "holding the lock as primary",
                             (Action.RENEW_LOCK, Action.ENSURE_SLOTS, Action.MANAGE_SYNC))
         return Decision("lock_held_promote", "this member holds the lock but runs as a replica: promoting",
-                        (Action.RENEW_LOCK, Action.PROMOTE))
+                        (Action.RENEW_LOCK, Action.PROMOTE, Action.ENSURE_SLOTS))
     if leader:
         if local.role == "primary":
             return Decision("demote_other_leader",
@@ -350,7 +353,7 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
             return Decision("switchover_take_over",
                             "this member is the operator's candidate (switchover or failover): taking the "
                             "lock and promoting",
-                            (Action.ACQUIRE_LOCK, Action.PROMOTE))
+                            (Action.ACQUIRE_LOCK, Action.PROMOTE, Action.ENSURE_SLOTS))
         # Keep the current upstream until the candidate holds the lock: dropping it now would only
         # delay reconnecting to the new primary (whose first commits may wait for this standby).
         return Decision("switchover_defer", f"switchover to {switchover.candidate} in progress: not racing, "
@@ -418,4 +421,4 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                     f"{running} of "
                     f"{len(others) + unreachable} other members reachable and running"
                     + (f"; {describe_sync(sync)}, this member has every acknowledged commit)" if promised else ")"),
-                    (Action.ACQUIRE_LOCK, Action.PROMOTE))
+                    (Action.ACQUIRE_LOCK, Action.PROMOTE, Action.ENSURE_SLOTS))

@@ -39,3 +39,4 @@ class NodeMemory:
     last_error: Optional[str] = None             # why the last failed action failed
     name_is_ours: bool = False                   # no other governor uses our member name
     sysid_cache: Optional[tuple] = None          # (pg_control stat, ControlData) of the stopped data directory
+    settling: bool = False                       # PostgreSQL was just started, promoted or re-pointed

@@ -138,3 +138,15 @@ def peer_status(api_url: str, cafile: Optional[str] = None, timeout: float = 1.0
     return Member(name=str(data.get("name")), role=str(data.get("role")),
                   state="running" if data.get("running") else str(data.get("state")),
                   lsn=data.get("lsn"), timeline=data.get("timeline"), tags=data.get("tags") or {})
+
+
+def settled(g: Governor) -> bool:
+    """Whether a PostgreSQL that was just started, promoted or re-pointed has arrived: running,
+    answering, and a primary or streaming. A cheap local look, no etcd."""
+    if not g.controller.is_running():
+        return False
+    try:
+        st = g.server.state()
+    except psycopg2.Error:
+        return False
+    return st.role == "primary" or bool(st.receiving_from)

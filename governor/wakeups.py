@@ -1,6 +1,6 @@
 """What wakes the loop early, and what it hands between threads.
 
-OnChange logs a message once per change; LeaderWatcher waits on the leader key in a thread;
+OnChange logs a message once per change; ChangeWatcher watches etcd in a thread;
 OperatorRequest carries a restart or re-initialization from the API thread to the loop.
 """
 from __future__ import annotations
@@ -27,11 +27,13 @@ class OnChange:
                 log.log(level, message)
 
 
-class LeaderWatcher(threading.Thread):
-    """Waits on the leader key in the background so the loop wakes the moment it changes."""
+class ChangeWatcher(threading.Thread):
+    """Watches the scope's keys in the background so the loop wakes the moment something it
+    acts on changes (dcs.keys.wakes: the lock, initialize, a switchover, pause, the dynamic
+    configuration, the sync key, a new member)."""
 
     def __init__(self, dcs: DCS, wake: threading.Event):
-        super().__init__(name="leader-watch", daemon=True)
+        super().__init__(name="etcd-watch", daemon=True)
         self.dcs = dcs
         self.wake = wake
         self._request = threading.Event()
@@ -46,7 +48,7 @@ class LeaderWatcher(threading.Thread):
         while True:
             self._request.wait()
             self._request.clear()
-            if self.dcs.wait_for_leader_change(self._index, self._timeout):
+            if self.dcs.wait_for_change(self._index, self._timeout):
                 self.wake.set()
 
 

@@ -116,12 +116,37 @@ def test_watch_wakes_on_leader_change(adapter, scope):
     timer = threading.Timer(0.5, lambda: a.release_leader("node-a"))
     timer.start()
     started = time.monotonic()
-    assert b.wait_for_leader_change(index, 5) is True
+    assert b.wait_for_change(index, 5) is True
     assert time.monotonic() - started < 2
     index = b.get_cluster().index
     started = time.monotonic()
-    assert b.wait_for_leader_change(index, 1) is False
+    assert b.wait_for_change(index, 1) is False
     assert 0.9 < time.monotonic() - started < 2
+
+
+def test_watch_wakes_on_what_members_act_on_and_not_on_heartbeats(adapter, scope):
+    """A bootstrap's `initialize`, a new member (the leader makes its slot) and the lock wake a
+    watching member at once; a member refreshing its key or the leader renewing does not."""
+    a, b = adapter(scope), adapter(scope)
+    a.claim_initialize("")
+    a.acquire_leader("node-a")
+    a.touch_member("node-a", {"role": "primary", "lsn": 1})
+
+    def wakes_within(change, seconds: float = 1.5) -> bool:
+        index = b.get_cluster().index
+        timer = threading.Timer(0.3, change)
+        timer.start()
+        try:
+            return b.wait_for_change(index, seconds)
+        finally:
+            timer.join()
+
+    assert wakes_within(lambda: a.set_initialize("7001")) is True
+    assert wakes_within(lambda: a.touch_member("node-b", {"role": "replica"})) is True
+    assert wakes_within(lambda: a.touch_member("node-a", {"role": "primary", "lsn": 2})) is False
+    assert wakes_within(lambda: a.renew_leader("node-a")) is False
+    assert wakes_within(lambda: a.write_leader_lsn(2)) is False
+    assert wakes_within(lambda: a.set_paused(True)) is True
 
 
 def test_fails_over_to_the_next_endpoint(adapter, scope):
@@ -172,7 +197,7 @@ def test_a_watch_started_after_the_change_still_sees_it(adapter, scope):
     index = b.get_cluster().index
     a.release_leader("node-a")              # happens between two watches
     started = time.monotonic()
-    assert b.wait_for_leader_change(index, 5) is True
+    assert b.wait_for_change(index, 5) is True
     assert time.monotonic() - started < 1
 
 

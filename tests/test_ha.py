@@ -86,7 +86,7 @@ TABLE = [
     ("switchover_step_down", cluster(ME, switchover_to="node2", members=[member("node2")]), local(role="primary"),
      (A.STEP_DOWN,), "node2"),
     ("leader_renew", cluster(ME), local(role="primary"), (A.RENEW_LOCK, A.ENSURE_SLOTS, A.MANAGE_SYNC), None),
-    ("lock_held_promote", cluster(ME), local(role="replica"), (A.RENEW_LOCK, A.PROMOTE), None),
+    ("lock_held_promote", cluster(ME), local(role="replica"), (A.RENEW_LOCK, A.PROMOTE, A.ENSURE_SLOTS), None),
     ("demote_other_leader", cluster("node2", members=[PRIMARY_NODE2]), local(role="primary"),
      (A.DEMOTE, A.REWIND, A.START_AS_REPLICA), "node2"),
     ("rewind_demoted", cluster("node2", members=[PRIMARY_NODE2]), local(rewind_pending=True),
@@ -96,7 +96,7 @@ TABLE = [
     ("follow_leader", cluster("node2", members=[PRIMARY_NODE2]), local(), (A.FOLLOW,), "node2"),
     ("primary_reacquire", cluster(), local(role="primary"), (A.ACQUIRE_LOCK, A.ENSURE_SLOTS), None),
     ("switchover_take_over", cluster(switchover_to=ME, leader_lsn=10**9), local(lsn=100),
-     (A.ACQUIRE_LOCK, A.PROMOTE), None),
+     (A.ACQUIRE_LOCK, A.PROMOTE, A.ENSURE_SLOTS), None),
     ("switchover_defer", cluster(members=[member("node2", lsn=1)], switchover_to="node3"), local(lsn=100),
      (), None),
     ("race_not_eligible_nofailover", cluster(), local(nofailover=True), (A.FOLLOW,), None),
@@ -109,7 +109,7 @@ TABLE = [
                                    members=[member("node2"), member("node3")]),
      local(peers={"node2": None, "node3": None}), (A.FOLLOW,), None),
     ("leader_race", cluster(members=[member("node2", lsn=50)], leader_lsn=150), local(lsn=100),
-     (A.ACQUIRE_LOCK, A.PROMOTE), None),
+     (A.ACQUIRE_LOCK, A.PROMOTE, A.ENSURE_SLOTS), None),
 ]
 
 

@@ -98,8 +98,9 @@ class DCS(abc.ABC):
         """Delete every key of this scope (governorctl remove)."""
 
     @abc.abstractmethod
-    def wait_for_leader_change(self, index: int, timeout: float) -> bool:
-        """Block until the leader key changes after `index` or `timeout` passes; True on change."""
+    def wait_for_change(self, index: int, timeout: float) -> bool:
+        """Block until a key another member acts on (keys.wakes) changes after `index`, or
+        `timeout` passes; True on such a change (or when the watch cannot be trusted)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, most adapters hold nothing to close
         """Release connections."""

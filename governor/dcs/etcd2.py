@@ -16,7 +16,7 @@ import urllib3
 from governor.cluster import Cluster
 from governor.config import EtcdConfig
 from governor.dcs import DCS, DCSError, short_error
-from governor.dcs.keys import Entry, build_cluster, history_list
+from governor.dcs.keys import Entry, build_cluster, history_list, wakes
 from governor.sync import SyncState
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,19 @@ SWITCHOVER_TTL = 60
 # Errors that mean "this endpoint did not answer", as opposed to a logical answer (key exists...).
 _CONNECTION_ERRORS = (etcd.EtcdConnectionFailed, urllib3.exceptions.HTTPError, OSError,
                       etcd.EtcdLeaderElectionInProgress, etcd.EtcdClusterIdChanged)
+
+
+def _event_wakes(event: etcd.EtcdResult, key: str) -> bool:
+    """A v2 watch event as keys.wakes sees it. v2 renews a TTL by writing the same value again:
+    that is no change, so only a new value, a new key or a deleted/expired one counts."""
+    action = str(getattr(event, "action", "") or "")
+    previous = getattr(event, "_prev_node", None)
+    if action in ("delete", "expire", "compareAndDelete"):
+        return wakes(key, created=False)
+    created = action == "create" or previous is None
+    if not created and getattr(previous, "value", None) == getattr(event, "value", None):
+        return False
+    return wakes(key, created)
 
 
 class Etcd2(DCS):
@@ -114,13 +127,30 @@ class Etcd2(DCS):
                    for node in result.leaves if not node.dir and node.key is not None]
         return build_cluster(entries, getattr(result, "etcd_index", 0) or 0)
 
-    def wait_for_leader_change(self, index: int, timeout: float) -> bool:
+    def wait_for_change(self, index: int, timeout: float) -> bool:
+        """v2 has no stream: one waitIndex request per event, resumed after an event that does
+        not wake (keys.wakes), until one does or `timeout` passes."""
         if timeout <= 0:
             return False
+        deadline = time.monotonic() + timeout
         client = self._client(self.cfg.hosts[self._current % len(self.cfg.hosts)])
+        prefix = self._key("")
         try:
-            client.read(self._key("leader"), wait=True, waitIndex=index + 1, timeout=timeout)
-            return True
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                event = client.read(prefix.rstrip("/"), wait=True, recursive=True, waitIndex=index + 1,
+                                    timeout=left)
+                key = str(getattr(event, "key", "") or "")
+                if not key.startswith(prefix):
+                    return True
+                if _event_wakes(event, key[len(prefix):]):
+                    return True
+                modified = getattr(event, "modifiedIndex", None)
+                if not isinstance(modified, int) or modified <= index:
+                    return True
+                index = modified
         except etcd.EtcdWatchTimedOut:
             return False
         except etcd.EtcdEventIndexCleared:

@@ -12,7 +12,6 @@ is used. Keys and values travel base64-encoded, 64-bit integers as strings.
 """
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import logging
@@ -25,7 +24,8 @@ import urllib3
 from governor.cluster import Cluster
 from governor.config import EtcdConfig
 from governor.dcs import DCS, DCSError, short_error
-from governor.dcs.keys import Entry, build_cluster, history_list
+from governor.dcs.keys import Entry, build_cluster, history_list, wakes
+from governor.dcs.v3json import _b64, _dict, _int, _prefix_end, _unb64, _unb64_lenient
 from governor.sync import SyncState
 
 log = logging.getLogger(__name__)
@@ -40,46 +40,6 @@ class Unreachable(Exception):
 
 class Refused(Exception):
     """etcd answered with an error that another endpoint would repeat."""
-
-
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")
-
-
-def _unb64(text: Optional[str]) -> str:
-    return base64.b64decode(text or "").decode("utf-8")
-
-
-def _unb64_lenient(text: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
-    """(text, None), or (text with U+FFFD for each undecodable byte, reason) for bytes that are not
-    UTF-8, or (None, reason) when it is not even base64."""
-    try:
-        raw = base64.b64decode(text or "", validate=True)
-    except (ValueError, TypeError):
-        return None, "not base64"
-    try:
-        return raw.decode("utf-8"), None
-    except UnicodeDecodeError:
-        return raw.decode("utf-8", "replace"), "not UTF-8"
-
-
-def _dict(value: Any) -> dict:
-    return value if isinstance(value, dict) else {}
-
-
-def _int(value: Any) -> int:
-    """etcd's 64-bit integers arrive as strings; anything unreadable is 0."""
-    try:
-        return max(0, int(value))
-    except (TypeError, ValueError):
-        return 0
-
-
-def _prefix_end(prefix: str) -> str:
-    """range_end covering every key that starts with `prefix` (last byte + 1)."""
-    raw = bytearray(prefix.encode("utf-8"))
-    raw[-1] += 1
-    return base64.b64encode(bytes(raw)).decode("ascii")
 
 
 class Etcd3(DCS):
@@ -307,9 +267,10 @@ class Etcd3(DCS):
             log.error("member key members/%s was written by another etcd lease (%s, ours is %s): another governor "
                       "runs with postgresql.name %s; give every member its own name", name, lease, our_lease, name)
 
-    def wait_for_leader_change(self, index: int, timeout: float) -> bool:
-        """Watch the leader key from revision index + 1 (so nothing after the snapshot is missed,
-        even across a broken stream) until an event arrives or `timeout` passes."""
+    def wait_for_change(self, index: int, timeout: float) -> bool:
+        """Watch the scope's keys from revision index + 1 (so nothing after the snapshot is missed,
+        even across a broken stream) until a change that wakes (keys.wakes) arrives or `timeout`
+        passes. One request per wait: the events come on one stream."""
         if timeout <= 0 or self._gateway is None:
             if self._gateway is None:
                 try:
@@ -321,7 +282,7 @@ class Etcd3(DCS):
                 return False
         deadline = time.monotonic() + timeout
         host, port = self.cfg.hosts[self._current % len(self.cfg.hosts)]
-        body = json.dumps({"create_request": {"key": _b64(self._key("leader")),
+        body = json.dumps({"create_request": {"key": _b64(self.prefix), "range_end": _prefix_end(self.prefix),
                                               "start_revision": str(index + 1)}})
         headers = {"Content-Type": "application/json"}
         if self._token:
@@ -343,10 +304,11 @@ class Etcd3(DCS):
                     except ValueError:
                         break
                     buffer = buffer.lstrip()[end:]
-                    result = message.get("result") or {}
-                    if result.get("events") or result.get("compact_revision") or result.get("canceled") \
-                            or message.get("error"):
-                        return True   # a change, or a watch we cannot trust: read again
+                    result = _dict(message.get("result"))
+                    if result.get("compact_revision") or result.get("canceled") or message.get("error"):
+                        return True   # a watch we cannot trust: read again
+                    if any(self._event_wakes(event) for event in result.get("events") or ()):
+                        return True
             return False
         except (OSError, http.client.HTTPException) as exc:
             if not isinstance(exc, TimeoutError) and "timed out" not in str(exc):
@@ -355,6 +317,16 @@ class Etcd3(DCS):
             return False
         finally:
             conn.close()
+
+    def _event_wakes(self, event: object) -> bool:
+        """Whether one watch event is a change another member acts on; one that does not parse
+        wakes (read again rather than miss a change)."""
+        kv = _dict(_dict(event).get("kv"))
+        key, why = _unb64_lenient(kv.get("key"))
+        if why or key is None or not key.startswith(self.prefix):
+            return True
+        created = _dict(event).get("type") != "DELETE" and str(kv.get("version")) == "1"
+        return wakes(key[len(self.prefix):], created)
 
     def _stream_connection(self, host: str, port: int, timeout: float) -> http.client.HTTPConnection:
         if self.cfg.protocol != "https":

@@ -17,6 +17,16 @@ class Entry(NamedTuple):
 
 
 LSN_MAX = 2**64 - 1
+# Keys whose change another member acts on at once: a watching member wakes for these, and for
+# a member key being created (the leader makes a replication slot for a new member), but not for
+# the refresh of a member key or of the leader's position.
+WAKE_KEYS = frozenset(("leader", "initialize", "failover", "pause", "config", "sync"))
+
+
+def wakes(key: str, created: bool) -> bool:
+    """Whether a change of `key` (relative to the scope prefix) wakes a watching member."""
+    return key in WAKE_KEYS or (created and key.startswith("members/"))
+
 UNKNOWN_HOLDER = "?unreadable"   # no member can have this name (see NAME_RE)
 
 

@@ -150,7 +150,8 @@ class MemberState:
 # ------------------------------------------------------------------------------------------ world
 
 class World:
-    def __init__(self, seed: int, rules: Rules = Rules(), timing: Optional[Timing] = None, members: int = 3,
+    def __init__(self, seed: int, rules: Rules = Rules(), timing: Optional[Timing] = None,
+                 members: Optional[int] = None,
                  duration: float = 45.0, faults: Optional[List[Tuple[float, str, str, float]]] = None,
                  synchronous: Optional[bool] = None):
         timing = timing or Timing()
@@ -170,6 +171,8 @@ class World:
         self.members: Dict[str, MemberState] = {}
         self.faults: List[Tuple[float, str, str, float]] = []   # (time, kind, member, duration)
         self.last_fault_end = 0.0
+        # 3, 4 or 5 members, each count with and without synchronous mode (seed % 2).
+        members = 3 + (seed // 2) % 3 if members is None else members
         names = [f"m{i}" for i in range(members)]
         for i, name in enumerate(names):
             self.members[name] = MemberState(name, Postgres(primary=(i == 0), upstream=None if i == 0 else names[0]),
