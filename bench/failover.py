@@ -11,6 +11,11 @@ with --haproxy-port). For each run it injects a fault into the leader and measur
   switchover `governorctl switchover` to a replica; the write gap is the longest time between two
             acknowledged INSERTs around it (the old leader rejoins by itself)
   rejoin    after each fault the old leader's governor is started again; time until it streams
+            (rejoin_seconds, PostgreSQL's pg_stat_wal_receiver) and until its own /status says so
+            (rejoin_reported_seconds)
+  bootstrap from starting three governors on empty data directories to a primary with two
+            streaming walsenders (bootstrap_seconds), and to all three reporting it on /status
+  all streaming  switchover: from the command to the new primary with two streaming walsenders
   idle      before the faults, with the cluster healthy and idle: etcd requests and raft writes
             per second per node, counted by etcd itself (/metrics), for the adapter in use
   lost      acknowledged INSERTs missing on the new primary
@@ -61,6 +66,36 @@ def idle_cost(etcd: harness.Etcd, nodes: int, seconds: float) -> Dict[str, float
     return {f"{k}_per_second_per_node": round((after[k] - before[k]) / seconds / nodes, 2) for k in before}
 
 
+def streaming_walsenders(node: harness.Node) -> int:
+    try:
+        return node.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")[0][0]
+    except Exception:  # noqa: BLE001 - not up yet, or not the primary any more
+        return 0
+
+
+def reports_streaming(node: harness.Node) -> bool:
+    try:
+        code, body = node.api("/status")
+    except OSError:
+        return False
+    return code == 200 and bool(body) and body.get("role") == "replica" and bool(body.get("streaming"))
+
+
+def bootstrap_run(cluster: harness.TestCluster, timing: dict) -> Dict[str, float]:
+    """Three governors started at once on empty data directories."""
+    started = time.monotonic()
+    for name in ("node1", "node2", "node3"):
+        cluster.add(name, extra=timing)
+    primary = cluster.wait_for_primary(120)
+    harness.wait_until(lambda: streaming_walsenders(primary) == 2, 120, "two streaming walsenders", interval=0.05)
+    at_postgres = time.monotonic() - started
+    replicas = [n for n in cluster.nodes.values() if n is not primary]
+    harness.wait_until(lambda: all(reports_streaming(n) for n in replicas), 120, "replicas to report streaming",
+                       interval=0.05)
+    return {"bootstrap_seconds": round(at_postgres, 3), "bootstrap_reported_seconds":
+            round(time.monotonic() - started, 3)}
+
+
 def wait_healthy(cluster: harness.TestCluster, timeout: float = 120) -> harness.Node:
     primary = cluster.wait_for_primary(timeout)
     cluster.wait_for_streaming([n for n in cluster.nodes if n != primary.name], timeout)
@@ -70,13 +105,17 @@ def wait_healthy(cluster: harness.TestCluster, timeout: float = 120) -> harness.
 def switchover_run(cluster: harness.TestCluster, client: harness.WriteClient) -> Dict[str, object]:
     old = wait_healthy(cluster)
     candidate = next(n for n in cluster.nodes.values() if n is not old)
+    # governorctl refuses a candidate whose /status does not say streaming: wait for it to say so
+    harness.wait_until(lambda: reports_streaming(candidate), 60, f"{candidate.name} to report streaming")
     time.sleep(2)
     started = time.monotonic()
     result = harness.governorctl(old, "switchover", "--candidate", candidate.name)
     if result.returncode != 0:
         raise RuntimeError(f"switchover failed: {result.stderr}")
     new = cluster.wait_for_primary(60)
-    time.sleep(2)   # writes have resumed on the new primary for a while
+    harness.wait_until(lambda: streaming_walsenders(new) == 2, 120, "all members streaming", interval=0.05)
+    all_streaming = time.monotonic() - started
+    time.sleep(max(0.0, 2 - all_streaming))   # writes have resumed on the new primary for a while
     gap = client.longest_gap(since=started - 1)
     harness.wait_until(old.is_streaming, 120, f"{old.name} to rejoin", interval=0.1)
     present = {r[0] for r in new.sql("SELECT id FROM bench_writes")}
@@ -84,6 +123,7 @@ def switchover_run(cluster: harness.TestCluster, client: harness.WriteClient) ->
     return {"kind": "switchover", "old_leader": old.name, "new_leader": new.name,
             "failover_seconds": round(gap, 3),
             "rejoin_seconds": round(time.monotonic() - started, 3),   # from the command, as replica
+            "all_streaming_seconds": round(all_streaming, 3),
             "acknowledged_writes_lost": len(lost)}
 
 
@@ -104,15 +144,18 @@ def one_run(cluster: harness.TestCluster, client: harness.WriteClient, kind: str
     new = cluster.wait_for_primary(60)
     restarted = time.monotonic()
     old.start()
-    harness.wait_until(old.is_streaming, 120, f"{old.name} to rejoin", interval=0.1)
+    harness.wait_until(old.is_streaming, 120, f"{old.name} to rejoin", interval=0.05)
     rejoin = time.monotonic() - restarted
+    harness.wait_until(lambda: reports_streaming(old), 120, f"{old.name} to report streaming", interval=0.05)
+    rejoin_reported = time.monotonic() - restarted
     with client.lock:
         acked = {i for i, _began, _acked in client.acked}
     present = {r[0] for r in new.sql("SELECT id FROM bench_writes")}
     lost = sorted(acked - present)
     return {"kind": kind, "old_leader": old.name, "new_leader": new.name,
             "failover_seconds": round(failover, 3) if failover is not None else None,
-            "rejoin_seconds": round(rejoin, 3), "acknowledged_writes_lost": len(lost)}
+            "rejoin_seconds": round(rejoin, 3), "rejoin_reported_seconds": round(rejoin_reported, 3),
+            "acknowledged_writes_lost": len(lost)}
 
 
 def summary(values: List[float]) -> Dict[str, Optional[float]]:
@@ -153,9 +196,10 @@ def main() -> int:
     timing = {"loop_wait": args.loop_wait, "retry_timeout": args.retry_timeout,
               "synchronous_mode": args.synchronous_mode, "etcd": {"ttl": args.ttl, "api": args.etcd_api}}
     runs: List[Dict[str, object]] = []
+    boot: Dict[str, float] = {}
     try:
-        for name in ("node1", "node2", "node3"):
-            cluster.add(name, extra=timing)
+        boot = bootstrap_run(cluster, timing)
+        print(f"bootstrap: {json.dumps(boot)}", flush=True)
         primary = wait_healthy(cluster)
         primary.sql("CREATE TABLE bench_writes (id int PRIMARY KEY, at timestamptz DEFAULT now())")
         if args.haproxy_port:
@@ -200,9 +244,12 @@ def main() -> int:
         "summary": {
             kind: {
                 "failover_seconds": summary([r["failover_seconds"] for r in runs if r["kind"] == kind]),
-                "rejoin_seconds": summary([r["rejoin_seconds"] for r in runs if r["kind"] == kind]),
+                **{figure: summary([r.get(figure) for r in runs if r["kind"] == kind])
+                   for figure in ("rejoin_seconds", "rejoin_reported_seconds", "all_streaming_seconds")
+                   if any(figure in r for r in runs if r["kind"] == kind)},
                 "acknowledged_writes_lost": sum(r["acknowledged_writes_lost"] for r in runs if r["kind"] == kind),
             } for kind in kinds},
+        "bootstrap": boot,
         "idle": idle,
         "runs": runs,
     }

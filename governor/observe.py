@@ -143,10 +143,10 @@ def peer_status(api_url: str, cafile: Optional[str] = None, timeout: float = 1.0
 def settled(g: Governor) -> bool:
     """Whether a PostgreSQL that was just started, promoted or re-pointed has arrived: running,
     answering, and a primary or streaming. A cheap local look, no etcd."""
-    if not g.controller.is_running():
-        return False
     try:
+        if not g.controller.is_running():
+            return False
         st = g.server.state()
-    except psycopg2.Error:
+    except (psycopg2.Error, OSError):
         return False
     return st.role == "primary" or bool(st.receiving_from)

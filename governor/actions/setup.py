@@ -11,6 +11,7 @@ from governor import publish
 from governor.actions.base import ActionFailed
 from governor.dcs import DCSError
 from governor.ha import BOOTSTRAP_ATTEMPTS, Decision, LocalState
+from governor.observe import observe_local
 from governor.postgres import bootstrap as pgbootstrap
 from governor.postgres import datadir
 from governor.postgres.controller import ControllerError
@@ -41,9 +42,13 @@ def bootstrap(g: ActionHost, decision: Decision, local: LocalState) -> None:
             raise ActionFailed("a leader lock exists although the cluster was never initialized; "
                                "remove the stale keys of this scope")
         g.lock_taken(sent)
+        g.mem.settling = True      # the next pass (slots for the members already waiting) at once
         g.controller.start(g.pg.start_timeout)
         g.server.create_role(g.pg.replication.username, g.pg.replication.password, replication=True)
         sysid = g.server.state().sysid
+        # The others clone the moment `initialize` holds the system identifier (it wakes them):
+        # by then our member key must already say that we run as the primary.
+        publish.publish(g, observe_local(g))
         g.dcs.set_initialize(sysid)
         log.info("bootstrap: cluster initialized with system identifier %s; this member is the leader", sysid)
         g.mem.bootstrap_failures = 0
