@@ -42,6 +42,7 @@ log = logging.getLogger("governor")
 T = TypeVar("T")
 MAX_SLEEP = 300.0      # no sleep of the loop lasts longer, whatever a setting says
 SETTLE_POLL = 0.1      # how often a PostgreSQL that was just (re)started is looked at until it streams
+SETTLE_MAX = 60.0      # ... and for how long at most
 STEADY_ACTIONS = {Action.RENEW_LOCK, Action.ENSURE_SLOTS, Action.MANAGE_SYNC, Action.FOLLOW}
 
 
@@ -141,7 +142,7 @@ class Governor:
     def start_postgres(self, standby_of: Optional[tuple]) -> None:
         """Write the configuration for the given role and start; standby_of=None means primary."""
         self.prepare_files(standby_of)
-        self.mem.settling = True
+        self.mem.settle(time.monotonic())
         self.controller.start(self.pg.start_timeout, wait=standby_of is None)
 
     def lock_lost(self, keep_fence: bool = False) -> None:
@@ -252,7 +253,6 @@ class Governor:
             # Before a long action: the leader creates our replication slot only for a member it
             # sees in etcd, and a member key may have expired while this process was stopped.
             publish.publish(self, local)
-        self.mem.settling = False        # an executor that (re)starts or re-points PostgreSQL sets it
         ok = self.execute(decision, local)
         if request is not None:
             self.answer_request(request, decision, ok)
@@ -274,14 +274,14 @@ class Governor:
                 self.watcher = ChangeWatcher(from_config(self.config), self.wake)
                 self.watcher.start()
             self.watcher.watch(self.cluster.index, seconds)
-        while self.mem.settling and not self.stopping.is_set():
+        while self.mem.settling_since is not None and not self.stopping.is_set():
             # PostgreSQL was just started, promoted or pointed elsewhere: the next pass runs as soon
             # as it streams (or is primary), so /status and the member key say so within ~0.1 s.
             left = deadline - time.monotonic()
             if left <= 0 or self.wake.wait(min(SETTLE_POLL, left)):
                 return
-            if settled(self):
-                self.mem.settling = False
+            if settled(self) or time.monotonic() - self.mem.settling_since > SETTLE_MAX:
+                self.mem.settling_since = None
                 return
         self.wake.wait(max(0.0, deadline - time.monotonic()))
 

@@ -39,4 +39,8 @@ class NodeMemory:
     last_error: Optional[str] = None             # why the last failed action failed
     name_is_ours: bool = False                   # no other governor uses our member name
     sysid_cache: Optional[tuple] = None          # (pg_control stat, ControlData) of the stopped data directory
-    settling: bool = False                       # PostgreSQL was just started, promoted or re-pointed
+    settling_since: Optional[float] = None       # PostgreSQL was just started, promoted or re-pointed (monotonic)
+
+    def settle(self, now: float) -> None:
+        """Look at PostgreSQL often until it streams (or is primary): see Governor.sleep."""
+        self.settling_since = now

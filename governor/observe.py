@@ -142,11 +142,15 @@ def peer_status(api_url: str, cafile: Optional[str] = None, timeout: float = 1.0
 
 def settled(g: Governor) -> bool:
     """Whether a PostgreSQL that was just started, promoted or re-pointed has arrived: running,
-    answering, and a primary or streaming. A cheap local look, no etcd."""
+    answering, and a primary or streaming from the upstream it was just pointed at (right after
+    a re-point the WAL receiver of the old upstream may still show). A cheap local look, no etcd."""
     try:
         if not g.controller.is_running():
             return False
         st = g.server.state()
     except (psycopg2.Error, OSError):
         return False
-    return st.role == "primary" or bool(st.receiving_from)
+    if st.role == "primary":
+        return True
+    target = g.mem.conf_target
+    return bool(st.receiving_from) and (not target or st.receiving_from == f"{target[0]}:{target[1]}")

@@ -27,7 +27,7 @@ def start_as_leader(g: ActionHost, decision: Decision, local: LocalState) -> Non
     if g.fence.deadline is not None:
         wait = min(wait, g.fence.deadline - g.fence.margin - 1 - time.monotonic())
     log.info("starting PostgreSQL in place (this member holds the lock); waiting up to %.0fs", max(wait, 1.0))
-    g.mem.settling = True
+    g.mem.settle(time.monotonic())
     try:
         g.controller.start(max(wait, 1.0))
     except ControllerError as exc:
@@ -43,7 +43,7 @@ def restart(g: ActionHost, decision: Decision, local: LocalState) -> None:
     g.server.close()
     g.controller.stop("fast", timeout=max(30.0, g.pg.start_timeout))
     g.prepare_files(standby_of)
-    g.mem.settling = True
+    g.mem.settle(time.monotonic())
     g.controller.start(g.pg.start_timeout)
     log.info("restart: PostgreSQL is running again as %s", local.role)
 
@@ -54,5 +54,5 @@ def follow(g: ActionHost, decision: Decision, local: LocalState) -> None:
         return  # the leader has not published its address yet
     if g.write_conf(standby_of=target):
         g.controller.reload()
-        g.mem.settling = True
+        g.mem.settle(time.monotonic())
         log.info("now following %s", f"{decision.leader} at {target[0]}:{target[1]}" if target else "nobody")

@@ -42,7 +42,7 @@ def bootstrap(g: ActionHost, decision: Decision, local: LocalState) -> None:
             raise ActionFailed("a leader lock exists although the cluster was never initialized; "
                                "remove the stale keys of this scope")
         g.lock_taken(sent)
-        g.mem.settling = True      # the next pass (slots for the members already waiting) at once
+        g.mem.settle(time.monotonic())      # the next pass (slots for the members already waiting) at once
         g.controller.start(g.pg.start_timeout)
         g.server.create_role(g.pg.replication.username, g.pg.replication.password, replication=True)
         sysid = g.server.state().sysid
