@@ -43,6 +43,7 @@ T = TypeVar("T")
 MAX_SLEEP = 300.0      # no sleep of the loop lasts longer, whatever a setting says
 SETTLE_POLL = 0.1      # how often a PostgreSQL that was just (re)started is looked at until it streams
 SETTLE_MAX = 60.0      # ... and for how long at most
+SYNC_POLL = 1.0        # how often a leader looks at the synchronous standbys its commits wait for
 STEADY_ACTIONS = {Action.RENEW_LOCK, Action.ENSURE_SLOTS, Action.MANAGE_SYNC, Action.FOLLOW}
 
 
@@ -274,16 +275,34 @@ class Governor:
                 self.watcher = ChangeWatcher(from_config(self.config), self.wake)
                 self.watcher.start()
             self.watcher.watch(self.cluster.index, seconds)
-        while self.mem.settling_since is not None and not self.stopping.is_set():
-            # PostgreSQL was just started, promoted or pointed elsewhere: the next pass runs as soon
-            # as it streams (or is primary), so /status and the member key say so within ~0.1 s.
+        while not self.stopping.is_set():
+            poll = self._local_poll()
             left = deadline - time.monotonic()
-            if left <= 0 or self.wake.wait(min(SETTLE_POLL, left)):
-                return
-            if settled(self) or time.monotonic() - self.mem.settling_since > SETTLE_MAX:
-                self.mem.settling_since = None
+            if poll is None or left <= 0:
+                break
+            if self.wake.wait(min(poll, left)) or self._local_change():
                 return
         self.wake.wait(max(0.0, deadline - time.monotonic()))
+
+    def _local_poll(self) -> Optional[float]:
+        """How often to look at the local PostgreSQL while sleeping; None: not at all.
+        Just started, promoted or re-pointed: every 0.1 s until it streams, so /status and the
+        member key say so at once. A leader whose commits wait for standbys: every second, so a
+        lost synchronous standby is replaced within about a second, not at the next loop."""
+        if self.mem.settling_since is not None:
+            return SETTLE_POLL
+        if self.mem.holds_lock and self.syncrep.watches_standbys():
+            return SYNC_POLL
+        return None
+
+    def _local_change(self) -> bool:
+        """Whether what _local_poll watches has changed: the next pass runs at once."""
+        if self.mem.settling_since is not None:
+            if settled(self) or time.monotonic() - self.mem.settling_since > SETTLE_MAX:
+                self.mem.settling_since = None
+                return True
+            return False
+        return self.syncrep.standby_lost()
 
     def request_stop(self, signum: int = signal.SIGTERM, frame: object = None) -> None:
         self.stopping.set()

@@ -27,6 +27,7 @@ class SyncManager:
         self.names: Optional[str] = None            # its value; None: not managed (mode off)
         self.switch_lsn: Optional[int] = None       # our position when PostgreSQL took `applied`
         self.promoted_at: Optional[float] = None    # monotonic time of our promotion
+        self.lost: frozenset = frozenset()          # synchronous standbys seen not streaming
 
     @property
     def grace(self) -> float:
@@ -43,6 +44,7 @@ class SyncManager:
         self.applied = None
         self.switch_lsn = None
         self.promoted_at = None
+        self.lost = frozenset()
         self.names = "" if self.mode != "off" else None
 
     def eligible(self, cluster: Cluster, standbys: List[Standby]) -> List[Standby]:
@@ -150,7 +152,25 @@ class SyncManager:
             log.info("synchronous replication: %s received everything at shutdown; promise: %s",
                      ", ".join(names), sync.describe(handed))
 
-    def streaming_names(self) -> List[str]:
+    def watches_standbys(self) -> bool:
+        """Whether commits here wait for standbys: the leader then looks at them between passes."""
+        return self.mode != "off" and self.applied is not None and bool(self.applied.members)
+
+    def standby_lost(self) -> bool:
+        """A standby that commits wait for stopped streaming (or replying) since the last look:
+        the loop runs a pass at once instead of at the next loop_wait."""
+        try:
+            streaming = set(self.streaming_names(strict=True))
+        except Exception:  # noqa: BLE001 - the pass that follows looks again
+            return False
+        lost = frozenset(m for m in (self.applied.members if self.applied else ()) if m not in streaming)
+        changed = bool(lost) and lost != self.lost
+        self.lost = lost
+        return changed
+
+    def streaming_names(self, strict: bool = False) -> List[str]:
+        if strict:
+            return [s.name for s in self.connected() if s.streaming]
         try:
             return [s.name for s in self.connected() if s.streaming]
         except Exception:  # noqa: BLE001 - best effort before a shutdown

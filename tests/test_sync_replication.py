@@ -222,3 +222,37 @@ def test_a_clean_stop_right_after_a_switchover_hands_over_at_once(make_cluster):
                        "another member to take over")
     assert "received everything at shutdown" in new.log_text()
     print(f"{taken} took over {time.monotonic() - stopped:.1f}s after the clean stop began")
+
+
+def test_a_synchronous_standby_that_stops_replying_is_replaced_within_seconds_not_a_loop(make_cluster):
+    """The synchronous standby's WAL receiver hangs (SIGSTOP: its connection stays open, so the
+    leader's WAL sender shows it streaming until wal_sender_timeout, 60 s; its governor runs on
+    and keeps its member key). Commits must move to the other streaming standby within seconds,
+    well inside one loop_wait: the leader watches its synchronous standbys between passes."""
+    slow = {"loop_wait": 20, "retry_timeout": 5, "etcd": {"ttl": 30}, "synchronous_mode": "on"}
+    c = make_cluster("sync-hang")
+    for name in ("node1", "node2", "node3"):
+        c.add(name, extra=slow)
+    leader = c.wait_for_primary(90)
+    others = [n for n in c.nodes.values() if n is not leader]
+    c.wait_for_streaming([n.name for n in others], 90)
+    leader.sql("CREATE TABLE acks (id int PRIMARY KEY)")
+    wait_until(lambda: settled_on(c, leader, [n.name for n in others]), 60, "a settled sync promise")
+    sync_name = promise(c)["members"][0]
+    standby = c.nodes[sync_name]
+    other = next(n for n in others if n is not standby)
+    receiver = standby.sql("SELECT pid FROM pg_stat_wal_receiver")[0][0]
+    os.kill(receiver, signal.SIGSTOP)
+    try:
+        hung_at = time.monotonic()
+        write = insert_in_background(leader, 1)
+        assert write.done.wait(12), "a commit still waits for the hung synchronous standby after 12 s"
+        took = time.monotonic() - hung_at
+        print(f"commit completed {took:.1f}s after the synchronous standby hung (loop_wait 20)")
+        assert leader.sql("SHOW synchronous_standby_names")[0][0] == f'FIRST 1 ("{other.name}")'
+        wait_until(lambda: other.sql("SELECT count(*) FROM acks WHERE id = 1") == [(1,)], 10,
+                   f"the commit on {other.name}")
+        # The promise names the new synchronous standby (and, until it narrows, the hung one too).
+        assert other.name in promise(c)["members"]
+    finally:
+        os.kill(receiver, signal.SIGCONT)

@@ -5,6 +5,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+import psycopg2
+
 from governor import slots
 from governor.actions.base import ActionFailed
 from governor.ha import Decision, LocalState
@@ -31,6 +33,23 @@ def ensure_slots(g: ActionHost, decision: Decision, local: LocalState) -> None:
         g.server.drop_slot(slot)
         log.info("dropped replication slot %s: no member has used it for %ss (member_slots_ttl)", slot, int(orphaned))
     g.mem.orphan_slots = todo.orphan_since
+
+
+def create_member_slots(g: ActionHost) -> None:
+    """Just before a promotion, still a standby: the other members' slots, so that a replica
+    that follows the new leader the moment the lock changes finds its slot (a slot being
+    created is held by the creating session: a WAL receiver that meets it then can lose many
+    seconds). Best effort: the promotion never waits on it; ensure_slots follows."""
+    if g.cluster is None:
+        return
+    try:
+        existing = g.server.replication_slots()
+        for slot in sorted(slots.wanted_slots(g.cluster.members, g.name) - set(existing)):
+            g.server.create_physical_slot(slot)
+            log.info("created replication slot %s before promoting", slot)
+    except psycopg2.Error as exc:
+        log.warning("could not create the replicas' slots before promoting (%s); creating them after",
+                    str(exc).strip())
 
 
 def ensure_roles(g: ActionHost) -> None:

@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Optional
 
 from governor.actions.base import ActionFailed
+from governor.actions.leader import create_member_slots
 from governor.dcs import DCSError
 from governor.ha import Decision, LocalState
 from governor.postgres import bootstrap as pgbootstrap
@@ -35,6 +36,7 @@ def promote(g: ActionHost, decision: Decision, local: LocalState) -> None:
             g.syncrep.before_promote(g.cluster)
         except PromiseNotWritten as exc:
             raise ActionFailed(f"not promoting: {exc}") from exc
+    create_member_slots(g)
     if not g.server.promote():
         raise ActionFailed("pg_promote() did not finish in time")
     g.write_conf(standby_of=None)

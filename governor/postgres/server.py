@@ -95,9 +95,16 @@ class Server:
 
     def replication(self) -> List[tuple]:
         """On a primary: (application_name, state, sync_state, lag in bytes behind our position,
-        flushed position)."""
+        flushed position). A standby that has not replied for three of its status intervals
+        (wal_receiver_status_interval, at least 1 s; its connection may stay open for
+        wal_sender_timeout) is 'unresponsive', not 'streaming': commits waiting for it stall."""
         return self.query("""
-            SELECT application_name, state, sync_state,
+            SELECT application_name,
+                   CASE WHEN state = 'streaming' AND current_setting('wal_receiver_status_interval') <> '0'
+                             AND reply_time < now() - 3 * greatest(
+                                 current_setting('wal_receiver_status_interval')::interval, interval '1 s')
+                        THEN 'unresponsive' ELSE state END,
+                   sync_state,
                    (pg_current_wal_lsn() - coalesce(replay_lsn, flush_lsn, write_lsn, sent_lsn))::bigint,
                    (flush_lsn - '0/0')::bigint
               FROM pg_stat_replication ORDER BY application_name""")
