@@ -206,7 +206,8 @@ class World:
         names = list(self.members)
         while t < self.duration - 20:
             t += self.plan_rng.uniform(0.5, 8.0)
-            kind = self.plan_rng.choice(["crash", "freeze", "cut", "stall", "stop", "switchover", "cut_all", "slow"])
+            kind = self.plan_rng.choice(["crash", "freeze", "cut", "stall", "stop", "switchover", "cut_all", "slow",
+                                         "pause"])
             who = self.plan_rng.choice(names)
             if self.plan_rng.random() < 0.5:      # the leader is the interesting target: resolved when it happens
                 who = LEADER
@@ -227,6 +228,10 @@ class World:
                 if leader:
                     self.etcd.put(self.now, "failover", f"{leader}>{self.rng.choice(others)}", 60)
                 self.note(f"switchover requested from {leader}")
+                continue
+            if kind == "pause":
+                self.etcd.put(self.now, "pause", "true", length)    # governorctl pause, resumed after `length`
+                self.note(f"maintenance mode for {length}s")
                 continue
             if kind == "cut_all":
                 for m in self.members.values():
@@ -342,7 +347,7 @@ class World:
         return Cluster(initialize=SYSID, leader=Leader(leader.value, leader.revision) if leader else None, sync=sync,
                        members=tuple(sorted(members, key=lambda x: x.name)),
                        leader_lsn=int(optime.value) if optime else None, index=e.revision, switchover=switchover,
-                       history=self.history)
+                       history=self.history, paused="pause" in live)
 
     def _publish(self, m: MemberState) -> None:
         pg = m.pg
@@ -565,7 +570,7 @@ class World:
 
     def describe_faults(self) -> str:
         return "; ".join(line for line in self.log if any(k in line for k in (
-            "crash", "freeze", "cut", "stall", "stop", "switchover", "unreachable", "slow"))) or "none"
+            "crash", "freeze", "cut", "stall", "stop", "switchover", "unreachable", "slow", "maintenance"))) or "none"
 
 
 def fails(seed: int, rules: Rules, faults: List[Tuple[float, str, str, float]]) -> Optional[str]:
