@@ -6,8 +6,9 @@ import logging
 import os
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
+from governor.cluster import Cluster
 from governor.dcs import DCSError
 from governor.postgres.controller import ControllerError
 
@@ -18,6 +19,7 @@ log = logging.getLogger("governor")
 
 RESTART_MARKER = "restart-keep-postgres"
 RESTART_MARKER_MAX_AGE = 120.0
+HANDOVER_WAIT = 5.0    # seconds a clean stop waits for a standby to stream when it must hand over
 
 
 def consume_restart_marker(max_age: float) -> bool:
@@ -45,7 +47,10 @@ def shutdown(g: Governor) -> None:
     # Health checks fail from now on, so load balancers stop sending new sessions here.
     g.board.set(replace(g.board.get(), state="stopping", holds_lock=False, lock_deadline=None))
     log.info("shutting down: stopping PostgreSQL")
-    streamed = g.syncrep.streaming_names() if g.mem.holds_lock else []
+    # Right after a promotion the standbys may still be re-pointing: wait briefly for them, so
+    # the hand-over below can name them (HANDOVER_WAIT).
+    cluster = fresh_cluster(g) if g.mem.holds_lock else None
+    streamed = g.syncrep.streaming_standbys(cluster, HANDOVER_WAIT) if g.mem.holds_lock else []
     try:
         g.controller.stop("fast", timeout=max(30.0, g.pg.start_timeout))
     except ControllerError as exc:
@@ -58,7 +63,7 @@ def shutdown(g: Governor) -> None:
     g.server.close()
     if g.mem.holds_lock:
         try:
-            g.syncrep.hand_over(g.cluster, streamed)
+            g.syncrep.hand_over(cluster, streamed)
         except DCSError as exc:
             log.warning("could not update the sync key: %s", exc)
         g.give_up_lock()
@@ -73,6 +78,16 @@ def shutdown(g: Governor) -> None:
     if g.metrics:
         g.metrics.stop()
     log.info("governor stopped")
+
+
+def fresh_cluster(g: Governor) -> Optional[Cluster]:
+    """The cluster as etcd holds it now: a stop may come right after a promotion, whose own
+    promise the last pass's snapshot does not show yet."""
+    try:
+        return g.dcs.get_cluster()
+    except DCSError as exc:
+        log.warning("could not read etcd before stopping (%s); using the last pass's view", exc)
+        return g.cluster
 
 
 def stop_for_restart(g: Governor) -> None:

@@ -140,8 +140,7 @@ class SyncManager:
         stopped member, hold every acknowledged commit. Say so before the lock is released, or
         a promise naming this member would keep the others from taking over."""
         promise = cluster.sync if cluster is not None else None
-        if self.mode == "off" or promise is None or promise.leader != self.gov.name \
-                or not promise.synchronous or self.gov.name not in promise.members:
+        if promise is None or not self.needs_hand_over(cluster):
             return
         members = {m.name for m in cluster.members if not m.tags.get("nosync")}
         names = tuple(sorted(n for n in streamed if n in members and n != self.gov.name))
@@ -151,6 +150,23 @@ class SyncManager:
         if self.gov.dcs.set_sync(handed, promise.index):
             log.info("synchronous replication: %s received everything at shutdown; promise: %s",
                      ", ".join(names), sync.describe(handed))
+
+    def needs_hand_over(self, cluster: Optional[Cluster]) -> bool:
+        """Whether our promise names this member itself (just after a promotion): its clean stop
+        must then hand over to standbys that streamed to the end, or nobody may take over."""
+        promise = cluster.sync if cluster is not None else None
+        return self.mode != "off" and promise is not None and promise.leader == self.gov.name \
+            and promise.synchronous and self.gov.name in promise.members
+
+    def streaming_standbys(self, cluster: Optional[Cluster], wait: float) -> List[str]:
+        """The standbys streaming now; when a hand-over is needed and none streams yet (a stop
+        right after a promotion, while they re-point), wait up to `wait` seconds for them."""
+        deadline = time.monotonic() + wait
+        while True:
+            names = self.streaming_names()
+            if names or not self.needs_hand_over(cluster) or time.monotonic() >= deadline:
+                return names
+            time.sleep(0.1)
 
     def watches_standbys(self) -> bool:
         """Whether commits here wait for standbys: the leader then looks at them between passes."""

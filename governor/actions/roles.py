@@ -12,6 +12,7 @@ from governor.dcs import DCSError
 from governor.ha import Decision, LocalState
 from governor.postgres import bootstrap as pgbootstrap
 from governor.postgres.controller import ControllerError
+from governor.shutdown import HANDOVER_WAIT
 from governor.syncrep import PromiseNotWritten
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ def step_down(g: ActionHost, decision: Decision, local: LocalState) -> None:
     WAL up to the shutdown checkpoint; only then is the lock released for the candidate."""
     log.warning("switchover: %s", decision.message)
     g.mem.rewind_pending = True
-    streamed = g.syncrep.streaming_names()
+    streamed = g.syncrep.streaming_standbys(g.cluster, HANDOVER_WAIT)
     g.controller.stop("fast", timeout=max(30.0, g.pg.start_timeout))
     g.server.close()
     try:
