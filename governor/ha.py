@@ -168,14 +168,17 @@ def _candidate_caught_up(cluster: Cluster, switchover: Switchover, local: LocalS
     """A switchover's candidate takes the lock without racing because its leader stopped only
     once the candidate had all of its WAL. When the leader lost its lock some other way (an etcd
     outage, a crash) that promise is void: the candidate is then trusted only within
-    maximum_lag_on_failover of the last published position (in synchronous mode not at all: the
-    race's promise rules decide). A manual failover (no leader in the request) is the operator's
-    explicit choice and always honoured."""
+    maximum_lag_on_failover of the last published position (in synchronous mode only when the
+    promise says it holds every commit; otherwise the race's promise rules decide). A manual
+    failover (no leader in the request) is the operator's explicit choice and always honoured."""
     if switchover.leader is None:
         return True
     promise = cluster.sync
     if promise is not None and promise.synchronous and promise.leader != local.name:
-        return False   # synchronous mode: only the promise can tell who has every acknowledged commit
+        # Synchronous mode: only the promise can tell who has every acknowledged commit. A leader
+        # that stepped down cleanly names the standbys that streamed to the end, each of which
+        # has every commit (quorum = all of them): a candidate among those is caught up.
+        return switchover.candidate in promise.members and promise.quorum >= len(promise.members)
     if switchover.candidate == local.name:
         lsn = common_position(local.timeline, local.lsn, cluster.history)
     else:

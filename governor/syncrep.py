@@ -136,17 +136,18 @@ class SyncManager:
 
     def hand_over(self, cluster: Optional[Cluster], streamed: List[str]) -> None:
         """After a clean shutdown of the leader: the standbys that were streaming have received
-        every bit of WAL (PostgreSQL's fast shutdown waits for that), so they, and not this
-        stopped member, hold every acknowledged commit. Say so before the lock is released, or
-        a promise naming this member would keep the others from taking over."""
+        every bit of WAL (PostgreSQL's fast shutdown waits for that), so each of them, and not
+        this stopped member, holds every acknowledged commit. Say so before the lock is released:
+        a promise naming this member would keep the others from taking over, and one naming
+        only the synchronous standby would keep a switchover's other candidate from it."""
         promise = cluster.sync if cluster is not None else None
-        if promise is None or not self.needs_hand_over(cluster):
+        if self.mode == "off" or promise is None or promise.leader != self.gov.name or not promise.synchronous:
             return
         members = {m.name for m in cluster.members if not m.tags.get("nosync")}
         names = tuple(sorted(n for n in streamed if n in members and n != self.gov.name))
         if not names:
             return
-        handed = SyncState(self.gov.name, names, 1)
+        handed = SyncState(self.gov.name, names, len(names))   # each of them has every commit
         if self.gov.dcs.set_sync(handed, promise.index):
             log.info("synchronous replication: %s received everything at shutdown; promise: %s",
                      ", ".join(names), sync.describe(handed))

@@ -268,3 +268,19 @@ def test_positions_on_an_old_timeline_count_up_to_its_switch_point():
     snapshot = Cluster(initialize=SYSID, leader=None, leader_lsn=5200, history=history)
     decision = ha.decide(snapshot, local(lsn=5100, timeline=1))
     assert decision.case == "race_not_eligible_lag" and "lag 4200 bytes" in decision.message
+
+
+def test_in_synchronous_mode_a_switchover_candidate_takes_over_only_when_the_promise_says_it_has_everything():
+    """A leader that stepped down cleanly names every standby that streamed to the end, with a
+    quorum of all of them: its candidate takes the lock and the other defers. A promise that only
+    says "one of them" (a leader that lost its lock otherwise) leaves it to the race's rules."""
+    others = (member("node2", lsn=100), member("node3", lsn=100))
+    handed = Cluster(initialize=SYSID, leader=None, members=others, leader_lsn=100,
+                     switchover=Switchover(leader="node9", candidate=ME, requested_at=0),
+                     sync=SyncState("node9", (ME, "node3"), 2))
+    assert ha.decide(handed, local(lsn=100)).case == "switchover_take_over"
+    assert ha.decide(handed, replace(local(lsn=100), name="node3")).case == "switchover_defer"
+    one_of = replace(handed, sync=SyncState("node9", (ME, "node3"), 1))
+    assert ha.decide(one_of, local(lsn=100)).case != "switchover_take_over"
+    outside = replace(handed, sync=SyncState("node9", ("node3",), 1))
+    assert ha.decide(outside, local(lsn=100)).case == "race_not_synchronous"

@@ -232,19 +232,25 @@ def test_a_clean_stop_right_after_a_switchover_hands_over_at_once(make_cluster):
 
 
 def test_a_clean_stop_the_moment_a_switchover_returns_still_hands_over(make_cluster):
-    """The new leader is stopped as soon as `governorctl switchover` returns, while the others
-    are still re-pointing to it: its promise names only itself among the streaming, so without
-    a hand-over nobody may take over until it returns. The stop waits briefly for them."""
+    """A switchover to the standby the sync promise does not name, then the new leader is stopped
+    as soon as `governorctl switchover` returns, while the others are still re-pointing to it:
+    its promise names itself, so without a hand-over nobody may take over until it returns. The
+    stop waits briefly for them, then hands over."""
     c = make_cluster("sync-stop-now")
     for name in ("node1", "node2", "node3"):
         c.add(name, extra={"loop_wait": 10, "retry_timeout": 5, "etcd": {"ttl": 30}, "synchronous_mode": "on",
                            "restapi": {"username": "admin", "password": "api-Secret-9"}})
     old = c.wait_for_primary(90)
-    c.wait_for_streaming([n for n in c.nodes if n != old.name], 90)
-    new = next(n for n in c.nodes.values() if n is not old)
+    others = [n for n in c.nodes if n != old.name]
+    c.wait_for_streaming(others, 90)
+    wait_until(lambda: settled_on(c, old, others), 60, "a settled sync promise")
+    # The candidate is the standby the promise does not name: the leader's step-down must hand
+    # over to every standby that streamed to the end, or the candidate may not take the lock.
+    new = next(c.nodes[n] for n in others if n not in promise(c)["members"])
     wait_until(lambda: all(m["state"] == "running" for m in old.api("/cluster")[1]["members"]), 20,
                "the leader to see every member running")
-    assert governorctl(old, "switchover", "--candidate", new.name).returncode == 0
+    result = governorctl(old, "switchover", "--candidate", new.name)
+    assert result.returncode == 0, result.stderr
     stopped = time.monotonic()
     assert new.stop() == 0
     taken = wait_until(lambda: c.leader_name() not in (None, new.name) and c.leader_name(), 30,
