@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -25,13 +26,26 @@ if _hypothesis_settings is not None:
 _scope_numbers = itertools.count(1)
 
 
+def _live_processes_naming(path: str, settle: float = 10.0) -> list:
+    """Processes whose command line names `path` and that are still alive after `settle` seconds.
+    A process killed a moment ago may still show as a zombie (empty command line) until the
+    reaper thread collects it: that one has exited, it is not left behind."""
+    deadline = time.monotonic() + settle
+    while True:
+        found = subprocess.run(["pgrep", "-f", path], capture_output=True, text=True).stdout.split()
+        alive = [p for p in found if not harness.process_gone(int(p))]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def base_dir(request):
     harness.become_subreaper()
     path = harness.new_base_dir()
     yield path
     harness.stop_all_processes()
-    leftovers = subprocess.run(["pgrep", "-f", path], capture_output=True, text=True).stdout.split()
+    leftovers = _live_processes_naming(path)
     if getattr(request.config, "_governor_failed", False):
         print(f"\nkept test files for inspection: {path}")
     else:
