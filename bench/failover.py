@@ -66,31 +66,16 @@ def idle_cost(etcd: harness.Etcd, nodes: int, seconds: float) -> Dict[str, float
     return {f"{k}_per_second_per_node": round((after[k] - before[k]) / seconds / nodes, 2) for k in before}
 
 
-def streaming_walsenders(node: harness.Node) -> int:
-    try:
-        return node.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")[0][0]
-    except Exception:  # noqa: BLE001 - not up yet, or not the primary any more
-        return 0
-
-
-def reports_streaming(node: harness.Node) -> bool:
-    try:
-        code, body = node.api("/status")
-    except OSError:
-        return False
-    return code == 200 and bool(body) and body.get("role") == "replica" and bool(body.get("streaming"))
-
-
 def bootstrap_run(cluster: harness.TestCluster, timing: dict) -> Dict[str, float]:
     """Three governors started at once on empty data directories."""
     started = time.monotonic()
     for name in ("node1", "node2", "node3"):
         cluster.add(name, extra=timing)
     primary = cluster.wait_for_primary(120)
-    harness.wait_until(lambda: streaming_walsenders(primary) == 2, 120, "two streaming walsenders", interval=0.05)
+    harness.wait_until(lambda: primary.streaming_walsenders() == 2, 120, "two streaming walsenders", interval=0.05)
     at_postgres = time.monotonic() - started
     replicas = [n for n in cluster.nodes.values() if n is not primary]
-    harness.wait_until(lambda: all(reports_streaming(n) for n in replicas), 120, "replicas to report streaming",
+    harness.wait_until(lambda: all(n.reports_streaming() for n in replicas), 120, "replicas to report streaming",
                        interval=0.05)
     return {"bootstrap_seconds": round(at_postgres, 3), "bootstrap_reported_seconds":
             round(time.monotonic() - started, 3)}
@@ -106,14 +91,14 @@ def switchover_run(cluster: harness.TestCluster, client: harness.WriteClient) ->
     old = wait_healthy(cluster)
     candidate = next(n for n in cluster.nodes.values() if n is not old)
     # governorctl refuses a candidate whose /status does not say streaming: wait for it to say so
-    harness.wait_until(lambda: reports_streaming(candidate), 60, f"{candidate.name} to report streaming")
+    harness.wait_until(lambda: candidate.reports_streaming(), 60, f"{candidate.name} to report streaming")
     time.sleep(2)
     started = time.monotonic()
     result = harness.governorctl(old, "switchover", "--candidate", candidate.name)
     if result.returncode != 0:
         raise RuntimeError(f"switchover failed: {result.stderr}")
     new = cluster.wait_for_primary(60)
-    harness.wait_until(lambda: streaming_walsenders(new) == 2, 120, "all members streaming", interval=0.05)
+    harness.wait_until(lambda: new.streaming_walsenders() == 2, 120, "all members streaming", interval=0.05)
     all_streaming = time.monotonic() - started
     time.sleep(max(0.0, 2 - all_streaming))   # writes have resumed on the new primary for a while
     gap = client.longest_gap(since=started - 1)
@@ -146,7 +131,7 @@ def one_run(cluster: harness.TestCluster, client: harness.WriteClient, kind: str
     old.start()
     harness.wait_until(old.is_streaming, 120, f"{old.name} to rejoin", interval=0.05)
     rejoin = time.monotonic() - restarted
-    harness.wait_until(lambda: reports_streaming(old), 120, f"{old.name} to report streaming", interval=0.05)
+    harness.wait_until(lambda: old.reports_streaming(), 120, f"{old.name} to report streaming", interval=0.05)
     rejoin_reported = time.monotonic() - restarted
     with client.lock:
         acked = {i for i, _began, _acked in client.acked}

@@ -456,6 +456,21 @@ class Node:
         except psycopg2.Error:
             return None
 
+    def streaming_walsenders(self) -> int:
+        """WAL senders of this server in state streaming (0 when it does not answer)."""
+        try:
+            return self.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")[0][0]
+        except psycopg2.Error:
+            return 0
+
+    def reports_streaming(self) -> bool:
+        """Whether governor's own /status says this member is a replica that streams."""
+        try:
+            code, body = self.api("/status")
+        except OSError:
+            return False
+        return code == 200 and bool(body) and body.get("role") == "replica" and bool(body.get("streaming"))
+
     def is_streaming(self) -> bool:
         try:
             rows = self.sql("SELECT status FROM pg_stat_wal_receiver")

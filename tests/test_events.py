@@ -17,21 +17,6 @@ SLOW_LOOP = {"loop_wait": 30, "retry_timeout": 10, "etcd": {"ttl": 60}}
 WITHIN = 15.0   # seconds: half a loop
 
 
-def streaming_walsenders(node: harness.Node) -> int:
-    try:
-        return node.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")[0][0]
-    except Exception:  # noqa: BLE001 - not up yet, or no longer primary
-        return 0
-
-
-def reports_streaming(node: harness.Node) -> bool:
-    try:
-        code, body = node.api("/status")
-    except OSError:
-        return False
-    return code == 200 and bool(body) and body.get("role") == "replica" and bool(body.get("streaming"))
-
-
 def test_bootstrap_rejoin_and_switchover_do_not_wait_for_the_loop(make_cluster):
     cluster = make_cluster("ev")
     started = time.monotonic()
@@ -40,9 +25,9 @@ def test_bootstrap_rejoin_and_switchover_do_not_wait_for_the_loop(make_cluster):
     primary = cluster.wait_for_primary(60)
     # Replicas clone as soon as `initialize` is written; the leader makes their slots as soon as
     # their member keys appear; each reports streaming as soon as it streams.
-    wait_until(lambda: streaming_walsenders(primary) == 2, 60, "two streaming replicas", interval=0.1)
+    wait_until(lambda: primary.streaming_walsenders() == 2, 60, "two streaming replicas", interval=0.1)
     replicas = [n for n in cluster.nodes.values() if n is not primary]
-    wait_until(lambda: all(reports_streaming(n) for n in replicas), 60, "replicas to report streaming",
+    wait_until(lambda: all(n.reports_streaming() for n in replicas), 60, "replicas to report streaming",
                interval=0.1)
     took = time.monotonic() - started
     assert took < 20, f"bootstrap to three reporting members took {took:.1f}s with loop_wait 30"
@@ -53,7 +38,7 @@ def test_bootstrap_rejoin_and_switchover_do_not_wait_for_the_loop(make_cluster):
     assert replica.proc.wait(60) == 0
     restarted = time.monotonic()
     replica.start()
-    wait_until(lambda: reports_streaming(replica), 60, f"{replica.name} to report streaming", interval=0.1)
+    wait_until(lambda: replica.reports_streaming(), 60, f"{replica.name} to report streaming", interval=0.1)
     took = time.monotonic() - restarted
     assert took < WITHIN, f"{replica.name} reported streaming {took:.1f}s after its restart"
 
@@ -63,11 +48,11 @@ def test_bootstrap_rejoin_and_switchover_do_not_wait_for_the_loop(make_cluster):
     asked = time.monotonic()
     result = harness.governorctl(primary, "switchover", "--candidate", candidate.name, "--wait", "30")
     assert result.returncode == 0, result.stderr
-    wait_until(lambda: streaming_walsenders(candidate) == 2, 60, "both others to stream from the new primary",
+    wait_until(lambda: candidate.streaming_walsenders() == 2, 60, "both others to stream from the new primary",
                interval=0.1)
     all_streaming = time.monotonic() - asked
     followers = [n for n in cluster.nodes.values() if n is not candidate]
-    wait_until(lambda: all(reports_streaming(n) for n in followers), 60, "the others to report streaming",
+    wait_until(lambda: all(n.reports_streaming() for n in followers), 60, "the others to report streaming",
                interval=0.1)
     reported = time.monotonic() - asked
     assert all_streaming < WITHIN, f"all members streaming {all_streaming:.1f}s after the switchover command"
