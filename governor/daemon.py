@@ -33,7 +33,7 @@ from governor.shutdown import RESTART_MARKER, consume_restart_marker  # noqa: F4
 from governor.status import NodeStatus, StatusBoard
 from governor.syncrep import SyncManager
 from governor.systemd import Notifier
-from governor.wakeups import ChangeWatcher, OnChange, OperatorRequest
+from governor.wakeups import OnChange, OperatorRequest
 from governor.watchdog import Watchdog
 
 log = logging.getLogger("governor")
@@ -61,7 +61,7 @@ class Governor:
         self.server = Server(self.pg)
         self.stopping = threading.Event()
         self.wake = threading.Event()
-        self.watcher: Optional[ChangeWatcher] = None
+        self.watching: Optional[DCS] = None      # the adapter whose watch wakes self.wake
         self.once = OnChange()
         self.cluster: Optional[Cluster] = None
         self.mem = NodeMemory()
@@ -164,7 +164,7 @@ class Governor:
         # etcd starts the TTL when it applies the write, which is after we sent it: counting from
         # the send time errs on the safe side.
         self.mem.holds_lock = True
-        self.mem.lock_deadline = sent + self.config.etcd.ttl
+        self.mem.lock_deadline = self.dcs.lock_expires(sent, self.config.etcd.ttl)
         self.fence.arm(self.mem.lock_deadline)
         if not self.watchdog.keepalive(self.mem.lock_deadline, max(0.5, self.fence.margin / 4)):
             # watchdog.mode required and the device cannot be armed: no leading without it.
@@ -270,11 +270,9 @@ class Governor:
             return
         deadline = time.monotonic() + seconds
         self.wake.clear()
-        if self.cluster is not None:
-            if self.watcher is None:
-                self.watcher = ChangeWatcher(from_config(self.config), self.wake)
-                self.watcher.start()
-            self.watcher.watch(self.cluster.index, seconds)
+        if self.cluster is not None and self.watching is not self.dcs:
+            if self.dcs.keep_watching(self.wake):
+                self.watching = self.dcs
         while not self.stopping.is_set():
             poll = self._local_poll()
             left = deadline - time.monotonic()

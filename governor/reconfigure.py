@@ -73,7 +73,6 @@ def switch_etcd(g: Governor, new: Config) -> Config:
     g.dcs = make_dcs(new_etcd, new.retry_timeout)
     g.mem.published_lsn = None     # the new store has not heard our position yet
     g.dcs.observer = old_dcs.observer
-    g.watcher = None            # the old one waits on the old store; a new one starts on demand
     if g.controls is not None:
         g.controls.reset()
     old_dcs.close()

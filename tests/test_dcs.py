@@ -10,6 +10,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -112,16 +113,19 @@ def test_members_and_leader_position(adapter, scope):
 def test_watch_wakes_on_leader_change(adapter, scope):
     a, b = adapter(scope), adapter(scope)
     a.acquire_leader("node-a")
-    index = b.get_cluster().index
+    b.get_cluster()
+    wake = threading.Event()
+    assert b.keep_watching(wake)
     timer = threading.Timer(0.5, lambda: a.release_leader("node-a"))
     timer.start()
     started = time.monotonic()
-    assert b.wait_for_change(index, 5) is True
+    assert wake.wait(5) is True
     assert time.monotonic() - started < 2
-    index = b.get_cluster().index
+    wake.clear()
+    b.get_cluster()
     started = time.monotonic()
-    assert b.wait_for_change(index, 1) is False
-    assert 0.9 < time.monotonic() - started < 2
+    assert wake.wait(1) is False
+    b.close()
 
 
 def test_watch_wakes_on_what_members_act_on_and_not_on_heartbeats(adapter, scope):
@@ -131,13 +135,17 @@ def test_watch_wakes_on_what_members_act_on_and_not_on_heartbeats(adapter, scope
     a.claim_initialize("")
     a.acquire_leader("node-a")
     a.touch_member("node-a", {"role": "primary", "lsn": 1})
+    wake = threading.Event()
+    b.get_cluster()
+    b.keep_watching(wake)
 
     def wakes_within(change, seconds: float = 1.5) -> bool:
-        index = b.get_cluster().index
+        b.get_cluster()
+        wake.clear()
         timer = threading.Timer(0.3, change)
         timer.start()
         try:
-            return b.wait_for_change(index, seconds)
+            return wake.wait(seconds)
         finally:
             timer.join()
 
@@ -147,6 +155,7 @@ def test_watch_wakes_on_what_members_act_on_and_not_on_heartbeats(adapter, scope
     assert wakes_within(lambda: a.renew_leader("node-a")) is False
     assert wakes_within(lambda: a.write_leader_lsn(2)) is False
     assert wakes_within(lambda: a.set_paused(True)) is True
+    b.close()
 
 
 def test_fails_over_to_the_next_endpoint(adapter, scope):
@@ -190,15 +199,64 @@ def test_a_dead_members_key_expires_after_ttl(adapter, scope):
 
 
 def test_a_watch_started_after_the_change_still_sees_it(adapter, scope):
-    """A broken watch stream is resumed from the snapshot's revision, so a leader change that
-    happened while no watch was open is not missed."""
+    """The watch starts from the last read, so a leader change that happened between that read
+    and the watch's start is not missed."""
     a, b = adapter(scope), adapter(scope)
     a.acquire_leader("node-a")
-    index = b.get_cluster().index
-    a.release_leader("node-a")              # happens between two watches
+    b.get_cluster()
+    a.release_leader("node-a")              # happens before the watch exists
+    wake = threading.Event()
     started = time.monotonic()
-    assert b.wait_for_change(index, 5) is True
-    assert time.monotonic() - started < 1
+    b.keep_watching(wake)
+    assert wake.wait(5) is True
+    assert time.monotonic() - started < 1.5
+    b.close()
+
+
+def test_a_change_made_just_before_a_read_is_always_in_it(adapter, scope):
+    """Whatever the watch has or has not delivered yet, a read returns every change made before
+    it began (the v3 cache is used only when etcd's revision proves it current)."""
+    a, b = adapter(scope), adapter(scope)
+    b.touch_member("node-b", {"role": "replica"})
+    b.get_cluster()
+    b.keep_watching(threading.Event())
+    for n in range(40):
+        a.touch_member("node-a", {"role": "replica", "lsn": n})
+        if n % 3 == 0:
+            assert a.acquire_leader("node-a")
+        elif n % 3 == 1:
+            assert a.release_leader("node-a")
+        seen = b.get_cluster()
+        assert seen.member("node-a").lsn == n
+        assert (seen.leader is not None) == (n % 3 == 0)
+        if n % 4 == 0:
+            time.sleep(0.05)                  # sometimes the watch has caught up, sometimes not
+    b.close()
+
+
+def test_the_lock_outlives_the_deadline_the_fence_is_given(adapter, scope):
+    """lock_expires() is what the lock fence acts before: the lock must not expire earlier, even
+    when it was taken on a lease last extended a while ago or renewed from a keepalive made at
+    the start of the pass."""
+    ttl = 3
+    a, b = adapter(scope, ttl=ttl), adapter(scope)
+    a.touch_member("node-a", {"role": "replica"})          # the member's lease, extended now
+    time.sleep(1.5)
+    sent = time.monotonic()
+    assert a.acquire_leader("node-a")
+    deadline = a.lock_expires(sent, ttl)
+    time.sleep(max(0.0, deadline - 0.3 - time.monotonic()))
+    assert b.get_cluster().leader is not None, "the lock expired before the fence's deadline"
+    assert a.release_leader("node-a")
+    a.keep_watching(threading.Event())
+    assert a.acquire_leader("node-a")
+    a.get_cluster()                                        # a pass's first read extends the lease
+    time.sleep(0.4)
+    sent = time.monotonic()
+    assert a.renew_leader("node-a")
+    deadline = a.lock_expires(sent, ttl)
+    time.sleep(max(0.0, deadline - 0.3 - time.monotonic()))
+    assert b.get_cluster().leader is not None, "the lock expired before the fence's deadline"
 
 
 def test_dynamic_config_and_sync_keys_are_compare_and_swap(adapter, scope):
@@ -318,3 +376,33 @@ def test_bytes_that_are_not_utf8_read_as_unknown_not_as_an_error(adapter, scope)
     assert len(cluster.problems) >= 3
     assert dcs.acquire_leader("node1") is False, "a lock held by someone unknown is still held"
     assert dcs.renew_leader("node1") is False
+
+
+def _etcd_started(server, method: str) -> float:
+    """How many `method` RPCs etcd has started (its own Prometheus counter)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("grpc_server_started_total") and f'grpc_method="{method}"' in line)
+
+
+@pytest.mark.parametrize("server_fixture", ["etcd", "etcd35"])
+def test_v3_an_idle_member_reads_etcd_with_its_keepalive_alone(server_fixture, request, scope):
+    """With its watch running and nothing changing, a pass's read and a leader's renewal are the
+    lease keepalive: no range read and no transaction reach etcd (counted by etcd itself)."""
+    server = request.getfixturevalue(server_fixture)
+    a = make(EtcdConfig(scope=scope, ttl=10, hosts=(("127.0.0.1", server.port),), api=3), retry_timeout=3)
+    a.touch_member("node-a", {"role": "primary"})
+    assert a.acquire_leader("node-a")
+    a.get_cluster()
+    a.keep_watching(threading.Event())
+    before = {m: _etcd_started(server, m) for m in ("Range", "Txn", "LeaseKeepAlive", "Put")}
+    for _ in range(10):
+        cluster = a.get_cluster()
+        assert cluster.leader.name == "node-a" and cluster.member("node-a").role == "primary"
+        assert a.renew_leader("node-a")
+        a.touch_member("node-a", {"role": "primary"})
+    after = {m: _etcd_started(server, m) for m in before}
+    assert after["Range"] == before["Range"] and after["Txn"] == before["Txn"] and after["Put"] == before["Put"]
+    assert after["LeaseKeepAlive"] - before["LeaseKeepAlive"] <= 10
+    a.close()

@@ -6,6 +6,7 @@ raises DCSError when the store cannot be reached within the retry budget.
 from __future__ import annotations
 
 import abc
+import threading
 
 from governor.cluster import Cluster
 from governor.sync import SyncState
@@ -98,9 +99,15 @@ class DCS(abc.ABC):
         """Delete every key of this scope (governorctl remove)."""
 
     @abc.abstractmethod
-    def wait_for_change(self, index: int, timeout: float) -> bool:
-        """Block until a key another member acts on (keys.wakes) changes after `index`, or
-        `timeout` passes; True on such a change (or when the watch cannot be trusted)."""
+    def keep_watching(self, wake: threading.Event) -> bool:
+        """Start (once) watching the scope in the background: `wake` is set whenever a key
+        another member acts on (keys.wakes) changes, or when a read is needed to know what
+        changed. True when the watch runs; it lives until close()."""
+
+    def lock_expires(self, sent: float, ttl: float) -> float:
+        """When (time.monotonic()) the lock taken or renewed by a request sent at `sent` expires
+        at the latest: the lock fence must act before then."""
+        return sent + ttl
 
     def close(self) -> None:  # noqa: B027 - optional hook, most adapters hold nothing to close
         """Release connections."""

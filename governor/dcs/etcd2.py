@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # A switchover request not carried out within this time expires by itself.
 SWITCHOVER_TTL = 60
+WATCH_SPAN = 30.0     # seconds one waitIndex request may wait (the loop reads at least that often)
 
 # Errors that mean "this endpoint did not answer", as opposed to a logical answer (key exists...).
 _CONNECTION_ERRORS = (etcd.EtcdConnectionFailed, urllib3.exceptions.HTTPError, OSError,
@@ -51,6 +53,8 @@ class Etcd2(DCS):
         self._clients: Dict[Tuple[str, int], etcd.Client] = {}
         self._current = 0
         self._claim_index: Optional[int] = None  # modifiedIndex of our `initialize` claim
+        self.read_index = 0                      # etcd's index at the newest read of the scope
+        self._watcher: Optional[V2Watcher] = None
 
     def describe(self) -> str:
         hosts = ", ".join(f"{h}:{p}" for h, p in self.cfg.hosts)
@@ -125,13 +129,23 @@ class Etcd2(DCS):
             return Cluster(initialize=None, leader=None)
         entries = [Entry(node.key[len(self.prefix) + 1:], node.value, node.modifiedIndex or 0, node.ttl)
                    for node in result.leaves if not node.dir and node.key is not None]
+        self.read_index = max(self.read_index, getattr(result, "etcd_index", 0) or 0)
         return build_cluster(entries, getattr(result, "etcd_index", 0) or 0)
 
-    def wait_for_change(self, index: int, timeout: float) -> bool:
+    def keep_watching(self, wake: threading.Event) -> bool:
+        """A thread (with its own client) that waits on etcd from the newest index this adapter
+        has read, and wakes the loop on a change it acts on."""
+        if self._watcher is None:
+            self._watcher = V2Watcher(Etcd2(self.cfg, self.retry_timeout), lambda: self.read_index, wake)
+            self._watcher.start()
+        return True
+
+    def wait_for_change(self, index: int, timeout: float) -> Tuple[bool, int]:
         """v2 has no stream: one waitIndex request per event, resumed after an event that does
-        not wake (keys.wakes), until one does or `timeout` passes."""
+        not wake (keys.wakes), until one does or `timeout` passes. Returns whether a change
+        wakes, and the index to wait from next."""
         if timeout <= 0:
-            return False
+            return False, index
         deadline = time.monotonic() + timeout
         client = self._client(self.cfg.hosts[self._current % len(self.cfg.hosts)])
         prefix = self._key("")
@@ -139,27 +153,26 @@ class Etcd2(DCS):
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return False
+                    return False, index
                 event = client.read(prefix.rstrip("/"), wait=True, recursive=True, waitIndex=index + 1,
                                     timeout=left)
                 key = str(getattr(event, "key", "") or "")
-                if not key.startswith(prefix):
-                    return True
-                if _event_wakes(event, key[len(prefix):]):
-                    return True
                 modified = getattr(event, "modifiedIndex", None)
-                if not isinstance(modified, int) or modified <= index:
-                    return True
+                if not isinstance(modified, int) or modified <= index or not key.startswith(prefix):
+                    return True, index      # an event that makes no sense: read again
                 index = modified
+                if _event_wakes(event, key[len(prefix):]):
+                    return True, index
         except etcd.EtcdWatchTimedOut:
-            return False
+            return False, index
         except etcd.EtcdEventIndexCleared:
-            return True
+            return True, 0                  # history gone: wait again from the loop's next read
         except (etcd.EtcdException, urllib3.exceptions.HTTPError, OSError) as exc:
-            # The caller re-reads on its next loop; do not spin on a dead endpoint.
-            log.debug("watch on leader key ended: %s", short_error(exc))
+            # The loop re-reads on its next pass; do not spin on a dead endpoint.
+            log.debug("watch on the scope ended: %s", short_error(exc))
             time.sleep(min(timeout, 1.0))
-            return False
+            return False, index
+
 
     # ------------------------------------------------------------------ writes
 
@@ -342,6 +355,8 @@ class Etcd2(DCS):
         self._call("history update", op)
 
     def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stopped.set()
         for client in self._clients.values():
             try:
                 client.http.clear()
@@ -349,3 +364,25 @@ class Etcd2(DCS):
                 pass
         self._clients.clear()
 
+
+class V2Watcher(threading.Thread):
+    """Waits on etcd v2 from the newest index the loop has read, one waitIndex request after
+    another (v2 has no streams), and wakes the loop for a change it acts on."""
+
+    def __init__(self, dcs: Etcd2, read_index: Callable[[], int], wake: threading.Event):
+        super().__init__(name="etcd-watch", daemon=True)
+        self.dcs, self.read_index, self.wake = dcs, read_index, wake
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        index = 0
+        while not self.stopped.is_set():
+            index = max(index, self.read_index())
+            if index <= 0:
+                self.stopped.wait(0.5)
+                continue
+            woke, index = self.dcs.wait_for_change(index, WATCH_SPAN)
+            if woke and not self.stopped.is_set():
+                self.wake.set()
+                if index == 0:
+                    self.stopped.wait(0.5)   # history cleared: give the loop time to read again

@@ -16,6 +16,7 @@ import http.client
 import json
 import logging
 import ssl
+import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple, TypeVar
 
@@ -24,8 +25,9 @@ import urllib3
 from governor.cluster import Cluster
 from governor.config import EtcdConfig
 from governor.dcs import DCS, DCSError, short_error
-from governor.dcs.keys import Entry, build_cluster, history_list, wakes
-from governor.dcs.v3json import _b64, _dict, _int, _prefix_end, _unb64, _unb64_lenient
+from governor.dcs.keys import build_cluster, history_list
+from governor.dcs.v3cache import Item, KeyCache, WatchStream, parse_kv
+from governor.dcs.v3json import _b64, _dict, _int, _prefix_end, _unb64
 from governor.sync import SyncState
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,12 @@ class Etcd3(DCS):
         self._gateway: Optional[str] = None
         self._token: Optional[str] = None
         self._lease: Optional[str] = None
-        self._lease_renewed = 0.0
+        self._lease_sent = 0.0            # monotonic send time of the grant or keepalive that last extended it
+        self._lease_ttl = 0
+        self._lease_revision = 0          # etcd's revision in that keepalive's answer
+        self._lease_stale = False         # granted with a ttl the configuration no longer has
+        self.cache = KeyCache()
+        self.stream: Optional[WatchStream] = None
         self._claim_revision: Optional[int] = None
         self._member_written: Optional[Tuple[str, str, str]] = None   # (name, value, lease) last put
         self.duplicate_owner: Optional[str] = None   # another lease that wrote our member key
@@ -208,52 +215,96 @@ class Etcd3(DCS):
         return str(lease)
 
     def _member_lease(self) -> str:
-        if self._lease is None:
+        if self._lease is None or self._lease_stale:
+            sent = time.monotonic()
             self._lease = self._grant(self.cfg.ttl)
-            self._lease_renewed = time.monotonic()
+            self._lease_sent, self._lease_ttl, self._lease_revision = sent, self.cfg.ttl, 0
+            self._lease_stale = False
         return self._lease
 
-    def _keepalive(self) -> bool:
-        """Extend our lease; False when it had already expired (its keys are gone)."""
+    def _keepalive(self) -> Optional[int]:
+        """Extend our lease: etcd's revision when it answered (0 if it did not say), None when
+        the lease had already expired (its keys are gone; the next touch grants a new one)."""
         if self._lease is None:
-            return False
+            return None
+        sent = time.monotonic()
         data = self._post("lease keepalive", "/lease/keepalive", {"ID": self._lease})
-        result = data.get("result") or {}
-        if int(result.get("TTL") or 0) <= 0:
+        result = _dict(data.get("result"))
+        ttl = _int(result.get("TTL"))
+        if ttl <= 0:
             log.warning("etcd lease %s had expired; its keys are gone", self._lease)
             self._lease = None
-            return False
-        self._lease_renewed = time.monotonic()
-        return True
+            return None
+        revision = _int(_dict(result.get("header")).get("revision"))
+        self._lease_sent, self._lease_ttl, self._lease_revision = sent, ttl, revision
+        # ttl changed by a reload: the next touch writes the member key on a new lease (and the
+        # next renewal moves the lock there); until then lock_expires counts this one's TTL.
+        self._lease_stale = ttl != self.cfg.ttl
+        return revision
+
+    def _recent_keepalive(self) -> Optional[int]:
+        """_keepalive, unless one succeeded in the last half second (its revision then)."""
+        if self._lease is not None and time.monotonic() - self._lease_sent <= 0.5:
+            return self._lease_revision
+        return self._keepalive()
+
+    def lock_expires(self, sent: float, ttl: float) -> float:
+        """The lock lives on our lease: until the send time of its last extension + its TTL."""
+        return min(sent + ttl, self._lease_sent + self._lease_ttl)
 
     # ------------------------------------------------------------------ reads
 
     def get_cluster(self) -> Cluster:
+        """The scope as etcd holds it now. With a lease and a live watch this is the keepalive
+        alone: its answer carries etcd's current revision, and a cache that has every change up
+        to it is what a read would return. Otherwise (or when the cache lags) a range read."""
+        revision = (self._keepalive() or 0) if self._lease is not None else 0
+        cached = self.cache.current(revision) if self.stream is not None else None
+        if cached is not None:
+            items, problems, revision = cached
+        else:
+            items, problems, revision = self._read_scope()
+            missed = self.cache.reset(items, problems, revision)
+            if missed and self.stream is not None:
+                self.stream.read_found_change(missed)
+        entries = [i.entry for i in items]
+        if self._member_written:
+            own = f"members/{self._member_written[0]}"
+            mine = [i for i in items if i.entry.key == own]
+            if mine:
+                self._check_own_member_key(mine[0].entry.value, mine[0].lease)
+            else:
+                self._member_written = None   # our member key is gone (deleted by hand?): the next touch writes it
+        return build_cluster(entries, revision, problems)
+
+    def _read_scope(self) -> Tuple[List[Item], List[str], int]:
         data = self._post("read of the cluster", "/kv/range",
                           {"key": _b64(self.prefix), "range_end": _prefix_end(self.prefix)})
-        revision = _int(_dict(data.get("header")).get("revision"))
-        entries, problems = [], []
+        items, problems = [], []
         kvs = data.get("kvs")
         for kv in kvs if isinstance(kvs, list) else ():
-            kv = _dict(kv)
-            key, why = _unb64_lenient(kv.get("key"))
-            if key is None or why or not key.startswith(self.prefix):
-                problems.append(f"a key under {self.prefix} is {why or 'outside the scope'}: ignored ({key!r:.80})")
-                continue
-            name = key[len(self.prefix):]
-            value, why = _unb64_lenient(kv.get("value"))
-            if why:
-                # The leader key keeps its (unreadable) holder: a lock held by someone unknown is
-                # still held. Other values are unknown, which every parser downstream handles.
-                problems.append(f"{name}: value is {why}; taken as unknown")
-                if value is None:
-                    value = "\ufffd"
-            entries.append(Entry(name, value, _int(kv.get("mod_revision"))))
-            if self._member_written and name == f"members/{self._member_written[0]}":
-                self._check_own_member_key(value, str(kv.get("lease") or ""))
-        if self._member_written and not any(e.key == f"members/{self._member_written[0]}" for e in entries):
-            self._member_written = None   # our member key is gone (deleted by hand?): the next touch writes it
-        return build_cluster(entries, revision, problems)
+            item, problem = parse_kv(kv, self.prefix)
+            if problem:
+                problems.append(problem)
+            if item is not None:
+                items.append(item)
+        return items, problems, _int(_dict(data.get("header")).get("revision"))
+
+    def keep_watching(self, wake: threading.Event) -> bool:
+        """One long-lived watch for this adapter's life, feeding the cache get_cluster reads."""
+        if self.stream is None:
+            self.stream = WatchStream(self.cache, self.prefix, wake, self._watch_connection)
+            self.stream.start()
+        return True
+
+    def _watch_connection(self, timeout: float) -> Tuple[http.client.HTTPConnection, str, Dict[str, str]]:
+        if self._gateway is None:
+            raise OSError("no etcd answered yet")
+        host, port = self.cfg.hosts[self._current % len(self.cfg.hosts)]
+        headers = {"Content-Type": "application/json"}
+        if self._token:
+            headers["Authorization"] = self._token
+        return self._stream_connection(host, port, timeout), f"{self._gateway}/watch", headers
 
     def _check_own_member_key(self, value: Optional[str], lease: str) -> None:
         """Our member key as read back: when it is not what we last wrote on our lease, write it
@@ -266,67 +317,6 @@ class Etcd3(DCS):
             self.duplicate_owner = lease
             log.error("member key members/%s was written by another etcd lease (%s, ours is %s): another governor "
                       "runs with postgresql.name %s; give every member its own name", name, lease, our_lease, name)
-
-    def wait_for_change(self, index: int, timeout: float) -> bool:
-        """Watch the scope's keys from revision index + 1 (so nothing after the snapshot is missed,
-        even across a broken stream) until a change that wakes (keys.wakes) arrives or `timeout`
-        passes. One request per wait: the events come on one stream."""
-        if timeout <= 0 or self._gateway is None:
-            if self._gateway is None:
-                try:
-                    self.get_cluster()      # finds the gateway (and logs in)
-                except DCSError:
-                    time.sleep(min(timeout, 1.0))
-                    return False
-            if timeout <= 0:
-                return False
-        deadline = time.monotonic() + timeout
-        host, port = self.cfg.hosts[self._current % len(self.cfg.hosts)]
-        body = json.dumps({"create_request": {"key": _b64(self.prefix), "range_end": _prefix_end(self.prefix),
-                                              "start_revision": str(index + 1)}})
-        headers = {"Content-Type": "application/json"}
-        if self._token:
-            headers["Authorization"] = self._token
-        conn = self._stream_connection(host, port, timeout)
-        try:
-            conn.request("POST", f"{self._gateway}/watch", body=body, headers=headers)
-            resp = conn.getresponse()
-            decoder = json.JSONDecoder()
-            buffer = ""
-            while time.monotonic() < deadline:
-                chunk = resp.read1(65536)
-                if not chunk:
-                    return False
-                buffer += chunk.decode("utf-8", "replace")
-                while buffer.strip():
-                    try:
-                        message, end = decoder.raw_decode(buffer.lstrip())
-                    except ValueError:
-                        break
-                    buffer = buffer.lstrip()[end:]
-                    result = _dict(message.get("result"))
-                    if result.get("compact_revision") or result.get("canceled") or message.get("error"):
-                        return True   # a watch we cannot trust: read again
-                    if any(self._event_wakes(event) for event in result.get("events") or ()):
-                        return True
-            return False
-        except (OSError, http.client.HTTPException) as exc:
-            if not isinstance(exc, TimeoutError) and "timed out" not in str(exc):
-                log.debug("watch on leader key ended: %s", short_error(exc))
-                time.sleep(min(max(0.0, deadline - time.monotonic()), 1.0))
-            return False
-        finally:
-            conn.close()
-
-    def _event_wakes(self, event: object) -> bool:
-        """Whether one watch event is a change another member acts on; one that does not parse
-        wakes (read again rather than miss a change)."""
-        kv = _dict(_dict(event).get("kv"))
-        key, why = _unb64_lenient(kv.get("key"))
-        if why or key is None or not key.startswith(self.prefix):
-            return True
-        created = _dict(event).get("type") != "DELETE" and str(kv.get("version")) == "1"
-        return wakes(key[len(self.prefix):], created)
 
     def _stream_connection(self, host: str, port: int, timeout: float) -> http.client.HTTPConnection:
         if self.cfg.protocol != "https":
@@ -361,16 +351,26 @@ class Etcd3(DCS):
 
     def acquire_leader(self, name: str) -> bool:
         key = self._key("leader")
+        self._recent_keepalive()     # the lock lives on the lease: extended now, not a loop ago
         lease = self._member_lease()
         data = self._txn("leader lock acquisition", [self._created(key)], [self._put(key, name, lease)])
         return bool(data.get("succeeded"))
 
     def renew_leader(self, name: str) -> bool:
+        """The keepalive extends the lock. When the cache is current at the keepalive's revision
+        and shows the lock ours on this lease, that is the whole renewal; otherwise a transaction
+        checks the holder's name (and moves the lock onto this lease if needed)."""
         had_lease = self._lease is not None
-        if had_lease and not self._keepalive():
+        revision = self._recent_keepalive()
+        if had_lease and revision is None:
             return False          # our lease expired: the leader key went with it
         lease = self._member_lease()
         key = self._key("leader")
+        cached = self.cache.current(revision or 0) if self.stream is not None else None
+        if cached is not None:
+            held = [i for i in cached[0] if i.entry.key == "leader"]
+            if held and held[0].entry.value == name and held[0].lease == lease:
+                return True
         data = self._txn("leader lock renewal", [self._value_is(key, name)], [{"request_range": {"key": _b64(key)}}])
         if not data.get("succeeded"):
             return False
@@ -393,8 +393,7 @@ class Etcd3(DCS):
     def touch_member(self, name: str, data: dict) -> None:
         """Keep our lease alive (skipped right after renew_leader did) and write the member key
         on it. An expired lease is replaced."""
-        if self._lease is not None and time.monotonic() - self._lease_renewed > 0.5:
-            self._keepalive()
+        self._recent_keepalive()
         lease = self._member_lease()
         body = json.dumps(data, sort_keys=True, separators=(",", ":"))
         if self._member_written == (name, body, lease):
@@ -460,8 +459,11 @@ class Etcd3(DCS):
         raise DCSError("history update kept losing compare-and-swap races")
 
     def close(self) -> None:
-        """Drop connections. The lease is not revoked: on a restart for a package upgrade the
-        lock and member key must outlive this process until the next one takes them over."""
+        """Drop connections and stop the watch. The lease is not revoked: on a restart for a
+        package upgrade the lock and member key must outlive this process until the next one
+        takes them over."""
+        if self.stream is not None:
+            self.stream.stop()
         self.http.clear()
 
 
