@@ -5,6 +5,7 @@ during a leader race, the other members' /status answers.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Dict, Optional
 
 import psycopg2
 
-from governor.cluster import Cluster, Member
+from governor.cluster import Cluster, Member, loads
 from governor.dcs import DCSError
 from governor.ha import LocalState
 from governor.memory import timer
@@ -123,21 +124,38 @@ def ask_peers(g: Governor, cluster: Cluster) -> Dict[str, Optional[Member]]:
     if not others:
         return {}
     with ThreadPoolExecutor(max_workers=min(8, len(others))) as pool:
-        answers = pool.map(lambda m: (m.name, peer_status(m.api_url, g.config.restapi.cafile)), others)
+        answers = pool.map(lambda m: (m.name, peer_status(m.api_url, m.name, g.config.restapi.cafile)), others)
         return dict(answers)
 
 
-def peer_status(api_url: str, cafile: Optional[str] = None, timeout: float = 1.0) -> Optional[Member]:
-    """A member's own answer to GET /status, as a Member; None when it does not answer."""
+PEER_ANSWER_MAX = 1024 * 1024
+
+
+def peer_status(api_url: str, name: str, cafile: Optional[str] = None, timeout: float = 1.0) -> Optional[Member]:
+    """Member `name`'s own answer to GET /status, as a Member; None when it does not answer, or
+    the answer is not a status, or it comes from another member (an api_url that leads
+    elsewhere, such as a 127.0.0.1 published by a member on another host). A position that does
+    not parse is unknown (None), like a missing one."""
     context = ssl.create_default_context(cafile=cafile) if api_url.startswith("https") else None
     try:
         with urllib.request.urlopen(f"{api_url}/status", timeout=timeout, context=context) as resp:
-            data = json.load(resp)
-    except (OSError, ValueError):
+            raw = resp.read(PEER_ANSWER_MAX + 1)
+        if len(raw) > PEER_ANSWER_MAX:
+            return None
+        data = loads(raw.decode("utf-8"))
+    except (OSError, ValueError, http.client.HTTPException):
         return None
-    return Member(name=str(data.get("name")), role=str(data.get("role")),
-                  state="running" if data.get("running") else str(data.get("state")),
-                  lsn=data.get("lsn"), timeline=data.get("timeline"), tags=data.get("tags") or {})
+    if not isinstance(data, dict) or data.get("name") != name:
+        return None
+    record = {"role": data.get("role") if isinstance(data.get("role"), str) else "unknown",
+              "state": "running" if data.get("running") is True else data.get("state"),
+              "lsn": data.get("lsn"), "timeline": data.get("timeline"), "tags": data.get("tags")}
+    for key in ("lsn", "timeline"):
+        if not isinstance(record[key], int) or isinstance(record[key], bool):
+            record[key] = None       # a number as text is no number here: the API answers integers
+    if not isinstance(record["state"], str):
+        record["state"] = "unknown"
+    return Member.from_json(name, json.dumps(record))
 
 
 def settled(g: Governor) -> bool:
