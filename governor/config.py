@@ -294,8 +294,8 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     if not socket_dir:
         socket_dir = "/var/run/postgresql" if os.path.isdir("/var/run/postgresql") else "/tmp"
 
-    restapi = _restapi(c)
-    metrics = _metrics(c)
+    restapi = _restapi(c, listen_host, connect_host)
+    metrics = _metrics(c, listen_host)
     c.unknown("watchdog", c.section("watchdog"), ("mode", "device"))
     watchdog_mode = c.value("watchdog.mode", "str", "automatic",
                             check=lambda v: None if v in ("off", "automatic", "required")
@@ -380,10 +380,23 @@ def _listen(c: Checker, key: str, default: str, default_port: int) -> Tuple[str,
     return parsed
 
 
-def _restapi(c: Checker) -> RestApiConfig:
+def _address(host: str, port: int) -> str:
+    """host:port as a listen setting; PostgreSQL's `*` wildcard becomes 0.0.0.0."""
+    host = "0.0.0.0" if host in ("*", "") else host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _is_loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+def _restapi(c: Checker, pg_listen_host: str, pg_connect_host: str) -> RestApiConfig:
+    """The API listens where PostgreSQL does unless told otherwise, and is reached at the host
+    other members already reach PostgreSQL at: so three hosts that only set postgresql.listen
+    and connect_address also publish API addresses their peers can use."""
     section = c.section("restapi")
     c.unknown("restapi", section, RESTAPI_KEYS)
-    host, port = _listen(c, "restapi.listen", "127.0.0.1:8008", 8008)
+    host, port = _listen(c, "restapi.listen", _address(pg_listen_host, 8008), 8008)
     connect_host = host
     connect = c.value("restapi.connect_address", "str")
     if connect:
@@ -393,8 +406,12 @@ def _restapi(c: Checker) -> RestApiConfig:
         else:
             connect_host = parsed[0]
     elif host in WILDCARD_HOSTS:
-        c.fail("restapi.connect_address", "required when restapi.listen is a wildcard: the address other "
-                                          "members and haproxy use")
+        connect_host = pg_connect_host
+    if _is_loopback(connect_host) and not _is_loopback(pg_connect_host):
+        c.warnings.append(f"restapi: other members reach PostgreSQL at {pg_connect_host} but this member's API "
+                          f"at {_address(connect_host, port)}, which they cannot reach: during a failover they "
+                          "cannot compare positions with it, and haproxy cannot check it. Set restapi.listen "
+                          "(and restapi.connect_address when it is a wildcard)")
     user, password = _user_and_password(c, "restapi")
     files = _existing_files(c, "restapi", ("certfile", "keyfile", "cafile"))
     if files["keyfile"] and not files["certfile"]:
@@ -403,11 +420,13 @@ def _restapi(c: Checker) -> RestApiConfig:
                          password=password, **files)
 
 
-def _metrics(c: Checker) -> MetricsConfig:
+def _metrics(c: Checker, pg_listen_host: str) -> MetricsConfig:
+    """The exporter listens where PostgreSQL does unless told otherwise (Prometheus scrapes it
+    from another host); it serves no secrets."""
     section = c.section("metrics")
     c.unknown("metrics", section, METRICS_KEYS)
     enabled = c.value("metrics.enabled", "bool", True)
-    host, port = _listen(c, "metrics.listen", "127.0.0.1:9547", 9547)
+    host, port = _listen(c, "metrics.listen", _address(pg_listen_host, 9547), 9547)
     return MetricsConfig(enabled=enabled, listen_host=host, port=port)
 
 

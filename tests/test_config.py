@@ -138,6 +138,36 @@ def test_wildcard_listen_needs_connect_address(tmp_path):
     assert cfg.postgresql.conn_url == "postgres://10.0.0.5:5432/postgres"
 
 
+@pytest.mark.parametrize("listen, connect, api_listen, api_url, metrics_listen", [
+    ("127.0.0.1:5432", None, ("127.0.0.1", 8008), "http://127.0.0.1:8008", ("127.0.0.1", 9547)),
+    ("10.0.0.5:5432", None, ("10.0.0.5", 8008), "http://10.0.0.5:8008", ("10.0.0.5", 9547)),
+    ("0.0.0.0:5432", "10.0.0.5:5432", ("0.0.0.0", 8008), "http://10.0.0.5:8008", ("0.0.0.0", 9547)),
+    ("*:5432", "pg1.example:5432", ("0.0.0.0", 8008), "http://pg1.example:8008", ("0.0.0.0", 9547)),
+    ("[fd00::5]:5432", None, ("fd00::5", 8008), "http://[fd00::5]:8008", ("fd00::5", 9547)),
+])
+def test_api_and_exporter_listen_where_postgresql_does_by_default(tmp_path, listen, connect, api_listen, api_url,
+                                                                   metrics_listen):
+    """Three hosts that set only postgresql.listen (and connect_address) publish an API address
+    their peers can reach, not 127.0.0.1 (which made a member ask itself during the race)."""
+    raw = minimal(tmp_path)
+    raw["postgresql"]["listen"] = listen
+    if connect:
+        raw["postgresql"]["connect_address"] = connect
+    cfg = config.load(write(tmp_path / "g.yml", raw))
+    assert (cfg.restapi.listen_host, cfg.restapi.port) == api_listen
+    assert cfg.restapi.api_url == api_url
+    assert (cfg.metrics.listen_host, cfg.metrics.port) == metrics_listen
+    assert not any("restapi" in w for w in cfg.warnings)
+
+
+def test_an_api_only_on_loopback_of_a_member_reached_elsewhere_is_warned_about(tmp_path):
+    raw = minimal(tmp_path)
+    raw["postgresql"].update(listen="0.0.0.0:5432", connect_address="10.0.0.5:5432")
+    raw["restapi"] = {"listen": "127.0.0.1:8008"}
+    cfg = config.load(write(tmp_path / "g.yml", raw))
+    assert any("restapi" in w and "10.0.0.5" in w and "127.0.0.1:8008" in w for w in cfg.warnings)
+
+
 def test_missing_required_keys(tmp_path):
     path = write(tmp_path / "g.yml", {"etcd": {}, "postgresql": {}})
     found = problems(path)
