@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 SWITCHOVER_TTL = 60
 GATEWAY_PREFIXES = ("/v3", "/v3beta", "/v3alpha")
+WRITE_PATHS = ("/kv/txn", "/kv/put", "/kv/deleterange")
 
 
 class Unreachable(Exception):
@@ -64,6 +65,9 @@ class Etcd3(DCS):
         self._lease_revision = 0          # etcd's revision in that keepalive's answer
         self._lease_stale = False         # granted with a ttl the configuration no longer has
         self.cache = KeyCache()
+        # etcd's revision after our own newest write: a keepalive answered by a follower carries
+        # that follower's revision, which may predate it; the cache must at least hold our writes.
+        self._written_revision = 0
         self.stream: Optional[WatchStream] = None
         self._claim_revision: Optional[int] = None
         self._member_written: Optional[Tuple[str, str, str]] = None   # (name, value, lease) last put
@@ -131,6 +135,9 @@ class Etcd3(DCS):
         try:
             result = self._try_endpoints(what, path, body, budget)
             ok = True
+            if path in WRITE_PATHS:
+                revision = _int(_dict(result.get("header")).get("revision"))
+                self._written_revision = max(self._written_revision, revision)
             return result
         finally:
             if self.observer is not None:
@@ -259,7 +266,7 @@ class Etcd3(DCS):
         alone: its answer carries etcd's current revision, and a cache that has every change up
         to it is what a read would return. Otherwise (or when the cache lags) a range read."""
         revision = (self._keepalive() or 0) if self._lease is not None else 0
-        cached = self.cache.current(revision) if self.stream is not None else None
+        cached = self._current_cache(revision)
         if cached is not None:
             items, problems, revision = cached
         else:
@@ -276,6 +283,11 @@ class Etcd3(DCS):
             else:
                 self._member_written = None   # our member key is gone (deleted by hand?): the next touch writes it
         return build_cluster(entries, revision, problems)
+
+    def _current_cache(self, revision: int) -> Optional[Tuple[List[Item], List[str], int]]:
+        if self.stream is None or revision <= 0:
+            return None
+        return self.cache.current(max(revision, self._written_revision))
 
     def _read_scope(self) -> Tuple[List[Item], List[str], int]:
         data = self._post("read of the cluster", "/kv/range",
@@ -366,7 +378,7 @@ class Etcd3(DCS):
             return False          # our lease expired: the leader key went with it
         lease = self._member_lease()
         key = self._key("leader")
-        cached = self.cache.current(revision or 0) if self.stream is not None else None
+        cached = self._current_cache(revision or 0)
         if cached is not None:
             held = [i for i in cached[0] if i.entry.key == "leader"]
             if held and held[0].entry.value == name and held[0].lease == lease:
