@@ -207,6 +207,12 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     elif listen_host in WILDCARD_HOSTS:
         c.fail("postgresql.connect_address",
                f"required when postgresql.listen is a wildcard ({listen!r}): the address other members use")
+    remote_etcd = [h for h, _ in hosts if not _is_loopback(h)]
+    if _is_loopback(connect_host) and remote_etcd:
+        c.fail("postgresql.connect_address" if connect else "postgresql.listen",
+               f"this member would be reached at {connect_host}, a loopback address, while etcd is on another "
+               f"host ({remote_etcd[0]}): the other members would connect to themselves. Use this host's "
+               "address (or listen on 0.0.0.0 with connect_address set to it)")
 
     data_dir = c.value("postgresql.data_dir", "str", required=True, check=_path_check)
     if data_dir:
@@ -408,10 +414,11 @@ def _restapi(c: Checker, pg_listen_host: str, pg_connect_host: str) -> RestApiCo
     elif host in WILDCARD_HOSTS:
         connect_host = pg_connect_host
     if _is_loopback(connect_host) and not _is_loopback(pg_connect_host):
-        c.warnings.append(f"restapi: other members reach PostgreSQL at {pg_connect_host} but this member's API "
-                          f"at {_address(connect_host, port)}, which they cannot reach: during a failover they "
-                          "cannot compare positions with it, and haproxy cannot check it. Set restapi.listen "
-                          "(and restapi.connect_address when it is a wildcard)")
+        c.fail("restapi.connect_address" if connect else "restapi.listen",
+               f"the other members reach PostgreSQL at {pg_connect_host} but would reach this member's API at "
+               f"{_address(connect_host, port)}, a loopback address: during a failover they could not compare "
+               "positions with it, and haproxy could not check it. Use this host's address (or listen on "
+               "0.0.0.0 with restapi.connect_address set to it)")
     user, password = _user_and_password(c, "restapi")
     files = _existing_files(c, "restapi", ("certfile", "keyfile", "cafile"))
     if files["keyfile"] and not files["certfile"]:

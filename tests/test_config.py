@@ -75,7 +75,7 @@ def test_passwords_stay_out_of_repr(tmp_path):
 def test_directory_merges_files_in_name_order(tmp_path):
     base = minimal(tmp_path)
     write(tmp_path / "00-base.yml", base)
-    write(tmp_path / "10-node.yml", {"postgresql": {"name": "node2", "listen": "127.0.0.1:5433"},
+    write(tmp_path / "10-node.yml", {"postgresql": {"name": "node2", "listen": "10.0.0.7:5433"},
                                       "etcd": {"host": ["10.0.0.1:2379", "10.0.0.2"]}})
     write(tmp_path / "notes.txt", "ignored: [")
     cfg = config.load(str(tmp_path))
@@ -160,12 +160,27 @@ def test_api_and_exporter_listen_where_postgresql_does_by_default(tmp_path, list
     assert not any("restapi" in w for w in cfg.warnings)
 
 
-def test_an_api_only_on_loopback_of_a_member_reached_elsewhere_is_warned_about(tmp_path):
+def test_an_api_only_on_loopback_of_a_member_reached_elsewhere_is_refused(tmp_path):
     raw = minimal(tmp_path)
     raw["postgresql"].update(listen="0.0.0.0:5432", connect_address="10.0.0.5:5432")
     raw["restapi"] = {"listen": "127.0.0.1:8008"}
-    cfg = config.load(write(tmp_path / "g.yml", raw))
-    assert any("restapi" in w and "10.0.0.5" in w and "127.0.0.1:8008" in w for w in cfg.warnings)
+    found = problems(write(tmp_path / "g.yml", raw))
+    assert len(found) == 1 and "restapi.listen" in found[0] and "10.0.0.5" in found[0] and "loopback" in found[0]
+    raw["restapi"] = {"listen": "0.0.0.0:8008", "connect_address": "localhost:8008"}
+    found = problems(write(tmp_path / "g.yml", raw))
+    assert len(found) == 1 and "restapi.connect_address" in found[0]
+
+
+def test_a_loopback_postgresql_address_with_etcd_on_another_host_is_refused(tmp_path):
+    raw = minimal(tmp_path)
+    raw["etcd"]["host"] = ["10.0.0.1:2379", "10.0.0.2:2379"]
+    found = problems(write(tmp_path / "g.yml", raw))
+    assert len(found) == 1 and "postgresql.listen" in found[0] and "10.0.0.1" in found[0]
+    raw["postgresql"].update(listen="0.0.0.0:5432", connect_address="127.0.0.1:5432")
+    found = problems(write(tmp_path / "g.yml", raw))
+    assert len(found) == 1 and "postgresql.connect_address" in found[0]
+    raw["postgresql"]["connect_address"] = "10.0.0.5:5432"
+    assert config.load(write(tmp_path / "g.yml", raw)).restapi.api_url == "http://10.0.0.5:8008"
 
 
 def test_missing_required_keys(tmp_path):
