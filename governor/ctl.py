@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import yaml
 
-from governor import __version__, dynamic, safe_yaml
+from governor import __version__, ctl_generate, dynamic, safe_yaml
 from governor import config as config_mod
 from governor.cluster import Cluster
 from governor.ctl_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, dcs_call, http_json, refuse
@@ -101,6 +101,7 @@ def parser() -> argparse.ArgumentParser:
     mg.add_argument("--to-dcs-url", help="target etcd endpoint(s), comma separated (default: the same)")
     rm = sub.add_parser("remove", help="delete every etcd key of a stopped cluster (asks you to type its scope)")
     rm.add_argument("remove_scope", metavar="SCOPE", help="the cluster scope, repeated as a safeguard")
+    ctl_generate.add_parser(sub)
     return p
 
 
@@ -341,6 +342,8 @@ def _parse_hosts(text: str, option: str) -> List[tuple]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "generate-config":
+        return ctl_generate.generate(args)
     try:
         dcs = _dcs(args)
         cluster = dcs.get_cluster()

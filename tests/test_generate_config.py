@@ -1,0 +1,59 @@
+"""`governorctl generate-config`: a valid per-host local.yml, private from its first byte, with
+the same passwords on every host of a cluster; bad input changes nothing and exits 2."""
+from __future__ import annotations
+
+import os
+import stat
+
+import yaml
+
+from governor import config
+from governor.ctl import main
+
+ETCD = "10.0.0.11:2379,10.0.0.12:2379,10.0.0.13:2379"
+
+
+def generate(tmp_path, name, address, *extra) -> tuple:
+    out = tmp_path / f"{name}.yml"
+    code = main(["generate-config", "--name", name, "--address", address, "--etcd", ETCD,
+                 "--data-dir", str(tmp_path / name), "--output", str(out), *extra])
+    return code, out
+
+
+def test_three_hosts_get_valid_files_with_one_set_of_passwords(tmp_path):
+    code, first = generate(tmp_path, "db1", "10.0.0.11")
+    assert code == 0
+    assert stat.S_IMODE(os.stat(first).st_mode) == 0o640
+    cfg = config.load(str(first))
+    assert cfg.postgresql.conn_url == "postgres://10.0.0.11:5432/postgres"
+    assert cfg.restapi.api_url == "http://10.0.0.11:8008"
+    assert cfg.etcd.api == 3 and len(cfg.etcd.hosts) == 3
+    assert cfg.postgresql.replication_network == "10.0.0.0/24"
+    for name, address in (("db2", "10.0.0.12"), ("db3", "10.0.0.13")):
+        code, other = generate(tmp_path, name, address, "--passwords-from", str(first))
+        assert code == 0
+        got = config.load(str(other))
+        assert got.postgresql.name == name
+        assert got.postgresql.replication.password == cfg.postgresql.replication.password
+        assert got.postgresql.superuser.password == cfg.postgresql.superuser.password
+    fresh_code, fresh = generate(tmp_path, "db9", "10.0.0.19")
+    assert config.load(str(fresh)).postgresql.replication.password != cfg.postgresql.replication.password
+
+
+def test_bad_input_writes_nothing_and_exits_2(tmp_path, capsys):
+    assert generate(tmp_path, "db1", "10.0.0.11", "--etcd", "not a host:port:x")[0] == 2
+    assert generate(tmp_path, "db1", "db1.example")[0] == 2          # a host name needs --network
+    assert "--network" in capsys.readouterr().err
+    assert generate(tmp_path, "bad name!", "10.0.0.11")[0] == 2       # refused by the validator
+    assert "postgresql.name" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.yml"))
+
+
+def test_an_existing_file_is_kept_unless_forced(tmp_path):
+    code, out = generate(tmp_path, "db1", "10.0.0.11")
+    before = out.read_text()
+    assert generate(tmp_path, "db1", "10.0.0.11")[0] == 2
+    assert out.read_text() == before
+    assert generate(tmp_path, "db1", "10.0.0.11", "--force")[0] == 0
+    assert yaml.safe_load(out.read_text())["postgresql"]["replication"]["password"] != \
+        yaml.safe_load(before)["postgresql"]["replication"]["password"]
