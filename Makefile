@@ -4,7 +4,7 @@ PYTHON   ?= /usr/bin/python3
 PYTEST   ?= $(PYTHON) -m pytest -p no:cacheprovider --timeout=600
 DEMO_DIR ?= /tmp/governor-demo
 
-.PHONY: all deps lint unit test test-system test-packages simulate deb rpm demo demo-stop demo-status demo-clean clean
+.PHONY: all deps lint unit test test-system test-packages test-hosts simulate deb rpm demo demo-stop demo-status demo-clean clean
 
 all: test
 
@@ -19,11 +19,16 @@ unit: deps
 
 # governor as a systemd service in a booted Debian 12 container (also part of `make test`)
 test-system: deps
-	$(PYTEST) -q -m "system and not packages" tests
+	$(PYTEST) -q -m "system and not packages and not hosts" tests
 
 # build the .deb, apt install it into a booted Debian 12, configure, enable, purge (also in `make test`)
 test-packages: deps
 	$(PYTEST) -q -m packages tests
+
+# three Debian 12 hosts on a bridge (etcd cluster, governor from the .deb, haproxy on a client
+# host), deployed as README's "Three hosts" says (also in `make test`)
+test-hosts: deps
+	$(PYTEST) -q -s -m hosts tests
 
 # Every test (the integration tests on the etcd v3 adapter), then the failover tests once more
 # on the v2 adapter.

@@ -13,7 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import yaml
 
@@ -71,9 +71,10 @@ def container_uid(root: str, user: str) -> tuple:
 class Machine:
     """One booted container; `run()` executes a command inside it."""
 
-    def __init__(self, root: str, binds: List[tuple], ro_binds: List[tuple], log_path: str):
+    def __init__(self, root: str, binds: List[tuple], ro_binds: List[tuple], log_path: str,
+                 extra: Sequence[str] = ()):
         args = ["systemd-nspawn", "-D", root, "-b", "--register=no", "--keep-unit", "--console=passive",
-                "--volatile=overlay", "--quiet"]
+                "--volatile=overlay", "--quiet", *extra]
         args += [f"--bind={src}:{dst}" for src, dst in binds]
         args += [f"--bind-ro={src}:{dst}" for src, dst in ro_binds]
         self.log = open(log_path, "ab")
