@@ -76,9 +76,9 @@ class Lan:
 class Host:
     """One database host: a booted container in its namespace."""
 
-    def __init__(self, lan: Lan, name: str, address: str, root: str, deb_dir: str, log_dir: str):
+    def __init__(self, lan: Lan, name: str, address: str, root: str, ro_binds: List[tuple], log_dir: str):
         self.lan, self.name, self.address = lan, name, address
-        self.machine = system.Machine(root, binds=[], ro_binds=[(deb_dir, "/mnt/debs")],
+        self.machine = system.Machine(root, binds=[], ro_binds=ro_binds,
                                       log_path=os.path.join(log_dir, f"{name}-nspawn.log"),
                                       extra=[f"--network-namespace-path=/run/netns/{lan.namespace(name)}",
                                              f"--hostname={name}"])

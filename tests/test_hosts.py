@@ -3,16 +3,15 @@ host through haproxy: bootstrap, the leader's host cut off from the network, the
 crashing. Run alone with `make test-hosts`; it builds the .deb first."""
 from __future__ import annotations
 
-import glob
 import os
-import subprocess
 import time
+import urllib.request
 
 import psycopg2
 import pytest
 
-from tests import hosts, system
-from tests.harness import REPO, WriteClient, wait_until
+from tests import debs, hosts, system
+from tests.harness import WriteClient, wait_until
 
 # The first test also builds the root file system once (debootstrap) and boots three hosts.
 pytestmark = [pytest.mark.integration, pytest.mark.system, pytest.mark.hosts, pytest.mark.timeout(1500)]
@@ -20,9 +19,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.system, pytest.mark.hosts, py
 
 @pytest.fixture(scope="module")
 def lan_hosts(base_dir):
-    built = subprocess.run(["make", "-s", "deb"], cwd=REPO, capture_output=True, text=True)
-    assert built.returncode == 0, built.stderr
-    deb = sorted(glob.glob(os.path.join(REPO, "build", "deb", "governor_*_all.deb")))[-1]
+    deb = debs.build()
+    next_deb = debs.build_next()
+    binds = [(os.path.dirname(deb), "/mnt/debs"), (os.path.dirname(next_deb), "/mnt/debs-next")]
     root = system.rootfs("bookworm", hosts.PACKAGES)
     work = os.path.join(base_dir, "hosts")
     os.makedirs(work, exist_ok=True)
@@ -32,11 +31,11 @@ def lan_hosts(base_dir):
     try:
         for number, name in enumerate(hosts.NAMES, start=11):
             address = lan.add(name, number)
-            machines.append(hosts.Host(lan, name, address, root, os.path.dirname(deb), work))
+            machines.append(hosts.Host(lan, name, address, root, binds, work))
         started = time.monotonic()
         password = hosts.deploy(machines, f"{lan.net}.0/24", deb)
         proxy = hosts.ClientHaproxy(lan, machines, work, password)
-        yield lan, machines, proxy, started
+        yield lan, machines, proxy, started, next_deb
     finally:
         if proxy is not None:
             proxy.stop()
@@ -65,7 +64,7 @@ def writable(m) -> bool:
 
 
 def test_three_fresh_hosts_form_a_cluster_reachable_through_haproxy(lan_hosts):
-    lan, machines, proxy, started = lan_hosts
+    lan, machines, proxy, started, _ = lan_hosts
     leader = wait_until(lambda: primary(machines), 180, "a primary")
     others = [m for m in machines if m is not leader]
     wait_until(lambda: all(streaming(m) for m in others), 120, "two streaming replicas")
@@ -84,7 +83,7 @@ def test_three_fresh_hosts_form_a_cluster_reachable_through_haproxy(lan_hosts):
 
 
 def test_a_cut_off_leader_host_stops_writes_before_another_is_promoted(lan_hosts):
-    lan, machines, proxy, _ = lan_hosts
+    lan, machines, proxy, _, _ = lan_hosts
     leader = wait_until(lambda: primary(machines), 60, "a primary")
     others = [m for m in machines if m is not leader]
     client = WriteClient(proxy.dsn(), "writes")
@@ -122,8 +121,65 @@ def test_a_cut_off_leader_host_stops_writes_before_another_is_promoted(lan_hosts
     print(f"cut-off leader: {len(lost)} acknowledged writes lost (asynchronous replication)")
 
 
+def longest_gap(client: WriteClient, since: float) -> float:
+    """The longest time between two acknowledged writes after `since`."""
+    times = [acked for _i, _b, acked in client.acked if acked >= since]
+    return max((b - a for a, b in zip(times, times[1:])), default=float("inf"))
+
+
+def test_losing_the_leader_hosts_etcd_member_changes_nothing(lan_hosts):
+    """One etcd member down (the one on the leader's host, which every governor asks first):
+    the others keep quorum, governor moves to another endpoint, no failover, writes go on."""
+    lan, machines, proxy, _, _ = lan_hosts
+    leader = wait_until(lambda: primary(machines), 60, "a primary")
+    client = WriteClient(proxy.dsn(), "writes")
+    client.start()
+    time.sleep(2)
+    stopped = time.monotonic()
+    leader.run("systemctl", "stop", "etcd")
+    try:
+        time.sleep(45)      # more than ttl: a lock that was not renewed would have expired
+        assert primary(machines) is leader, "the leader changed although etcd kept its quorum"
+        gap = longest_gap(client, stopped)
+        assert gap < 2, f"writes through haproxy stopped for {gap:.1f} s"
+        print(f"etcd member on the leader's host stopped: longest write gap {gap:.2f} s, no failover")
+    finally:
+        client.stop()
+        leader.run("systemctl", "start", "etcd")
+    wait_until(lambda: leader.run("etcdctl", "endpoint", "health", check=False).returncode == 0, 60,
+               "the etcd member back")
+
+
+def test_a_rolling_package_upgrade_keeps_the_leader(lan_hosts):
+    """apt install of a newer package on every host, replicas first: each governor restarts on
+    the new code leaving PostgreSQL running (README, "Upgrading"), so there is no failover; the
+    only write gap is haproxy's check of the leader while its governor restarts."""
+    lan, machines, proxy, _, next_deb = lan_hosts
+    leader = wait_until(lambda: primary(machines), 60, "a primary")
+    client = WriteClient(proxy.dsn(), "writes")
+    client.start()
+    time.sleep(2)
+    started = time.monotonic()
+    version = os.path.basename(next_deb).split("_")[1]
+    try:
+        for m in sorted(machines, key=lambda m: m is leader):
+            m.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
+                  f"/mnt/debs-next/{os.path.basename(next_deb)}", timeout=300)
+            assert m.run("dpkg-query", "-W", "-f", "${Version}", "governor").stdout == version
+            if m is leader:
+                wait_until(lambda: primary(machines) is leader, 60, "the leader back on the new code")
+            else:
+                wait_until(lambda m=m: streaming(m), 60, f"{m.name} streaming on the new code")
+        assert primary(machines) is leader, "the upgrade moved the leader"
+        gap = longest_gap(client, started)
+        assert gap < 10, f"writes through haproxy stopped for {gap:.1f} s"
+    finally:
+        client.stop()
+    print(f"rolling upgrade: no failover, longest write gap through haproxy {gap:.2f} s")
+
+
 def test_the_leader_host_crashing_fails_over_to_another_host(lan_hosts):
-    lan, machines, proxy, _ = lan_hosts
+    lan, machines, proxy, _, _ = lan_hosts
     leader = wait_until(lambda: primary(machines), 60, "a primary")
     others = [m for m in machines if m is not leader]
     wait_until(lambda: all(streaming(m) for m in others), 120, "two streaming replicas")
@@ -148,3 +204,40 @@ def test_the_leader_host_crashing_fails_over_to_another_host(lan_hosts):
           f"{len(lost)} acknowledged writes lost (asynchronous replication)")
     survivor = next(m for m in others if m is not new)
     wait_until(lambda: streaming(survivor), 120, f"{survivor.name} to stream from {new.name}")
+
+
+def test_etcd_losing_quorum_makes_the_leader_read_only_before_its_lock_could_expire(lan_hosts):
+    """Two hosts left after the crash; the other one crashes too: etcd has one member of three,
+    no quorum, nobody can renew or take the lock. The leader must stop taking writes before its
+    lock could have expired (ttl 30 s after its last renewal), as documented (no failsafe)."""
+    lan, machines, proxy, _, _ = lan_hosts
+    alive = [m for m in machines if m.alive]
+    assert len(alive) == 2
+    leader = wait_until(lambda: primary(alive), 60, "a primary")
+    other = next(m for m in alive if m is not leader)
+    renewed = time.monotonic()          # the lock was renewed at most loop_wait (10 s) before this
+    other.kill()
+    read_only = wait_until(lambda: not writable(leader), 40, "the leader to stop taking writes")
+    assert read_only
+    took = time.monotonic() - renewed
+    assert took < 30, f"the leader took writes for {took:.1f} s without etcd, beyond its lock's ttl"
+    print(f"etcd quorum lost: the leader stopped taking writes {took:.1f} s after the second host crashed")
+    wait_until(lambda: not primary_api(leader), 30, "the leader's /primary to answer 503")
+    wait_until(lambda: refused(proxy), 10, "haproxy to stop routing writes")
+
+
+def refused(proxy) -> bool:
+    try:
+        psycopg2.connect(proxy.dsn()).close()
+        return False
+    except psycopg2.OperationalError:
+        return True
+
+
+def primary_api(m) -> bool:
+    """Whether the host's governor answers 200 on GET /primary (what haproxy asks)."""
+    try:
+        with urllib.request.urlopen(f"http://{m.address}:8008/primary", timeout=2) as resp:
+            return resp.status == 200
+    except (OSError, ValueError):
+        return False

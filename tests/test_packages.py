@@ -7,13 +7,12 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
 import subprocess
 import urllib.request
 
 import pytest
 
-from tests import harness, system
+from tests import debs, harness, system
 from tests.harness import REPO, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.system, pytest.mark.packages]
@@ -21,32 +20,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.system, pytest.mark.packages]
 
 @pytest.fixture(scope="module")
 def deb(base_dir) -> str:
-    result = subprocess.run(["make", "-s", "deb"], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    debs = glob.glob(os.path.join(REPO, "build", "deb", "governor_*_all.deb"))
-    assert len(debs) == 1, debs
-    return debs[0]
+    return debs.build()
 
 
 @pytest.fixture(scope="module")
 def next_deb(deb) -> str:
     """The same package under a newer version, to test an upgrade."""
-    src = os.path.join(REPO, "build", "deb", "src")
-    work = os.path.join(REPO, "build", "deb-next")
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(src, os.path.join(work, "src"), symlinks=True)
-    changelog = os.path.join(work, "src", "debian", "changelog")
-    with open(changelog) as fh:
-        old = fh.read()
-    version = old.split("(", 1)[1].split(")", 1)[0] + "+next1"
-    entry = (f"governor ({version}) unstable; urgency=medium\n\n  * Test upgrade.\n\n"
-             f" -- governor developers <governor@governor-ha.org>  Wed, 25 Nov 2026 20:00:00 +0000\n\n")
-    with open(changelog, "w") as fh:
-        fh.write(entry + old)
-    result = subprocess.run(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=os.path.join(work, "src"),
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return os.path.join(work, f"governor_{version}_all.deb")
+    return debs.build_next()
 
 
 @pytest.fixture(scope="module")
