@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -406,3 +407,78 @@ def test_v3_an_idle_member_reads_etcd_with_its_keepalive_alone(server_fixture, r
     assert after["Range"] == before["Range"] and after["Txn"] == before["Txn"] and after["Put"] == before["Put"]
     assert after["LeaseKeepAlive"] - before["LeaseKeepAlive"] <= 10
     a.close()
+
+
+class FreezableProxy(threading.Thread):
+    """A TCP relay to etcd that can go silent while keeping its connections open: a host that
+    vanished without a reset (powered off, cable pulled), as a client of it sees it."""
+
+    def __init__(self, target_port: int):
+        super().__init__(daemon=True)
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.port = self.server.getsockname()[1]
+        self.target_port = target_port
+        self.frozen = threading.Event()
+        self.sockets = [self.server]
+
+    def run(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self.sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._relay, args=(src, dst), daemon=True).start()
+
+    def stop(self) -> None:
+        self.frozen.clear()
+        for s in self.sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def _relay(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    return
+                while self.frozen.is_set():
+                    time.sleep(0.05)      # silent: nothing passes, nothing is closed
+                dst.sendall(data)
+        except OSError:
+            return
+
+
+@pytest.mark.parametrize("server_fixture", ["etcd", "etcd35"])
+def test_v3_the_watch_follows_when_the_endpoint_goes_silent(server_fixture, request, scope):
+    """The endpoint the watch streams from stops answering without closing anything: once a
+    request has moved to the next endpoint, the watch moves too, so changes still wake."""
+    server = request.getfixturevalue(server_fixture)
+    proxy = FreezableProxy(server.port)
+    proxy.start()
+    a = make(EtcdConfig(scope=scope, ttl=10, hosts=(("127.0.0.1", server.port),), api=3), retry_timeout=3)
+    b = make(EtcdConfig(scope=scope, ttl=10, hosts=(("127.0.0.1", proxy.port), ("127.0.0.1", server.port)), api=3),
+             retry_timeout=3)
+    assert a.acquire_leader("node-a")
+    b.touch_member("node-b", {"role": "replica"})
+    b.get_cluster()
+    wake = threading.Event()
+    b.keep_watching(wake)
+    harness.wait_until(lambda: b.stream.delivered or b.stream._conn is not None, 5, "the watch to connect")
+    proxy.frozen.set()
+    b.get_cluster()                  # times out on the silent endpoint, answered by the next one
+    time.sleep(1.5)                  # RECONNECT_PAUSE: the watch reconnects
+    wake.clear()
+    try:
+        assert a.release_leader("node-a")
+        assert wake.wait(3), "the watch stayed on the silent endpoint"
+    finally:
+        b.close()
+        proxy.stop()

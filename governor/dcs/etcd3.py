@@ -69,6 +69,7 @@ class Etcd3(DCS):
         # that follower's revision, which may predate it; the cache must at least hold our writes.
         self._written_revision = 0
         self.stream: Optional[WatchStream] = None
+        self._watch_endpoint: Optional[int] = None    # index in cfg.hosts the watch streams from
         self._claim_revision: Optional[int] = None
         self._member_written: Optional[Tuple[str, str, str]] = None   # (name, value, lease) last put
         self.duplicate_owner: Optional[str] = None   # another lease that wrote our member key
@@ -274,6 +275,11 @@ class Etcd3(DCS):
             missed = self.cache.reset(items, problems, revision)
             if missed and self.stream is not None:
                 self.stream.read_found_change(missed)
+        if self._watch_endpoint is not None and self._watch_endpoint != self._current and self.stream is not None:
+            # Our requests moved to another endpoint (the one the watch streams from stopped
+            # answering, perhaps without closing anything): the watch follows at once.
+            self._watch_endpoint = None
+            self.stream.restart()
         entries = [i.entry for i in items]
         if self._member_written:
             own = f"members/{self._member_written[0]}"
@@ -312,6 +318,7 @@ class Etcd3(DCS):
     def _watch_connection(self, timeout: float) -> Tuple[http.client.HTTPConnection, str, Dict[str, str]]:
         if self._gateway is None:
             raise OSError("no etcd answered yet")
+        self._watch_endpoint = self._current
         host, port = self.cfg.hosts[self._current % len(self.cfg.hosts)]
         headers = {"Content-Type": "application/json"}
         if self._token:
