@@ -52,6 +52,16 @@ def primary(machines):
     return found[0] if len(found) == 1 else None
 
 
+def writer(proxy, table: str) -> WriteClient:
+    """A client writing through haproxy into a table of its own (ids start at 1 in each)."""
+    with psycopg2.connect(proxy.dsn()) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE TABLE {table} (id int PRIMARY KEY)")
+    conn.close()
+    client = WriteClient(proxy.dsn(), table)
+    client.start()
+    return client
+
+
 def streaming(m) -> bool:
     st = m.status() or {}
     return st.get("role") == "replica" and bool(st.get("streaming"))
@@ -76,7 +86,7 @@ def test_three_fresh_hosts_form_a_cluster_reachable_through_haproxy(lan_hosts):
     conn = wait_until(lambda: psycopg2.connect(proxy.dsn()), 30, "haproxy to route to the primary")
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute("CREATE TABLE writes (id int PRIMARY KEY)")
+        cur.execute("CREATE TABLE bootstrap_writes (id int PRIMARY KEY)")
         cur.execute("SELECT inet_server_addr()")
         assert cur.fetchone()[0] == leader.address
     conn.close()
@@ -86,8 +96,7 @@ def test_a_cut_off_leader_host_stops_writes_before_another_is_promoted(lan_hosts
     lan, machines, proxy, _, _ = lan_hosts
     leader = wait_until(lambda: primary(machines), 60, "a primary")
     others = [m for m in machines if m is not leader]
-    client = WriteClient(proxy.dsn(), "writes")
-    client.start()
+    client = writer(proxy, "cutoff_writes")
     time.sleep(2)
     cut = time.monotonic()
     lan.cut(leader.name)
@@ -113,7 +122,7 @@ def test_a_cut_off_leader_host_stops_writes_before_another_is_promoted(lan_hosts
         client.stop()
     wait_until(lambda: streaming(leader), 180, f"{leader.name} to rejoin as a streaming replica")
     with psycopg2.connect(proxy.dsn()) as conn, conn.cursor() as cur:
-        cur.execute("SELECT id FROM writes")
+        cur.execute(f"SELECT id FROM {client.table}")
         stored = {row[0] for row in cur.fetchall()}
         cur.execute("SELECT inet_server_addr()")
         assert cur.fetchone()[0] == new.address
@@ -132,8 +141,7 @@ def test_losing_the_leader_hosts_etcd_member_changes_nothing(lan_hosts):
     the others keep quorum, governor moves to another endpoint, no failover, writes go on."""
     lan, machines, proxy, _, _ = lan_hosts
     leader = wait_until(lambda: primary(machines), 60, "a primary")
-    client = WriteClient(proxy.dsn(), "writes")
-    client.start()
+    client = writer(proxy, "etcd_member_writes")
     time.sleep(2)
     stopped = time.monotonic()
     leader.run("systemctl", "stop", "etcd")
@@ -156,8 +164,7 @@ def test_a_rolling_package_upgrade_keeps_the_leader(lan_hosts):
     only write gap is haproxy's check of the leader while its governor restarts."""
     lan, machines, proxy, _, next_deb = lan_hosts
     leader = wait_until(lambda: primary(machines), 60, "a primary")
-    client = WriteClient(proxy.dsn(), "writes")
-    client.start()
+    client = writer(proxy, "upgrade_writes")
     time.sleep(2)
     started = time.monotonic()
     version = os.path.basename(next_deb).split("_")[1]
@@ -183,8 +190,7 @@ def test_the_leader_host_crashing_fails_over_to_another_host(lan_hosts):
     leader = wait_until(lambda: primary(machines), 60, "a primary")
     others = [m for m in machines if m is not leader]
     wait_until(lambda: all(streaming(m) for m in others), 120, "two streaming replicas")
-    client = WriteClient(proxy.dsn(), "writes")
-    client.start()
+    client = writer(proxy, "crash_writes")
     time.sleep(2)
     crashed = time.monotonic()
     leader.kill()
@@ -195,7 +201,7 @@ def test_the_leader_host_crashing_fails_over_to_another_host(lan_hosts):
     finally:
         client.stop()
     with psycopg2.connect(proxy.dsn()) as conn, conn.cursor() as cur:
-        cur.execute("SELECT id FROM writes")
+        cur.execute(f"SELECT id FROM {client.table}")
         stored = {row[0] for row in cur.fetchall()}
         cur.execute("SELECT inet_server_addr()")
         assert cur.fetchone()[0] == new.address
