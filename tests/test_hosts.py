@@ -54,7 +54,9 @@ def primary(machines):
 
 def writer(proxy, table: str) -> WriteClient:
     """A client writing through haproxy into a table of its own (ids start at 1 in each)."""
-    with psycopg2.connect(proxy.dsn()) as conn, conn.cursor() as cur:
+    # haproxy may still have the primary down for a check interval after a previous scenario
+    conn = wait_until(lambda: psycopg2.connect(proxy.dsn()), 15, "haproxy to route to the primary")
+    with conn, conn.cursor() as cur:
         cur.execute(f"CREATE TABLE {table} (id int PRIMARY KEY)")
     conn.close()
     client = WriteClient(proxy.dsn(), table)
@@ -177,6 +179,7 @@ def test_a_rolling_package_upgrade_keeps_the_leader(lan_hosts):
                 wait_until(lambda: primary(machines) is leader, 60, "the leader back on the new code")
             else:
                 wait_until(lambda m=m: streaming(m), 60, f"{m.name} streaming on the new code")
+        time.sleep(10)          # and writes go on after it
         assert primary(machines) is leader, "the upgrade moved the leader"
         gap = longest_gap(client, started)
         assert gap < 10, f"writes through haproxy stopped for {gap:.1f} s"
