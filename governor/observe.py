@@ -6,7 +6,6 @@ during a leader race, the other members' /status answers.
 from __future__ import annotations
 
 import http.client
-import json
 import logging
 import os
 import ssl
@@ -147,15 +146,14 @@ def peer_status(api_url: str, name: str, cafile: Optional[str] = None, timeout: 
         return None
     if not isinstance(data, dict) or data.get("name") != name:
         return None
-    record = {"role": data.get("role") if isinstance(data.get("role"), str) else "unknown",
-              "state": "running" if data.get("running") is True else data.get("state"),
-              "lsn": data.get("lsn"), "timeline": data.get("timeline"), "tags": data.get("tags")}
-    for key in ("lsn", "timeline"):
-        if not isinstance(record[key], int) or isinstance(record[key], bool):
-            record[key] = None       # a number as text is no number here: the API answers integers
-    if not isinstance(record["state"], str):
-        record["state"] = "unknown"
-    return Member.from_json(name, json.dumps(record))
+    def position(key: str) -> Optional[int]:
+        value = data.get(key)   # the API answers integers: a number as text is no number here
+        return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64 else None
+
+    role, state, tags = data.get("role"), data.get("state"), data.get("tags")
+    return Member(name=name, role=role if isinstance(role, str) else "unknown",
+                  state="running" if data.get("running") is True else state if isinstance(state, str) else "unknown",
+                  lsn=position("lsn"), timeline=position("timeline"), tags=tags if isinstance(tags, dict) else {})
 
 
 def settled(g: Governor) -> bool:

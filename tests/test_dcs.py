@@ -241,23 +241,23 @@ def test_the_lock_outlives_the_deadline_the_fence_is_given(adapter, scope):
     the start of the pass."""
     ttl = 3
     a, b = adapter(scope, ttl=ttl), adapter(scope)
+
+    def lock_lives_until_its_deadline(take) -> None:
+        sent = time.monotonic()
+        assert take("node-a")
+        deadline = a.lock_expires(sent, ttl)
+        time.sleep(max(0.0, deadline - 0.3 - time.monotonic()))
+        assert b.get_cluster().leader is not None, "the lock expired before the fence's deadline"
+
     a.touch_member("node-a", {"role": "replica"})          # the member's lease, extended now
     time.sleep(1.5)
-    sent = time.monotonic()
-    assert a.acquire_leader("node-a")
-    deadline = a.lock_expires(sent, ttl)
-    time.sleep(max(0.0, deadline - 0.3 - time.monotonic()))
-    assert b.get_cluster().leader is not None, "the lock expired before the fence's deadline"
+    lock_lives_until_its_deadline(a.acquire_leader)
     assert a.release_leader("node-a")
     a.keep_watching(threading.Event())
     assert a.acquire_leader("node-a")
     a.get_cluster()                                        # a pass's first read extends the lease
     time.sleep(0.4)
-    sent = time.monotonic()
-    assert a.renew_leader("node-a")
-    deadline = a.lock_expires(sent, ttl)
-    time.sleep(max(0.0, deadline - 0.3 - time.monotonic()))
-    assert b.get_cluster().leader is not None, "the lock expired before the fence's deadline"
+    lock_lives_until_its_deadline(a.renew_leader)
 
 
 def test_dynamic_config_and_sync_keys_are_compare_and_swap(adapter, scope):

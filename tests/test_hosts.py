@@ -123,13 +123,20 @@ def test_a_cut_off_leader_host_stops_writes_before_another_is_promoted(lan_hosts
         lan.mend(leader.name)
         client.stop()
     wait_until(lambda: streaming(leader), 180, f"{leader.name} to rejoin as a streaming replica")
+    lost = lost_writes(proxy, client, new)
+    print(f"cut-off leader: {len(lost)} acknowledged writes lost (asynchronous replication)")
+
+
+def lost_writes(proxy, client: WriteClient, primary_host) -> list:
+    """The client's acknowledged writes missing from the table, read through haproxy, which
+    must route to `primary_host`."""
     with psycopg2.connect(proxy.dsn()) as conn, conn.cursor() as cur:
         cur.execute(f"SELECT id FROM {client.table}")
         stored = {row[0] for row in cur.fetchall()}
         cur.execute("SELECT inet_server_addr()")
-        assert cur.fetchone()[0] == new.address
-    lost = [i for i in client.acked_ids() if i not in stored]
-    print(f"cut-off leader: {len(lost)} acknowledged writes lost (asynchronous replication)")
+        assert cur.fetchone()[0] == primary_host.address
+    conn.close()
+    return [i for i in client.acked_ids() if i not in stored]
 
 
 def longest_gap(client: WriteClient, since: float) -> float:
@@ -203,12 +210,7 @@ def test_the_leader_host_crashing_fails_over_to_another_host(lan_hosts):
         assert resumed is not None, "writes through haproxy did not resume"
     finally:
         client.stop()
-    with psycopg2.connect(proxy.dsn()) as conn, conn.cursor() as cur:
-        cur.execute(f"SELECT id FROM {client.table}")
-        stored = {row[0] for row in cur.fetchall()}
-        cur.execute("SELECT inet_server_addr()")
-        assert cur.fetchone()[0] == new.address
-    lost = [i for i in client.acked_ids() if i not in stored]
+    lost = lost_writes(proxy, client, new)
     print(f"leader host crash: writes through haproxy again {resumed - crashed:.1f} s after the crash, "
           f"{len(lost)} acknowledged writes lost (asynchronous replication)")
     survivor = next(m for m in others if m is not new)
