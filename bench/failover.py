@@ -168,6 +168,8 @@ def main() -> int:
     p.add_argument("--kinds", default="crash,clean,switchover",
                    help="comma separated: crash, clean, switchover (default: all three)")
     p.add_argument("--output", help="JSON result file")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the run's directory (data directories, governor logs) when a run fails")
     args = p.parse_args()
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     if not kinds or set(kinds) - {"crash", "clean", "switchover"}:
@@ -182,6 +184,7 @@ def main() -> int:
               "synchronous_mode": args.synchronous_mode, "etcd": {"ttl": args.ttl, "api": args.etcd_api}}
     runs: List[Dict[str, object]] = []
     boot: Dict[str, float] = {}
+    failed = True
     try:
         boot = bootstrap_run(cluster, timing)
         print(f"bootstrap: {json.dumps(boot)}", flush=True)
@@ -210,11 +213,15 @@ def main() -> int:
                 print(f"{kind} run {i + 1}: {json.dumps(result)}", flush=True)
         client.halt.set()
         client.join(5)
+        failed = False
     finally:
         cluster.teardown()
         etcd.stop()
         harness.stop_all_processes()
-        shutil.rmtree(base, ignore_errors=True)   # data directories and logs of the run
+        if failed and args.keep:
+            print(f"kept the failed run's directory: {base}", file=sys.stderr)
+        else:
+            shutil.rmtree(base, ignore_errors=True)   # data directories and logs of the run
 
     route = "haproxy (haproxy/haproxy.cfg)" if args.haproxy_port else "libpq target_session_attrs=read-write"
     report = {

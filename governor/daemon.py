@@ -229,6 +229,9 @@ class Governor:
 
     def run_once(self) -> bool:
         """One pass; returns False when an action failed and the loop should run again at once."""
+        # Cleared here, before etcd is read, not when the pass sleeps: a change reported while the
+        # pass runs (the lock it took, an operator's request) is news to it and runs the next.
+        self.wake.clear()
         if self.lock_too_close_to_expiry():
             self.once("dcs", "etcd did not answer and the leader lock expires in less than retry_timeout: "
                              "not waiting for etcd again", logging.WARNING)
@@ -269,7 +272,6 @@ class Governor:
         if seconds <= 0 or self.stopping.is_set():
             return
         deadline = time.monotonic() + seconds
-        self.wake.clear()
         if self.cluster is not None and self.watching is not self.dcs:
             if self.dcs.keep_watching(self.wake):
                 self.watching = self.dcs

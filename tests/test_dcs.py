@@ -130,8 +130,10 @@ def test_watch_wakes_on_leader_change(adapter, scope):
 
 
 def test_watch_wakes_on_what_members_act_on_and_not_on_heartbeats(adapter, scope):
-    """A bootstrap's `initialize`, a new member (the leader makes its slot) and the lock wake a
-    watching member at once; a member refreshing its key or the leader renewing does not."""
+    """A bootstrap's `initialize`, a new member (the leader makes its slot), a member whose role or
+    state changes (a clone finished: the leader's switchover check and synchronous standby choice
+    read it) and the lock wake a watching member at once; a member refreshing its key or position,
+    or the leader renewing, does not."""
     a, b = adapter(scope), adapter(scope)
     a.claim_initialize("")
     a.acquire_leader("node-a")
@@ -151,7 +153,12 @@ def test_watch_wakes_on_what_members_act_on_and_not_on_heartbeats(adapter, scope
             timer.join()
 
     assert wakes_within(lambda: a.set_initialize("7001")) is True
-    assert wakes_within(lambda: a.touch_member("node-b", {"role": "replica"})) is True
+    assert wakes_within(lambda: a.touch_member("node-b", {"role": "uninitialized", "state": "creating replica"})) \
+        is True
+    assert wakes_within(lambda: a.touch_member("node-b", {"role": "replica", "state": "running", "lsn": 5})) is True
+    assert wakes_within(lambda: a.touch_member("node-b", {"role": "replica", "state": "running", "lsn": 9})) is False
+    assert wakes_within(lambda: a.touch_member("node-b", {"role": "replica", "state": "running", "lsn": 9,
+                                                          "tags": {"nofailover": True}})) is True
     assert wakes_within(lambda: a.touch_member("node-a", {"role": "primary", "lsn": 2})) is False
     assert wakes_within(lambda: a.renew_leader("node-a")) is False
     assert wakes_within(lambda: a.write_leader_lsn(2)) is False

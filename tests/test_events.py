@@ -58,3 +58,11 @@ def test_bootstrap_rejoin_and_switchover_do_not_wait_for_the_loop(make_cluster):
     assert all_streaming < WITHIN, f"all members streaming {all_streaming:.1f}s after the switchover command"
     assert reported < WITHIN, f"all members reported streaming {reported:.1f}s after the switchover command"
     assert [n.name for n in cluster.primaries()] == [candidate.name]
+
+    # The new leader's API knows at once that it leads and that the old primary is a running
+    # replica again (both learnt from the watch, not from a pass loop_wait later): a switchover
+    # back is accepted as soon as the old primary reports streaming.
+    back = harness.governorctl(candidate, "switchover", "--candidate", primary.name, "--wait", "30")
+    assert back.returncode == 0, back.stderr
+    assert time.monotonic() - asked < 2 * WITHIN
+    assert [n.name for n in cluster.primaries()] == [primary.name]

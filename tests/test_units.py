@@ -5,6 +5,7 @@ import configparser
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -119,3 +120,22 @@ def test_timer_measures_how_long_a_condition_has_held():
     assert timer(None, True, 5.0) == (5.0, 0.0)
     assert timer(3.0, True, 5.0) == (3.0, 2.0)
     assert timer(3.0, False, 5.0) == (None, None), "ends when the condition does"
+
+
+def test_a_wake_during_a_pass_is_not_lost(tmp_path):
+    """A change the watch reports while a pass runs (the lock this pass took, an operator's
+    request, a member that just became a running replica) makes the next pass run at once: the
+    pass read etcd before it, so sleeping loop_wait would leave /status and the API's checks stale."""
+    from governor.daemon import Governor
+    raw = {"loop_wait": 10, "etcd": {"scope": "s", "api": 3},
+           "postgresql": {"name": "n", "data_dir": str(tmp_path / "data"), "bin_dir": "/usr/lib/postgresql/15/bin",
+                          "replication": {"password": "x"}}, "metrics": {"enabled": False}}
+    g = Governor(config.validate(raw, {}, "defaults"))
+    g.wake.set()                     # set by the watch thread while run_once was busy
+    started = time.monotonic()
+    g.sleep(10)
+    assert time.monotonic() - started < 1
+    g.wake.clear()
+    started = time.monotonic()
+    g.sleep(0.5)                     # nothing happened: the whole sleep
+    assert time.monotonic() - started >= 0.45

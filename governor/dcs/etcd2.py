@@ -36,12 +36,13 @@ def _event_wakes(event: etcd.EtcdResult, key: str) -> bool:
     that is no change, so only a new value, a new key or a deleted/expired one counts."""
     action = str(getattr(event, "action", "") or "")
     previous = getattr(event, "_prev_node", None)
+    before = None if action == "create" or previous is None else getattr(previous, "value", None)
     if action in ("delete", "expire", "compareAndDelete"):
-        return wakes(key, created=False)
-    created = action == "create" or previous is None
-    if not created and getattr(previous, "value", None) == getattr(event, "value", None):
+        return wakes(key, before if before is not None else "", None)
+    value = getattr(event, "value", None)
+    if before is not None and before == value:
         return False
-    return wakes(key, created)
+    return wakes(key, before, value)
 
 
 class Etcd2(DCS):

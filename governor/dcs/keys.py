@@ -17,15 +17,30 @@ class Entry(NamedTuple):
 
 
 LSN_MAX = 2**64 - 1
-# Keys whose change another member acts on at once: a watching member wakes for these, and for
-# a member key being created (the leader makes a replication slot for a new member), but not for
-# the refresh of a member key or of the leader's position.
+# Keys whose change another member acts on at once: a watching member wakes for these; for a
+# member key, when it appears or goes (the leader makes or drops a replication slot) or when what
+# others act on changes (member_facts) — not for the refresh of a member key or of the leader's
+# position, which every member writes each loop.
 WAKE_KEYS = frozenset(("leader", "initialize", "failover", "pause", "config", "sync"))
 
 
-def wakes(key: str, created: bool) -> bool:
-    """Whether a change of `key` (relative to the scope prefix) wakes a watching member."""
-    return key in WAKE_KEYS or (created and key.startswith("members/"))
+def member_facts(text: Optional[str]) -> tuple:
+    """What other members act on in a member key: its role and state (a switchover candidate must
+    be a running replica, a synchronous standby a streaming one), addresses, timeline and tags.
+    Not its WAL position, which changes every loop."""
+    m = Member.from_json("", text or "")
+    return (m.role, m.state, m.conn_url, m.api_url, m.timeline, m.pending_restart,
+            sorted(m.tags.items(), key=repr))
+
+
+def wakes(key: str, before: Optional[str], after: Optional[str]) -> bool:
+    """Whether a change of `key` (relative to the scope prefix) from value `before` to `after`
+    (None: the key did not exist / was deleted) wakes a watching member."""
+    if key in WAKE_KEYS:
+        return True
+    if not key.startswith("members/"):
+        return False
+    return before is None or after is None or member_facts(before) != member_facts(after)
 
 UNKNOWN_HOLDER = "?unreadable"   # no member can have this name (see NAME_RE)
 

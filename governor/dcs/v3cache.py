@@ -112,14 +112,16 @@ class KeyCache:
                     return None
                 key = item.entry.key
                 self._problems.pop(key, None)
+                before = self._items.get(key)
+                before_value = None if before is None or item.created else before.entry.value
                 if event.get("type") == "DELETE":
                     self._items.pop(key, None)
-                    woke = woke or wakes(key, False)
+                    woke = woke or wakes(key, before_value, None)
                 else:
                     self._items[key] = item
                     if problem:
                         self._problems[key] = problem
-                    woke = woke or wakes(key, item.created)
+                    woke = woke or wakes(key, before_value, item.entry.value)
                 newest = max(newest, revision)
             self.revision = newest
         return woke
