@@ -23,7 +23,8 @@ with --haproxy-port). For each run it injects a fault into the leader and measur
 Usage (as root; governor and PostgreSQL run as the postgres user):
   bench/failover.py [--runs 3] [--ttl 10] [--loop-wait 1] [--retry-timeout 3] [--haproxy-port 5000]
                     [--kinds crash,clean,switchover] [--synchronous-mode off|on|quorum]
-                    [--etcd-api 2|3] [--idle-seconds 30] [--output FILE]
+                    [--etcd-api 2|3] [--idle-seconds 30] [--client-interval 0.1] [--keep]
+                    [--output FILE]
 Writes a JSON file (default bench/results/failover-<time>.json) and prints a summary.
 """
 from __future__ import annotations
@@ -103,13 +104,26 @@ def switchover_run(cluster: harness.TestCluster, client: harness.WriteClient) ->
     time.sleep(max(0.0, 2 - all_streaming))   # writes have resumed on the new primary for a while
     gap = client.longest_gap(since=started - 1)
     harness.wait_until(old.is_streaming, 120, f"{old.name} to rejoin", interval=0.1)
+    acked = set(client.acked_ids())      # before the read: the client keeps writing meanwhile
     present = {r[0] for r in new.sql("SELECT id FROM bench_writes")}
-    lost = sorted(set(client.acked_ids()) - present)
-    return {"kind": "switchover", "old_leader": old.name, "new_leader": new.name,
+    lost = sorted(acked - present)
+    return {"kind": "switchover", "old_leader": old.name, "new_leader": new.name, **lost_detail(client, lost, started),
             "failover_seconds": round(gap, 3),
             "rejoin_seconds": round(time.monotonic() - started, 3),   # from the command, as replica
             "all_streaming_seconds": round(all_streaming, 3),
             "acknowledged_writes_lost": len(lost)}
+
+
+def lost_detail(client: harness.WriteClient, lost: List[int], since: float) -> Dict[str, object]:
+    """For acknowledged writes that are missing: when each was begun and acknowledged (seconds
+    from the fault or command) and which server (port) acknowledged it."""
+    if not lost:
+        return {}
+    with client.lock:
+        times = {i: (began, acked) for i, began, acked in client.acked if i in set(lost)}
+        ports = {i: client.server_of.get(i) for i in lost}
+    return {"lost": [{"id": i, "began": round(times[i][0] - since, 3), "acked": round(times[i][1] - since, 3),
+                      "server_port": ports[i]} for i in lost[:10]]}
 
 
 def one_run(cluster: harness.TestCluster, client: harness.WriteClient, kind: str, ttl: float) -> Dict[str, object]:
@@ -137,7 +151,7 @@ def one_run(cluster: harness.TestCluster, client: harness.WriteClient, kind: str
         acked = {i for i, _began, _acked in client.acked}
     present = {r[0] for r in new.sql("SELECT id FROM bench_writes")}
     lost = sorted(acked - present)
-    return {"kind": kind, "old_leader": old.name, "new_leader": new.name,
+    return {"kind": kind, "old_leader": old.name, "new_leader": new.name, **lost_detail(client, lost, fault),
             "failover_seconds": round(failover, 3) if failover is not None else None,
             "rejoin_seconds": round(rejoin, 3), "rejoin_reported_seconds": round(rejoin_reported, 3),
             "acknowledged_writes_lost": len(lost)}
@@ -167,9 +181,12 @@ def main() -> int:
                    help="measure idle etcd traffic for this long before the faults (0: skip)")
     p.add_argument("--kinds", default="crash,clean,switchover",
                    help="comma separated: crash, clean, switchover (default: all three)")
+    p.add_argument("--client-interval", type=float, default=0.1,
+                   help="seconds between the client's INSERTs, each on a new connection (default 0.1); "
+                        "the resolution of every gap measured")
     p.add_argument("--output", help="JSON result file")
     p.add_argument("--keep", action="store_true",
-                   help="keep the run's directory (data directories, governor logs) when a run fails")
+                   help="keep the run's directory (data directories, governor logs)")
     args = p.parse_args()
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     if not kinds or set(kinds) - {"crash", "clean", "switchover"}:
@@ -204,7 +221,7 @@ def main() -> int:
             time.sleep(3)
             idle = idle_cost(etcd, len(cluster.nodes), args.idle_seconds)
             print(f"idle: {json.dumps(idle)}", flush=True)
-        client = harness.WriteClient(dsn, "bench_writes")
+        client = harness.WriteClient(dsn, "bench_writes", interval=args.client_interval)
         client.start()
         for kind in kinds:
             for i in range(args.runs):
@@ -218,8 +235,8 @@ def main() -> int:
         cluster.teardown()
         etcd.stop()
         harness.stop_all_processes()
-        if failed and args.keep:
-            print(f"kept the failed run's directory: {base}", file=sys.stderr)
+        if args.keep:
+            print(f"kept the run's directory{' (a run failed)' if failed else ''}: {base}", file=sys.stderr)
         else:
             shutil.rmtree(base, ignore_errors=True)   # data directories and logs of the run
 
@@ -228,8 +245,8 @@ def main() -> int:
         "benchmark": "failover",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": {"ttl": args.ttl, "loop_wait": args.loop_wait, "retry_timeout": args.retry_timeout,
-                     "nodes": 3, "client_interval_seconds": 0.1, "synchronous_mode": args.synchronous_mode,
-                     "etcd_api": args.etcd_api,
+                     "nodes": 3, "client_interval_seconds": args.client_interval,
+                     "synchronous_mode": args.synchronous_mode, "etcd_api": args.etcd_api,
                      "route": route},
         "notes": {"failover_seconds": "crash/clean: fault to the first acknowledged INSERT begun after it; "
                                   "switchover: the longest gap between two acknowledged INSERTs around it"},

@@ -33,7 +33,14 @@ Cases, checked top to bottom (the first that matches wins):
   start_timeout_release         holds the lock, PostgreSQL not up for        release_lock
                                 primary_start_timeout: let a replica lead
   start_lock_holder             stopped, this member holds the lock          renew_lock, start_as_leader
+  rewind_await_leader           former primary (stopped, or a replica not    -  (its member key wakes us)
+                                yet rewound), the lock holder does not run
+                                as primary yet (still promoting: pg_rewind
+                                would compare against a standby's stale
+                                control file and copy needlessly, or find
+                                nothing to rewind that is there)
   rewind_then_follow            stopped former primary, another leader       rewind, start_as_replica
+                                running as primary
   start_following_leader        stopped, another member holds the lock       start_as_replica
   start_read_only               stopped, nobody holds the lock               start_as_replica
   lock_holder_starting          holds the lock, running but not accepting     renew_lock
@@ -46,7 +53,11 @@ Cases, checked top to bottom (the first that matches wins):
                                                                              manage_sync
   lock_held_promote             holds the lock, running as replica           renew_lock, promote, ensure_slots
   demote_other_leader           primary, but another member holds the lock   demote, rewind, start_as_replica
+                                and runs as primary
+  demote_for_new_leader         primary, another member holds the lock but   demote (pg_rewind once it runs
+                                does not run as primary yet (or unknown)     as primary)
   rewind_demoted                replica that was primary, another leader     rewind, start_as_replica
+                                running as primary
   replica_diverged              replica not streaming for max(5 s,           rewind, start_as_replica
                                 2 * loop_wait) while the running leader is
                                 on a later timeline: it may hold WAL the
@@ -189,6 +200,12 @@ def _candidate_caught_up(cluster: Cluster, switchover: Switchover, local: LocalS
     return cluster.leader_lsn - lsn <= local.maximum_lag_on_failover
 
 
+def _await_leader(leader: str) -> Decision:
+    return Decision("rewind_await_leader",
+                    f"former primary: waiting for {leader} to run as primary before checking this data directory "
+                    "against it with pg_rewind")
+
+
 def _start_timeout(local: LocalState) -> Decision:
     return Decision("start_timeout_release",
                     f"PostgreSQL has not come up for {local.starting_for:.0f}s under the lock "
@@ -259,6 +276,10 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
 
     leader = cluster.leader.name if cluster.leader else None
     leader_member = cluster.leader_member
+    # pg_rewind compares against the leader's control file, which shows its new timeline only once
+    # its promotion is done: a former primary is checked only against a leader running as primary.
+    leader_runs_primary = leader_member is not None and leader_member.role == "primary" \
+        and leader_member.state == "running"
     if local.data == EMPTY:
         if leader and leader != me and leader_member and leader_member.conn_url \
                 and leader_member.role == "primary":
@@ -285,6 +306,8 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                 return _start_timeout(local)
             return Decision("start_lock_holder", "PostgreSQL stopped and this member holds the lock: starting it",
                             (Action.RENEW_LOCK, Action.START_AS_LEADER))
+        if leader and local.rewind_pending and not leader_runs_primary:
+            return _await_leader(leader)
         if leader and local.rewind_pending:
             return Decision("rewind_then_follow",
                             f"former primary: checking its timeline against {leader} with pg_rewind before "
@@ -330,10 +353,16 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
         return Decision("lock_held_promote", "this member holds the lock but runs as a replica: promoting",
                         (Action.RENEW_LOCK, Action.PROMOTE, Action.ENSURE_SLOTS))
     if leader:
+        if local.role == "primary" and not leader_runs_primary:
+            return Decision("demote_for_new_leader",
+                            f"{leader} holds the lock: demoting; checking with pg_rewind once {leader} runs as "
+                            "primary", (Action.DEMOTE,), leader=leader)
         if local.role == "primary":
             return Decision("demote_other_leader",
                             f"{leader} holds the lock: demoting, checking with pg_rewind, following it",
                             (Action.DEMOTE, Action.REWIND, Action.START_AS_REPLICA), leader=leader)
+        if local.rewind_pending and not leader_runs_primary:
+            return _await_leader(leader)
         if local.rewind_pending:
             return Decision("rewind_demoted",
                             f"former primary: checking it against {leader} with pg_rewind",

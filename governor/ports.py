@@ -15,6 +15,7 @@ from governor.status import StatusBoard
 
 if TYPE_CHECKING:
     from governor.cluster import Cluster
+    from governor.ha import Decision, LocalState
     from governor.lockfence import LockFence
     from governor.metrics import Metrics
     from governor.syncrep import SyncManager
@@ -78,6 +79,8 @@ class ActionHost(Protocol):
     def lock_lost(self, keep_fence: bool = False) -> None: ...
 
     def give_up_lock(self) -> None: ...
+
+    def announce(self, local: LocalState, decision: Decision) -> None: ...
 
     def unfence(self) -> None: ...
 

@@ -639,6 +639,7 @@ class WriteClient(threading.Thread):
         super().__init__(daemon=True)
         self.dsn, self.table, self.interval = dsn, table, interval
         self.acked: List[Tuple[int, float, float]] = []   # (id, attempt started, acknowledged)
+        self.server_of: Dict[int, int] = {}                 # id -> port of the server that acknowledged it
         self.halt = threading.Event()
         self.seq = 0
         self.lock = threading.Lock()
@@ -652,9 +653,12 @@ class WriteClient(threading.Thread):
                 try:
                     conn.autocommit = True
                     with conn.cursor() as cur:
-                        cur.execute(f"INSERT INTO {self.table} (id) VALUES (%s)", (self.seq,))
+                        cur.execute(f"INSERT INTO {self.table} (id) VALUES (%s) RETURNING inet_server_port()",
+                                    (self.seq,))
+                        port = cur.fetchone()[0]
                     with self.lock:
                         self.acked.append((self.seq, started, time.monotonic()))
+                        self.server_of[self.seq] = port
                 finally:
                     conn.close()
             except psycopg2.Error:

@@ -51,7 +51,7 @@ def test_unreadable_leader_and_sync_keys_are_held_and_unknown():
     assert cluster.sync == SyncState.unknown(3)
     assert len(cluster.problems) == 2
     local = ha.LocalState(name="node1", data=ha.POSTGRES, sysid="1", running=True, role="primary", lsn=100)
-    assert ha.decide(cluster, local).case == "demote_other_leader"
+    assert ha.decide(cluster, local).case == "demote_for_new_leader"   # demoted; rewound once a primary is known
     no_leader = build_cluster([Entry("initialize", "1", 1), Entry("sync", "{", 3), Entry("optime/leader", "100", 4)],
                               5)
     replica = ha.LocalState(name="node1", data=ha.POSTGRES, sysid="1", running=True, role="replica", lsn=100)

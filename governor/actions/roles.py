@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Optional
 
 from governor.actions.base import ActionFailed
@@ -40,9 +41,10 @@ def promote(g: ActionHost, decision: Decision, local: LocalState) -> None:
     create_member_slots(g)
     if not g.server.promote():
         raise ActionFailed("pg_promote() did not finish in time")
-    g.write_conf(standby_of=None)
-    state = g.server.state()
+    state = g.server_state = g.server.state()
+    g.announce(replace(local, running=True, role="primary", timeline=state.timeline, lsn=state.lsn), decision)
     log.info("promoted: this member is now the primary on timeline %s", state.timeline)
+    g.write_conf(standby_of=None)
     if g.cluster is not None and g.cluster.switchover and g.cluster.switchover.candidate == g.name:
         try:
             g.dcs.clear_switchover()
@@ -89,6 +91,8 @@ def demote(g: ActionHost, decision: Decision, local: LocalState) -> None:
         log.error("fast shutdown did not finish (%s); stopping PostgreSQL immediately", exc)
         g.controller.stop("immediate")
     g.unfence()
+    g.server_state = None
+    g.announce(replace(local, running=False, role=None), decision)
     log.info("demoted: PostgreSQL stopped%s", f"; next: pg_rewind against {decision.leader}"
              if decision.leader else "")
 
@@ -106,6 +110,8 @@ def step_down(g: ActionHost, decision: Decision, local: LocalState) -> None:
     except DCSError as exc:
         log.warning("switchover: could not update the sync key: %s", exc)
     g.give_up_lock()
+    g.server_state = None
+    g.announce(replace(local, running=False, role=None), decision)
     log.info("switchover: PostgreSQL stopped and lock released for %s", decision.leader)
 
 

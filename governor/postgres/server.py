@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional
 
@@ -118,8 +119,17 @@ class Server:
     def version(self) -> int:
         return int(self.query("SHOW server_version_num")[0][0])
 
-    def promote(self, timeout: int = 60) -> bool:
-        return bool(self.query("SELECT pg_promote(true, %s)", (timeout,))[0][0])
+    def promote(self, timeout: float = 60, poll: float = 0.01) -> bool:
+        """Promote and wait until PostgreSQL accepts writes. pg_promote(wait => true) looks only
+        every 100 ms; a promotion itself takes a few ms, so this asks every `poll` seconds."""
+        if not self.query("SELECT pg_promote(false)")[0][0]:
+            return False
+        deadline = time.monotonic() + timeout
+        while self.query("SELECT pg_is_in_recovery()")[0][0]:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(poll)
+        return True
 
     def replication_slots(self) -> Dict[str, bool]:
         """Physical slots: name -> active."""
