@@ -179,7 +179,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     if files["key"] and not files["cert"]:
         c.fail("etcd.key", "set etcd.cert too: a client key needs its certificate")
     etcd_user, etcd_password = _user_and_password(c, "etcd")
-    etcd_api = c.value("etcd.api", "int", 2,
+    etcd_api = c.value("etcd.api", "int", 0,
                        check=lambda v: None if v in (2, 3) else "expected 2 (etcd v2 API) or 3 (etcd v3 API)")
 
     if loop_wait and retry_timeout and ttl and loop_wait + 2 * retry_timeout > ttl:
@@ -336,7 +336,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         watchdog=WatchdogConfig(mode=watchdog_mode or "automatic", device=watchdog_device or "/dev/watchdog"),
         etcd=EtcdConfig(scope=scope, ttl=ttl, hosts=tuple(hosts), protocol=protocol,
                         cacert=files["cacert"], cert=files["cert"], key=files["key"],
-                        username=etcd_user, password=etcd_password, api=etcd_api or 2),
+                        username=etcd_user, password=etcd_password, api=etcd_api or 0),
         postgresql=PostgresConfig(
             name=name, listen_host=listen_host, port=port, connect_host=connect_host,
             data_dir=data_dir, bin_dir=bin_dir, maximum_lag_on_failover=max_lag,

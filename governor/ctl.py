@@ -33,8 +33,9 @@ def parser() -> argparse.ArgumentParser:
                         "(default: /etc/governor)")
     p.add_argument("--dcs-url", help="etcd endpoint(s), comma separated host:port, instead of the config")
     p.add_argument("--scope", help="cluster scope, instead of the config")
-    p.add_argument("--dcs-api", type=int, choices=(2, 3), default=2,
-                   help="etcd API with --dcs-url: 2 or 3 (default 2; with a config, etcd.api)")
+    p.add_argument("--dcs-api", type=int, choices=(2, 3), default=0,
+                   help="etcd API with --dcs-url: 2 or 3 (default: 3, refusing a scope held in the v2 "
+                        "keyspace; with a config, etcd.api)")
     p.add_argument("--version", action="version", version=f"governorctl {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -48,7 +48,9 @@ class EtcdConfig:
     key: Optional[str] = None
     username: Optional[str] = None
     password: Optional[str] = field(default=None, repr=False)
-    api: int = 2                      # 2: the v2 keys API (python-etcd); 3: the v3 JSON gateway
+    # 3: the v3 JSON gateway; 2: the v2 keys API (python-etcd); 0: not set, which is v3 but refuses
+    # a scope that etcd's v2 keyspace holds (a cluster run with the former default, 2)
+    api: int = 0
 
 
 @dataclass(frozen=True)

@@ -489,3 +489,38 @@ def test_v3_the_watch_follows_when_the_endpoint_goes_silent(server_fixture, requ
     finally:
         b.close()
         proxy.stop()
+
+
+def test_without_etcd_api_v3_is_used_but_never_over_a_scope_kept_in_v2(etcd, etcd35, scope):
+    """etcd.api not set means the v3 API (etcd 3.4/3.5 serve v2 only when enabled, 3.6 not at
+    all). A cluster that ran with governor's former default keeps its scope in the v2 keyspace:
+    reading an empty v3 keyspace instead would let a member with data claim the cluster there while
+    the v2 leader runs (two primaries). Such a scope is refused with what to set, until etcd.api
+    says which keyspace to use."""
+    auto = make(EtcdConfig(scope=scope, ttl=10, hosts=(("127.0.0.1", etcd.port),)), retry_timeout=3)
+    assert auto.describe().startswith("etcd v3")
+    assert auto.get_cluster().initialize is None      # a new cluster: nothing in v2 either
+    assert auto.claim_initialize("7001")
+
+    kept = f"{scope}-v2"
+    v2 = make(EtcdConfig(scope=kept, ttl=10, hosts=(("127.0.0.1", etcd.port),), api=2), retry_timeout=3)
+    assert v2.claim_initialize("7002") and v2.acquire_leader("node-a")
+    auto_kept = make(EtcdConfig(scope=kept, ttl=10, hosts=(("127.0.0.1", etcd.port),)), retry_timeout=3)
+    for _ in range(2):
+        with pytest.raises(DCSError, match=r"v2 keyspace.*etcd\.api: 2.*migrate --to-api 3"):
+            auto_kept.get_cluster()
+    with pytest.raises(DCSError, match="v2 keyspace"):
+        auto_kept.claim_initialize("7003")
+    explicit = make(EtcdConfig(scope=kept, ttl=10, hosts=(("127.0.0.1", etcd.port),), api=3), retry_timeout=3)
+    assert explicit.get_cluster().initialize is None    # asked for v3 by name: the operator decided
+
+    # etcd 3.5 without --enable-v2 has no v2 keyspace to hold anything.
+    on35 = make(EtcdConfig(scope=scope, ttl=10, hosts=(("127.0.0.1", etcd35.port),)), retry_timeout=3)
+    assert on35.get_cluster().initialize is None
+
+
+def test_the_v2_api_switched_off_is_named(etcd35, scope):
+    """etcd.api: 2 against an etcd that does not serve v2: say so, not '404 page not found'."""
+    a = make(EtcdConfig(scope=scope, ttl=10, hosts=(("127.0.0.1", etcd35.port),), api=2), retry_timeout=3)
+    with pytest.raises(DCSError, match=r"does not serve the v2 API.*etcd\.api: 3"):
+        a.get_cluster()

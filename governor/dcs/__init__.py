@@ -117,8 +117,9 @@ class DCS(abc.ABC):
 
 
 def make(cfg, retry_timeout: float) -> DCS:
-    """The adapter for an EtcdConfig: v2 (python-etcd) or v3 (JSON gateway)."""
-    if cfg.api == 3:
+    """The adapter for an EtcdConfig: v2 (python-etcd) or v3 (JSON gateway; also when `api` is
+    not set)."""
+    if cfg.api != 2:
         from governor.dcs.etcd3 import Etcd3
 
         return Etcd3(cfg, retry_timeout=retry_timeout)

@@ -105,6 +105,10 @@ class Etcd2(DCS):
             except etcd.EtcdInsufficientPermissions as exc:
                 raise DCSError(f"etcd refused {what}: permission denied ({short_error(exc)})") from exc
             except etcd.EtcdException as exc:
+                if "404 page not found" in str(exc):
+                    raise DCSError(f"etcd at {endpoint[0]}:{endpoint[1]} does not serve the v2 API (etcd 3.4 and 3.5 "
+                                   "serve it only when started with --enable-v2=true, 3.6 not at all): set etcd.api: "
+                                   "3") from exc
                 raise DCSError(f"etcd refused {what}: {short_error(exc)}") from exc
             attempt += 1
             if time.monotonic() >= deadline:

@@ -26,6 +26,7 @@ from governor.cluster import Cluster
 from governor.config import EtcdConfig
 from governor.dcs import DCS, DCSError, short_error
 from governor.dcs.keys import build_cluster, history_list
+from governor.dcs.v2probe import refuse_scope_in_v2
 from governor.dcs.v3cache import Item, KeyCache, WatchStream, parse_kv
 from governor.dcs.v3json import _b64, _dict, _int, _prefix_end, _unb64
 from governor.sync import SyncState
@@ -73,6 +74,7 @@ class Etcd3(DCS):
         self._claim_revision: Optional[int] = None
         self._member_written: Optional[Tuple[str, str, str]] = None   # (name, value, lease) last put
         self.duplicate_owner: Optional[str] = None   # another lease that wrote our member key
+        self._v2_ruled_out = cfg.api == 3             # etcd.api set: no look at the v2 keyspace
 
     def describe(self) -> str:
         hosts = ", ".join(f"{h}:{p}" for h, p in self.cfg.hosts)
@@ -288,7 +290,15 @@ class Etcd3(DCS):
                 self._check_own_member_key(mine[0].entry.value, mine[0].lease)
             else:
                 self._member_written = None   # our member key is gone (deleted by hand?): the next touch writes it
-        return build_cluster(entries, revision, problems)
+        cluster = build_cluster(entries, revision, problems)
+        if cluster.initialize is None and not self._v2_ruled_out:
+            self._refuse_scope_in_v2()
+        return cluster
+
+    def _refuse_scope_in_v2(self) -> None:
+        refuse_scope_in_v2(self.cfg, self.http, self.cfg.hosts[self._current % len(self.cfg.hosts)], self.prefix,
+                           self.request_timeout)
+        self._v2_ruled_out = True
 
     def _current_cache(self, revision: int) -> Optional[Tuple[List[Item], List[str], int]]:
         if self.stream is None or revision <= 0:
@@ -351,6 +361,8 @@ class Etcd3(DCS):
     # ------------------------------------------------------------------ writes
 
     def claim_initialize(self, value: str = "") -> bool:
+        if not self._v2_ruled_out:
+            self._refuse_scope_in_v2()
         key = self._key("initialize")
         data = self._txn("claim of initialize", [self._created(key)], [self._put(key, value)])
         if data.get("succeeded"):
