@@ -81,6 +81,7 @@ def check_readiness(st: NodeStatus, query: Dict[str, str]) -> Tuple[bool, Option
 
 
 HEALTH: Dict[str, HealthCheck] = {
+    "/": check_primary,          # the 2015 template's haproxy_status: 200 on the leader, 503 elsewhere
     "/primary": check_primary,
     "/leader": check_primary,
     "/read-write": check_primary,

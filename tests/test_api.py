@@ -49,6 +49,7 @@ def test_health_endpoints_answer_by_role(cluster):
     replica = next(n for n in cluster.nodes.values() if n is not primary)
     expected = {
         "/primary": (200, 503), "/leader": (200, 503), "/read-write": (200, 503),
+        "/": (200, 503),   # the 2015 template's haproxy_status (its haproxy.cfg: option httpchk GET)
         "/replica": (503, 200), "/read-only": (200, 200), "/health": (200, 200),
         "/liveness": (200, 200), "/readiness": (200, 200),
     }
