@@ -198,9 +198,11 @@ class Governor:
         else:
             request.finish(202, {"message": f"data directory removed; cloning {decision.leader}"})
 
-    def announce(self, local: LocalState, decision: Decision) -> None:
-        """PostgreSQL changed role in the middle of a pass: the API (haproxy's checks) and the
-        exporter answer from the new role now, not when the rest of the pass is done."""
+    def announce(self, local: LocalState, decision: Decision, state: Optional[ServerState]) -> None:
+        """PostgreSQL changed role in the middle of a pass (`state`: what it answers now, None when
+        stopped): the API (haproxy's checks) and the exporter answer from it now, not when the
+        rest of the pass is done."""
+        self.server_state = state
         publish.publish_status(self, local, decision)
 
     def give_up_lock(self) -> None:

@@ -41,8 +41,8 @@ def promote(g: ActionHost, decision: Decision, local: LocalState) -> None:
     create_member_slots(g)
     if not g.server.promote():
         raise ActionFailed("pg_promote() did not finish in time")
-    state = g.server_state = g.server.state()
-    g.announce(replace(local, running=True, role="primary", timeline=state.timeline, lsn=state.lsn), decision)
+    state = g.server.state()
+    g.announce(replace(local, running=True, role="primary", timeline=state.timeline, lsn=state.lsn), decision, state)
     log.info("promoted: this member is now the primary on timeline %s", state.timeline)
     g.write_conf(standby_of=None)
     if g.cluster is not None and g.cluster.switchover and g.cluster.switchover.candidate == g.name:
@@ -91,8 +91,7 @@ def demote(g: ActionHost, decision: Decision, local: LocalState) -> None:
         log.error("fast shutdown did not finish (%s); stopping PostgreSQL immediately", exc)
         g.controller.stop("immediate")
     g.unfence()
-    g.server_state = None
-    g.announce(replace(local, running=False, role=None), decision)
+    g.announce(replace(local, running=False, role=None), decision, None)
     log.info("demoted: PostgreSQL stopped%s", f"; next: pg_rewind against {decision.leader}"
              if decision.leader else "")
 
@@ -110,8 +109,7 @@ def step_down(g: ActionHost, decision: Decision, local: LocalState) -> None:
     except DCSError as exc:
         log.warning("switchover: could not update the sync key: %s", exc)
     g.give_up_lock()
-    g.server_state = None
-    g.announce(replace(local, running=False, role=None), decision)
+    g.announce(replace(local, running=False, role=None), decision, None)
     log.info("switchover: PostgreSQL stopped and lock released for %s", decision.leader)
 
 

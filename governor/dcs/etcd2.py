@@ -38,7 +38,7 @@ def _event_wakes(event: etcd.EtcdResult, key: str) -> bool:
     previous = getattr(event, "_prev_node", None)
     before = None if action == "create" or previous is None else getattr(previous, "value", None)
     if action in ("delete", "expire", "compareAndDelete"):
-        return wakes(key, before if before is not None else "", None)
+        return wakes(key, before, None)
     value = getattr(event, "value", None)
     if before is not None and before == value:
         return False
