@@ -137,3 +137,18 @@ def test_a_read_newer_than_the_cache_replaces_it_and_an_older_one_does_not():
     assert cache.item("leader") is None, "a read older than the cache is dropped"
     missed = cache.reset([Item(Entry("members/node1", "{\"a\":1}", 13), "77", False)], [], 13)
     assert missed == 13, "the read shows a change the watch had not brought"
+
+
+@pytest.mark.parametrize("value", [
+    "{", "[]", "null", "\ufffd\ufffd", "{\"role\": {\"x\": 1}}", "[" * 100000, "{\"timeline\": 1e999}",
+    "{\"tags\": \"not a dict\"}", "x" * (2 * 1024 * 1024),
+])
+def test_a_hostile_member_value_is_compared_without_failing(value):
+    """A member key's value that does not parse, nests deeply, is huge or has odd types: the watch
+    compares what others act on without raising; a change to something unreadable wakes (the
+    loop reads it and treats it as unknown), and the same unreadable value again does not."""
+    cache = synced_cache(10)
+    assert cache.apply([{"kv": kv("members/node2", "{\"role\": \"replica\", \"state\": \"running\"}",
+                                  revision=11)}], PREFIX) is True     # new to this member
+    assert cache.apply([{"kv": kv("members/node2", value, revision=12)}], PREFIX) is True
+    assert cache.apply([{"kv": kv("members/node2", value, revision=13)}], PREFIX) is False
