@@ -82,6 +82,7 @@ def check_readiness(st: NodeStatus, query: Dict[str, str]) -> Tuple[bool, Option
 
 HEALTH: Dict[str, HealthCheck] = {
     "/": check_primary,          # the 2015 template's haproxy_status: 200 on the leader, 503 elsewhere
+                                 # (also any target that is not a path: see _route)
     "/primary": check_primary,
     "/leader": check_primary,
     "/read-write": check_primary,
@@ -232,6 +233,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, method: str) -> None:
         url = urlsplit(self.path)
         path = url.path.rstrip("/") or "/"
+        if not path.startswith("/"):
+            # haproxy's `option httpchk GET` (the 2015 template's haproxy.cfg) sends `OPTIONS GET`:
+            # a target that is not a path gets the template's check, as its netcat script answered
+            # any request.
+            path = "/"
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         head_only = method in ("HEAD", "OPTIONS")
         if (self.headers.get("Content-Length") or "0").strip() != "0" or self.headers.get("Transfer-Encoding"):

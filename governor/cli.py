@@ -53,6 +53,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.validate_config:
         print(f"{args.config}: configuration is valid (member {cfg.postgresql.name}, scope {cfg.etcd.scope})")
         return EXIT_OK
+    parent = config_mod.missing_data_dir_parent(cfg)
+    if parent and not args.fence:
+        try:
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            print(f"governor: cannot create {parent}, the parent of postgresql.data_dir: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return EXIT_CONFIG
     if args.fence:
         log_mod.setup(cfg.log_level, args.log_file, fmt=cfg.log_format)
         from governor.fence import fence

@@ -98,6 +98,25 @@ def free_port() -> int:
     raise RuntimeError("no free port left in the test range")
 
 
+def free_port_pair(offset: int) -> int:
+    """A port P such that P and P + offset are both free and issued to the caller (for files whose
+    ports follow a convention, like the 2015 template's check port = PostgreSQL's port + 10000)."""
+    with _port_lock:
+        for port in range(PORT_RANGE[0], PORT_RANGE[1] - offset):
+            pair = (port, port + offset)
+            if any(p in _issued for p in pair):
+                continue
+            try:
+                with socket.socket() as a, socket.socket() as b:
+                    a.bind(("0.0.0.0", pair[0]))
+                    b.bind(("0.0.0.0", pair[1]))
+            except OSError:
+                continue
+            _issued.update(pair)
+            return port
+    raise RuntimeError(f"no two free ports {offset} apart left in the test range")
+
+
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     last_exc: Optional[BaseException] = None

@@ -171,3 +171,22 @@ def test_health_answers_are_json(server):
     conn.request("GET", "/primary")
     resp = conn.getresponse()
     assert resp.status == 200 and json.loads(resp.read())["role"] == "primary"
+
+
+def test_the_request_haproxy_sends_for_option_httpchk_get_is_the_template_check(tmp_path):
+    """The 2015 template's haproxy.cfg says `option httpchk GET`: haproxy reads the lone word as the
+    URI and sends `OPTIONS GET HTTP/1.0` (the template's netcat check answered any request). That
+    request is the primary check: 200 on the leader, 503 elsewhere; so is any other target that is
+    not a path. Changing requests with such a target still find nothing."""
+    replica = NodeStatus(name="n2", scope="s", role="replica", state="running", running=True,
+                         loop_finished=time.monotonic())
+    for status, code in ((primary_status, 200), (lambda: replica, 503)):
+        api = ApiServer(make_config(tmp_path), status, controls={"POST /reload": lambda body: (202, {})})
+        api.start()
+        try:
+            for request in (b"OPTIONS GET HTTP/1.0\r\n\r\n", b"GET GET HTTP/1.0\r\n\r\n",
+                            b"HEAD * HTTP/1.0\r\n\r\n"):
+                assert status_line(raw(api, request)) == code, request
+            assert status_line(raw(api, b"POST reload HTTP/1.0\r\nContent-Length: 0\r\n\r\n")) == 404
+        finally:
+            api.stop()
