@@ -6,7 +6,7 @@ import os
 import sys
 from typing import List, Optional
 
-from governor import __version__
+from governor import __version__, template_layout
 from governor import config as config_mod
 from governor import log as log_mod
 
@@ -53,7 +53,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.validate_config:
         print(f"{args.config}: configuration is valid (member {cfg.postgresql.name}, scope {cfg.etcd.scope})")
         return EXIT_OK
-    parent = config_mod.missing_data_dir_parent(cfg)
+    parent = template_layout.missing_data_dir_parent(cfg.postgresql.data_dir)
     if parent and not args.fence:
         try:
             os.makedirs(parent, mode=0o700, exist_ok=True)

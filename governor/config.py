@@ -222,7 +222,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     if data_dir:
         data_dir = os.path.abspath(data_dir)
         parent = os.path.dirname(data_dir)
-        if not os.path.isdir(parent) and not _inside(parent, template.data_dir_base):
+        if not os.path.isdir(parent) and not template.makes(parent):
             c.fail("postgresql.data_dir", f"the parent directory {parent} does not exist")
         elif os.path.lexists(data_dir) and not os.path.isdir(data_dir):
             c.fail("postgresql.data_dir", f"{data_dir} exists and is not a directory")
@@ -358,18 +358,6 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
 def _same_listener(a: Tuple[str, int], b: Tuple[str, int]) -> bool:
     """Two listeners collide on the same port when their hosts are equal or one is a wildcard."""
     return a[1] == b[1] and (a[0] == b[0] or a[0] in WILDCARD_HOSTS or b[0] in WILDCARD_HOSTS)
-
-
-def _inside(path: str, base: str) -> bool:
-    """Whether `path` lies strictly inside directory `base` (an empty base holds nothing)."""
-    return bool(base) and os.path.commonpath([path, base]) == base and path != base
-
-
-def missing_data_dir_parent(cfg: Config) -> Optional[str]:
-    """The data directory's parent when it does not exist yet: validation let that pass only for a
-    relative data_dir of the 2015 template's layout, whose parent governor creates at start."""
-    parent = os.path.dirname(cfg.postgresql.data_dir)
-    return None if os.path.isdir(parent) else parent
 
 
 def _path_check(v: str) -> Optional[str]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import os
 import urllib.parse
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from governor.checker import kind_of, parse_host_port
 
@@ -45,6 +45,12 @@ class Translation:
         self.warnings: List[str] = []
         self.problems: List[str] = []
         self.data_dir_base: str = ""     # set in the template layout: where a relative data_dir starts
+
+    def makes(self, parent: str) -> bool:
+        """Whether governor creates the data directory's missing `parent` at start: only inside
+        the directory a relative data_dir of the template layout was resolved against."""
+        base = self.data_dir_base
+        return bool(base) and parent != base and os.path.commonpath([parent, base]) == base
 
     def where(self, key: str) -> str:
         parts = key.split(".")
@@ -228,3 +234,10 @@ def _relative_data_dir(t: Translation) -> None:
     t.raw["postgresql"]["data_dir"] = resolved
     t.data_dir_base = base
     t.warn("postgresql.data_dir", f"relative: read as {resolved}, beside the file that sets it")
+
+
+def missing_data_dir_parent(data_dir: str) -> Optional[str]:
+    """The data directory's parent when it does not exist yet (validation let that pass only
+    where `Translation.makes` says governor creates it)."""
+    parent = os.path.dirname(data_dir)
+    return None if os.path.isdir(parent) else parent

@@ -19,7 +19,7 @@ import psycopg2
 import pytest
 import yaml
 
-from governor import config
+from governor import config, template_layout
 from tests import harness
 from tests.harness import wait_until
 
@@ -156,7 +156,7 @@ def test_a_relative_data_dir_in_the_template_layout_is_beside_the_file_and_its_p
     raw = template_style(tmp_path)
     cfg = load(tmp_path, raw, cwd=tmp_path / "elsewhere")
     assert cfg.postgresql.data_dir == str(tmp_path / "data" / "node1")
-    assert config.missing_data_dir_parent(cfg) == str(tmp_path / "data")
+    assert template_layout.missing_data_dir_parent(cfg.postgresql.data_dir) == str(tmp_path / "data")
     raw["postgresql"]["data_dir"] = "../outside/node1"   # not inside the file's directory: refused
     with pytest.raises(config.ConfigError) as info:
         load(tmp_path, raw)
