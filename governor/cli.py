@@ -51,6 +51,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
     if args.validate_config:
+        for warning in cfg.warnings:
+            print(f"governor: note: {warning}", file=sys.stderr)
         print(f"{args.config}: configuration is valid (member {cfg.postgresql.name}, scope {cfg.etcd.scope})")
         return EXIT_OK
     parent = template_layout.missing_data_dir_parent(cfg.postgresql.data_dir)

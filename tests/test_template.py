@@ -221,6 +221,7 @@ def test_cli_validates_a_template_file_with_exit_0_and_says_what_it_translated(t
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO})
     assert out.returncode == 0, out.stderr
     assert "configuration is valid (member postgresql0, scope batman)" in out.stdout
+    assert "governor: note: postgres0.yml: etcd.endpoint: read as etcd.host: localhost:4001" in out.stderr
     assert not (tmp_path / "data").exists()
 
 
