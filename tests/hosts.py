@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 import urllib.request
 from typing import Dict, List, Optional
 
@@ -73,16 +74,41 @@ class Lan:
         sh("ip", "link", "del", self.bridge, check=False)
 
 
+class Disk:
+    """A host's own disk: the shared root file system under a writable layer of the host's own
+    (overlayfs), kept while the host is down, so it boots again with its etcd and PostgreSQL data."""
+
+    def __init__(self, root: str, directory: str):
+        self.merged = os.path.join(directory, "root")
+        layers = {name: os.path.join(directory, name) for name in ("upper", "work")}
+        for path in (self.merged, *layers.values()):
+            os.makedirs(path, exist_ok=True)
+        sh("mount", "-t", "overlay", "overlay", "-o",
+           f"lowerdir={root},upperdir={layers['upper']},workdir={layers['work']}", self.merged)
+
+    def unmount(self) -> None:
+        sh("umount", "--lazy", self.merged, check=False)
+
+
 class Host:
-    """One database host: a booted container in its namespace."""
+    """One database host: a booted container in its namespace, on a disk of its own."""
 
     def __init__(self, lan: Lan, name: str, address: str, root: str, ro_binds: List[tuple], log_dir: str):
         self.lan, self.name, self.address = lan, name, address
-        self.machine = system.Machine(root, binds=[], ro_binds=ro_binds,
-                                      log_path=os.path.join(log_dir, f"{name}-nspawn.log"),
-                                      extra=[f"--network-namespace-path=/run/netns/{lan.namespace(name)}",
-                                             f"--hostname={name}"])
+        self.ro_binds, self.log_dir = ro_binds, log_dir
+        self.disk = Disk(root, os.path.join(log_dir, f"{name}-disk"))
+        self.boot()
+
+    def boot(self) -> float:
+        """Power the host on; it boots from its disk (systemd starts what is enabled). Returns
+        when it was powered on (monotonic); returns itself once the boot is complete."""
+        powered_on = time.monotonic()
+        self.machine = system.Machine(self.disk.merged, binds=[], ro_binds=self.ro_binds,
+                                      log_path=os.path.join(self.log_dir, f"{self.name}-nspawn.log"),
+                                      extra=[f"--network-namespace-path=/run/netns/{self.lan.namespace(self.name)}",
+                                             f"--hostname={self.name}"], volatile=False)
         self.alive = True
+        return powered_on
 
     def run(self, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         return self.machine.run(*cmd, check=check, timeout=timeout)
@@ -103,6 +129,21 @@ class Host:
             self.machine.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.machine.proc.kill()
+
+    def reboot(self) -> tuple:
+        """`systemctl reboot` inside the host: every service stops cleanly, then it boots again
+        from its disk. Returns (when the reboot was asked, when the host was powered on again)."""
+        asked = time.monotonic()
+        self.run("systemctl", "reboot", check=False)
+        self.machine.proc.wait(120)     # nspawn leaves when the container's init reboots
+        self.alive = False
+        return asked, self.boot()
+
+    def power_off(self) -> None:
+        if self.alive:
+            self.machine.poweroff()
+            self.alive = False
+        self.disk.unmount()
 
     def journal(self) -> str:
         return self.machine.journal("governor") if self.alive else ""

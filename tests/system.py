@@ -72,9 +72,11 @@ class Machine:
     """One booted container; `run()` executes a command inside it."""
 
     def __init__(self, root: str, binds: List[tuple], ro_binds: List[tuple], log_path: str,
-                 extra: Sequence[str] = ()):
+                 extra: Sequence[str] = (), volatile: bool = True):
+        """`volatile`: the container writes to a memory layer over `root`, gone when it stops;
+        otherwise `root` is its own disk (for a host that boots again with its data)."""
         args = ["systemd-nspawn", "-D", root, "-b", "--register=no", "--keep-unit", "--console=passive",
-                "--volatile=overlay", "--quiet", *extra]
+                *(["--volatile=overlay"] if volatile else []), "--quiet", *extra]
         args += [f"--bind={src}:{dst}" for src, dst in binds]
         args += [f"--bind-ro={src}:{dst}" for src, dst in ro_binds]
         self.log = open(log_path, "ab")

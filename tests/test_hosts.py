@@ -1,6 +1,8 @@
 """Three hosts deployed as README's "Three hosts" says (tests/hosts.py), seen from a client
-host through haproxy: bootstrap, the leader's host cut off from the network, the leader's host
-crashing. Run alone with `make test-hosts`; it builds the .deb first."""
+host through haproxy: bootstrap, the leader's host cut off from the network, an etcd member lost,
+a rolling upgrade, a replica's host crashing and booting again, a clean reboot of the leader's
+host, the leader's host crashing, etcd losing quorum. Each host has a disk of its own that
+outlives it. Run alone with `make test-hosts`; it builds the .deb first."""
 from __future__ import annotations
 
 import os
@@ -40,8 +42,7 @@ def lan_hosts(base_dir):
         if proxy is not None:
             proxy.stop()
         for m in machines:
-            if m.alive:
-                m.machine.poweroff()
+            m.power_off()
         lan.teardown()
 
 
@@ -196,6 +197,58 @@ def test_a_rolling_package_upgrade_keeps_the_leader(lan_hosts):
     finally:
         client.stop()
     print(f"rolling upgrade: no failover, longest write gap through haproxy {gap:.2f} s")
+
+
+def test_a_replica_host_crashing_leaves_writes_alone_and_it_rejoins_after_booting(lan_hosts):
+    """A replica's host dies with its etcd member: etcd keeps its quorum, the leader keeps its lock
+    and writes go on; booted again, the host's etcd member and governor come back by themselves
+    and its PostgreSQL (killed mid-stream) recovers and streams again."""
+    lan, machines, proxy, _, _ = lan_hosts
+    leader = wait_until(lambda: primary(machines), 60, "a primary")
+    replica = next(m for m in machines if m is not leader)
+    wait_until(lambda: all(streaming(m) for m in machines if m is not leader), 120, "two streaming replicas")
+    client = writer(proxy, "replica_crash_writes")
+    time.sleep(2)
+    crashed = time.monotonic()
+    replica.kill()
+    try:
+        time.sleep(10)
+        booted = replica.boot()
+        wait_until(lambda: streaming(replica), 120, f"{replica.name} to stream again after booting")
+        rejoined = time.monotonic()
+        assert primary(machines) is leader, "the leader changed when a replica's host crashed"
+        gap = longest_gap(client, crashed)
+        assert gap < 2, f"writes through haproxy stopped for {gap:.1f} s"
+    finally:
+        client.stop()
+    assert lost_writes(proxy, client, leader) == []
+    print(f"replica host crash: no failover, longest write gap {gap:.2f} s; streaming again "
+          f"{rejoined - booted:.1f} s after power-on")
+
+
+def test_a_clean_reboot_of_the_leader_host_hands_over_and_it_rejoins_after_booting(lan_hosts):
+    """`systemctl reboot` on the leader's host: governor stops first, hands the lock over (no
+    waiting for ttl), and after the boot the host rejoins as a replica by itself."""
+    lan, machines, proxy, _, _ = lan_hosts
+    leader = wait_until(lambda: primary(machines), 60, "a primary")
+    others = [m for m in machines if m is not leader]
+    wait_until(lambda: all(streaming(m) for m in others), 120, "two streaming replicas")
+    client = writer(proxy, "reboot_writes")
+    time.sleep(2)
+    try:
+        asked, booted = leader.reboot()
+        new = wait_until(lambda: primary(others), 60, "a new primary on another host")
+        resumed = client.first_ack_after(asked, 60)
+        assert resumed is not None, "writes through haproxy did not resume"
+        wait_until(lambda: streaming(leader), 120, f"{leader.name} to rejoin as a replica after booting")
+        rejoined = time.monotonic()
+        gap = longest_gap(client, asked)
+        assert gap < 5, f"writes through haproxy stopped for {gap:.1f} s: the lock was not handed over"
+    finally:
+        client.stop()
+    assert lost_writes(proxy, client, new) == [], "a clean handover lost acknowledged writes"
+    print(f"leader host clean reboot: longest write gap {gap:.2f} s, {leader.name} back as a streaming "
+          f"replica {rejoined - asked:.1f} s after the reboot was asked ({rejoined - booted:.1f} s after power-on)")
 
 
 def test_the_leader_host_crashing_fails_over_to_another_host(lan_hosts):
