@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import http.server
 import json
+import subprocess
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
+from governor import config as config_mod
+from governor.api import ApiServer
 from governor.observe import peer_status
+from governor.status import NodeStatus
 
 
 class _Peer(http.server.BaseHTTPRequestHandler):
@@ -87,3 +92,65 @@ def test_a_slow_peer_is_given_up_within_the_timeout(peer):
     started = time.monotonic()
     assert peer_status(peer(GOOD, delay=3), "node2", timeout=0.5) is None
     assert time.monotonic() - started < 1.5
+
+
+# --------------------------------------------------------------------------- TLS with a private CA
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A private CA (as README's three-hosts step 7 sets up), a rogue CA, and API certificates
+    signed by them: `cert(name, san, ca)` -> (certificate, key)."""
+    d = tmp_path_factory.mktemp("pki")
+    for ca in ("ca", "rogue"):
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / f"{ca}.key"),
+                 "-out", str(d / f"{ca}.crt"), "-days", "2", "-subj", f"/CN=governor test {ca}",
+                 "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+
+    def cert(name: str, san: str, ca: str = "ca") -> tuple:
+        key, csr, crt, ext = (str(d / f"{name}.{x}") for x in ("key", "csr", "crt", "ext"))
+        with open(ext, "w") as fh:
+            fh.write(f"subjectAltName={san}\n")
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
+        _openssl("x509", "-req", "-in", csr, "-CA", str(d / f"{ca}.crt"), "-CAkey", str(d / f"{ca}.key"),
+                 "-CAcreateserial", "-out", crt, "-days", "2", "-extfile", ext)
+        return crt, key
+
+    return str(d / "ca.crt"), cert
+
+
+def _tls_api(tmp_path, crt: str, key: str) -> ApiServer:
+    cfg = config_mod.validate({"etcd": {"scope": "s"}, "postgresql": {
+        "name": "node2", "data_dir": str(tmp_path / "data"), "bin_dir": "/usr/lib/postgresql/15/bin",
+        "replication": {"password": "p"}}}, {}, "test")
+    cfg = replace(cfg, restapi=replace(cfg.restapi, port=0, certfile=crt, keyfile=key))
+    status = NodeStatus(name="node2", scope="s", role="replica", state="running", running=True,
+                        loop_finished=time.monotonic())
+    api = ApiServer(cfg, lambda: status)
+    api.start()
+    return api
+
+
+@pytest.mark.parametrize("case,san,ca,trust,answers", [
+    ("signed by the cluster's CA for the address asked", "IP:127.0.0.1", "ca", True, True),
+    ("the CA not given (restapi.cafile unset): not in the system's trust store", "IP:127.0.0.1", "ca", False, False),
+    ("issued for another host", "DNS:db3.example,IP:10.0.0.13", "ca", True, False),
+    ("signed by another CA", "IP:127.0.0.1", "rogue", True, False),
+])
+def test_a_peer_over_tls_is_believed_only_with_a_certificate_for_the_address_asked(
+        pki, tmp_path, case, san, ca, trust, answers):
+    ca_file, cert = pki
+    crt, key = cert(f"{ca}-{san.split(',')[0].replace(':', '-')}", san, ca)
+    api = _tls_api(tmp_path, crt, key)
+    try:
+        url = f"https://127.0.0.1:{api.httpd.server_address[1]}"
+        member = peer_status(url, "node2", cafile=ca_file if trust else None)
+        assert (member is not None) == answers, case
+        if answers:
+            assert member.role == "replica" and member.state == "running"
+    finally:
+        api.stop()
