@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+from governor.failsafe import FailsafeList
 from governor.sync import SyncState
 
 
@@ -117,6 +118,8 @@ class Cluster:
     sync: Optional[SyncState] = None   # the leader's synchronous replication promise (`sync` key)
     problems: Tuple[str, ...] = ()     # keys that did not parse and were taken as unknown/absent
     leader_lsn_unreadable: bool = False  # optime/leader exists but does not parse: the position is unknown
+    failsafe: Optional[FailsafeList] = None   # the leader's failsafe member list (failsafe.py)
+    failsafe_unreadable: bool = False         # a `failsafe` key that does not parse: unknown
 
     @property
     def initialized(self) -> bool:

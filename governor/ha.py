@@ -7,6 +7,10 @@ Cases, checked top to bottom (the first that matches wins):
 
   case                          when                                          actions
   ----------------------------  --------------------------------------------  ---------------------------
+  failsafe_keep_primary         etcd unusable, failsafe_mode, this primary    failsafe_hold (the fence's
+                                holds the lock, and every member of its       deadline: that round + ttl)
+                                failsafe list vouched for it this pass
+  failsafe_demote               same, but some member did not vouch           demote, start_as_replica
   lock_expiring_demote          etcd did not answer and our lock expires      demote, start_as_replica
                                 within retry_timeout + 1 s: no waiting again  (following nobody)
   dcs_unreachable_demote        etcd unreachable, local server is a primary   demote, start_as_replica
@@ -50,7 +54,8 @@ Cases, checked top to bottom (the first that matches wins):
                                 not a running replica (postponed)            manage_sync
   switchover_step_down          holds the lock, switchover to another member step_down
   leader_renew                  holds the lock, running as primary           renew_lock, ensure_slots,
-                                                                             manage_sync
+                                                                             manage_sync (, failsafe_list
+                                                                             when the key differs)
   lock_held_promote             holds the lock, running as replica           renew_lock, promote, ensure_slots
   demote_other_leader           primary, but another member holds the lock   demote, rewind, start_as_replica
                                 and runs as primary
@@ -63,6 +68,14 @@ Cases, checked top to bottom (the first that matches wins):
                                 on a later timeline: it may hold WAL the
                                 leader never had
   follow_leader                 replica, another member holds the lock       follow
+  failsafe_promised             nobody holds the lock, this replica vouched   -  (keeps its upstream)
+                                for a leader less than ttl ago
+  failsafe_list_unknown         nobody holds the lock, `failsafe` key does    -
+                                not parse
+  failsafe_not_listed           nobody holds the lock, the failsafe list      -
+                                does not name this replica
+  failsafe_promise_unknown      nobody holds the lock, listed, governor       -
+                                started less than ttl ago
   race_not_eligible_nofailover  nobody holds the lock, tagged nofailover     follow (nobody)
   race_not_synchronous          nobody holds the lock, the dead leader's      follow (nobody)
                                 sync promise does not name this member
@@ -93,6 +106,7 @@ from enum import Enum
 from typing import Any, Dict, Optional, Tuple
 
 from governor.cluster import Cluster, Member, Switchover
+from governor.failsafe import FailsafeList
 from governor.sync import describe as describe_sync
 from governor.sync import voters as sync_voters
 
@@ -118,6 +132,8 @@ class Action(str, Enum):
     FOLLOW = "follow"
     ENSURE_SLOTS = "ensure_slots"
     MANAGE_SYNC = "manage_sync"
+    FAILSAFE_HOLD = "failsafe_hold"         # every listed member vouched: the deadline moves on
+    FAILSAFE_LIST = "failsafe_list"         # write (or delete) the `failsafe` key to match
 
 
 @dataclass(frozen=True)
@@ -149,6 +165,11 @@ class LocalState:
     lock_left: Optional[float] = None          # seconds before our lock expires, as we know it (None: not ours)
     starting_for: Optional[float] = None       # holding the lock: seconds PostgreSQL has not been up
     bootstrap_failures: int = 0     # failed bootstraps in a row since governor started
+    failsafe_mode: bool = False
+    failsafe_vouched: Optional[float] = None   # leader, etcd unusable: when the round every listed member
+    # vouched in was sent (monotonic), this pass; None: no such round
+    failsafe_promise: Optional[str] = None     # the leader this member vouched for less than ttl ago
+    failsafe_fresh: bool = False    # governor started less than ttl ago: what it promised before is unknown
 
 
 @dataclass(frozen=True)
@@ -213,8 +234,52 @@ def _start_timeout(local: LocalState) -> Decision:
                     "so a replica takes over", (Action.RELEASE_LOCK,))
 
 
+def wanted_failsafe(cluster: Cluster, local: LocalState) -> Optional[FailsafeList]:
+    """The `failsafe` key a leader keeps: every other member with an API address, or none when
+    failsafe_mode is off."""
+    if not local.failsafe_mode:
+        return None
+    return FailsafeList(local.name, {m.name: m.api_url for m in cluster.members
+                                     if m.name != local.name and m.api_url})
+
+
+def _failsafe_race(cluster: Cluster, local: LocalState) -> Optional[Decision]:
+    """Nobody holds the lock, this member is a replica: the failsafe rules that keep it from
+    racing a leader that may still be primary on its members' promises (failsafe.py). None: race."""
+    if local.failsafe_promise is not None:
+        return Decision("failsafe_promised",
+                        f"no leader in etcd, but this member vouched for {local.failsafe_promise} less than ttl ago "
+                        "(failsafe): not racing while that promise holds")
+    if cluster.failsafe_unreadable:
+        return Decision("failsafe_list_unknown",
+                        "no leader in etcd and the failsafe member list does not parse: a leader may be primary on "
+                        "promises this member cannot check, so it does not race")
+    if cluster.failsafe is None:
+        return None
+    if local.name not in cluster.failsafe.members:
+        return Decision("failsafe_not_listed",
+                        f"no leader in etcd, and {cluster.failsafe.leader}'s failsafe list does not name this member: "
+                        f"{cluster.failsafe.leader} may still be primary on its listed members' promises, so only "
+                        "they race")
+    if local.failsafe_fresh:
+        return Decision("failsafe_promise_unknown",
+                        "no leader in etcd, and governor started less than ttl ago: what this member promised "
+                        "before (failsafe) is unknown, so it does not race until ttl has passed")
+    return None
+
+
 def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
     me = local.name
+    if cluster is None and local.failsafe_mode and local.running and local.role == "primary" \
+            and local.lock_left is not None:
+        if local.failsafe_vouched is not None:
+            return Decision("failsafe_keep_primary",
+                            "etcd unusable, and every member of the failsafe list vouched for this primary: staying "
+                            "primary (failsafe)", (Action.FAILSAFE_HOLD,))
+        return Decision("failsafe_demote",
+                        "etcd unusable, and not every member of the failsafe list vouched for this primary: "
+                        "demoting to a read-only standby before the lock can expire",
+                        (Action.DEMOTE, Action.START_AS_REPLICA))
     if cluster is None:
         if local.running and local.role == "primary" and local.lock_left is not None \
                 and local.lock_left <= local.retry_timeout + 1:
@@ -348,8 +413,10 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                             "candidate receives all of its WAL, then releasing the lock", (Action.STEP_DOWN,),
                             leader=switchover.candidate)
         if local.role == "primary":
+            listing = (Action.FAILSAFE_LIST,) if wanted_failsafe(cluster, local) != cluster.failsafe \
+                or cluster.failsafe_unreadable else ()
             return Decision("leader_renew", "holding the lock as primary",
-                            (Action.RENEW_LOCK, Action.ENSURE_SLOTS, Action.MANAGE_SYNC))
+                            (Action.RENEW_LOCK, Action.ENSURE_SLOTS, Action.MANAGE_SYNC) + listing)
         return Decision("lock_held_promote", "this member holds the lock but runs as a replica: promoting",
                         (Action.RENEW_LOCK, Action.PROMOTE, Action.ENSURE_SLOTS))
     if leader:
@@ -378,6 +445,10 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
         return Decision("follow_leader", f"following leader {leader}", (Action.FOLLOW,), leader=leader)
 
     # Nobody holds the lock.
+    if local.role == "replica":
+        held_back = _failsafe_race(cluster, local)
+        if held_back is not None:
+            return held_back
     if switchover and local.role == "replica" and not _candidate_caught_up(cluster, switchover, local):
         switchover = None   # a switchover whose leader did not hand over cleanly: the normal race decides
     if switchover and local.role == "replica":

@@ -8,6 +8,7 @@ import pytest
 
 from governor import ha
 from governor.cluster import Cluster, Leader, Member, Switchover
+from governor.failsafe import FailsafeList
 from governor.ha import Action as A
 from governor.sync import SyncState
 
@@ -21,22 +22,25 @@ def member(name, role="replica", state="running", lsn=100, **tags):
 
 
 def cluster(leader=None, initialize=SYSID, members=(), leader_lsn=None, switchover_to=None, paused=False,
-            sync=None, unreadable_lsn=False):
+            sync=None, unreadable_lsn=False, failsafe=None, failsafe_unreadable=False):
     switchover = Switchover(leader=None, candidate=switchover_to, requested_at=0) if switchover_to else None
     return Cluster(initialize=initialize, leader=Leader(leader) if leader else None, members=tuple(members),
                    leader_lsn=leader_lsn, switchover=switchover, paused=paused, sync=sync,
-                   leader_lsn_unreadable=unreadable_lsn)
+                   leader_lsn_unreadable=unreadable_lsn, failsafe=failsafe, failsafe_unreadable=failsafe_unreadable)
 
 
 def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, rewind_pending=False,
           rewind_failed=False, peers=None, request=None, now=0.0, bootstrap_failures=0, timeline=None,
-          not_streaming_for=None, lock_left=None, starting_for=None, **tags):
+          not_streaming_for=None, lock_left=None, starting_for=None, failsafe_mode=False, failsafe_vouched=None,
+          failsafe_promise=None, failsafe_fresh=False, **tags):
     return ha.LocalState(name=ME, data=data, sysid=sysid if data == ha.POSTGRES else None, running=running,
                          role=role if running else None, lsn=lsn, tags=tags, maximum_lag_on_failover=1000,
                          data_dir="/var/lib/pg", rewind_pending=rewind_pending, rewind_failed=rewind_failed,
                          peers=peers or {}, request=request, now=now, bootstrap_failures=bootstrap_failures,
                          timeline=timeline, not_streaming_for=not_streaming_for, loop_wait=1, retry_timeout=3,
-                         primary_start_timeout=30, lock_left=lock_left, starting_for=starting_for)
+                         primary_start_timeout=30, lock_left=lock_left, starting_for=starting_for,
+                         failsafe_mode=failsafe_mode, failsafe_vouched=failsafe_vouched,
+                         failsafe_promise=failsafe_promise, failsafe_fresh=failsafe_fresh)
 
 
 PRIMARY_NODE2 = member("node2", role="primary")
@@ -44,7 +48,12 @@ NODE2_TL3 = Member(name="node2", role="primary", state="running", conn_url="post
                    timeline=3, lsn=100)
 
 # (case, cluster snapshot, local state, expected actions, expected leader to follow/clone)
+FAILSAFE_NODE2 = FailsafeList("node2", {ME: "http://127.0.0.1:8008", "node3": "http://127.0.0.1:8009"})
 TABLE = [
+    ("failsafe_keep_primary", None, local(role="primary", lock_left=3.5, failsafe_mode=True, failsafe_vouched=7.0),
+     (A.FAILSAFE_HOLD,), None),
+    ("failsafe_demote", None, local(role="primary", lock_left=20, failsafe_mode=True),
+     (A.DEMOTE, A.START_AS_REPLICA), None),
     ("lock_expiring_demote", None, local(role="primary", lock_left=3.5), (A.DEMOTE, A.START_AS_REPLICA), None),
     ("dcs_unreachable_demote", None, local(role="primary", lock_left=8), (A.DEMOTE, A.START_AS_REPLICA), None),
     ("dcs_unreachable", None, local(role="replica"), (), None),
@@ -103,6 +112,11 @@ TABLE = [
      (A.ACQUIRE_LOCK, A.PROMOTE, A.ENSURE_SLOTS), None),
     ("switchover_defer", cluster(members=[member("node2", lsn=1)], switchover_to="node3"), local(lsn=100),
      (), None),
+    ("failsafe_promised", cluster(failsafe=FAILSAFE_NODE2), local(failsafe_promise="node2"), (), None),
+    ("failsafe_list_unknown", cluster(failsafe_unreadable=True), local(), (), None),
+    ("failsafe_not_listed", cluster(failsafe=FailsafeList("node2", {"node3": "http://127.0.0.1:8009"})), local(),
+     (), None),
+    ("failsafe_promise_unknown", cluster(failsafe=FAILSAFE_NODE2), local(failsafe_fresh=True), (), None),
     ("race_not_eligible_nofailover", cluster(), local(nofailover=True), (A.FOLLOW,), None),
     ("race_not_synchronous", cluster(sync=SyncState("node9", ("node2",), 1)), local(), (A.FOLLOW,), None),
     ("race_lag_unknown", cluster(leader_lsn=None, unreadable_lsn=True), local(lsn=100), (A.FOLLOW,), None),
@@ -288,3 +302,55 @@ def test_in_synchronous_mode_a_switchover_candidate_takes_over_only_when_the_pro
     assert ha.decide(one_of, local(lsn=100)).case != "switchover_take_over"
     outside = replace(handed, sync=SyncState("node9", ("node3",), 1))
     assert ha.decide(outside, local(lsn=100)).case == "race_not_synchronous"
+
+
+# --------------------------------------------------------------------------- failsafe
+
+
+def test_failsafe_off_keeps_todays_demotion_whatever_was_vouched():
+    d = ha.decide(None, local(role="primary", lock_left=20, failsafe_vouched=7.0))
+    assert d.case == "dcs_unreachable_demote"
+
+
+def test_failsafe_is_only_for_the_lock_holder_running_as_primary():
+    assert ha.decide(None, local(role="primary", failsafe_mode=True, failsafe_vouched=7.0)).case == \
+        "dcs_unreachable_demote"            # a primary without the lock: nothing to keep
+    assert ha.decide(None, local(role="replica", lock_left=20, failsafe_mode=True, failsafe_vouched=7.0)).case == \
+        "dcs_unreachable"
+
+
+def test_the_leader_keeps_its_failsafe_list_current_and_deletes_it_when_the_mode_is_off():
+    me_node2 = [member(ME, role="primary"), member("node2")]
+    members = [replace(m, api_url=f"http://127.0.0.1:80{i}") for i, m in enumerate(me_node2)]
+    current = FailsafeList(ME, {"node2": "http://127.0.0.1:801"})
+    on = local(role="primary", failsafe_mode=True)
+    assert A.FAILSAFE_LIST in ha.decide(cluster(ME, members=members), on).actions
+    assert A.FAILSAFE_LIST not in ha.decide(cluster(ME, members=members, failsafe=current), on).actions
+    stale = FailsafeList(ME, {"node2": "http://127.0.0.1:801", "node9": "http://127.0.0.1:809"})
+    assert A.FAILSAFE_LIST in ha.decide(cluster(ME, members=members, failsafe=stale), on).actions
+    off = local(role="primary")
+    assert A.FAILSAFE_LIST in ha.decide(cluster(ME, members=members, failsafe=current), off).actions
+    assert A.FAILSAFE_LIST in ha.decide(cluster(ME, members=members, failsafe_unreadable=True), off).actions
+    assert A.FAILSAFE_LIST not in ha.decide(cluster(ME, members=members), off).actions
+
+
+def test_a_listed_replica_races_normally_once_its_promise_is_over():
+    d = ha.decide(cluster(members=[member("node2", lsn=50)], leader_lsn=150, failsafe=FAILSAFE_NODE2), local(lsn=100))
+    assert d.case == "leader_race"
+
+
+def test_a_promise_holds_even_for_the_switchover_candidate_and_with_the_mode_off():
+    d = ha.decide(cluster(switchover_to=ME, leader_lsn=10**9), local(lsn=100, failsafe_promise="node2"))
+    assert d.case == "failsafe_promised" and not d.actions
+
+
+def test_the_failsafe_list_is_parsed_defensively():
+    from governor.dcs.keys import valid_member_name
+    good = FailsafeList("node2", {"node1": "https://10.0.0.11:8008"})
+    assert FailsafeList.from_json(good.as_json(), valid_member_name) == good
+    for text in (None, "", "[]", "{}", '{"leader": "node2"}', '{"leader": 5, "members": {}}',
+                 '{"leader": "node2", "members": {"node1": "ftp://x"}}', '{"leader": "node2", "members": []}',
+                 '{"leader": "bad name!", "members": {}}', '{"leader": "n", "members": {"a": 1}}',
+                 "[" * 100000, '{"leader": "n", "members": {' + ",".join(f'"m{i}": "http://x"' for i in range(65))
+                 + "}}"):
+        assert FailsafeList.from_json(text, valid_member_name) is None, text

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Iterable, NamedTuple, Optional
 
 from governor.cluster import Cluster, Leader, Member, Switchover, loads
+from governor.failsafe import FailsafeList
 from governor.settings import NAME_MAX, NAME_RE
 from governor.sync import SyncState
 
@@ -69,6 +70,7 @@ def build_cluster(entries: Iterable[Entry], index: int, problems: Iterable[str] 
     config: dict = {}
     config_index = 0
     sync = None
+    failsafe, failsafe_unreadable = None, False
     for e in entries:
         if e.key == "initialize":
             initialize = e.value or ""
@@ -97,6 +99,12 @@ def build_cluster(entries: Iterable[Entry], index: int, problems: Iterable[str] 
                 sync = SyncState.unknown(e.index)
                 problems.append(f"sync: not a synchronous replication promise ({_snippet(e.value)}): no "
                                 "automatic failover until the leader rewrites it")
+        elif e.key == "failsafe":
+            failsafe = FailsafeList.from_json(e.value, valid_member_name)
+            failsafe_unreadable = failsafe is None
+            if failsafe is None:
+                problems.append(f"failsafe: not a failsafe member list ({_snippet(e.value)}): no member races for "
+                                "the lock until a leader rewrites it (or an operator deletes it)")
         elif e.key == "config":
             config, config_index = json_dict(e.value), e.index
         elif e.key == "history":
@@ -113,7 +121,8 @@ def build_cluster(entries: Iterable[Entry], index: int, problems: Iterable[str] 
     return Cluster(initialize=initialize, leader=leader, members=tuple(sorted(members, key=lambda m: m.name)),
                    leader_lsn=leader_lsn, index=index, history=history, switchover=switchover, paused=paused,
                    config=config, config_index=config_index, sync=sync, problems=tuple(problems),
-                   leader_lsn_unreadable=leader_lsn_unreadable)
+                   leader_lsn_unreadable=leader_lsn_unreadable, failsafe=failsafe,
+                   failsafe_unreadable=failsafe_unreadable)
 
 
 def valid_member_name(name: str) -> bool:

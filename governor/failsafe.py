@@ -1,0 +1,91 @@
+"""Failsafe mode, the pure part: the member list the leader keeps in etcd, and the timing.
+
+With `failsafe_mode: true` a leader that cannot use etcd stays primary only while every member of
+the list it last wrote to etcd (the `failsafe` key) vouches for it, each pass, over the member
+API (`POST /failsafe`). By vouching, a member promises not to race for the lock for `ttl` seconds
+from the moment it answered; the leader's PostgreSQL may stay primary until `ttl` after it *sent*
+the round every member answered (the lock fence is armed with that deadline, as with a lock
+renewal). So every member that could take the lock is bound:
+
+- a member on the list either vouched in the leader's last good round (and will not race until
+  after the leader's deadline), or made the round fail (and the leader demotes before its
+  deadline, as without failsafe);
+- a member not on the list (it joined after the leader last wrote it, or its key had expired)
+  does not race while a `failsafe` key exists: only the leader that wrote the key can vouch for
+  it, and it does so at its next pass with etcd;
+- a member whose governor started less than `ttl` ago does not know what it promised before, so
+  it does not race until `ttl` has passed;
+- a `failsafe` key that does not parse is unknown, and nobody races on unknown.
+
+The leader keeps the key current while it holds the lock, and deletes it when failsafe_mode is
+turned off.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+MAX_MEMBERS = 64
+
+
+def margin_for(ttl: float) -> float:
+    """The lock fence's margin before a deadline (lockfence.margin_for, repeated here so the
+    pure modules need not import the fence's thread)."""
+    return max(1.5, min(0.2 * ttl, 5.0))
+
+
+def timing(ttl: float, loop_wait: float, retry_timeout: float) -> Optional[Tuple[float, float]]:
+    """(seconds a round waits for the members' answers, seconds an etcd read may take during an
+    outage), or None when the timing leaves no room for failsafe.
+
+    A round sent at s keeps PostgreSQL primary until s + ttl, minus the fence's margin; the next
+    round is sent at most round + loop_wait + read later and answered a round after that. With
+    round + read = retry_timeout and round <= retry_timeout - margin - 0.5 s (the rest of a pass),
+    loop_wait + 2 * retry_timeout <= ttl (the rule every configuration obeys) keeps that inside."""
+    answer = min(retry_timeout - margin_for(ttl) - 0.5, retry_timeout / 2)
+    if answer < 1.0:
+        return None
+    return answer, retry_timeout - answer
+
+
+def timing_problem(ttl: float, loop_wait: float, retry_timeout: float) -> Optional[str]:
+    if timing(ttl, loop_wait, retry_timeout) is not None:
+        return None
+    need = margin_for(ttl) + 1.5
+    return (f"failsafe_mode needs retry_timeout >= {need:g} s with ttl {ttl:g} (time for the members to answer "
+            f"before the lock fence's margin); got retry_timeout {retry_timeout:g}")
+
+
+@dataclass(frozen=True)
+class FailsafeList:
+    """The `failsafe` key: the leader that wrote it and every other member with its API address."""
+    leader: str
+    members: Dict[str, str] = field(default_factory=dict)   # name -> api_url
+
+    def as_json(self) -> str:
+        return json.dumps({"leader": self.leader, "members": dict(sorted(self.members.items()))},
+                          separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: Any, valid_name: Any) -> Optional[FailsafeList]:
+        """The list, or None when `text` is not one (unknown: see the module's rules)."""
+        try:
+            data = json.loads(text) if isinstance(text, str) and len(text) < 65536 else None
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("members"), dict):
+            return None
+        leader, members = data.get("leader"), data["members"]
+        if not isinstance(leader, str) or not valid_name(leader) or len(members) > MAX_MEMBERS:
+            return None
+        if not all(isinstance(k, str) and valid_name(k) and isinstance(v, str) and v.startswith(("http://", "https://"))
+                   and len(v) < 300 for k, v in members.items()):
+            return None
+        return cls(leader, dict(members))
+
+    def union(self, other: Optional[FailsafeList]) -> FailsafeList:
+        """Both lists' members: what a leader must ask when it cannot know which one etcd holds."""
+        if other is None:
+            return self
+        return FailsafeList(self.leader, {**other.members, **self.members})
