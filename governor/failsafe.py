@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+
+if TYPE_CHECKING:
+    from governor.cluster import Cluster
 
 MAX_MEMBERS = 64
 
@@ -89,3 +92,32 @@ class FailsafeList:
         if other is None:
             return self
         return FailsafeList(self.leader, {**other.members, **self.members})
+
+
+def wanted(cluster: Cluster, me: str, mode: bool) -> Optional[FailsafeList]:
+    """The `failsafe` key a leader keeps: every other member with an API address, or none when
+    failsafe_mode is off."""
+    if not mode:
+        return None
+    return FailsafeList(me, {m.name: m.api_url for m in cluster.members if m.name != me and m.api_url})
+
+
+def race_hold(cluster: Cluster, me: str, promise: Optional[str], fresh: bool) -> Optional[Tuple[str, str]]:
+    """Nobody holds the lock and this member is a replica: (case, why) when the rules above keep
+    it from racing a leader that may still be primary on its members' promises; None: it races."""
+    if promise is not None:
+        return ("failsafe_promised", f"no leader in etcd, but this member vouched for {promise} less than ttl ago "
+                "(failsafe): not racing while that promise holds")
+    if cluster.failsafe_unreadable:
+        return ("failsafe_list_unknown", "no leader in etcd and the failsafe member list does not parse: a leader "
+                "may be primary on promises this member cannot check, so it does not race")
+    listed = cluster.failsafe
+    if listed is None:
+        return None
+    if me not in listed.members:
+        return ("failsafe_not_listed", f"no leader in etcd, and {listed.leader}'s failsafe list does not name this "
+                f"member: {listed.leader} may still be primary on its listed members' promises, so only they race")
+    if fresh:
+        return ("failsafe_promise_unknown", "no leader in etcd, and governor started less than ttl ago: what this "
+                "member promised before (failsafe) is unknown, so it does not race until ttl has passed")
+    return None

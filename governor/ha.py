@@ -105,8 +105,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, Optional, Tuple
 
+from governor import failsafe
 from governor.cluster import Cluster, Member, Switchover
-from governor.failsafe import FailsafeList
 from governor.sync import describe as describe_sync
 from governor.sync import voters as sync_voters
 
@@ -232,40 +232,6 @@ def _start_timeout(local: LocalState) -> Decision:
                     f"PostgreSQL has not come up for {local.starting_for:.0f}s under the lock "
                     f"(primary_start_timeout {local.primary_start_timeout:.0f}s): stopping it and releasing the lock "
                     "so a replica takes over", (Action.RELEASE_LOCK,))
-
-
-def wanted_failsafe(cluster: Cluster, local: LocalState) -> Optional[FailsafeList]:
-    """The `failsafe` key a leader keeps: every other member with an API address, or none when
-    failsafe_mode is off."""
-    if not local.failsafe_mode:
-        return None
-    return FailsafeList(local.name, {m.name: m.api_url for m in cluster.members
-                                     if m.name != local.name and m.api_url})
-
-
-def _failsafe_race(cluster: Cluster, local: LocalState) -> Optional[Decision]:
-    """Nobody holds the lock, this member is a replica: the failsafe rules that keep it from
-    racing a leader that may still be primary on its members' promises (failsafe.py). None: race."""
-    if local.failsafe_promise is not None:
-        return Decision("failsafe_promised",
-                        f"no leader in etcd, but this member vouched for {local.failsafe_promise} less than ttl ago "
-                        "(failsafe): not racing while that promise holds")
-    if cluster.failsafe_unreadable:
-        return Decision("failsafe_list_unknown",
-                        "no leader in etcd and the failsafe member list does not parse: a leader may be primary on "
-                        "promises this member cannot check, so it does not race")
-    if cluster.failsafe is None:
-        return None
-    if local.name not in cluster.failsafe.members:
-        return Decision("failsafe_not_listed",
-                        f"no leader in etcd, and {cluster.failsafe.leader}'s failsafe list does not name this member: "
-                        f"{cluster.failsafe.leader} may still be primary on its listed members' promises, so only "
-                        "they race")
-    if local.failsafe_fresh:
-        return Decision("failsafe_promise_unknown",
-                        "no leader in etcd, and governor started less than ttl ago: what this member promised "
-                        "before (failsafe) is unknown, so it does not race until ttl has passed")
-    return None
 
 
 def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
@@ -413,8 +379,8 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                             "candidate receives all of its WAL, then releasing the lock", (Action.STEP_DOWN,),
                             leader=switchover.candidate)
         if local.role == "primary":
-            listing = (Action.FAILSAFE_LIST,) if wanted_failsafe(cluster, local) != cluster.failsafe \
-                or cluster.failsafe_unreadable else ()
+            wanted = failsafe.wanted(cluster, me, local.failsafe_mode)
+            listing = (Action.FAILSAFE_LIST,) if wanted != cluster.failsafe or cluster.failsafe_unreadable else ()
             return Decision("leader_renew", "holding the lock as primary",
                             (Action.RENEW_LOCK, Action.ENSURE_SLOTS, Action.MANAGE_SYNC) + listing)
         return Decision("lock_held_promote", "this member holds the lock but runs as a replica: promoting",
@@ -446,9 +412,9 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
 
     # Nobody holds the lock.
     if local.role == "replica":
-        held_back = _failsafe_race(cluster, local)
+        held_back = failsafe.race_hold(cluster, me, local.failsafe_promise, local.failsafe_fresh)
         if held_back is not None:
-            return held_back
+            return Decision(*held_back)
     if switchover and local.role == "replica" and not _candidate_caught_up(cluster, switchover, local):
         switchover = None   # a switchover whose leader did not hand over cleanly: the normal race decides
     if switchover and local.role == "replica":
