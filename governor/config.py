@@ -23,6 +23,7 @@ from governor.checker import (  # noqa: F401 - parse_host_port and default_bin_d
     positive,
     secret_check,
 )
+from governor.failsafe import timing_problem
 from governor.postgres.catalogue import catalogue
 from governor.settings import (  # noqa: F401 - re-exported: the configuration's types live in settings
     CONTROL_RE,
@@ -119,7 +120,7 @@ def read_raw(path: str) -> Tuple[dict, Dict[str, str]]:
 
 TOP_KEYS = ("loop_wait", "retry_timeout", "primary_start_timeout", "log_level", "log_format", "tags", "etcd",
             "postgresql", "restapi", "metrics", "synchronous_mode", "synchronous_mode_strict",
-            "synchronous_node_count", "watchdog")
+            "synchronous_node_count", "watchdog", "failsafe_mode")
 RESTAPI_KEYS = ("listen", "connect_address", "username", "password", "certfile", "keyfile", "cafile")
 METRICS_KEYS = ("enabled", "listen")
 ETCD_KEYS = ("scope", "ttl", "host", "protocol", "cacert", "cert", "key", "username", "password", "api")
@@ -152,6 +153,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         c.fail("synchronous_mode", f"expected one of off, on, quorum; got {sync_value!r}")
         sync_mode = "off"
     sync_strict = c.value("synchronous_mode_strict", "bool", False)
+    failsafe_mode = c.value("failsafe_mode", "bool", False)
     sync_count = c.value("synchronous_node_count", "int", 1,
                          check=lambda v: None if 1 <= v <= 64 else "expected 1 to 64")
     tags = c.section("tags")
@@ -186,6 +188,8 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     etcd_api = c.value("etcd.api", "int", 0,
                        check=lambda v: None if v in (2, 3) else "expected 2 (etcd v2 API) or 3 (etcd v3 API)")
 
+    if failsafe_mode and loop_wait and retry_timeout and ttl and timing_problem(ttl, loop_wait, retry_timeout):
+        c.fail("failsafe_mode", timing_problem(ttl, loop_wait, retry_timeout) or "")
     if loop_wait and retry_timeout and ttl and loop_wait + 2 * retry_timeout > ttl:
         c.fail("etcd.ttl", f"expected loop_wait + 2 * retry_timeout <= ttl so a primary that loses etcd "
                            f"demotes before its lock expires; got {loop_wait} + 2 * {retry_timeout} > {ttl}")
@@ -332,7 +336,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         primary_start_timeout=primary_start_timeout,
         log_level=log_level.upper(),
         log_format=log_format,
-        synchronous_mode=sync_mode, synchronous_mode_strict=bool(sync_strict),
+        synchronous_mode=sync_mode, synchronous_mode_strict=bool(sync_strict), failsafe_mode=bool(failsafe_mode),
         synchronous_node_count=sync_count or 1,
         tags={k: v for k, v in tags.items()},
         source=source,

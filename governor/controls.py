@@ -40,6 +40,7 @@ class Controls:
             "POST /reinitialize": self.reinitialize,
             "POST /reload": self.reload,
             "PATCH /config": self.patch_config,
+            "POST /failsafe": self.gov.vouch_for,
         }
 
     def reset(self) -> None:

@@ -13,7 +13,7 @@ from typing import Callable, Optional, TypeVar
 
 import psycopg2
 
-from governor import __version__, publish, reconfigure, shutdown
+from governor import __version__, failsafe, publish, reconfigure, shutdown, vouch
 from governor.actions import EXECUTORS, ActionFailed
 from governor.api import ApiServer
 from governor.backoff import Backoff
@@ -244,18 +244,29 @@ class Governor:
                              "not waiting for etcd again", logging.WARNING)
             self.cluster = None
         else:
-            self.cluster = observe_dcs(self)
+            self.cluster = self._read_etcd()
         self.mem.dcs_failed = self.cluster is None
         if self.cluster is not None:
             reconfigure.apply_dynamic(self, self.cluster)
+            vouch.remember(self, self.cluster)
         request = self._request
         local = observe_local(self)
+        self.mem.racing = False
+        self.mem.sysid = local.sysid or self.mem.sysid
         local = replace(local, now=time.time(), request=request.kind if request else None,
-                        lock_left=self.lock_left(), starting_for=self._starting_for(local))
+                        lock_left=self.lock_left(), starting_for=self._starting_for(local),
+                        failsafe_mode=self.config.failsafe_mode, failsafe_promise=vouch.promised_to(self),
+                        failsafe_fresh=vouch.fresh(self))
+        if self.cluster is None and self.config.failsafe_mode and self.mem.holds_lock and local.running \
+                and local.role == "primary":
+            local = replace(local, failsafe_vouched=vouch.ask_members(self))
         if self.cluster is not None and self.cluster.initialized and self.cluster.leader is None \
                 and local.running and local.role == "replica":
             local = replace(local, peers=ask_peers(self, self.cluster))
         decision = decide(self.cluster, local)
+        if self.mem.failsafe_since is not None and decision.case != "failsafe_keep_primary":
+            log.warning("failsafe: ended after %.0fs (%s)", time.monotonic() - self.mem.failsafe_since, decision.case)
+            self.mem.failsafe_since = None
         self.once("decision", decision.summary)
         log.debug("decision %s", decision.summary)
         if self.cluster is not None and self.cluster.leader and self.cluster.leader.name != self.name:
@@ -273,6 +284,22 @@ class Governor:
             publish.publish(self, local)
         publish.publish_status(self, local, decision)
         return ok
+
+    def _read_etcd(self) -> Optional[Cluster]:
+        """The pass's snapshot; while the primary stands on failsafe promises, the read is cut short
+        to what the promises leave (failsafe.timing)."""
+        times = failsafe.timing(self.config.etcd.ttl, self.config.loop_wait, self.config.retry_timeout)
+        if self.mem.failsafe_since is None or times is None:
+            return observe_dcs(self)
+        self.dcs.pass_deadline = time.monotonic() + times[1]
+        try:
+            return observe_dcs(self)
+        finally:
+            self.dcs.pass_deadline = None
+
+    def vouch_for(self, body: dict) -> tuple:
+        """API thread: POST /failsafe (vouch.py)."""
+        return vouch.answer(self, body)
 
     def sleep(self, seconds: float) -> None:
         seconds = min(seconds, MAX_SLEEP) if math.isfinite(seconds) else MAX_SLEEP

@@ -10,6 +10,8 @@ in the files.
     synchronous_mode                       off | on | quorum
     synchronous_mode_strict                true: block writes rather than fall back to asynchronous
     synchronous_node_count                 how many standbys confirm each commit (at least 1)
+    failsafe_mode                          true: a leader keeps its primary through an etcd outage
+                                           while every member vouches for it (failsafe.py)
     postgresql.parameters.<name>           PostgreSQL settings for every member
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ import math
 from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
 
-from governor import pgparams
+from governor import failsafe, pgparams
 from governor.settings import LIMITS, MANAGED_PARAMETERS, SIZE_MAX, Config, parse_size, parse_sync_mode
 
 # Per-member PostgreSQL settings a cluster-wide value would break.
@@ -26,7 +28,7 @@ MEMBER_PARAMETERS = dict(MANAGED_PARAMETERS, unix_socket_directories="each membe
                          data_directory="postgresql.data_dir", hba_file="governor",
                          config_file="governor", ident_file="each member's file configuration")
 TOP_KEYS = ("ttl", "loop_wait", "retry_timeout", "maximum_lag_on_failover", "postgresql", "synchronous_mode",
-            "synchronous_mode_strict", "synchronous_node_count")
+            "synchronous_mode_strict", "synchronous_node_count", "failsafe_mode")
 
 
 def _number(value: Any, key: str) -> bool:
@@ -72,6 +74,8 @@ def validate(data: Any, base: Tuple[float, float, float] = DEFAULT_TIMING,
         fail("synchronous_mode", f"expected one of off, on, quorum; got {_short(data['synchronous_mode'])}")
     if "synchronous_mode_strict" in data and not isinstance(data["synchronous_mode_strict"], bool):
         fail("synchronous_mode_strict", f"expected true or false, got {_short(data['synchronous_mode_strict'])}")
+    if "failsafe_mode" in data and not isinstance(data["failsafe_mode"], bool):
+        fail("failsafe_mode", f"expected true or false, got {_short(data['failsafe_mode'])}")
     count = data.get("synchronous_node_count", 1)
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 64:
         fail("synchronous_node_count", f"expected an integer from 1 to 64, got {_short(count)}")
@@ -104,6 +108,8 @@ def validate(data: Any, base: Tuple[float, float, float] = DEFAULT_TIMING,
         if loop_wait + 2 * retry > ttl:
             fail("ttl", f"expected loop_wait + 2 * retry_timeout <= ttl so a primary that loses etcd demotes "
                         f"before its lock expires; got {loop_wait} + 2 * {retry} > {ttl}")
+        elif data.get("failsafe_mode") is True and failsafe.timing_problem(ttl, loop_wait, retry):
+            fail("failsafe_mode", failsafe.timing_problem(ttl, loop_wait, retry) or "")
     return problems
 
 
@@ -136,6 +142,8 @@ def apply(base: Config, data: Dict[str, Any]) -> Config:
         config = replace(config, synchronous_mode_strict=bool(data["synchronous_mode_strict"]))
     if "synchronous_node_count" in data:
         config = replace(config, synchronous_node_count=int(data["synchronous_node_count"]))
+    if "failsafe_mode" in data:
+        config = replace(config, failsafe_mode=data["failsafe_mode"] is True)
     pg = config.postgresql
     if "maximum_lag_on_failover" in data:
         pg = replace(pg, maximum_lag_on_failover=parse_size(data["maximum_lag_on_failover"]))

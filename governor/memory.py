@@ -7,8 +7,11 @@ process starts with a fresh NodeMemory: what must survive a restart lives on dis
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
+
+from governor.failsafe import FailsafeList
 
 
 def timer(started: Optional[float], active: bool, now: float) -> Tuple[Optional[float], Optional[float]]:
@@ -40,6 +43,14 @@ class NodeMemory:
     name_is_ours: bool = False                   # no other governor uses our member name
     sysid_cache: Optional[tuple] = None          # (pg_control stat, ControlData) of the stopped data directory
     settling_since: Optional[float] = None       # PostgreSQL was just started, promoted or re-pointed (monotonic)
+    # failsafe (failsafe.py, vouch.py)
+    started: float = field(default_factory=time.monotonic)   # this governor's start
+    sysid: Optional[str] = None                  # the data directory's system identifier, last seen
+    last_leader: Optional[str] = None            # the leader of the last etcd snapshot that named one
+    failsafe_list: Optional[FailsafeList] = None  # leader: the failsafe list etcd holds, as far as it knows
+    failsafe_since: Optional[float] = None       # leader: kept primary by its members' promises since
+    failsafe_promise: Optional[Tuple[str, float]] = None  # replica: (leader vouched for, until), monotonic
+    racing: bool = False                         # taking the lock this pass: no promise until the next
 
     def settle(self, now: float) -> None:
         """Look at PostgreSQL often until it streams (or is primary): see Governor.sleep."""

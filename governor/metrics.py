@@ -124,6 +124,9 @@ class _StatusCollector:
                   float(st.running and st.role in ("primary", "replica"))),
             gauge("governor_dcs_reachable", "1 when etcd answered in the last loop", float(st.dcs_reachable)),
             gauge("governor_paused", "1 while automatic actions are paused", float(st.paused)),
+            gauge("governor_failsafe_active", "1 while this primary stays primary on its members' promises "
+                  "(failsafe_mode, etcd unusable), or this member keeps such a promise",
+                  float(st.failsafe is not None)),
             gauge("governor_sync_standby", "1 when the leader's synchronous promise names this member",
                   float(st.sync_standby)),
             gauge("governor_sync_degraded", "Leader in synchronous mode: 1 while commits are acknowledged "

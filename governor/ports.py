@@ -47,6 +47,8 @@ class ControlHost(Protocol):
 
     def request_reload(self) -> None: ...
 
+    def vouch_for(self, body: dict) -> tuple: ...
+
 
 class ActionHost(Protocol):
     """What the executors (governor/actions/) use: the node's I/O handles, its configuration and

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import psycopg2
 
-from governor import __version__
+from governor import __version__, vouch
 from governor.dcs import DCSError
 from governor.ha import Decision, LocalState
 from governor.postgres import datadir
@@ -74,7 +74,14 @@ def publish_status(g: Governor, local: LocalState, decision: Decision) -> None:
         paused=bool(g.cluster and g.cluster.paused), pending_restart=member["pending_restart"],
         synchronous_mode=g.config.synchronous_mode,
         started_at=st.started_at if st else None,
-        api_url=g.config.restapi.api_url, conn_url=g.pg.conn_url))
+        api_url=g.config.restapi.api_url, conn_url=g.pg.conn_url, failsafe=failsafe_state(g)))
+
+
+def failsafe_state(g: Governor) -> Optional[str]:
+    if g.mem.failsafe_since is not None:
+        return "primary on its members' promises: etcd cannot be used"
+    promised = vouch.promised_to(g)
+    return f"vouched for {promised}: not racing for the lock" if promised else None
 
 
 def status_line(g: Governor) -> str:

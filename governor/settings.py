@@ -141,6 +141,7 @@ class Config:
     log_format: str = "text"
     synchronous_mode: str = "off"          # off | on | quorum
     synchronous_mode_strict: bool = False  # block writes rather than fall back to asynchronous
+    failsafe_mode: bool = False            # stay primary through an etcd outage while every member vouches
     synchronous_node_count: int = 1
     restapi: RestApiConfig = RestApiConfig()
     metrics: MetricsConfig = MetricsConfig()

@@ -54,6 +54,7 @@ class NodeStatus:
     started_at: Optional[float] = None  # postmaster start, Unix time
     api_url: Optional[str] = None
     conn_url: Optional[str] = None
+    failsafe: Optional[str] = None      # "primary on its members' promises" / "vouched for NAME" (failsafe)
 
     def lock_valid(self, now: Optional[float] = None) -> bool:
         if not self.holds_lock or self.lock_deadline is None:
@@ -121,6 +122,7 @@ class NodeStatus:
             "postmaster_start_time": self.started_at,
             "conn_url": self.conn_url,
             "api_url": self.api_url,
+            "failsafe": self.failsafe,
         }
 
     def cluster_dict(self) -> Dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Dict
 
-from governor.actions import leader, lock, roles, run, setup
+from governor.actions import failsafe, leader, lock, roles, run, setup
 from governor.actions.base import ActionFailed
 from governor.ha import Action, Decision, LocalState
 
@@ -35,6 +35,8 @@ EXECUTORS: Dict[Action, Executor] = {
     Action.REWIND: roles.rewind,
     Action.ENSURE_SLOTS: leader.ensure_slots,
     Action.MANAGE_SYNC: leader.manage_sync,
+    Action.FAILSAFE_HOLD: failsafe.failsafe_hold,
+    Action.FAILSAFE_LIST: failsafe.failsafe_list,
 }
 
 __all__ = ["EXECUTORS", "ActionFailed", "Executor"]

@@ -5,6 +5,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from governor import vouch
 from governor.actions.base import ActionFailed
 from governor.cluster import Cluster
 from governor.ha import Action, Decision, LocalState
@@ -16,6 +17,9 @@ log = logging.getLogger("governor")
 
 
 def acquire_lock(g: ActionHost, decision: Decision, local: LocalState) -> None:
+    promised = vouch.start_racing(g)
+    if promised is not None:
+        raise ActionFailed(f"this member vouched for {promised} (failsafe) after deciding to race: not taking the lock")
     sent = time.monotonic()
     if not g.dcs.acquire_leader(g.name):
         raise ActionFailed("another member took the leader lock first")

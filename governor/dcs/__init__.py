@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import abc
 import threading
+from typing import Optional
 
 from governor.cluster import Cluster
 from governor.sync import SyncState
@@ -25,6 +26,10 @@ def short_error(exc: BaseException) -> str:
 class DCS(abc.ABC):
     # Called as observer(operation, seconds, ok) after every operation (the metrics exporter).
     observer = None
+    # When set (monotonic), no operation retries past it, whatever its own budget: a leader kept
+    # primary by failsafe reads etcd within what its members' promises leave (failsafe.timing).
+    pass_deadline: Optional[float] = None
+
     @abc.abstractmethod
     def get_cluster(self) -> Cluster:
         """Read the whole cluster in one request."""
@@ -93,6 +98,10 @@ class DCS(abc.ABC):
     @abc.abstractmethod
     def delete_sync(self, index: int) -> bool:
         """Delete the `sync` key only if it is still at `index`."""
+
+    @abc.abstractmethod
+    def set_failsafe(self, holder: str, value: Optional[str]) -> bool:
+        """Write (None: delete) the `failsafe` member list while `holder` holds the lock."""
 
     @abc.abstractmethod
     def remove_cluster(self) -> None:

@@ -91,6 +91,7 @@ class Etcd2(DCS):
 
     def _try_endpoints(self, what: str, op: Callable[[etcd.Client], T], budget: Optional[float]) -> T:
         deadline = time.monotonic() + (budget if budget is not None else self.retry_timeout)
+        deadline = min(deadline, self.pass_deadline or deadline)
         hosts: List[Tuple[str, int]] = list(self.cfg.hosts)
         errors = []
         attempt = 0
@@ -277,6 +278,21 @@ class Etcd2(DCS):
                     pass
 
         self._call("pause update", op)
+
+    def set_failsafe(self, holder: str, value: Optional[str]) -> bool:
+        """Write (None: delete) the failsafe list. v2 has no transaction across keys: written only
+        after the lock was found ours in this pass, and rewritten by a new leader at its first."""
+        def op(client: etcd.Client) -> None:
+            if value:
+                client.write(self._key("failsafe"), value)
+            else:
+                try:
+                    client.delete(self._key("failsafe"))
+                except etcd.EtcdKeyNotFound:
+                    pass
+
+        self._call("failsafe list update", op)
+        return True
 
     def clear_switchover(self) -> None:
         def op(client: etcd.Client) -> None:

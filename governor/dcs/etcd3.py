@@ -28,7 +28,18 @@ from governor.dcs import DCS, DCSError, short_error
 from governor.dcs.keys import build_cluster, history_list
 from governor.dcs.v2probe import refuse_scope_in_v2
 from governor.dcs.v3cache import Item, KeyCache, WatchStream, parse_kv
-from governor.dcs.v3json import _b64, _dict, _int, _prefix_end, _unb64
+from governor.dcs.v3json import (
+    _b64,
+    _dict,
+    _int,
+    _prefix_end,
+    _unb64,
+    created_cmp,
+    delete_op,
+    put_op,
+    revision_cmp,
+    value_cmp,
+)
 from governor.sync import SyncState
 
 log = logging.getLogger(__name__)
@@ -148,6 +159,7 @@ class Etcd3(DCS):
 
     def _try_endpoints(self, what: str, path: str, body: dict, budget: Optional[float]) -> dict:
         deadline = time.monotonic() + (budget if budget is not None else self.retry_timeout)
+        deadline = min(deadline, self.pass_deadline or deadline)
         hosts: List[Tuple[str, int]] = list(self.cfg.hosts)
         errors: List[str] = []
         attempt = 0
@@ -186,29 +198,9 @@ class Etcd3(DCS):
     def _txn(self, what: str, compare: List[dict], success: List[dict], failure: Optional[List[dict]] = None) -> dict:
         return self._post(what, "/kv/txn", {"compare": compare, "success": success, "failure": failure or []})
 
-    @staticmethod
-    def _put(key: str, value: str, lease: Optional[str] = None) -> dict:
-        request = {"key": _b64(key), "value": _b64(value)}
-        if lease:
-            request["lease"] = lease
-        return {"request_put": request}
-
-    @staticmethod
-    def _delete(key: str) -> dict:
-        return {"request_delete_range": {"key": _b64(key)}}
-
-    @staticmethod
-    def _created(key: str) -> dict:
-        """Compare: the key does not exist."""
-        return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
-
-    @staticmethod
-    def _value_is(key: str, value: str) -> dict:
-        return {"key": _b64(key), "target": "VALUE", "result": "EQUAL", "value": _b64(value)}
-
-    @staticmethod
-    def _revision_is(key: str, revision: int) -> dict:
-        return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
+    # Transaction operations and comparisons (v3json.py).
+    _put, _delete, _created = staticmethod(put_op), staticmethod(delete_op), staticmethod(created_cmp)
+    _value_is, _revision_is = staticmethod(value_cmp), staticmethod(revision_cmp)
 
     def _cas(self, what: str, key: str, index: int, success: dict) -> bool:
         """A write that happens only if `key` is still at `index` (0: only if it does not exist)."""
@@ -453,10 +445,15 @@ class Etcd3(DCS):
 
     def set_paused(self, paused: bool) -> None:
         key = self._key("pause")
-        if paused:
-            self._post("pause update", "/kv/put", {"key": _b64(key), "value": _b64("true")})
-        else:
-            self._post("pause update", "/kv/deleterange", {"key": _b64(key)})
+        self._post("pause update", *(("/kv/put", {"key": _b64(key), "value": _b64("true")}) if paused
+                                     else ("/kv/deleterange", {"key": _b64(key)})))
+
+    def set_failsafe(self, holder: str, value: Optional[str]) -> bool:
+        """Write (None: delete) the failsafe list, only while `holder` holds the lock."""
+        key, change = self._key("failsafe"), self._put(self._key("failsafe"), value) if value else None
+        data = self._txn("failsafe list update", [self._value_is(self._key("leader"), holder)],
+                         [change or self._delete(key)])
+        return bool(data.get("succeeded"))
 
     def set_config(self, data: dict, index: int) -> bool:
         key = self._key("config")

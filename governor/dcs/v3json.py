@@ -44,3 +44,29 @@ def _prefix_end(prefix: str) -> str:
     raw = bytearray(prefix.encode("utf-8"))
     raw[-1] += 1
     return base64.b64encode(bytes(raw)).decode("ascii")
+
+
+# Transaction operations and comparisons, as the gateway's /kv/txn takes them.
+
+def put_op(key: str, value: str, lease: Optional[str] = None) -> dict:
+    request = {"key": _b64(key), "value": _b64(value)}
+    if lease:
+        request["lease"] = lease
+    return {"request_put": request}
+
+
+def delete_op(key: str) -> dict:
+    return {"request_delete_range": {"key": _b64(key)}}
+
+
+def created_cmp(key: str) -> dict:
+    """The key does not exist."""
+    return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+
+
+def value_cmp(key: str, value: str) -> dict:
+    return {"key": _b64(key), "target": "VALUE", "result": "EQUAL", "value": _b64(value)}
+
+
+def revision_cmp(key: str, revision: int) -> dict:
+    return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
