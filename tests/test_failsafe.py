@@ -1,0 +1,139 @@
+"""Failsafe mode against real etcd and PostgreSQL: a primary that every member vouches for keeps
+taking writes through an etcd outage; one that some member does not vouch for demotes before its
+lock could expire. Throughout, never two writable servers (PrimaryWatch asks each one directly)."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import List, Optional, Tuple
+
+import psycopg2
+import pytest
+
+from tests import harness
+from tests.harness import wait_until
+
+pytestmark = pytest.mark.integration
+TTL = 10
+FAILSAFE = {"failsafe_mode": True, "retry_timeout": 4}   # failsafe needs retry_timeout >= 3.5 at ttl 10
+
+
+class DirectWriter(threading.Thread):
+    """A client on the primary's own address (no haproxy): an INSERT every 50 ms on one
+    connection, reconnecting on failure; remembers when each write was acknowledged."""
+
+    def __init__(self, node: harness.Node):
+        super().__init__(daemon=True)
+        self.node = node
+        self.acked: List[Tuple[int, float]] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        conn: Optional[psycopg2.extensions.connection] = None
+        n = 0
+        while not self.halt.is_set():
+            try:
+                if conn is None:
+                    conn = self.node.connect(timeout=1)
+                n += 1
+                with conn.cursor() as cur:
+                    cur.execute("INSERT INTO failsafe_writes VALUES (%s)", (n,))
+                self.acked.append((n, time.monotonic()))
+            except psycopg2.Error:
+                if conn is not None:
+                    conn.close()
+                conn = None
+            self.halt.wait(0.05)
+        if conn is not None:
+            conn.close()
+
+    def longest_gap(self, since: float, until: float) -> float:
+        times = [since] + [t for _n, t in self.acked if since <= t <= until] + [until]
+        return max(b - a for a, b in zip(times, times[1:]))
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(10)
+
+
+def cluster_on(make_cluster, base_dir, name: str):
+    own = harness.Etcd(os.path.join(base_dir, name)).start()
+    cluster = make_cluster(name)
+    cluster.etcd = own
+    for node in ("node1", "node2", "node3"):
+        cluster.add(node, extra=dict(FAILSAFE))
+    primary = cluster.wait_for_primary(90)
+    replicas = [n for n in cluster.nodes.values() if n is not primary]
+    cluster.wait_for_streaming([n.name for n in replicas], 90)
+    # the leader writes its failsafe list once it sees every member
+    wait_until(lambda: listed(own, cluster) == {n.name for n in replicas}, 20, "the failsafe list to name the replicas")
+    primary.sql("CREATE TABLE failsafe_writes (id int PRIMARY KEY)")
+    return own, cluster, primary, replicas
+
+
+def listed(etcd: harness.Etcd, cluster) -> set:
+    import json
+    node = etcd.get(f"/service/{cluster.scope}/failsafe", api=3)
+    return set(json.loads(node["value"])["members"]) if node else set()
+
+
+def test_an_etcd_outage_of_60_s_costs_no_write_when_every_member_vouches(make_cluster, base_dir):
+    own, cluster, primary, replicas = cluster_on(make_cluster, base_dir, "fsall")
+    watch = harness.PrimaryWatch(cluster)
+    watch.start()
+    writer = DirectWriter(primary)
+    writer.start()
+    try:
+        time.sleep(1)
+        own.stop(signal.SIGKILL)
+        stopped = time.monotonic()
+        wait_until(lambda: (primary.api("/status")[1] or {}).get("failsafe"), 20, "the primary to report failsafe")
+        assert all((r.api("/status")[1] or {}).get("failsafe", "").startswith(f"vouched for {primary.name}")
+                   for r in replicas)
+        time.sleep(max(0.0, 60 - (time.monotonic() - stopped)))
+        assert primary.role() == "primary" and primary.api("/primary")[0] == 200
+        outage_end = time.monotonic()
+        own.restart()
+        wait_until(lambda: cluster.leader_name() == primary.name and not (primary.api("/status")[1] or {}).get(
+            "failsafe"), 30, "the leader to take its lock back and leave failsafe")
+        cluster.wait_for_streaming([r.name for r in replicas], 30)
+        time.sleep(1)
+    finally:
+        writer.stop()
+        watch.stop()
+        own.stop()
+    gap = writer.longest_gap(stopped, outage_end)
+    assert gap < 1.0, f"writes on the primary stopped for {gap:.1f}s during the etcd outage"
+    assert watch.two_primaries() == []
+    stored = {row[0] for row in primary.sql("SELECT id FROM failsafe_writes")}
+    assert not [n for n, _t in writer.acked if n not in stored]
+    print(f"failsafe, etcd down 60 s: longest write gap {gap:.2f} s, {len(writer.acked)} writes, none lost, "
+          "never two writable")
+
+
+def test_with_a_member_not_answering_the_leader_demotes_before_its_lock_expires(make_cluster, base_dir):
+    own, cluster, primary, replicas = cluster_on(make_cluster, base_dir, "fsone")
+    watch = harness.PrimaryWatch(cluster)
+    watch.start()
+    try:
+        replicas[0].kill()                  # its governor: it cannot vouch (PostgreSQL keeps running)
+        renewed = time.monotonic()          # the lock was renewed at most loop_wait (1 s) before this
+        own.stop(signal.SIGKILL)
+        wait_until(lambda: primary.role() == "replica", TTL, "the leader to demote", interval=0.1)
+        took = time.monotonic() - renewed
+        assert took < TTL, f"the leader stayed writable {took:.1f}s, past its lock"
+        assert "not every member of the failsafe list vouched" in primary.log_text()
+        time.sleep(TTL)
+        assert not cluster.primaries(), "promoted while etcd was down"
+        own.restart()
+        replicas[0].start()
+        new = cluster.wait_for_primary(60)
+        others = [n.name for n in cluster.nodes.values() if n is not new]
+        cluster.wait_for_streaming(others, 90)
+    finally:
+        watch.stop()
+        own.stop()
+    assert watch.two_primaries() == []
+    print(f"failsafe, etcd down and a member silent: the leader read-only {took:.1f}s after its last renewal")
