@@ -45,8 +45,11 @@ def timing(ttl: float, loop_wait: float, retry_timeout: float) -> Optional[Tuple
     A round sent at s keeps PostgreSQL primary until s + ttl, minus the fence's margin; the next
     round is sent at most round + loop_wait + read later and answered a round after that. With
     round + read = retry_timeout and round <= retry_timeout - margin - 0.5 s (the rest of a pass),
-    loop_wait + 2 * retry_timeout <= ttl (the rule every configuration obeys) keeps that inside."""
-    answer = min(retry_timeout - margin_for(ttl) - 0.5, retry_timeout / 2)
+    loop_wait + 2 * retry_timeout <= ttl (the rule every configuration obeys) keeps that inside.
+    The first round follows the last renewal by loop_wait + a whole failed read (retry_timeout):
+    it must be answered by ttl - margin after that renewal too."""
+    margin = margin_for(ttl)
+    answer = min(retry_timeout - margin - 0.5, retry_timeout / 2, ttl - margin - loop_wait - retry_timeout - 0.5)
     if answer < 1.0:
         return None
     return answer, retry_timeout - answer
@@ -55,9 +58,10 @@ def timing(ttl: float, loop_wait: float, retry_timeout: float) -> Optional[Tuple
 def timing_problem(ttl: float, loop_wait: float, retry_timeout: float) -> Optional[str]:
     if timing(ttl, loop_wait, retry_timeout) is not None:
         return None
-    need = margin_for(ttl) + 1.5
-    return (f"failsafe_mode needs retry_timeout >= {need:g} s with ttl {ttl:g} (time for the members to answer "
-            f"before the lock fence's margin); got retry_timeout {retry_timeout:g}")
+    return (f"failsafe_mode needs at least 1 s for the members to answer before the lock fence's margin "
+            f"({margin_for(ttl):g} s at ttl {ttl:g}): retry_timeout - margin - 0.5 and ttl - margin - loop_wait - "
+            f"retry_timeout - 0.5 must both be >= 1; got ttl {ttl:g}, loop_wait {loop_wait:g}, retry_timeout "
+            f"{retry_timeout:g}")
 
 
 @dataclass(frozen=True)

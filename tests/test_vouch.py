@@ -147,12 +147,13 @@ def test_failsafe_mode_is_refused_where_the_timing_leaves_no_room(tmp_path):
     with pytest.raises(config_mod.ConfigError) as info:
         config_mod.validate({"etcd": {"scope": "s", "ttl": 10}, "retry_timeout": 3, "loop_wait": 1,
                              "failsafe_mode": True, "postgresql": pg}, {}, "g.yml")
-    assert info.value.problems == ["g.yml: failsafe_mode: failsafe_mode needs retry_timeout >= 3.5 s with ttl 10 "
-                                   "(time for the members to answer before the lock fence's margin); got "
-                                   "retry_timeout 3"]
+    assert info.value.problems == ["g.yml: failsafe_mode: failsafe_mode needs at least 1 s for the members to "
+                                   "answer before the lock fence's margin (2 s at ttl 10): retry_timeout - margin - "
+                                   "0.5 and ttl - margin - loop_wait - retry_timeout - 0.5 must both be >= 1; got "
+                                   "ttl 10, loop_wait 1, retry_timeout 3"]
     assert dynamic.validate({"failsafe_mode": "yes"}) == ["config: failsafe_mode: expected true or false, got 'yes'"]
     assert dynamic.validate({"failsafe_mode": True, "ttl": 10, "loop_wait": 1, "retry_timeout": 3})[0].startswith(
-        "config: failsafe_mode: failsafe_mode needs retry_timeout >= 3.5 s")
+        "config: failsafe_mode: failsafe_mode needs at least 1 s")
     assert dynamic.validate({"failsafe_mode": True}) == []        # the defaults (30, 10, 10) leave room
     base = config_mod.validate({"etcd": {"scope": "s"}, "postgresql": pg}, {}, "g")
     cfg = dynamic.apply(base, {"failsafe_mode": True})
