@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from typing import List, Optional, Tuple
@@ -137,3 +138,125 @@ def test_with_a_member_not_answering_the_leader_demotes_before_its_lock_expires(
         own.stop()
     assert watch.two_primaries() == []
     print(f"failsafe, etcd down and a member silent: the leader read-only {took:.1f}s after its last renewal")
+
+
+class CuttableProxy(threading.Thread):
+    """A TCP forwarder between one member and etcd; cut() drops every connection and refuses new
+    ones (the member alone loses etcd), mend() lets them through again."""
+
+    def __init__(self, target_port: int):
+        super().__init__(daemon=True)
+        self.port, self.target = harness.free_port(), target_port
+        self.open = threading.Event()
+        self.open.set()
+        self.conns: List[socket.socket] = []
+        self.lock = threading.Lock()
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", self.port))
+        self.listener.listen(64)
+        self.listener.settimeout(0.2)
+
+    def run(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not self.open.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=2)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            a.settimeout(None)
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        self.open.clear()
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+    def mend(self) -> None:
+        self.open.set()
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+def test_a_leader_cut_off_from_etcd_alone_keeps_writing_and_nobody_races_it(make_cluster, base_dir):
+    """Only the leader loses etcd: the others see its lock expire, but they vouched for it, so none
+    of them races; it keeps taking writes, and takes its lock back when etcd is reachable again."""
+    own = harness.Etcd(os.path.join(base_dir, "fscut")).start()
+    proxies = {}
+    cluster = make_cluster("fscut")
+    cluster.etcd = own
+    try:
+        for name in ("node1", "node2", "node3"):
+            proxies[name] = CuttableProxy(own.port)
+            proxies[name].start()
+            cluster.add(name, extra=dict(FAILSAFE, etcd={"host": f"127.0.0.1:{proxies[name].port}"}))
+        primary = cluster.wait_for_primary(90)
+        replicas = [n for n in cluster.nodes.values() if n is not primary]
+        cluster.wait_for_streaming([n.name for n in replicas], 90)
+        wait_until(lambda: listed(own, cluster) == {n.name for n in replicas}, 20, "the failsafe list")
+        primary.sql("CREATE TABLE failsafe_writes (id int PRIMARY KEY)")
+        watch = harness.PrimaryWatch(cluster)
+        watch.start()
+        writer = DirectWriter(primary)
+        writer.start()
+        time.sleep(1)
+        proxies[primary.name].cut()
+        cut = time.monotonic()
+        wait_until(lambda: cluster.leader_name() is None, 3 * TTL, "the leader key to expire")
+        expired = time.monotonic()
+        time.sleep(2 * TTL)     # the others see no leader all this time, and do not race
+        assert cluster.leader_name() is None and primary.role() == "primary"
+        decisions = {r.name: (r.api("/status")[1] or {}).get("decision") for r in replicas}
+        assert set(decisions.values()) == {"failsafe_promised"}, decisions
+        proxies[primary.name].mend()
+        wait_until(lambda: cluster.leader_name() == primary.name, 30, "the leader to take its lock back")
+        mended = time.monotonic()
+        cluster.wait_for_streaming([r.name for r in replicas], 30)
+        writer.stop()
+        watch.stop()
+        gap = writer.longest_gap(cut, mended)
+        assert gap < 1.0, f"writes on the primary stopped for {gap:.1f}s"
+        assert watch.two_primaries() == []
+        print(f"failsafe, the leader alone cut off from etcd for {mended - cut:.0f} s (its key expired after "
+              f"{expired - cut:.0f} s): longest write gap {gap:.2f} s, no race, never two writable")
+    finally:
+        for proxy in proxies.values():
+            proxy.close()
+        own.stop()
