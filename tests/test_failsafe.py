@@ -91,8 +91,8 @@ def test_an_etcd_outage_of_60_s_costs_no_write_when_every_member_vouches(make_cl
         own.stop(signal.SIGKILL)
         stopped = time.monotonic()
         wait_until(lambda: (primary.api("/status")[1] or {}).get("failsafe"), 20, "the primary to report failsafe")
-        assert all((r.api("/status")[1] or {}).get("failsafe", "").startswith(f"vouched for {primary.name}")
-                   for r in replicas)
+        wait_until(lambda: all(((r.api("/status")[1] or {}).get("failsafe") or "").startswith(
+            f"vouched for {primary.name}") for r in replicas), 20, "the replicas to report their promise")
         time.sleep(max(0.0, 60 - (time.monotonic() - stopped)))
         assert primary.role() == "primary" and primary.api("/primary")[0] == 200
         outage_end = time.monotonic()
