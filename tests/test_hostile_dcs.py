@@ -12,7 +12,7 @@ from governor.cluster import parse_conn_url
 from governor.dcs.keys import UNKNOWN_HOLDER, Entry, build_cluster
 from governor.sync import SyncState
 
-KEYS = ["initialize", "leader", "optime/leader", "pause", "failover", "sync", "config", "history",
+KEYS = ["initialize", "leader", "optime/leader", "pause", "failover", "sync", "config", "history", "failsafe",
         "members/node1", "members/node2", "members/", "members/a b", "members/" + "x" * 80, "other"]
 json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
                                      st.floats(), st.text(max_size=20)),
@@ -21,7 +21,9 @@ json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(min_v
                            max_leaves=20)
 values = st.one_of(st.none(), st.text(max_size=40), json_values.map(lambda v: json.dumps(v)),
                    st.just("[" * 100000), st.just("\ufffd\ufffd"), st.just("18446744073709551616"),
-                   st.just("-5"), st.just('{"quorum": 1e999, "members": ["node1"]}'))
+                   st.just("-5"), st.just('{"quorum": 1e999, "members": ["node1"]}'),
+                   st.just('{"leader": "node2", "members": {"node3": "http://127.0.0.1:8008"}}'),
+                   st.just('{"leader": "node2", "members": {"node1": "http://127.0.0.1:8008"}}'))
 entries = st.lists(st.tuples(st.one_of(st.sampled_from(KEYS), st.text(max_size=20)), values), max_size=12)
 
 
@@ -41,6 +43,8 @@ def test_any_keys_give_a_snapshot_of_valid_or_unknown_values(pairs):
     decision = ha.decide(cluster, local)      # never raises
     if decision.case == "leader_race":
         assert not cluster.leader_lsn_unreadable, "raced with an unreadable leader position"
+        assert not cluster.failsafe_unreadable, "raced with an unreadable failsafe list"
+        assert cluster.failsafe is None or "node1" in cluster.failsafe.members, "raced off the failsafe list"
         assert cluster.sync is None or not cluster.sync.synchronous or "node1" in cluster.sync.members
 
 
