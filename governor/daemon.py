@@ -286,12 +286,20 @@ class Governor:
         return ok
 
     def _read_etcd(self) -> Optional[Cluster]:
-        """The pass's snapshot; while the primary stands on failsafe promises, the read is cut short
-        to what the promises leave (failsafe.timing)."""
+        """The pass's snapshot. When etcd failed last time and failsafe may keep this primary, the
+        read may only take what leaves the members' round its time before the lock fence fires
+        (and, once on promises, what failsafe.timing gives it); with less left it is skipped."""
         times = failsafe.timing(self.config.etcd.ttl, self.config.loop_wait, self.config.retry_timeout)
-        if self.mem.failsafe_since is None or times is None:
+        left = self.lock_left()
+        if not (self.config.failsafe_mode and self.mem.dcs_failed) or times is None or left is None:
             return observe_dcs(self)
-        self.dcs.pass_deadline = time.monotonic() + times[1]
+        budget = min(self.config.retry_timeout if self.mem.failsafe_since is None else times[1],
+                     left - self.fence.margin - times[0] - 0.5)
+        if budget < 0.2:
+            self.once("dcs", "etcd failed, and the failsafe round needs the time left: not asking etcd this pass",
+                      logging.WARNING)
+            return None
+        self.dcs.pass_deadline = time.monotonic() + budget
         try:
             return observe_dcs(self)
         finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from typing import List, Optional, Tuple
@@ -260,3 +261,95 @@ def test_a_leader_cut_off_from_etcd_alone_keeps_writing_and_nobody_races_it(make
         for proxy in proxies.values():
             proxy.close()
         own.stop()
+
+
+class EtcdTrio:
+    """Three etcd members on loopback: losing two leaves one that answers errors (no quorum)
+    instead of nothing."""
+
+    def __init__(self, base: str):
+        self.base = base
+        self.ports = [(harness.free_port(), harness.free_port()) for _ in range(3)]
+        self.procs: List[Optional[subprocess.Popen]] = [None, None, None]
+        self.reader = harness.Etcd(os.path.join(base, "reader"))     # reads keys through member 0
+        self.reader.port = self.ports[0][0]
+
+    @property
+    def hosts(self) -> List[str]:
+        return [f"127.0.0.1:{client}" for client, _peer in self.ports]
+
+    def start(self, i: int) -> None:
+        client, peer = self.ports[i]
+        cluster = ",".join(f"e{j}=http://127.0.0.1:{p}" for j, (_c, p) in enumerate(self.ports))
+        log = open(os.path.join(self.base, f"e{i}.log"), "ab")
+        self.procs[i] = subprocess.Popen(
+            ["etcd", "--name", f"e{i}", "--data-dir", os.path.join(self.base, f"e{i}"),
+             "--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls", f"http://127.0.0.1:{client}",
+             "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+             "--initial-cluster", cluster, "--initial-cluster-state", "new", "--initial-cluster-token", "trio"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        harness._processes.append(self.procs[i])
+
+    def stop(self, i: int) -> None:
+        proc = self.procs[i]
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(20)
+
+    def healthy(self) -> bool:
+        return all(harness.Etcd.healthy(self._member(i)) for i in range(3))
+
+    def _member(self, i: int) -> harness.Etcd:
+        view = harness.Etcd.__new__(harness.Etcd)
+        view.port = self.ports[i][0]
+        return view
+
+
+def test_etcd_without_quorum_answering_errors_costs_no_write_when_every_member_vouches(make_cluster, base_dir):
+    """Two of three etcd members die: the one left answers, but only with errors. The leader
+    cannot renew; every member vouches; writes go on; quorum back, the leader renews."""
+    trio_dir = os.path.join(base_dir, "fstrio")
+    os.makedirs(trio_dir, exist_ok=True)
+    trio = EtcdTrio(trio_dir)
+    for i in range(3):
+        trio.start(i)
+    try:
+        wait_until(trio.healthy, 30, "a 3-member etcd")
+        cluster = make_cluster("fstrio")
+        cluster.etcd = trio.reader
+        for name in ("node1", "node2", "node3"):
+            cluster.add(name, extra=dict(FAILSAFE, etcd={"host": trio.hosts}))
+        primary = cluster.wait_for_primary(90)
+        replicas = [n for n in cluster.nodes.values() if n is not primary]
+        cluster.wait_for_streaming([n.name for n in replicas], 90)
+        wait_until(lambda: listed(trio.reader, cluster) == {n.name for n in replicas}, 20, "the failsafe list")
+        primary.sql("CREATE TABLE failsafe_writes (id int PRIMARY KEY)")
+        watch = harness.PrimaryWatch(cluster)
+        watch.start()
+        writer = DirectWriter(primary)
+        writer.start()
+        time.sleep(1)
+        trio.stop(1)
+        trio.stop(2)
+        lost = time.monotonic()
+        wait_until(lambda: (primary.api("/status")[1] or {}).get("failsafe"), 30, "the primary to report failsafe")
+        time.sleep(3 * TTL)
+        assert primary.role() == "primary"
+        answered = primary.log_text()
+        trio.start(1)
+        trio.start(2)
+        wait_until(lambda: cluster.leader_name() == primary.name and not (primary.api("/status")[1] or {}).get(
+            "failsafe"), 60, "the leader to hold its lock again")
+        back = time.monotonic()
+        writer.stop()
+        watch.stop()
+    finally:
+        for i in range(3):
+            trio.stop(i)
+    gap = writer.longest_gap(lost, back)
+    assert gap < 1.0, f"writes on the primary stopped for {gap:.1f}s"
+    assert watch.two_primaries() == []
+    assert "failsafe: etcd cannot be used; every member vouched" in answered
+    said = [line for line in answered.splitlines() if "WARNING" in line and "failsafe" not in line and "etcd" in line]
+    print(f"failsafe, etcd without quorum for {back - lost:.0f} s: longest write gap {gap:.2f} s, never two writable; "
+          f"etcd said: {said[-1][-200:] if said else '?'}")
