@@ -270,7 +270,7 @@ class Governor:
         self.once("decision", decision.summary)
         log.debug("decision %s", decision.summary)
         if self.cluster is not None and self.cluster.leader and self.cluster.leader.name != self.name:
-            self.lock_lost()
+            self.lock_lost(keep_fence=local.role == "primary")     # demoted in this pass; fenced meanwhile
         if self.cluster is not None and set(decision.actions) - STEADY_ACTIONS:
             # Before a long action: the leader creates our replication slot only for a member it
             # sees in etcd, and a member key may have expired while this process was stopped.

@@ -29,6 +29,8 @@ BROKEN = [
     ("no lock fence (a frozen loop's primary outlives its lock)", Rules(fence=False), "one_writer"),
     ("lock renewed without compare-and-swap", Rules(renew_by_cas=False), "one_writer"),
     ("synchronous mode without the sync promise in the race", Rules(sync_promise=False), "sync_loss"),
+    ("failsafe: a member races the leader it vouched for", Rules(failsafe_promise=False), "one_writer"),
+    ("failsafe: members off the list or just restarted race", Rules(failsafe_list=False), "one_writer"),
 ]
 
 

@@ -45,7 +45,10 @@ def _still_eligible(g: ActionHost, seen: Cluster) -> None:
 def renew_lock(g: ActionHost, decision: Decision, local: LocalState) -> None:
     sent = time.monotonic()
     if not g.dcs.renew_leader(g.name):
-        g.lock_lost()
+        # PostgreSQL is still primary: its fence keeps the deadline it has (the lock's, or the
+        # failsafe promises'), so it cannot outlive what binds the others if this member is slow
+        # to take the lock back or to demote.
+        g.lock_lost(keep_fence=local.role == "primary")
         raise ActionFailed("the leader lock is no longer ours")
     g.lock_taken(sent)
 

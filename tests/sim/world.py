@@ -10,7 +10,9 @@ member knows it.
 
 A schedule of faults comes from a seed: crashes of a member (governor and PostgreSQL), freezes
 of the HA loop longer than ttl, partitions between a member and etcd, replication stalls, clean
-stops, operator switchovers. Invariants are checked at every tick:
+stops, operator switchovers. Every other group of six seeds runs with failsafe_mode: a leader cut
+off from etcd asks every member on its failsafe list (answered at once by those alive, unfrozen,
+running as replicas of it) and holds on to their promises. Invariants are checked at every tick:
 
   one_writer   never two PostgreSQL servers that accept writes at the same moment;
   bounded_loss a member promoted after a failure holds every write acknowledged at or before
@@ -27,8 +29,9 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
-from governor import ha
+from governor import failsafe, ha
 from governor.cluster import Cluster, Leader, Member, Switchover
+from governor.failsafe import FailsafeList
 from governor.ha import Action, LocalState
 from governor.sync import SyncState
 
@@ -46,6 +49,8 @@ class Rules:
     renew_by_cas: bool = True       # the lock is renewed only while it names the renewer
     sync_promise: bool = True       # synchronous mode: the race reads the leader's promise (`sync` key)
     recheck_after_acquire: bool = True  # a promotion re-reads the positions once it holds the lock
+    failsafe_promise: bool = True   # failsafe: a member that vouched for a leader does not race it
+    failsafe_list: bool = True      # failsafe: members off the list, or just started, do not race
 
 
 @dataclass
@@ -132,6 +137,7 @@ class MemberState:
     next_pass: float = 0.0
     holds_lock: bool = False
     deadline: Optional[float] = None     # monotonic expiry of the lock as this member knows it
+    fence_armed: bool = False            # the lock fence watches `deadline` (it may outlive holds_lock)
     dcs_failed: bool = False
     rewind_pending: bool = False
     starting_since: Optional[float] = None
@@ -142,6 +148,13 @@ class MemberState:
     slow_until: float = 0.0              # its actions happen seconds after the read they were decided on
     pending: Optional[Tuple[float, ha.Decision, Optional[Cluster]]] = None
     failures: int = 0
+    # failsafe (every other group of six seeds)
+    started: float = 0.0                 # when this governor process started
+    last_leader: Optional[str] = None
+    fs_list: Optional[Tuple[str, ...]] = None   # leader: the members on the failsafe list it wrote
+    fs_since: Optional[float] = None     # leader: kept primary by its members' promises since
+    fs_vouched: Optional[float] = None   # leader: when its last round every member vouched in was sent
+    promise: Optional[Tuple[str, float]] = None  # (leader vouched for, until)
 
     def alive(self, now: float) -> bool:
         return now >= self.crashed_until and not self.stopped
@@ -153,8 +166,10 @@ class World:
     def __init__(self, seed: int, rules: Rules = Rules(), timing: Optional[Timing] = None,
                  members: Optional[int] = None,
                  duration: float = 45.0, faults: Optional[List[Tuple[float, str, str, float]]] = None,
-                 synchronous: Optional[bool] = None):
-        timing = timing or Timing()
+                 synchronous: Optional[bool] = None, failsafe_mode: Optional[bool] = None):
+        # Failsafe mode in every other group of six seeds (it needs retry_timeout 4 at ttl 10).
+        self.failsafe_mode = (seed // 6) % 2 == 1 if failsafe_mode is None else failsafe_mode
+        timing = timing or (Timing(retry_timeout=4.0) if self.failsafe_mode else Timing())
         # Two streams: the fault schedule, and the choices made while it runs, so that a schedule
         # run without some of its faults (shrinking) still makes the same choices.
         self.plan_rng = random.Random(seed)
@@ -189,7 +204,7 @@ class World:
         self.sync: Optional[SyncState] = SyncState(names[0], tuple(names[1:]), 1, 1) if self.synchronous else None
         self.acked_upto: Dict[str, int] = {}
         self.max_timeline = 1
-        leader.holds_lock, leader.deadline = True, timing.ttl
+        leader.holds_lock, leader.deadline, leader.fence_armed = True, timing.ttl, True
         for m in self.members.values():
             self._publish(m)
         if faults is None:
@@ -251,7 +266,7 @@ class World:
                 m.pg.stalled_until = max(m.pg.stalled_until, self.now + length)
             elif kind == "stop":
                 self._clean_stop(m)
-                m.crashed_until = self.now + length   # started again after `length`
+                m.crashed_until = m.started = self.now + length   # started again after `length`
                 m.stopped = False
             self.note(f"{kind} {who} for {length}s")
 
@@ -262,14 +277,17 @@ class World:
 
     def _crash(self, m: MemberState, until: float) -> None:
         m.crashed_until = until
+        m.started = until
         m.pg.running = False
         self._forget(m)
 
     def _forget(self, m: MemberState) -> None:
         """A new governor process: its memory is gone, what is on disk stays."""
         m.holds_lock, m.deadline, m.dcs_failed, m.starting_since, m.failures = False, None, False, None, 0
+        m.fence_armed = False
         m.pending = None
         m.rewind_pending = m.rewind_pending or m.pg.primary
+        m.last_leader, m.fs_list, m.fs_since, m.promise = None, None, None, None
 
     def _clean_stop(self, m: MemberState) -> None:
         """SIGTERM: PostgreSQL stopped first (a fast shutdown sends the standbys everything), then
@@ -336,7 +354,7 @@ class World:
             if name.startswith("members/"):
                 role, state, tl, lsn = key.value.split(",")
                 members.append(Member(name=name[8:], role=role, state=state, conn_url=f"postgres://{name[8:]}:5432/",
-                                      api_url=None, timeline=int(tl), lsn=int(lsn)))
+                                      api_url=f"http://{name[8:]}:8008", timeline=int(tl), lsn=int(lsn)))
         leader = live.get("leader")
         switchover = None
         if "failover" in live:
@@ -347,7 +365,15 @@ class World:
         return Cluster(initialize=SYSID, leader=Leader(leader.value, leader.revision) if leader else None, sync=sync,
                        members=tuple(sorted(members, key=lambda x: x.name)),
                        leader_lsn=int(optime.value) if optime else None, index=e.revision, switchover=switchover,
-                       history=self.history, paused="pause" in live)
+                       history=self.history, paused="pause" in live,
+                       failsafe=self._failsafe_key(live) if self.rules.failsafe_list else None)
+
+    @staticmethod
+    def _failsafe_key(live: Dict[str, Key]) -> Optional[FailsafeList]:
+        if "failsafe" not in live:
+            return None
+        leader, _, names = live["failsafe"].value.partition(":")
+        return FailsafeList(leader, {n: f"http://{n}:8008" for n in names.split(",") if n})
 
     def _publish(self, m: MemberState) -> None:
         pg = m.pg
@@ -380,13 +406,35 @@ class World:
                 peers[name] = Member(name=name, role=("primary" if o.pg.primary else "replica"),
                                      state="running" if o.pg.running else "stopped", timeline=o.pg.timeline,
                                      lsn=o.pg.lsn) if answering else None
+        vouched = None
+        if self.failsafe_mode and cluster is None and m.holds_lock and pg.running and pg.primary:
+            vouched = m.fs_vouched = self._round(m)
+        promise = m.promise[0] if m.promise and m.promise[1] > self.now and self.rules.failsafe_promise else None
         return LocalState(name=m.name, data=ha.POSTGRES, sysid=SYSID, running=pg.running,
+                          failsafe_mode=self.failsafe_mode, failsafe_vouched=vouched, failsafe_promise=promise,
+                          failsafe_fresh=self.now - m.started < self.timing.ttl and self.rules.failsafe_list,
                           role=("primary" if pg.primary else "replica") if pg.running else None,
                           timeline=pg.timeline, lsn=pg.lsn, maximum_lag_on_failover=max_lag,
                           rewind_pending=m.rewind_pending, now=self.now, loop_wait=self.timing.loop_wait,
                           retry_timeout=self.timing.retry_timeout, lock_left=lock_left,
                           starting_for=(self.now - m.starting_since) if m.starting_since is not None else None,
                           peers=peers)
+
+    def _round(self, m: MemberState) -> Optional[float]:
+        """The leader's POST /failsafe to every member on its list, answered at once (a crashed or
+        frozen member does not answer; the others vouch only for the leader they know, as replicas)."""
+        if m.fs_list is None:
+            return None
+        ok = True
+        for name in m.fs_list:
+            o = self.members.get(name)
+            if o is None or not o.alive(self.now) or self.now < o.frozen_until or not o.pg.running \
+                    or o.pg.primary or o.last_leader != m.name:
+                ok = False
+                continue
+            until = self.now + self.timing.ttl
+            o.promise = (m.name, max(until, o.promise[1]) if o.promise and o.promise[0] == m.name else until)
+        return self.now if ok else None
 
     def _pass(self, m: MemberState) -> None:
         t = self.timing
@@ -398,12 +446,21 @@ class World:
         elif reachable:
             cluster = self._snapshot()
         else:
-            cluster, cost = None, t.retry_timeout
+            times = failsafe.timing(t.ttl, t.loop_wait, t.retry_timeout)
+            cluster, cost = None, times[1] if m.fs_since is not None and times else t.retry_timeout
         m.dcs_failed = cluster is None
+        if cluster is not None:
+            m.last_leader = cluster.leader.name if cluster.leader else (
+                cluster.failsafe.leader if cluster.failsafe else m.last_leader)
+            listed = cluster.failsafe
+            m.fs_list = tuple(listed.members) if listed is not None and listed.leader == m.name else None
         if cluster is not None and cluster.leader and cluster.leader.name != m.name:
             m.holds_lock = False
+            m.fence_armed = m.fence_armed and m.pg.running and m.pg.primary
         local = self._local(m, cluster)
         decision = ha.decide(cluster, local)
+        if decision.case != "failsafe_keep_primary":
+            m.fs_since = None
         if not self.rules.expiry_demotion and decision.case in ("dcs_unreachable_demote", "lock_expiring_demote"):
             decision = replace(decision, actions=())
         if self.now < m.slow_until and decision.actions:
@@ -446,8 +503,9 @@ class World:
                 done = self.etcd.refresh_if(self.now, "leader", m.name, t.ttl, check=self.rules.renew_by_cas)
             if not done:
                 m.holds_lock = False
+                m.fence_armed = m.fence_armed and pg.running and pg.primary
                 return False
-            m.holds_lock, m.deadline = True, self.now + t.ttl
+            m.holds_lock, m.deadline, m.fence_armed = True, self.now + t.ttl, True
             return True
         if action == Action.PROMOTE:
             pg.primary, pg.upstream, pg.timeline = True, None, max(pg.timeline, self.max_timeline) + 1
@@ -465,7 +523,7 @@ class World:
             return True
         if action == Action.DEMOTE:
             pg.running, pg.primary = False, False
-            m.holds_lock, m.rewind_pending = False, True
+            m.holds_lock, m.rewind_pending, m.fence_armed = False, True, False
             self.note(f"{m.name} demoted ({decision.case})")
             return True
         if action in (Action.REWIND,):
@@ -488,10 +546,27 @@ class World:
             self._clean_stop(m)
             m.rewind_pending = True
             return True
+        if action == Action.FAILSAFE_HOLD:
+            if m.fs_vouched is None:
+                return False
+            m.deadline = m.fs_vouched + t.ttl      # from when the round was sent, however late this runs
+            m.fence_armed = True
+            m.fs_since = m.fs_since if m.fs_since is not None else self.now
+            return True
+        if action == Action.FAILSAFE_LIST:
+            if not reachable or snapshot is None or self.etcd.get(self.now, "leader") != m.name:
+                return False
+            wanted = failsafe.wanted(snapshot, m.name, self.failsafe_mode)
+            if wanted is None:
+                self.etcd.keys.pop("failsafe", None)
+            else:
+                self.etcd.put(self.now, "failsafe", f"{m.name}:{','.join(sorted(wanted.members))}")
+            m.fs_list = tuple(wanted.members) if wanted else None
+            return True
         if action == Action.RELEASE_LOCK:
             pg.running = False
             self.etcd.delete_if(self.now, "leader", m.name)
-            m.holds_lock = False
+            m.holds_lock = m.fence_armed = False
             return True
         return True   # ENSURE_SLOTS, MANAGE_SYNC, CLONE, ... : nothing decide() reasons about here
 
@@ -501,14 +576,14 @@ class World:
     def _fences(self) -> None:
         thread_margin = max(1.5, min(0.2 * self.timing.ttl, 5.0))
         for m in self.members.values():
-            if not m.holds_lock or m.deadline is None or not self._accepts_writes(m):
+            if not m.fence_armed or m.deadline is None or not self._accepts_writes(m):
                 continue
             # A frozen loop freezes its fence thread too; the supervising parent acts a little later.
             margin = thread_margin * (0.75 if self.now < m.frozen_until else 1.0)
             if self.now >= m.deadline - margin:
                 if self.rules.fence:
                     m.pg.running = False
-                    m.holds_lock = False
+                    m.holds_lock = m.fence_armed = False
                     self.note(f"{m.name} fenced {m.deadline - self.now:.1f}s before its lock expires")
 
     # -------------------------------------------------------------------------------- invariants
