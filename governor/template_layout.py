@@ -28,7 +28,7 @@ import os
 import urllib.parse
 from typing import Any, Dict, List, Optional
 
-from governor.checker import kind_of, parse_host_port
+from governor.checker import Checker, kind_of, parse_host_port
 
 MARKERS = ("haproxy_status", "etcd.endpoint", "etcd.timeout", "postgresql.parameters.hot_standby")
 API_PORT_OFFSET = 10000     # the template's convention: PostgreSQL on 5432, its check on 15432
@@ -53,12 +53,7 @@ class Translation:
         return bool(base) and parent != base and os.path.commonpath([parent, base]) == base
 
     def where(self, key: str) -> str:
-        parts = key.split(".")
-        for i in range(len(parts), 0, -1):
-            found = self.origin.get(".".join(parts[:i]))
-            if found:
-                return found
-        return self.source
+        return Checker(self.raw, self.origin, self.source).where(key)
 
     def warn(self, key: str, message: str) -> None:
         self.warnings.append(f"{self.where(key)}: {key}: {message}")

@@ -64,15 +64,23 @@ def cluster_on(make_cluster, base_dir, name: str):
     own = harness.Etcd(os.path.join(base_dir, name)).start()
     cluster = make_cluster(name)
     cluster.etcd = own
+    primary, replicas = start_three(cluster, lambda node: {})
+    return own, cluster, primary, replicas
+
+
+def start_three(cluster, etcd_for) -> tuple:
+    """Three members with failsafe_mode (etcd_for(name): extra etcd settings), a primary, two
+    streaming replicas on its failsafe list, and the table the writers use."""
     for node in ("node1", "node2", "node3"):
-        cluster.add(node, extra=dict(FAILSAFE))
+        cluster.add(node, extra=dict(FAILSAFE, **etcd_for(node)))
     primary = cluster.wait_for_primary(90)
     replicas = [n for n in cluster.nodes.values() if n is not primary]
     cluster.wait_for_streaming([n.name for n in replicas], 90)
     # the leader writes its failsafe list once it sees every member
-    wait_until(lambda: listed(own, cluster) == {n.name for n in replicas}, 20, "the failsafe list to name the replicas")
+    wait_until(lambda: listed(cluster.etcd, cluster) == {n.name for n in replicas}, 20,
+               "the failsafe list to name the replicas")
     primary.sql("CREATE TABLE failsafe_writes (id int PRIMARY KEY)")
-    return own, cluster, primary, replicas
+    return primary, replicas
 
 
 def listed(etcd: harness.Etcd, cluster) -> set:
@@ -227,12 +235,7 @@ def test_a_leader_cut_off_from_etcd_alone_keeps_writing_and_nobody_races_it(make
         for name in ("node1", "node2", "node3"):
             proxies[name] = CuttableProxy(own.port)
             proxies[name].start()
-            cluster.add(name, extra=dict(FAILSAFE, etcd={"host": f"127.0.0.1:{proxies[name].port}"}))
-        primary = cluster.wait_for_primary(90)
-        replicas = [n for n in cluster.nodes.values() if n is not primary]
-        cluster.wait_for_streaming([n.name for n in replicas], 90)
-        wait_until(lambda: listed(own, cluster) == {n.name for n in replicas}, 20, "the failsafe list")
-        primary.sql("CREATE TABLE failsafe_writes (id int PRIMARY KEY)")
+        primary, replicas = start_three(cluster, lambda node: {"etcd": {"host": f"127.0.0.1:{proxies[node].port}"}})
         watch = harness.PrimaryWatch(cluster)
         watch.start()
         writer = DirectWriter(primary)
@@ -317,13 +320,7 @@ def test_etcd_without_quorum_answering_errors_costs_no_write_when_every_member_v
         wait_until(trio.healthy, 30, "a 3-member etcd")
         cluster = make_cluster("fstrio")
         cluster.etcd = trio.reader
-        for name in ("node1", "node2", "node3"):
-            cluster.add(name, extra=dict(FAILSAFE, etcd={"host": trio.hosts}))
-        primary = cluster.wait_for_primary(90)
-        replicas = [n for n in cluster.nodes.values() if n is not primary]
-        cluster.wait_for_streaming([n.name for n in replicas], 90)
-        wait_until(lambda: listed(trio.reader, cluster) == {n.name for n in replicas}, 20, "the failsafe list")
-        primary.sql("CREATE TABLE failsafe_writes (id int PRIMARY KEY)")
+        primary, replicas = start_three(cluster, lambda node: {"etcd": {"host": trio.hosts}})
         watch = harness.PrimaryWatch(cluster)
         watch.start()
         writer = DirectWriter(primary)

@@ -267,31 +267,25 @@ class Etcd2(DCS):
 
         return self._call("switchover request", op)
 
-    def set_paused(self, paused: bool) -> None:
+    def _put_or_delete(self, what: str, name: str, value: Optional[str]) -> None:
         def op(client: etcd.Client) -> None:
-            if paused:
-                client.write(self._key("pause"), "true")
+            if value:
+                client.write(self._key(name), value)
             else:
                 try:
-                    client.delete(self._key("pause"))
+                    client.delete(self._key(name))
                 except etcd.EtcdKeyNotFound:
                     pass
 
-        self._call("pause update", op)
+        self._call(what, op)
+
+    def set_paused(self, paused: bool) -> None:
+        self._put_or_delete("pause update", "pause", "true" if paused else None)
 
     def set_failsafe(self, holder: str, value: Optional[str]) -> bool:
         """Write (None: delete) the failsafe list. v2 has no transaction across keys: written only
         after the lock was found ours in this pass, and rewritten by a new leader at its first."""
-        def op(client: etcd.Client) -> None:
-            if value:
-                client.write(self._key("failsafe"), value)
-            else:
-                try:
-                    client.delete(self._key("failsafe"))
-                except etcd.EtcdKeyNotFound:
-                    pass
-
-        self._call("failsafe list update", op)
+        self._put_or_delete("failsafe list update", "failsafe", value)
         return True
 
     def clear_switchover(self) -> None:
