@@ -22,6 +22,7 @@ class Member:
     replay_lsn: Optional[int] = None
     tags: Dict[str, Any] = field(default_factory=dict)
     pending_restart: bool = False  # a changed PostgreSQL setting waits for a restart
+    failsafe: Optional[str] = None  # what failsafe has this member do ("vouched for pg1: ...")
 
     @classmethod
     def from_json(cls, name: str, text: str) -> Member:
@@ -42,6 +43,7 @@ class Member:
             replay_lsn=_int_or_none(data.get("replay_lsn")),
             tags=data.get("tags") if isinstance(data.get("tags"), dict) else {},
             pending_restart=data.get("pending_restart") is True,
+            failsafe=_printable(data.get("failsafe")),
         )
 
 
@@ -64,6 +66,11 @@ def _int_or_none(value: Any) -> Optional[int]:
     except (TypeError, ValueError):
         return None
     return number if 0 <= number < 2**64 else None
+
+
+def _printable(value: Any) -> Optional[str]:
+    """Text shown to operators as it is (governorctl list): printable characters only, short."""
+    return "".join(c for c in value[:200] if c.isprintable()) if isinstance(value, str) else None
 
 
 def _str_or_none(value: Any) -> Optional[str]:

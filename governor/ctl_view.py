@@ -23,7 +23,7 @@ def rows(cluster: Cluster) -> List[dict]:
         role = "leader" if m.name == leader else ("sync replica" if synchronous and m.role == "replica" else m.role)
         out.append({"member": m.name, "host": host, "role": role, "sync_standby": synchronous,
                     "state": m.state, "timeline": m.timeline, "lag_bytes": lag, "tags": m.tags,
-                    "pending_restart": m.pending_restart})
+                    "pending_restart": m.pending_restart, "failsafe": m.failsafe})
     return out
 
 
@@ -33,12 +33,16 @@ def format_table(scope: str, cluster: Cluster) -> str:
     pending = any(r["pending_restart"] for r in data)
     if pending:
         header.append("Pending restart")
+    failsafe = any(r["failsafe"] for r in data)
+    if failsafe:
+        header.append("Failsafe")
     table = [header]
     for r in data:
         lag = "" if r["lag_bytes"] is None else f"{r['lag_bytes'] / 1048576:.1f}"
         tags = ",".join(k for k, v in sorted(r["tags"].items()) if v)
         row = [r["member"], r["host"], r["role"], r["state"], str(r["timeline"] or ""), lag, tags]
-        table.append(row + (["*" if r["pending_restart"] else ""] if pending else []))
+        table.append(row + (["*" if r["pending_restart"] else ""] if pending else [])
+                     + ([r["failsafe"] or ""] if failsafe else []))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = [f"Cluster: {scope} (initialized: {cluster.initialize or 'no'})"]
     sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"

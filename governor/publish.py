@@ -30,7 +30,7 @@ def member_data(g: Governor, local: LocalState) -> dict:
     pending = bool(local.running and g.server_state and g.server_state.pending_restart)
     return {"role": role, "state": state, "conn_url": g.pg.conn_url, "api_url": g.config.restapi.api_url,
             "timeline": local.timeline, "lsn": local.lsn, "tags": g.config.tags,
-            "pending_restart": pending, "version": __version__}
+            "pending_restart": pending, "version": __version__, "failsafe": failsafe_state(g)}
 
 
 def publish(g: Governor, local: LocalState) -> None:

@@ -140,7 +140,7 @@ class NodeStatus:
                                                      and m.name != leader),
                                 "state": m.state, "timeline": m.timeline, "lsn": m.lsn, "lag_bytes": lag,
                                 "conn_url": m.conn_url, "api_url": m.api_url, "tags": m.tags,
-                                "pending_restart": m.pending_restart})
+                                "pending_restart": m.pending_restart, "failsafe": m.failsafe})
         return {"scope": self.scope, "leader": self.leader, "paused": bool(cluster and cluster.paused),
                 "initialized": bool(cluster and cluster.initialized),
                 "leader_lsn": cluster.leader_lsn if cluster else None, "members": members,

@@ -249,6 +249,8 @@ def test_a_leader_cut_off_from_etcd_alone_keeps_writing_and_nobody_races_it(make
         assert cluster.leader_name() is None and primary.role() == "primary"
         decisions = {r.name: (r.api("/status")[1] or {}).get("decision") for r in replicas}
         assert set(decisions.values()) == {"failsafe_promised"}, decisions
+        shown = {m["name"]: m["failsafe"] for m in replicas[0].api("/cluster")[1]["members"]}
+        assert all((shown[r.name] or "").startswith(f"vouched for {primary.name}") for r in replicas), shown
         proxies[primary.name].mend()
         wait_until(lambda: cluster.leader_name() == primary.name, 30, "the leader to take its lock back")
         mended = time.monotonic()

@@ -158,3 +158,15 @@ def test_failsafe_mode_is_refused_where_the_timing_leaves_no_room(tmp_path):
     base = config_mod.validate({"etcd": {"scope": "s"}, "postgresql": pg}, {}, "g")
     cfg = dynamic.apply(base, {"failsafe_mode": True})
     assert cfg.failsafe_mode is True
+
+
+def test_list_shows_what_failsafe_has_a_member_do_and_nothing_a_key_could_smuggle():
+    from governor.cluster import Cluster, Leader, Member
+    from governor.ctl_view import format_table
+    quiet = Member.from_json("node3", '{"role": "replica", "state": "running"}')
+    promised = Member.from_json("node2", '{"role": "replica", "state": "running", '
+                                         '"failsafe": "vouched for node1: not racing\\u001b[2J\\u0007"}')
+    assert promised.failsafe == "vouched for node1: not racing[2J"
+    table = format_table("s", Cluster(initialize="1", leader=Leader("node1"), members=(promised, quiet)))
+    assert "Failsafe" in table and "vouched for node1" in table and "\x1b" not in table
+    assert "Failsafe" not in format_table("s", Cluster(initialize="1", leader=Leader("node1"), members=(quiet,)))
