@@ -200,6 +200,12 @@ def stop_all_processes() -> None:
     _processes.clear()
 
 
+def pids_naming(text: str) -> List[int]:
+    """Processes (other than zombies) whose command line contains `text`."""
+    found = subprocess.run(["pgrep", "-f", "--", re.escape(text)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in found if int(p) != os.getpid() and not process_gone(int(p))]
+
+
 def stop_postmaster(data_dir: str) -> None:
     """Immediate stop of a postmaster left running in `data_dir`, by its PID."""
     try:
@@ -555,6 +561,13 @@ class TestCluster:
             if node.proc and node.proc.poll() is None:
                 node.kill()
             stop_postmaster(node.data_dir)
+            # A pg_ctl the killed governor had just started outlives it and may start a
+            # postmaster after the line above looked for one: stop whatever names the directory.
+            for pid in pids_naming(f"-D {node.data_dir}"):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 class PrimaryWatch(threading.Thread):
