@@ -65,6 +65,17 @@ def writer(proxy, table: str) -> WriteClient:
     return client
 
 
+def healthy_with_writes(machines, proxy, table: str) -> tuple:
+    """A primary, two streaming replicas and a client writing through haproxy for 2 s:
+    (leader, the other two, the client)."""
+    leader = wait_until(lambda: primary(machines), 60, "a primary")
+    others = [m for m in machines if m is not leader]
+    wait_until(lambda: all(streaming(m) for m in others), 120, "two streaming replicas")
+    client = writer(proxy, table)
+    time.sleep(2)
+    return leader, others, client
+
+
 def streaming(m) -> bool:
     st = m.status() or {}
     return st.get("role") == "replica" and bool(st.get("streaming"))
@@ -204,11 +215,8 @@ def test_a_replica_host_crashing_leaves_writes_alone_and_it_rejoins_after_bootin
     and writes go on; booted again, the host's etcd member and governor come back by themselves
     and its PostgreSQL (killed mid-stream) recovers and streams again."""
     lan, machines, proxy, _, _ = lan_hosts
-    leader = wait_until(lambda: primary(machines), 60, "a primary")
-    replica = next(m for m in machines if m is not leader)
-    wait_until(lambda: all(streaming(m) for m in machines if m is not leader), 120, "two streaming replicas")
-    client = writer(proxy, "replica_crash_writes")
-    time.sleep(2)
+    leader, others, client = healthy_with_writes(machines, proxy, "replica_crash_writes")
+    replica = others[0]
     crashed = time.monotonic()
     replica.kill()
     try:
@@ -230,11 +238,7 @@ def test_a_clean_reboot_of_the_leader_host_hands_over_and_it_rejoins_after_booti
     """`systemctl reboot` on the leader's host: governor stops first, hands the lock over (no
     waiting for ttl), and after the boot the host rejoins as a replica by itself."""
     lan, machines, proxy, _, _ = lan_hosts
-    leader = wait_until(lambda: primary(machines), 60, "a primary")
-    others = [m for m in machines if m is not leader]
-    wait_until(lambda: all(streaming(m) for m in others), 120, "two streaming replicas")
-    client = writer(proxy, "reboot_writes")
-    time.sleep(2)
+    leader, others, client = healthy_with_writes(machines, proxy, "reboot_writes")
     try:
         asked, booted = leader.reboot()
         new = wait_until(lambda: primary(others), 60, "a new primary on another host")
@@ -253,11 +257,7 @@ def test_a_clean_reboot_of_the_leader_host_hands_over_and_it_rejoins_after_booti
 
 def test_the_leader_host_crashing_fails_over_to_another_host(lan_hosts):
     lan, machines, proxy, _, _ = lan_hosts
-    leader = wait_until(lambda: primary(machines), 60, "a primary")
-    others = [m for m in machines if m is not leader]
-    wait_until(lambda: all(streaming(m) for m in others), 120, "two streaming replicas")
-    client = writer(proxy, "crash_writes")
-    time.sleep(2)
+    leader, others, client = healthy_with_writes(machines, proxy, "crash_writes")
     crashed = time.monotonic()
     leader.kill()
     try:
