@@ -45,13 +45,14 @@ def observe_dcs(g: Governor) -> Optional[Cluster]:
 def observe_local(g: Governor) -> LocalState:
     kind = datadir.classify(g.pg.data_dir)
     if kind != datadir.POSTGRES:
-        g.mem.sysid_cache = None
+        g.mem.sysid_cache = g.server_state = None
         g.mem.rewind_pending = g.mem.rewind_failed = False
         return LocalState(**_local_base(g, kind))
     running = g.controller.is_running()
-    g.server_state = None
     if running:
         try:
+            # Replaced only once read: the API answers from it meanwhile (vouch.answer), and a
+            # read in progress says nothing new about this server.
             st = g.server_state = g.server.state()
             g.once("pg", f"PostgreSQL running as {st.role}")
             timeline = st.timeline
@@ -64,8 +65,10 @@ def observe_local(g: Governor) -> LocalState:
             return LocalState(**_local_base(g, kind), sysid=st.sysid, running=True, role=st.role,
                               timeline=timeline, lsn=st.lsn, not_streaming_for=not_streaming_for)
         except psycopg2.Error as exc:
+            g.server_state = None
             g.once("pg", f"PostgreSQL is running but does not answer: {str(exc).strip()}", logging.WARNING)
             return LocalState(**_local_base(g, kind), sysid=_controldata(g).sysid, running=True)
+    g.server_state = None
     g.server.close()
     g.once("pg", "PostgreSQL is not running")
     control = _controldata(g)

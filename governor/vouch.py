@@ -120,12 +120,23 @@ def _vouches(url: str, body: bytes, headers: Dict[str, str], cafile: Optional[st
             raw = resp.read(ANSWER_MAX + 1)
         answer = json.loads(raw.decode("utf-8")) if len(raw) <= ANSWER_MAX else None
     except urllib.error.HTTPError as exc:
-        return f"answered {exc.code}"
+        return f"answered {exc.code}{_why(exc)}"
     except (OSError, ValueError, http.client.HTTPException) as exc:
         return f"{type(exc).__name__}: {str(exc)[:100]}"
     if not isinstance(answer, dict) or answer.get("name") != name or answer.get("vouched_for") != leader:
         return "an answer that is not its promise"
     return None
+
+
+def _why(refusal: urllib.error.HTTPError) -> str:
+    """The member's own reason from a refusal's body, bounded and printable, for the log."""
+    try:
+        error = json.loads(refusal.read(ANSWER_MAX + 1).decode("utf-8")).get("error")
+    except (OSError, ValueError, AttributeError, http.client.HTTPException):
+        return ""
+    if not isinstance(error, str):
+        return ""
+    return ": " + "".join(c if c.isprintable() else "?" for c in error[:200])
 
 
 # --------------------------------------------------------------------------- a member's answer

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from governor import config as config_mod
-from governor import failsafe, vouch
+from governor import failsafe, observe, vouch
 from governor.api import ApiServer
 from governor.failsafe import FailsafeList
 from governor.memory import NodeMemory
@@ -82,16 +82,18 @@ def test_every_member_vouches_and_promises_ttl(tmp_path, members):
         assert member.mem.failsafe_promise[1] >= sent + 10
 
 
-@pytest.mark.parametrize("doubt,spec", [
-    ("follows another leader", {"name": "node3", "leader": "node9"}),
-    ("is not a replica", {"name": "node3", "role": "primary"}),
-    ("has failsafe_mode off", {"name": "node3", "mode": False}),
-    ("is another cluster", {"name": "node3", "sysid": "123"}),
+@pytest.mark.parametrize("said,spec", [
+    ("the leader this member knows is node9", {"name": "node3", "leader": "node9"}),
+    ("PostgreSQL here is not running as a replica", {"name": "node3", "role": "primary"}),
+    ("failsafe_mode is off on this member", {"name": "node3", "mode": False}),
+    ("system identifier 7000000000000000001 is not this member's (123)", {"name": "node3", "sysid": "123"}),
 ])
-def test_one_member_in_doubt_fails_the_round(tmp_path, members, doubt, spec):
+def test_one_member_in_doubt_fails_the_round_and_the_leader_logs_why(tmp_path, members, said, spec, caplog):
     listed = members({"name": "node2"}, spec)
-    assert vouch.ask_members(leader_for(tmp_path, listed)) is None, doubt
+    with caplog.at_level("WARNING", logger="governor"):
+        assert vouch.ask_members(leader_for(tmp_path, listed)) is None
     assert vouch.promised_to(listed[1][0]) is None
+    assert f"node3: answered 409: not vouching for leader: {said}" in caplog.text
 
 
 def test_a_silent_slow_or_impostor_member_fails_the_round_within_its_time(tmp_path, members):
@@ -106,6 +108,26 @@ def test_a_silent_slow_or_impostor_member_fails_the_round_within_its_time(tmp_pa
     for url in (url2, "http://127.0.0.1:9"):
         lead.mem.failsafe_list = FailsafeList("leader", {"node4": url})
         assert vouch.ask_members(lead) is None
+
+
+def test_a_member_asked_while_its_loop_reads_postgresql_answers_from_what_it_knew(tmp_path, monkeypatch):
+    """The leader's round and the member's own pass run at once (both wake when etcd fails): a
+    read of PostgreSQL in progress is no reason to doubt. (It was: the loop cleared what it knew
+    before asking, and the answer in between was 409 "not running as a replica".)"""
+    member = node(tmp_path, "node2")
+    member.pg, member.cluster = member.config.postgresql, None
+    known = member.server_state
+    answers = []
+
+    def state() -> ServerState:
+        answers.append(vouch.answer(member, {"leader": "leader", "sysid": SYSID})[0])
+        return known
+
+    member.controller = SimpleNamespace(is_running=lambda: True)
+    member.server = SimpleNamespace(state=state)
+    monkeypatch.setattr(observe.datadir, "classify", lambda _d: observe.datadir.POSTGRES)
+    local = observe.observe_local(member)
+    assert local.role == "replica" and answers == [200]
 
 
 def test_no_list_or_no_room_in_the_timing_means_no_failsafe(tmp_path):
