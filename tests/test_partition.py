@@ -3,6 +3,7 @@ runs) by a veth pair; the host routes between them. Cutting the leader's link is
 partition from etcd and from its peers at once."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pwd
@@ -18,6 +19,7 @@ from tests.harness import wait_until
 
 pytestmark = pytest.mark.integration
 NET = "10.231"
+RUNS = itertools.count()
 
 
 def sh(*args: str) -> None:
@@ -55,7 +57,7 @@ def set_ip_forward(value: str) -> str:
 def partitioned(base_dir, src_dir):
     """Three members in namespaces gov-p1..3 and an etcd on the host reachable from all."""
     forward = set_ip_forward("1")
-    tag = f"{os.getpid() % 1000}"
+    tag = f"{os.getpid() % 1000}{next(RUNS)}"    # each run its own names: a deleted veth goes asynchronously
     names: List[str] = []
     etcd = harness.Etcd(os.path.join(base_dir, f"etcd-partition-{tag}"))
     etcd.listen_all = True
@@ -89,7 +91,10 @@ def partitioned(base_dir, src_dir):
         if cluster is not None:
             cluster.teardown()
         etcd.stop()
-        for ns in names:
+        for i, ns in enumerate(names, 1):
+            # the link first, and synchronously: one left behind by its namespace's deletion would
+            # still route the next run's addresses for a moment
+            subprocess.run(["ip", "link", "del", f"vh{tag}p{i}"], capture_output=True)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         set_ip_forward(forward)
 
