@@ -101,124 +101,21 @@ Cases, checked top to bottom (the first that matches wins):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Dict, Optional, Tuple
+from typing import Optional
 
 from governor import failsafe
-from governor.cluster import Cluster, Member, Switchover
-from governor.sync import describe as describe_sync
-from governor.sync import voters as sync_voters
-
-EMPTY, POSTGRES, NOT_POSTGRES = "empty", "postgres", "invalid"
-BOOTSTRAP_ATTEMPTS = 3   # failed bootstraps in a row before governor stops trying and waits
-
-
-class Action(str, Enum):
-    BOOTSTRAP = "bootstrap"
-    CLAIM_INITIALIZE = "claim_initialize"
-    CLONE = "clone"
-    START_AS_LEADER = "start_as_leader"
-    START_AS_REPLICA = "start_as_replica"
-    ACQUIRE_LOCK = "acquire_lock"
-    RENEW_LOCK = "renew_lock"
-    PROMOTE = "promote"
-    DEMOTE = "demote"
-    REWIND = "rewind"
-    RESTART = "restart"
-    REINITIALIZE = "reinitialize"
-    STEP_DOWN = "step_down"
-    RELEASE_LOCK = "release_lock"
-    FOLLOW = "follow"
-    ENSURE_SLOTS = "ensure_slots"
-    MANAGE_SYNC = "manage_sync"
-    FAILSAFE_HOLD = "failsafe_hold"         # every listed member vouched: the deadline moves on
-    FAILSAFE_LIST = "failsafe_list"         # write (or delete) the `failsafe` key to match
-
-
-@dataclass(frozen=True)
-class LocalState:
-    """What the daemon observed of its own PostgreSQL this loop."""
-    name: str
-    data: str                       # EMPTY | POSTGRES | NOT_POSTGRES
-    sysid: Optional[str] = None
-    running: bool = False
-    role: Optional[str] = None      # "primary" | "replica" when running and answering queries
-    timeline: Optional[int] = None
-    lsn: Optional[int] = None
-    tags: Dict[str, Any] = field(default_factory=dict)
-    maximum_lag_on_failover: int = 1048576
-    data_dir: str = ""
-    rewind_pending: bool = False    # was a primary, or has not streamed from a leader on a newer timeline,
-    # since its last check against the current leader
-    rewind_failed: bool = False     # pg_rewind failed and re-cloning is not allowed
-    # Other members as they answered this loop over the HTTP API (None: did not answer); used in
-    # the leader race instead of the positions they last published in etcd.
-    peers: Dict[str, Optional[Member]] = field(default_factory=dict)
-    now: float = 0.0                # wall clock, for scheduled switchovers
-    request: Optional[str] = None   # an operator's pending "restart" / "reinitialize" (HTTP API)
-    not_streaming_for: Optional[float] = None  # replica: seconds without streaming while another leads
-    loop_wait: float = 10.0
-    remove_data_directory_on_rewind_failure: bool = False
-    retry_timeout: float = 10.0
-    primary_start_timeout: float = 30.0
-    lock_left: Optional[float] = None          # seconds before our lock expires, as we know it (None: not ours)
-    starting_for: Optional[float] = None       # holding the lock: seconds PostgreSQL has not been up
-    bootstrap_failures: int = 0     # failed bootstraps in a row since governor started
-    failsafe_mode: bool = False
-    failsafe_vouched: Optional[float] = None   # leader, etcd unusable: when the round every listed member
-    # vouched in was sent (monotonic), this pass; None: no such round
-    failsafe_promise: Optional[str] = None     # the leader this member vouched for less than ttl ago
-    failsafe_fresh: bool = False    # governor started less than ttl ago: what it promised before is unknown
-
-
-@dataclass(frozen=True)
-class Decision:
-    case: str
-    message: str
-    actions: Tuple[Action, ...] = ()
-    leader: Optional[str] = None    # the member to follow or clone from; None = nobody
-
-    @property
-    def summary(self) -> str:
-        return f"{self.case}: {self.message}"
-
-
-def common_position(timeline: Optional[int], lsn: Optional[int], history: Tuple[Dict[str, Any], ...]) -> Optional[int]:
-    """How far a member's WAL agrees with the newest timeline: its position, capped at the switch
-    point where its own timeline was left for the next one (the `history` key records each
-    promotion's timeline and position). Unknown timeline: the position as it is."""
-    if lsn is None or timeline is None:
-        return lsn
-    ends = [entry.get("lsn") for entry in history
-            if isinstance(entry.get("timeline"), int) and entry["timeline"] > timeline
-            and isinstance(entry.get("lsn"), int) and not isinstance(entry.get("lsn"), bool)]
-    return min([lsn] + ends)
-
-
-def _candidate_caught_up(cluster: Cluster, switchover: Switchover, local: LocalState) -> bool:
-    """A switchover's candidate takes the lock without racing because its leader stopped only
-    once the candidate had all of its WAL. When the leader lost its lock some other way (an etcd
-    outage, a crash) that promise is void: the candidate is then trusted only within
-    maximum_lag_on_failover of the last published position (in synchronous mode only when the
-    promise says it holds every commit; otherwise the race's promise rules decide). A manual
-    failover (no leader in the request) is the operator's explicit choice and always honoured."""
-    if switchover.leader is None:
-        return True
-    promise = cluster.sync
-    if promise is not None and promise.synchronous and promise.leader != local.name:
-        # Synchronous mode: only the promise can tell who has every acknowledged commit. A leader
-        # that stepped down cleanly names the standbys that streamed to the end, each of which
-        # has every commit (quorum = all of them): a candidate among those is caught up.
-        return switchover.candidate in promise.members and promise.quorum >= len(promise.members)
-    if switchover.candidate == local.name:
-        lsn = common_position(local.timeline, local.lsn, cluster.history)
-    else:
-        member = cluster.member(switchover.candidate)
-        lsn = common_position(member.timeline, member.lsn, cluster.history) if member is not None else None
-    if cluster.leader_lsn is None or lsn is None:
-        return False
-    return cluster.leader_lsn - lsn <= local.maximum_lag_on_failover
+from governor.cluster import Cluster
+from governor.hatypes import (  # noqa: F401 - re-exported: the executors and tests name them through ha
+    BOOTSTRAP_ATTEMPTS,
+    EMPTY,
+    NOT_POSTGRES,
+    POSTGRES,
+    Action,
+    Decision,
+    LocalState,
+    common_position,
+)
+from governor.race import decide_race
 
 
 def _await_leader(leader: str) -> Decision:
@@ -411,83 +308,4 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
         return Decision("follow_leader", f"following leader {leader}", (Action.FOLLOW,), leader=leader)
 
     # Nobody holds the lock.
-    if local.role == "replica":
-        held_back = failsafe.race_hold(cluster, me, local.failsafe_promise, local.failsafe_fresh)
-        if held_back is not None:
-            return Decision(*held_back)
-    if switchover and local.role == "replica" and not _candidate_caught_up(cluster, switchover, local):
-        switchover = None   # a switchover whose leader did not hand over cleanly: the normal race decides
-    if switchover and local.role == "replica":
-        if switchover.candidate == me:
-            return Decision("switchover_take_over",
-                            "this member is the operator's candidate (switchover or failover): taking the "
-                            "lock and promoting",
-                            (Action.ACQUIRE_LOCK, Action.PROMOTE, Action.ENSURE_SLOTS))
-        # Keep the current upstream until the candidate holds the lock: dropping it now would only
-        # delay reconnecting to the new primary (whose first commits may wait for this standby).
-        return Decision("switchover_defer", f"switchover to {switchover.candidate} in progress: not racing, "
-                        "keeping the current upstream until it holds the lock")
-    if local.role == "primary":
-        return Decision("primary_reacquire", "nobody holds the lock and this member is primary: taking it",
-                        (Action.ACQUIRE_LOCK, Action.ENSURE_SLOTS))
-    if local.tags.get("nofailover"):
-        return Decision("race_not_eligible_nofailover", "no leader; tagged nofailover, so not racing",
-                        (Action.FOLLOW,))
-    # Positions on an older timeline count only up to where that timeline ended: WAL past the
-    # switch point is WAL the later leaders never had, not progress.
-    my_lsn = common_position(local.timeline, local.lsn, cluster.history)
-    known = cluster.leader_lsn is not None and my_lsn is not None
-    lag = max(0, cluster.leader_lsn - my_lsn) if known else None
-    # No position published at all happens before any leader ran on this data (a cluster just
-    # initialized from an existing data directory, keys wiped): the members compare among
-    # themselves below. A position that is there but unreadable, or our own unknown, is unknown.
-    lag_unknown = cluster.leader_lsn_unreadable or local.lsn is None
-    sync = cluster.sync
-    promised = sync is not None and sync.synchronous and sync.leader != me
-    if promised and me not in sync.members:
-        return Decision("race_not_synchronous",
-                        f"no leader; {sync.leader} acknowledged commits only once {describe_sync(sync)} had "
-                        "them, and this member is not one of them: not racing", (Action.FOLLOW,))
-    if not promised and lag_unknown:
-        missing = "the leader's last WAL position (optime/leader in etcd) is unreadable" \
-            if cluster.leader_lsn_unreadable else "this member's own WAL position is unknown"
-        return Decision("race_lag_unknown",
-                        f"no leader; {missing}, so this member's lag cannot be known: not racing, to avoid losing "
-                        "data (an operator can choose a member with governorctl failover)", (Action.FOLLOW,))
-    if not promised and lag is not None and lag > local.maximum_lag_on_failover:
-        return Decision("race_not_eligible_lag",
-                        f"no leader; lag {lag} bytes exceeds maximum_lag_on_failover "
-                        f"{local.maximum_lag_on_failover}: not racing, to avoid losing data", (Action.FOLLOW,))
-    others = [local.peers.get(m.name, m) if m.name in local.peers else m
-              for m in cluster.members if m.name != me]
-    unreachable = sum(1 for m in others if m is None)
-    others = [m for m in others if m is not None]  # a member that does not answer cannot block the race
-    if promised:
-        known_voters, needed = sync_voters(sync, me, local.lsn, [(m.name, m.lsn) for m in others])
-        ahead = [name for name, lsn in known_voters if lsn > (local.lsn or 0)]
-        if ahead:
-            return Decision("race_wait_for_better",
-                            f"no leader; synchronous member {ahead[0]} has received more WAL: letting it take over",
-                            (Action.FOLLOW,))
-        if len(known_voters) < needed:
-            return Decision("race_sync_unproven",
-                            f"no leader; {len(known_voters)} of the {needed} synchronous members needed to prove "
-                            f"that no acknowledged commit is missing answered ({describe_sync(sync)}): waiting",
-                            (Action.FOLLOW,))
-    better = [m for m in others
-              if m.state == "running" and m.role == "replica" and not m.tags.get("nofailover")
-              and common_position(m.timeline, m.lsn, cluster.history) is not None and my_lsn is not None
-              and common_position(m.timeline, m.lsn, cluster.history) > my_lsn
-              and (not promised or m.name in sync.members)]
-    if better:
-        best = max(better, key=lambda m: m.lsn or 0)
-        return Decision("race_wait_for_better",
-                        f"no leader; {best.name} has received more WAL ({best.lsn} > {local.lsn}): letting it "
-                        "take over", (Action.FOLLOW,))
-    running = sum(1 for m in others if m.state == "running")
-    return Decision("leader_race",
-                    f"no leader: taking the lock and promoting (lag {lag if lag is not None else 'unknown'} bytes, "
-                    f"{running} of "
-                    f"{len(others) + unreachable} other members reachable and running"
-                    + (f"; {describe_sync(sync)}, this member has every acknowledged commit)" if promised else ")"),
-                    (Action.ACQUIRE_LOCK, Action.PROMOTE, Action.ENSURE_SLOTS))
+    return decide_race(cluster, local, switchover)

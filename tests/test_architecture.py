@@ -8,8 +8,8 @@ import os
 from typing import Dict, Set
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PURE = ("governor.ha", "governor.sync", "governor.cluster", "governor.dynamic", "governor.settings",
-        "governor.pgparams", "governor.backoff", "governor.slots", "governor.failsafe")
+PURE = ("governor.ha", "governor.hatypes", "governor.race", "governor.sync", "governor.cluster", "governor.dynamic",
+        "governor.settings", "governor.pgparams", "governor.backoff", "governor.slots", "governor.failsafe")
 IO_MODULES = {"psycopg2", "etcd", "urllib3", "urllib", "http", "socket", "ssl", "select", "subprocess", "os",
               "shutil", "glob", "threading", "yaml", "sdnotify", "prometheus_client", "daemon", "fcntl",
               "signal", "ctypes"}

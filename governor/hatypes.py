@@ -1,0 +1,95 @@
+"""The HA decision's vocabulary: what a member observed of itself (LocalState), what it decides
+(Decision, a named case with its Actions), and how far a position agrees with the newest timeline.
+Pure: ha.py and race.py decide with these; the executors carry them out."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, Optional, Tuple
+
+from governor.cluster import Member
+
+EMPTY, POSTGRES, NOT_POSTGRES = "empty", "postgres", "invalid"
+BOOTSTRAP_ATTEMPTS = 3   # failed bootstraps in a row before governor stops trying and waits
+
+
+class Action(str, Enum):
+    BOOTSTRAP = "bootstrap"
+    CLAIM_INITIALIZE = "claim_initialize"
+    CLONE = "clone"
+    START_AS_LEADER = "start_as_leader"
+    START_AS_REPLICA = "start_as_replica"
+    ACQUIRE_LOCK = "acquire_lock"
+    RENEW_LOCK = "renew_lock"
+    PROMOTE = "promote"
+    DEMOTE = "demote"
+    REWIND = "rewind"
+    RESTART = "restart"
+    REINITIALIZE = "reinitialize"
+    STEP_DOWN = "step_down"
+    RELEASE_LOCK = "release_lock"
+    FOLLOW = "follow"
+    ENSURE_SLOTS = "ensure_slots"
+    MANAGE_SYNC = "manage_sync"
+    FAILSAFE_HOLD = "failsafe_hold"         # every listed member vouched: the deadline moves on
+    FAILSAFE_LIST = "failsafe_list"         # write (or delete) the `failsafe` key to match
+
+
+@dataclass(frozen=True)
+class LocalState:
+    """What the daemon observed of its own PostgreSQL this loop."""
+    name: str
+    data: str                       # EMPTY | POSTGRES | NOT_POSTGRES
+    sysid: Optional[str] = None
+    running: bool = False
+    role: Optional[str] = None      # "primary" | "replica" when running and answering queries
+    timeline: Optional[int] = None
+    lsn: Optional[int] = None
+    tags: Dict[str, Any] = field(default_factory=dict)
+    maximum_lag_on_failover: int = 1048576
+    data_dir: str = ""
+    rewind_pending: bool = False    # was a primary, or has not streamed from a leader on a newer timeline,
+    # since its last check against the current leader
+    rewind_failed: bool = False     # pg_rewind failed and re-cloning is not allowed
+    # Other members as they answered this loop over the HTTP API (None: did not answer); used in
+    # the leader race instead of the positions they last published in etcd.
+    peers: Dict[str, Optional[Member]] = field(default_factory=dict)
+    now: float = 0.0                # wall clock, for scheduled switchovers
+    request: Optional[str] = None   # an operator's pending "restart" / "reinitialize" (HTTP API)
+    not_streaming_for: Optional[float] = None  # replica: seconds without streaming while another leads
+    loop_wait: float = 10.0
+    remove_data_directory_on_rewind_failure: bool = False
+    retry_timeout: float = 10.0
+    primary_start_timeout: float = 30.0
+    lock_left: Optional[float] = None          # seconds before our lock expires, as we know it (None: not ours)
+    starting_for: Optional[float] = None       # holding the lock: seconds PostgreSQL has not been up
+    bootstrap_failures: int = 0     # failed bootstraps in a row since governor started
+    failsafe_mode: bool = False
+    failsafe_vouched: Optional[float] = None   # leader, etcd unusable: when the round every listed member
+    # vouched in was sent (monotonic), this pass; None: no such round
+    failsafe_promise: Optional[str] = None     # the leader this member vouched for less than ttl ago
+    failsafe_fresh: bool = False    # governor started less than ttl ago: what it promised before is unknown
+
+
+@dataclass(frozen=True)
+class Decision:
+    case: str
+    message: str
+    actions: Tuple[Action, ...] = ()
+    leader: Optional[str] = None    # the member to follow or clone from; None = nobody
+
+    @property
+    def summary(self) -> str:
+        return f"{self.case}: {self.message}"
+
+
+def common_position(timeline: Optional[int], lsn: Optional[int], history: Tuple[Dict[str, Any], ...]) -> Optional[int]:
+    """How far a member's WAL agrees with the newest timeline: its position, capped at the switch
+    point where its own timeline was left for the next one (the `history` key records each
+    promotion's timeline and position). Unknown timeline: the position as it is."""
+    if lsn is None or timeline is None:
+        return lsn
+    ends = [entry.get("lsn") for entry in history
+            if isinstance(entry.get("timeline"), int) and entry["timeline"] > timeline
+            and isinstance(entry.get("lsn"), int) and not isinstance(entry.get("lsn"), bool)]
+    return min([lsn] + ends)
