@@ -11,6 +11,7 @@ import os
 from dataclasses import fields, is_dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple
 
+from governor import callbacks as callbacks_mod
 from governor import pgparams, safe_yaml, template_layout
 from governor.checker import (  # noqa: F401 - parse_host_port and default_bin_dir are used through config
     Checker,
@@ -120,7 +121,7 @@ def read_raw(path: str) -> Tuple[dict, Dict[str, str]]:
 
 TOP_KEYS = ("loop_wait", "retry_timeout", "primary_start_timeout", "log_level", "log_format", "tags", "etcd",
             "postgresql", "restapi", "metrics", "synchronous_mode", "synchronous_mode_strict",
-            "synchronous_node_count", "watchdog", "failsafe_mode")
+            "synchronous_node_count", "watchdog", "failsafe_mode", "callbacks")
 RESTAPI_KEYS = ("listen", "connect_address", "username", "password", "certfile", "keyfile", "cafile")
 METRICS_KEYS = ("enabled", "listen")
 ETCD_KEYS = ("scope", "ttl", "host", "protocol", "cacert", "cert", "key", "username", "password", "api")
@@ -325,17 +326,14 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     if metrics.enabled and _same_listener((metrics.listen_host, metrics.port), (listen_host, port)):
         c.fail("metrics.listen", f"port {port} is PostgreSQL's (postgresql.listen)")
 
+    callbacks = callbacks_mod.check(c)
     if c.problems:
         raise ConfigError(c.problems)
 
     return Config(
-        restapi=restapi,
-        metrics=metrics,
-        loop_wait=loop_wait,
-        retry_timeout=retry_timeout,
-        primary_start_timeout=primary_start_timeout,
-        log_level=log_level.upper(),
-        log_format=log_format,
+        restapi=restapi, metrics=metrics, callbacks=callbacks,
+        loop_wait=loop_wait, retry_timeout=retry_timeout, primary_start_timeout=primary_start_timeout,
+        log_level=log_level.upper(), log_format=log_format,
         synchronous_mode=sync_mode, synchronous_mode_strict=bool(sync_strict), failsafe_mode=bool(failsafe_mode),
         synchronous_node_count=sync_count or 1,
         tags={k: v for k, v in tags.items()},

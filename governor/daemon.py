@@ -17,6 +17,7 @@ from governor import __version__, failsafe, publish, reconfigure, shutdown, vouc
 from governor.actions import EXECUTORS, ActionFailed
 from governor.api import ApiServer
 from governor.backoff import Backoff
+from governor.callbacks import Runner, transition
 from governor.cluster import Cluster, parse_conn_url
 from governor.config import Config
 from governor.controls import Controls
@@ -83,6 +84,12 @@ class Governor:
         # `report` tells the supervising parent (supervisor.py) the lock deadline, when there is one.
         self.fence = LockFence(self.pg.data_dir, config.etcd.ttl, on_fire=self._fenced, report=report)
         self.watchdog = Watchdog(config.watchdog.mode, config.watchdog.device)
+        self.callbacks = Runner(self.name, lambda: self.config.etcd.scope, lambda: self.pg.data_dir,
+                                failed=self._callback_failed)
+
+    def _callback_failed(self, kind: str) -> None:
+        if self.metrics:
+            self.metrics.callback_failures.labels(kind).inc()
 
     def _fenced(self, left: float) -> None:
         """The lock fence stopped PostgreSQL (its own thread): count it, wake the loop to act."""
@@ -256,7 +263,8 @@ class Governor:
         local = replace(local, now=time.time(), request=request.kind if request else None,
                         lock_left=self.lock_left(), starting_for=self._starting_for(local),
                         failsafe_mode=self.config.failsafe_mode, failsafe_promise=vouch.promised_to(self),
-                        failsafe_fresh=vouch.fresh(self))
+                        failsafe_fresh=vouch.fresh(self),
+                        pre_promote_vetoed=self.mem.pre_promote_veto_until > time.monotonic())
         if self.cluster is None and self.config.failsafe_mode and self.mem.holds_lock and local.running \
                 and local.role == "primary":
             local = replace(local, failsafe_vouched=vouch.ask_members(self))
@@ -280,10 +288,19 @@ class Governor:
             self.answer_request(request, decision, ok)
         if decision.actions:
             local = observe_local(self)
+        self._role_callbacks(local)
         if self.cluster is not None and not self.mem.dcs_failed:
             publish.publish(self, local)
         publish.publish_status(self, local, decision)
         return ok
+
+    def _role_callbacks(self, local: LocalState) -> None:
+        """on_start / on_stop / on_role_change for what changed since the last pass."""
+        seen = local.role if local.running and local.role else (None if local.running else "down")
+        event = transition(self.mem.pg_seen, seen)
+        self.mem.pg_seen = seen or self.mem.pg_seen
+        if event is not None:
+            self.callbacks.fire(self.config.callbacks, *event)
 
     def _read_etcd(self) -> Optional[Cluster]:
         """The pass's snapshot. When etcd failed last time and failsafe may keep this primary, the

@@ -76,6 +76,10 @@ Cases, checked top to bottom (the first that matches wins):
                                 does not name this replica
   failsafe_promise_unknown      nobody holds the lock, listed, governor       -
                                 started less than ttl ago
+  race_pre_promote_vetoed       nobody holds the lock, this member's          follow (nobody)
+                                pre_promote callback refused a promotion
+                                less than ttl ago (a switchover it was the
+                                candidate of was cancelled then)
   race_not_eligible_nofailover  nobody holds the lock, tagged nofailover     follow (nobody)
   race_not_synchronous          nobody holds the lock, the dead leader's      follow (nobody)
                                 sync promise does not name this member

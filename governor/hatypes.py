@@ -69,6 +69,7 @@ class LocalState:
     # vouched in was sent (monotonic), this pass; None: no such round
     failsafe_promise: Optional[str] = None     # the leader this member vouched for less than ttl ago
     failsafe_fresh: bool = False    # governor started less than ttl ago: what it promised before is unknown
+    pre_promote_vetoed: bool = False  # the pre_promote callback refused a promotion less than ttl ago
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,9 @@ class NodeMemory:
     failsafe_since: Optional[float] = None       # leader: kept primary by its members' promises since
     failsafe_promise: Optional[Tuple[str, float]] = None  # replica: (leader vouched for, until), monotonic
     racing: bool = False                         # taking the lock this pass: no promise until the next
+    # callbacks (callbacks.py)
+    pg_seen: Optional[str] = None                # "primary" / "replica" / "down" at the end of the last pass
+    pre_promote_veto_until: float = 0.0          # monotonic: pre_promote refused; not racing until then
 
     def settle(self, now: float) -> None:
         """Look at PostgreSQL often until it streams (or is primary): see Governor.sleep."""

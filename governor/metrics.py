@@ -56,6 +56,9 @@ class Metrics:
         self.lock_fence = Counter("governor_lock_fence_total",
                                   "Times the lock fence demoted or stopped PostgreSQL because the leader lock "
                                   "could not be proven before its expiry", registry=self.registry)
+        self.callback_failures = Counter("governor_callback_failures_total",
+                                         "Callbacks that exited non-zero, were killed at callbacks.timeout or "
+                                         "could not start", ["callback"], registry=self.registry)
         self._server: Optional[ThreadingWSGIServer] = None
 
     def observe_dcs(self, operation: str, seconds: float, ok: bool) -> None:

@@ -14,6 +14,7 @@ from governor.postgres.server import Server, ServerState
 from governor.status import StatusBoard
 
 if TYPE_CHECKING:
+    from governor.callbacks import Runner
     from governor.cluster import Cluster
     from governor.ha import Decision, LocalState
     from governor.lockfence import LockFence
@@ -67,6 +68,9 @@ class ActionHost(Protocol):
     syncrep: SyncManager
     notify: Notifier
     metrics: Optional[Metrics]
+    callbacks: Runner
+
+    def lock_left(self) -> Optional[float]: ...
 
     def leader_address(self, leader: Optional[str]) -> Optional[tuple]: ...
 

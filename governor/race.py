@@ -43,6 +43,9 @@ def decide_race(cluster: Cluster, local: LocalState, switchover: Optional[Switch
         held_back = failsafe.race_hold(cluster, me, local.failsafe_promise, local.failsafe_fresh)
         if held_back is not None:
             return Decision(*held_back)
+    if local.pre_promote_vetoed and local.role == "replica":
+        return Decision("race_pre_promote_vetoed", "no leader; the pre_promote callback refused this member's "
+                        "promotion less than ttl ago: not racing, so another member can lead", (Action.FOLLOW,))
     if switchover and local.role == "replica" and not _candidate_caught_up(cluster, switchover, local):
         switchover = None   # a switchover whose leader did not hand over cleanly: the normal race decides
     if switchover and local.role == "replica":

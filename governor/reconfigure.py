@@ -126,6 +126,8 @@ def apply_config(g: Governor, new: Config, why: str) -> list:
             if g.controller.is_running() and g.write_conf(g.mem.conf_target):
                 g.controller.reload()
                 log.info("%s: PostgreSQL configuration rewritten and reloaded", why)
+                role = g.server_state.role if g.server_state is not None else None
+                g.callbacks.fire(g.config.callbacks, "on_reload", role or "replica")
     except (OSError, ControllerError) as exc:
         log.error("%s: could not apply the PostgreSQL settings: %s", why, exc)
     return changed

@@ -129,6 +129,15 @@ class WatchdogConfig:
 
 
 @dataclass(frozen=True)
+class CallbacksConfig:
+    commands: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()     # (kind, argv) per configured callback
+    timeout: float = 30.0
+
+    def command(self, kind: str) -> Optional[Tuple[str, ...]]:
+        return dict(self.commands).get(kind)
+
+
+@dataclass(frozen=True)
 class Config:
     loop_wait: float
     retry_timeout: float
@@ -146,6 +155,7 @@ class Config:
     restapi: RestApiConfig = RestApiConfig()
     metrics: MetricsConfig = MetricsConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
+    callbacks: CallbacksConfig = CallbacksConfig()
     warnings: Tuple[str, ...] = ()         # what was accepted but translated, for the log
 
 

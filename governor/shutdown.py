@@ -51,6 +51,9 @@ def shutdown(g: Governor) -> None:
     # the hand-over below can name them (HANDOVER_WAIT).
     cluster = fresh_cluster(g) if g.mem.holds_lock else None
     streamed = g.syncrep.streaming_standbys(cluster, HANDOVER_WAIT) if g.mem.holds_lock else []
+    role = g.mem.pg_seen if g.mem.pg_seen in ("primary", "replica") else None
+    if role is not None:
+        g.callbacks.wait(g.config.callbacks, "before_stop", role, g.config.callbacks.timeout)
     try:
         g.controller.stop("fast", timeout=max(30.0, g.pg.start_timeout))
     except ControllerError as exc:
@@ -72,6 +75,8 @@ def shutdown(g: Governor) -> None:
             g.dcs.delete_member(g.name)
     except DCSError as exc:
         log.warning("could not remove the member key (%s); it expires after ttl", exc)
+    if role is not None:    # waited for: governor exits next (the lock is already handed over)
+        g.callbacks.wait(g.config.callbacks, "on_stop", role, g.config.callbacks.timeout)
     g.dcs.close()
     if g.api:
         g.api.stop()

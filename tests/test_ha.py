@@ -32,7 +32,7 @@ def cluster(leader=None, initialize=SYSID, members=(), leader_lsn=None, switchov
 def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, rewind_pending=False,
           rewind_failed=False, peers=None, request=None, now=0.0, bootstrap_failures=0, timeline=None,
           not_streaming_for=None, lock_left=None, starting_for=None, failsafe_mode=False, failsafe_vouched=None,
-          failsafe_promise=None, failsafe_fresh=False, **tags):
+          failsafe_promise=None, failsafe_fresh=False, pre_promote_vetoed=False, **tags):
     return ha.LocalState(name=ME, data=data, sysid=sysid if data == ha.POSTGRES else None, running=running,
                          role=role if running else None, lsn=lsn, tags=tags, maximum_lag_on_failover=1000,
                          data_dir="/var/lib/pg", rewind_pending=rewind_pending, rewind_failed=rewind_failed,
@@ -40,7 +40,8 @@ def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, 
                          timeline=timeline, not_streaming_for=not_streaming_for, loop_wait=1, retry_timeout=3,
                          primary_start_timeout=30, lock_left=lock_left, starting_for=starting_for,
                          failsafe_mode=failsafe_mode, failsafe_vouched=failsafe_vouched,
-                         failsafe_promise=failsafe_promise, failsafe_fresh=failsafe_fresh)
+                         failsafe_promise=failsafe_promise, failsafe_fresh=failsafe_fresh,
+                         pre_promote_vetoed=pre_promote_vetoed)
 
 
 PRIMARY_NODE2 = member("node2", role="primary")
@@ -117,6 +118,8 @@ TABLE = [
     ("failsafe_not_listed", cluster(failsafe=FailsafeList("node2", {"node3": "http://127.0.0.1:8009"})), local(),
      (), None),
     ("failsafe_promise_unknown", cluster(failsafe=FAILSAFE_NODE2), local(failsafe_fresh=True), (), None),
+    ("race_pre_promote_vetoed", cluster(), local(pre_promote_vetoed=True), (A.FOLLOW,), None),
+    ("race_pre_promote_vetoed", cluster(switchover_to=ME), local(pre_promote_vetoed=True), (A.FOLLOW,), None),
     ("race_not_eligible_nofailover", cluster(), local(nofailover=True), (A.FOLLOW,), None),
     ("race_not_synchronous", cluster(sync=SyncState("node9", ("node2",), 1)), local(), (A.FOLLOW,), None),
     ("race_lag_unknown", cluster(leader_lsn=None, unreadable_lsn=True), local(lsn=100), (A.FOLLOW,), None),

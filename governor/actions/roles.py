@@ -33,6 +33,7 @@ def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
 
 def promote(g: ActionHost, decision: Decision, local: LocalState) -> None:
     log.info("promoting: %s", decision.message)
+    pre_promote(g)
     if g.cluster is not None:
         try:
             g.syncrep.before_promote(g.cluster)
@@ -58,6 +59,43 @@ def promote(g: ActionHost, decision: Decision, local: LocalState) -> None:
     # The control file only shows the new timeline after a checkpoint; pg_rewind on the old
     # primary reads it there and would otherwise think no rewind is needed.
     g.server.checkpoint()
+
+
+def pre_promote(g: ActionHost) -> None:
+    """The operator's pre_promote callback, under the lock, before anything changes: a non-zero
+    exit (or none within its time) gives the lock back and keeps this member from racing for
+    ttl; success renews the lock, so the promotion starts with all of it."""
+    if g.config.callbacks.command("pre_promote") is None:
+        return
+    left = g.lock_left()
+    limit = (left if left is not None else g.config.etcd.ttl) - g.config.retry_timeout - 1
+    if limit < 1:
+        raise ActionFailed("no time left under the lock for the pre_promote callback; renewing first")
+    code = g.callbacks.wait(g.config.callbacks, "pre_promote", "primary", limit)
+    if code != 0:
+        g.mem.pre_promote_veto_until = time.monotonic() + g.config.etcd.ttl
+        if g.cluster is not None and g.cluster.switchover and g.cluster.switchover.candidate == g.name:
+            try:
+                g.dcs.clear_switchover()
+            except DCSError as exc:
+                log.warning("could not clear the switchover request (it expires by itself): %s", exc)
+        g.give_up_lock()
+        raise ActionFailed(f"the pre_promote callback {'exited ' + str(code) if code else 'did not finish'}: not "
+                           f"promoting; gave the lock back and will not race for {g.config.etcd.ttl}s")
+    sent = time.monotonic()
+    if not g.dcs.renew_leader(g.name):
+        g.lock_lost()
+        raise ActionFailed("the leader lock was lost while the pre_promote callback ran")
+    g.lock_taken(sent)
+
+
+def before_stop(g: ActionHost, role: Optional[str]) -> None:
+    """The operator's before_stop callback, waited for within its timeout and, under the lock,
+    within what the lock leaves (its exit status changes nothing)."""
+    left = g.lock_left()
+    limit = g.config.callbacks.timeout if left is None else left - g.fence.margin - g.config.retry_timeout
+    if limit >= 0.5:
+        g.callbacks.wait(g.config.callbacks, "before_stop", role or "replica", limit)
 
 
 def record_promotion(g: ActionHost, timeline: Optional[int], lsn: Optional[int], decision: Decision) -> None:
@@ -102,6 +140,7 @@ def step_down(g: ActionHost, decision: Decision, local: LocalState) -> None:
     log.warning("switchover: %s", decision.message)
     g.mem.rewind_pending = True
     streamed = g.syncrep.streaming_standbys(g.cluster, HANDOVER_WAIT)
+    before_stop(g, local.role)
     g.controller.stop("fast", timeout=max(30.0, g.pg.start_timeout))
     g.server.close()
     try:

@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING
 
 from governor.actions.base import ActionFailed
+from governor.actions.roles import before_stop
 from governor.ha import Decision, LocalState
 from governor.postgres import datadir
 from governor.postgres.controller import ControllerError
@@ -40,12 +41,14 @@ def start_as_replica(g: ActionHost, decision: Decision, local: LocalState) -> No
 
 def restart(g: ActionHost, decision: Decision, local: LocalState) -> None:
     standby_of = None if local.role == "primary" else (g.leader_address(decision.leader) or ())
+    before_stop(g, local.role)
     g.server.close()
     g.controller.stop("fast", timeout=max(30.0, g.pg.start_timeout))
     g.prepare_files(standby_of)
     g.mem.settle(time.monotonic())
     g.controller.start(g.pg.start_timeout)
     log.info("restart: PostgreSQL is running again as %s", local.role)
+    g.callbacks.fire(g.config.callbacks, "on_restart", local.role or "replica")
 
 
 def follow(g: ActionHost, decision: Decision, local: LocalState) -> None:
