@@ -21,6 +21,7 @@ import time
 from typing import IO, Callable, Dict, List, Optional, Tuple
 
 from governor.checker import Checker
+from governor.hatypes import LocalState
 from governor.settings import CONTROL_RE, CallbacksConfig
 
 log = logging.getLogger("governor")
@@ -58,6 +59,13 @@ def check(c: Checker) -> CallbacksConfig:
     timeout = c.value("callbacks.timeout", "number", 30,
                       check=lambda v: None if 1 <= v <= 600 else f"expected 1 to 600 seconds, got {v}")
     return CallbacksConfig(commands=tuple(commands), timeout=float(timeout))
+
+
+def seen_as(local: LocalState) -> Optional[str]:
+    """PostgreSQL's state as transition() compares it."""
+    if not local.running:
+        return "down"
+    return local.role if local.role in ("primary", "replica") else None
 
 
 def transition(before: Optional[str], after: Optional[str]) -> Optional[Tuple[str, str]]:

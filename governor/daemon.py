@@ -17,7 +17,7 @@ from governor import __version__, failsafe, publish, reconfigure, shutdown, vouc
 from governor.actions import EXECUTORS, ActionFailed
 from governor.api import ApiServer
 from governor.backoff import Backoff
-from governor.callbacks import Runner, transition
+from governor.callbacks import Runner, seen_as, transition
 from governor.cluster import Cluster, parse_conn_url
 from governor.config import Config
 from governor.controls import Controls
@@ -258,6 +258,7 @@ class Governor:
             vouch.remember(self, self.cluster)
         request = self._request
         local = observe_local(self)
+        self.mem.pg_seen = self.mem.pg_seen or seen_as(local)    # the first pass: how governor found it
         self.mem.racing = False
         self.mem.sysid = local.sysid or self.mem.sysid
         local = replace(local, now=time.time(), request=request.kind if request else None,
@@ -296,7 +297,7 @@ class Governor:
 
     def _role_callbacks(self, local: LocalState) -> None:
         """on_start / on_stop / on_role_change for what changed since the last pass."""
-        seen = local.role if local.running and local.role else (None if local.running else "down")
+        seen = seen_as(local)
         event = transition(self.mem.pg_seen, seen)
         self.mem.pg_seen = seen or self.mem.pg_seen
         if event is not None:
