@@ -4,10 +4,11 @@ restarts, reloads or changes role (in the background), and before it is promoted
 
 Each runs as `COMMAND... ACTION ROLE SCOPE` (ACTION the callback's name, ROLE primary or
 replica), without a shell, in a session of its own, as the data directory's owner, with an
-environment made from nothing (PATH, LANG, HOME and GOVERNOR_*: never NOTIFY_SOCKET, PGPASSWORD
-or anything else of governor's). Past `callbacks.timeout` its whole process group is killed. A
-newer callback of one kind kills an older one of that kind still running: only the newest role
-matters. Exit status and output are logged; failures are counted (governor_callback_failures_total).
+environment made from nothing (PATH, LANG, HOME and GOVERNOR_ACTION, _ROLE, _SCOPE, _MEMBER,
+_PG_HOST, _PG_PORT: never NOTIFY_SOCKET, PGPASSWORD or anything else of governor's). Past
+`callbacks.timeout` its whole process group is killed. A newer callback of one kind kills an
+older one of that kind still running: only the newest role matters. Exit status and output are
+logged; failures are counted (governor_callback_failures_total).
 """
 from __future__ import annotations
 
@@ -85,8 +86,10 @@ class Runner:
     """Starts callbacks and keeps the one running per kind."""
 
     def __init__(self, name: str, scope: Callable[[], str], data_dir: Callable[[], str],
-                 failed: Optional[Callable[[str], None]] = None):
+                 failed: Optional[Callable[[str], None]] = None,
+                 address: Callable[[], Tuple[str, int]] = lambda: ("", 0)):
         self.name, self.scope, self.data_dir, self.failed = name, scope, data_dir, failed
+        self.address = address      # where the other members reach this PostgreSQL
         self.lock = threading.Lock()
         self.running: Dict[str, subprocess.Popen] = {}
         self.cancelled: set = set()
@@ -159,7 +162,8 @@ class Runner:
             pass
         return {"PATH": PATH, "LANG": os.environ.get("LANG", "C.UTF-8"), "HOME": home,
                 "GOVERNOR_ACTION": kind, "GOVERNOR_ROLE": role, "GOVERNOR_SCOPE": self.scope(),
-                "GOVERNOR_MEMBER": self.name}
+                "GOVERNOR_MEMBER": self.name, "GOVERNOR_PG_HOST": self.address()[0],
+                "GOVERNOR_PG_PORT": str(self.address()[1])}
 
     def _owner(self) -> int:
         return os.stat(self.data_dir()).st_uid if os.path.exists(self.data_dir()) else \

@@ -85,7 +85,7 @@ class Governor:
         self.fence = LockFence(self.pg.data_dir, config.etcd.ttl, on_fire=self._fenced, report=report)
         self.watchdog = Watchdog(config.watchdog.mode, config.watchdog.device)
         self.callbacks = Runner(self.name, lambda: self.config.etcd.scope, lambda: self.pg.data_dir,
-                                failed=self._callback_failed)
+                                failed=self._callback_failed, address=lambda: (self.pg.connect_host, self.pg.port))
 
     def _callback_failed(self, kind: str) -> None:
         if self.metrics:

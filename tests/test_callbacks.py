@@ -152,3 +152,43 @@ def test_an_unconfigured_callback_is_nothing_and_a_vanished_one_is_a_failure(tmp
     os.remove(gone)
     cfg = CallbacksConfig(commands=(("pre_promote", (gone,)),), timeout=5)
     assert runner.wait(cfg, "pre_promote", "primary", 5) is None and runner.failures == ["pre_promote"]
+
+
+def shipped(name: str) -> str:
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "packaging", "callbacks", name)
+
+
+def fake(tmp_path, name: str) -> None:
+    """A stand-in on PATH that records its arguments."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    script(bindir, name, f'printf "%s\\n" "$@" > {tmp_path}/{name}.args')
+
+
+def run_example(tmp_path, name: str, *args: str, **env: str):
+    import subprocess
+    full = {"PATH": f"{tmp_path}/bin:/usr/bin:/bin", "GOVERNOR_MEMBER": "pg2", "GOVERNOR_PG_HOST": "10.0.0.2",
+            "GOVERNOR_PG_PORT": "5432", **env}
+    return subprocess.run([shipped(name), *args], env=full, capture_output=True, text=True, timeout=10)
+
+
+def test_the_journal_example_logs_one_line_per_call(tmp_path):
+    fake(tmp_path, "logger")
+    done = run_example(tmp_path, "journal-log", "on_role_change", "primary", "main")
+    assert done.returncode == 0, done.stderr
+    said = (tmp_path / "logger.args").read_text().splitlines()
+    assert said[:4] == ["-t", "governor-callback", "-p", "daemon.notice"]
+    assert said[-1] == "scope main member pg2: on_role_change, now primary (PostgreSQL at 10.0.0.2:5432)"
+
+
+def test_the_pgbouncer_example_moves_pgbouncer_only_on_the_new_primary(tmp_path):
+    fake(tmp_path, "psql")
+    include = tmp_path / "governor-primary.ini"
+    done = run_example(tmp_path, "pgbouncer-follow-primary", "on_role_change", "replica", "main",
+                       PGBOUNCER_INCLUDE=str(include))
+    assert done.returncode == 0 and not include.exists() and not (tmp_path / "psql.args").exists()
+    done = run_example(tmp_path, "pgbouncer-follow-primary", "on_role_change", "primary", "main",
+                       PGBOUNCER_INCLUDE=str(include))
+    assert done.returncode == 0, done.stderr
+    assert include.read_text().splitlines()[-1] == "* = host=10.0.0.2 port=5432"
+    assert "RELOAD" in (tmp_path / "psql.args").read_text().split("\n")

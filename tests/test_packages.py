@@ -53,6 +53,8 @@ def test_apt_install_configure_enable_upgrade_and_purge(machine, deb, next_deb, 
     assert m.run("stat", "-c", "%a %U %G", "/etc/governor/governor.yml").stdout.split() == ["640", "root",
                                                                                               "postgres"]
     assert m.run("test", "-x", "/usr/lib/governor/governor-check", check=False).returncode == 0
+    for example in ("journal-log", "pgbouncer-follow-primary"):
+        assert m.run("test", "-x", f"/usr/share/governor/callbacks/{example}", check=False).returncode == 0, example
     for page in ("/usr/share/man/man8/governor.8.gz", "/usr/share/man/man1/governorctl.1.gz"):
         assert m.run("test", "-f", page, check=False).returncode == 0, page
 
@@ -131,6 +133,7 @@ def test_rpm_builds_lint_clean_with_the_same_file_set():
     for path in ("/usr/bin/governor", "/usr/bin/governorctl", "/usr/lib/systemd/system/governor.service",
                  "/usr/lib/systemd/system/governor@.service", "/usr/share/governor/haproxy/haproxy.cfg",
                  "/usr/libexec/governor/governor-check", "/usr/share/man/man8/governor.8.gz",
+                 "/usr/share/governor/callbacks/journal-log", "/usr/share/governor/callbacks/pgbouncer-follow-primary",
                  "/usr/lib/python3.9/site-packages/governor/daemon.py"):
         assert path in entries, path
     mode, _links, owner, group = entries["/etc/governor/governor.yml"][:4]
