@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import fields, is_dataclass, replace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from governor import callbacks as callbacks_mod
 from governor import pgparams, safe_yaml, template_layout
@@ -441,53 +440,6 @@ def _metrics(c: Checker, pg_listen_host: str) -> MetricsConfig:
     enabled = c.value("metrics.enabled", "bool", True)
     host, port = _listen(c, "metrics.listen", _address(pg_listen_host, 9547), 9547)
     return MetricsConfig(enabled=enabled, listen_host=host, port=port)
-
-
-# Settings a running governor cannot take over on SIGHUP: its identity and where things live
-# and listen.
-RESTART_ONLY = {
-    "etcd": ("scope",),   # endpoints, API, TLS and credentials change on reload in maintenance mode
-    "postgresql": ("name", "listen_host", "port", "connect_host", "data_dir", "bin_dir", "socket_dir",
-                   "log_file", "pgpass", "systemd_unit", "config_dir"),
-    "restapi": None,   # the whole section
-    "metrics": None,
-    "watchdog": None,
-}
-
-
-def _flatten(obj: Any, prefix: str = "") -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        key = f"{prefix}{f.name}"
-        if is_dataclass(value):
-            out.update(_flatten(value, key + "."))
-        else:
-            out[key] = value
-    return out
-
-
-def changed_keys(old: Config, new: Config) -> List[str]:
-    a, b = _flatten(old), _flatten(new)
-    return sorted(k for k in a if k != "source" and a[k] != b.get(k))
-
-
-def merge_live(old: Config, new: Config) -> Tuple[Config, List[str]]:
-    """`new` with the restart-only settings of `old`; also the restart-only keys that differed."""
-    kept: List[str] = []
-    merged = new
-    for section, names in RESTART_ONLY.items():
-        old_part, new_part = getattr(old, section), getattr(new, section)
-        if names is None:
-            if old_part != new_part:
-                kept.append(section)
-                merged = replace(merged, **{section: old_part})
-            continue
-        keep = {n: getattr(old_part, n) for n in names if getattr(old_part, n) != getattr(new_part, n)}
-        if keep:
-            kept.extend(f"{section}.{n}" for n in keep)
-            merged = replace(merged, **{section: replace(getattr(merged, section), **keep)})
-    return merged, kept
 
 
 def load(path: str) -> Config:

@@ -5,8 +5,8 @@ until a restart and named in the log."""
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from dataclasses import fields, is_dataclass, replace
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
 from governor import config as config_mod
 from governor import dynamic, publish
@@ -47,7 +47,7 @@ def _reload(g: Governor) -> None:
         return
     for warning in new.warnings:
         log.warning("reload: %s", warning)
-    new, needs_restart = config_mod.merge_live(g.file_config, new)
+    new, needs_restart = merge_live(g.file_config, new)
     if needs_restart:
         log.warning("reload: %s can only change with a restart of governor; keeping the running values",
                     ", ".join(needs_restart))
@@ -109,7 +109,7 @@ def apply_dynamic(g: Governor, cluster: Cluster) -> None:
 
 def apply_config(g: Governor, new: Config, why: str) -> list:
     """Switch to `new`; rewrite and reload PostgreSQL's settings when they changed."""
-    changed = config_mod.changed_keys(g.config, new)
+    changed = changed_keys(g.config, new)
     new = switch_etcd(g, new)
     g.config, g.pg = new, new.postgresql
     g.fence.set_ttl(new.etcd.ttl)
@@ -131,3 +131,50 @@ def apply_config(g: Governor, new: Config, why: str) -> list:
     except (OSError, ControllerError) as exc:
         log.error("%s: could not apply the PostgreSQL settings: %s", why, exc)
     return changed
+
+
+# Settings a running governor cannot take over on SIGHUP: its identity and where things live
+# and listen.
+RESTART_ONLY = {
+    "etcd": ("scope",),   # endpoints, API, TLS and credentials change on reload in maintenance mode
+    "postgresql": ("name", "listen_host", "port", "connect_host", "data_dir", "bin_dir", "socket_dir",
+                   "log_file", "pgpass", "systemd_unit", "config_dir"),
+    "restapi": None,   # the whole section
+    "metrics": None,
+    "watchdog": None,
+}
+
+
+def _flatten(obj: Any, prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if is_dataclass(value):
+            out.update(_flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+def changed_keys(old: Config, new: Config) -> List[str]:
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in a if k != "source" and a[k] != b.get(k))
+
+
+def merge_live(old: Config, new: Config) -> Tuple[Config, List[str]]:
+    """`new` with the restart-only settings of `old`; also the restart-only keys that differed."""
+    kept: List[str] = []
+    merged = new
+    for section, names in RESTART_ONLY.items():
+        old_part, new_part = getattr(old, section), getattr(new, section)
+        if names is None:
+            if old_part != new_part:
+                kept.append(section)
+                merged = replace(merged, **{section: old_part})
+            continue
+        keep = {n: getattr(old_part, n) for n in names if getattr(old_part, n) != getattr(new_part, n)}
+        if keep:
+            kept.extend(f"{section}.{n}" for n in keep)
+            merged = replace(merged, **{section: replace(getattr(merged, section), **keep)})
+    return merged, kept
