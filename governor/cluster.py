@@ -23,6 +23,7 @@ class Member:
     tags: Dict[str, Any] = field(default_factory=dict)
     pending_restart: bool = False  # a changed PostgreSQL setting waits for a restart
     failsafe: Optional[str] = None  # what failsafe has this member do ("vouched for pg1: ...")
+    pre_promote_refused: bool = False  # its pre_promote callback refused a promotion less than ttl ago
 
     @classmethod
     def from_json(cls, name: str, text: str) -> Member:
@@ -44,7 +45,20 @@ class Member:
             tags=data.get("tags") if isinstance(data.get("tags"), dict) else {},
             pending_restart=data.get("pending_restart") is True,
             failsafe=_printable(data.get("failsafe")),
+            pre_promote_refused=data.get("pre_promote_refused") is True,
         )
+
+    @property
+    def can_lead(self) -> bool:
+        """Whether it would take the lock in a race (as far as its published state says)."""
+        return not self.tags.get("nofailover") and failover_priority(self.tags) > 0 and not self.pre_promote_refused
+
+
+def failover_priority(tags: Dict[str, Any]) -> int:
+    """A member's failover_priority tag; 1 when absent, and when it is not a valid one (a value
+    from etcd: only a tie-break among equally advanced members rests on it)."""
+    value = tags.get("failover_priority", 1)
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10000 else 1
 
 
 def loads(text: Optional[str]) -> Any:

@@ -32,6 +32,7 @@ from governor.settings import (  # noqa: F401 - re-exported: the configuration's
     MANAGED_PARAMETERS,
     NAME_MAX,
     NAME_RE,
+    PRIORITY_MAX,
     SECRET_MAX,
     SIZE_MAX,
     SIZE_RE,
@@ -158,9 +159,12 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
                          check=lambda v: None if 1 <= v <= 64 else "expected 1 to 64")
     tags = c.section("tags")
     c.unknown("tags", tags, TAG_KEYS)
-    for tag in ("nofailover", "noloadbalance", "nosync"):
+    for tag in ("nofailover", "noloadbalance", "nosync", "clonefrom"):
         c.value(f"tags.{tag}", "bool", False)
-    c.value("tags.clonefrom", "bool", False)
+    priority = c.value("tags.failover_priority", "int", 1, check=lambda v: None if 0 <= v <= PRIORITY_MAX else
+                       f"expected 0 (never leads) to {PRIORITY_MAX} (higher leads first among equally advanced)")
+    if priority and c.get("tags.failover_priority") is not None and c.get("tags.nofailover") is True:
+        c.fail("tags.failover_priority", "contradicts tags.nofailover: true (set one of them)")
 
     etcd_section = c.section("etcd")
     c.unknown("etcd", etcd_section, ETCD_KEYS)

@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
 
 from governor import dynamic
-from governor.cluster import Cluster
+from governor.cluster import Cluster, failover_priority
 from governor.dcs import DCS, DCSError, from_config
 from governor.dcs.keys import valid_member_name
 from governor.postgres.catalogue import catalogue
@@ -76,6 +76,8 @@ class Controls:
         member = cluster.member(candidate)
         if member is None or candidate == cluster.leader.name:
             return 412, {"error": f"{candidate} is not a replica of this cluster"}
+        if member.tags.get("nofailover") or failover_priority(member.tags) == 0:
+            return 412, {"error": f"{candidate} is tagged nofailover (or failover_priority 0): it never leads"}
         if scheduled is None and (member.role != "replica" or member.state != "running"):
             return 412, {"error": f"{candidate} is not a running replica ({member.role}, {member.state})"}
         request = {"leader": cluster.leader.name, "candidate": candidate, "requested_at": time.time()}

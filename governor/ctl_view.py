@@ -39,7 +39,7 @@ def format_table(scope: str, cluster: Cluster) -> str:
     table = [header]
     for r in data:
         lag = "" if r["lag_bytes"] is None else f"{r['lag_bytes'] / 1048576:.1f}"
-        tags = ",".join(k for k, v in sorted(r["tags"].items()) if v)
+        tags = ",".join(_tag(k, v) for k, v in sorted(r["tags"].items()) if v is not False and v is not None)
         row = [r["member"], r["host"], r["role"], r["state"], str(r["timeline"] or ""), lag, tags]
         table.append(row + (["*" if r["pending_restart"] else ""] if pending else [])
                      + ([r["failsafe"] or ""] if failsafe else []))
@@ -87,3 +87,10 @@ def print_list(fmt: str, scope: str, cluster: Cluster) -> None:
         print(yaml.safe_dump(data, sort_keys=False), end="")
     else:
         print(format_table(scope, cluster))
+
+
+def _tag(key: str, value: object) -> str:
+    """A tag as `list` shows it: a set flag by its name, anything else as name=value (from etcd:
+    printable and short)."""
+    text = str(key) if value is True else f"{key}={value}"
+    return "".join(ch if ch.isprintable() and ch != "," else "?" for ch in text)[:60]

@@ -156,7 +156,8 @@ def peer_status(api_url: str, name: str, cafile: Optional[str] = None, timeout: 
     role, state, tags = data.get("role"), data.get("state"), data.get("tags")
     return Member(name=name, role=role if isinstance(role, str) else "unknown",
                   state="running" if data.get("running") is True else state if isinstance(state, str) else "unknown",
-                  lsn=position("lsn"), timeline=position("timeline"), tags=tags if isinstance(tags, dict) else {})
+                  lsn=position("lsn"), timeline=position("timeline"), tags=tags if isinstance(tags, dict) else {},
+                  pre_promote_refused=data.get("pre_promote_refused") is True)
 
 
 def settled(g: Governor) -> bool:

@@ -30,7 +30,8 @@ def member_data(g: Governor, local: LocalState) -> dict:
     pending = bool(local.running and g.server_state and g.server_state.pending_restart)
     return {"role": role, "state": state, "conn_url": g.pg.conn_url, "api_url": g.config.restapi.api_url,
             "timeline": local.timeline, "lsn": local.lsn, "tags": g.config.tags,
-            "pending_restart": pending, "version": __version__, "failsafe": failsafe_state(g)}
+            "pending_restart": pending, "version": __version__, "failsafe": failsafe_state(g),
+            "pre_promote_refused": g.mem.pre_promote_veto_until > time.monotonic()}
 
 
 def publish(g: Governor, local: LocalState) -> None:
@@ -74,7 +75,8 @@ def publish_status(g: Governor, local: LocalState, decision: Decision) -> None:
         paused=bool(g.cluster and g.cluster.paused), pending_restart=member["pending_restart"],
         synchronous_mode=g.config.synchronous_mode,
         started_at=st.started_at if st else None,
-        api_url=g.config.restapi.api_url, conn_url=g.pg.conn_url, failsafe=failsafe_state(g)))
+        api_url=g.config.restapi.api_url, conn_url=g.pg.conn_url, failsafe=failsafe_state(g),
+        pre_promote_refused=member["pre_promote_refused"]))
 
 
 def failsafe_state(g: Governor) -> Optional[str]:

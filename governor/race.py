@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from governor import failsafe
-from governor.cluster import Cluster, Switchover
+from governor.cluster import Cluster, Switchover, failover_priority
 from governor.hatypes import Action, Decision, LocalState, common_position
 from governor.sync import describe as describe_sync
 from governor.sync import voters as sync_voters
@@ -61,9 +61,9 @@ def decide_race(cluster: Cluster, local: LocalState, switchover: Optional[Switch
     if local.role == "primary":
         return Decision("primary_reacquire", "nobody holds the lock and this member is primary: taking it",
                         (Action.ACQUIRE_LOCK, Action.ENSURE_SLOTS))
-    if local.tags.get("nofailover"):
-        return Decision("race_not_eligible_nofailover", "no leader; tagged nofailover, so not racing",
-                        (Action.FOLLOW,))
+    if local.tags.get("nofailover") or failover_priority(local.tags) == 0:
+        return Decision("race_not_eligible_nofailover", "no leader; tagged nofailover (or failover_priority 0), so "
+                        "not racing", (Action.FOLLOW,))
     # Positions on an older timeline count only up to where that timeline ended: WAL past the
     # switch point is WAL the later leaders never had, not progress.
     my_lsn = common_position(local.timeline, local.lsn, cluster.history)
@@ -105,16 +105,21 @@ def decide_race(cluster: Cluster, local: LocalState, switchover: Optional[Switch
                             f"no leader; {len(known_voters)} of the {needed} synchronous members needed to prove "
                             f"that no acknowledged commit is missing answered ({describe_sync(sync)}): waiting",
                             (Action.FOLLOW,))
-    better = [m for m in others
-              if m.state == "running" and m.role == "replica" and not m.tags.get("nofailover")
-              and common_position(m.timeline, m.lsn, cluster.history) is not None and my_lsn is not None
-              and common_position(m.timeline, m.lsn, cluster.history) > my_lsn
+    # Who would lead better: more WAL, or as much and a higher failover_priority. A member whose
+    # pre_promote refused does not race, so it is not waited for (in synchronous mode the `ahead`
+    # check above still waits for a member holding commits this one lacks: no acknowledged loss).
+    mine = failover_priority(local.tags)
+    rivals = [(common_position(m.timeline, m.lsn, cluster.history), failover_priority(m.tags), m) for m in others
+              if m.state == "running" and m.role == "replica" and m.can_lead
               and (not promised or m.name in sync.members)]
+    better = [(lsn, prio, m) for lsn, prio, m in rivals if lsn is not None and my_lsn is not None
+              and (lsn > my_lsn or (lsn == my_lsn and prio > mine))]
     if better:
-        best = max(better, key=lambda m: m.lsn or 0)
-        return Decision("race_wait_for_better",
-                        f"no leader; {best.name} has received more WAL ({best.lsn} > {local.lsn}): letting it "
-                        "take over", (Action.FOLLOW,))
+        lsn, prio, best = max(better, key=lambda b: (b[0], b[1]))
+        why = f"has received more WAL ({best.lsn} > {local.lsn})" if lsn > my_lsn else \
+            f"has as much WAL and a higher failover_priority ({prio} > {mine})"
+        return Decision("race_wait_for_better", f"no leader; {best.name} {why}: letting it take over",
+                        (Action.FOLLOW,))
     running = sum(1 for m in others if m.state == "running")
     return Decision("leader_race",
                     f"no leader: taking the lock and promoting (lag {lag if lag is not None else 'unknown'} bytes, "

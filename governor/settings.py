@@ -34,7 +34,8 @@ FORBIDDEN_RECOVERY = {
     "primary_slot_name": "governor derives it from postgresql.name",
     "standby_mode": "PostgreSQL 12+ uses standby.signal, which governor manages",
 }
-TAG_KEYS = ("nofailover", "noloadbalance", "nosync", "clonefrom")
+TAG_KEYS = ("nofailover", "noloadbalance", "nosync", "clonefrom", "failover_priority")
+PRIORITY_MAX = 10000
 
 
 @dataclass(frozen=True)

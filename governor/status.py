@@ -55,6 +55,7 @@ class NodeStatus:
     api_url: Optional[str] = None
     conn_url: Optional[str] = None
     failsafe: Optional[str] = None      # "primary on its members' promises" / "vouched for NAME" (failsafe)
+    pre_promote_refused: bool = False   # the pre_promote callback refused a promotion less than ttl ago
 
     def lock_valid(self, now: Optional[float] = None) -> bool:
         if not self.holds_lock or self.lock_deadline is None:
@@ -123,6 +124,7 @@ class NodeStatus:
             "conn_url": self.conn_url,
             "api_url": self.api_url,
             "failsafe": self.failsafe,
+            "pre_promote_refused": self.pre_promote_refused,
         }
 
     def cluster_dict(self) -> Dict[str, Any]:

@@ -121,6 +121,21 @@ TABLE = [
     ("race_pre_promote_vetoed", cluster(), local(pre_promote_vetoed=True), (A.FOLLOW,), None),
     ("race_pre_promote_vetoed", cluster(switchover_to=ME), local(pre_promote_vetoed=True), (A.FOLLOW,), None),
     ("race_not_eligible_nofailover", cluster(), local(nofailover=True), (A.FOLLOW,), None),
+    ("race_not_eligible_nofailover", cluster(), local(failover_priority=0), (A.FOLLOW,), None),
+    # failover_priority breaks ties among equally advanced members, and only ties
+    ("race_wait_for_better", cluster(members=[member("node2", lsn=100, failover_priority=5)], leader_lsn=100),
+     local(lsn=100), (A.FOLLOW,), None),
+    ("leader_race", cluster(members=[member("node2", lsn=100)], leader_lsn=100), local(lsn=100, failover_priority=5),
+     (A.ACQUIRE_LOCK, A.PROMOTE, A.ENSURE_SLOTS), None),
+    ("race_wait_for_better", cluster(members=[member("node2", lsn=200)], leader_lsn=200),
+     local(lsn=100, failover_priority=9), (A.FOLLOW,), None),
+    ("leader_race", cluster(members=[member("node2", lsn=100, failover_priority="99")], leader_lsn=100),
+     local(lsn=100), (A.ACQUIRE_LOCK, A.PROMOTE, A.ENSURE_SLOTS), None),      # a priority that is no integer: 1
+    # members that will not race are not waited for: priority 0, or a pre_promote that refused
+    ("leader_race", cluster(members=[member("node2", lsn=200, failover_priority=0)], leader_lsn=200),
+     local(lsn=100), (A.ACQUIRE_LOCK, A.PROMOTE, A.ENSURE_SLOTS), None),
+    ("leader_race", cluster(members=[replace(member("node2", lsn=200), pre_promote_refused=True)], leader_lsn=200),
+     local(lsn=100), (A.ACQUIRE_LOCK, A.PROMOTE, A.ENSURE_SLOTS), None),
     ("race_not_synchronous", cluster(sync=SyncState("node9", ("node2",), 1)), local(), (A.FOLLOW,), None),
     ("race_lag_unknown", cluster(leader_lsn=None, unreadable_lsn=True), local(lsn=100), (A.FOLLOW,), None),
     ("race_not_eligible_lag", cluster(leader_lsn=5000), local(lsn=100), (A.FOLLOW,), None),
