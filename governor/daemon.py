@@ -265,7 +265,8 @@ class Governor:
                         lock_left=self.lock_left(), starting_for=self._starting_for(local),
                         failsafe_mode=self.config.failsafe_mode, failsafe_promise=vouch.promised_to(self),
                         failsafe_fresh=vouch.fresh(self),
-                        pre_promote_vetoed=self.mem.pre_promote_veto_until > time.monotonic())
+                        pre_promote_vetoed=self.mem.pre_promote_veto_until > time.monotonic(),
+                        clone_failed_from=self.mem.clone_failed_from)
         if self.cluster is None and self.config.failsafe_mode and self.mem.holds_lock and local.running \
                 and local.role == "primary":
             local = replace(local, failsafe_vouched=vouch.ask_members(self))

@@ -28,6 +28,8 @@ Cases, checked top to bottom (the first that matches wins):
   bootstrap_race                cluster not initialized, data_dir empty      bootstrap
   initialize_from_existing      cluster not initialized, data_dir has data   claim_initialize
   bootstrap_in_progress         another member is running initdb             -
+  clone_from_replica            data_dir empty, a leader is running, and a   clone (from that replica,
+                                streaming replica is tagged clonefrom        then following the leader)
   clone_from_leader             data_dir empty, a leader is running          clone
   wait_for_leader_to_clone      data_dir empty, no usable leader             -
   rewind_failed_reclone         pg_rewind failed, remove_data_directory_on_  reinitialize (then clone)
@@ -120,6 +122,15 @@ from governor.hatypes import (  # noqa: F401 - re-exported: the executors and te
     common_position,
 )
 from governor.race import decide_race
+
+
+def clone_source(cluster: Cluster, me: str, failed: Optional[str]) -> Optional[str]:
+    """The most advanced running replica tagged clonefrom (True, not merely truthy: a tag from
+    etcd), other than the one the last clone failed from (then the leader, or another)."""
+    tagged = [m for m in cluster.members if m.name not in (me, failed) and m.tags.get("clonefrom") is True
+              and m.conn_url
+              and m.role == "replica" and m.state == "running" and m.lsn is not None]
+    return max(tagged, key=lambda m: (m.lsn, m.name)).name if tagged else None
 
 
 def _await_leader(leader: str) -> Decision:
@@ -215,6 +226,11 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
     if local.data == EMPTY:
         if leader and leader != me and leader_member and leader_member.conn_url \
                 and leader_member.role == "primary":
+            source = clone_source(cluster, me, local.clone_failed_from)
+            if source is not None:
+                return Decision("clone_from_replica", f"data directory empty: cloning {source} (tagged clonefrom) "
+                                f"to spare the leader, then following leader {leader}", (Action.CLONE,),
+                                leader=leader, source=source)
             return Decision("clone_from_leader", f"data directory empty: cloning leader {leader}",
                             (Action.CLONE,), leader=leader)
         return Decision("wait_for_leader_to_clone", "data directory empty: waiting for a running leader to clone")

@@ -70,6 +70,7 @@ class LocalState:
     failsafe_promise: Optional[str] = None     # the leader this member vouched for less than ttl ago
     failsafe_fresh: bool = False    # governor started less than ttl ago: what it promised before is unknown
     pre_promote_vetoed: bool = False  # the pre_promote callback refused a promotion less than ttl ago
+    clone_failed_from: Optional[str] = None  # the clonefrom replica the last failed clone copied from
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Decision:
     message: str
     actions: Tuple[Action, ...] = ()
     leader: Optional[str] = None    # the member to follow or clone from; None = nobody
+    source: Optional[str] = None    # clone: a replica tagged clonefrom to copy instead of the leader
 
     @property
     def summary(self) -> str:

@@ -54,6 +54,7 @@ class NodeMemory:
     # callbacks (callbacks.py)
     pg_seen: Optional[str] = None                # "primary" / "replica" / "down" at the end of the last pass
     pre_promote_veto_until: float = 0.0          # monotonic: pre_promote refused; not racing until then
+    clone_failed_from: Optional[str] = None      # a clonefrom replica a clone failed from: the next uses another
 
     def settle(self, now: float) -> None:
         """Look at PostgreSQL often until it streams (or is primary): see Governor.sleep."""

@@ -32,7 +32,7 @@ def cluster(leader=None, initialize=SYSID, members=(), leader_lsn=None, switchov
 def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, rewind_pending=False,
           rewind_failed=False, peers=None, request=None, now=0.0, bootstrap_failures=0, timeline=None,
           not_streaming_for=None, lock_left=None, starting_for=None, failsafe_mode=False, failsafe_vouched=None,
-          failsafe_promise=None, failsafe_fresh=False, pre_promote_vetoed=False, **tags):
+          failsafe_promise=None, failsafe_fresh=False, pre_promote_vetoed=False, clone_failed_from=None, **tags):
     return ha.LocalState(name=ME, data=data, sysid=sysid if data == ha.POSTGRES else None, running=running,
                          role=role if running else None, lsn=lsn, tags=tags, maximum_lag_on_failover=1000,
                          data_dir="/var/lib/pg", rewind_pending=rewind_pending, rewind_failed=rewind_failed,
@@ -41,7 +41,7 @@ def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, 
                          primary_start_timeout=30, lock_left=lock_left, starting_for=starting_for,
                          failsafe_mode=failsafe_mode, failsafe_vouched=failsafe_vouched,
                          failsafe_promise=failsafe_promise, failsafe_fresh=failsafe_fresh,
-                         pre_promote_vetoed=pre_promote_vetoed)
+                         pre_promote_vetoed=pre_promote_vetoed, clone_failed_from=clone_failed_from)
 
 
 PRIMARY_NODE2 = member("node2", role="primary")
@@ -75,6 +75,14 @@ TABLE = [
     ("clone_from_leader", cluster("node2", members=[PRIMARY_NODE2]), local(data=ha.EMPTY, running=False),
      (A.CLONE,), "node2"),
     ("wait_for_leader_to_clone", cluster(), local(data=ha.EMPTY, running=False), (), None),
+    ("clone_from_replica", cluster("node2", members=[PRIMARY_NODE2, member("node3", lsn=90, clonefrom=True),
+                                                     member("node4", lsn=95, clonefrom=True),
+                                                     member("node5", lsn=99, clonefrom="yes")]),
+     local(data=ha.EMPTY, running=False), (A.CLONE,), "node2"),
+    ("clone_from_leader", cluster("node2", members=[PRIMARY_NODE2, member("node3", clonefrom=True)]),
+     local(data=ha.EMPTY, running=False, clone_failed_from="node3"), (A.CLONE,), "node2"),
+    ("clone_from_leader", cluster("node2", members=[PRIMARY_NODE2, member("node3", state="stopped", clonefrom=True)]),
+     local(data=ha.EMPTY, running=False), (A.CLONE,), "node2"),
     ("rewind_failed_reclone", cluster("node2", members=[PRIMARY_NODE2]),
      replace(local(running=False, rewind_failed=True), remove_data_directory_on_rewind_failure=True),
      (A.REINITIALIZE,), "node2"),
@@ -153,6 +161,8 @@ TABLE = [
 def test_decision_table(case, snapshot, state, actions, leader):
     decision = ha.decide(snapshot, state)
     assert decision.case == case
+    if case == "clone_from_replica":    # the most advanced replica tagged clonefrom: true (not "yes")
+        assert decision.source == "node4"
     assert decision.actions == actions
     assert decision.leader == leader
     assert decision.message

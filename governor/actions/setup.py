@@ -100,14 +100,25 @@ def claim_initialize(g: ActionHost, decision: Decision, local: LocalState) -> No
 
 
 def clone(g: ActionHost, decision: Decision, local: LocalState) -> None:
+    """pg_basebackup from the leader, or from the replica tagged clonefrom the decision names;
+    either way the new standby then streams from the leader."""
     address = g.leader_address(decision.leader)
     if address is None:
         raise ActionFailed(f"leader {decision.leader} has published no address")
+    source = decision.source or decision.leader
+    copy_from = g.leader_address(source) if decision.source else address
+    if copy_from is None:
+        raise ActionFailed(f"{source} has published no address")
     g.mem.activity = "creating replica"
     publish.publish(g, local)
-    log.info("cloning %s from %s:%s with pg_basebackup", g.pg.data_dir, *address)
-    with g.notify.keep_alive_while(f"cloning {decision.leader} with pg_basebackup"):
-        pgbootstrap.basebackup(g.pg, *address)
+    log.info("cloning %s from %s at %s:%s with pg_basebackup", g.pg.data_dir, source, *copy_from)
+    with g.notify.keep_alive_while(f"cloning {source} with pg_basebackup"):
+        try:
+            pgbootstrap.basebackup(g.pg, *copy_from)
+        except pgbootstrap.BootstrapError:
+            g.mem.clone_failed_from = decision.source    # the next attempt copies from another
+            raise
+    g.mem.clone_failed_from = None
     g.data_replaced()
     g.start_postgres(standby_of=address)
     log.info("clone finished: streaming from %s", decision.leader)
