@@ -152,6 +152,26 @@ class Cluster:
                 return m
         return None
 
+    def upstream_of(self, name: str) -> Optional[str]:
+        """The replica member `name` streams from instead of the leader (its replicatefrom tag),
+        when that one runs as a replica on the leader's timeline, publishes an address, and
+        does not lead back to `name` through the others' tags; None: it follows the leader."""
+        me = self.member(name)
+        target = me.tags.get("replicatefrom") if me is not None else None
+        if not isinstance(target, str) or target == name or self.leader is None or target == self.leader.name:
+            return None
+        upstream, leader = self.member(target), self.member(self.leader.name)
+        if upstream is None or upstream.role != "replica" or upstream.state != "running" or not upstream.conn_url:
+            return None
+        if leader is not None and leader.timeline and upstream.timeline and leader.timeline != upstream.timeline:
+            return None
+        seen, step = {name}, target
+        while isinstance(step, str) and step not in seen and len(seen) <= len(self.members):
+            seen.add(step)
+            above = self.member(step)
+            step = above.tags.get("replicatefrom") if above is not None else None
+        return None if step == name else target
+
     @property
     def leader_member(self) -> Optional[Member]:
         return self.member(self.leader.name) if self.leader else None

@@ -165,6 +165,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
                        f"expected 0 (never leads) to {PRIORITY_MAX} (higher leads first among equally advanced)")
     if priority and c.get("tags.failover_priority") is not None and c.get("tags.nofailover") is True:
         c.fail("tags.failover_priority", "contradicts tags.nofailover: true (set one of them)")
+    c.value("tags.replicatefrom", "str", None, check=name_check)
 
     etcd_section = c.section("etcd")
     c.unknown("etcd", etcd_section, ETCD_KEYS)
@@ -201,6 +202,8 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     pg = c.section("postgresql")
     c.unknown("postgresql", pg, PG_KEYS)
     name = c.value("postgresql.name", "str", required=True, check=name_check)
+    if name and tags.get("replicatefrom") == name:
+        c.fail("tags.replicatefrom", "names this member itself: name another replica, or remove the tag")
     listen = c.value("postgresql.listen", "str", "127.0.0.1:5432")
     listen_hp = parse_host_port(listen, 5432) if listen else None
     if listen and listen_hp is None:

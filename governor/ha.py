@@ -69,7 +69,11 @@ Cases, checked top to bottom (the first that matches wins):
                                 2 * loop_wait) while the running leader is
                                 on a later timeline: it may hold WAL the
                                 leader never had
-  follow_leader                 replica, another member holds the lock       follow
+  follow_cascade                replica tagged replicatefrom, and that       follow (that member),
+                                member runs as a replica on the leader's     cascade_slots
+                                timeline (Cluster.upstream_of)
+  follow_leader                 replica, another member holds the lock       follow, cascade_slots (slots
+                                                                             of members streaming from it)
   failsafe_promised             nobody holds the lock, this replica vouched   -  (keeps its upstream)
                                 for a leader less than ttl ago
   failsafe_list_unknown         nobody holds the lock, `failsafe` key does    -
@@ -325,7 +329,12 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                             f"not streaming from {leader} for {waited:.0f}s and on timeline {local.timeline} while "
                             f"it is on {leader_member.timeline}: this replica may have WAL the leader never had; "
                             "checking it with pg_rewind", (Action.REWIND, Action.START_AS_REPLICA), leader=leader)
-        return Decision("follow_leader", f"following leader {leader}", (Action.FOLLOW,), leader=leader)
+        upstream = cluster.upstream_of(me)
+        if upstream is not None:
+            return Decision("follow_cascade", f"following {upstream} (replicatefrom), which follows leader {leader}",
+                            (Action.FOLLOW, Action.CASCADE_SLOTS), leader=upstream)
+        return Decision("follow_leader", f"following leader {leader}", (Action.FOLLOW, Action.CASCADE_SLOTS),
+                        leader=leader)
 
     # Nobody holds the lock.
     return decide_race(cluster, local, switchover)

@@ -34,7 +34,7 @@ FORBIDDEN_RECOVERY = {
     "primary_slot_name": "governor derives it from postgresql.name",
     "standby_mode": "PostgreSQL 12+ uses standby.signal, which governor manages",
 }
-TAG_KEYS = ("nofailover", "noloadbalance", "nosync", "clonefrom", "failover_priority")
+TAG_KEYS = ("nofailover", "noloadbalance", "nosync", "clonefrom", "failover_priority", "replicatefrom")
 PRIORITY_MAX = 10000
 
 

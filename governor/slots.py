@@ -1,7 +1,8 @@
 """Which physical replication slots the leader keeps: decided without I/O.
 
-A slot per member that has a member record (a valid name and address), so a replica that falls
-behind keeps its WAL; the operator's permanent slots; and a slot nobody uses any more only until
+A slot per member that has a member record (a valid name and address) and streams from the
+leader, so a replica that falls behind keeps its WAL (a member that streams from another replica,
+replicatefrom, has its slot there); the operator's permanent slots; and a slot nobody uses any more only until
 it has been without a member, and inactive, for member_slots_ttl seconds (0: never dropped).
 """
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Tuple
 
-from governor.cluster import Member, parse_conn_url
+from governor.cluster import Cluster, parse_conn_url
 from governor.settings import slot_name_for
 
 
@@ -20,9 +21,16 @@ class SlotPlan:
     orphan_since: Dict[str, float]           # the memory to keep for the next pass
 
 
-def wanted_slots(members: Iterable[Member], me: str) -> set:
-    return {slot_name_for(m.name) for m in members
-            if m.name != me and m.conn_url is not None and parse_conn_url(m.conn_url)}
+def wanted_slots(cluster: Cluster, me: str) -> set:
+    """The leader's: a slot per member that streams from it (not through another replica)."""
+    return {slot_name_for(m.name) for m in cluster.members
+            if m.name != me and m.conn_url is not None and parse_conn_url(m.conn_url)
+            and cluster.upstream_of(m.name) in (None, me)}
+
+
+def cascade_slots(cluster: Cluster, me: str) -> set:
+    """A replica's: a slot per member that streams from it (replicatefrom)."""
+    return {slot_name_for(m.name) for m in cluster.members if m.name != me and cluster.upstream_of(m.name) == me}
 
 
 def plan(existing: Dict[str, bool], wanted: set, permanent: Iterable[str], orphan_since: Dict[str, float],

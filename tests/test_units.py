@@ -103,7 +103,8 @@ def test_slot_plan_creates_for_members_and_drops_orphans_only_after_the_ttl():
     from governor.cluster import Member
     members = [Member("node1", conn_url="postgres://h1:5432/p"), Member("node2", conn_url="postgres://h2:5432/p"),
                Member("evil", conn_url="postgres://x' y:5432/p"), Member("ghost")]
-    wanted = slots.wanted_slots(members, "node1")
+    from governor.cluster import Cluster
+    wanted = slots.wanted_slots(Cluster(initialize="1", leader=None, members=tuple(members)), "node1")
     assert wanted == {"node2"}, "only valid member records, never our own"
     existing = {"node2": True, "gone": False, "busy": True, "archiver": False}
     first = slots.plan(existing, wanted | {"node3"}, ["archiver"], {}, now=100.0, ttl=60)
@@ -139,3 +140,21 @@ def test_a_wake_during_a_pass_is_not_lost(tmp_path):
     started = time.monotonic()
     g.sleep(0.5)                     # nothing happened: the whole sleep
     assert time.monotonic() - started >= 0.45
+
+
+def test_a_member_that_streams_from_a_replica_has_its_slot_there_and_not_on_the_leader():
+    from governor import slots
+    from governor.cluster import Cluster, Leader, Member
+
+    def snapshot(node2_state: str) -> Cluster:
+        return Cluster(initialize="1", leader=Leader("node1"), members=(
+            Member("node1", role="primary", state="running", conn_url="postgres://h1:5432/p"),
+            Member("node2", role="replica", state=node2_state, conn_url="postgres://h2:5432/p"),
+            Member("node3", role="replica", state="running", conn_url="postgres://h3:5432/p",
+                   tags={"replicatefrom": "node2"})))
+    cascading = snapshot("running")
+    assert slots.wanted_slots(cascading, "node1") == {"node2"}
+    assert slots.cascade_slots(cascading, "node2") == {"node3"} and slots.cascade_slots(cascading, "node3") == set()
+    fallen_back = snapshot("stopped")       # node2 down: node3 follows the leader, whose slot it needs again
+    assert slots.wanted_slots(fallen_back, "node1") == {"node2", "node3"}
+    assert slots.cascade_slots(fallen_back, "node2") == set()

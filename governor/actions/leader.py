@@ -24,8 +24,20 @@ def ensure_slots(g: ActionHost, decision: Decision, local: LocalState) -> None:
         return
     if not g.mem.roles_checked:
         ensure_roles(g)
-    todo = slots.plan(g.server.replication_slots(), slots.wanted_slots(g.cluster.members, g.name),
-                      g.pg.permanent_slots, g.mem.orphan_slots, time.monotonic(), g.pg.member_slots_ttl)
+    _keep_slots(g, slots.wanted_slots(g.cluster, g.name))
+
+
+def cascade_slots(g: ActionHost, decision: Decision, local: LocalState) -> None:
+    """A replica: a slot per member that streams from it (replicatefrom); others it holds (from
+    its time as leader, or for a member that moved) are dropped as on the leader."""
+    if g.cluster is None or not (local.running and local.role == "replica"):
+        return
+    _keep_slots(g, slots.cascade_slots(g.cluster, g.name))
+
+
+def _keep_slots(g: ActionHost, wanted: set) -> None:
+    todo = slots.plan(g.server.replication_slots(), wanted, g.pg.permanent_slots, g.mem.orphan_slots,
+                      time.monotonic(), g.pg.member_slots_ttl)
     for slot in todo.create:
         g.server.create_physical_slot(slot)
         log.info("created replication slot %s", slot)
@@ -44,7 +56,7 @@ def create_member_slots(g: ActionHost) -> None:
         return
     try:
         existing = g.server.replication_slots()
-        for slot in sorted(slots.wanted_slots(g.cluster.members, g.name) - set(existing)):
+        for slot in sorted(slots.wanted_slots(g.cluster, g.name) - set(existing)):
             g.server.create_physical_slot(slot)
             log.info("created replication slot %s before promoting", slot)
     except psycopg2.Error as exc:

@@ -1,0 +1,58 @@
+"""replicatefrom: a replica that streams from another replica (cascading), with its slot there,
+falls back to the leader when that replica goes, comes back when it returns, and stays in the
+cluster through a failover. Checked in PostgreSQL: pg_stat_wal_receiver, pg_replication_slots."""
+from __future__ import annotations
+
+import pytest
+
+from tests import harness
+from tests.harness import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def upstream_port(node: harness.Node):
+    rows = node.sql("SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'")
+    return rows[0][0] if rows else None
+
+
+def slot_active(node: harness.Node, slot: str) -> bool:
+    rows = node.sql("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+    return bool(rows and rows[0][0])
+
+
+def test_a_cascading_replica_streams_from_its_replica_and_falls_back_to_the_leader(make_cluster):
+    cluster = make_cluster("cascade")
+    cluster.add("node1")
+    leader = cluster.wait_for_primary(60)
+    middle = cluster.add("node2")
+    cluster.wait_for_streaming(["node2"], 60)
+    tail = cluster.add("node3", extra={"tags": {"replicatefrom": "node2"}})
+    wait_until(lambda: upstream_port(tail) == middle.port, 60, "node3 to stream from node2")
+    wait_until(lambda: slot_active(middle, "node3"), 20, "node3's slot on node2 to be in use")
+    assert not slot_active(leader, "node3"), "node3 uses a slot on the leader"
+    leader.sql("CREATE TABLE cascaded (n int)")
+    leader.sql("INSERT INTO cascaded VALUES (1)")
+    wait_until(lambda: tail.sql("SELECT count(*) FROM cascaded")[0][0] == 1, 10, "the row to reach node3")
+    listed = harness.governorctl(leader, "list")
+    assert "replicatefrom=node2" in listed.stdout, listed.stdout
+
+    middle.stop()                           # node3's upstream goes: it follows the leader
+    wait_until(lambda: upstream_port(tail) == leader.port, 30, "node3 to fall back to the leader")
+    leader.sql("INSERT INTO cascaded VALUES (2)")
+    wait_until(lambda: tail.sql("SELECT count(*) FROM cascaded")[0][0] == 2, 10, "the row through the leader")
+    middle.start()
+    wait_until(lambda: upstream_port(tail) == middle.port, 60, "node3 to return to node2")
+
+    watch = harness.PrimaryWatch(cluster)
+    watch.start()
+    leader.crash()
+    new = cluster.wait_for_primary(40)
+    others = [n.name for n in cluster.nodes.values() if n is not new and n is not leader]
+    cluster.wait_for_streaming(others, 60)
+    new.sql("INSERT INTO cascaded VALUES (3)")
+    wait_until(lambda: tail.sql("SELECT count(*) FROM cascaded")[0][0] == 3, 20, "a row from the new leader")
+    watch.stop()
+    assert watch.two_primaries() == []
+    print(f"cascading: node3 via node2, back to the leader and again; after the failover {new.name} leads and "
+          f"node3 streams from port {upstream_port(tail)}")
