@@ -233,6 +233,7 @@ class Etcd:
     def __init__(self, base_dir: str, binary: str = "etcd"):
         self.binary = binary              # Debian 12's etcd 3.4 unless told otherwise
         self.listen_all = False           # clients on every address (members in network namespaces)
+        self.api: Optional[int] = None    # the keyspace the tests read (None: ETCD_API)
         self.dir = os.path.join(base_dir, "etcd")
         self.port = free_port()
         self.peer_port = free_port()
@@ -282,7 +283,7 @@ class Etcd:
 
     def get(self, key: str, api: Optional[int] = None) -> Optional[dict]:
         """{"key", "value"[, "ttl"]} of one key, or None."""
-        if (api or ETCD_API) == 3:
+        if (api or self.api or ETCD_API) == 3:
             kvs = self._v3("/kv/range", {"key": _b64(key)}).get("kvs") or []
             return {"key": key, "value": _unb64(kvs[0].get("value"))} if kvs else None
         try:
@@ -295,7 +296,7 @@ class Etcd:
             raise
 
     def put(self, key: str, value: str) -> None:
-        if ETCD_API == 3:
+        if (self.api or ETCD_API) == 3:
             self._v3("/kv/put", {"key": _b64(key), "value": _b64(value)})
             return
         data = urllib.parse.urlencode({"value": value}).encode()
@@ -303,7 +304,7 @@ class Etcd:
         urllib.request.urlopen(req, timeout=3).close()
 
     def delete_tree(self, key: str) -> None:
-        if ETCD_API == 3:
+        if (self.api or ETCD_API) == 3:
             self._v3("/kv/deleterange", {"key": _b64(key + "/"), "range_end": _prefix_end(key + "/")})
             self._v3("/kv/deleterange", {"key": _b64(key)})
             return
