@@ -24,6 +24,7 @@ class Member:
     pending_restart: bool = False  # a changed PostgreSQL setting waits for a restart
     failsafe: Optional[str] = None  # what failsafe has this member do ("vouched for pg1: ...")
     pre_promote_refused: bool = False  # its pre_promote callback refused a promotion less than ttl ago
+    slots: Dict[str, int] = field(default_factory=dict)  # the leader's permanent slots: name -> restart_lsn
 
     @classmethod
     def from_json(cls, name: str, text: str) -> Member:
@@ -46,6 +47,7 @@ class Member:
             pending_restart=data.get("pending_restart") is True,
             failsafe=_printable(data.get("failsafe")),
             pre_promote_refused=data.get("pre_promote_refused") is True,
+            slots=_slot_positions(data.get("slots")),
         )
 
     @property
@@ -69,6 +71,14 @@ def loads(text: Optional[str]) -> Any:
         return json.loads(text)
     except RecursionError as exc:
         raise ValueError("nested too deeply") from exc
+
+
+def _slot_positions(value: Any) -> Dict[str, int]:
+    """Slot positions from a member key: only valid slot names and WAL positions, at most 64."""
+    if not isinstance(value, dict) or len(value) > 64:
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and re.fullmatch(r"[a-z0-9_]{1,63}", k)
+            and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**64}
 
 
 def _int_or_none(value: Any) -> Optional[int]:

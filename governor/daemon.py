@@ -45,7 +45,8 @@ MAX_SLEEP = 300.0      # no sleep of the loop lasts longer, whatever a setting s
 SETTLE_POLL = 0.1      # how often a PostgreSQL that was just (re)started is looked at until it streams
 SETTLE_MAX = 60.0      # ... and for how long at most
 SYNC_POLL = 1.0        # how often a leader looks at the synchronous standbys its commits wait for
-STEADY_ACTIONS = {Action.RENEW_LOCK, Action.ENSURE_SLOTS, Action.MANAGE_SYNC, Action.FOLLOW, Action.CASCADE_SLOTS}
+STEADY_ACTIONS = {Action.RENEW_LOCK, Action.ENSURE_SLOTS, Action.MANAGE_SYNC, Action.FOLLOW,
+                  Action.REPLICA_SLOTS}
 
 
 class Governor:

@@ -70,10 +70,11 @@ Cases, checked top to bottom (the first that matches wins):
                                 on a later timeline: it may hold WAL the
                                 leader never had
   follow_cascade                replica tagged replicatefrom, and that       follow (that member),
-                                member runs as a replica on the leader's     cascade_slots
+                                member runs as a replica on the leader's     replica_slots
                                 timeline (Cluster.upstream_of)
-  follow_leader                 replica, another member holds the lock       follow, cascade_slots (slots
-                                                                             of members streaming from it)
+  follow_leader                 replica, another member holds the lock       follow, replica_slots (slots
+                                                                             of members streaming from it,
+                                                                             permanent slots' copies)
   failsafe_promised             nobody holds the lock, this replica vouched   -  (keeps its upstream)
                                 for a leader less than ttl ago
   failsafe_list_unknown         nobody holds the lock, `failsafe` key does    -
@@ -332,8 +333,8 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
         upstream = cluster.upstream_of(me)
         if upstream is not None:
             return Decision("follow_cascade", f"following {upstream} (replicatefrom), which follows leader {leader}",
-                            (Action.FOLLOW, Action.CASCADE_SLOTS), leader=upstream)
-        return Decision("follow_leader", f"following leader {leader}", (Action.FOLLOW, Action.CASCADE_SLOTS),
+                            (Action.FOLLOW, Action.REPLICA_SLOTS), leader=upstream)
+        return Decision("follow_leader", f"following leader {leader}", (Action.FOLLOW, Action.REPLICA_SLOTS),
                         leader=leader)
 
     # Nobody holds the lock.

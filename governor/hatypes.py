@@ -33,7 +33,7 @@ class Action(str, Enum):
     MANAGE_SYNC = "manage_sync"
     FAILSAFE_HOLD = "failsafe_hold"         # every listed member vouched: the deadline moves on
     FAILSAFE_LIST = "failsafe_list"         # write (or delete) the `failsafe` key to match
-    CASCADE_SLOTS = "cascade_slots"         # replica: slots for the members that stream from it
+    REPLICA_SLOTS = "replica_slots"         # replica: slots of members streaming from it; permanent slots' copies
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from governor.metrics import Metrics
     from governor.syncrep import SyncManager
     from governor.systemd import Notifier
+    from governor.wakeups import OnChange
     from governor.watchdog import Watchdog
 
 
@@ -69,6 +70,7 @@ class ActionHost(Protocol):
     notify: Notifier
     metrics: Optional[Metrics]
     callbacks: Runner
+    once: OnChange
 
     def lock_left(self) -> Optional[float]: ...
 

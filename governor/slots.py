@@ -28,6 +28,12 @@ def wanted_slots(cluster: Cluster, me: str) -> set:
             and cluster.upstream_of(m.name) in (None, me)}
 
 
+def copies_to_advance(mine: Dict[str, int], leaders: Dict[str, int], permanent: Iterable[str]) -> Dict[str, int]:
+    """A replica's copies of permanent slots that are behind the leader's: slot -> the leader's
+    position (a slot never moves back, so a copy ahead of it stays where it is)."""
+    return {s: leaders[s] for s in permanent if s in mine and s in leaders and mine[s] < leaders[s]}
+
+
 def cascade_slots(cluster: Cluster, me: str) -> set:
     """A replica's: a slot per member that streams from it (replicatefrom)."""
     return {slot_name_for(m.name) for m in cluster.members if m.name != me and cluster.upstream_of(m.name) == me}

@@ -158,3 +158,18 @@ def test_a_member_that_streams_from_a_replica_has_its_slot_there_and_not_on_the_
     fallen_back = snapshot("stopped")       # node2 down: node3 follows the leader, whose slot it needs again
     assert slots.wanted_slots(fallen_back, "node1") == {"node2", "node3"}
     assert slots.cascade_slots(fallen_back, "node2") == set()
+
+
+def test_permanent_slot_copies_move_forward_to_the_leaders_position_never_back():
+    from governor import slots
+    mine = {"archiver": 100, "cdc": 500, "node3": 50}
+    leaders = {"archiver": 300, "cdc": 400, "other": 900}
+    assert slots.copies_to_advance(mine, leaders, ["archiver", "cdc", "missing"]) == {"archiver": 300}
+
+
+def test_slot_positions_in_a_member_key_are_read_defensively():
+    from governor.cluster import Member
+    text = ('{"slots": {"archiver": 300, "Bad Name": 1, "neg": -1, "big": 18446744073709551616, "flag": true, '
+            '"str": "5"}}')
+    assert Member.from_json("node1", text).slots == {"archiver": 300}
+    assert Member.from_json("node1", '{"slots": [1, 2]}').slots == {}

@@ -21,7 +21,7 @@ EXECUTORS: Dict[Action, Executor] = {
     Action.BOOTSTRAP: setup.bootstrap,
     Action.CLAIM_INITIALIZE: setup.claim_initialize,
     Action.CLONE: setup.clone,
-    Action.CASCADE_SLOTS: leader.cascade_slots,
+    Action.REPLICA_SLOTS: leader.replica_slots,
     Action.REINITIALIZE: setup.reinitialize,
     Action.START_AS_LEADER: run.start_as_leader,
     Action.START_AS_REPLICA: run.start_as_replica,

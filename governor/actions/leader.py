@@ -24,15 +24,29 @@ def ensure_slots(g: ActionHost, decision: Decision, local: LocalState) -> None:
         return
     if not g.mem.roles_checked:
         ensure_roles(g)
-    _keep_slots(g, slots.wanted_slots(g.cluster, g.name))
+    _keep_slots(g, slots.wanted_slots(g.cluster, g.name) | set(g.pg.permanent_slots))
+    positions = g.server.slot_positions()
+    g.mem.permanent_positions = {s: positions[s] for s in g.pg.permanent_slots if s in positions}
 
 
-def cascade_slots(g: ActionHost, decision: Decision, local: LocalState) -> None:
-    """A replica: a slot per member that streams from it (replicatefrom); others it holds (from
-    its time as leader, or for a member that moved) are dropped as on the leader."""
+def replica_slots(g: ActionHost, decision: Decision, local: LocalState) -> None:
+    """A replica: a slot per member that streams from it (replicatefrom), and a copy of each
+    permanent slot, moved forward to where the leader's is (so a promoted replica has it, holding
+    what its consumer still needs); others it holds (from its time as leader, or for a member that
+    moved) are dropped as on the leader."""
     if g.cluster is None or not (local.running and local.role == "replica"):
         return
-    _keep_slots(g, slots.cascade_slots(g.cluster, g.name))
+    _keep_slots(g, slots.cascade_slots(g.cluster, g.name) | set(g.pg.permanent_slots))
+    leader = g.cluster.member(g.cluster.leader.name) if g.cluster.leader else None
+    if leader is None or not g.pg.permanent_slots:
+        return
+    mine = g.server.slot_positions()
+    for slot, target in slots.copies_to_advance(mine, leader.slots, g.pg.permanent_slots).items():
+        try:
+            g.server.advance_slot(slot, target)
+        except psycopg2.Error as exc:
+            g.once(f"advance-{slot}", f"could not move the copy of permanent slot {slot} forward: "
+                                      f"{str(exc).strip()}", logging.WARNING)
 
 
 def _keep_slots(g: ActionHost, wanted: set) -> None:

@@ -30,7 +30,7 @@ def member_facts(text: Optional[str]) -> tuple:
     be a running replica, a synchronous standby a streaming one), addresses, timeline and tags.
     Not its WAL position, which changes every loop."""
     m = Member.from_json("", text or "")
-    return (m.role, m.state, m.conn_url, m.api_url, m.timeline, m.pending_restart,
+    return (m.role, m.state, m.conn_url, m.api_url, m.timeline, m.pending_restart, m.pre_promote_refused,
             sorted(m.tags.items(), key=repr))
 
 

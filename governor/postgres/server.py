@@ -136,6 +136,16 @@ class Server:
         rows = self.query("SELECT slot_name, active FROM pg_replication_slots WHERE slot_type = 'physical'")
         return {name: bool(active) for name, active in rows}
 
+    def slot_positions(self) -> Dict[str, int]:
+        """Physical slots that hold WAL: name -> restart_lsn (bytes)."""
+        rows = self.query("SELECT slot_name, (restart_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots "
+                          "WHERE slot_type = 'physical' AND restart_lsn IS NOT NULL")
+        return {name: int(lsn) for name, lsn in rows}
+
+    def advance_slot(self, name: str, lsn: int) -> None:
+        """Move a slot forward to `lsn` (on a standby PostgreSQL caps it at what was replayed)."""
+        self.query("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (name, f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"))
+
     def drop_slot(self, name: str) -> None:
         self.query("SELECT pg_drop_replication_slot(%s)", (name,))
 

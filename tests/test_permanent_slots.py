@@ -1,0 +1,89 @@
+"""Permanent slots survive a failover: the leader creates `postgresql.permanent_slots`, every
+replica keeps a copy moved forward to the leader's position, so the promoted replica has the
+slot and still holds the WAL its consumer needs. The consumer is a real pg_receivewal that stops
+before the failover, while the cluster writes on and the replicas recycle their WAL, and resumes
+on the new leader from where it stopped."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from typing import Optional
+
+import pytest
+
+from tests import harness
+from tests.harness import wait_until
+
+pytestmark = pytest.mark.integration
+SMALL_WAL = {"postgresql": {"permanent_slots": ["archiver"],
+                            "parameters": {"max_wal_size": "64MB", "min_wal_size": "32MB", "wal_keep_size": 0}}}
+
+
+def restart_lsn(node: harness.Node, slot: str) -> Optional[int]:
+    rows = node.sql("SELECT (restart_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = %s",
+                    (slot,))
+    return int(rows[0][0]) if rows and rows[0][0] is not None else None
+
+
+def receivewal(node: harness.Node, directory: str, log: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [os.path.join(harness.PG_BIN, "pg_receivewal"), "-h", node.pg_host, "-p", str(node.port), "-U",
+         "replicator", "-S", "archiver", "-D", directory, "--no-loop", "-w"],
+        env={"PGPASSWORD": harness.REPLICATION_PASSWORD, "PATH": "/usr/bin:/bin"},
+        stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    harness._processes.append(proc)
+    return proc
+
+
+def test_a_permanent_slot_and_the_wal_it_holds_survive_a_failover(make_cluster, base_dir):
+    cluster = make_cluster("permslot")
+    for name in ("node1", "node2", "node3"):
+        cluster.add(name, extra=SMALL_WAL)
+    leader = cluster.wait_for_primary(60)
+    replicas = [n for n in cluster.nodes.values() if n is not leader]
+    cluster.wait_for_streaming([n.name for n in replicas], 90)
+    wait_until(lambda: restart_lsn(leader, "archiver") is not None, 20, "the leader to create the permanent slot")
+    wait_until(lambda: all(restart_lsn(r, "archiver") is not None for r in replicas), 20, "the replicas' copies")
+
+    archive = os.path.join(base_dir, "archive")
+    os.makedirs(archive)
+    log = os.path.join(base_dir, "pg_receivewal.log")
+    consumer = receivewal(leader, archive, log)
+    leader.sql("CREATE TABLE filler (x text)")
+    for _ in range(3):
+        leader.sql("INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 2000)")
+        leader.sql("SELECT pg_switch_wal()")
+    wait_until(lambda: (restart_lsn(leader, "archiver") or 0) > 3 * 16 * 2**20, 20, "the consumer to move the slot on")
+    consumer.terminate()
+    consumer.wait(10)
+    held = restart_lsn(leader, "archiver")
+    wait_until(lambda: all(restart_lsn(r, "archiver") == held for r in replicas), 20,
+               "the replicas' copies to reach the leader's position")
+
+    # The cluster writes on without the consumer; the replicas recycle every segment they may.
+    for _ in range(8):
+        leader.sql("INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 2000)")
+        leader.sql("SELECT pg_switch_wal()")
+    leader.sql("CHECKPOINT")
+    time.sleep(1)
+    for r in replicas:
+        r.sql("CHECKPOINT")
+    oldest = {r.name: r.sql("SELECT min(name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'")[0][0]
+              for r in replicas}
+
+    leader.crash()
+    new = cluster.wait_for_primary(40)
+    assert restart_lsn(new, "archiver") is not None, "the promoted replica has no copy of the permanent slot"
+    assert restart_lsn(new, "archiver") <= held, "the copy moved past what the consumer confirmed"
+    began = time.monotonic()
+    consumer = receivewal(new, archive, log)
+    wait_until(lambda: any(name.startswith("00000002") for name in os.listdir(archive)), 60,
+               "pg_receivewal to resume on the new leader and reach its timeline")
+    consumer.terminate()
+    consumer.wait(10)
+    with open(log) as fh:
+        said = fh.read()
+    assert "has already been removed" not in said, said[-2000:]
+    print(f"permanent slot across a failover: {new.name} kept it at {held} (consumer's position); pg_receivewal "
+          f"resumed there in {time.monotonic() - began:.1f}s; oldest WAL kept on the replicas: {oldest}")
