@@ -128,7 +128,7 @@ ETCD_KEYS = ("scope", "ttl", "host", "protocol", "cacert", "cert", "key", "usern
 PG_KEYS = ("name", "listen", "connect_address", "data_dir", "bin_dir", "maximum_lag_on_failover",
            "replication", "superuser", "recovery_conf", "parameters", "initdb", "pg_hba", "pgpass",
            "log_file", "start_timeout", "use_pg_rewind", "remove_data_directory_on_rewind_failure",
-           "member_slots_ttl", "permanent_slots", "systemd_unit", "config_dir")
+           "member_slots_ttl", "permanent_slots", "logical_slots", "systemd_unit", "config_dir")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -306,6 +306,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     for slot in permanent_slots:
         if not SLOT_RE.fullmatch(slot):
             c.fail("postgresql.permanent_slots", f"expected slot names of at most 63 of a-z, 0-9 and '_', got {slot!r}")
+    logical_slots = _logical_slots(c, permanent_slots)
     systemd_unit = c.value("postgresql.systemd_unit", "str",
                            check=lambda v: None if UNIT_RE.fullmatch(v) else "expected a unit name such as "
                                                                         "postgresql@15-main")
@@ -358,9 +359,31 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
             log_file=os.path.abspath(log_file) if log_file else None, socket_dir=socket_dir,
             start_timeout=start_timeout, use_pg_rewind=use_pg_rewind,
             remove_data_directory_on_rewind_failure=remove_on_failure, member_slots_ttl=member_slots_ttl,
-            permanent_slots=permanent_slots, systemd_unit=systemd_unit,
+            permanent_slots=permanent_slots, logical_slots=logical_slots, systemd_unit=systemd_unit,
             config_dir=os.path.abspath(config_dir) if config_dir else None),
     )
+
+
+def _logical_slots(c: Checker, physical: Tuple[str, ...]) -> Tuple[Tuple[str, str, str], ...]:
+    """postgresql.logical_slots: [{name, database, plugin (default pgoutput)}]."""
+    raw, found = c.get("postgresql.logical_slots") or [], []
+    if not isinstance(raw, list):
+        c.fail("postgresql.logical_slots", "expected a list of {name, database, plugin}")
+        return ()
+    for i, item in enumerate(raw):
+        key = f"postgresql.logical_slots[{i}]"
+        if not isinstance(item, dict) or set(item) - {"name", "database", "plugin"} or \
+                not all(isinstance(item.get(k), str) for k in ("name", "database")):
+            c.fail(key, "expected {name: SLOT, database: DB, plugin: PLUGIN (default pgoutput)}")
+            continue
+        name, database, plugin = item["name"], item["database"], item.get("plugin", "pgoutput")
+        if not SLOT_RE.match(name) or name in physical or name in [f[0] for f in found]:
+            c.fail(key, f"expected a slot name of at most 63 of a-z, 0-9 and '_', used once, got {name!r}")
+        elif name_check(database) or not isinstance(plugin, str) or not SLOT_RE.match(plugin):
+            c.fail(key, f"expected a database name and an output plugin name, got {database!r}, {plugin!r}")
+        else:
+            found.append((name, database, plugin))
+    return tuple(found)
 
 
 def _same_listener(a: Tuple[str, int], b: Tuple[str, int]) -> bool:

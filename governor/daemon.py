@@ -28,6 +28,7 @@ from governor.memory import NodeMemory, timer
 from governor.metrics import Metrics
 from governor.observe import ask_peers, observe_dcs, observe_local, settled
 from governor.postgres import bootstrap, datadir
+from governor.postgres.catalogue import catalogue
 from governor.postgres.controller import ControllerError, ProcessController, make_controller
 from governor.postgres.server import Server, ServerState
 from governor.shutdown import RESTART_MARKER, consume_restart_marker  # noqa: F401 - RESTART_MARKER for tests
@@ -139,7 +140,15 @@ class Governor:
         """Write postgresql.conf for a primary (None) or a standby of (host, port) / nobody (())."""
         self.mem.conf_target = standby_of
         return datadir.write_postgresql_conf(self.pg, standby_of=standby_of,
-                                             synchronous_standby_names=self.syncrep.names)
+                                             synchronous_standby_names=self.syncrep.names,
+                                             slot_sync=self.slot_sync_database(), standby_slots=self.mem.standby_slots)
+
+    def slot_sync_database(self) -> Optional[str]:
+        """With logical_slots on a server that can keep them across failover (PostgreSQL 17:
+        sync_replication_slots), the database its standbys' slot sync worker connects to."""
+        if not self.pg.logical_slots or "sync_replication_slots" not in (catalogue(self.pg.bin_dir) or {}):
+            return None
+        return self.pg.logical_slots[0][1]
 
     def prepare_files(self, standby_of: Optional[tuple]) -> None:
         """The files PostgreSQL reads at start, for a primary (None) or a standby."""

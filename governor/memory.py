@@ -56,6 +56,7 @@ class NodeMemory:
     pre_promote_veto_until: float = 0.0          # monotonic: pre_promote refused; not racing until then
     clone_failed_from: Optional[str] = None      # a clonefrom replica a clone failed from: the next uses another
     permanent_positions: Dict[str, int] = field(default_factory=dict)  # leader: its permanent slots' restart_lsn
+    standby_slots: str = ""                      # leader: synchronized_standby_slots as written (logical_slots)
 
     def settle(self, now: float) -> None:
         """Look at PostgreSQL often until it streams (or is primary): see Governor.sleep."""

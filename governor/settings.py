@@ -84,6 +84,7 @@ class PostgresConfig:
     remove_data_directory_on_rewind_failure: bool = False
     member_slots_ttl: float = 1800
     permanent_slots: Tuple[str, ...] = ()
+    logical_slots: Tuple[Tuple[str, str, str], ...] = ()   # (name, database, plugin), permanent too
     systemd_unit: Optional[str] = None    # run PostgreSQL as this unit through systemctl
     config_dir: Optional[str] = None      # where the distribution keeps postgresql.conf (Debian: /etc/...)
 

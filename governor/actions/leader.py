@@ -24,9 +24,39 @@ def ensure_slots(g: ActionHost, decision: Decision, local: LocalState) -> None:
         return
     if not g.mem.roles_checked:
         ensure_roles(g)
-    _keep_slots(g, slots.wanted_slots(g.cluster, g.name) | set(g.pg.permanent_slots))
+    wanted = slots.wanted_slots(g.cluster, g.name)
+    _keep_slots(g, wanted | set(g.pg.permanent_slots))
     positions = g.server.slot_positions()
     g.mem.permanent_positions = {s: positions[s] for s in g.pg.permanent_slots if s in positions}
+    if g.pg.logical_slots:
+        _logical_slots(g, wanted)
+
+
+def _logical_slots(g: ActionHost, wanted: set) -> None:
+    """postgresql.logical_slots on the leader: created if missing (with failover on PostgreSQL
+    17, whose standbys then keep copies); logical decoding waits for the standbys that stream
+    now (synchronized_standby_slots), so a consumer never gets ahead of a promotable standby."""
+    failover = g.slot_sync_database() is not None
+    existing = set(g.server.logical_slot_names())
+    for name, database, plugin in g.pg.logical_slots:
+        if name in existing:
+            continue
+        try:
+            g.server.create_logical_slot(name, database, plugin, failover)
+            log.info("created logical replication slot %s in database %s (%s)%s", name, database, plugin,
+                     ", kept by the standbys across failover" if failover else "")
+        except psycopg2.Error as exc:
+            g.once(f"logical-{name}", f"could not create logical slot {name}: {str(exc).strip()}", logging.WARNING)
+    if not failover:
+        g.once("logical-failover", "logical slots are not kept across a failover before PostgreSQL 17 "
+                                   "(sync_replication_slots): a promoted replica has none", logging.WARNING)
+        return
+    streaming = ",".join(sorted(s for s, active in g.server.replication_slots().items() if active and s in wanted))
+    if streaming != g.mem.standby_slots:
+        g.mem.standby_slots = streaming
+        if g.write_conf(standby_of=None):
+            g.controller.reload()
+            log.info("logical decoding now waits for the standbys %s (synchronized_standby_slots)", streaming or "-")
 
 
 def replica_slots(g: ActionHost, decision: Decision, local: LocalState) -> None:

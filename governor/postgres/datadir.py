@@ -96,12 +96,15 @@ def _conninfo_quote(value: object) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def primary_conninfo(cfg: PostgresConfig, host: str, port: int) -> str:
-    """libpq connection string to the leader; the password stays in the passfile."""
+def primary_conninfo(cfg: PostgresConfig, host: str, port: int, dbname: Optional[str] = None) -> str:
+    """libpq connection string to the leader; the password stays in the passfile. A database
+    name only for the slot sync worker (sync_replication_slots), which needs one."""
     parts = {
         "host": host, "port": port, "user": cfg.replication.username, "passfile": cfg.pgpass,
         "application_name": cfg.name, "sslmode": "prefer", "connect_timeout": 3,
     }
+    if dbname is not None:
+        parts["dbname"] = dbname
     return " ".join(f"{k}={_conninfo_quote(v)}" for k, v in parts.items())
 
 
@@ -119,12 +122,15 @@ def hba_path(cfg: PostgresConfig) -> str:
 
 
 def write_postgresql_conf(cfg: PostgresConfig, standby_of: Optional[tuple] = None,
-                          synchronous_standby_names: Optional[str] = None) -> bool:
+                          synchronous_standby_names: Optional[str] = None, slot_sync: Optional[str] = None,
+                          standby_slots: Optional[str] = None) -> bool:
     """(Re)write governor's configuration file; returns True when its content changed.
 
     In the data directory, initdb's own postgresql.conf is kept as postgresql.base.conf and
     included first. With `standby_of` = (host, port) the standby settings point at that leader;
-    with an empty tuple the server is a standby that follows nobody yet.
+    with an empty tuple the server is a standby that follows nobody yet. `slot_sync` (a database
+    name; PostgreSQL 17 with logical_slots): a standby copies the leader's failover slots; on the
+    primary, `standby_slots` names the standbys' slots logical decoding waits for.
     """
     path = conf_path(cfg)
     lines = [GOVERNOR_CONF_HEADER]
@@ -144,13 +150,19 @@ def write_postgresql_conf(cfg: PostgresConfig, standby_of: Optional[tuple] = Non
         "hot_standby": "on",
     }
     settings.update(REPLICATION_DEFAULTS)
+    if cfg.logical_slots:
+        settings["wal_level"] = "logical"       # logical slots need it (parameters may still say so)
     settings.update(cfg.parameters)
     if synchronous_standby_names is not None:   # managed: synchronous_mode is on
         settings["synchronous_standby_names"] = synchronous_standby_names
+    if standby_of is None and slot_sync is not None and standby_slots is not None:
+        settings["synchronized_standby_slots"] = standby_slots
     if standby_of is not None:
         if standby_of:
-            settings["primary_conninfo"] = primary_conninfo(cfg, standby_of[0], standby_of[1])
+            settings["primary_conninfo"] = primary_conninfo(cfg, standby_of[0], standby_of[1], slot_sync)
             settings["primary_slot_name"] = cfg.slot_name
+            if slot_sync is not None:
+                settings.update(sync_replication_slots="on", hot_standby_feedback="on")
         settings["recovery_target_timeline"] = "latest"
         settings.update(cfg.recovery_conf)
     lines += [f"{key} = {_quote(value)}\n" for key, value in settings.items()]

@@ -146,6 +146,27 @@ class Server:
         """Move a slot forward to `lsn` (on a standby PostgreSQL caps it at what was replayed)."""
         self.query("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (name, f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"))
 
+    def logical_slot_names(self) -> List[str]:
+        return [row[0] for row in self.query("SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'logical'")]
+
+    def create_logical_slot(self, name: str, database: str, plugin: str, failover: bool) -> None:
+        """In `database` (a slot belongs to one); with failover (PostgreSQL 17) standbys that
+        run sync_replication_slots keep a copy at the position its consumer confirmed."""
+        conn = psycopg2.connect(host=self.cfg.socket_dir, port=self.cfg.port, dbname=database,
+                                user=self.cfg.superuser.username, password=self.cfg.superuser.password,
+                                connect_timeout=3, application_name="governor",
+                                options="-c statement_timeout=30000 -c synchronous_commit=local")
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                if failover:
+                    cur.execute("SELECT pg_create_logical_replication_slot(%s, %s, false, false, true)",
+                                (name, plugin))
+                else:
+                    cur.execute("SELECT pg_create_logical_replication_slot(%s, %s)", (name, plugin))
+        finally:
+            conn.close()
+
     def drop_slot(self, name: str) -> None:
         self.query("SELECT pg_drop_replication_slot(%s)", (name,))
 
