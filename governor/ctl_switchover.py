@@ -149,6 +149,12 @@ def _wait_for_leader(dcs: DCS, candidate: str, wait: float, what: str) -> int:
         if now.leader and now.leader.name == candidate:
             print(f"{what} done: {candidate} is the leader ({time.monotonic() - started:.1f}s)")
             return EXIT_OK
+        member = now.member(candidate)
+        if member is not None and member.pre_promote_refused and now.switchover is None:
+            leader = now.leader.name if now.leader else "nobody yet"
+            print(f"governorctl: {what} cancelled: {candidate}'s pre_promote callback refused the promotion (see its "
+                  f"log); the leader is {leader}", file=sys.stderr)
+            return EXIT_FAILED
     print(f"governorctl: {candidate} did not take the lock within {wait:.0f}s; see governor's log",
           file=sys.stderr)
     return EXIT_FAILED

@@ -113,6 +113,7 @@ def test_a_pre_promote_that_refuses_hands_the_promotion_to_another_member(make_c
     watch.stop()
     assert "the pre_promote callback exited 1: not promoting" in refusing.log_text()
     assert "pgbouncer is not ready" in refusing.log_text()
+    assert done.returncode != 0 and "pre_promote callback refused the promotion" in done.stderr, done.stderr
     assert refusing.role() == "replica" and cluster.leader_name() == new.name
     assert cluster.etcd.get(f"/service/{cluster.scope}/failover") is None, "the refused switchover is cleared"
     stops = [when for when, m, action, _r in events(base_dir) if m == leader.name and action == "before_stop"]
