@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from typing import Dict, Set
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,3 +88,29 @@ def test_no_module_grows_past_what_one_reader_holds_in_mind():
                 if lines > MODULE_LINES_MAX:
                     too_long[os.path.relpath(path, REPO)] = lines
     assert not too_long, f"modules over {MODULE_LINES_MAX} lines: {too_long}"
+
+
+def test_no_thread_subclass_shadows_what_threading_thread_keeps_on_itself():
+    """Python 3.13 keeps the thread's handle in `self._handle`: a subclass method of that name was
+    replaced by it, and the etcd watch thread died on Debian 13 ("'_ThreadHandle' object is not
+    callable"). Names Thread uses on 3.9 to 3.13 are not for subclasses."""
+    import importlib
+    import inspect
+    import pkgutil
+    import threading
+
+    import governor
+    internal = set(vars(threading.Thread())) | {n for n in vars(threading.Thread) if n.startswith("_")}
+    internal |= {"_handle", "_os_thread_handle", "_delete", "_reset_internal_locks", "_wait_for_tstate_lock"}
+    clashes = []
+    for info in pkgutil.walk_packages(governor.__path__, "governor."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, threading.Thread) and cls.__module__ == module.__name__:
+                assigned = set(re.findall(r"self\.(_\w+)\s*[:=]", inspect.getsource(cls)))
+                own = set(vars(cls)) | assigned
+                clashes += [f"{cls.__module__}.{name}.{attr}" for attr in sorted(own & internal)
+                            if not attr.startswith("__")]
+    assert not clashes, clashes

@@ -37,8 +37,8 @@ def trixie17(base_dir):
 
 
 def sql(m: system.Machine, port: int, query: str) -> List[str]:
-    done = m.run("runuser", "-u", "postgres", "--", "psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-                 "-d", "postgres", "-XAtc", query, check=False, timeout=30)
+    done = m.run("env", f"PGPASSWORD={harness.SUPERUSER_PASSWORD}", "psql", "-h", "127.0.0.1", "-p", str(port),
+                 "-U", "postgres", "-d", "postgres", "-XAtc", query, check=False, timeout=30)
     return done.stdout.split("\n")[:-1] if done.returncode == 0 else []
 
 
@@ -59,7 +59,15 @@ def received(m: system.Machine, out: str) -> List[int]:
 
 
 def test_a_logical_slot_keeps_its_position_across_a_failover_on_postgresql_17(trixie17, etcd):
-    m = trixie17
+    try:
+        run_scenario(trixie17, etcd)
+    except AssertionError:
+        for name in NAMES:      # what each member said, for whoever reads the failure
+            print(f"--- governor@{name}:\n" + trixie17.journal(f"governor@{name}")[-6000:])
+        raise
+
+
+def run_scenario(m: system.Machine, etcd: harness.Etcd) -> None:
     ports: Dict[str, dict] = {}
     scope = f"logical{os.getpid()}"
     for name in NAMES:

@@ -89,7 +89,7 @@ def test_a_revision_etcd_cannot_have_is_not_believed():
     assert cache.apply([{"kv": kv("members/node2", revision=2**64)}], PREFIX) is None
     assert cache.current(2**63) is None
     cache = synced_cache(10)
-    stream(cache)._handle({"result": {"header": {"revision": str(2**70)}}})
+    stream(cache)._apply({"result": {"header": {"revision": str(2**70)}}})
     assert cache.current(11) is None
 
 
@@ -112,20 +112,20 @@ def test_a_value_that_is_not_utf8_is_kept_as_unknown_with_a_problem():
 def test_the_stream_handles_any_message_without_raising(message):
     cache = synced_cache(10)
     watch = stream(cache)
-    watch._handle(message)
+    watch._apply(message)
     assert cache.current(11) is None
 
 
 def test_progress_advances_only_a_synced_cache_and_compaction_invalidates():
     cache = synced_cache(10)
     watch = stream(cache)
-    assert watch._handle({"result": {"header": {"revision": "15"}}}) is True
+    assert watch._apply({"result": {"header": {"revision": "15"}}}) is True
     assert cache.current(15) is not None, "etcd said every change up to 15 was sent"
-    assert watch._handle({"result": {"created": True, "header": {"revision": "20"}}}) is True
+    assert watch._apply({"result": {"created": True, "header": {"revision": "20"}}}) is True
     assert cache.current(20) is None, "a watch's creation says nothing about events before it"
-    assert watch._handle({"result": {"compact_revision": "12"}}) is False
+    assert watch._apply({"result": {"compact_revision": "12"}}) is False
     assert cache.current(15) is None and watch.wake.is_set()
-    assert watch._handle({"result": {"header": {"revision": "30"}}}) is True
+    assert watch._apply({"result": {"header": {"revision": "30"}}}) is True
     assert cache.current(30) is None, "an invalid cache is not revived by progress"
 
 

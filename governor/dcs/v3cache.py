@@ -229,10 +229,10 @@ class WatchStream(threading.Thread):
                         raise ValueError("a watch message over 16 MB") from None
                     break
                 buffer = buffer.lstrip()[end:]
-                if not self._handle(_dict(message)):
+                if not self._apply(_dict(message)):
                     return
 
-    def _handle(self, message: dict) -> bool:
+    def _apply(self, message: dict) -> bool:
         """One message of the stream; False when the stream cannot go on."""
         result = _dict(message.get("result"))
         if result.get("compact_revision"):
