@@ -63,7 +63,8 @@ def test_a_logical_slot_keeps_its_position_across_a_failover_on_postgresql_17(tr
         run_scenario(trixie17, etcd)
     except AssertionError:
         for name in NAMES:      # what each member said, for whoever reads the failure
-            print(f"--- governor@{name}:\n" + trixie17.journal(f"governor@{name}")[-6000:])
+            said = [line for line in trixie17.journal(f"governor@{name}").splitlines() if not line.startswith("\t")]
+            print(f"--- governor@{name}:\n" + "\n".join(said[-60:]))
         raise
 
 
@@ -99,7 +100,9 @@ def run_scenario(m: system.Machine, etcd: harness.Etcd) -> None:
                "the standbys to replay every row")
 
     crashed = time.monotonic()
+    # the host dies: governor and PostgreSQL killed at once, and nothing restarts them
     m.run("systemctl", "kill", "--signal=SIGKILL", f"governor@{leader}")
+    m.run("systemctl", "stop", f"governor@{leader}", check=False)
     new = wait_until(lambda: next((n for n in ("b", "c") if role(m, pg[n]) == "primary"), None), 60,
                      "a standby to be promoted")
     promoted = time.monotonic() - crashed
