@@ -75,6 +75,7 @@ def run_scenario(m: system.Machine, etcd: harness.Etcd) -> None:
         cfg, ports[name] = system.node_config(etcd.endpoint, scope, name, f"/var/lib/postgresql/gov-{name}",
                                               loop_wait=1)
         cfg["postgresql"]["logical_slots"] = [SLOT]
+        cfg["callbacks"] = {"on_role_change": "/usr/share/governor/callbacks/journal-log"}   # in the unit's sandbox
         m.install_config(f"/etc/governor/{name}.d/local.yml", cfg)
     m.run("systemctl", "start", "governor@a")
     wait_until(lambda: role(m, ports["a"]["pg"]) == "primary", 90, "a to bootstrap")
@@ -107,6 +108,9 @@ def run_scenario(m: system.Machine, etcd: harness.Etcd) -> None:
                      "a standby to be promoted")
     promoted = time.monotonic() - crashed
     assert sql(m, pg[new], "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'cdc'") == ["1"]
+    wait_until(lambda: f"member {new}: on_role_change, now primary" in m.run(
+        "journalctl", "-t", "governor-callback", "--no-pager", "-o", "cat", check=False).stdout, 10,
+        "the shipped journal-log callback's line, written from inside governor@'s sandbox")
     for i in range(81, 101):
         sql(m, pg[new], f"INSERT INTO cdc_rows VALUES ({i})")
     consume(m, "cdc2", pg[new], "/tmp/cdc2.out")
