@@ -46,13 +46,25 @@ def test_a_cascading_replica_streams_from_its_replica_and_falls_back_to_the_lead
 
     watch = harness.PrimaryWatch(cluster)
     watch.start()
+    # a switchover to node3's upstream: node3 then streams from it as the leader
+    done = harness.governorctl(leader, "switchover", "--leader", leader.name, "--candidate", middle.name, "--force")
+    assert done.returncode == 0, done.stdout + done.stderr
+    cluster.wait_for_streaming([leader.name, tail.name], 90)
+    assert upstream_port(tail) == middle.port
+    middle.sql("INSERT INTO cascaded VALUES (3)")
+    wait_until(lambda: tail.sql("SELECT count(*) FROM cascaded")[0][0] == 3, 10, "a row after the switchover")
+    done = harness.governorctl(middle, "switchover", "--leader", middle.name, "--candidate", leader.name, "--force")
+    assert done.returncode == 0, done.stdout + done.stderr
+    wait_until(lambda: upstream_port(tail) == middle.port and cluster.leader_name() == leader.name, 60,
+               "node3 back on node2, a replica again")
     leader.crash()
     new = cluster.wait_for_primary(40)
     others = [n.name for n in cluster.nodes.values() if n is not new and n is not leader]
     cluster.wait_for_streaming(others, 60)
-    new.sql("INSERT INTO cascaded VALUES (3)")
-    wait_until(lambda: tail.sql("SELECT count(*) FROM cascaded")[0][0] == 3, 20, "a row from the new leader")
+    new.sql("INSERT INTO cascaded VALUES (4)")
+    wait_until(lambda: tail.sql("SELECT count(*) FROM cascaded")[0][0] == 4, 20, "a row from the new leader")
     watch.stop()
     assert watch.two_primaries() == []
-    print(f"cascading: node3 via node2, back to the leader and again; after the failover {new.name} leads and "
-          f"node3 streams from port {upstream_port(tail)}")
+    where = "leads" if new is tail else f"streams from port {upstream_port(tail)}"
+    print(f"cascading: node3 via node2, back to the leader and again, through two switchovers; after the failover "
+          f"{new.name} leads and node3 {where}")
