@@ -82,6 +82,17 @@ def test_a_permanent_slot_and_the_wal_it_holds_survive_a_failover(make_cluster, 
                "pg_receivewal to resume on the new leader and reach its timeline")
     consumer.terminate()
     consumer.wait(10)
+
+    # and through a switchover to the third member
+    third = next(n for n in cluster.nodes.values() if n is not leader and n is not new)
+    wait_until(lambda: restart_lsn(third, "archiver") == restart_lsn(new, "archiver"), 20, "the third's copy")
+    done = harness.governorctl(new, "switchover", "--leader", new.name, "--candidate", third.name, "--force")
+    assert done.returncode == 0, done.stdout + done.stderr
+    consumer = receivewal(third, archive, log)
+    wait_until(lambda: any(name.startswith("00000003") for name in os.listdir(archive)), 60,
+               "pg_receivewal to resume on the switchover's new leader")
+    consumer.terminate()
+    consumer.wait(10)
     with open(log) as fh:
         said = fh.read()
     assert "has already been removed" not in said, said[-2000:]
