@@ -55,6 +55,7 @@ def test_apt_install_configure_enable_upgrade_and_purge(machine, deb, next_deb, 
     assert m.run("test", "-x", "/usr/lib/governor/governor-check", check=False).returncode == 0
     for example in ("journal-log", "pgbouncer-follow-primary"):
         assert m.run("test", "-x", f"/usr/share/governor/callbacks/{example}", check=False).returncode == 0, example
+    assert m.run("test", "-f", "/usr/share/governor/prometheus/governor-alerts.yml", check=False).returncode == 0
     for page in ("/usr/share/man/man8/governor.8.gz", "/usr/share/man/man1/governorctl.1.gz"):
         assert m.run("test", "-f", page, check=False).returncode == 0, page
 
@@ -134,6 +135,7 @@ def test_rpm_builds_lint_clean_with_the_same_file_set():
                  "/usr/lib/systemd/system/governor@.service", "/usr/share/governor/haproxy/haproxy.cfg",
                  "/usr/libexec/governor/governor-check", "/usr/share/man/man8/governor.8.gz",
                  "/usr/share/governor/callbacks/journal-log", "/usr/share/governor/callbacks/pgbouncer-follow-primary",
+                 "/usr/share/governor/prometheus/governor-alerts.yml",
                  "/usr/lib/python3.9/site-packages/governor/daemon.py"):
         assert path in entries, path
     mode, _links, owner, group = entries["/etc/governor/governor.yml"][:4]
