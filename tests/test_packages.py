@@ -55,7 +55,8 @@ def test_apt_install_configure_enable_upgrade_and_purge(machine, deb, next_deb, 
     assert m.run("test", "-x", "/usr/lib/governor/governor-check", check=False).returncode == 0
     for example in ("journal-log", "pgbouncer-follow-primary"):
         assert m.run("test", "-x", f"/usr/share/governor/callbacks/{example}", check=False).returncode == 0, example
-    assert m.run("test", "-f", "/usr/share/governor/prometheus/governor-alerts.yml", check=False).returncode == 0
+    for shipped in ("prometheus/governor-alerts.yml", "grafana/governor-dashboard.json"):
+        assert m.run("test", "-f", f"/usr/share/governor/{shipped}", check=False).returncode == 0, shipped
     for page in ("/usr/share/man/man8/governor.8.gz", "/usr/share/man/man1/governorctl.1.gz"):
         assert m.run("test", "-f", page, check=False).returncode == 0, page
 
@@ -136,6 +137,7 @@ def test_rpm_builds_lint_clean_with_the_same_file_set():
                  "/usr/libexec/governor/governor-check", "/usr/share/man/man8/governor.8.gz",
                  "/usr/share/governor/callbacks/journal-log", "/usr/share/governor/callbacks/pgbouncer-follow-primary",
                  "/usr/share/governor/prometheus/governor-alerts.yml",
+                 "/usr/share/governor/grafana/governor-dashboard.json",
                  "/usr/lib/python3.9/site-packages/governor/daemon.py"):
         assert path in entries, path
     mode, _links, owner, group = entries["/etc/governor/governor.yml"][:4]
