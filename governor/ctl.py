@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 import time
 from typing import List, Optional
@@ -18,7 +19,7 @@ import yaml
 from governor import __version__, ctl_generate, dynamic, safe_yaml
 from governor import config as config_mod
 from governor.cluster import Cluster
-from governor.ctl_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, dcs_call, http_json, refuse
+from governor.ctl_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, dcs_call, http_json, refuse, use_tls
 from governor.ctl_switchover import failover, switchover
 from governor.ctl_view import format_history, print_list
 from governor.dcs import DCS, DCSError
@@ -36,6 +37,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dcs-api", type=int, choices=(2, 3), default=0,
                    help="etcd API with --dcs-url: 2 or 3 (default: 3, refusing a scope held in the v2 "
                         "keyspace; with a config, etcd.api)")
+    tls = p.add_argument_group("TLS to the members' APIs (restapi.certfile)")
+    tls.add_argument("--cacert", metavar="FILE", help="verify the API's certificate with this CA (default: the "
+                     "configuration's restapi.cafile, else the system's CAs)")
+    tls.add_argument("--cert", metavar="FILE", help="present this client certificate (default: none)")
+    tls.add_argument("--key", metavar="FILE", help="the client certificate's key (default: in --cert)")
+    tls.add_argument("--insecure", action="store_true", help="do not verify the API's certificate")
     p.add_argument("--version", action="version", version=f"governorctl {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -119,6 +126,13 @@ def _dcs(args: argparse.Namespace) -> DCS:
     if args.scope:
         etcd = config_mod.EtcdConfig(**{**etcd.__dict__, "scope": args.scope})
     return make_dcs(etcd, retry_timeout=min(cfg.retry_timeout, 5))
+
+
+def _tls(args: argparse.Namespace) -> None:
+    cafile = args.cacert
+    if cafile is None and not args.dcs_url:
+        cafile = config_mod.load(args.config).restapi.cafile
+    use_tls(cafile, args.cert, args.key, args.insecure)
 
 
 def _api_auth(args: argparse.Namespace) -> tuple:
@@ -346,8 +360,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "generate-config":
         return ctl_generate.generate(args)
     try:
+        _tls(args)
         dcs = _dcs(args)
         cluster = dcs.get_cluster()
+    except (OSError, ssl.SSLError) as exc:
+        print(f"governorctl: TLS: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except config_mod.ConfigError as exc:
         print(f"governorctl: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -11,6 +12,21 @@ from typing import Callable, Optional
 from governor.dcs import DCSError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_tls: Optional[ssl.SSLContext] = None     # for https API addresses: set by use_tls()
+
+
+def use_tls(cafile: Optional[str], certfile: Optional[str], keyfile: Optional[str], insecure: bool) -> None:
+    """How governorctl talks to an API over TLS: it verifies the certificate against `cafile`
+    (the system's CAs without one) and the address asked, unless `insecure`; it presents
+    `certfile` when the API asks for a client certificate."""
+    global _tls
+    context = ssl.create_default_context(cafile=cafile)
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if certfile:
+        context.load_cert_chain(certfile, keyfile)
+    _tls = context
 
 
 def http_json(url: str, method: str = "GET", body: Optional[dict] = None, auth: Optional[tuple] = None,
@@ -23,10 +39,16 @@ def http_json(url: str, method: str = "GET", body: Optional[dict] = None, auth: 
         token = base64.b64encode(f"{auth[0]}:{auth[1] or ''}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout,
+                                    context=_tls if url.startswith("https:") else None) as resp:
             code, raw = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         code, raw = exc.code, exc.read()
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ssl.SSLCertVerificationError):
+            raise OSError(f"its TLS certificate is not trusted ({exc.reason.verify_message}): give the CA with "
+                          "--cacert (or restapi.cafile), or --insecure") from exc
+        raise
     try:
         return code, json.loads(raw) if raw else {}
     except ValueError:

@@ -105,3 +105,29 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"rep_{report.when}", report)
     if report.when == "call" and report.failed:
         item.session.config._governor_failed = True
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """A private CA (as README's three-hosts step 7 sets up), a rogue CA, and API certificates
+    signed by them: `cert(name, san, ca)` -> (certificate, key)."""
+    d = tmp_path_factory.mktemp("pki")
+    for ca in ("ca", "rogue"):
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / f"{ca}.key"),
+                 "-out", str(d / f"{ca}.crt"), "-days", "2", "-subj", f"/CN=governor test {ca}",
+                 "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+
+    def cert(name: str, san: str, ca: str = "ca") -> tuple:
+        key, csr, crt, ext = (str(d / f"{name}.{x}") for x in ("key", "csr", "crt", "ext"))
+        with open(ext, "w") as fh:
+            fh.write(f"subjectAltName={san}\n")
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
+        _openssl("x509", "-req", "-in", csr, "-CA", str(d / f"{ca}.crt"), "-CAkey", str(d / f"{ca}.key"),
+                 "-CAcreateserial", "-out", crt, "-days", "2", "-extfile", ext)
+        return crt, key
+
+    return str(d / "ca.crt"), cert
