@@ -55,8 +55,9 @@ def test_apt_install_configure_enable_upgrade_and_purge(machine, deb, next_deb, 
     assert m.run("test", "-x", "/usr/lib/governor/governor-check", check=False).returncode == 0
     for example in ("journal-log", "pgbouncer-follow-primary"):
         assert m.run("test", "-x", f"/usr/share/governor/callbacks/{example}", check=False).returncode == 0, example
-    for shipped in ("prometheus/governor-alerts.yml", "grafana/governor-dashboard.json"):
-        assert m.run("test", "-f", f"/usr/share/governor/{shipped}", check=False).returncode == 0, shipped
+    for shipped in ("governor/prometheus/governor-alerts.yml", "governor/grafana/governor-dashboard.json",
+                    "bash-completion/completions/governor", "bash-completion/completions/governorctl"):
+        assert m.run("test", "-f", f"/usr/share/{shipped}", check=False).returncode == 0, shipped
     for page in ("/usr/share/man/man8/governor.8.gz", "/usr/share/man/man1/governorctl.1.gz"):
         assert m.run("test", "-f", page, check=False).returncode == 0, page
 
@@ -138,6 +139,7 @@ def test_rpm_builds_lint_clean_with_the_same_file_set():
                  "/usr/share/governor/callbacks/journal-log", "/usr/share/governor/callbacks/pgbouncer-follow-primary",
                  "/usr/share/governor/prometheus/governor-alerts.yml",
                  "/usr/share/governor/grafana/governor-dashboard.json",
+                 "/usr/share/bash-completion/completions/governorctl",
                  "/usr/lib/python3.9/site-packages/governor/daemon.py"):
         assert path in entries, path
     mode, _links, owner, group = entries["/etc/governor/governor.yml"][:4]
