@@ -8,6 +8,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Optional
 
+from governor import callbacks
 from governor.cluster import Cluster
 from governor.dcs import DCSError
 from governor.postgres.controller import ControllerError
@@ -53,7 +54,7 @@ def shutdown(g: Governor) -> None:
     streamed = g.syncrep.streaming_standbys(cluster, HANDOVER_WAIT) if g.mem.holds_lock else []
     role = g.mem.pg_seen if g.mem.pg_seen in ("primary", "replica") else None
     if role is not None:
-        g.callbacks.wait(g.config.callbacks, "before_stop", role, g.config.callbacks.timeout)
+        callbacks.before_stop(g, role)
     try:
         g.controller.stop("fast", timeout=max(30.0, g.pg.start_timeout))
     except ControllerError as exc:

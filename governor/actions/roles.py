@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Optional
 
+from governor import callbacks
 from governor.actions.base import ActionFailed
 from governor.actions.leader import create_member_slots
 from governor.dcs import DCSError
@@ -71,7 +72,8 @@ def pre_promote(g: ActionHost) -> None:
     limit = (left if left is not None else g.config.etcd.ttl) - g.config.retry_timeout - 1
     if limit < 1:
         raise ActionFailed("no time left under the lock for the pre_promote callback; renewing first")
-    code = g.callbacks.wait(g.config.callbacks, "pre_promote", "primary", limit)
+    with g.notify.keep_alive_while("running the pre_promote callback"):     # PostgreSQL is a standby meanwhile
+        code = g.callbacks.wait(g.config.callbacks, "pre_promote", "primary", limit)
     if code != 0:
         g.mem.pre_promote_veto_until = time.monotonic() + g.config.etcd.ttl
         if g.cluster is not None and g.cluster.switchover and g.cluster.switchover.candidate == g.name:
@@ -87,15 +89,6 @@ def pre_promote(g: ActionHost) -> None:
         g.lock_lost()
         raise ActionFailed("the leader lock was lost while the pre_promote callback ran")
     g.lock_taken(sent)
-
-
-def before_stop(g: ActionHost, role: Optional[str]) -> None:
-    """The operator's before_stop callback, waited for within its timeout and, under the lock,
-    within what the lock leaves (its exit status changes nothing)."""
-    left = g.lock_left()
-    limit = g.config.callbacks.timeout if left is None else left - g.fence.margin - g.config.retry_timeout
-    if limit >= 0.5:
-        g.callbacks.wait(g.config.callbacks, "before_stop", role or "replica", limit)
 
 
 def record_promotion(g: ActionHost, timeline: Optional[int], lsn: Optional[int], decision: Decision) -> None:
@@ -140,7 +133,7 @@ def step_down(g: ActionHost, decision: Decision, local: LocalState) -> None:
     log.warning("switchover: %s", decision.message)
     g.mem.rewind_pending = True
     streamed = g.syncrep.streaming_standbys(g.cluster, HANDOVER_WAIT)
-    before_stop(g, local.role)
+    callbacks.before_stop(g, local.role)
     g.controller.stop("fast", timeout=max(30.0, g.pg.start_timeout))
     g.server.close()
     try:

@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING
 
 from governor.actions.base import ActionFailed
-from governor.actions.roles import before_stop
+from governor.callbacks import before_stop
 from governor.ha import Decision, LocalState
 from governor.postgres import datadir
 from governor.postgres.controller import ControllerError
