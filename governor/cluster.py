@@ -25,6 +25,8 @@ class Member:
     failsafe: Optional[str] = None  # what failsafe has this member do ("vouched for pg1: ...")
     pre_promote_refused: bool = False  # its pre_promote callback refused a promotion less than ttl ago
     slots: Dict[str, int] = field(default_factory=dict)  # the leader's permanent slots: name -> restart_lsn
+    version: Optional[str] = None     # its governor's version
+    pg_version: Optional[int] = None  # its PostgreSQL's server_version_num
 
     @classmethod
     def from_json(cls, name: str, text: str) -> Member:
@@ -48,6 +50,8 @@ class Member:
             failsafe=_printable(data.get("failsafe")),
             pre_promote_refused=data.get("pre_promote_refused") is True,
             slots=_slot_positions(data.get("slots")),
+            version=_printable(data.get("version")),
+            pg_version=_int_or_none(data.get("pg_version")),
         )
 
     @property

@@ -18,7 +18,7 @@ import yaml
 
 from governor import __version__, ctl_generate, dynamic, safe_yaml
 from governor import config as config_mod
-from governor.cluster import Cluster
+from governor.cluster import Cluster, parse_conn_url
 from governor.ctl_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, dcs_call, http_json, refuse, use_tls
 from governor.ctl_switchover import failover, switchover
 from governor.ctl_view import format_history, print_list
@@ -109,6 +109,11 @@ def parser() -> argparse.ArgumentParser:
     mg.add_argument("--to-dcs-url", help="target etcd endpoint(s), comma separated (default: the same)")
     rm = sub.add_parser("remove", help="delete every etcd key of a stopped cluster (asks you to type its scope)")
     rm.add_argument("remove_scope", metavar="SCOPE", help="the cluster scope, repeated as a safeguard")
+    dsn = sub.add_parser("dsn", help="print a libpq connection string for a member (default: the leader); "
+                                     "no password: libpq takes it from ~/.pgpass or PGPASSWORD")
+    dsn.add_argument("member", nargs="?", metavar="MEMBER")
+    dsn.add_argument("--dbname", default="postgres")
+    dsn.add_argument("--user", default="postgres")
     ctl_generate.add_parser(sub)
     return p
 
@@ -126,6 +131,26 @@ def _dcs(args: argparse.Namespace) -> DCS:
     if args.scope:
         etcd = config_mod.EtcdConfig(**{**etcd.__dict__, "scope": args.scope})
     return make_dcs(etcd, retry_timeout=min(cfg.retry_timeout, 5))
+
+
+def print_dsn(args: argparse.Namespace, cluster: Cluster) -> int:
+    name = args.member or (cluster.leader.name if cluster.leader else None)
+    if name is None:
+        return refuse("no member holds the leader lock; name a member")
+    member = cluster.member(name)
+    address = parse_conn_url(member.conn_url) if member is not None and member.conn_url else None
+    if address is None:
+        return refuse(f"{name} is not a member of this cluster, or publishes no PostgreSQL address")
+    print(" ".join(f"{k}={_conninfo_value(v)}" for k, v in (
+        ("host", address[0]), ("port", address[1]), ("dbname", args.dbname), ("user", args.user))))
+    return EXIT_OK
+
+
+def _conninfo_value(value: object) -> str:
+    text = str(value)
+    if text and all(c.isalnum() or c in "._-:" for c in text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _tls(args: argparse.Namespace) -> None:
@@ -388,6 +413,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_OK
     if args.command == "remove":
         return remove(args, dcs, cluster)
+    if args.command == "dsn":
+        return print_dsn(args, cluster)
     if args.command == "migrate":
         return migrate(args, dcs, cluster)
     if args.command == "history":

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import List
+from typing import List, Optional
 
 import yaml
 
@@ -23,13 +23,14 @@ def rows(cluster: Cluster) -> List[dict]:
         role = "leader" if m.name == leader else ("sync replica" if synchronous and m.role == "replica" else m.role)
         out.append({"member": m.name, "host": host, "role": role, "sync_standby": synchronous,
                     "state": m.state, "timeline": m.timeline, "lag_bytes": lag, "tags": m.tags,
-                    "pending_restart": m.pending_restart, "failsafe": m.failsafe})
+                    "pending_restart": m.pending_restart, "failsafe": m.failsafe,
+                    "version": m.version, "pg_version": _pg_version(m.pg_version)})
     return out
 
 
 def format_table(scope: str, cluster: Cluster) -> str:
     data = rows(cluster)
-    header = ["Member", "Host", "Role", "State", "TL", "Lag in MB", "Tags"]
+    header = ["Member", "Host", "Role", "State", "TL", "Lag in MB", "Tags", "Versions"]
     pending = any(r["pending_restart"] for r in data)
     if pending:
         header.append("Pending restart")
@@ -40,7 +41,8 @@ def format_table(scope: str, cluster: Cluster) -> str:
     for r in data:
         lag = "" if r["lag_bytes"] is None else f"{r['lag_bytes'] / 1048576:.1f}"
         tags = ",".join(_tag(k, v) for k, v in sorted(r["tags"].items()) if v is not False and v is not None)
-        row = [r["member"], r["host"], r["role"], r["state"], str(r["timeline"] or ""), lag, tags]
+        versions = f"{r['version'] or '?'} / PG {r['pg_version'] or '?'}"[:40]
+        row = [r["member"], r["host"], r["role"], r["state"], str(r["timeline"] or ""), lag, tags, versions]
         table.append(row + (["*" if r["pending_restart"] else ""] if pending else [])
                      + ([r["failsafe"] or ""] if failsafe else []))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -94,3 +96,10 @@ def _tag(key: str, value: object) -> str:
     printable and short)."""
     text = str(key) if value is True else f"{key}={value}"
     return "".join(ch if ch.isprintable() and ch != "," else "?" for ch in text)[:60]
+
+
+def _pg_version(number: object) -> Optional[str]:
+    """server_version_num as PostgreSQL prints it: 170002 -> 17.2 (10 and later)."""
+    if not isinstance(number, int) or isinstance(number, bool) or not 100000 <= number < 10**7:
+        return None
+    return f"{number // 10000}.{number % 10000}"

@@ -32,7 +32,7 @@ def member_data(g: Governor, local: LocalState) -> dict:
             "timeline": local.timeline, "lsn": local.lsn, "tags": g.config.tags,
             "pending_restart": pending, "version": __version__, "failsafe": failsafe_state(g),
             "pre_promote_refused": g.mem.pre_promote_veto_until > time.monotonic(),
-            "slots": g.mem.permanent_positions if g.mem.holds_lock else {}}
+            "slots": g.mem.permanent_positions if g.mem.holds_lock else {}, "pg_version": g.pg_version}
 
 
 def publish(g: Governor, local: LocalState) -> None:

@@ -70,3 +70,14 @@ def test_the_higher_priority_leads_among_equals_and_priority_0_is_never_a_switch
     assert "failover_priority (5 > 1)" in cluster.nodes["node2"].log_text()
     harness.wait_until(lambda: cluster.nodes["node4"].is_streaming() and cluster.nodes["node2"].is_streaming(), 30,
                        "the others to follow node3")
+
+
+def test_list_shows_each_members_governor_and_postgresql_versions_read_defensively():
+    members = (Member.from_json("node2", '{"role": "replica", "state": "running", "version": "0.2.0",'
+                                         ' "pg_version": 170002}'),
+               Member.from_json("node3", '{"role": "replica", "state": "running", "version": "x\\u001b[2J",'
+                                         ' "pg_version": "17"}'))
+    table = format_table("s", Cluster(initialize="1", leader=Leader("node1"), members=members))
+    assert "Versions" in table.splitlines()[2]
+    assert "0.2.0 / PG 17.2" in [line for line in table.splitlines() if line.startswith("| node2")][0]
+    assert "x[2J / PG ?" in [line for line in table.splitlines() if line.startswith("| node3")][0]
