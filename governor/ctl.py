@@ -71,8 +71,11 @@ def parser() -> argparse.ArgumentParser:
     fo.add_argument("--wait", type=float, default=60, help="seconds to wait for the new leader (default 60)")
     hist = sub.add_parser("history", help="every promotion recorded in etcd: timeline, position, time, reason")
     hist.add_argument("--format", choices=("table", "json"), default="table")
-    sub.add_parser("pause", help="maintenance mode: governor keeps the lock but takes no automatic action")
-    sub.add_parser("resume", help="end maintenance mode")
+    for name, text in (("pause", "maintenance mode: governor keeps the lock but takes no automatic action"),
+                       ("resume", "end maintenance mode")):
+        mode = sub.add_parser(name, help=text)
+        mode.add_argument("--wait", type=float, metavar="SECONDS", nargs="?", const=60.0,
+                          help="until every member reports it (default 60 s)")
     rs = sub.add_parser("restart", help="restart PostgreSQL on members, replicas first, the leader last",
                         description="Restarts PostgreSQL one member at a time, waiting for each to run again "
                                     "before the next; the leader last and in place (it keeps the lock, writes "
@@ -131,6 +134,25 @@ def _dcs(args: argparse.Namespace) -> DCS:
     if args.scope:
         etcd = config_mod.EtcdConfig(**{**etcd.__dict__, "scope": args.scope})
     return make_dcs(etcd, retry_timeout=min(cfg.retry_timeout, 5))
+
+
+def _wait_for_mode(cluster: Cluster, paused: bool, wait: float) -> int:
+    """Until every member's API reports the mode (its loop has seen the key)."""
+    started, pending = time.monotonic(), {m.name: m.api_url for m in cluster.members}
+    while time.monotonic() - started < wait:
+        for name, url in list(pending.items()):
+            try:
+                _code, status = http_json(f"{url}/status", timeout=3) if url else (0, {})
+            except OSError:
+                continue
+            if status.get("paused") is paused:
+                del pending[name]
+        if not pending:
+            print(f"every member reports it ({time.monotonic() - started:.1f}s)")
+            return EXIT_OK
+        time.sleep(0.2)
+    print(f"governorctl: not reported within {wait:.0f}s by: {', '.join(sorted(pending))}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def print_dsn(args: argparse.Namespace, cluster: Cluster) -> int:
@@ -428,7 +450,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return EXIT_FAILED
         print("maintenance mode on: no automatic failover, restart or promotion until `governorctl resume`"
               if args.command == "pause" else "maintenance mode off: automatic actions resume")
-        return EXIT_OK
+        return _wait_for_mode(cluster, args.command == "pause", args.wait) if args.wait else EXIT_OK
     if args.command == "list":
         while True:
             print_list(args.format, dcs.cfg.scope, cluster)
