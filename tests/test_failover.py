@@ -229,7 +229,7 @@ def test_a_crashed_postmaster_on_the_leader_is_restarted_in_place(make_cluster):
 def test_slots_of_departed_members_are_dropped_and_permanent_slots_kept(make_cluster):
     extra = {"postgresql": {"member_slots_ttl": 2, "permanent_slots": ["archiver"]}}
     cluster, primary = start_cluster(make_cluster, extra=extra)
-    primary.sql("SELECT pg_create_physical_replication_slot('archiver')")
+    wait_until(lambda: "archiver" in slots(primary), 15, "the leader to create the permanent slot")
     leaving, staying = [n for n in cluster.nodes.values() if n is not primary]
     assert leaving.stop() == 0
     wait_until(lambda: leaving.name not in slots(primary), 15, "the departed member's slot to be dropped")
