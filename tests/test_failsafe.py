@@ -86,6 +86,18 @@ def start_three(cluster, etcd_for) -> tuple:
     return primary, replicas
 
 
+def held_through(writer: DirectWriter, watch: harness.PrimaryWatch, primary: harness.Node, since: float,
+                 until: float) -> float:
+    """What every outage test asserts afterwards: the primary took writes throughout (no gap of a
+    second), never two writable, none acknowledged lost. Returns the longest gap."""
+    gap = writer.longest_gap(since, until)
+    assert gap < 1.0, f"writes on {primary.name} stopped for {gap:.1f}s during the etcd outage"
+    assert watch.two_primaries() == []
+    stored = {row[0] for row in primary.sql("SELECT id FROM failsafe_writes")}
+    assert not [n for n, _t in writer.acked if n not in stored]
+    return gap
+
+
 def listed(etcd: harness.Etcd, cluster, leader: Optional[str] = None) -> set:
     """The members the failsafe key names (empty when another leader wrote it)."""
     node = etcd.get(f"/service/{cluster.scope}/failsafe", api=3)
@@ -123,11 +135,7 @@ def test_an_etcd_outage_of_60_s_costs_no_write_when_every_member_vouches(make_cl
         writer.stop()
         watch.stop()
         own.stop()
-    gap = writer.longest_gap(stopped, outage_end)
-    assert gap < 1.0, f"writes on the primary stopped for {gap:.1f}s during the etcd outage"
-    assert watch.two_primaries() == []
-    stored = {row[0] for row in primary.sql("SELECT id FROM failsafe_writes")}
-    assert not [n for n, _t in writer.acked if n not in stored]
+    gap = held_through(writer, watch, primary, stopped, outage_end)
     print(f"failsafe, etcd down 60 s: longest write gap {gap:.2f} s, {len(writer.acked)} writes, none lost, "
           "never two writable")
 
@@ -415,11 +423,7 @@ def test_after_a_switchover_the_members_vouch_for_the_new_leader(make_cluster, b
         writer.stop()
         watch.stop()
         own.stop()
-    gap = writer.longest_gap(stopped, outage_end)
-    assert gap < 1.0, f"writes on the new primary stopped for {gap:.1f}s during the etcd outage"
-    assert watch.two_primaries() == []
-    stored = {row[0] for row in new.sql("SELECT id FROM failsafe_writes")}
-    assert not [n for n, _t in writer.acked if n not in stored]
+    gap = held_through(writer, watch, new, stopped, outage_end)
     print(f"failsafe after a switchover, etcd down {outage_end - stopped:.0f} s: every member vouched for "
           f"{new.name}, longest write gap {gap:.2f} s, never two writable")
 
