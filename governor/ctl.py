@@ -24,6 +24,7 @@ from governor.ctl_switchover import failover, switchover
 from governor.ctl_view import format_history, print_list
 from governor.dcs import DCS, DCSError
 from governor.dcs import make as make_dcs
+from governor.postgres import datadir
 from governor.postgres.catalogue import catalogue
 
 
@@ -169,10 +170,9 @@ def print_dsn(args: argparse.Namespace, cluster: Cluster) -> int:
 
 
 def _conninfo_value(value: object) -> str:
+    """Bare when nothing needs quoting (what an operator would type), else libpq-quoted."""
     text = str(value)
-    if text and all(c.isalnum() or c in "._-:" for c in text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return text if text and all(c.isalnum() or c in "._-:" for c in text) else datadir.conninfo_quote(text)
 
 
 def _tls(args: argparse.Namespace) -> None:

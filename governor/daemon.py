@@ -275,7 +275,7 @@ class Governor:
                         lock_left=self.lock_left(), starting_for=self._starting_for(local),
                         failsafe_mode=self.config.failsafe_mode, failsafe_promise=vouch.promised_to(self),
                         failsafe_fresh=vouch.fresh(self),
-                        pre_promote_vetoed=self.mem.pre_promote_veto_until > time.monotonic(),
+                        pre_promote_vetoed=self.mem.pre_promote_refused(),
                         clone_failed_from=self.mem.clone_failed_from)
         if self.cluster is None and self.config.failsafe_mode and self.mem.holds_lock and local.running \
                 and local.role == "primary":

@@ -58,6 +58,10 @@ class NodeMemory:
     permanent_positions: Dict[str, int] = field(default_factory=dict)  # leader: its permanent slots' restart_lsn
     standby_slots: str = ""                      # leader: synchronized_standby_slots as written (logical_slots)
 
+    def pre_promote_refused(self) -> bool:
+        """The pre_promote callback refused a promotion less than ttl ago."""
+        return self.pre_promote_veto_until > time.monotonic()
+
     def settle(self, now: float) -> None:
         """Look at PostgreSQL often until it streams (or is primary): see Governor.sleep."""
         self.settling_since = now

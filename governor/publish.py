@@ -31,7 +31,7 @@ def member_data(g: Governor, local: LocalState) -> dict:
     return {"role": role, "state": state, "conn_url": g.pg.conn_url, "api_url": g.config.restapi.api_url,
             "timeline": local.timeline, "lsn": local.lsn, "tags": g.config.tags,
             "pending_restart": pending, "version": __version__, "failsafe": failsafe_state(g),
-            "pre_promote_refused": g.mem.pre_promote_veto_until > time.monotonic(),
+            "pre_promote_refused": g.mem.pre_promote_refused(),
             "slots": g.mem.permanent_positions if g.mem.holds_lock else {}, "pg_version": g.pg_version}
 
 

@@ -26,8 +26,9 @@ def ensure_slots(g: ActionHost, decision: Decision, local: LocalState) -> None:
         ensure_roles(g)
     wanted = slots.wanted_slots(g.cluster, g.name)
     _keep_slots(g, wanted | set(g.pg.permanent_slots))
-    positions = g.server.slot_positions()
-    g.mem.permanent_positions = {s: positions[s] for s in g.pg.permanent_slots if s in positions}
+    if g.pg.permanent_slots:    # published for the replicas' copies (replica_slots)
+        positions = g.server.slot_positions()
+        g.mem.permanent_positions = {s: positions[s] for s in g.pg.permanent_slots if s in positions}
     if g.pg.logical_slots:
         _logical_slots(g, wanted)
 

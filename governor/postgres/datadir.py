@@ -92,7 +92,7 @@ def _quote(value: object) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _conninfo_quote(value: object) -> str:
+def conninfo_quote(value: object) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
@@ -105,7 +105,7 @@ def primary_conninfo(cfg: PostgresConfig, host: str, port: int, dbname: Optional
     }
     if dbname is not None:
         parts["dbname"] = dbname
-    return " ".join(f"{k}={_conninfo_quote(v)}" for k, v in parts.items())
+    return " ".join(f"{k}={conninfo_quote(v)}" for k, v in parts.items())
 
 
 def conf_path(cfg: PostgresConfig) -> str:
