@@ -173,3 +173,18 @@ def test_slot_positions_in_a_member_key_are_read_defensively():
             '"str": "5"}}')
     assert Member.from_json("node1", text).slots == {"archiver": 300}
     assert Member.from_json("node1", '{"slots": [1, 2]}').slots == {}
+
+
+def test_hostile_member_keys_cannot_bend_cascading_or_versions():
+    """Values another member's key may carry: a replicatefrom that is no name, a cycle through
+    many members, a version that is no number — unknown, never an upstream or an error."""
+    from governor.cluster import Cluster, Leader, Member
+    from governor.ctl_view import _pg_version
+    members = [Member("node1", role="primary", state="running", conn_url="postgres://h1:5432/p")]
+    members += [Member(f"n{i}", role="replica", state="running", conn_url=f"postgres://h{i}:5432/p",
+                       tags={"replicatefrom": f"n{(i + 1) % 200}"}) for i in range(200)]       # one long loop
+    members += [Member("odd", role="replica", state="running", tags={"replicatefrom": ["n1"]})]
+    cluster = Cluster(initialize="1", leader=Leader("node1"), members=tuple(members))
+    assert cluster.upstream_of("n0") is None and cluster.upstream_of("odd") is None
+    assert Member.from_json("x", '{"pg_version": 1e400, "version": {"a": 1}}').version is None
+    assert _pg_version(10**30) is None and _pg_version(True) is None and _pg_version(150010) == "15.10"
