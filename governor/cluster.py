@@ -27,6 +27,7 @@ class Member:
     slots: Dict[str, int] = field(default_factory=dict)  # the leader's permanent slots: name -> restart_lsn
     version: Optional[str] = None     # its governor's version
     pg_version: Optional[int] = None  # its PostgreSQL's server_version_num
+    scheduled_restart: Optional[float] = None  # when an operator scheduled its restart (Unix time)
 
     @classmethod
     def from_json(cls, name: str, text: str) -> Member:
@@ -52,6 +53,7 @@ class Member:
             slots=_slot_positions(data.get("slots")),
             version=_printable(data.get("version")),
             pg_version=_int_or_none(data.get("pg_version")),
+            scheduled_restart=_time_or_none(data.get("scheduled_restart")),
         )
 
     @property
@@ -75,6 +77,13 @@ def loads(text: Optional[str]) -> Any:
         return json.loads(text)
     except RecursionError as exc:
         raise ValueError("nested too deeply") from exc
+
+
+def _time_or_none(value: Any) -> Optional[float]:
+    """A Unix time from etcd: a finite, non-negative number of seconds, else unknown."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e11:
+        return None
+    return float(value)
 
 
 def _slot_positions(value: Any) -> Dict[str, int]:

@@ -37,6 +37,7 @@ class Controls:
             "DELETE /switchover": self.cancel_switchover,
             "POST /failover": self.failover,
             "POST /restart": self.restart,
+            "DELETE /restart": self.cancel_restart,
             "POST /reinitialize": self.reinitialize,
             "POST /reload": self.reload,
             "PATCH /config": self.patch_config,
@@ -61,13 +62,11 @@ class Controls:
         if not isinstance(candidate, str) or (leader is not None and not isinstance(leader, str)):
             return 400, {"error": "expected a JSON object with 'candidate' (and optionally 'leader' and "
                                   "'scheduled_at') "}
-        if scheduled is not None and (isinstance(scheduled, bool) or not isinstance(scheduled, (int, float))
-                                      or not math.isfinite(scheduled) or scheduled > time.time() + MAX_SCHEDULE):
-            return 400, {"error": "scheduled_at: expected a Unix time in seconds, at most 30 days ahead"}
+        problem = _schedule_problem(scheduled)
+        if problem:
+            return 400, {"error": problem}
         if not valid_member_name(candidate):
             return 400, {"error": "candidate: expected a member name"}
-        if scheduled is not None and scheduled < time.time() - 5:
-            return 400, {"error": "scheduled_at: that time has passed"}
         cluster = self._cluster()
         if cluster is None or cluster.leader is None:
             return 503, {"error": "no leader: a switchover needs one (use failover)"}
@@ -88,7 +87,7 @@ class Controls:
                 return 409, {"error": "another switchover is pending"}
         except DCSError as exc:
             return 503, {"error": str(exc)}
-        when = time.strftime(" at %Y-%m-%dT%H:%M:%S%z", time.localtime(scheduled)) if scheduled else ""
+        when = f" at {_local_time(scheduled)}" if scheduled else ""
         log.info("switchover from %s to %s requested through the API%s", cluster.leader.name, candidate, when)
         self.gov.wake.set()
         return 202, {"message": f"switchover from {cluster.leader.name} to {candidate} requested{when}"}
@@ -126,11 +125,36 @@ class Controls:
 
     def restart(self, body: dict) -> Answer:
         st = self.gov.board.get()
-        if body.get("pending") and not st.pending_restart:
+        scheduled, pending = body.get("scheduled_at"), body.get("pending", False)
+        problem = _schedule_problem(scheduled) or ("" if isinstance(pending, bool)
+                                                   else "pending: expected true or false")
+        if problem:
+            return 400, {"error": problem}
+        if scheduled is not None:
+            already = self.gov.mem.scheduled_restart
+            if already is not None:
+                return 409, {"error": f"a restart is already scheduled here at {_local_time(already[0])}; "
+                                      "cancel it first (DELETE /restart)"}
+            self.gov.mem.scheduled_restart = (float(scheduled), pending)
+            log.info("restart scheduled through the API at %s%s", _local_time(scheduled),
+                     " (only if a changed setting waits for it)" if pending else "")
+            self.gov.wake.set()
+            return 202, {"message": f"restart scheduled at {_local_time(scheduled)}"
+                                    + (" (only if a changed setting waits for it)" if pending else "")}
+        if pending and not st.pending_restart:
             return 200, {"message": "no restart pending; PostgreSQL left running"}
         if not st.running:
             return 412, {"error": "PostgreSQL is not running here"}
         return self.gov.submit_request("restart", timeout=2 * max(30.0, self.gov.pg.start_timeout) + 10)
+
+    def cancel_restart(self, body: dict) -> Answer:
+        when = self.gov.mem.scheduled_restart
+        if when is None:
+            return 404, {"error": "no restart is scheduled here"}
+        self.gov.mem.scheduled_restart = None
+        log.info("scheduled restart at %s cancelled through the API", _local_time(when[0]))
+        self.gov.wake.set()
+        return 200, {"message": f"scheduled restart at {_local_time(when[0])} cancelled"}
 
     def reinitialize(self, body: dict) -> Answer:
         st = self.gov.board.get()
@@ -162,3 +186,19 @@ class Controls:
                  ", ".join(f"{k}={b!r}" for k, _a, b in dynamic.diff(cluster.config, new)) or "no change")
         self.gov.wake.set()
         return 200, new
+
+
+def _schedule_problem(scheduled: object) -> str:
+    """What is wrong with a request's scheduled_at ("" when absent or fine)."""
+    if scheduled is None:
+        return ""
+    if isinstance(scheduled, bool) or not isinstance(scheduled, (int, float)) or not math.isfinite(scheduled) \
+            or scheduled > time.time() + MAX_SCHEDULE:
+        return "scheduled_at: expected a Unix time in seconds, at most 30 days ahead"
+    if scheduled < time.time() - 5:
+        return "scheduled_at: that time has passed"
+    return ""
+
+
+def _local_time(moment: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(moment))

@@ -14,18 +14,15 @@ import sys
 import time
 from typing import List, Optional
 
-import yaml
-
-from governor import __version__, ctl_generate, dynamic, safe_yaml
+from governor import __version__, ctl_config, ctl_generate, ctl_members, ctl_query
 from governor import config as config_mod
 from governor.cluster import Cluster, parse_conn_url
-from governor.ctl_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, dcs_call, http_json, refuse, use_tls
+from governor.ctl_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Stop, confirm, dcs_call, http_json, refuse, use_tls
 from governor.ctl_switchover import failover, switchover
 from governor.ctl_view import format_history, print_list
 from governor.dcs import DCS, DCSError
 from governor.dcs import make as make_dcs
 from governor.postgres import datadir
-from governor.postgres.catalogue import catalogue
 
 
 def parser() -> argparse.ArgumentParser:
@@ -77,31 +74,8 @@ def parser() -> argparse.ArgumentParser:
         mode = sub.add_parser(name, help=text)
         mode.add_argument("--wait", type=float, metavar="SECONDS", nargs="?", const=60.0,
                           help="until every member reports it (default 60 s)")
-    rs = sub.add_parser("restart", help="restart PostgreSQL on members, replicas first, the leader last",
-                        description="Restarts PostgreSQL one member at a time, waiting for each to run again "
-                                    "before the next; the leader last and in place (it keeps the lock, writes "
-                                    "pause for the restart). To avoid that pause, switch over first and restart "
-                                    "the old leader as a replica.")
-    rs.add_argument("members", nargs="*", metavar="MEMBER", help="members to restart (default: all)")
-    rs.add_argument("--pending", action="store_true",
-                    help="only members whose PostgreSQL has a setting waiting for a restart")
-    rs.add_argument("--force", action="store_true", help="do not ask before restarting the leader")
-    ri = sub.add_parser("reinit", help="re-clone a replica from the leader (its data directory is removed)",
-                        description="Removes the replica's data directory and clones the leader afresh with "
-                                    "pg_basebackup. Asks you to type the member name unless --force.")
-    ri.add_argument("member", metavar="MEMBER")
-    ri.add_argument("--force", action="store_true", help="do not ask for confirmation")
-    ri.add_argument("--wait", type=float, default=300, help="seconds to wait for it to stream (default 300)")
-    sub.add_parser("show-config", help="print the dynamic configuration kept in etcd")
-    ec = sub.add_parser("edit-config", help="change the dynamic configuration (validated, compare-and-swap)",
-                        description="Cluster-wide settings every member applies: ttl, loop_wait, retry_timeout, "
-                                    "maximum_lag_on_failover and postgresql.parameters.NAME. They take "
-                                    "precedence over the members' files. A PostgreSQL setting that needs a "
-                                    "restart shows up as pending in `list`; `restart --pending` applies it.")
-    ec.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="e.g. --set loop_wait=5 --set postgresql.parameters.work_mem=16MB; VALUE is YAML, "
-                         "'null' removes the key; repeatable")
-    ec.add_argument("--file", metavar="FILE", help="a YAML mapping merged in the same way ('-' for stdin)")
+    ctl_members.add_parsers(sub)
+    ctl_config.add_parsers(sub)
     mg = sub.add_parser("migrate", help="copy a paused cluster's keys to another etcd API or store",
                         description="Moving a running cluster from the etcd v2 API to v3 (or to another etcd) "
                                     "without restarting PostgreSQL: governorctl pause; governorctl migrate "
@@ -118,6 +92,7 @@ def parser() -> argparse.ArgumentParser:
     dsn.add_argument("member", nargs="?", metavar="MEMBER")
     dsn.add_argument("--dbname", default="postgres")
     dsn.add_argument("--user", default="postgres")
+    ctl_query.add_parser(sub)
     ctl_generate.add_parser(sub)
     return p
 
@@ -190,146 +165,6 @@ def _api_auth(args: argparse.Namespace) -> tuple:
     return (cfg.restapi.username, cfg.restapi.password)
 
 
-def restart(args: argparse.Namespace, cluster: Cluster, auth: tuple) -> int:
-    names = args.members or [m.name for m in cluster.members]
-    unknown = [n for n in names if cluster.member(n) is None]
-    if unknown:
-        return refuse(f"not members of this cluster: {', '.join(unknown)}")
-    leader = cluster.leader.name if cluster.leader else None
-    targets = [cluster.member(n) for n in dict.fromkeys(names)]
-    if args.pending:
-        targets = [m for m in targets if m.pending_restart]
-        if not targets:
-            print("no member has a restart pending")
-            return EXIT_OK
-    targets.sort(key=lambda m: m.name == leader)   # replicas first, the leader last
-    if any(m.name == leader for m in targets) and not args.force and \
-            not _confirm(f"Restart the leader {leader} in place? Writes stop while it restarts. [y/N] ", "y"):
-        return refuse("not confirmed")
-    for member in targets:
-        if not member.api_url:
-            return refuse(f"{member.name} publishes no API address")
-        print(f"restarting {member.name} ...", flush=True)
-        try:
-            code, answer = http_json(f"{member.api_url}/restart", "POST", {"pending": args.pending}, auth,
-                                      timeout=300)
-        except OSError as exc:
-            return refuse(f"{member.name}'s API at {member.api_url} does not answer: {exc}")
-        if code == 401:
-            return refuse(f"{member.name}'s API refused the credentials")
-        if code != 200:
-            print(f"governorctl: restart of {member.name} failed: {answer.get('error') or f'HTTP {code}'}; "
-                  "stopping the rolling restart here", file=sys.stderr)
-            return EXIT_FAILED
-        print(f"{member.name}: {answer.get('message', 'restarted')}")
-    return EXIT_OK
-
-
-def reinit(args: argparse.Namespace, cluster: Cluster, auth: tuple) -> int:
-    member = cluster.member(args.member)
-    if member is None:
-        return refuse(f"{args.member} is not a member of this cluster")
-    if cluster.leader and cluster.leader.name == args.member:
-        return refuse(f"{args.member} is the leader; switch over first")
-    if not member.api_url:
-        return refuse(f"{args.member} publishes no API address")
-    if not args.force and not _confirm(
-            f"This removes {args.member}'s data directory and clones the leader again.\n"
-            f"Type the member name to confirm: ", args.member):
-        return refuse("not confirmed")
-    try:
-        code, answer = http_json(f"{member.api_url}/reinitialize", "POST", {}, auth, timeout=90)
-    except OSError as exc:
-        return refuse(f"{args.member}'s API at {member.api_url} does not answer: {exc}")
-    if code == 401:
-        return refuse(f"{args.member}'s API refused the credentials")
-    if code not in (200, 202):
-        return refuse(answer.get("error") or f"{args.member} answered HTTP {code}")
-    print(f"{args.member}: {answer.get('message')}; waiting for it to stream ...", flush=True)
-    started = time.monotonic()
-    while time.monotonic() - started < args.wait:
-        time.sleep(1)
-        try:
-            _code, status = http_json(f"{member.api_url}/status", timeout=3)
-        except OSError:
-            continue
-        if status.get("role") == "replica" and status.get("running") and status.get("streaming"):
-            print(f"reinit done: {args.member} streams from {status.get('upstream')} "
-                  f"({time.monotonic() - started:.0f}s)")
-            return EXIT_OK
-    print(f"governorctl: {args.member} is not streaming after {args.wait:.0f}s; see its log", file=sys.stderr)
-    return EXIT_FAILED
-
-
-def _confirm(prompt: str, expected: str) -> bool:
-    try:
-        answer = input(prompt)
-    except EOFError:
-        return False
-    return answer.strip().lower() == expected.lower() if expected == "y" else answer.strip() == expected
-
-
-def edit_config(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
-    changes: dict = {}
-    try:
-        if args.file:
-            data = sys.stdin.buffer.read(safe_yaml.MAX_BYTES + 1) if args.file == "-" \
-                else safe_yaml.read_bytes(args.file)
-            if len(data) > safe_yaml.MAX_BYTES:
-                raise safe_yaml.YamlProblem("larger than 1 MB")
-            loaded = safe_yaml.loads(safe_yaml.decode(data)) or {}
-            if not isinstance(loaded, dict):
-                print(f"governorctl: {args.file}: expected a YAML mapping", file=sys.stderr)
-                return EXIT_USAGE
-            changes = dynamic.combine(changes, loaded)
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                print(f"governorctl: --set: expected KEY=VALUE, got {item!r}", file=sys.stderr)
-                return EXIT_USAGE
-            changes = dynamic.combine(changes, dynamic.nested(key.strip(), safe_yaml.loads(value)))
-    except safe_yaml.YamlProblem as exc:
-        print(f"governorctl: {args.file or '--set'}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as exc:
-        print(f"governorctl: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if not changes:
-        print("governorctl: edit-config: nothing to change (use --set or --file)", file=sys.stderr)
-        return EXIT_USAGE
-    new = dynamic.patch(cluster.config, changes)
-    problems = dynamic.validate(new, *_timing_and_catalogue(args))
-    if problems:
-        print("governorctl: refused, nothing written:\n  " + "\n  ".join(problems), file=sys.stderr)
-        return EXIT_FAILED
-    diff = dynamic.diff(cluster.config, new)
-    if not diff:
-        print("no change")
-        return EXIT_OK
-    try:
-        if not dcs.set_config(new, cluster.config_index):
-            return refuse("the dynamic configuration was changed by someone else meanwhile; "
-                           "look at `governorctl show-config` and try again")
-    except DCSError as exc:
-        print(f"governorctl: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    for key, old, value in diff:
-        print(f"{key}: {'(unset)' if old is None else old} -> {'(unset)' if value is None else value}")
-    return EXIT_OK
-
-
-def _timing_and_catalogue(args: argparse.Namespace) -> tuple:
-    """The file configuration's timing, the base the ttl rule is checked against, and the
-    PostgreSQL settings its server binary knows (None where no server is installed)."""
-    if not args.dcs_url:
-        try:
-            cfg = config_mod.load(args.config)
-            return dynamic.timing(cfg), catalogue(cfg.postgresql.bin_dir)
-        except config_mod.ConfigError:
-            pass
-    return dynamic.DEFAULT_TIMING, None
-
-
 def remove(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
     scope = dcs.cfg.scope
     if args.remove_scope != scope:
@@ -342,7 +177,7 @@ def remove(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
         return refuse(f"{scope} is alive (leader: {cluster.leader.name if cluster.leader else 'none'}, members: "
                        f"{', '.join(alive) or 'none'}); stop governor on every member first, then wait for "
                        "their keys to expire (ttl)")
-    if not _confirm(f"This deletes every key of cluster {scope} from etcd (its data directories stay).\n"
+    if not confirm(f"This deletes every key of cluster {scope} from etcd (its data directories stay).\n"
                     f"Type the scope name to confirm: ", scope):
         return refuse("not confirmed")
     if not dcs_call(dcs.remove_cluster):
@@ -403,7 +238,13 @@ def _parse_hosts(text: str, option: str) -> List[tuple]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        return _main(parser().parse_args(argv))
+    except Stop as stop:
+        return stop.code
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.command == "generate-config":
         return ctl_generate.generate(args)
     try:
@@ -424,17 +265,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "failover":
         return failover(args, dcs, cluster)
     if args.command == "restart":
-        return restart(args, cluster, _api_auth(args))
+        return ctl_members.restart(args, cluster, _api_auth(args))
     if args.command == "reinit":
-        return reinit(args, cluster, _api_auth(args))
+        return ctl_members.reinit(args, cluster, _api_auth(args))
     if args.command == "edit-config":
-        return edit_config(args, dcs, cluster)
+        return ctl_config.edit_config(args, dcs, cluster)
     if args.command == "show-config":
-        print(yaml.safe_dump(cluster.config, sort_keys=True).rstrip() if cluster.config
-              else "# no dynamic settings: every member uses its configuration files")
-        return EXIT_OK
+        return ctl_config.show_config(cluster)
     if args.command == "remove":
         return remove(args, dcs, cluster)
+    if args.command == "query":
+        return ctl_query.query(args, cluster)
     if args.command == "dsn":
         return print_dsn(args, cluster)
     if args.command == "migrate":

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import ssl
 import sys
+import time
 import urllib.error
 import urllib.request
 from typing import Callable, Optional
@@ -68,3 +70,37 @@ def dcs_call(operation: Callable[[], object]) -> bool:
 def refuse(message: str) -> int:
     print(f"governorctl: refused: {message}; nothing changed", file=sys.stderr)
     return EXIT_FAILED
+
+
+class Stop(Exception):
+    """A command ends here with this exit code; why was printed already."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+def scheduled_time(text: str) -> float:
+    """--scheduled: an ISO-8601 date and time (without a zone: local time) -> Unix time.
+    Stop (usage) when it is not one, Stop (refused) when it has passed."""
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00")).timestamp()
+    except (ValueError, OverflowError, OSError):
+        print(f"governorctl: --scheduled: expected an ISO-8601 time such as 2026-11-26T03:00:00+00:00, "
+              f"got {text!r}", file=sys.stderr)
+        raise Stop(EXIT_USAGE) from None
+    if moment < time.time():
+        raise Stop(refuse(f"{text} has already passed"))
+    return moment
+
+
+def local_time(moment: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(moment))
+
+
+def confirm(prompt: str, expected: str) -> bool:
+    try:
+        answer = input(prompt)
+    except EOFError:
+        return False
+    return answer.strip().lower() == expected.lower() if expected == "y" else answer.strip() == expected

@@ -3,14 +3,21 @@ or by the candidate's race for the lock (failover)."""
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 import time
-from typing import Optional
 
 from governor import config as config_mod
 from governor.cluster import Cluster
-from governor.ctl_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, dcs_call, http_json, refuse
+from governor.ctl_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    dcs_call,
+    http_json,
+    local_time,
+    refuse,
+    scheduled_time,
+)
 from governor.dcs import DCS, DCSError
 
 
@@ -20,15 +27,7 @@ def switchover(args: argparse.Namespace, dcs: DCS, cluster: Cluster, auth: tuple
     if not args.candidate:
         print("governorctl: switchover: --candidate is required", file=sys.stderr)
         return EXIT_USAGE
-    scheduled = None
-    if args.scheduled:
-        scheduled = parse_time(args.scheduled)
-        if scheduled is None:
-            print(f"governorctl: --scheduled: expected an ISO-8601 time such as 2026-11-26T03:00:00+00:00, "
-                  f"got {args.scheduled!r}", file=sys.stderr)
-            return EXIT_USAGE
-        if scheduled < time.time():
-            return refuse(f"{args.scheduled} has already passed")
+    scheduled = scheduled_time(args.scheduled) if args.scheduled else None
     if cluster.leader is None:
         return refuse("no member holds the leader lock; a switchover needs a leader")
     leader = cluster.leader.name
@@ -73,20 +72,11 @@ def switchover(args: argparse.Namespace, dcs: DCS, cluster: Cluster, auth: tuple
         return refuse(answer.get("error") or f"the leader answered HTTP {code}")
     if scheduled is not None:
         print(f"switchover from {leader} to {args.candidate} scheduled for "
-              f"{time.strftime('%Y-%m-%dT%H:%M:%S%z', time.localtime(scheduled))}; "
+              f"{local_time(scheduled)}; "
               "`governorctl switchover --cancel` cancels it")
         return EXIT_OK
     print(f"switchover from {leader} to {args.candidate} requested; waiting ...")
     return _wait_for_leader(dcs, args.candidate, args.wait, "switchover")
-
-
-def parse_time(text: str) -> Optional[float]:
-    """ISO-8601 date and time -> Unix time; without a zone it is local time."""
-    try:
-        moment = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment.timestamp()
 
 
 def cancel_switchover(dcs: DCS, cluster: Cluster, auth: tuple) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import List, Optional
 
 import yaml
@@ -24,27 +25,26 @@ def rows(cluster: Cluster) -> List[dict]:
         out.append({"member": m.name, "host": host, "role": role, "sync_standby": synchronous,
                     "state": m.state, "timeline": m.timeline, "lag_bytes": lag, "tags": m.tags,
                     "pending_restart": m.pending_restart, "failsafe": m.failsafe,
-                    "version": m.version, "pg_version": _pg_version(m.pg_version)})
+                    "version": m.version, "pg_version": _pg_version(m.pg_version),
+                    "scheduled_restart": m.scheduled_restart})
     return out
 
 
 def format_table(scope: str, cluster: Cluster) -> str:
     data = rows(cluster)
     header = ["Member", "Host", "Role", "State", "TL", "Lag in MB", "Tags", "Versions"]
-    pending = any(r["pending_restart"] for r in data)
-    if pending:
-        header.append("Pending restart")
-    failsafe = any(r["failsafe"] for r in data)
-    if failsafe:
-        header.append("Failsafe")
+    optional = [(title, cell) for title, cell in (
+        ("Pending restart", lambda r: "*" if r["pending_restart"] else ""),
+        ("Scheduled restart", lambda r: _when(r["scheduled_restart"])),
+        ("Failsafe", lambda r: r["failsafe"] or "")) if any(cell(r) for r in data)]
+    header += [title for title, _cell in optional]
     table = [header]
     for r in data:
         lag = "" if r["lag_bytes"] is None else f"{r['lag_bytes'] / 1048576:.1f}"
         tags = ",".join(_tag(k, v) for k, v in sorted(r["tags"].items()) if v is not False and v is not None)
         versions = f"{r['version'] or '?'} / PG {r['pg_version'] or '?'}"[:40]
         row = [r["member"], r["host"], r["role"], r["state"], str(r["timeline"] or ""), lag, tags, versions]
-        table.append(row + (["*" if r["pending_restart"] else ""] if pending else [])
-                     + ([r["failsafe"] or ""] if failsafe else []))
+        table.append(row + [cell(r) for _title, cell in optional])
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = [f"Cluster: {scope} (initialized: {cluster.initialize or 'no'})"]
     sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
@@ -70,6 +70,10 @@ def format_history(cluster: Cluster) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
     return "\n".join(lines) if cluster.history else "No promotion recorded."
+
+
+def _when(moment: Optional[float]) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(moment)) if moment is not None else ""
 
 
 def _lsn(value: object) -> str:

@@ -276,7 +276,7 @@ class Governor:
                         failsafe_mode=self.config.failsafe_mode, failsafe_promise=vouch.promised_to(self),
                         failsafe_fresh=vouch.fresh(self),
                         pre_promote_vetoed=self.mem.pre_promote_refused(),
-                        clone_failed_from=self.mem.clone_failed_from)
+                        clone_failed_from=self.mem.clone_failed_from, **self._restart_schedule())
         if self.cluster is None and self.config.failsafe_mode and self.mem.holds_lock and local.running \
                 and local.role == "primary":
             local = replace(local, failsafe_vouched=vouch.ask_members(self))
@@ -305,6 +305,11 @@ class Governor:
             publish.publish(self, local)
         publish.publish_status(self, local, decision)
         return ok
+
+    def _restart_schedule(self) -> dict:
+        when = self.mem.scheduled_restart
+        return {"scheduled_restart": when[0] if when else None, "scheduled_pending_only": bool(when and when[1]),
+                "pending_restart": bool(self.server_state and self.server_state.pending_restart)}
 
     def _role_callbacks(self, local: LocalState) -> None:
         """on_start / on_stop / on_role_change for what changed since the last pass."""

@@ -18,6 +18,13 @@ Cases, checked top to bottom (the first that matches wins):
   data_dir_not_postgres         data_dir holds files that are not PostgreSQL  -  (never touched)
   foreign_data_dir              system identifier differs from `initialize`  -  (never touched)
   restart_requested             operator asked to restart PostgreSQL here    (renew_lock), restart
+  scheduled_restart_skipped     an operator's scheduled restart is due, but   forget_scheduled_restart
+                                PostgreSQL is not running, or it was for a
+                                pending setting and none is pending
+  scheduled_restart_due         an operator's scheduled restart is due (the  (renew_lock),
+                                leader waits, at most LEADER_RESTART_WAIT,   forget_scheduled_restart,
+                                while running replicas have one due no later restart
+                                than its own: replicas first, leader last)
   reinitialize_requested        operator asked to re-clone this replica      reinitialize
   paused_leader                 maintenance mode, this member holds the lock renew_lock, manage_sync
   paused_primary_reacquire      maintenance mode, nobody holds the lock,     acquire_lock
@@ -138,6 +145,32 @@ def clone_source(cluster: Cluster, me: str, failed: Optional[str]) -> Optional[s
     return max(tagged, key=lambda m: (m.lsn, m.name)).name if tagged else None
 
 
+LEADER_RESTART_WAIT = 600.0   # seconds a due scheduled restart of the leader waits for its replicas'
+
+
+def scheduled_restart(cluster: Cluster, local: LocalState, leader_name: Optional[str]) -> Optional[Decision]:
+    """The operator's scheduled restart, when it is due (None: not due, or the leader waits)."""
+    at = local.scheduled_restart
+    if at is None or local.now < at:
+        return None
+    if not (local.running and local.role):
+        return Decision("scheduled_restart_skipped", "the scheduled restart is due but PostgreSQL is not running: "
+                        "its next start applies every setting anyway", (Action.FORGET_SCHEDULED_RESTART,))
+    if local.scheduled_pending_only and not local.pending_restart:
+        return Decision("scheduled_restart_skipped", "the scheduled restart is due but no changed setting waits "
+                        "for one: PostgreSQL left running", (Action.FORGET_SCHEDULED_RESTART,))
+    if leader_name == local.name:
+        if local.now < at + LEADER_RESTART_WAIT and any(
+                m.name != local.name and m.state == "running" and m.scheduled_restart is not None
+                and m.scheduled_restart <= at for m in cluster.members):
+            return None
+        return Decision("scheduled_restart_due", "scheduled restart: restarting PostgreSQL in place, keeping the "
+                        "leader lock", (Action.RENEW_LOCK, Action.FORGET_SCHEDULED_RESTART, Action.RESTART),
+                        leader=leader_name)
+    return Decision("scheduled_restart_due", "scheduled restart: restarting PostgreSQL",
+                    (Action.FORGET_SCHEDULED_RESTART, Action.RESTART), leader=leader_name)
+
+
 def _await_leader(leader: str) -> Decision:
     return Decision("rewind_await_leader",
                     f"former primary: waiting for {leader} to run as primary before checking this data directory "
@@ -192,6 +225,9 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                         + (" in place, keeping the leader lock" if leader_name == me else ""),
                         (Action.RENEW_LOCK, Action.RESTART) if leader_name == me else (Action.RESTART,),
                         leader=leader_name)
+    due = scheduled_restart(cluster, local, leader_name)
+    if due is not None:
+        return due
     if local.request == "reinitialize" and leader_name and leader_name != me and cluster.initialized:
         return Decision("reinitialize_requested",
                         f"re-initialization requested by the operator: removing {local.data_dir} to clone "

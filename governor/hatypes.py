@@ -34,6 +34,7 @@ class Action(str, Enum):
     FAILSAFE_HOLD = "failsafe_hold"         # every listed member vouched: the deadline moves on
     FAILSAFE_LIST = "failsafe_list"         # write (or delete) the `failsafe` key to match
     REPLICA_SLOTS = "replica_slots"         # replica: slots of members streaming from it; permanent slots' copies
+    FORGET_SCHEDULED_RESTART = "forget_scheduled_restart"   # the scheduled restart is due: it runs once
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,9 @@ class LocalState:
     failsafe_fresh: bool = False    # governor started less than ttl ago: what it promised before is unknown
     pre_promote_vetoed: bool = False  # the pre_promote callback refused a promotion less than ttl ago
     clone_failed_from: Optional[str] = None  # the clonefrom replica the last failed clone copied from
+    scheduled_restart: Optional[float] = None  # an operator's scheduled restart: when (wall clock)
+    scheduled_pending_only: bool = False     # ... and only if a changed setting waits for a restart
+    pending_restart: bool = False            # a changed PostgreSQL setting waits for a restart
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,9 @@ class NodeMemory:
     clone_failed_from: Optional[str] = None      # a clonefrom replica a clone failed from: the next uses another
     permanent_positions: Dict[str, int] = field(default_factory=dict)  # leader: its permanent slots' restart_lsn
     standby_slots: str = ""                      # leader: synchronized_standby_slots as written (logical_slots)
+    # an operator's scheduled restart (POST /restart with scheduled_at): (wall time, only when a
+    # setting waits for it); forgotten when governor stops, as `list` and the docs say
+    scheduled_restart: Optional[Tuple[float, bool]] = None
 
     def pre_promote_refused(self) -> bool:
         """The pre_promote callback refused a promotion less than ttl ago."""

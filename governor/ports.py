@@ -43,6 +43,7 @@ class ControlHost(Protocol):
     config: Config
     file_config: Config
     pg: PostgresConfig
+    mem: NodeMemory
     wake: threading.Event
 
     def submit_request(self, kind: str, timeout: float) -> tuple: ...

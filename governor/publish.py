@@ -32,7 +32,8 @@ def member_data(g: Governor, local: LocalState) -> dict:
             "timeline": local.timeline, "lsn": local.lsn, "tags": g.config.tags,
             "pending_restart": pending, "version": __version__, "failsafe": failsafe_state(g),
             "pre_promote_refused": g.mem.pre_promote_refused(),
-            "slots": g.mem.permanent_positions if g.mem.holds_lock else {}, "pg_version": g.pg_version}
+            "slots": g.mem.permanent_positions if g.mem.holds_lock else {}, "pg_version": g.pg_version,
+            "scheduled_restart": g.mem.scheduled_restart[0] if g.mem.scheduled_restart else None}
 
 
 def publish(g: Governor, local: LocalState) -> None:
@@ -77,7 +78,7 @@ def publish_status(g: Governor, local: LocalState, decision: Decision) -> None:
         synchronous_mode=g.config.synchronous_mode,
         started_at=st.started_at if st else None,
         api_url=g.config.restapi.api_url, conn_url=g.pg.conn_url, failsafe=failsafe_state(g),
-        pre_promote_refused=member["pre_promote_refused"]))
+        pre_promote_refused=member["pre_promote_refused"], scheduled_restart=member["scheduled_restart"]))
 
 
 def failsafe_state(g: Governor) -> Optional[str]:

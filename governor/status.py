@@ -56,6 +56,7 @@ class NodeStatus:
     conn_url: Optional[str] = None
     failsafe: Optional[str] = None      # "primary on its members' promises" / "vouched for NAME" (failsafe)
     pre_promote_refused: bool = False   # the pre_promote callback refused a promotion less than ttl ago
+    scheduled_restart: Optional[float] = None  # an operator's scheduled restart (Unix time)
 
     def lock_valid(self, now: Optional[float] = None) -> bool:
         if not self.holds_lock or self.lock_deadline is None:
@@ -125,6 +126,7 @@ class NodeStatus:
             "api_url": self.api_url,
             "failsafe": self.failsafe,
             "pre_promote_refused": self.pre_promote_refused,
+            "scheduled_restart": self.scheduled_restart,
         }
 
     def cluster_dict(self) -> Dict[str, Any]:
@@ -142,7 +144,8 @@ class NodeStatus:
                                                      and m.name != leader),
                                 "state": m.state, "timeline": m.timeline, "lsn": m.lsn, "lag_bytes": lag,
                                 "conn_url": m.conn_url, "api_url": m.api_url, "tags": m.tags,
-                                "pending_restart": m.pending_restart, "failsafe": m.failsafe})
+                                "pending_restart": m.pending_restart, "failsafe": m.failsafe,
+                                "scheduled_restart": m.scheduled_restart})
         return {"scope": self.scope, "leader": self.leader, "paused": bool(cluster and cluster.paused),
                 "initialized": bool(cluster and cluster.initialized),
                 "leader_lsn": cluster.leader_lsn if cluster else None, "members": members,

@@ -785,11 +785,12 @@ def _prefix_end(prefix: str) -> str:
     return base64.b64encode(bytes(raw)).decode()
 
 
-def governorctl(node: Node, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+def governorctl(node: Node, *args: str, stdin: str = "", env: Optional[Dict[str, str]] = None
+                ) -> subprocess.CompletedProcess:
     """governorctl with the node's configuration; `stdin` answers its confirmation prompts."""
     return subprocess.run([sys.executable, "-m", "governor.ctl", "-c", node.config_path, *args],
                           capture_output=True, text=True, cwd=REPO, input=stdin,
-                          env={**os.environ, "PYTHONPATH": REPO}, timeout=400)
+                          env={**os.environ, "PYTHONPATH": REPO, **(env or {})}, timeout=400)
 
 
 def server_port(port: int, password: str = SUPERUSER_PASSWORD) -> int:

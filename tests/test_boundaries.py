@@ -176,6 +176,12 @@ def test_hostile_files_requests_and_etcd_values_change_nothing(make_cluster):
             tried += 1
         code, _ = api_request(leader, "POST", "/switchover", b'{"candidate": "node2", "scheduled_at": 1e999}')
         assert code == 400
+        for body in (b'{"scheduled_at": 1e999}', b'{"scheduled_at": NaN}', b'{"scheduled_at": true}',
+                     b'{"scheduled_at": "03:00"}', b'{"scheduled_at": 1}', b'{"scheduled_at": 9e9}',
+                     b'{"pending": "yes"}'):
+            code, answer = api_request(leader, "POST", "/restart", body)
+            assert code == 400 and "restart scheduled" not in leader.log_text(), (body, code, answer)
+            tried += 1
         assert cluster.etcd.get(config_key) == before
         steady(cluster, leader, replica, 3)
 

@@ -43,6 +43,10 @@ printf '%s\\n' "${{COMPREPLY[@]}}"
     ("governorctl -c /etc/governor list --f", ["--format"]),
     ("governorctl list --format ", ["json", "table", "yaml"]),
     ("governorctl migrate --to-api ", ["2", "3"]),
+    ("governorctl query --format ", ["csv", "json", "table"]),
+    ("governorctl query -c ", []),
+    ("governorctl restart --role ", ["any", "leader", "replica"]),
+    ("governorctl restart --s", ["--scheduled"]),
 ])
 def test_governorctl_completes_commands_options_and_values(line, offered):
     assert complete("governorctl", line) == offered

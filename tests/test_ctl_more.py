@@ -1,5 +1,12 @@
-"""governorctl dsn and the versions in list, against a real member."""
+"""governorctl dsn, versions in list, pause --wait, the editor, scheduled restarts and query, against
+real members."""
 from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
 
 import psycopg2
 import pytest
@@ -46,3 +53,156 @@ def test_pause_and_resume_wait_until_every_member_reports_them(make_cluster):
     cluster.nodes["node2"].kill()           # a member that cannot answer: the wait says who
     done = harness.governorctl(leader, "pause", "--wait", "3")
     assert done.returncode == 1 and "not reported within 3s by: node2" in done.stderr, done.stderr
+
+
+def _editor(tmp_path, name: str, script: str) -> dict:
+    """An EDITOR that edits the file it is given with a shell script."""
+    path = tmp_path / name
+    path.write_text("#!/bin/sh\nset -e\n" + script)
+    path.chmod(0o755)
+    return {"EDITOR": str(path), "VISUAL": ""}
+
+
+def test_edit_config_in_the_editor_shows_the_change_asks_and_never_overwrites_a_newer_one(make_cluster, tmp_path):
+    cluster = make_cluster("editor")
+    node = cluster.add("node1")
+    cluster.wait_for_primary(60)
+    key = f"/service/{cluster.scope}/config"
+    add = _editor(tmp_path, "add", 'grep -q "cluster ' + cluster.scope + '" "$1"\necho "loop_wait: 3" >> "$1"\n')
+    declined = harness.governorctl(node, "edit-config", stdin="n\n", env=add)
+    assert declined.returncode == 1 and "not confirmed" in declined.stderr, declined.stderr
+    assert "loop_wait: (unset) -> 3" in declined.stdout
+    assert cluster.etcd.get(key) is None, "nothing written without a yes"
+    done = harness.governorctl(node, "edit-config", stdin="y\n", env=add)
+    assert done.returncode == 0, done.stderr
+    assert "loop_wait: 3" in harness.governorctl(node, "show-config").stdout
+    harness.wait_until(lambda: node.api("/status")[1].get("decision") is not None and
+                       "loop_wait: 3" in harness.governorctl(node, "show-config").stdout, 5, "the new setting")
+
+    # What the editor leaves is the whole configuration: a deleted line removes the setting.
+    remove = _editor(tmp_path, "remove", "sed -i '/^loop_wait/d' \"$1\"\n")
+    done = harness.governorctl(node, "edit-config", "--force", env=remove)
+    assert done.returncode == 0 and "loop_wait: 3 -> (unset)" in done.stdout, done.stdout + done.stderr
+    assert "no dynamic settings" in harness.governorctl(node, "show-config").stdout
+
+    # Someone else writes while the editor is open: ours is refused, theirs stays.
+    ctl = f"PYTHONPATH={harness.REPO} {sys.executable} -m governor.ctl -c {node.config_path}"
+    racing = _editor(tmp_path, "racing", f"{ctl} edit-config --set maximum_lag_on_failover=2MB >/dev/null\n"
+                                         'echo "loop_wait: 4" >> "$1"\n')
+    stale = harness.governorctl(node, "edit-config", stdin="y\n", env=racing)
+    assert stale.returncode == 1 and "changed by someone else meanwhile" in stale.stderr, stale.stderr
+    shown = harness.governorctl(node, "show-config").stdout
+    assert "maximum_lag_on_failover: 2MB" in shown and "loop_wait" not in shown
+
+    # Unusable edits write nothing and keep the file, named, so the work is not lost.
+    for script, code, expected in (('echo "loop_wait: [" >> "$1"\n', 2, "your edit is kept in"),
+                                   ('echo "loop_wait: 999" >> "$1"\n', 1, "your edit is kept in"),
+                                   ('echo "- a list" > "$1"\n', 2, "expected a YAML mapping"),
+                                   ("exit 3\n", 1, "exited with status 3")):
+        result = harness.governorctl(node, "edit-config", stdin="y\n", env=_editor(tmp_path, "bad", script))
+        assert result.returncode == code and expected in result.stderr, (script, result.stderr)
+        kept = re.search(r"(/\S+\.yaml)", result.stderr)
+        if "kept" in expected:
+            assert kept and os.path.exists(kept.group(1)), result.stderr
+    assert "loop_wait" not in harness.governorctl(node, "show-config").stdout
+
+
+def _started(node) -> float:
+    return node.api("/status")[1]["postmaster_start_time"]
+
+
+def _logged_at(node, text: str) -> list:
+    """When each line of the node's log that contains `text` was written."""
+    return [time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) + int(line[20:23]) / 1000
+            for line in node.log_text().splitlines() if text in line]
+
+
+def _in(seconds: float) -> tuple:
+    due = int(time.time() + seconds) + 1     # the ISO time has whole seconds
+    return due, time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(due))
+
+
+def test_scheduled_restarts_happen_at_their_time_replicas_first_and_can_be_cancelled(make_cluster):
+    cluster = make_cluster("schedrestart")
+    leader = cluster.add("node1")
+    cluster.wait_for_primary(60)
+    replica = cluster.add("node2")
+    cluster.wait_for_streaming(["node2"], 60)
+    before = {n.name: _started(n) for n in cluster.nodes.values()}
+
+    due, when = _in(5)
+    done = harness.governorctl(leader, "restart", "--role", "replica", "--scheduled", when)
+    assert done.returncode == 0 and f"node2: restart scheduled at {when}" in done.stdout, done.stdout + done.stderr
+    assert "node1" not in done.stdout, "--role replica leaves the leader out"
+    harness.wait_until(lambda: "Scheduled restart" in harness.governorctl(leader, "list").stdout, 10,
+                       "list to show the scheduled restart")
+    assert replica.api("/status")[1]["scheduled_restart"] == due
+    assert _started(replica) == before["node2"], "not before its time"
+    harness.wait_until(lambda: _started(replica) > before["node2"], 30, "the replica's scheduled restart")
+    assert _started(replica) >= due and _started(leader) == before["node1"]
+    harness.wait_until(lambda: "Scheduled restart" not in harness.governorctl(leader, "list").stdout, 10,
+                       "list to forget it once done")
+
+    # Every member at the same time: the leader waits for its replica, in place, keeping the lock.
+    before = {n.name: _started(n) for n in cluster.nodes.values()}
+    due, when = _in(5)
+    done = harness.governorctl(leader, "restart", "--scheduled", when, "--force")
+    assert done.returncode == 0, done.stderr
+    harness.wait_until(lambda: all(_started(n) > before[n.name] for n in cluster.nodes.values()), 40,
+                       "both scheduled restarts")
+    replica_back = _logged_at(replica, "restart: PostgreSQL is running again")[-1]
+    leader_began = _logged_at(leader, "scheduled_restart_due: scheduled restart: restarting PostgreSQL in place")[-1]
+    assert leader_began >= replica_back, "the leader began only once its replica ran again"
+    assert cluster.leader_name() == "node1" and leader.role() == "primary"
+
+    # Cancelled, and only-if-pending with nothing pending: nothing restarts.
+    before = {n.name: _started(n) for n in cluster.nodes.values()}
+    due, when = _in(4)
+    assert harness.governorctl(leader, "restart", "--scheduled", when, "--force").returncode == 0
+    again = harness.governorctl(leader, "restart", "node2", "--scheduled", when)
+    assert again.returncode == 1 and "already scheduled" in again.stderr
+    cancelled = harness.governorctl(leader, "restart", "--cancel")
+    assert cancelled.returncode == 0 and cancelled.stdout.count("cancelled") == 2, cancelled.stdout
+    due, when = _in(3)
+    pending = harness.governorctl(leader, "restart", "--role", "leader", "--pending", "--scheduled", when, "--force")
+    assert pending.returncode == 0 and "only if a changed setting waits" in pending.stdout, pending.stderr
+    harness.wait_until(lambda: "no changed setting waits for one" in leader.log_text(), 20, "the skipped restart")
+    assert {n.name: _started(n) for n in cluster.nodes.values()} == before
+    assert harness.governorctl(leader, "restart", "--cancel").returncode == 1, "nothing left to cancel"
+    past = harness.governorctl(leader, "restart", "--scheduled", "2001-01-01T00:00:00Z")
+    assert past.returncode == 1 and "already passed" in past.stderr
+    assert harness.governorctl(leader, "restart", "--scheduled", "tomorrow").returncode == 2
+
+
+def test_query_reads_by_default_writes_only_when_asked(make_cluster):
+    cluster = make_cluster("query")
+    leader = cluster.add("node1")
+    cluster.wait_for_primary(60)
+    cluster.add("node2")
+    cluster.wait_for_streaming(["node2"], 60)
+    env = {"PGPASSWORD": "", "PGPASSFILE": "/nonexistent"}   # the password comes from the configuration
+    shown = harness.governorctl(leader, "query", "-c", "SELECT 1 AS one, 'a b' AS two", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == ["one | two", "----+----", "1   | a b", "(1 row)"]
+    for sql, expected in (("CREATE TABLE q(x int)", "read-only transaction"),
+                          ("SET TRANSACTION READ WRITE; CREATE TABLE q(x int)", "must be set before any query"),
+                          ("COMMIT; CREATE TABLE q(x int)", "read-only transaction")):
+        refused = harness.governorctl(leader, "query", "-c", sql, env=env)
+        assert refused.returncode == 1 and expected in refused.stderr, (sql, refused.stderr)
+    assert leader.sql("SELECT to_regclass('q')") == [(None,)], "no write by default"
+    wrote = harness.governorctl(leader, "query", "--write", "-c", "CREATE TABLE q AS SELECT 7 AS x", env=env)
+    assert wrote.returncode == 0 and "SELECT 1" in wrote.stdout, wrote.stderr
+    harness.wait_until(lambda: harness.governorctl(leader, "query", "node2", "--format", "json", "-c",
+                                                   "SELECT x, pg_is_in_recovery() AS standby FROM q",
+                                                   env=env).stdout.strip().startswith("["), 10, "q on node2")
+    on_replica = harness.governorctl(leader, "query", "node2", "--format", "json", "-c",
+                                     "SELECT x, pg_is_in_recovery() AS standby FROM q", env=env)
+    assert json.loads(on_replica.stdout) == [{"x": 7, "standby": True}]
+    assert harness.governorctl(leader, "query", "node2", "--format", "csv", "-c", "SELECT x FROM q",
+                               env=env).stdout == "x\n7\n"
+    replica_write = harness.governorctl(leader, "query", "node2", "--write", "-c", "INSERT INTO q VALUES (8)",
+                                        env=env)
+    assert replica_write.returncode == 1 and "read-only transaction" in replica_write.stderr
+    assert harness.governorctl(leader, "query", "nosuch", "-c", "SELECT 1").returncode == 1
+    slow = harness.governorctl(leader, "query", "--timeout", "1", "-c", "SELECT pg_sleep(5)")
+    assert slow.returncode == 1 and "statement timeout" in slow.stderr

@@ -32,7 +32,8 @@ def cluster(leader=None, initialize=SYSID, members=(), leader_lsn=None, switchov
 def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, rewind_pending=False,
           rewind_failed=False, peers=None, request=None, now=0.0, bootstrap_failures=0, timeline=None,
           not_streaming_for=None, lock_left=None, starting_for=None, failsafe_mode=False, failsafe_vouched=None,
-          failsafe_promise=None, failsafe_fresh=False, pre_promote_vetoed=False, clone_failed_from=None, **tags):
+          failsafe_promise=None, failsafe_fresh=False, pre_promote_vetoed=False, clone_failed_from=None,
+          scheduled_restart=None, scheduled_pending_only=False, pending_restart=False, **tags):
     return ha.LocalState(name=ME, data=data, sysid=sysid if data == ha.POSTGRES else None, running=running,
                          role=role if running else None, lsn=lsn, tags=tags, maximum_lag_on_failover=1000,
                          data_dir="/var/lib/pg", rewind_pending=rewind_pending, rewind_failed=rewind_failed,
@@ -41,7 +42,9 @@ def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, 
                          primary_start_timeout=30, lock_left=lock_left, starting_for=starting_for,
                          failsafe_mode=failsafe_mode, failsafe_vouched=failsafe_vouched,
                          failsafe_promise=failsafe_promise, failsafe_fresh=failsafe_fresh,
-                         pre_promote_vetoed=pre_promote_vetoed, clone_failed_from=clone_failed_from)
+                         pre_promote_vetoed=pre_promote_vetoed, clone_failed_from=clone_failed_from,
+                         scheduled_restart=scheduled_restart, scheduled_pending_only=scheduled_pending_only,
+                         pending_restart=pending_restart)
 
 
 PRIMARY_NODE2 = member("node2", role="primary")
@@ -62,6 +65,10 @@ TABLE = [
     ("foreign_data_dir", cluster("node2", members=[PRIMARY_NODE2]), local(sysid="123"), (), None),
     ("restart_requested", cluster(ME, paused=True), local(role="primary", request="restart"),
      (A.RENEW_LOCK, A.RESTART), ME),
+    ("scheduled_restart_skipped", cluster("node2", members=[PRIMARY_NODE2]),
+     local(scheduled_restart=100.0, now=100.0, scheduled_pending_only=True), (A.FORGET_SCHEDULED_RESTART,), None),
+    ("scheduled_restart_due", cluster(ME, paused=True), local(role="primary", scheduled_restart=100.0, now=101.0),
+     (A.RENEW_LOCK, A.FORGET_SCHEDULED_RESTART, A.RESTART), ME),
     ("reinitialize_requested", cluster("node2", members=[PRIMARY_NODE2]), local(request="reinitialize"),
      (A.REINITIALIZE,), "node2"),
     ("paused_leader", cluster(ME, paused=True), local(running=False), (A.RENEW_LOCK, A.MANAGE_SYNC), None),
@@ -397,3 +404,33 @@ def test_the_failsafe_list_is_parsed_defensively():
                  "[" * 100000, '{"leader": "n", "members": {' + ",".join(f'"m{i}": "http://x"' for i in range(65))
                  + "}}"):
         assert FailsafeList.from_json(text, valid_member_name) is None, text
+
+
+def test_a_scheduled_restart_waits_for_its_time_and_restarts_a_replica_once_due():
+    snapshot = cluster("node2", members=[PRIMARY_NODE2])
+    assert ha.decide(snapshot, local(scheduled_restart=100.0, now=99.9)).case != "scheduled_restart_due"
+    due = ha.decide(snapshot, local(scheduled_restart=100.0, now=100.0))
+    assert (due.case, due.actions, due.leader) == ("scheduled_restart_due", (A.FORGET_SCHEDULED_RESTART, A.RESTART),
+                                                   "node2")
+    pending = ha.decide(snapshot, local(scheduled_restart=100.0, now=100.0, scheduled_pending_only=True,
+                                        pending_restart=True))
+    assert pending.case == "scheduled_restart_due"
+
+
+def test_a_due_scheduled_restart_is_forgotten_when_postgresql_is_not_running():
+    decision = ha.decide(cluster("node2", members=[PRIMARY_NODE2]), local(running=False, scheduled_restart=5.0,
+                                                                          now=10.0))
+    assert (decision.case, decision.actions) == ("scheduled_restart_skipped", (A.FORGET_SCHEDULED_RESTART,))
+
+
+def test_the_leader_restarts_after_the_replicas_scheduled_no_later_but_not_forever():
+    replica = Member(name="node2", role="replica", state="running", lsn=100, scheduled_restart=100.0)
+    later = Member(name="node3", role="replica", state="running", lsn=100, scheduled_restart=200.0)
+    leader = local(role="primary", scheduled_restart=100.0, now=100.0)
+    waits = ha.decide(cluster(ME, members=[replica, later]), leader)
+    assert waits.case == "leader_renew"          # the replica first: the leader goes on leading
+    stopped = replace(replica, state="stopped")   # a replica that is not running restarts nothing
+    assert ha.decide(cluster(ME, members=[stopped, later]), leader).case == "scheduled_restart_due"
+    assert ha.decide(cluster(ME, members=[later]), leader).case == "scheduled_restart_due"
+    late = replace(leader, now=100.0 + ha.LEADER_RESTART_WAIT)
+    assert ha.decide(cluster(ME, members=[replica]), late).case == "scheduled_restart_due"

@@ -26,6 +26,7 @@ EXECUTORS: Dict[Action, Executor] = {
     Action.START_AS_LEADER: run.start_as_leader,
     Action.START_AS_REPLICA: run.start_as_replica,
     Action.RESTART: run.restart,
+    Action.FORGET_SCHEDULED_RESTART: run.forget_scheduled_restart,
     Action.FOLLOW: run.follow,
     Action.ACQUIRE_LOCK: lock.acquire_lock,
     Action.RENEW_LOCK: lock.renew_lock,

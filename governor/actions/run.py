@@ -51,6 +51,11 @@ def restart(g: ActionHost, decision: Decision, local: LocalState) -> None:
     g.callbacks.fire(g.config.callbacks, "on_restart", local.role or "replica")
 
 
+def forget_scheduled_restart(g: ActionHost, decision: Decision, local: LocalState) -> None:
+    """A due scheduled restart is attempted once: forgotten before it runs, failed or not."""
+    g.mem.scheduled_restart = None
+
+
 def follow(g: ActionHost, decision: Decision, local: LocalState) -> None:
     target = g.leader_address(decision.leader) or ()
     if decision.leader and not target:

@@ -31,7 +31,7 @@ def member_facts(text: Optional[str]) -> tuple:
     Not its WAL position, which changes every loop."""
     m = Member.from_json("", text or "")
     return (m.role, m.state, m.conn_url, m.api_url, m.timeline, m.pending_restart, m.pre_promote_refused,
-            sorted(m.tags.items(), key=repr))
+            m.scheduled_restart, sorted(m.tags.items(), key=repr))
 
 
 def wakes(key: str, before: Optional[str], after: Optional[str]) -> bool:
