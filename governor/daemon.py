@@ -32,7 +32,7 @@ from governor.postgres.catalogue import catalogue
 from governor.postgres.controller import ControllerError, ProcessController, make_controller
 from governor.postgres.server import Server, ServerState
 from governor.shutdown import RESTART_MARKER, consume_restart_marker  # noqa: F401 - RESTART_MARKER for tests
-from governor.status import NodeStatus, StatusBoard
+from governor.status import Archiver, NodeStatus, StatusBoard
 from governor.syncrep import SyncManager
 from governor.systemd import Notifier
 from governor.wakeups import OnChange, OperatorRequest
@@ -76,6 +76,7 @@ class Governor:
         self._request_lock = threading.Lock()
         self.syncrep = SyncManager(self)
         self.replicas: tuple = ()
+        self.archiver: Optional[Archiver] = None     # pg_stat_archiver as the last pass read it
         self.pg_version: Optional[int] = None
         self.board = StatusBoard(NodeStatus(name=self.name, scope=config.etcd.scope))
         self.api: Optional[ApiServer] = None

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Optional
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -150,6 +150,7 @@ class _StatusCollector:
             if metric is not None:
                 yield metric
 
+        yield from _archiver_metrics(st)
         lag = GaugeMetricFamily("governor_replication_lag_bytes",
                                 "Leader: bytes each replica's replay position is behind the current WAL position",
                                 labels=["replica"])
@@ -166,3 +167,22 @@ class _StatusCollector:
         yield lag
         yield streaming
         yield synchronous
+
+
+def _archiver_metrics(st: NodeStatus) -> Iterable[Metric]:
+    """pg_stat_archiver, when archive_mode is on: counters since PostgreSQL's statistics were
+    last reset (a crash resets them; rate() copes)."""
+    a = st.archiver
+    if a is None:
+        return
+    yield CounterMetricFamily("governor_archiver_archived", "WAL files archive_command archived",
+                              value=a.archived_count)
+    yield CounterMetricFamily("governor_archiver_failed", "Failed archive_command attempts", value=a.failed_count)
+    yield GaugeMetricFamily("governor_archiver_failing", "1 when archive_command's last attempt failed",
+                            value=float(a.failing))
+    if a.pending is not None:
+        yield GaugeMetricFamily("governor_archiver_pending_segments",
+                                "WAL segments waiting for archive_command (.ready)", value=float(a.pending))
+    if a.last_archived_time is not None:
+        yield GaugeMetricFamily("governor_archiver_last_archived_timestamp_seconds",
+                                "Unix time of the last WAL file archived", value=a.last_archived_time)

@@ -58,6 +58,12 @@ def publish_status(g: Governor, local: LocalState, decision: Decision) -> None:
             g.replicas = ()
     else:
         g.replicas = ()
+    g.archiver = None
+    if local.running and local.role:
+        try:
+            g.archiver = g.server.archiver()
+        except psycopg2.Error:
+            pass
     if local.running and local.role and g.pg_version is None:
         try:
             g.pg_version = g.server.version()
@@ -78,7 +84,8 @@ def publish_status(g: Governor, local: LocalState, decision: Decision) -> None:
         synchronous_mode=g.config.synchronous_mode,
         started_at=st.started_at if st else None,
         api_url=g.config.restapi.api_url, conn_url=g.pg.conn_url, failsafe=failsafe_state(g),
-        pre_promote_refused=member["pre_promote_refused"], scheduled_restart=member["scheduled_restart"]))
+        pre_promote_refused=member["pre_promote_refused"], scheduled_restart=member["scheduled_restart"],
+        archiver=g.archiver))
 
 
 def failsafe_state(g: Governor) -> Optional[str]:

@@ -25,6 +25,29 @@ class ReplicaLag:
 
 
 @dataclass(frozen=True)
+class Archiver:
+    """pg_stat_archiver, and the segments waiting for archive_command (archive_mode on)."""
+    archived_count: int
+    last_archived_wal: Optional[str]
+    last_archived_time: Optional[float]     # Unix time
+    failed_count: int
+    last_failed_wal: Optional[str]
+    last_failed_time: Optional[float]
+    pending: Optional[int] = None           # .ready files in pg_wal/archive_status
+
+    @property
+    def failing(self) -> bool:
+        """Its last attempt failed: nothing archived since the last failure."""
+        return self.last_failed_time is not None and (self.last_archived_time or 0) < self.last_failed_time
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"archived_count": self.archived_count, "last_archived_wal": self.last_archived_wal,
+                "last_archived_time": self.last_archived_time, "failed_count": self.failed_count,
+                "last_failed_wal": self.last_failed_wal, "last_failed_time": self.last_failed_time,
+                "pending_segments": self.pending, "failing": self.failing}
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     name: str
     scope: str
@@ -57,6 +80,7 @@ class NodeStatus:
     failsafe: Optional[str] = None      # "primary on its members' promises" / "vouched for NAME" (failsafe)
     pre_promote_refused: bool = False   # the pre_promote callback refused a promotion less than ttl ago
     scheduled_restart: Optional[float] = None  # an operator's scheduled restart (Unix time)
+    archiver: Optional[Archiver] = None  # when archive_mode is on (or always)
 
     def lock_valid(self, now: Optional[float] = None) -> bool:
         if not self.holds_lock or self.lock_deadline is None:
@@ -127,6 +151,7 @@ class NodeStatus:
             "failsafe": self.failsafe,
             "pre_promote_refused": self.pre_promote_refused,
             "scheduled_restart": self.scheduled_restart,
+            "archiver": self.archiver.as_dict() if self.archiver else None,
         }
 
     def cluster_dict(self) -> Dict[str, Any]:

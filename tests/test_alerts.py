@@ -33,7 +33,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
 def test_the_rules_are_valid_for_prometheus():
     done = promtool("check", "rules", RULES)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 11 rules found" in done.stdout
+    assert "SUCCESS: 12 rules found" in done.stdout
 
 
 def test_the_rules_fire_when_they_should_on_synthetic_series():
@@ -56,8 +56,12 @@ def test_every_dashboard_query_is_valid_promql(tmp_path):
 @pytest.mark.integration
 def test_every_metric_the_rules_name_is_exported_by_a_running_member(make_cluster):
     cluster = make_cluster("alerts")
-    node = cluster.add("node1", extra={"synchronous_mode": "on"})    # so the synchronous gauges are there too
+    # synchronous mode and archiving on, so the synchronous and archiver metrics are there too;
+    # an archive_command that fails, so the archiver's failure shows in /status and the scrape
+    node = cluster.add("node1", extra={"synchronous_mode": "on", "postgresql": {"parameters": {
+        "archive_mode": "on", "archive_command": "false"}}})
     cluster.wait_for_primary(60)
+    node.sql("SELECT pg_switch_wal() FROM (SELECT txid_current()) AS x")
     with open(RULES) as fh:
         by_rules = set(re.findall(r"\bgovernor_\w+", fh.read()))
     by_dashboard = set(re.findall(r"\bgovernor_\w+", " ".join(dashboard_queries())))
@@ -76,3 +80,11 @@ def test_every_metric_the_rules_name_is_exported_by_a_running_member(make_cluste
     scraped = exported()
     assert not by_rules - scraped, f"named by the rules, not exported: {sorted(by_rules - scraped)}"
     assert not by_dashboard - scraped, f"named by the dashboard, not exported: {sorted(by_dashboard - scraped)}"
+
+    wait_until(lambda: (node.api("/status")[1]["archiver"] or {}).get("failing"), 15, "the archiver's failure")
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    assert re.search(r"(?m)^governor_archiver_failing 1\.0$", text), "the failing archive_command in the scrape"
+    archiver = node.api("/status")[1]["archiver"]
+    assert archiver["failing"] is True and archiver["failed_count"] >= 1 and archiver["pending_segments"] >= 1
+    assert archiver["last_archived_wal"] is None

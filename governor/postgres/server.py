@@ -14,6 +14,7 @@ import psycopg2
 import psycopg2.extensions
 
 from governor.config import PostgresConfig
+from governor.status import Archiver
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,19 @@ class Server:
                    (pg_current_wal_lsn() - coalesce(replay_lsn, flush_lsn, write_lsn, sent_lsn))::bigint,
                    (flush_lsn - '0/0')::bigint
               FROM pg_stat_replication ORDER BY application_name""")
+
+    def archiver(self) -> Optional[Archiver]:
+        """pg_stat_archiver and the count of segments waiting for archive_command; None when
+        archive_mode is off."""
+        row = self.query("""
+            SELECT current_setting('archive_mode'), archived_count, last_archived_wal,
+                   extract(epoch FROM last_archived_time)::float8, failed_count, last_failed_wal,
+                   extract(epoch FROM last_failed_time)::float8,
+                   (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%%.ready')
+              FROM pg_stat_archiver""")[0]
+        if row[0] == "off":
+            return None
+        return Archiver(int(row[1]), row[2], row[3], int(row[4]), row[5], row[6], int(row[7]))
 
     def current_lsn(self) -> int:
         return int(self.query("SELECT (pg_current_wal_lsn() - '0/0')::bigint")[0][0])
