@@ -10,6 +10,7 @@ import glob
 import os
 from typing import Dict, List, Optional, Tuple
 
+from governor import archive as archive_mod
 from governor import callbacks as callbacks_mod
 from governor import pgparams, safe_yaml, template_layout
 from governor.checker import (  # noqa: F401 - parse_host_port and default_bin_dir are used through config
@@ -128,7 +129,8 @@ ETCD_KEYS = ("scope", "ttl", "host", "protocol", "cacert", "cert", "key", "usern
 PG_KEYS = ("name", "listen", "connect_address", "data_dir", "bin_dir", "maximum_lag_on_failover",
            "replication", "superuser", "recovery_conf", "parameters", "initdb", "pg_hba", "pgpass",
            "log_file", "start_timeout", "use_pg_rewind", "remove_data_directory_on_rewind_failure",
-           "member_slots_ttl", "permanent_slots", "logical_slots", "systemd_unit", "config_dir")
+           "member_slots_ttl", "permanent_slots", "logical_slots", "systemd_unit", "config_dir", "archive",
+           "create_replica_methods")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -284,6 +286,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     for key, why in FORBIDDEN_RECOVERY.items():
         if key in recovery_conf:
             c.fail(f"postgresql.recovery_conf.{key}", f"not allowed: {why}")
+    archive = archive_mod.check(c, parameters, recovery_conf)
 
     initdb_raw = c.value("postgresql.initdb", "initdb", ["data-checksums", {"encoding": "UTF8"}])
     initdb: List[str] = []
@@ -360,7 +363,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
             start_timeout=start_timeout, use_pg_rewind=use_pg_rewind,
             remove_data_directory_on_rewind_failure=remove_on_failure, member_slots_ttl=member_slots_ttl,
             permanent_slots=permanent_slots, logical_slots=logical_slots, systemd_unit=systemd_unit,
-            config_dir=os.path.abspath(config_dir) if config_dir else None),
+            config_dir=os.path.abspath(config_dir) if config_dir else None, archive=archive),
     )
 
 

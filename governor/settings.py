@@ -5,8 +5,9 @@ the decision code can import it (tests/test_architecture.py)."""
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:\\-]+$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -61,6 +62,49 @@ class Credentials:
 
 
 @dataclass(frozen=True)
+class PgBackRest:
+    stanza: str
+    config: Optional[str] = None    # pgBackRest's own configuration (repository, logs); default its own default
+
+    def argv(self, data_dir: str, command: str, *extra: str) -> List[str]:
+        """pgbackrest's command line for `command` on this data directory."""
+        argv = ["pgbackrest", f"--stanza={self.stanza}"]
+        if self.config:
+            argv.append(f"--config={self.config}")
+        return [*argv, f"--pg1-path={data_dir}", *extra, command]
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    mode: str = "off"                       # archive_mode: off | on (the primary archives) | always
+    command: Optional[str] = None           # a generic archive_command
+    restore_command: Optional[str] = None   # a generic restore_command
+    pgbackrest: Optional[PgBackRest] = None
+    create_replica_methods: Tuple[str, ...] = ("basebackup",)
+
+    def settings(self, data_dir: str) -> Dict[str, str]:
+        """postgresql.conf settings, the same in both roles: archive_command runs only on a primary
+        (archive_mode on) and restore_command only in recovery, where pg_rewind
+        --restore-target-wal and a standby that fell behind the leader's WAL need it."""
+        out: Dict[str, str] = {}
+        if self.mode != "off":
+            out["archive_mode"] = self.mode
+        archive, restore = self.commands(data_dir)
+        if archive and self.mode != "off":
+            out["archive_command"] = archive
+        if restore:
+            out["restore_command"] = restore
+        return out
+
+    def commands(self, data_dir: str) -> Tuple[Optional[str], Optional[str]]:
+        """(archive_command, restore_command) as PostgreSQL runs them (through /bin/sh)."""
+        if self.pgbackrest is None:
+            return self.command, self.restore_command
+        return (shlex.join(self.pgbackrest.argv(data_dir, "archive-push")) + " %p",
+                shlex.join(self.pgbackrest.argv(data_dir, "archive-get")) + " %f \"%p\"")
+
+
+@dataclass(frozen=True)
 class PostgresConfig:
     name: str
     listen_host: str
@@ -87,6 +131,7 @@ class PostgresConfig:
     logical_slots: Tuple[Tuple[str, str, str], ...] = ()   # (name, database, plugin), permanent too
     systemd_unit: Optional[str] = None    # run PostgreSQL as this unit through systemctl
     config_dir: Optional[str] = None      # where the distribution keeps postgresql.conf (Debian: /etc/...)
+    archive: ArchiveConfig = ArchiveConfig()   # postgresql.archive, postgresql.create_replica_methods
 
     @property
     def slot_name(self) -> str:

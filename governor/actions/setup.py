@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from governor.observe import observe_local
 from governor.postgres import bootstrap as pgbootstrap
 from governor.postgres import datadir
 from governor.postgres.controller import ControllerError
+from governor.settings import PostgresConfig
 
 if TYPE_CHECKING:
     from governor.ports import ActionHost
@@ -52,6 +54,8 @@ def bootstrap(g: ActionHost, decision: Decision, local: LocalState) -> None:
         g.dcs.set_initialize(sysid)
         log.info("bootstrap: cluster initialized with system identifier %s; this member is the leader", sysid)
         g.mem.bootstrap_failures = 0
+        if g.pg.archive.pgbackrest is not None:
+            set_up_stanza(g.pg)
     except Exception:
         g.mem.bootstrap_failures += 1
         undo_bootstrap(g)
@@ -111,17 +115,36 @@ def clone(g: ActionHost, decision: Decision, local: LocalState) -> None:
         raise ActionFailed(f"{source} has published no address")
     g.mem.activity = "creating replica"
     publish.publish(g, local)
-    log.info("cloning %s from %s at %s:%s with pg_basebackup", g.pg.data_dir, source, *copy_from)
-    with g.notify.keep_alive_while(f"cloning {source} with pg_basebackup"):
+    methods = g.pg.archive.create_replica_methods
+    for method in methods:
         try:
-            pgbootstrap.basebackup(g.pg, *copy_from)
-        except pgbootstrap.BootstrapError:
-            g.mem.clone_failed_from = decision.source    # the next attempt copies from another
-            raise
+            if method == "pgbackrest":
+                log.info("creating replica %s from the pgBackRest repository (stanza %s)", g.pg.data_dir,
+                         g.pg.archive.pgbackrest.stanza if g.pg.archive.pgbackrest else "?")
+                with g.notify.keep_alive_while("restoring from pgBackRest"):
+                    pgbootstrap.pgbackrest_restore(g.pg)
+            else:
+                log.info("cloning %s from %s at %s:%s with pg_basebackup", g.pg.data_dir, source, *copy_from)
+                with g.notify.keep_alive_while(f"cloning {source} with pg_basebackup"):
+                    try:
+                        pgbootstrap.basebackup(g.pg, *copy_from)
+                    except pgbootstrap.BootstrapError:
+                        g.mem.clone_failed_from = decision.source    # the next attempt copies from another
+                        raise
+            break
+        except pgbootstrap.BootstrapError as exc:
+            # What a failed method left behind (the directory was empty: clone_* cases) must
+            # not be taken for a data directory.
+            if os.path.isdir(g.pg.data_dir):
+                datadir.empty_directory(g.pg.data_dir)
+            if method == methods[-1]:
+                raise
+            log.warning("creating the replica with %s failed (%s); trying %s", method, exc,
+                        methods[methods.index(method) + 1])
     g.mem.clone_failed_from = None
     g.data_replaced()
     g.start_postgres(standby_of=address)
-    log.info("clone finished: streaming from %s", decision.leader)
+    log.info("clone finished (%s): streaming from %s", method, decision.leader)
 
 
 def reinitialize(g: ActionHost, decision: Decision, local: LocalState) -> None:
@@ -131,3 +154,17 @@ def reinitialize(g: ActionHost, decision: Decision, local: LocalState) -> None:
     g.data_replaced()
     g.mem.sysid_cache = None
     log.info("reinitialize: %s removed; the next loop clones %s", g.pg.data_dir, decision.leader)
+
+
+def set_up_stanza(pg: PostgresConfig) -> None:
+    """pgBackRest's stanza for the new cluster, in the background: the first backup needs it,
+    and archive_command fails until it exists (the archiver retries). An error is logged with
+    pgBackRest's own words and leaves the cluster running."""
+    def run() -> None:
+        try:
+            log.info("%s", pgbootstrap.pgbackrest_stanza(pg))
+        except pgbootstrap.BootstrapError as exc:
+            log.error("pgBackRest: %s; WAL is not archived until that is fixed (then run pgbackrest "
+                      "--stanza=%s stanza-create as postgres)", exc, pg.archive.pgbackrest.stanza
+                      if pg.archive.pgbackrest else "?")
+    threading.Thread(target=run, name="pgbackrest-stanza", daemon=True).start()

@@ -7,7 +7,7 @@ import os
 import subprocess
 import tempfile
 import time
-from typing import Optional
+from typing import Dict, List, Optional
 
 import psycopg2
 
@@ -61,6 +61,52 @@ def basebackup(cfg: PostgresConfig, host: str, port: int, timeout: float = 3600)
     _run(cmd, env, timeout, f"pg_basebackup from {host}:{port}")
 
 
+def pgbackrest_restore(cfg: PostgresConfig, timeout: float = 86400) -> None:
+    """Restore the repository's latest backup into the empty data directory, as a standby: it
+    replays the archive, then streams the rest from the leader."""
+    backrest = cfg.archive.pgbackrest
+    if backrest is None:
+        raise BootstrapError("postgresql.archive.pgbackrest is not configured")
+    _run(backrest.argv(cfg.data_dir, "restore", "--type=standby"), child_environment({}), timeout,
+         "pgbackrest restore")
+
+
+def pgbackrest_stanza(cfg: PostgresConfig, timeout: float = 300) -> str:
+    """stanza-create (nothing changes when the stanza exists and matches), then check: archiving
+    works and the repository is writable. Returns what was done; raises BootstrapError."""
+    backrest = cfg.archive.pgbackrest
+    if backrest is None:
+        raise BootstrapError("postgresql.archive.pgbackrest is not configured")
+    local = (f"--pg1-port={cfg.port}", f"--pg1-socket-path={cfg.socket_dir}", f"--pg1-user={cfg.superuser.username}")
+    env = child_environment({})
+    _run(backrest.argv(cfg.data_dir, "stanza-create", *local), env, timeout, "pgbackrest stanza-create")
+    _run(backrest.argv(cfg.data_dir, "check", *local), env, timeout, "pgbackrest check")
+    return f"pgBackRest stanza {backrest.stanza} created and checked: WAL archiving works"
+
+
+_config_file_flag: Dict[str, bool] = {}
+
+
+def _rewind_restores(cfg: PostgresConfig) -> List[str]:
+    """pg_rewind's options to fetch WAL the target no longer has from the archive: only with a
+    restore_command, which pg_rewind reads from the target's configuration (where the
+    distribution keeps it outside the data directory, only pg_rewind 15+ can be told where)."""
+    if cfg.archive.commands(cfg.data_dir)[1] is None:
+        return []
+    if cfg.config_dir is None:
+        return ["--restore-target-wal"]
+    binary = os.path.join(cfg.bin_dir, "pg_rewind")
+    if binary not in _config_file_flag:
+        try:
+            usage = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            usage = ""
+        _config_file_flag[binary] = "--config-file" in usage
+    if not _config_file_flag[binary]:
+        return []
+    return ["--restore-target-wal", f"--config-file={os.path.join(cfg.config_dir, 'postgresql.conf')}"]
+
+
 def rewind(cfg: PostgresConfig, host: str, port: int, timeout: float = 3600) -> str:
     """pg_rewind the stopped local data directory onto the leader's timeline.
 
@@ -70,7 +116,8 @@ def rewind(cfg: PostgresConfig, host: str, port: int, timeout: float = 3600) -> 
     datadir.write_pgpass(cfg)
     source = (f"host={host} port={port} user={cfg.superuser.username} dbname=postgres "
               f"passfile={cfg.pgpass} connect_timeout=5 application_name={cfg.name}-rewind")
-    cmd = [os.path.join(cfg.bin_dir, "pg_rewind"), "--target-pgdata", cfg.data_dir, "--source-server", source]
+    cmd = [os.path.join(cfg.bin_dir, "pg_rewind"), "--target-pgdata", cfg.data_dir, "--source-server", source,
+           *_rewind_restores(cfg)]
     log.debug("running %s", " ".join(cmd))
     try:
         result = subprocess.run(cmd, env=child_environment({"LC_ALL": "C", "PGPASSFILE": cfg.pgpass}),

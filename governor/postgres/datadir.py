@@ -152,6 +152,7 @@ def write_postgresql_conf(cfg: PostgresConfig, standby_of: Optional[tuple] = Non
     settings.update(REPLICATION_DEFAULTS)
     if cfg.logical_slots:
         settings["wal_level"] = "logical"       # logical slots need it (parameters may still say so)
+    settings.update(cfg.archive.settings(cfg.data_dir))
     settings.update(cfg.parameters)
     if synchronous_standby_names is not None:   # managed: synchronous_mode is on
         settings["synchronous_standby_names"] = synchronous_standby_names

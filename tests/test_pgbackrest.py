@@ -1,0 +1,104 @@
+"""WAL archiving and replicas with a real pgBackRest (Debian's) and a local posix repository:
+the stanza created at bootstrap, a replica restored from the repository instead of copied from
+the leader, a failover that leaves every WAL segment of both timelines in the archive, and a
+backup taken after it that restores."""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import subprocess
+
+import pytest
+
+from tests import harness
+
+pytestmark = pytest.mark.integration
+
+
+def repository(base_dir: str) -> tuple:
+    """A pgBackRest configuration with a repository and its logs under the test's directory:
+    (its path, the repository's path)."""
+    root = os.path.join(base_dir, "pgbackrest")
+    for sub in ("", "repo", "log", "lock"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+        harness.chown_to_runner(os.path.join(root, sub))
+    conf = os.path.join(root, "pgbackrest.conf")
+    with open(conf, "w") as fh:
+        fh.write(f"[global]\nrepo1-path={root}/repo\nlog-path={root}/log\nlock-path={root}/lock\n"
+                 "repo1-retention-full=4\nstart-fast=y\n")
+    os.chmod(conf, 0o644)
+    return conf, os.path.join(root, "repo")
+
+
+def backrest(conf: str, node, command: str, *extra: str) -> subprocess.CompletedProcess:
+    """pgbackrest as postgres against `node`'s server, as an operator would run it."""
+    server = [f"--pg1-path={node.data_dir}", f"--pg1-port={node.port}", f"--pg1-socket-path={node.dir}"]
+    argv = ["pgbackrest", "--stanza=main", f"--config={conf}", *(server if command != "info" else []), *extra,
+            command]
+    user = pwd.getpwnam(harness.RUN_AS)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, user=user.pw_uid, group=user.pw_gid,
+                          env={"PATH": "/usr/bin:/bin", "HOME": node.dir}, cwd=node.dir)
+
+
+def segments(repo: str) -> dict:
+    """timeline -> sorted segment numbers (log * 256 + seg) of the WAL files in the archive."""
+    found: dict = {}
+    for _root, _dirs, files in os.walk(os.path.join(repo, "archive")):
+        for name in files:
+            match = re.match(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})-", name)
+            if match:
+                tli, log, seg = (int(x, 16) for x in match.groups())
+                found.setdefault(tli, []).append(log * 256 + seg)
+    return {tli: sorted(numbers) for tli, numbers in found.items()}
+
+
+def test_pgbackrest_archives_creates_replicas_and_keeps_every_segment_across_a_failover(make_cluster, base_dir):
+    conf, repo = repository(base_dir)
+    archive = {"pgbackrest": {"stanza": "main", "config": conf}}
+    cluster = make_cluster("backrest")
+    extra = {"postgresql": {"archive": archive, "create_replica_methods": ["pgbackrest", "basebackup"],
+                            "parameters": {"log_replication_commands": "on"}}}
+    node1 = cluster.add("node1", extra=extra)
+    cluster.wait_for_primary(60)
+    harness.wait_until(lambda: "stanza main created and checked" in node1.log_text(), 60, "the stanza")
+    node1.sql("CREATE TABLE t AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 100000) g")
+    done = backrest(conf, node1, "backup", "--type=full")
+    assert done.returncode == 0, done.stdout + done.stderr
+    node1.sql("INSERT INTO t SELECT g, 'after the backup' FROM generate_series(100001, 100100) g")
+
+    node2 = cluster.add("node2", extra=extra)
+    cluster.wait_for_streaming(["node2"], 120)
+    assert "creating replica" in node2.log_text() and "clone finished (pgbackrest)" in node2.log_text()
+    assert "BASE_BACKUP" not in open(node1.pg_log).read(), "nothing was copied from the leader"
+    harness.wait_until(lambda: node2.sql("SELECT count(*) FROM t") == [(100100,)], 30, "every row on node2")
+
+    # Failover: the leader's host dies. The new primary archives its timeline; nothing is missing.
+    node1.sql("INSERT INTO t SELECT g, 'before the crash' FROM generate_series(100101, 100200) g")
+    node1.sql("SELECT pg_switch_wal()")
+    harness.wait_until(lambda: node1.api("/status")[1]["archiver"]["pending_segments"] == 0, 30,
+                       "node1 to archive what it has")
+    node1.crash()
+    harness.wait_until(lambda: node2.role() == "primary", 60, "node2 promoted")
+    node2.sql("INSERT INTO t SELECT g, 'timeline 2' FROM generate_series(100201, 100300) g")
+    node2.sql("SELECT pg_switch_wal()")
+    harness.wait_until(lambda: (node2.api("/status")[1]["archiver"] or {}).get("last_archived_wal"), 30,
+                       "node2 archiving")
+    check = backrest(conf, node2, "check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    found = segments(repo)
+    assert set(found) == {1, 2}, found
+    for tli, numbers in found.items():
+        assert numbers == list(range(numbers[0], numbers[-1] + 1)), f"a gap on timeline {tli}: {numbers}"
+    assert found[2][0] <= found[1][-1] + 1, "timeline 2 continues where timeline 1 ended"
+
+    # A backup taken after the failover restores: a new member made from it has every row.
+    done = backrest(conf, node2, "backup", "--type=full")
+    assert done.returncode == 0, done.stdout + done.stderr
+    info = json.loads(backrest(conf, node2, "info", "--output=json").stdout)
+    assert len(info[0]["backup"]) == 2
+    node3 = cluster.add("node3", extra=extra)
+    cluster.wait_for_streaming(["node3"], 120)
+    assert "clone finished (pgbackrest)" in node3.log_text()
+    assert node3.sql("SELECT count(*) FROM t") == [(100300,)]
