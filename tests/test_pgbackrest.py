@@ -102,3 +102,45 @@ def test_pgbackrest_archives_creates_replicas_and_keeps_every_segment_across_a_f
     cluster.wait_for_streaming(["node3"], 120)
     assert "clone finished (pgbackrest)" in node3.log_text()
     assert node3.sql("SELECT count(*) FROM t") == [(100300,)]
+
+
+def test_a_former_primary_whose_wal_was_recycled_rewinds_from_the_archive(make_cluster, base_dir):
+    conf, _repo = repository(base_dir)
+    cluster = make_cluster("rewindarchive")
+    # Little WAL kept: the slot of a stopped replica is given up after 16MB, checkpoints recycle.
+    extra = {"postgresql": {"archive": {"pgbackrest": {"stanza": "main", "config": conf}},
+                            "maximum_lag_on_failover": "1GB",
+                            "parameters": {"max_wal_size": "32MB", "min_wal_size": "32MB",
+                                           "max_slot_wal_keep_size": "16MB", "wal_keep_size": 0}}}
+    node1 = cluster.add("node1", extra=extra)
+    cluster.wait_for_primary(60)
+    harness.wait_until(lambda: "stanza main created and checked" in node1.log_text(), 60, "the stanza")
+    node2 = cluster.add("node2", extra=extra)
+    cluster.wait_for_streaming(["node2"], 60)
+    node1.sql("CREATE TABLE t (id int, pad text)")
+    harness.wait_until(lambda: node2.sql("SELECT to_regclass('t') IS NOT NULL") == [(True,)], 20, "t on node2")
+    node2.stop()
+    assert node2.postmaster_pid() is None
+    diverged = node1.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
+
+    # node1 goes on alone: ~100 MB of WAL and checkpoints recycle every segment since node2 left.
+    for _ in range(5):
+        node1.sql("INSERT INTO t SELECT g, repeat('y', 1000) FROM generate_series(1, 20000) g")
+        node1.sql("CHECKPOINT")
+    node1.sql("SELECT pg_switch_wal()")
+    harness.wait_until(lambda: node1.api("/status")[1]["archiver"]["pending_segments"] == 0, 60,
+                       "node1 to archive its WAL")
+    node1.sql("CHECKPOINT")
+    assert not os.path.exists(os.path.join(node1.data_dir, "pg_wal", diverged)), \
+        "the segment where the timelines part is gone from node1's pg_wal"
+    node1.crash()
+
+    node2.start()
+    harness.wait_until(lambda: node2.role() == "primary", 90, "node2 to lead")
+    node2.sql("INSERT INTO t VALUES (-2, 'timeline 2')")
+    node1.start()
+    cluster.wait_for_streaming(["node1"], 120)
+    text = node1.log_text()
+    assert "rewound onto the leader's timeline" in text, text[-3000:]
+    assert "cloning" not in text.split("rewound onto")[0][-2000:], "rejoined by pg_rewind, not a new copy"
+    assert node1.sql("SELECT count(*) FROM t WHERE id = -2") == [(1,)]
