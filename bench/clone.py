@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Replica creation benchmark: pg_basebackup from the primary versus a pgBackRest restore.
+
+Brings up etcd and a primary with WAL archiving to a local pgBackRest repository, fills a
+database of --scale (pgbench; scale 70 is about 1 GB), takes a full backup, writes for
+--write-seconds more (the WAL a restored replica must still fetch), then adds one replica per
+create_replica_methods choice and measures, until it streams from the primary:
+
+  seconds        from starting its governor to streaming
+  primary_bytes  bytes the primary's WAL senders wrote to their sockets (sampled from
+                 /proc/PID/io every 0.1 s): the base backup and WAL it served this replica
+
+Usage (as root): bench/clone.py [--scale 70] [--write-seconds 10] [--output FILE]
+Writes JSON (default bench/results/clone-<time>.json) and prints a summary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from typing import Dict
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests import harness  # noqa: E402
+
+PGBENCH = os.path.join(harness.PG_BIN, "pgbench")
+
+
+class SenderBytes(threading.Thread):
+    """The bytes the primary's WAL senders (base backups included) write, summed over every
+    sender seen, each at its last sample."""
+
+    def __init__(self, primary: harness.Node):
+        super().__init__(daemon=True)
+        self.primary = primary
+        self.finished = threading.Event()
+        self.before = self.sample()       # senders already running (other replicas) count from now
+        self.seen: Dict[int, int] = dict(self.before)
+
+    def sample(self) -> Dict[int, int]:
+        out = {}
+        for pid in self.primary.postgres_processes("walsender"):
+            try:
+                with open(f"/proc/{pid}/io") as fh:
+                    out[pid] = int(next(line for line in fh if line.startswith("wchar:")).split()[1])
+            except (OSError, StopIteration, ValueError):
+                continue
+        return out
+
+    def run(self) -> None:
+        while not self.finished.is_set():
+            for pid, wchar in self.sample().items():
+                self.seen[pid] = max(self.seen.get(pid, 0), wchar)
+            time.sleep(0.1)
+
+    def total(self) -> int:
+        self.finished.set()
+        self.join(5)
+        return sum(wchar - self.before.get(pid, 0) for pid, wchar in self.seen.items())
+
+
+def repository(base: str) -> str:
+    root = os.path.join(base, "pgbackrest")
+    for sub in ("", "repo", "log", "lock"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+        harness.chown_to_runner(os.path.join(root, sub))
+    conf = os.path.join(root, "pgbackrest.conf")
+    with open(conf, "w") as fh:
+        fh.write(f"[global]\nrepo1-path={root}/repo\nlog-path={root}/log\nlock-path={root}/lock\n"
+                 "start-fast=y\ncompress-type=lz4\nprocess-max=2\n")
+    os.chmod(conf, 0o644)
+    return conf
+
+
+def backup(conf: str, node: harness.Node) -> float:
+    user = pwd.getpwnam(harness.RUN_AS)
+    started = time.monotonic()
+    subprocess.run(["pgbackrest", "--stanza=main", f"--config={conf}", f"--pg1-path={node.data_dir}",
+                    f"--pg1-port={node.port}", f"--pg1-socket-path={node.dir}", "--type=full", "backup"],
+                   check=True, capture_output=True, user=user.pw_uid, group=user.pw_gid, cwd=node.dir,
+                   env={"PATH": "/usr/bin:/bin", "HOME": node.dir}, timeout=3600)
+    return time.monotonic() - started
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scale", type=int, default=70, help="pgbench scale of the database (default 70, ~1 GB)")
+    p.add_argument("--write-seconds", type=int, default=10, help="pgbench writes after the backup (default 10)")
+    p.add_argument("--output", help="JSON result file")
+    args = p.parse_args()
+
+    base = harness.new_base_dir()
+    harness.become_subreaper()
+    etcd = harness.Etcd(base).start()
+    cluster = harness.TestCluster(etcd, base, harness.make_source_copy(base), "clonebench")
+    conf = repository(base)
+    archive = {"pgbackrest": {"stanza": "main", "config": conf}}
+    results: Dict[str, Dict[str, float]] = {}
+    env = {**os.environ, "PGPASSWORD": harness.SUPERUSER_PASSWORD}
+    try:
+        primary = cluster.add("node1", extra={"postgresql": {"archive": archive}})
+        cluster.wait_for_primary(120)
+        harness.wait_until(lambda: "stanza main created and checked" in primary.log_text(), 120, "the stanza")
+        pgbench = [PGBENCH, "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres"]
+        subprocess.run([*pgbench, "-i", "-s", str(args.scale), "-q", "postgres"], check=True, env=env,
+                       capture_output=True)
+        size = primary.sql("SELECT pg_database_size('postgres')")[0][0]
+        backup_seconds = backup(conf, primary)
+        subprocess.run([*pgbench, "-T", str(args.write_seconds), "-c", "2", "-n", "postgres"], check=True, env=env,
+                       capture_output=True)
+        print(f"database {size / 2**20:.0f} MiB, full backup {backup_seconds:.1f}s", flush=True)
+        for name, method in (("node2", "basebackup"), ("node3", "pgbackrest")):
+            sender = SenderBytes(primary)
+            sender.start()
+            started = time.monotonic()
+            cluster.add(name, extra={"postgresql": {"archive": archive, "create_replica_methods": [method]}})
+            cluster.wait_for_streaming([name], 3600)
+            seconds = time.monotonic() - started
+            sent = sender.total()
+            results[method] = {"seconds": round(seconds, 1), "primary_bytes": sent,
+                               "primary_mib": round(sent / 2**20, 1)}
+            print(f"{method}: {json.dumps(results[method])}", flush=True)
+    finally:
+        cluster.teardown()
+        etcd.stop()
+        harness.stop_all_processes()
+        shutil.rmtree(base, ignore_errors=True)
+
+    report = {"benchmark": "clone", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "settings": {"database_bytes": size, "pgbench_scale": args.scale,
+                           "writes_after_backup": f"pgbench TPC-B-like, 2 clients, {args.write_seconds}s",
+                           "pgbackrest": "2.x, local posix repository, compress-type lz4, process-max 2",
+                           "network": "loopback", "full_backup_seconds": round(backup_seconds, 1)},
+              "results": results}
+    out = args.output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                      f"clone-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as fh:
+        json.dump(report, fh, indent=2)
+    print(f"results written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
