@@ -33,7 +33,7 @@ test-hosts: deps
 # Every test (the integration tests on the etcd v3 adapter), then the failover tests once more
 # on the v2 adapter.
 test: deps lint
-	$(PYTEST) -q tests
+	$(PYTEST) -q --durations=30 tests
 	GOVERNOR_TEST_ETCD_API=2 $(PYTEST) -q tests/test_failover.py
 
 # The deterministic simulator on many more fault schedules than `make test` runs (10,000):

@@ -3,12 +3,13 @@
 
 Brings up etcd and a primary with WAL archiving to a local pgBackRest repository, fills a
 database of --scale (pgbench; scale 70 is about 1 GB), takes a full backup, writes for
---write-seconds more (the WAL a restored replica must still fetch), then adds one replica per
-create_replica_methods choice and measures, until it streams from the primary:
+then for each create_replica_methods choice writes for --write-seconds (WAL the new replica
+must also get) and adds a replica, measuring until it streams from the primary:
 
   seconds        from starting its governor to streaming
-  primary_bytes  bytes the primary's WAL senders wrote to their sockets (sampled from
-                 /proc/PID/io every 0.1 s): the base backup and WAL it served this replica
+  primary_bytes  bytes the primary sent on its PostgreSQL port (the kernel's bytes_sent of each
+                 TCP connection, sampled every 0.1 s: a connection's last 0.1 s before it
+                 closes is missed): the base backup and the WAL it served this replica
 
 Usage (as root): bench/clone.py [--scale 70] [--write-seconds 10] [--output FILE]
 Writes JSON (default bench/results/clone-<time>.json) and prints a summary.
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -34,36 +36,41 @@ PGBENCH = os.path.join(harness.PG_BIN, "pgbench")
 
 
 class SenderBytes(threading.Thread):
-    """The bytes the primary's WAL senders (base backups included) write, summed over every
-    sender seen, each at its last sample."""
+    """Bytes the primary sent on its PostgreSQL port's TCP connections (the kernel's bytes_sent
+    of each, from `ss`, sampled every 0.1 s; connections open at the start count from then)."""
 
     def __init__(self, primary: harness.Node):
         super().__init__(daemon=True)
-        self.primary = primary
+        self.port = primary.port
         self.finished = threading.Event()
-        self.before = self.sample()       # senders already running (other replicas) count from now
-        self.seen: Dict[int, int] = dict(self.before)
+        self.before = self.sample()
+        self.seen: Dict[str, int] = dict(self.before)
 
-    def sample(self) -> Dict[int, int]:
-        out = {}
-        for pid in self.primary.postgres_processes("walsender"):
-            try:
-                with open(f"/proc/{pid}/io") as fh:
-                    out[pid] = int(next(line for line in fh if line.startswith("wchar:")).split()[1])
-            except (OSError, StopIteration, ValueError):
-                continue
-        return out
+    def sample(self) -> Dict[str, int]:
+        out = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{self.port} )"],
+                             capture_output=True, text=True, timeout=10).stdout
+        found, peer = {}, None
+        for line in out.splitlines():
+            if not line[:1].isspace():
+                peer = line.split()[-1]
+            elif peer is not None:
+                match = re.search(r"bytes_sent:(\d+)", line)
+                if match:
+                    found[peer] = int(match.group(1))
+        return found
 
     def run(self) -> None:
         while not self.finished.is_set():
-            for pid, wchar in self.sample().items():
-                self.seen[pid] = max(self.seen.get(pid, 0), wchar)
+            for peer, sent in self.sample().items():
+                self.seen[peer] = max(self.seen.get(peer, 0), sent)
             time.sleep(0.1)
 
     def total(self) -> int:
         self.finished.set()
         self.join(5)
-        return sum(wchar - self.before.get(pid, 0) for pid, wchar in self.seen.items())
+        for peer, sent in self.sample().items():
+            self.seen[peer] = max(self.seen.get(peer, 0), sent)
+        return sum(sent - self.before.get(peer, 0) for peer, sent in self.seen.items())
 
 
 def repository(base: str) -> str:
@@ -113,10 +120,14 @@ def main() -> int:
                        capture_output=True)
         size = primary.sql("SELECT pg_database_size('postgres')")[0][0]
         backup_seconds = backup(conf, primary)
-        subprocess.run([*pgbench, "-T", str(args.write_seconds), "-c", "2", "-n", "postgres"], check=True, env=env,
-                       capture_output=True)
         print(f"database {size / 2**20:.0f} MiB, full backup {backup_seconds:.1f}s", flush=True)
-        for name, method in (("node2", "basebackup"), ("node3", "pgbackrest")):
+        for name, method in (("node2", "pgbackrest"), ("node3", "basebackup")):
+            # WAL since the backup (and since the last clone, whose base backup ends with a WAL
+            # switch): some archived, the rest only in the primary's current segment.
+            before = primary.sql("SELECT pg_current_wal_lsn() - '0/0'")[0][0]
+            subprocess.run([*pgbench, "-T", str(args.write_seconds), "-c", "2", "-n", "postgres"], check=True,
+                           env=env, capture_output=True)
+            written = int(primary.sql("SELECT pg_current_wal_lsn() - '0/0'")[0][0] - before)
             sender = SenderBytes(primary)
             sender.start()
             started = time.monotonic()
@@ -125,7 +136,7 @@ def main() -> int:
             seconds = time.monotonic() - started
             sent = sender.total()
             results[method] = {"seconds": round(seconds, 1), "primary_bytes": sent,
-                               "primary_mib": round(sent / 2**20, 1)}
+                               "primary_mib": round(sent / 2**20, 1), "wal_written_before_mib": round(written / 2**20, 1)}
             print(f"{method}: {json.dumps(results[method])}", flush=True)
     finally:
         cluster.teardown()
@@ -135,7 +146,7 @@ def main() -> int:
 
     report = {"benchmark": "clone", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "settings": {"database_bytes": size, "pgbench_scale": args.scale,
-                           "writes_after_backup": f"pgbench TPC-B-like, 2 clients, {args.write_seconds}s",
+                           "writes_before_each_clone": f"pgbench TPC-B-like, 2 clients, {args.write_seconds}s",
                            "pgbackrest": "2.x, local posix repository, compress-type lz4, process-max 2",
                            "network": "loopback", "full_backup_seconds": round(backup_seconds, 1)},
               "results": results}

@@ -6,15 +6,17 @@ decided by the executors' callers, and the commands run in `postgres/bootstrap.p
 """
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import shutil
 from typing import Optional
 
 from governor.checker import Checker
-from governor.settings import ArchiveConfig, PgBackRest
+from governor.settings import ArchiveConfig, PgBackRest, RestoreSource
 
 KEYS = ("mode", "command", "restore_command", "pgbackrest")
+BOOTSTRAP_KEYS = ("method", "stanza", "config", "recovery_target_time")
 PGBACKREST_KEYS = ("stanza", "config")
 METHODS = ("pgbackrest", "basebackup")
 MODES = ("off", "on", "always")
@@ -78,3 +80,45 @@ def _absolute_file(value: str) -> Optional[str]:
     if not os.path.isabs(value):
         return f"expected an absolute path, got {value!r}"
     return None if os.path.isfile(value) else f"{value}: no such file"
+
+
+def check_bootstrap(c: Checker, archive: ArchiveConfig) -> Optional[RestoreSource]:
+    """postgresql.bootstrap: how the first member makes a new cluster's data: initdb (the
+    default), or a pgBackRest restore of another cluster's backup (latest, or as of
+    recovery_target_time), promoted as this cluster's first primary."""
+    key = "postgresql.bootstrap"
+    c.unknown(key, c.section(key), BOOTSTRAP_KEYS)
+    method = c.value(f"{key}.method", "str", "initdb", check=lambda v: None if v in ("initdb", "pgbackrest")
+                     else f"expected initdb or pgbackrest, got {v!r}")
+    if method != "pgbackrest":
+        for name in BOOTSTRAP_KEYS[1:]:
+            if c.get(f"{key}.{name}") is not None:
+                c.fail(f"{key}.{name}", "only with method: pgbackrest")
+        return None
+    stanza = c.value(f"{key}.stanza", "str", required=True,
+                     check=lambda v: None if STANZA_RE.match(v) else f"expected a stanza name, got {v!r}")
+    config = c.value(f"{key}.config", "str", archive.pgbackrest.config if archive.pgbackrest else None,
+                     check=_absolute_file)
+    target = c.value(f"{key}.recovery_target_time", "str", check=_time_with_zone)
+    if shutil.which("pgbackrest") is None:
+        c.fail(key, "pgbackrest is not installed (apt install pgbackrest)")
+    if archive.pgbackrest is not None and archive.pgbackrest.stanza == stanza and \
+            archive.pgbackrest.config == config:
+        c.fail(f"{key}.stanza", f"the new cluster must archive to another stanza than {stanza!r}, the one it is "
+                                "restored from: two clusters in one stanza mix their timelines")
+    if not stanza:
+        return None
+    return RestoreSource(PgBackRest(stanza, config), _normal_time(target) if target else None)
+
+
+def _time_with_zone(value: str) -> Optional[str]:
+    try:
+        moment = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return f"expected a date and time such as 2026-11-27 10:00:00+00:00, got {value!r}"
+    return None if moment.tzinfo is not None else "expected a time zone too (e.g. +00:00): without one the " \
+                                                  "target would depend on the server's setting"
+
+
+def _normal_time(value: str) -> str:
+    return datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00")).isoformat(" ")

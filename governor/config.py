@@ -130,7 +130,7 @@ PG_KEYS = ("name", "listen", "connect_address", "data_dir", "bin_dir", "maximum_
            "replication", "superuser", "recovery_conf", "parameters", "initdb", "pg_hba", "pgpass",
            "log_file", "start_timeout", "use_pg_rewind", "remove_data_directory_on_rewind_failure",
            "member_slots_ttl", "permanent_slots", "logical_slots", "systemd_unit", "config_dir", "archive",
-           "create_replica_methods")
+           "create_replica_methods", "bootstrap")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -287,6 +287,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         if key in recovery_conf:
             c.fail(f"postgresql.recovery_conf.{key}", f"not allowed: {why}")
     archive = archive_mod.check(c, parameters, recovery_conf)
+    restore = archive_mod.check_bootstrap(c, archive)
 
     initdb_raw = c.value("postgresql.initdb", "initdb", ["data-checksums", {"encoding": "UTF8"}])
     initdb: List[str] = []
@@ -363,7 +364,8 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
             start_timeout=start_timeout, use_pg_rewind=use_pg_rewind,
             remove_data_directory_on_rewind_failure=remove_on_failure, member_slots_ttl=member_slots_ttl,
             permanent_slots=permanent_slots, logical_slots=logical_slots, systemd_unit=systemd_unit,
-            config_dir=os.path.abspath(config_dir) if config_dir else None, archive=archive),
+            config_dir=os.path.abspath(config_dir) if config_dir else None, archive=archive,
+            restore=restore),
     )
 
 

@@ -105,6 +105,13 @@ class ArchiveConfig:
 
 
 @dataclass(frozen=True)
+class RestoreSource:
+    """postgresql.bootstrap with method pgbackrest: a new cluster starts from this backup."""
+    pgbackrest: PgBackRest
+    target_time: Optional[str] = None   # recovery_target_time; None: the end of the archive
+
+
+@dataclass(frozen=True)
 class PostgresConfig:
     name: str
     listen_host: str
@@ -132,6 +139,7 @@ class PostgresConfig:
     systemd_unit: Optional[str] = None    # run PostgreSQL as this unit through systemctl
     config_dir: Optional[str] = None      # where the distribution keeps postgresql.conf (Debian: /etc/...)
     archive: ArchiveConfig = ArchiveConfig()   # postgresql.archive, postgresql.create_replica_methods
+    restore: Optional[RestoreSource] = None    # postgresql.bootstrap: restore a backup instead of initdb
 
     @property
     def slot_name(self) -> str:

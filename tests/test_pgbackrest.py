@@ -9,6 +9,7 @@ import os
 import pwd
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -144,3 +145,44 @@ def test_a_former_primary_whose_wal_was_recycled_rewinds_from_the_archive(make_c
     assert "rewound onto the leader's timeline" in text, text[-3000:]
     assert "cloning" not in text.split("rewound onto")[0][-2000:], "rejoined by pg_rewind, not a new copy"
     assert node1.sql("SELECT count(*) FROM t WHERE id = -2") == [(1,)]
+
+
+def test_a_new_cluster_bootstrapped_from_a_backup_holds_exactly_what_was_committed_before_its_target(
+        make_cluster, base_dir):
+    conf, _repo = repository(base_dir)
+    origin = make_cluster("pitrsource")
+    a1 = origin.add("a1", extra={"postgresql": {"archive": {"pgbackrest": {"stanza": "main", "config": conf}}}})
+    origin.wait_for_primary(60)
+    harness.wait_until(lambda: "stanza main created and checked" in a1.log_text(), 60, "the stanza")
+    a1.sql("CREATE TABLE t (id int, batch text)")
+    done = backrest(conf, a1, "backup", "--type=full")
+    assert done.returncode == 0, done.stdout + done.stderr
+    a1.sql("INSERT INTO t SELECT g, 'before' FROM generate_series(1, 100) g")
+    target = a1.sql("SELECT now()")[0][0]          # after the commit, on the server's clock
+    time.sleep(1.5)
+    a1.sql("INSERT INTO t SELECT g, 'after' FROM generate_series(101, 200) g")
+    a1.sql("SELECT pg_switch_wal()")
+    harness.wait_until(lambda: a1.api("/status")[1]["archiver"]["pending_segments"] == 0, 30, "a1 archiving")
+
+    copy = make_cluster("pitrcopy")
+    extra = {"postgresql": {"bootstrap": {"method": "pgbackrest", "stanza": "main", "config": conf,
+                                          "recovery_target_time": target.isoformat()},
+                            "archive": {"pgbackrest": {"stanza": "copy", "config": conf}},
+                            "create_replica_methods": ["pgbackrest", "basebackup"]}}
+    b1 = copy.add("b1", extra=extra)
+    copy.wait_for_primary(120)
+    assert b1.sql("SELECT batch, count(*) FROM t GROUP BY batch") == [("before", 100)]
+    b1.sql("INSERT INTO t VALUES (-1, 'the copy is writable')")
+    harness.wait_until(lambda: "stanza copy created and checked" in b1.log_text(), 60, "the copy's own stanza")
+    assert "pgBackRest's recovery settings removed" in b1.log_text()
+    assert "restore_command" not in open(os.path.join(b1.data_dir, "postgresql.auto.conf")).read()
+
+    # Its second member: the copy's stanza has no backup yet, so the restore fails and pg_basebackup copies b1.
+    b2 = copy.add("b2", extra=extra)
+    copy.wait_for_streaming(["b2"], 120)
+    assert "creating the replica with pgbackrest failed" in b2.log_text()
+    harness.wait_until(lambda: b2.sql("SELECT count(*) FROM t") == [(101,)], 20, "b2 to have the copy's rows")
+    # The origin is untouched: its stanza still checks, its rows all there.
+    assert a1.sql("SELECT count(*) FROM t") == [(200,)]
+    check = backrest(conf, a1, "check")
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -8,6 +8,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+import psycopg2
+
 from governor import publish
 from governor.actions.base import ActionFailed
 from governor.dcs import DCSError
@@ -31,11 +33,21 @@ def bootstrap(g: ActionHost, decision: Decision, local: LocalState) -> None:
     g.watchdog.disarm()
     if not g.dcs.claim_initialize(""):
         raise ActionFailed("another member won the bootstrap race")
-    log.info("bootstrap: won the race; running initdb in %s", g.pg.data_dir)
+    restore = g.pg.restore
+    if restore is None:
+        log.info("bootstrap: won the race; running initdb in %s", g.pg.data_dir)
+    else:
+        log.info("bootstrap: won the race; restoring the latest backup of pgBackRest stanza %s into %s, to "
+                 "recover %s", restore.pgbackrest.stanza, g.pg.data_dir,
+                 f"up to {restore.target_time}" if restore.target_time else "to the end of its archive")
     g.mem.activity = "bootstrapping"
     try:
-        with g.notify.keep_alive_while("initdb"):
-            pgbootstrap.initdb(g.pg)
+        with g.notify.keep_alive_while("initdb" if restore is None else "restoring"):
+            if restore is None:
+                pgbootstrap.initdb(g.pg)
+            else:
+                pgbootstrap.pgbackrest_restore_cluster(g.pg)
+                datadir.write_pg_hba(g.pg)
         g.data_replaced()
         g.write_conf(standby_of=None)
         datadir.write_pgpass(g.pg)
@@ -45,7 +57,11 @@ def bootstrap(g: ActionHost, decision: Decision, local: LocalState) -> None:
                                "remove the stale keys of this scope")
         g.lock_taken(sent)
         g.mem.settle(time.monotonic())      # the next pass (slots for the members already waiting) at once
-        g.controller.start(g.pg.start_timeout)
+        if restore is None:
+            g.controller.start(g.pg.start_timeout)
+        else:
+            g.controller.start(g.pg.start_timeout, wait=False)
+            recover_under_lock(g)
         g.server.create_role(g.pg.replication.username, g.pg.replication.password, replication=True)
         sysid = g.server.state().sysid
         # The others clone the moment `initialize` holds the system identifier (it wakes them):
@@ -168,3 +184,36 @@ def set_up_stanza(pg: PostgresConfig) -> None:
                       "--stanza=%s stanza-create as postgres)", exc, pg.archive.pgbackrest.stanza
                       if pg.archive.pgbackrest else "?")
     threading.Thread(target=run, name="pgbackrest-stanza", daemon=True).start()
+
+
+# What pgBackRest's restore wrote into postgresql.auto.conf for the recovery: it would override
+# governor's settings (the new cluster's own restore_command) if left.
+RECOVERY_SETTINGS = ("restore_command", "recovery_target", "recovery_target_time", "recovery_target_lsn",
+                     "recovery_target_xid", "recovery_target_name", "recovery_target_inclusive",
+                     "recovery_target_action", "recovery_target_timeline")
+
+
+def recover_under_lock(g: ActionHost) -> None:
+    """A restored backup recovers (replays the source's archive) under the lock this member took
+    before starting it, renewed every loop_wait, until PostgreSQL promotes itself at its target;
+    nothing is writable before. A recovery that stops PostgreSQL (a target the archive does not
+    reach) fails the bootstrap."""
+    with g.notify.keep_alive_while("recovering the restored backup"):
+        while True:
+            try:
+                if not g.server.query("SELECT pg_is_in_recovery()")[0][0]:
+                    break
+            except psycopg2.Error:
+                pass   # not consistent yet
+            if not g.controller.is_running():
+                raise ActionFailed("PostgreSQL stopped while recovering the restored backup (is "
+                                   "recovery_target_time within the archive?); see PostgreSQL's log")
+            time.sleep(min(g.config.loop_wait, 1.0))
+            sent = time.monotonic()
+            if not g.dcs.renew_leader(g.name):
+                raise ActionFailed("lost the leader lock while recovering the restored backup")
+            g.lock_taken(sent)
+    for name in RECOVERY_SETTINGS:
+        g.server.query(f"ALTER SYSTEM RESET {name}")
+    g.server.query("SELECT pg_reload_conf()")
+    log.info("bootstrap: the restored backup recovered and promoted itself; pgBackRest's recovery settings removed")

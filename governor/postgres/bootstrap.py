@@ -71,6 +71,18 @@ def pgbackrest_restore(cfg: PostgresConfig, timeout: float = 86400) -> None:
          "pgbackrest restore")
 
 
+def pgbackrest_restore_cluster(cfg: PostgresConfig, timeout: float = 86400) -> None:
+    """postgresql.bootstrap with pgbackrest: restore the source stanza's latest backup for a new
+    cluster, set to recover to recovery_target_time (then promote) or to the end of the archive."""
+    source = cfg.restore
+    if source is None:
+        raise BootstrapError("postgresql.bootstrap names no pgBackRest source")
+    target = ["--type=time", f"--target={source.target_time}", "--target-action=promote"] if source.target_time \
+        else ["--type=default"]
+    _run(source.pgbackrest.argv(cfg.data_dir, "restore", *target), child_environment({}), timeout,
+         "pgbackrest restore")
+
+
 def pgbackrest_stanza(cfg: PostgresConfig, timeout: float = 300) -> str:
     """stanza-create (nothing changes when the stanza exists and matches), then check: archiving
     works and the repository is writable. Returns what was done; raises BootstrapError."""
