@@ -136,7 +136,8 @@ def main() -> int:
             seconds = time.monotonic() - started
             sent = sender.total()
             results[method] = {"seconds": round(seconds, 1), "primary_bytes": sent,
-                               "primary_mib": round(sent / 2**20, 1), "wal_written_before_mib": round(written / 2**20, 1)}
+                               "primary_mib": round(sent / 2**20, 1),
+                               "wal_written_before_mib": round(written / 2**20, 1)}
             print(f"{method}: {json.dumps(results[method])}", flush=True)
     finally:
         cluster.teardown()
