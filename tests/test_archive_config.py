@@ -73,3 +73,35 @@ def test_bad_archive_settings_are_refused_with_their_key(tmp_path, postgresql, s
     raw["postgresql"].update(postgresql)
     found = problems(write(tmp_path / "g.yml", raw))
     assert any(said in p for p in found), found
+
+
+def test_a_restore_bootstrap_keeps_its_target_with_its_zone(tmp_path):
+    conf = tmp_path / "pgbackrest.conf"
+    conf.write_text("[global]\n")
+    cfg = load(tmp_path, bootstrap={"method": "pgbackrest", "stanza": "main", "config": str(conf),
+                                    "recovery_target_time": "2026-11-27T10:00:00.5Z"},
+               archive={"pgbackrest": {"stanza": "copy", "config": str(conf)}})
+    restore = cfg.postgresql.restore
+    assert restore.pgbackrest == PgBackRest("main", str(conf))
+    assert restore.target_time == "2026-11-27 10:00:00.500000+00:00"
+    assert load(tmp_path).postgresql.restore is None
+
+
+@pytest.mark.parametrize("bootstrap,archive,said", [
+    ({"method": "rsync"}, None, "postgresql.bootstrap.method: expected initdb or pgbackrest"),
+    ({"stanza": "main"}, None, "postgresql.bootstrap.stanza: only with method: pgbackrest"),
+    ({"method": "pgbackrest"}, None, "postgresql.bootstrap.stanza: required"),
+    ({"method": "pgbackrest", "stanza": "main", "recovery_target_time": "2026-11-27 10:00"}, None,
+     "expected a time zone too"),
+    ({"method": "pgbackrest", "stanza": "main", "recovery_target_time": "yesterday"}, None,
+     "expected a date and time such as"),
+    ({"method": "pgbackrest", "stanza": "main"}, {"pgbackrest": {"stanza": "main"}},
+     "must archive to another stanza than 'main'"),
+])
+def test_bad_bootstrap_settings_are_refused_with_their_key(tmp_path, bootstrap, archive, said):
+    raw = minimal(tmp_path)
+    raw["postgresql"]["bootstrap"] = bootstrap
+    if archive:
+        raw["postgresql"]["archive"] = archive
+    found = problems(write(tmp_path / "g.yml", raw))
+    assert any(said in p for p in found), found
