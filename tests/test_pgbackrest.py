@@ -18,10 +18,10 @@ from tests import harness
 pytestmark = pytest.mark.integration
 
 
-def repository(base_dir: str) -> tuple:
-    """A pgBackRest configuration with a repository and its logs under the test's directory:
-    (its path, the repository's path)."""
-    root = os.path.join(base_dir, "pgbackrest")
+def repository(base_dir: str, name: str) -> tuple:
+    """A pgBackRest configuration with a repository and its logs of its own (`name`) under the
+    tests' directory: (its path, the repository's path)."""
+    root = os.path.join(base_dir, f"pgbackrest-{name}")
     for sub in ("", "repo", "log", "lock"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
         harness.chown_to_runner(os.path.join(root, sub))
@@ -56,7 +56,7 @@ def segments(repo: str) -> dict:
 
 
 def test_pgbackrest_archives_creates_replicas_and_keeps_every_segment_across_a_failover(make_cluster, base_dir):
-    conf, repo = repository(base_dir)
+    conf, repo = repository(base_dir, "failover")
     archive = {"pgbackrest": {"stanza": "main", "config": conf}}
     cluster = make_cluster("backrest")
     extra = {"postgresql": {"archive": archive, "create_replica_methods": ["pgbackrest", "basebackup"],
@@ -106,7 +106,7 @@ def test_pgbackrest_archives_creates_replicas_and_keeps_every_segment_across_a_f
 
 
 def test_a_former_primary_whose_wal_was_recycled_rewinds_from_the_archive(make_cluster, base_dir):
-    conf, _repo = repository(base_dir)
+    conf, _repo = repository(base_dir, "rewind")
     cluster = make_cluster("rewindarchive")
     # Little WAL kept: the slot of a stopped replica is given up after 16MB, checkpoints recycle.
     extra = {"postgresql": {"archive": {"pgbackrest": {"stanza": "main", "config": conf}},
@@ -149,7 +149,7 @@ def test_a_former_primary_whose_wal_was_recycled_rewinds_from_the_archive(make_c
 
 def test_a_new_cluster_bootstrapped_from_a_backup_holds_exactly_what_was_committed_before_its_target(
         make_cluster, base_dir):
-    conf, _repo = repository(base_dir)
+    conf, _repo = repository(base_dir, "pitr")
     origin = make_cluster("pitrsource")
     a1 = origin.add("a1", extra={"postgresql": {"archive": {"pgbackrest": {"stanza": "main", "config": conf}}}})
     origin.wait_for_primary(60)
@@ -182,6 +182,23 @@ def test_a_new_cluster_bootstrapped_from_a_backup_holds_exactly_what_was_committ
     copy.wait_for_streaming(["b2"], 120)
     assert "creating the replica with pgbackrest failed" in b2.log_text()
     harness.wait_until(lambda: b2.sql("SELECT count(*) FROM t") == [(101,)], 20, "b2 to have the copy's rows")
+
+    # A third cluster misconfigured to archive into the origin's stanza: pgBackRest refuses its
+    # stanza, and its replica, offered the origin's backup, sees another system identifier,
+    # removes it and copies its own leader instead.
+    wrong = make_cluster("wrongstanza")
+    misconfigured = {"postgresql": {"archive": {"pgbackrest": {"stanza": "main", "config": conf}},
+                                    "create_replica_methods": ["pgbackrest", "basebackup"]}}
+    c1 = wrong.add("c1", extra=misconfigured)
+    wrong.wait_for_primary(60)
+    harness.wait_until(lambda: "ERROR: pgBackRest: pgbackrest stanza-create failed" in c1.log_text(), 60,
+                       "the refused stanza")
+    c1.sql("CREATE TABLE mine AS SELECT 1 AS v")
+    c2 = wrong.add("c2", extra=misconfigured)
+    wrong.wait_for_streaming(["c2"], 120)
+    assert "the repository's backup is of another cluster" in c2.log_text()
+    assert c2.sql("SELECT v FROM mine") == [(1,)]
+
     # The origin is untouched: its stanza still checks, its rows all there.
     assert a1.sql("SELECT count(*) FROM t") == [(200,)]
     check = backrest(conf, a1, "check")

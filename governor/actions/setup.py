@@ -139,6 +139,12 @@ def clone(g: ActionHost, decision: Decision, local: LocalState) -> None:
                          g.pg.archive.pgbackrest.stanza if g.pg.archive.pgbackrest else "?")
                 with g.notify.keep_alive_while("restoring from pgBackRest"):
                     pgbootstrap.pgbackrest_restore(g.pg)
+                restored = datadir.read_controldata(g.pg.bin_dir, g.pg.data_dir).sysid
+                if g.cluster is not None and restored != g.cluster.initialize:
+                    raise pgbootstrap.BootstrapError(
+                        f"the repository's backup is of another cluster (system identifier {restored}, this "
+                        f"cluster has {g.cluster.initialize}): does stanza {g.pg.archive.pgbackrest.stanza} "
+                        "belong to another cluster?")
             else:
                 log.info("cloning %s from %s at %s:%s with pg_basebackup", g.pg.data_dir, source, *copy_from)
                 with g.notify.keep_alive_while(f"cloning {source} with pg_basebackup"):
