@@ -72,6 +72,7 @@ class ActionHost(Protocol):
     metrics: Optional[Metrics]
     callbacks: Runner
     once: OnChange
+    stopping: threading.Event
 
     def lock_left(self) -> Optional[float]: ...
 

@@ -211,6 +211,8 @@ def recover_under_lock(g: ActionHost) -> None:
                     break
             except psycopg2.Error:
                 pass   # not consistent yet
+            if g.stopping.is_set():
+                raise ActionFailed("governor is stopping: the recovery of the restored backup is abandoned")
             if not g.controller.is_running():
                 raise ActionFailed("PostgreSQL stopped while recovering the restored backup (is "
                                    "recovery_target_time within the archive?); see PostgreSQL's log")
