@@ -136,10 +136,12 @@ def _wait_for_leader(dcs: DCS, candidate: str, wait: float, what: str) -> int:
             now = dcs.get_cluster()
         except DCSError:
             continue
-        if now.leader and now.leader.name == candidate:
+        member = now.member(candidate)
+        # Holding the lock is not enough: its pre_promote callback may still refuse (and give
+        # the lock back). Done when its own key says it runs as the primary.
+        if now.leader and now.leader.name == candidate and member is not None and member.role == "primary":
             print(f"{what} done: {candidate} is the leader ({time.monotonic() - started:.1f}s)")
             return EXIT_OK
-        member = now.member(candidate)
         if member is not None and member.pre_promote_refused and now.switchover is None:
             leader = now.leader.name if now.leader else "nobody yet"
             print(f"governorctl: {what} cancelled: {candidate}'s pre_promote callback refused the promotion (see its "

@@ -92,12 +92,14 @@ def test_callbacks_follow_a_failover_in_order_and_a_hanging_one_delays_nothing(m
 
 def test_a_pre_promote_that_refuses_hands_the_promotion_to_another_member(make_cluster, base_dir):
     note = hook(base_dir, "note", "exit 0")
-    refuse = hook(base_dir, "refuse", "echo 'pgbouncer is not ready'; exit 1")
+    # It takes a second to refuse, holding the lock meanwhile: governorctl must not call that done.
+    refuse = hook(base_dir, "refuse", "sleep 1; echo 'pgbouncer is not ready'; exit 1")
     cluster = make_cluster("cbveto")
     for name in ("node1", "node2", "node3"):
         hooks = {"before_stop": note, "on_role_change": note, "pre_promote": refuse if name == "node2" else note}
         cluster.add(name, extra=dict(AUTH, callbacks=hooks))
     leader = cluster.wait_for_primary(90)
+    cluster.wait_for_streaming([n for n in cluster.nodes if n != leader.name], 90)
     if leader.name == "node2":              # the refusing member must be a replica for this test
         done = harness.governorctl(leader, "switchover", "--leader", "node2", "--candidate", "node1")
         assert done.returncode == 0, done.stdout + done.stderr

@@ -6,6 +6,7 @@ on the new leader from where it stopped."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from typing import Optional
@@ -36,6 +37,13 @@ def receivewal(node: harness.Node, directory: str, log: str) -> subprocess.Popen
     return proc
 
 
+def stop(consumer: subprocess.Popen) -> None:
+    """Stop pg_receivewal as an operator would (SIGINT): it finishes the file it is writing. SIGTERM
+    can kill it while it zero-fills a new .partial segment, which it then refuses to resume from
+    ("has 9789440 bytes, should be 0 or 16777216")."""
+    consumer.send_signal(signal.SIGINT)
+
+
 def test_a_permanent_slot_and_the_wal_it_holds_survive_a_failover(make_cluster, base_dir):
     cluster = make_cluster("permslot")
     for name in ("node1", "node2", "node3"):
@@ -55,7 +63,7 @@ def test_a_permanent_slot_and_the_wal_it_holds_survive_a_failover(make_cluster, 
         leader.sql("INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 2000)")
         leader.sql("SELECT pg_switch_wal()")
     wait_until(lambda: (restart_lsn(leader, "archiver") or 0) > 3 * 16 * 2**20, 20, "the consumer to move the slot on")
-    consumer.terminate()
+    stop(consumer)
     consumer.wait(10)
     held = restart_lsn(leader, "archiver")
     wait_until(lambda: all(restart_lsn(r, "archiver") == held for r in replicas), 20,
@@ -80,7 +88,7 @@ def test_a_permanent_slot_and_the_wal_it_holds_survive_a_failover(make_cluster, 
     consumer = receivewal(new, archive, log)
     wait_until(lambda: any(name.startswith("00000002") for name in os.listdir(archive)), 60,
                "pg_receivewal to resume on the new leader and reach its timeline")
-    consumer.terminate()
+    stop(consumer)
     consumer.wait(10)
 
     # and through a switchover to the third member
@@ -91,7 +99,7 @@ def test_a_permanent_slot_and_the_wal_it_holds_survive_a_failover(make_cluster, 
     consumer = receivewal(third, archive, log)
     wait_until(lambda: any(name.startswith("00000003") for name in os.listdir(archive)), 60,
                "pg_receivewal to resume on the switchover's new leader")
-    consumer.terminate()
+    stop(consumer)
     consumer.wait(10)
     with open(log) as fh:
         said = fh.read()
