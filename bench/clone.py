@@ -31,6 +31,7 @@ from typing import Dict
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests import harness  # noqa: E402
+from tests.test_pgbackrest import repository  # noqa: E402
 
 PGBENCH = os.path.join(harness.PG_BIN, "pgbench")
 
@@ -73,19 +74,6 @@ class SenderBytes(threading.Thread):
         return sum(sent - self.before.get(peer, 0) for peer, sent in self.seen.items())
 
 
-def repository(base: str) -> str:
-    root = os.path.join(base, "pgbackrest")
-    for sub in ("", "repo", "log", "lock"):
-        os.makedirs(os.path.join(root, sub), exist_ok=True)
-        harness.chown_to_runner(os.path.join(root, sub))
-    conf = os.path.join(root, "pgbackrest.conf")
-    with open(conf, "w") as fh:
-        fh.write(f"[global]\nrepo1-path={root}/repo\nlog-path={root}/log\nlock-path={root}/lock\n"
-                 "start-fast=y\ncompress-type=lz4\nprocess-max=2\n")
-    os.chmod(conf, 0o644)
-    return conf
-
-
 def backup(conf: str, node: harness.Node) -> float:
     user = pwd.getpwnam(harness.RUN_AS)
     started = time.monotonic()
@@ -107,7 +95,7 @@ def main() -> int:
     harness.become_subreaper()
     etcd = harness.Etcd(base).start()
     cluster = harness.TestCluster(etcd, base, harness.make_source_copy(base), "clonebench")
-    conf = repository(base)
+    conf, _repo = repository(base, "bench", "start-fast=y\ncompress-type=lz4\nprocess-max=2\n")
     archive = {"pgbackrest": {"stanza": "main", "config": conf}}
     results: Dict[str, Dict[str, float]] = {}
     env = {**os.environ, "PGPASSWORD": harness.SUPERUSER_PASSWORD}

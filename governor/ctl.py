@@ -16,8 +16,19 @@ from typing import List, Optional
 
 from governor import __version__, ctl_config, ctl_generate, ctl_members, ctl_query
 from governor import config as config_mod
-from governor.cluster import Cluster, parse_conn_url
-from governor.ctl_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Stop, confirm, dcs_call, http_json, refuse, use_tls
+from governor.cluster import Cluster
+from governor.ctl_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Stop,
+    confirm,
+    dcs_call,
+    http_json,
+    member_address,
+    refuse,
+    use_tls,
+)
 from governor.ctl_switchover import failover, switchover
 from governor.ctl_view import format_history, print_list
 from governor.dcs import DCS, DCSError
@@ -132,13 +143,7 @@ def _wait_for_mode(cluster: Cluster, paused: bool, wait: float) -> int:
 
 
 def print_dsn(args: argparse.Namespace, cluster: Cluster) -> int:
-    name = args.member or (cluster.leader.name if cluster.leader else None)
-    if name is None:
-        return refuse("no member holds the leader lock; name a member")
-    member = cluster.member(name)
-    address = parse_conn_url(member.conn_url) if member is not None and member.conn_url else None
-    if address is None:
-        return refuse(f"{name} is not a member of this cluster, or publishes no PostgreSQL address")
+    _name, address = member_address(args.member, cluster)
     print(" ".join(f"{k}={_conninfo_value(v)}" for k, v in (
         ("host", address[0]), ("port", address[1]), ("dbname", args.dbname), ("user", args.user))))
     return EXIT_OK

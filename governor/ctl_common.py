@@ -9,9 +9,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
+from governor.cluster import parse_conn_url
 from governor.dcs import DCSError
+
+if TYPE_CHECKING:
+    from governor.cluster import Cluster
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _tls: Optional[ssl.SSLContext] = None     # for https API addresses: set by use_tls()
@@ -104,3 +108,16 @@ def confirm(prompt: str, expected: str) -> bool:
     except EOFError:
         return False
     return answer.strip().lower() == expected.lower() if expected == "y" else answer.strip() == expected
+
+
+def member_address(name: Optional[str], cluster: Cluster) -> Tuple[str, Tuple[str, int]]:
+    """The member named (default: the leader) and its PostgreSQL address from etcd; Stop when
+    there is none."""
+    name = name or (cluster.leader.name if cluster.leader else None)
+    if name is None:
+        raise Stop(refuse("no member holds the leader lock; name a member"))
+    member = cluster.member(name)
+    address = parse_conn_url(member.conn_url) if member is not None and member.conn_url else None
+    if address is None:
+        raise Stop(refuse(f"{name} is not a member of this cluster, or publishes no PostgreSQL address"))
+    return name, address

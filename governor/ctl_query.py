@@ -15,8 +15,8 @@ from typing import Any, List, Sequence
 import psycopg2
 
 from governor import config as config_mod
-from governor.cluster import Cluster, parse_conn_url
-from governor.ctl_common import EXIT_FAILED, EXIT_OK, refuse
+from governor.cluster import Cluster
+from governor.ctl_common import EXIT_FAILED, EXIT_OK, member_address
 
 MAX_ROWS = 10000
 
@@ -38,13 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def query(args: argparse.Namespace, cluster: Cluster) -> int:
-    name = args.member or (cluster.leader.name if cluster.leader else None)
-    if name is None:
-        return refuse("no member holds the leader lock; name a member")
-    member = cluster.member(name)
-    address = parse_conn_url(member.conn_url) if member is not None and member.conn_url else None
-    if address is None:
-        return refuse(f"{name} is not a member of this cluster, or publishes no PostgreSQL address")
+    name, address = member_address(args.member, cluster)
     user, password = _credentials(args)
     options = f"-c statement_timeout={max(1, int(args.timeout * 1000))}"
     if not args.write:

@@ -18,17 +18,16 @@ from tests import harness
 pytestmark = pytest.mark.integration
 
 
-def repository(base_dir: str, name: str) -> tuple:
+def repository(base_dir: str, name: str, settings: str = "repo1-retention-full=4\nstart-fast=y\n") -> tuple:
     """A pgBackRest configuration with a repository and its logs of its own (`name`) under the
-    tests' directory: (its path, the repository's path)."""
+    tests' directory, plus `settings` for [global]: (its path, the repository's path)."""
     root = os.path.join(base_dir, f"pgbackrest-{name}")
     for sub in ("", "repo", "log", "lock"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
         harness.chown_to_runner(os.path.join(root, sub))
     conf = os.path.join(root, "pgbackrest.conf")
     with open(conf, "w") as fh:
-        fh.write(f"[global]\nrepo1-path={root}/repo\nlog-path={root}/log\nlock-path={root}/lock\n"
-                 "repo1-retention-full=4\nstart-fast=y\n")
+        fh.write(f"[global]\nrepo1-path={root}/repo\nlog-path={root}/log\nlock-path={root}/lock\n{settings}")
     os.chmod(conf, 0o644)
     return conf, os.path.join(root, "repo")
 
