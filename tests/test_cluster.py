@@ -195,3 +195,10 @@ def test_existing_data_directory_initializes_an_empty_scope(make_cluster):
     assert cluster.etcd.get(f"/service/{cluster.scope}/initialize")["value"] == sysid
     assert node.sql("SELECT v FROM kept") == [("survives",)]
     assert "initialize_from_existing" in node.log_text()
+
+
+def test_a_scheduled_restart_read_from_etcd_is_a_plausible_unix_time_or_unknown():
+    from governor.cluster import Member
+    for hostile in ('"03:00"', "NaN", "1e999", "-5", "true", "[1]", "{}", "null", "1e300"):
+        assert Member.from_json("m", f'{{"scheduled_restart": {hostile}}}').scheduled_restart is None, hostile
+    assert Member.from_json("m", '{"scheduled_restart": 1795000000}').scheduled_restart == 1795000000.0
