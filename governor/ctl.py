@@ -14,7 +14,7 @@ import sys
 import time
 from typing import List, Optional
 
-from governor import __version__, ctl_config, ctl_generate, ctl_members, ctl_query
+from governor import __version__, ctl_config, ctl_generate, ctl_members, ctl_query, ctl_standby
 from governor import config as config_mod
 from governor.cluster import Cluster
 from governor.ctl_common import (
@@ -87,6 +87,7 @@ def parser() -> argparse.ArgumentParser:
                           help="until every member reports it (default 60 s)")
     ctl_members.add_parsers(sub)
     ctl_config.add_parsers(sub)
+    ctl_standby.add_parsers(sub)
     mg = sub.add_parser("migrate", help="copy a paused cluster's keys to another etcd API or store",
                         description="Moving a running cluster from the etcd v2 API to v3 (or to another etcd) "
                                     "without restarting PostgreSQL: governorctl pause; governorctl migrate "
@@ -277,6 +278,10 @@ def _main(args: argparse.Namespace) -> int:
         return ctl_config.edit_config(args, dcs, cluster)
     if args.command == "show-config":
         return ctl_config.show_config(cluster)
+    if args.command == "promote-cluster":
+        return ctl_standby.promote_cluster(args, dcs, cluster)
+    if args.command == "demote-cluster":
+        return ctl_standby.demote_cluster(args, dcs, cluster)
     if args.command == "remove":
         return remove(args, dcs, cluster)
     if args.command == "query":

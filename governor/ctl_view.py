@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import yaml
 
+from governor import standby
 from governor.cluster import Cluster
 from governor.sync import describe as describe_sync
 
@@ -22,6 +23,8 @@ def rows(cluster: Cluster) -> List[dict]:
         sync = cluster.sync
         synchronous = bool(sync and sync.synchronous and m.name in sync.members and m.name != leader)
         role = "leader" if m.name == leader else ("sync replica" if synchronous and m.role == "replica" else m.role)
+        if m.name == leader and standby.KEY in cluster.config:
+            role = "standby leader"
         out.append({"member": m.name, "host": host, "role": role, "sync_standby": synchronous,
                     "state": m.state, "timeline": m.timeline, "lag_bytes": lag, "tags": m.tags,
                     "pending_restart": m.pending_restart, "failsafe": m.failsafe,
@@ -58,6 +61,11 @@ def format_table(scope: str, cluster: Cluster) -> str:
         lines.append("No member holds the leader lock.")
     if cluster.paused:
         lines.append("Maintenance mode: on (governorctl resume to end it)")
+    if standby.KEY in cluster.config:
+        value = cluster.config[standby.KEY]
+        parsed = standby.parse(value)
+        lines.append(f"Standby cluster: follows the primary cluster at {parsed.describe()}" if parsed else
+                     "Standby cluster: the standby_cluster setting does not parse; nothing is promoted")
     if cluster.sync is not None:
         lines.append(f"Replication: {describe_sync(cluster.sync)}")
     return "\n".join(lines)

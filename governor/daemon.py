@@ -117,6 +117,11 @@ class Governor:
             return None
         return parse_conn_url(member.conn_url)
 
+    def upstream(self, decision: Decision) -> Optional[tuple]:
+        """Where the decision has this member stream from: the primary cluster for a standby leader
+        (decision.remote), else the member it names."""
+        return decision.remote if decision.remote is not None else self.leader_address(decision.leader)
+
     def execute(self, decision: Decision, local: LocalState) -> bool:
         """Run the decision's actions in order; False when one failed and the rest were skipped."""
         for action in decision.actions:
@@ -178,11 +183,16 @@ class Governor:
         self.fence.disarm()
         self.watchdog.disarm()
 
-    def lock_taken(self, sent: float) -> None:
+    def lock_taken(self, sent: float, fence: bool = True) -> None:
+        """`fence` False: a standby cluster's lock, which guards no writable server; the lock fence
+        and watchdog stand down rather than stop a standby when the lock lapses."""
         # etcd starts the TTL when it applies the write, which is after we sent it: counting from
         # the send time errs on the safe side.
         self.mem.holds_lock = True
         self.mem.lock_deadline = self.dcs.lock_expires(sent, self.config.etcd.ttl)
+        if not fence:
+            self.unfence()
+            return
         self.fence.arm(self.mem.lock_deadline)
         if not self.watchdog.keepalive(self.mem.lock_deadline, max(0.5, self.fence.margin / 4)):
             # watchdog.mode required and the device cannot be armed: no leading without it.

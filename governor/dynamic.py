@@ -13,6 +13,8 @@ in the files.
     failsafe_mode                          true: a leader keeps its primary through an etcd outage
                                            while every member vouches for it (failsafe.py)
     postgresql.parameters.<name>           PostgreSQL settings for every member
+    standby_cluster                        {host, port, primary_slot_name, restore_command}: this
+                                           cluster replicates another and has no primary (standby.py)
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import math
 from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
 
-from governor import failsafe, pgparams
+from governor import failsafe, pgparams, standby
 from governor.settings import LIMITS, MANAGED_PARAMETERS, SIZE_MAX, Config, parse_size, parse_sync_mode
 
 # Per-member PostgreSQL settings a cluster-wide value would break.
@@ -28,7 +30,7 @@ MEMBER_PARAMETERS = dict(MANAGED_PARAMETERS, unix_socket_directories="each membe
                          data_directory="postgresql.data_dir", hba_file="governor",
                          config_file="governor", ident_file="each member's file configuration")
 TOP_KEYS = ("ttl", "loop_wait", "retry_timeout", "maximum_lag_on_failover", "postgresql", "synchronous_mode",
-            "synchronous_mode_strict", "synchronous_node_count", "failsafe_mode")
+            "synchronous_mode_strict", "synchronous_node_count", "failsafe_mode", standby.KEY)
 
 
 def _number(value: Any, key: str) -> bool:
@@ -76,6 +78,8 @@ def validate(data: Any, base: Tuple[float, float, float] = DEFAULT_TIMING,
         fail("synchronous_mode_strict", f"expected true or false, got {_short(data['synchronous_mode_strict'])}")
     if "failsafe_mode" in data and not isinstance(data["failsafe_mode"], bool):
         fail("failsafe_mode", f"expected true or false, got {_short(data['failsafe_mode'])}")
+    if standby.KEY in data:
+        problems.extend(f"config: {problem}" for problem in standby.problems(data[standby.KEY]))
     count = data.get("synchronous_node_count", 1)
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 64:
         fail("synchronous_node_count", f"expected an integer from 1 to 64, got {_short(count)}")

@@ -30,15 +30,28 @@ Cases, checked top to bottom (the first that matches wins):
   paused_primary_reacquire      maintenance mode, nobody holds the lock,     acquire_lock
                                 running as primary (e.g. moved to a new etcd)
   paused                        maintenance mode otherwise                   -
+  standby_cluster_unknown       the standby_cluster setting does not parse:   -  (or renew_lock when this
+                                no bootstrap, promotion or race (unknown is  member holds it)
+                                never "may be primary"); else as below
   bootstrap_gave_up             cluster not initialized, data_dir empty,     -  (operator must act)
                                 BOOTSTRAP_ATTEMPTS failed bootstraps in a row
   bootstrap_race                cluster not initialized, data_dir empty      bootstrap
+  standby_bootstrap_race        as bootstrap_race, standby_cluster set        bootstrap (pg_basebackup of
+                                                                             the primary cluster)
   initialize_from_existing      cluster not initialized, data_dir has data   claim_initialize
   bootstrap_in_progress         another member is running initdb             -
   clone_from_replica            data_dir empty, a leader is running, and a   clone (from that replica,
                                 streaming replica is tagged clonefrom        then following the leader)
   clone_from_leader             data_dir empty, a leader is running          clone
   wait_for_leader_to_clone      data_dir empty, no usable leader             -
+  standby_leader_rewind_failed  standby_cluster set, holds the lock (these   renew_lock (operator must act)
+                                six: standby.py), pg_rewind failed
+  standby_leader_demote         ... running as primary (demote-cluster)      demote, rewind, start_as_replica
+  standby_leader_rewind         ... stopped former primary                   renew_lock, rewind, start_as_replica
+  standby_leader_start          ... stopped                                  renew_lock, start_as_replica
+  standby_leader_starting       ... not accepting queries yet                renew_lock
+  standby_leader_follow_remote  ... running as a standby (never promoted;    renew_lock, follow (the
+                                its lock arms no fence: nothing writable)    primary cluster), replica_slots
   rewind_failed_reclone         pg_rewind failed, remove_data_directory_on_  reinitialize (then clone)
                                 rewind_failure: start afresh from the leader
   rewind_failed_wait            pg_rewind failed, no permission to re-clone  -  (operator must act)
@@ -82,6 +95,11 @@ Cases, checked top to bottom (the first that matches wins):
   follow_leader                 replica, another member holds the lock       follow, replica_slots (slots
                                                                              of members streaming from it,
                                                                              permanent slots' copies)
+  standby_primary_take_lock     standby cluster, nobody holds the lock,       acquire_lock (then
+                                running as primary                           standby_leader_demote)
+  standby_race_not_eligible     standby cluster, nobody holds the lock,       -
+                                nofailover or not yet rewound
+  standby_leader_race           standby cluster, nobody holds the lock       acquire_lock, follow (remote)
   failsafe_promised             nobody holds the lock, this replica vouched   -  (keeps its upstream)
                                 for a leader less than ttl ago
   failsafe_list_unknown         nobody holds the lock, `failsafe` key does    -
@@ -119,9 +137,11 @@ Cases, checked top to bottom (the first that matches wins):
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 from governor import failsafe
+from governor import standby as standby_cluster
 from governor.cluster import Cluster
 from governor.hatypes import (  # noqa: F401 - re-exported: the executors and tests name them through ha
     BOOTSTRAP_ATTEMPTS,
@@ -220,14 +240,17 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                         "member clone the leader")
 
     leader_name = cluster.leader.name if cluster.leader else None
+    standby_set, standby = standby_cluster.of(cluster)
+    # A standby leader restarts as a standby of the primary cluster, not of itself.
+    remote = standby.upstream if standby is not None and leader_name == me else None
     if local.request == "restart" and local.running and local.role:
         return Decision("restart_requested", "restart requested by the operator: restarting PostgreSQL"
                         + (" in place, keeping the leader lock" if leader_name == me else ""),
                         (Action.RENEW_LOCK, Action.RESTART) if leader_name == me else (Action.RESTART,),
-                        leader=leader_name)
+                        leader=leader_name, remote=remote)
     due = scheduled_restart(cluster, local, leader_name)
     if due is not None:
-        return due
+        return replace(due, remote=remote)
     if local.request == "reinitialize" and leader_name and leader_name != me and cluster.initialized:
         return Decision("reinitialize_requested",
                         f"re-initialization requested by the operator: removing {local.data_dir} to clone "
@@ -243,12 +266,17 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                             "maintenance mode: nobody holds the leader lock and this member runs the primary: "
                             "taking the lock, nothing else", (Action.ACQUIRE_LOCK,))
         return Decision("paused", "maintenance mode: taking no automatic action")
+    unknown = standby_cluster.decide_unknown(cluster, local) if standby_set and standby is None else None
+    if unknown is not None:
+        return unknown
     if cluster.initialize is None:
         if local.data == EMPTY and local.bootstrap_failures >= BOOTSTRAP_ATTEMPTS:
             return Decision("bootstrap_gave_up",
                             f"bootstrap failed {local.bootstrap_failures} times in a row (the reasons are logged "
                             "above; each half-made data directory was moved to *.failed-*): not trying again. Fix "
                             "the cause, then restart governor")
+        if local.data == EMPTY and standby is not None:
+            return standby_cluster.bootstrap(standby)
         if local.data == EMPTY:
             return Decision("bootstrap_race", "cluster not initialized: racing to bootstrap it",
                             (Action.BOOTSTRAP,))
@@ -264,9 +292,12 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
     # its promotion is done: a former primary is checked only against a leader running as primary.
     leader_runs_primary = leader_member is not None and leader_member.role == "primary" \
         and leader_member.state == "running"
+    # In a standby cluster the leader is a standby: the others clone it and rewind against it.
+    leader_ready = leader_runs_primary or standby is not None and leader_member is not None \
+        and leader_member.role == "replica" and leader_member.state == "running"
     if local.data == EMPTY:
         if leader and leader != me and leader_member and leader_member.conn_url \
-                and leader_member.role == "primary":
+                and (leader_member.role == "primary" or leader_ready):
             source = clone_source(cluster, me, local.clone_failed_from)
             if source is not None:
                 return Decision("clone_from_replica", f"data directory empty: cloning {source} (tagged clonefrom) "
@@ -276,6 +307,8 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                             (Action.CLONE,), leader=leader)
         return Decision("wait_for_leader_to_clone", "data directory empty: waiting for a running leader to clone")
 
+    if standby is not None and leader == me:
+        return standby_cluster.decide_leader(cluster, local, standby)
     if local.rewind_failed and leader and leader != me and local.remove_data_directory_on_rewind_failure:
         return Decision("rewind_failed_reclone",
                         f"pg_rewind against {leader} failed: removing {local.data_dir} to clone {leader} afresh "
@@ -295,7 +328,7 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                 return _start_timeout(local)
             return Decision("start_lock_holder", "PostgreSQL stopped and this member holds the lock: starting it",
                             (Action.RENEW_LOCK, Action.START_AS_LEADER))
-        if leader and local.rewind_pending and not leader_runs_primary:
+        if leader and local.rewind_pending and not leader_ready:
             return _await_leader(leader)
         if leader and local.rewind_pending:
             return Decision("rewind_then_follow",
@@ -344,7 +377,7 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
         return Decision("lock_held_promote", "this member holds the lock but runs as a replica: promoting",
                         (Action.RENEW_LOCK, Action.PROMOTE, Action.ENSURE_SLOTS))
     if leader:
-        if local.role == "primary" and not leader_runs_primary:
+        if local.role == "primary" and not leader_ready:
             return Decision("demote_for_new_leader",
                             f"{leader} holds the lock: demoting; checking with pg_rewind once {leader} runs as "
                             "primary", (Action.DEMOTE,), leader=leader)
@@ -352,7 +385,7 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
             return Decision("demote_other_leader",
                             f"{leader} holds the lock: demoting, checking with pg_rewind, following it",
                             (Action.DEMOTE, Action.REWIND, Action.START_AS_REPLICA), leader=leader)
-        if local.rewind_pending and not leader_runs_primary:
+        if local.rewind_pending and not leader_ready:
             return _await_leader(leader)
         if local.rewind_pending:
             return Decision("rewind_demoted",
@@ -374,4 +407,6 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                         leader=leader)
 
     # Nobody holds the lock.
+    if standby is not None:
+        return standby_cluster.decide_race(cluster, local, standby)
     return decide_race(cluster, local, switchover)

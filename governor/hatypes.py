@@ -85,6 +85,8 @@ class Decision:
     actions: Tuple[Action, ...] = ()
     leader: Optional[str] = None    # the member to follow or clone from; None = nobody
     source: Optional[str] = None    # clone: a replica tagged clonefrom to copy instead of the leader
+    remote: Optional[Tuple[Any, ...]] = None  # standby cluster: the primary cluster's standby.Upstream,
+    # followed (cloned, rewound against) instead of a member; its lock guards no writable server
 
     @property
     def summary(self) -> str:

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from governor import standby
 from governor.cluster import Cluster
 from governor.sync import describe as describe_sync
 
@@ -152,6 +153,7 @@ class NodeStatus:
             "pre_promote_refused": self.pre_promote_refused,
             "scheduled_restart": self.scheduled_restart,
             "archiver": self.archiver.as_dict() if self.archiver else None,
+            "standby_cluster": standby.public(self.cluster),
         }
 
     def cluster_dict(self) -> Dict[str, Any]:
@@ -164,7 +166,8 @@ class NodeStatus:
                 if m.name != leader and cluster.leader_lsn is not None and m.lsn is not None:
                     lag = max(0, cluster.leader_lsn - m.lsn)
                 sync = cluster.sync
-                members.append({"name": m.name, "role": "leader" if m.name == leader else m.role,
+                lead = "standby leader" if standby.KEY in cluster.config else "leader"
+                members.append({"name": m.name, "role": lead if m.name == leader else m.role,
                                 "sync_standby": bool(sync and sync.synchronous and m.name in sync.members
                                                      and m.name != leader),
                                 "state": m.state, "timeline": m.timeline, "lsn": m.lsn, "lag_bytes": lag,
@@ -176,7 +179,8 @@ class NodeStatus:
                 "leader_lsn": cluster.leader_lsn if cluster else None, "members": members,
                 "history": list(cluster.history) if cluster else [], "dcs_reachable": self.dcs_reachable,
                 "sync": cluster.sync.as_dict() if cluster and cluster.sync else None,
-                "synchronous": describe_sync(cluster.sync if cluster else None)}
+                "synchronous": describe_sync(cluster.sync if cluster else None),
+                "standby_cluster": standby.public(cluster)}
 
 
 class StatusBoard:

@@ -22,11 +22,20 @@ def member(name, role="replica", state="running", lsn=100, **tags):
 
 
 def cluster(leader=None, initialize=SYSID, members=(), leader_lsn=None, switchover_to=None, paused=False,
-            sync=None, unreadable_lsn=False, failsafe=None, failsafe_unreadable=False):
+            sync=None, unreadable_lsn=False, failsafe=None, failsafe_unreadable=False, config=None):
     switchover = Switchover(leader=None, candidate=switchover_to, requested_at=0) if switchover_to else None
     return Cluster(initialize=initialize, leader=Leader(leader) if leader else None, members=tuple(members),
                    leader_lsn=leader_lsn, switchover=switchover, paused=paused, sync=sync,
-                   leader_lsn_unreadable=unreadable_lsn, failsafe=failsafe, failsafe_unreadable=failsafe_unreadable)
+                   leader_lsn_unreadable=unreadable_lsn, failsafe=failsafe, failsafe_unreadable=failsafe_unreadable,
+                   config=config or {})
+
+
+SITE_A = {"standby_cluster": {"host": "site-a", "port": 5000}}
+
+
+def standby(leader=None, **kwargs):
+    """A snapshot of a standby cluster following site-a:5000."""
+    return cluster(leader, config=SITE_A, **kwargs)
 
 
 def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, rewind_pending=False,
@@ -53,7 +62,21 @@ NODE2_TL3 = Member(name="node2", role="primary", state="running", conn_url="post
 
 # (case, cluster snapshot, local state, expected actions, expected leader to follow/clone)
 FAILSAFE_NODE2 = FailsafeList("node2", {ME: "http://127.0.0.1:8008", "node3": "http://127.0.0.1:8009"})
+STANDBY_NODE2 = member("node2", role="replica")
 TABLE = [
+    ("standby_cluster_unknown", cluster(ME, config={"standby_cluster": {"host": "a b"}}), local(role="replica"),
+     (A.RENEW_LOCK,), None),
+    ("standby_bootstrap_race", standby(initialize=None), local(data=ha.EMPTY, running=False), (A.BOOTSTRAP,), None),
+    ("standby_leader_rewind_failed", standby(ME), local(running=False, rewind_failed=True), (A.RENEW_LOCK,), None),
+    ("standby_leader_demote", standby(ME), local(role="primary"), (A.DEMOTE, A.REWIND, A.START_AS_REPLICA), None),
+    ("standby_leader_rewind", standby(ME), local(running=False, rewind_pending=True),
+     (A.RENEW_LOCK, A.REWIND, A.START_AS_REPLICA), None),
+    ("standby_leader_start", standby(ME), local(running=False), (A.RENEW_LOCK, A.START_AS_REPLICA), None),
+    ("standby_leader_starting", standby(ME), local(role=None), (A.RENEW_LOCK,), None),
+    ("standby_leader_follow_remote", standby(ME), local(), (A.RENEW_LOCK, A.FOLLOW, A.REPLICA_SLOTS), None),
+    ("standby_primary_take_lock", standby(), local(role="primary"), (A.ACQUIRE_LOCK,), None),
+    ("standby_race_not_eligible", standby(), local(nofailover=True), (), None),
+    ("standby_leader_race", standby(), local(), (A.ACQUIRE_LOCK, A.FOLLOW), None),
     ("failsafe_keep_primary", None, local(role="primary", lock_left=3.5, failsafe_mode=True, failsafe_vouched=7.0),
      (A.FAILSAFE_HOLD,), None),
     ("failsafe_demote", None, local(role="primary", lock_left=20, failsafe_mode=True),
@@ -434,3 +457,46 @@ def test_the_leader_restarts_after_the_replicas_scheduled_no_later_but_not_forev
     assert ha.decide(cluster(ME, members=[later]), leader).case == "scheduled_restart_due"
     late = replace(leader, now=100.0 + ha.LEADER_RESTART_WAIT)
     assert ha.decide(cluster(ME, members=[replica]), late).case == "scheduled_restart_due"
+
+
+def test_a_standby_cluster_never_promotes_and_follows_the_remote():
+    """Whatever its state, no member of a standby cluster is told to promote or bootstrap with
+    initdb; its leader's decisions carry the remote address, and the others follow the leader."""
+    from governor.standby import Upstream
+    states = [local(), local(role="primary"), local(running=False), local(role=None), local(rewind_pending=True),
+              local(running=False, rewind_pending=True), local(lsn=None), local(data=ha.EMPTY, running=False)]
+    snapshots = [standby(ME, members=[STANDBY_NODE2]), standby("node2", members=[STANDBY_NODE2]),
+                 standby(None, members=[STANDBY_NODE2]), standby(initialize=None), standby("node2", members=[])]
+    for snapshot in snapshots:
+        for state in states:
+            decision = ha.decide(snapshot, state)
+            assert A.PROMOTE not in decision.actions, (decision, state)
+            if decision.remote is not None:
+                assert decision.remote == Upstream("site-a", 5000)
+            if snapshot.leader and snapshot.leader.name == ME and A.FOLLOW in decision.actions:
+                assert decision.remote is not None
+    follower = ha.decide(standby("node2", members=[STANDBY_NODE2]), local())
+    assert (follower.case, follower.leader, follower.remote) == ("follow_leader", "node2", None)
+    clone = ha.decide(standby("node2", members=[STANDBY_NODE2]), local(data=ha.EMPTY, running=False))
+    assert (clone.case, clone.leader) == ("clone_from_leader", "node2")
+    rewound = ha.decide(standby("node2", members=[STANDBY_NODE2]), local(running=False, rewind_pending=True))
+    assert (rewound.case, rewound.leader) == ("rewind_then_follow", "node2")
+    restart = ha.decide(standby(ME), local(request="restart"))
+    assert restart.case == "restart_requested" and restart.remote == Upstream("site-a", 5000)
+
+
+def test_removing_standby_cluster_promotes_the_standby_leader():
+    assert ha.decide(cluster(ME), local()).case == "lock_held_promote"
+    assert ha.decide(standby(ME), local()).case == "standby_leader_follow_remote"
+
+
+def test_an_unparsable_standby_cluster_setting_promotes_nothing():
+    for value in ("site-a", {"host": "x", "port": 0}, {"port": 5432}, {"host": "h; rm -rf /"}, [1], None,
+                  {"host": "h", "primary_slot_name": "Bad-Name"}, {"host": "h", "extra": 1},
+                  {"host": "h", "restore_command": "a\nb"}, {"host": "h", "port": True}):
+        bad = {"standby_cluster": value}
+        assert ha.decide(cluster(ME, config=bad), local()).case == "standby_cluster_unknown"
+        assert ha.decide(cluster(None, config=bad), local()).case == "standby_cluster_unknown"
+        assert ha.decide(cluster(initialize=None, config=bad), local(data=ha.EMPTY, running=False)).actions == ()
+        # what runs as primary stays so: no demotion on a value nobody can read
+        assert ha.decide(cluster(ME, config=bad), local(role="primary")).case == "leader_renew"

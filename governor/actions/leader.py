@@ -67,7 +67,10 @@ def replica_slots(g: ActionHost, decision: Decision, local: LocalState) -> None:
     moved) are dropped as on the leader."""
     if g.cluster is None or not (local.running and local.role == "replica"):
         return
-    _keep_slots(g, slots.cascade_slots(g.cluster, g.name) | set(g.pg.permanent_slots))
+    # A standby cluster's leader is the upstream of every member, as a primary is.
+    standby_leader = g.cluster.leader is not None and g.cluster.leader.name == g.name
+    members = slots.wanted_slots(g.cluster, g.name) if standby_leader else slots.cascade_slots(g.cluster, g.name)
+    _keep_slots(g, members | set(g.pg.permanent_slots))
     leader = g.cluster.member(g.cluster.leader.name) if g.cluster.leader else None
     if leader is None or not g.pg.permanent_slots:
         return

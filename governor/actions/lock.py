@@ -24,8 +24,8 @@ def acquire_lock(g: ActionHost, decision: Decision, local: LocalState) -> None:
     if not g.dcs.acquire_leader(g.name):
         raise ActionFailed("another member took the leader lock first")
     g.mem.published_lsn = None     # publish our position as the new leader's, even if unchanged
-    g.lock_taken(sent)
-    log.info("acquired the leader lock")
+    g.lock_taken(sent, fence=decision.remote is None)
+    log.info("acquired the leader lock%s", " (standby leader)" if decision.remote is not None else "")
     if Action.PROMOTE in decision.actions and g.cluster is not None:
         _still_eligible(g, g.cluster)
 
@@ -50,7 +50,7 @@ def renew_lock(g: ActionHost, decision: Decision, local: LocalState) -> None:
         # to take the lock back or to demote.
         g.lock_lost(keep_fence=local.role == "primary")
         raise ActionFailed("the leader lock is no longer ours")
-    g.lock_taken(sent)
+    g.lock_taken(sent, fence=decision.remote is None)
 
 
 def release_lock(g: ActionHost, decision: Decision, local: LocalState) -> None:

@@ -146,18 +146,18 @@ def step_down(g: ActionHost, decision: Decision, local: LocalState) -> None:
 
 
 def rewind(g: ActionHost, decision: Decision, local: LocalState) -> None:
-    target = g.leader_address(decision.leader)
+    target = g.upstream(decision)
     if target is None:
         raise ActionFailed(f"leader {decision.leader} has published no address")
     if g.controller.is_running():
-        if not reachable(*target):
+        if not reachable(target[0], target[1]):
             # pg_rewind needs the leader; stopping a running replica for a rewind that cannot
             # happen (the leader died and its lock has not expired yet) only makes it unreadable.
             raise ActionFailed(f"leader {decision.leader} at {target[0]}:{target[1]} does not answer; not "
                                "stopping PostgreSQL for pg_rewind")
         g.server.close()
         g.controller.stop("fast")
-    run_rewind(g, decision.leader, target)
+    run_rewind(g, decision.leader or "the primary cluster", tuple(target[:2]))
 
 
 def run_rewind(g: ActionHost, leader: Optional[str], target: tuple) -> None:

@@ -36,11 +36,11 @@ def start_as_leader(g: ActionHost, decision: Decision, local: LocalState) -> Non
 
 
 def start_as_replica(g: ActionHost, decision: Decision, local: LocalState) -> None:
-    g.start_postgres(standby_of=g.leader_address(decision.leader) or ())
+    g.start_postgres(standby_of=g.upstream(decision) or ())
 
 
 def restart(g: ActionHost, decision: Decision, local: LocalState) -> None:
-    standby_of = None if local.role == "primary" else (g.leader_address(decision.leader) or ())
+    standby_of = None if local.role == "primary" else (g.upstream(decision) or ())
     before_stop(g, local.role)
     g.server.close()
     g.controller.stop("fast", timeout=max(30.0, g.pg.start_timeout))
@@ -57,10 +57,11 @@ def forget_scheduled_restart(g: ActionHost, decision: Decision, local: LocalStat
 
 
 def follow(g: ActionHost, decision: Decision, local: LocalState) -> None:
-    target = g.leader_address(decision.leader) or ()
+    target = g.upstream(decision) or ()
     if decision.leader and not target:
         return  # the leader has not published its address yet
     if g.write_conf(standby_of=target):
         g.controller.reload()
         g.mem.settle(time.monotonic())
-        log.info("now following %s", f"{decision.leader} at {target[0]}:{target[1]}" if target else "nobody")
+        who = "the primary cluster" if decision.remote is not None else decision.leader
+        log.info("now following %s", f"{who} at {target[0]}:{target[1]}" if target else "nobody")

@@ -33,6 +33,8 @@ def bootstrap(g: ActionHost, decision: Decision, local: LocalState) -> None:
     g.watchdog.disarm()
     if not g.dcs.claim_initialize(""):
         raise ActionFailed("another member won the bootstrap race")
+    if decision.remote is not None:
+        return bootstrap_standby(g, decision)
     restore = g.pg.restore
     if restore is None:
         log.info("bootstrap: won the race; running initdb in %s", g.pg.data_dir)
@@ -72,6 +74,36 @@ def bootstrap(g: ActionHost, decision: Decision, local: LocalState) -> None:
         g.mem.bootstrap_failures = 0
         if g.pg.archive.pgbackrest is not None:
             set_up_stanza(g.pg)
+    except Exception:
+        g.mem.bootstrap_failures += 1
+        undo_bootstrap(g)
+        raise
+
+
+def bootstrap_standby(g: ActionHost, decision: Decision) -> None:
+    """A standby cluster's first member: a copy of the primary cluster (pg_basebackup), started as
+    its standby under this cluster's lock; the cluster takes the primary cluster's system
+    identifier. The lock arms no fence: nothing here is writable."""
+    host, port = decision.remote[0], decision.remote[1]
+    log.info("bootstrap: won the race; this is a standby cluster: cloning the primary cluster at %s:%s into %s "
+             "with pg_basebackup", host, port, g.pg.data_dir)
+    g.mem.activity = "bootstrapping"
+    try:
+        with g.notify.keep_alive_while(f"cloning the primary cluster at {host}:{port}"):
+            pgbootstrap.basebackup(g.pg, host, port)
+        g.data_replaced()
+        sent = time.monotonic()
+        if not g.dcs.acquire_leader(g.name):
+            raise ActionFailed("a leader lock exists although the cluster was never initialized; "
+                               "remove the stale keys of this scope")
+        g.lock_taken(sent, fence=False)
+        g.start_postgres(standby_of=decision.remote)
+        sysid = datadir.read_controldata(g.pg.bin_dir, g.pg.data_dir).sysid
+        publish.publish(g, observe_local(g))
+        g.dcs.set_initialize(sysid)
+        log.info("bootstrap: standby cluster initialized with the primary cluster's system identifier %s; this "
+                 "member is the standby leader", sysid)
+        g.mem.bootstrap_failures = 0
     except Exception:
         g.mem.bootstrap_failures += 1
         undo_bootstrap(g)
