@@ -68,3 +68,32 @@ def test_conn_urls_that_would_inject_into_primary_conninfo_are_refused():
     for bad in ("postgres://x' host=evil:5432/", "postgres://a b:5432/", "postgres://h:99999/", "postgres://h:x/",
                 "postgres://\n:5432/", 5432, None):
         assert parse_conn_url(bad) is None, bad
+
+
+standby_values = st.one_of(json_values, st.fixed_dictionaries(
+    {"host": st.one_of(st.text(max_size=30), st.sampled_from(["site-a", "10.0.0.1", "a' b", "h\nrestore_command=x"])),
+     "port": st.one_of(st.integers(-5, 70000), st.booleans(), st.text(max_size=5))},
+    optional={"primary_slot_name": json_values, "restore_command": json_values, "x": json_values}))
+
+
+@settings(max_examples=400, deadline=None)
+@given(standby_values, st.sampled_from([None, "node1", "node2"]), st.sampled_from(["primary", "replica", None]),
+       st.booleans())
+def test_any_standby_cluster_value_promotes_nothing_and_reaches_postgres_only_when_valid(value, leader, role, empty):
+    config = json.dumps({"standby_cluster": value})
+    pairs = [("config", config)] + ([] if empty else [("initialize", "7000000000000000001")])
+    if leader:
+        pairs.append(("leader", leader))
+    cluster = build_cluster([Entry(k, v, i + 1) for i, (k, v) in enumerate(pairs)], 1)
+    local = ha.LocalState(name="node1", data=ha.EMPTY if empty else ha.POSTGRES,
+                          sysid=None if empty else "7000000000000000001", running=role is not None and not empty,
+                          role=None if empty else role, lsn=100)
+    decision = ha.decide(cluster, local)
+    assert ha.Action.PROMOTE not in decision.actions, decision
+    if empty:
+        assert decision.actions in ((), (ha.Action.BOOTSTRAP,)) and (decision.actions == () or decision.remote), \
+            "a standby cluster never runs initdb"
+    if decision.remote is not None:
+        host, port = decision.remote[0], decision.remote[1]
+        assert parse_conn_url(f"postgres://{host}:{port}/x") == (host, port), decision.remote
+        assert decision.remote[3] is None or "\n" not in decision.remote[3]
