@@ -45,9 +45,12 @@ Cases, checked top to bottom (the first that matches wins):
   clone_from_leader             data_dir empty, a leader is running          clone
   wait_for_leader_to_clone      data_dir empty, no usable leader             -
   standby_leader_rewind_failed  standby_cluster set, holds the lock (these   renew_lock (operator must act)
-                                six: standby.py), pg_rewind failed
+                                seven: standby.py), pg_rewind failed
   standby_leader_demote         ... running as primary (demote-cluster)      demote, rewind, start_as_replica
-  standby_leader_rewind         ... stopped former primary                   renew_lock, rewind, start_as_replica
+  standby_leader_rewind         ... former primary (not rewound yet)         renew_lock, rewind, start_as_replica
+  standby_leader_diverged       ... not streaming for max(5 s, 2 * loop_wait) renew_lock, rewind,
+                                while the primary cluster is on a later      start_as_replica
+                                timeline (asked with IDENTIFY_SYSTEM)
   standby_leader_start          ... stopped                                  renew_lock, start_as_replica
   standby_leader_starting       ... not accepting queries yet                renew_lock
   standby_leader_follow_remote  ... running as a standby (never promoted;    renew_lock, follow (the
@@ -98,7 +101,7 @@ Cases, checked top to bottom (the first that matches wins):
   standby_primary_take_lock     standby cluster, nobody holds the lock,       acquire_lock (then
                                 running as primary                           standby_leader_demote)
   standby_race_not_eligible     standby cluster, nobody holds the lock,       -
-                                nofailover or not yet rewound
+                                tagged nofailover
   standby_leader_race           standby cluster, nobody holds the lock       acquire_lock, follow (remote)
   failsafe_promised             nobody holds the lock, this replica vouched   -  (keeps its upstream)
                                 for a leader less than ttl ago
@@ -392,8 +395,7 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                             f"former primary: checking it against {leader} with pg_rewind",
                             (Action.REWIND, Action.START_AS_REPLICA), leader=leader)
         waited = local.not_streaming_for
-        if waited is not None and waited >= max(5.0, 2 * local.loop_wait) and leader_member is not None \
-                and leader_member.role == "primary" and leader_member.state == "running" \
+        if waited is not None and waited >= max(5.0, 2 * local.loop_wait) and leader_ready \
                 and leader_member.timeline and local.timeline and leader_member.timeline > local.timeline:
             return Decision("replica_diverged",
                             f"not streaming from {leader} for {waited:.0f}s and on timeline {local.timeline} while "

@@ -76,6 +76,8 @@ class LocalState:
     scheduled_restart: Optional[float] = None  # an operator's scheduled restart: when (wall clock)
     scheduled_pending_only: bool = False     # ... and only if a changed setting waits for a restart
     pending_restart: bool = False            # a changed PostgreSQL setting waits for a restart
+    remote_timeline: Optional[int] = None    # standby leader not streaming: the primary cluster's timeline
+    # (IDENTIFY_SYSTEM, same system identifier); None: not asked, or no answer
 
 
 @dataclass(frozen=True)

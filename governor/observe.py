@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Dict, Optional
 
 import psycopg2
 
+from governor import standby
 from governor.cluster import Cluster, Member, loads
 from governor.dcs import DCSError
 from governor.ha import LocalState
 from governor.memory import timer
-from governor.postgres import datadir
+from governor.postgres import datadir, remote
 from governor.postgres.server import ServerState
 
 if TYPE_CHECKING:
@@ -63,7 +64,8 @@ def observe_local(g: Governor) -> LocalState:
                 timeline = _replica_timeline(g, st)
                 not_streaming_for = _not_streaming_for(g, st)
             return LocalState(**_local_base(g, kind), sysid=st.sysid, running=True, role=st.role,
-                              timeline=timeline, lsn=st.lsn, not_streaming_for=not_streaming_for)
+                              timeline=timeline, lsn=st.lsn, not_streaming_for=not_streaming_for,
+                              remote_timeline=_remote_timeline(g, st, not_streaming_for))
         except psycopg2.Error as exc:
             g.server_state = None
             g.once("pg", f"PostgreSQL is running but does not answer: {str(exc).strip()}", logging.WARNING)
@@ -89,12 +91,27 @@ def _replica_timeline(g: Governor, st: ServerState) -> Optional[int]:
 
 
 def _not_streaming_for(g: Governor, st: ServerState) -> Optional[float]:
-    """Seconds this replica has gone without streaming while another member leads (None while
-    it streams or nobody else leads): decide() judges divergence from it."""
+    """Seconds this replica has gone without streaming while another member leads, or while it
+    leads a standby cluster (None while it streams or nobody else leads): decide() judges
+    divergence from it."""
     leader = g.cluster.leader if g.cluster is not None else None
-    waiting = not st.receiving_from and leader is not None and leader.name != g.name
+    waiting = not st.receiving_from and leader is not None and (
+        leader.name != g.name or standby.of(g.cluster)[1] is not None)
     g.mem.not_streaming_since, seconds = timer(g.mem.not_streaming_since, waiting, time.monotonic())
     return seconds
+
+
+def _remote_timeline(g: Governor, st: ServerState, not_streaming_for: Optional[float]) -> Optional[int]:
+    """A standby leader that has not streamed for a while asks the primary cluster for its timeline
+    (decide() judges divergence from it); an answer from another system is no answer."""
+    if not_streaming_for is None or not_streaming_for < standby.DIVERGED_AFTER or g.cluster is None \
+            or g.cluster.leader is None or g.cluster.leader.name != g.name:
+        return None
+    settings = standby.of(g.cluster)[1]
+    if settings is None:
+        return None
+    answer = remote.identify(g.pg, settings.host, settings.port)
+    return answer[1] if answer is not None and answer[0] == st.sysid else None
 
 
 def _local_base(g: Governor, kind: str) -> dict:

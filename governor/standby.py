@@ -27,6 +27,7 @@ from governor.cluster import HOST_RE, Cluster
 from governor.hatypes import Action, Decision, LocalState
 
 KEY = "standby_cluster"
+DIVERGED_AFTER = 5.0    # seconds a standby leader goes without streaming before it asks the remote's timeline
 FIELDS = ("host", "port", "primary_slot_name", "restore_command")
 SLOT_RE = re.compile(r"[a-z0-9_]{1,63}")
 
@@ -145,13 +146,21 @@ def decide_leader(cluster: Cluster, local: LocalState, standby: StandbyCluster) 
                         f"this cluster is now a standby of {there} (standby_cluster): stopping this primary, "
                         "checking it with pg_rewind against that, following it",
                         (Action.DEMOTE, Action.REWIND, Action.START_AS_REPLICA), remote=remote)
-    if not local.running and local.rewind_pending:
+    if local.rewind_pending:
         return Decision("standby_leader_rewind",
                         f"former primary, now standby leader: checking it against {there} with pg_rewind, then "
                         "following it", (Action.RENEW_LOCK, Action.REWIND, Action.START_AS_REPLICA), remote=remote)
     if not local.running:
         return Decision("standby_leader_start", f"standby leader: starting PostgreSQL as a standby of {there}",
                         (Action.RENEW_LOCK, Action.START_AS_REPLICA), remote=remote)
+    waited = local.not_streaming_for
+    if waited is not None and waited >= max(DIVERGED_AFTER, 2 * local.loop_wait) and local.remote_timeline \
+            and local.timeline and local.remote_timeline > local.timeline:
+        return Decision("standby_leader_diverged",
+                        f"not streaming from {there} for {waited:.0f}s and on timeline {local.timeline} while it is "
+                        f"on {local.remote_timeline}: this standby may have WAL the primary cluster never had; "
+                        "checking it with pg_rewind", (Action.RENEW_LOCK, Action.REWIND, Action.START_AS_REPLICA),
+                        remote=remote)
     if local.role is None:
         return Decision("standby_leader_starting", "standby leader: PostgreSQL is starting; keeping the lock",
                         (Action.RENEW_LOCK,), remote=remote)
@@ -165,11 +174,8 @@ def decide_race(cluster: Cluster, local: LocalState, standby: StandbyCluster) ->
         return Decision("standby_primary_take_lock",
                         "nobody holds the lock and this member runs a primary although the cluster is a standby "
                         "cluster: taking the lock, to stop it under the lock", (Action.ACQUIRE_LOCK,))
-    if local.tags.get("nofailover") or local.rewind_pending:
-        return Decision("standby_race_not_eligible",
-                        "no standby leader; " + ("tagged nofailover" if local.tags.get("nofailover") else
-                                                 "this former primary is not checked with pg_rewind yet")
-                        + ": not taking the lock")
+    if local.tags.get("nofailover"):
+        return Decision("standby_race_not_eligible", "no standby leader; tagged nofailover: not taking the lock")
     return Decision("standby_leader_race",
                     f"no standby leader: taking the lock and following the primary cluster at {standby.describe()} "
                     "(a standby cluster never promotes)", (Action.ACQUIRE_LOCK, Action.FOLLOW),

@@ -69,10 +69,14 @@ TABLE = [
     ("standby_bootstrap_race", standby(initialize=None), local(data=ha.EMPTY, running=False), (A.BOOTSTRAP,), None),
     ("standby_leader_rewind_failed", standby(ME), local(running=False, rewind_failed=True), (A.RENEW_LOCK,), None),
     ("standby_leader_demote", standby(ME), local(role="primary"), (A.DEMOTE, A.REWIND, A.START_AS_REPLICA), None),
-    ("standby_leader_rewind", standby(ME), local(running=False, rewind_pending=True),
+    ("standby_leader_rewind", standby(ME), local(rewind_pending=True),
      (A.RENEW_LOCK, A.REWIND, A.START_AS_REPLICA), None),
     ("standby_leader_start", standby(ME), local(running=False), (A.RENEW_LOCK, A.START_AS_REPLICA), None),
     ("standby_leader_starting", standby(ME), local(role=None), (A.RENEW_LOCK,), None),
+    ("standby_leader_diverged", standby(ME), ha.LocalState(name=ME, data=ha.POSTGRES, sysid=SYSID, running=True,
+                                                           role="replica", timeline=3, not_streaming_for=5.0,
+                                                           loop_wait=1, remote_timeline=4),
+     (A.RENEW_LOCK, A.REWIND, A.START_AS_REPLICA), None),
     ("standby_leader_follow_remote", standby(ME), local(), (A.RENEW_LOCK, A.FOLLOW, A.REPLICA_SLOTS), None),
     ("standby_primary_take_lock", standby(), local(role="primary"), (A.ACQUIRE_LOCK,), None),
     ("standby_race_not_eligible", standby(), local(nofailover=True), (), None),
@@ -500,3 +504,23 @@ def test_an_unparsable_standby_cluster_setting_promotes_nothing():
         assert ha.decide(cluster(initialize=None, config=bad), local(data=ha.EMPTY, running=False)).actions == ()
         # what runs as primary stays so: no demotion on a value nobody can read
         assert ha.decide(cluster(ME, config=bad), local(role="primary")).case == "leader_renew"
+
+
+def test_a_standby_leader_is_checked_against_the_remote_only_when_it_is_behind_a_later_timeline():
+    def state(**kw):
+        base = dict(name=ME, data=ha.POSTGRES, sysid=SYSID, running=True, role="replica", timeline=3,
+                    not_streaming_for=6.0, loop_wait=1, remote_timeline=3)
+        return ha.LocalState(**{**base, **kw})
+    assert ha.decide(standby(ME), state()).case == "standby_leader_follow_remote"          # same timeline
+    assert ha.decide(standby(ME), state(remote_timeline=None)).case == "standby_leader_follow_remote"  # unknown
+    assert ha.decide(standby(ME), state(not_streaming_for=4.0, remote_timeline=4)).case == \
+        "standby_leader_follow_remote"                                                    # not long enough
+    assert ha.decide(standby(ME), state(remote_timeline=4)).case == "standby_leader_diverged"
+    stopped = ha.decide(standby(ME), local(running=False, rewind_pending=True))
+    assert stopped.case == "standby_leader_rewind" and stopped.remote is not None
+    # a former primary may take a standby cluster's lock: it is checked against the remote first
+    assert ha.decide(standby(), local(rewind_pending=True)).case == "standby_leader_race"
+    diverged = ha.decide(standby("node2", members=[Member(name="node2", role="replica", state="running",
+                                                          conn_url="postgres://127.0.0.1:5432/x", timeline=4)]),
+                         local(timeline=3, not_streaming_for=6.0))
+    assert (diverged.case, diverged.leader) == ("replica_diverged", "node2")

@@ -1,7 +1,8 @@
 """A standby cluster (a second site): its own scope, bootstrapped by copying the primary cluster
 through that cluster's haproxy; its leader streams from there, its other member from its leader.
 It follows a failover of the primary cluster (haproxy re-targets), never promotes on its own, and
-the primary site moves with demote-cluster (site A) then promote-cluster (site B). Checked in
+the primary site moves with demote-cluster (site A) then promote-cluster (site B); after losing
+site B, site A is promoted alone and B, demoted while down, rejoins behind it. Checked in
 PostgreSQL (pg_is_in_recovery, pg_stat_wal_receiver, rows) with a watch on every server of both
 sites: never two writable at once."""
 from __future__ import annotations
@@ -124,8 +125,31 @@ def test_a_standby_cluster_follows_survives_a_failover_and_takes_over_the_primar
     wait_until(lambda: timeline(a1) == timeline(a2) == timeline(other) == timeline(lead) == 3, 20,
                "both sites on site B's timeline 3")
     assert sender_port(a1) == a2.port, "site A's other member streams from its standby leader"
+
+    # Disaster: site B (now primary) is lost; site A is promoted alone; B is demoted before its
+    # members start again, and its crashed primary is checked with pg_rewind against A.
+    lead.sql("INSERT INTO site VALUES (4)")
+    wait_until(lambda: rows_in(a1, "site") == 4, 30, "row 4 to reach site A")
+    lead.crash()
+    other.crash()
+    promoted = harness.governorctl(a2, "promote-cluster", "--force", "--wait", "90")
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    a2.sql("INSERT INTO site VALUES (5)")
+    demoted = harness.governorctl(lead, "demote-cluster", "--host", "127.0.0.1", "--port", str(a2.port), "--force")
+    assert demoted.returncode == 0, demoted.stdout + demoted.stderr
+    lead.start()
+    other.start()
+    wait_until(lambda: rows_in(lead, "site") == rows_in(other, "site") == 5, 120,
+               "both members of site B to follow site A again")
+    back = standby_leader(b)
+    wait_until(lambda: sender_port(back) == a2.port, 30, "site B's leader to stream from site A")
+    wait_until(lambda: timeline(lead) == timeline(other) == 4, 20, "site B on site A's timeline 4")
+    assert lead.role() == other.role() == "replica"
+    assert "rewound" in lead.log_text() or "no rewind required" in lead.log_text(), \
+        "site B's crashed primary was not checked with pg_rewind"
     watch.stop()
     proxy.stop()
     assert watch.two_primaries() == []
     print(f"standby cluster: bootstrapped through haproxy, followed site A's failover, took over the primary "
-          f"site; promote-cluster to writable in {promotion:.1f}s")
+          f"site; promote-cluster to writable in {promotion:.1f}s; after losing site B, site A took over and B "
+          "followed it again")
