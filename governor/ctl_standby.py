@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 from governor import dynamic, standby
 from governor.cluster import Cluster, Member
-from governor.ctl_common import EXIT_FAILED, EXIT_OK, confirm, refuse
+from governor.ctl_common import EXIT_FAILED, EXIT_OK, confirm, http_json, refuse
 from governor.dcs import DCS, DCSError
 
 
@@ -96,8 +96,20 @@ def demote_cluster(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
     if not _write(dcs, cluster, new):
         return EXIT_FAILED
     print(f"standby_cluster set: the leader follows {_describe(value)}")
-    return _wait(dcs, args.wait, lambda m: m.role == "replica", f"runs as a standby of {_describe(value)}") \
-        if args.wait else EXIT_OK
+    return _wait(dcs, args.wait, _demoted, f"runs as a standby of {_describe(value)}") if args.wait else EXIT_OK
+
+
+def _demoted(leader: Member) -> bool:
+    """The leader runs as a replica and its /status shows it decided so under standby_cluster:
+    its loop runs one decision at a time, so no promotion decided before the setting is still to
+    come (the others cannot promote without its lock)."""
+    if leader.role != "replica" or not leader.api_url:
+        return False
+    try:
+        _code, status = http_json(f"{leader.api_url}/status", timeout=3)
+    except OSError:
+        return False
+    return str(status.get("decision", "")).startswith("standby_") and status.get("role") == "replica"
 
 
 def _write(dcs: DCS, cluster: Cluster, new: dict) -> bool:

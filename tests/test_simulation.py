@@ -22,6 +22,25 @@ def test_random_fault_schedules_keep_every_invariant():
     print(f"\nsimulator: {found.schedules} schedules, no invariant broken, {took:.1f}s")
 
 
+STANDBY_SCHEDULES = int(os.environ.get("SIM_STANDBY_SCHEDULES", "3000"))
+
+
+def test_standby_cluster_schedules_keep_every_invariant():
+    """A standby cluster under the same faults (half the schedules end it with promote-cluster):
+    no member writable while it is one, a standby leader streaming from the remote after the
+    faults, and the usual invariants once promoted."""
+    started = time.monotonic()
+    found = search(range(FIRST_SEED, FIRST_SEED + STANDBY_SCHEDULES), standby=True)
+    assert found.seed is None, f"{found.message}\n  shrunk schedule: {found.shrunk}"
+    print(f"\nsimulator, standby cluster: {found.schedules} schedules, no invariant broken, "
+          f"{time.monotonic() - started:.1f}s")
+
+
+def test_a_standby_cluster_that_ignored_its_setting_is_caught():
+    found = search(range(1, 101), Rules(standby_setting=False), standby=True)
+    assert found.seed is not None and "standby_writer" in found.message, found.message
+
+
 # Each rule switched off must be caught, within this many schedules (how many it took is printed).
 BROKEN = [
     ("no lag check in the leader race", Rules(lag_check=False), "bounded_loss"),

@@ -5,7 +5,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from governor import vouch
+from governor import standby, vouch
 from governor.actions.base import ActionFailed
 from governor.cluster import Cluster
 from governor.ha import Action, Decision, LocalState
@@ -36,10 +36,11 @@ def _still_eligible(g: ActionHost, seen: Cluster) -> None:
     Holding the lock now, nothing else can change that: read again, and if the positions the
     decision rested on moved, give the lock back instead of promoting on stale knowledge."""
     fresh = g.dcs.get_cluster()
-    if (fresh.leader_lsn, fresh.history, fresh.sync) != (seen.leader_lsn, seen.history, seen.sync):
+    if (fresh.leader_lsn, fresh.history, fresh.sync) != (seen.leader_lsn, seen.history, seen.sync) \
+            or standby.of(fresh) != standby.of(seen):
         g.give_up_lock()
-        raise ActionFailed("the leader position or history changed between the decision and taking the lock; "
-                           "released it to decide again")
+        raise ActionFailed("the leader position, history or standby_cluster setting changed between the decision "
+                           "and taking the lock; released it to decide again")
 
 
 def renew_lock(g: ActionHost, decision: Decision, local: LocalState) -> None:

@@ -7,11 +7,11 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Optional
 
-from governor import callbacks
+from governor import callbacks, standby
 from governor.actions.base import ActionFailed
 from governor.actions.leader import create_member_slots
 from governor.dcs import DCSError
-from governor.ha import Decision, LocalState
+from governor.ha import Action, Decision, LocalState
 from governor.postgres import bootstrap as pgbootstrap
 from governor.postgres.controller import ControllerError
 from governor.shutdown import HANDOVER_WAIT
@@ -33,6 +33,9 @@ def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
 
 
 def promote(g: ActionHost, decision: Decision, local: LocalState) -> None:
+    if Action.ACQUIRE_LOCK not in decision.actions and standby.of(g.dcs.get_cluster())[0]:
+        # Decided on a snapshot read before demote-cluster (acquire_lock re-reads for the race).
+        raise ActionFailed("standby_cluster was set since the decision: not promoting")
     log.info("promoting: %s", decision.message)
     pre_promote(g)
     if g.cluster is not None:

@@ -21,6 +21,17 @@ running as replicas of it) and holds on to their promises. Invariants are checke
                acknowledged (a write is acknowledged once one of the promise's members has it);
   progress     once the faults are over, a leader is elected within a bound.
 
+With `standby=True` the schedules are about standby clusters (the `standby_cluster` setting).
+Even seeds start as a standby cluster of a remote primary cluster whose WAL grows every tick, and
+half of them end it with promote-cluster. Odd seeds start as a primary cluster and get
+demote-cluster at a random moment: the other site, which had this cluster's WAL up to its last
+primary's (less a random tail it may not have received), is promoted the moment no member
+here accepts writes (demote-cluster --wait, then promote-cluster there); its new timeline
+grows from then on. While this cluster is a standby of a writable remote:
+
+  standby_writer  no member accepts writes, whatever the faults;
+  standby_progress once the faults are over, a member holds the lock and streams from the remote.
+
 `Rules` switches parts of governor off on purpose, to show the invariants catch what they guard.
 """
 from __future__ import annotations
@@ -38,6 +49,8 @@ from governor.sync import SyncState
 SYSID = "7000000000000000001"
 TICK = 0.1
 LEADER = "<leader>"
+REMOTE = "<remote>"      # a standby cluster's upstream: the primary cluster
+STANDBY_SETTING = {"standby_cluster": {"host": "site-a", "port": 5432}}
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,7 @@ class Rules:
     recheck_after_acquire: bool = True  # a promotion re-reads the positions once it holds the lock
     failsafe_promise: bool = True   # failsafe: a member that vouched for a leader does not race it
     failsafe_list: bool = True      # failsafe: members off the list, or just started, do not race
+    standby_setting: bool = True    # standby cluster: decide() is shown the standby_cluster setting
 
 
 @dataclass
@@ -155,6 +169,8 @@ class MemberState:
     fs_since: Optional[float] = None     # leader: kept primary by its members' promises since
     fs_vouched: Optional[float] = None   # leader: when its last round every member vouched in was sent
     promise: Optional[Tuple[str, float]] = None  # (leader vouched for, until)
+    not_streaming_since: Optional[float] = None  # a replica whose upstream does not feed it
+    last_case: str = ""                  # the last decision it carried out (its /status)
 
     def alive(self, now: float) -> bool:
         return now >= self.crashed_until and not self.stopped
@@ -166,9 +182,15 @@ class World:
     def __init__(self, seed: int, rules: Rules = Rules(), timing: Optional[Timing] = None,
                  members: Optional[int] = None,
                  duration: float = 45.0, faults: Optional[List[Tuple[float, str, str, float]]] = None,
-                 synchronous: Optional[bool] = None, failsafe_mode: Optional[bool] = None):
+                 synchronous: Optional[bool] = None, failsafe_mode: Optional[bool] = None, standby: bool = False):
         # Failsafe mode in every other group of six seeds (it needs retry_timeout 4 at ttl 10).
-        self.failsafe_mode = (seed // 6) % 2 == 1 if failsafe_mode is None else failsafe_mode
+        self.failsafe_mode = (seed // 6) % 2 == 1 if failsafe_mode is None and not standby else bool(failsafe_mode)
+        self.demote_flavour = standby and seed % 2 == 1     # starts primary, gets demote-cluster
+        self.standby = standby and not self.demote_flavour  # the standby_cluster setting is there
+        self.remote_live = self.standby     # the remote primary cluster accepts writes
+        self.remote_wal: Tuple[int, ...] = ()
+        self.remote_timeline = 1
+        self.last_primary_wal: Tuple[int, ...] = ()
         timing = timing or (Timing(retry_timeout=4.0) if self.failsafe_mode else Timing())
         # Two streams: the fault schedule, and the choices made while it runs, so that a schedule
         # run without some of its faults (shrinking) still makes the same choices.
@@ -190,7 +212,9 @@ class World:
         members = 3 + (seed // 2) % 3 if members is None else members
         names = [f"m{i}" for i in range(members)]
         for i, name in enumerate(names):
-            self.members[name] = MemberState(name, Postgres(primary=(i == 0), upstream=None if i == 0 else names[0]),
+            first = REMOTE if self.standby else None
+            self.members[name] = MemberState(name, Postgres(primary=(i == 0 and not self.standby),
+                                                            upstream=first if i == 0 else names[0]),
                                              next_pass=self.rng.uniform(0, timing.loop_wait))
         leader = self.members[names[0]]
         self.etcd.put(0, "initialize", SYSID)
@@ -200,11 +224,11 @@ class World:
         self.history: Tuple[dict, ...] = ()     # the `history` key: one record per promotion
         # Synchronous mode (every other seed unless told): a write is acknowledged only once
         # `quorum` of the promise's members have it; the promise names every other member.
-        self.synchronous = seed % 2 == 0 if synchronous is None else synchronous
+        self.synchronous = seed % 2 == 0 and not standby if synchronous is None else synchronous
         self.sync: Optional[SyncState] = SyncState(names[0], tuple(names[1:]), 1, 1) if self.synchronous else None
         self.acked_upto: Dict[str, int] = {}
         self.max_timeline = 1
-        leader.holds_lock, leader.deadline, leader.fence_armed = True, timing.ttl, True
+        leader.holds_lock, leader.deadline, leader.fence_armed = True, timing.ttl, not self.standby
         for m in self.members.values():
             self._publish(m)
         if faults is None:
@@ -229,6 +253,10 @@ class World:
             length = self.plan_rng.choice([0.5, 2.0, 5.0, 9.0, 12.0, 20.0]) * self.plan_rng.uniform(0.8, 1.2)
             self.faults.append((round(t, 1), kind, who, round(length, 1)))
             self.last_fault_end = max(self.last_fault_end, t + length)
+        if self.demote_flavour:
+            self.faults.append((round(self.plan_rng.uniform(3.0, self.duration - 20), 1), "demote_cluster", "-", 0.0))
+        elif self.standby and self.plan_rng.random() < 0.5:
+            self.faults.append((round(self.plan_rng.uniform(3.0, self.duration - 20), 1), "promote_cluster", "-", 0.0))
         self.faults.sort()
 
     def _apply_faults(self) -> None:
@@ -243,6 +271,14 @@ class World:
                 if leader:
                     self.etcd.put(self.now, "failover", f"{leader}>{self.rng.choice(others)}", 60)
                 self.note(f"switchover requested from {leader}")
+                continue
+            if kind == "demote_cluster":
+                self.standby, self.remote_live = True, False    # governorctl demote-cluster
+                self.note("demote-cluster")
+                continue
+            if kind == "promote_cluster":
+                self.standby = False       # governorctl promote-cluster: the remote site was demoted
+                self.note("promote-cluster")
                 continue
             if kind == "pause":
                 self.etcd.put(self.now, "pause", "true", length)    # governorctl pause, resumed after `length`
@@ -288,6 +324,7 @@ class World:
         m.pending = None
         m.rewind_pending = m.rewind_pending or m.pg.primary
         m.last_leader, m.fs_list, m.fs_since, m.promise = None, None, None, None
+        m.last_case, m.not_streaming_since = "", None
 
     def _clean_stop(self, m: MemberState) -> None:
         """SIGTERM: PostgreSQL stopped first (a fast shutdown sends the standbys everything), then
@@ -304,12 +341,34 @@ class World:
     # -------------------------------------------------------------------------------- clients
 
     def _writes(self) -> None:
+        if self.standby and not self.remote_live and self._demoted():
+            # nothing here is writable any more: the operator promotes the other site, which
+            # streamed this cluster's WAL (perhaps not its last writes) and starts a new timeline
+            tail = self.rng.choice([0, 0, 1, 2])
+            self.remote_wal = self.last_primary_wal[:max(0, len(self.last_primary_wal) - tail)]
+            self.remote_live, self.remote_timeline = True, self.max_timeline + 1
+            self.note(f"the other site promoted with {len(self.remote_wal)} of {len(self.last_primary_wal)} writes")
+        if self.standby and self.remote_live:
+            self.write_id += 1
+            self.remote_wal = self.remote_wal + (self.write_id,)
         for m in self.members.values():
             if self._accepts_writes(m):
                 self.write_id += 1
-                m.pg.wal = m.pg.wal + (self.write_id,)
+                m.pg.wal = self.last_primary_wal = m.pg.wal + (self.write_id,)
                 if not self.synchronous:
                     self.acked[self.write_id] = (m.name, self.now)
+
+    def _demoted(self) -> bool:
+        """What demote-cluster --wait waits for: the lock holder's member key says it runs as a
+        replica, and its /status that it decided so under the standby setting (its loop runs one
+        decision at a time: none from before is still to come); and (what the operator sees
+        before promote-cluster) nothing here accepts writes."""
+        holder = self.etcd.get(self.now, "leader")
+        key = self.etcd.get(self.now, f"members/{holder}") if holder else None
+        member = self.members.get(holder or "")
+        return key is not None and key.startswith("replica,running,") and member is not None \
+            and member.last_case.startswith("standby_") and member.pending is None \
+            and not any(self._accepts_writes(m) for m in self.members.values())
 
     def _sync_acks(self) -> None:
         """Synchronous mode: a primary's commits are acknowledged once `quorum` of the promise's
@@ -332,6 +391,12 @@ class World:
 
     def _replicate(self) -> None:
         for m in self.members.values():
+            if m.pg.upstream == REMOTE:
+                if self.remote_live and m.pg.running and not m.pg.primary and self.now >= m.pg.stalled_until \
+                        and self.remote_wal[:len(m.pg.wal)] == m.pg.wal:
+                    m.pg.wal = self.remote_wal
+                    m.pg.timeline = max(m.pg.timeline, self.remote_timeline)
+                continue
             up = self.members.get(m.pg.upstream) if m.pg.upstream else None
             if not m.pg.running or m.pg.primary or up is None or not up.pg.running or self.now < m.pg.stalled_until:
                 continue
@@ -366,6 +431,7 @@ class World:
                        members=tuple(sorted(members, key=lambda x: x.name)),
                        leader_lsn=int(optime.value) if optime else None, index=e.revision, switchover=switchover,
                        history=self.history, paused="pause" in live,
+                       config=STANDBY_SETTING if self.standby and self.rules.standby_setting else {},
                        failsafe=self._failsafe_key(live) if self.rules.failsafe_list else None)
 
     @staticmethod
@@ -410,6 +476,9 @@ class World:
         if self.failsafe_mode and cluster is None and m.holds_lock and pg.running and pg.primary:
             vouched = m.fs_vouched = self._round(m)
         promise = m.promise[0] if m.promise and m.promise[1] > self.now and self.rules.failsafe_promise else None
+        not_streaming_for, remote_timeline = self._not_streaming(m, cluster), None
+        if self.standby and self.remote_live and holder and not_streaming_for is not None:
+            remote_timeline = self.remote_timeline      # IDENTIFY_SYSTEM answered
         return LocalState(name=m.name, data=ha.POSTGRES, sysid=SYSID, running=pg.running,
                           failsafe_mode=self.failsafe_mode, failsafe_vouched=vouched, failsafe_promise=promise,
                           failsafe_fresh=self.now - m.started < self.timing.ttl and self.rules.failsafe_list,
@@ -418,7 +487,28 @@ class World:
                           rewind_pending=m.rewind_pending, now=self.now, loop_wait=self.timing.loop_wait,
                           retry_timeout=self.timing.retry_timeout, lock_left=lock_left,
                           starting_for=(self.now - m.starting_since) if m.starting_since is not None else None,
-                          peers=peers)
+                          peers=peers, not_streaming_for=not_streaming_for, remote_timeline=remote_timeline)
+
+    def _streaming(self, m: MemberState) -> bool:
+        pg = m.pg
+        if not pg.running or pg.primary or self.now < pg.stalled_until or pg.upstream is None:
+            return False
+        if pg.upstream == REMOTE:
+            return self.remote_live and self.remote_wal[:len(pg.wal)] == pg.wal
+        up = self.members.get(pg.upstream)
+        return up is not None and up.pg.running and up.alive(self.now) and self._can_stream(m, up)
+
+    def _not_streaming(self, m: MemberState, cluster: Optional[Cluster]) -> Optional[float]:
+        """Seconds a running replica has gone without streaming while another leads, or while it
+        leads a standby cluster (observe._not_streaming_for)."""
+        leader = cluster.leader.name if cluster is not None and cluster.leader else None
+        waiting = m.pg.running and not m.pg.primary and not self._streaming(m) and leader is not None \
+            and (leader != m.name or self.standby)
+        if not waiting:
+            m.not_streaming_since = None
+            return None
+        m.not_streaming_since = m.not_streaming_since if m.not_streaming_since is not None else self.now
+        return self.now - m.not_streaming_since
 
     def _round(self, m: MemberState) -> Optional[float]:
         """The leader's POST /failsafe to every member on its list, answered at once (a crashed or
@@ -474,6 +564,7 @@ class World:
         t = self.timing
         reachable = self.now >= m.cut_until
         ok = True
+        m.last_case = decision.case
         for action in decision.actions:
             if not self._execute(m, action, decision, reachable, cluster):
                 ok = False
@@ -495,8 +586,8 @@ class World:
                 if done and Action.PROMOTE in decision.actions and self.rules.recheck_after_acquire \
                         and snapshot is not None:
                     now = self._snapshot()
-                    if (now.leader_lsn, now.history, now.sync) != (snapshot.leader_lsn, snapshot.history,
-                                                                    snapshot.sync):
+                    if (now.leader_lsn, now.history, now.sync, now.config) != (
+                            snapshot.leader_lsn, snapshot.history, snapshot.sync, snapshot.config):
                         self.etcd.delete_if(self.now, "leader", m.name)
                         return False
             else:
@@ -505,7 +596,8 @@ class World:
                 m.holds_lock = False
                 m.fence_armed = m.fence_armed and pg.running and pg.primary
                 return False
-            m.holds_lock, m.deadline, m.fence_armed = True, self.now + t.ttl, True
+            # a standby cluster's lock arms no fence (there is nothing writable to stop)
+            m.holds_lock, m.deadline, m.fence_armed = True, self.now + t.ttl, decision.remote is None
             return True
         if action == Action.PROMOTE:
             pg.primary, pg.upstream, pg.timeline = True, None, max(pg.timeline, self.max_timeline) + 1
@@ -527,17 +619,26 @@ class World:
             self.note(f"{m.name} demoted ({decision.case})")
             return True
         if action in (Action.REWIND,):
-            leader = self.members.get(decision.leader or "")
-            if leader is None or not leader.pg.running or not leader.alive(self.now):
-                return False
+            if decision.remote is not None:
+                if not self.remote_live:
+                    # the other site is still this cluster's standby, on the same timeline:
+                    # pg_rewind finds nothing to do
+                    pg.running, pg.primary, m.rewind_pending = False, False, False
+                    return True
+                source, timeline = self.remote_wal, self.remote_timeline
+            else:
+                leader = self.members.get(decision.leader or "")
+                if leader is None or not leader.pg.running or not leader.alive(self.now):
+                    return False
+                source, timeline = leader.pg.wal, leader.pg.timeline
             common = 0
-            while common < min(len(pg.wal), len(leader.pg.wal)) and pg.wal[common] == leader.pg.wal[common]:
+            while common < min(len(pg.wal), len(source)) and pg.wal[common] == source[common]:
                 common += 1
-            pg.running, pg.primary, pg.wal, pg.timeline = False, False, pg.wal[:common], leader.pg.timeline
+            pg.running, pg.primary, pg.wal, pg.timeline = False, False, pg.wal[:common], timeline
             m.rewind_pending = False
             return True
         if action in (Action.START_AS_REPLICA, Action.FOLLOW):
-            self._start_replica(m, decision.leader)
+            self._start_replica(m, REMOTE if decision.remote is not None else decision.leader)
             return True
         if action == Action.START_AS_LEADER:
             pg.running = True
@@ -608,6 +709,9 @@ class World:
 
     def _check_one_writer(self) -> None:
         writers = [m.name for m in self.members.values() if self._accepts_writes(m)]
+        if writers and self.standby and self.remote_live:
+            raise Violation(f"standby_writer: {', '.join(writers)} accept writes in a standby cluster at "
+                            f"{self.now:.1f}s")
         if len(writers) > 1:
             raise Violation(f"one_writer: {', '.join(writers)} accept writes at {self.now:.1f}s")
 
@@ -635,10 +739,13 @@ class World:
                             self._pass(m)
                         self._check_one_writer()
                 if self.now > self.last_fault_end + 3 * self.timing.ttl + 5:
-                    if any(self._accepts_writes(m) and m.holds_lock for m in self.members.values()):
+                    if any(m.holds_lock and (m.pg.running and m.pg.upstream == REMOTE if self.standby
+                                             else self._accepts_writes(m)) for m in self.members.values()):
                         leader_seen_after_faults = True
             if self.duration > self.last_fault_end + 3 * self.timing.ttl + 6 and not leader_seen_after_faults:
-                raise Violation("progress: no leader accepting writes within 3 ttl + 5 s after the last fault")
+                raise Violation("standby_progress: no standby leader streaming from the remote within 3 ttl + 5 s "
+                                "after the last fault" if self.standby else
+                                "progress: no leader accepting writes within 3 ttl + 5 s after the last fault")
         except Violation as exc:
             raise Violation(f"seed {self.seed}: {exc}\n  faults: {self.describe_faults()}\n  "
                             + "\n  ".join(self.log[-25:])) from None
@@ -648,24 +755,25 @@ class World:
             "crash", "freeze", "cut", "stall", "stop", "switchover", "unreachable", "slow", "maintenance"))) or "none"
 
 
-def fails(seed: int, rules: Rules, faults: List[Tuple[float, str, str, float]]) -> Optional[str]:
+def fails(seed: int, rules: Rules, faults: List[Tuple[float, str, str, float]], standby: bool = False
+          ) -> Optional[str]:
     try:
-        World(seed, rules, faults=faults).run()
+        World(seed, rules, faults=faults, standby=standby).run()
     except Violation as exc:
         return str(exc).splitlines()[0]
     return None
 
 
-def shrink(seed: int, rules: Rules) -> List[Tuple[float, str, str, float]]:
+def shrink(seed: int, rules: Rules, standby: bool = False) -> List[Tuple[float, str, str, float]]:
     """The failing seed's fault schedule with every fault removed that is not needed for a
     violation (the random choices inside the run still come from the seed)."""
-    faults = World(seed, rules).schedule
+    faults = World(seed, rules, standby=standby).schedule
     changed = True
     while changed:
         changed = False
         for i in range(len(faults)):
             fewer = faults[:i] + faults[i + 1:]
-            if fails(seed, rules, fewer):
+            if fails(seed, rules, fewer, standby):
                 faults, changed = fewer, True
                 break
     return faults
@@ -679,11 +787,11 @@ class Found:
     shrunk: List[Tuple[float, str, str, float]] = field(default_factory=list)
 
 
-def search(seeds: range, rules: Rules = Rules()) -> Found:
+def search(seeds: range, rules: Rules = Rules(), standby: bool = False) -> Found:
     """Run each seed until one breaks an invariant; shrink its schedule."""
     for count, seed in enumerate(seeds, 1):
         try:
-            World(seed, rules).run()
+            World(seed, rules, standby=standby).run()
         except Violation as exc:
-            return Found(seed, count, str(exc), shrink(seed, rules))
+            return Found(seed, count, str(exc), shrink(seed, rules, standby))
     return Found(None, len(seeds))

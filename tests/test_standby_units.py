@@ -1,0 +1,54 @@
+"""A standby cluster's guards outside decide(): a promotion decided before demote-cluster is not
+carried out, demote-cluster --wait waits for a decision taken under the setting, and the standby
+leader's configuration streams from the remote with its own slot (or none)."""
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from governor import config, ctl_standby, standby
+from governor.actions import roles
+from governor.actions.base import ActionFailed
+from governor.cluster import Cluster, Leader, Member
+from governor.ha import Action, Decision, LocalState
+from governor.postgres import datadir
+from tests.test_config import minimal, write
+
+SITE_A = {"standby_cluster": {"host": "site-a", "port": 5000}}
+
+
+def test_a_promotion_decided_before_demote_cluster_is_not_carried_out():
+    fresh = Cluster(initialize="1", leader=Leader("node1"), config=SITE_A)
+    g = SimpleNamespace(dcs=SimpleNamespace(get_cluster=lambda: fresh))
+    decision = Decision("lock_held_promote", "promoting", (Action.RENEW_LOCK, Action.PROMOTE))
+    with pytest.raises(ActionFailed, match="standby_cluster was set since the decision"):
+        roles.promote(g, decision, LocalState(name="node1", data="postgres"))
+
+
+@pytest.mark.parametrize("role, decision, demoted", [
+    ("replica", "lock_held_promote", False),     # a promotion in flight: not done
+    ("primary", "standby_leader_demote", False),
+    ("replica", "standby_leader_follow_remote", True),
+    ("replica", "standby_leader_start", True),
+])
+def test_demote_cluster_waits_for_a_decision_under_the_setting(monkeypatch, role, decision, demoted):
+    monkeypatch.setattr(ctl_standby, "http_json", lambda url, timeout: (200, {"role": role, "decision": decision}))
+    leader = Member(name="node1", role="replica", state="running", api_url="http://127.0.0.1:1")
+    assert ctl_standby._demoted(leader) is demoted
+
+
+def test_the_standby_leader_streams_from_the_remote_with_its_slot_and_restore_command(tmp_path):
+    pg = config.load(write(tmp_path / "g.yml", minimal(tmp_path))).postgresql
+    os.makedirs(pg.data_dir, exist_ok=True)
+    remote = standby.StandbyCluster("site-a", 5000, "siteb", "cp /archive/%f %p").upstream
+    datadir.write_postgresql_conf(pg, standby_of=remote)
+    text = open(datadir.conf_path(pg)).read()
+    assert "host=''site-a'' port=''5000''" in text   # conninfo quotes, doubled in the file
+    assert "primary_slot_name = 'siteb'" in text and "restore_command = 'cp /archive/%f %p'" in text
+    datadir.write_postgresql_conf(pg, standby_of=standby.StandbyCluster("site-a").upstream)
+    text = open(datadir.conf_path(pg)).read()
+    assert "primary_slot_name" not in text and "port=''5432''" in text
+    datadir.write_postgresql_conf(pg, standby_of=("10.0.0.2", 5432))      # a member: its slot there
+    assert f"primary_slot_name = '{pg.slot_name}'" in open(datadir.conf_path(pg)).read()
