@@ -36,9 +36,16 @@ def test_standby_cluster_schedules_keep_every_invariant():
           f"{time.monotonic() - started:.1f}s")
 
 
-def test_a_standby_cluster_that_ignored_its_setting_is_caught():
-    found = search(range(1, 101), Rules(standby_setting=False), standby=True)
-    assert found.seed is not None and "standby_writer" in found.message, found.message
+@pytest.mark.parametrize("what, rules, limit", [
+    ("the standby_cluster setting ignored", Rules(standby_setting=False), 100),
+    ("demote-cluster --wait on the role alone, and a promotion decided before it carried out",
+     Rules(standby_wait_decision=False, promote_rereads=False), 3000),
+], ids=["setting ignored", "stale promotion"])
+def test_a_broken_standby_rule_is_caught(what, rules, limit):
+    found = search(range(1, limit + 1), rules, standby=True)
+    assert found.seed is not None and "standby_writer" in found.message, f"{what}: {found.message}"
+    print(f"\n{what}: caught by standby_writer after {found.schedules} schedule(s) (seed {found.seed}); "
+          f"shrunk to {found.shrunk}")
 
 
 # Each rule switched off must be caught, within this many schedules (how many it took is printed).

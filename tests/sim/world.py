@@ -65,6 +65,8 @@ class Rules:
     failsafe_promise: bool = True   # failsafe: a member that vouched for a leader does not race it
     failsafe_list: bool = True      # failsafe: members off the list, or just started, do not race
     standby_setting: bool = True    # standby cluster: decide() is shown the standby_cluster setting
+    standby_wait_decision: bool = True  # demote-cluster --wait also waits for a standby_* decision
+    promote_rereads: bool = True    # a promotion without a fresh lock re-reads the setting first
 
 
 @dataclass
@@ -366,8 +368,9 @@ class World:
         holder = self.etcd.get(self.now, "leader")
         key = self.etcd.get(self.now, f"members/{holder}") if holder else None
         member = self.members.get(holder or "")
+        decided = member is not None and member.last_case.startswith("standby_") and member.pending is None
         return key is not None and key.startswith("replica,running,") and member is not None \
-            and member.last_case.startswith("standby_") and member.pending is None \
+            and (decided or not self.rules.standby_wait_decision) \
             and not any(self._accepts_writes(m) for m in self.members.values())
 
     def _sync_acks(self) -> None:
@@ -600,6 +603,8 @@ class World:
             m.holds_lock, m.deadline, m.fence_armed = True, self.now + t.ttl, decision.remote is None
             return True
         if action == Action.PROMOTE:
+            if self.standby and self.rules.promote_rereads and Action.ACQUIRE_LOCK not in decision.actions:
+                return False    # roles.promote: standby_cluster was set since the decision
             pg.primary, pg.upstream, pg.timeline = True, None, max(pg.timeline, self.max_timeline) + 1
             if self.synchronous:
                 self.sync = SyncState(m.name, tuple(n for n in self.members if n != m.name), 1,
