@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 
 from governor import archive as archive_mod
 from governor import callbacks as callbacks_mod
-from governor import pgparams, safe_yaml, template_layout
+from governor import pgparams, safe_yaml, standby, template_layout
 from governor.checker import (  # noqa: F401 - parse_host_port and default_bin_dir are used through config
     Checker,
     bounded,
@@ -122,7 +122,7 @@ def read_raw(path: str) -> Tuple[dict, Dict[str, str]]:
 
 TOP_KEYS = ("loop_wait", "retry_timeout", "primary_start_timeout", "log_level", "log_format", "tags", "etcd",
             "postgresql", "restapi", "metrics", "synchronous_mode", "synchronous_mode_strict",
-            "synchronous_node_count", "watchdog", "failsafe_mode", "callbacks")
+            "synchronous_node_count", "watchdog", "failsafe_mode", "callbacks", "standby_cluster")
 RESTAPI_KEYS = ("listen", "connect_address", "username", "password", "certfile", "keyfile", "cafile")
 METRICS_KEYS = ("enabled", "listen")
 ETCD_KEYS = ("scope", "ttl", "host", "protocol", "cacert", "cert", "key", "username", "password", "api")
@@ -338,6 +338,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         c.fail("metrics.listen", f"port {port} is PostgreSQL's (postgresql.listen)")
 
     callbacks = callbacks_mod.check(c)
+    standby_seed = standby.from_file(c)
     if c.problems:
         raise ConfigError(c.problems)
 
@@ -346,7 +347,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         loop_wait=loop_wait, retry_timeout=retry_timeout, primary_start_timeout=primary_start_timeout,
         log_level=log_level.upper(), log_format=log_format,
         synchronous_mode=sync_mode, synchronous_mode_strict=bool(sync_strict), failsafe_mode=bool(failsafe_mode),
-        synchronous_node_count=sync_count or 1,
+        synchronous_node_count=sync_count or 1, standby_cluster=standby_seed,
         tags={k: v for k, v in tags.items()},
         source=source,
         warnings=tuple(c.warnings),

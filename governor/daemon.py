@@ -272,7 +272,7 @@ class Governor:
                              "not waiting for etcd again", logging.WARNING)
             self.cluster = None
         else:
-            self.cluster = self._read_etcd()
+            self.cluster = reconfigure.seed_standby(self, self._read_etcd())
         self.mem.dcs_failed = self.cluster is None
         if self.cluster is not None:
             reconfigure.apply_dynamic(self, self.cluster)

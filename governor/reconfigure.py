@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import fields, is_dataclass, replace
-from typing import TYPE_CHECKING, Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from governor import config as config_mod
-from governor import dynamic, publish
+from governor import dynamic, publish, standby
 from governor.cluster import Cluster
 from governor.config import Config
+from governor.dcs import DCSError, short_error
 from governor.dcs import make as make_dcs
-from governor.dcs import short_error
 from governor.postgres import datadir
 from governor.postgres.catalogue import catalogue
 from governor.postgres.controller import ControllerError
@@ -88,6 +88,30 @@ def with_dynamic(g: Governor, file_config: Config) -> Config:
                                      catalogue(file_config.postgresql.bin_dir)):
         return dynamic.apply(file_config, data)
     return file_config
+
+
+def seed_standby(g: Governor, cluster: Optional[Cluster]) -> Optional[Cluster]:
+    """A new scope (no `initialize`) and a `standby_cluster` section in the files: it becomes the
+    dynamic setting before anything is decided, so the first member copies the primary cluster
+    instead of running initdb. Once the scope exists, only the dynamic setting counts
+    (promote-cluster removes it; the files' section is not written again)."""
+    seed = g.config.standby_cluster
+    if cluster is None or seed is None or cluster.initialize is not None or standby.KEY in cluster.config:
+        return cluster
+    if datadir.classify(g.pg.data_dir) != datadir.EMPTY:
+        # A scope whose keys were lost, with data here: that data decides, not the files' seed.
+        g.once("standby-seed", "the scope has no keys but this member has data: the files' standby_cluster "
+                               "section is not written (governorctl demote-cluster sets it)", logging.WARNING)
+        return cluster
+    try:
+        if g.dcs.set_config(dynamic.patch(cluster.config, {standby.KEY: seed}), cluster.config_index):
+            log.info("new scope: standby_cluster from the configuration files written to etcd (this cluster is "
+                     "a standby of %s:%s)", seed.get("host"), seed.get("port", 5432))
+        return g.dcs.get_cluster()
+    except DCSError as exc:
+        # Not decided on without the setting (that would be initdb): as if etcd did not answer.
+        g.once("dcs", f"writing standby_cluster to etcd failed: {exc}", logging.WARNING)
+        return None
 
 
 def apply_dynamic(g: Governor, cluster: Cluster) -> None:

@@ -211,6 +211,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
     callbacks: CallbacksConfig = CallbacksConfig()
+    standby_cluster: Optional[Dict[str, Any]] = None   # written to etcd when this member bootstraps the scope
     warnings: Tuple[str, ...] = ()         # what was accepted but translated, for the log
 
 

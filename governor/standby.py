@@ -111,6 +111,18 @@ def public(cluster: Optional[Cluster]) -> Optional[dict]:
     return {"valid": False} if parsed is None else {"valid": True, **parsed.__dict__}
 
 
+def from_file(checker: Any) -> Optional[dict]:
+    """The configuration file's `standby_cluster` section (checker.Checker), checked: it seeds the
+    dynamic setting when this member is the first of a new scope (reconfigure.seed_standby)."""
+    value = checker.get(KEY)
+    if value is None:
+        return None
+    for problem in problems(value):
+        key, _, message = problem.partition(": ")
+        checker.fail(key, message)
+    return dict(value) if isinstance(value, dict) else None
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:40] + "..."

@@ -52,3 +52,46 @@ def test_the_standby_leader_streams_from_the_remote_with_its_slot_and_restore_co
     assert "primary_slot_name" not in text and "port=''5432''" in text
     datadir.write_postgresql_conf(pg, standby_of=("10.0.0.2", 5432))      # a member: its slot there
     assert f"primary_slot_name = '{pg.slot_name}'" in open(datadir.conf_path(pg)).read()
+
+
+def test_the_files_standby_cluster_section_is_checked(tmp_path):
+    raw = minimal(tmp_path)
+    raw["standby_cluster"] = {"host": "site a", "port": 0, "slot": "x"}
+    with pytest.raises(config.ConfigError) as info:
+        config.load(write(tmp_path / "g.yml", raw))
+    text = "\n".join(info.value.problems)
+    assert "standby_cluster.host: expected a host name" in text and "standby_cluster.port: expected a port" in text
+    assert "standby_cluster.slot: not a setting" in text and "g.yml" in text
+    raw["standby_cluster"] = {"host": "site-a", "port": 5000}
+    assert config.load(write(tmp_path / "g.yml", raw)).standby_cluster == {"host": "site-a", "port": 5000}
+
+
+class FakeDCS:
+    def __init__(self, cluster):
+        self.cluster, self.written = cluster, []
+
+    def set_config(self, data, index):
+        self.written.append(data)
+        self.cluster = Cluster(initialize=None, leader=None, config=data, config_index=1)
+        return True
+
+    def get_cluster(self):
+        return self.cluster
+
+
+def test_the_files_section_seeds_only_a_new_scope_from_an_empty_data_directory(tmp_path):
+    from governor import reconfigure
+    raw = minimal(tmp_path)
+    raw["standby_cluster"] = {"host": "site-a"}
+    cfg = config.load(write(tmp_path / "g.yml", raw))
+    new_scope = Cluster(initialize=None, leader=None)
+    g = SimpleNamespace(config=cfg, pg=cfg.postgresql, dcs=FakeDCS(new_scope), once=lambda *a: None)
+    seeded = reconfigure.seed_standby(g, new_scope)
+    assert g.dcs.written == [{"standby_cluster": {"host": "site-a"}}] and standby.of(seeded)[1].host == "site-a"
+    for cluster in (Cluster(initialize="1", leader=None), Cluster(initialize="", leader=None),
+                    Cluster(initialize=None, leader=None, config={"standby_cluster": {"host": "other"}})):
+        g.dcs = FakeDCS(cluster)
+        assert reconfigure.seed_standby(g, cluster) is cluster and g.dcs.written == []
+    os.makedirs(os.path.join(cfg.postgresql.data_dir, "base"))       # data here: the files do not decide
+    g.dcs = FakeDCS(new_scope)
+    assert reconfigure.seed_standby(g, new_scope) is new_scope and g.dcs.written == []
