@@ -30,6 +30,7 @@ from typing import Dict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import report  # noqa: E402
 from tests import harness  # noqa: E402
 from tests.test_pgbackrest import repository  # noqa: E402
 
@@ -133,18 +134,11 @@ def main() -> int:
         harness.stop_all_processes()
         shutil.rmtree(base, ignore_errors=True)
 
-    report = {"benchmark": "clone", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "settings": {"database_bytes": size, "pgbench_scale": args.scale,
-                           "writes_before_each_clone": f"pgbench TPC-B-like, 2 clients, {args.write_seconds}s",
-                           "pgbackrest": "2.x, local posix repository, compress-type lz4, process-max 2",
-                           "network": "loopback", "full_backup_seconds": round(backup_seconds, 1)},
-              "results": results}
-    out = args.output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                      f"clone-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as fh:
-        json.dump(report, fh, indent=2)
-    print(f"results written to {out}")
+    settings = {"database_bytes": size, "pgbench_scale": args.scale,
+                "writes_before_each_clone": f"pgbench TPC-B-like, 2 clients, {args.write_seconds}s",
+                "pgbackrest": "2.x, local posix repository, compress-type lz4, process-max 2",
+                "network": "loopback", "full_backup_seconds": round(backup_seconds, 1)}
+    report.write("clone", settings, results, args.output)
     return 0
 
 

@@ -23,11 +23,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import report  # noqa: E402
 from tests import harness  # noqa: E402
 
 PGBENCH = os.path.join(harness.PG_BIN, "pgbench")
@@ -98,17 +98,10 @@ def main() -> int:
         harness.stop_all_processes()
         shutil.rmtree(base, ignore_errors=True)   # data directories and logs of the run
 
-    report = {"benchmark": "replication", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "settings": {"nodes": 3, "pgbench": f"TPC-B-like, scale 10, {args.clients} clients, "
-                                                   f"{args.seconds}s per mode", "network": "loopback",
-                           "fsync": "on (PostgreSQL default)"},
-              "results": results}
-    out = args.output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                      f"replication-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as fh:
-        json.dump(report, fh, indent=2)
-    print(f"results written to {out}")
+    settings = {"nodes": 3, "pgbench": f"TPC-B-like, scale 10, {args.clients} clients, "
+                f"{args.seconds}s per mode", "network": "loopback",
+                "fsync": "on (PostgreSQL default)"}
+    report.write("replication", settings, results, args.output)
     return 0
 
 

@@ -35,6 +35,7 @@ import psycopg2
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import report  # noqa: E402
 from tests import harness  # noqa: E402
 from tests.test_standby_cluster import sender_port, standby_leader  # noqa: E402
 
@@ -183,16 +184,9 @@ def main() -> int:
         harness.stop_all_processes()
         shutil.rmtree(base, ignore_errors=True)
 
-    report = {"benchmark": "standby", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "settings": {"ttl": 10, "loop_wait": 1, "network": "loopback, one etcd, two scopes",
-                           "sites": "A: 2 members + haproxy; B: standby cluster of A through haproxy, 2 members"},
-              "results": results}
-    out = args.output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                      f"standby-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as fh:
-        json.dump(report, fh, indent=2)
-    print(f"results written to {out}")
+    settings = {"ttl": 10, "loop_wait": 1, "network": "loopback, one etcd, two scopes",
+                "sites": "A: 2 members + haproxy; B: standby cluster of A through haproxy, 2 members"}
+    report.write("standby", settings, results, args.output)
     return 0
 
 

@@ -18,7 +18,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from governor import __version__
+from governor import __version__, standby
 from governor.config import Config
 from governor.status import NodeStatus
 
@@ -127,6 +127,8 @@ class _StatusCollector:
                   float(st.running and st.role in ("primary", "replica"))),
             gauge("governor_dcs_reachable", "1 when etcd answered in the last loop", float(st.dcs_reachable)),
             gauge("governor_paused", "1 while automatic actions are paused", float(st.paused)),
+            gauge("governor_standby_cluster", "1 while this cluster is a standby cluster (standby_cluster set): "
+                  "it has no primary", float(standby.KEY in st.cluster.config) if st.cluster is not None else None),
             gauge("governor_failsafe_active", "1 while this primary stays primary on its members' promises "
                   "(failsafe_mode, etcd unusable), or this member keeps such a promise",
                   float(st.failsafe is not None)),

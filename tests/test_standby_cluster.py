@@ -1,5 +1,5 @@
 """A standby cluster (a second site): its own scope, its members' files naming the primary
-cluster's haproxy (standby_cluster), bootstrapped by copying the primary cluster through it; its
+cluster's haproxy (standby_cluster), its own etcd, bootstrapped by copying the primary cluster through it; its
 leader streams from there, its other member from its leader. It follows a failover of the primary
 cluster (haproxy re-targets), never promotes on its own, and the primary site moves with
 demote-cluster (site A) then promote-cluster (site B); after losing site B, site A is promoted
@@ -8,7 +8,9 @@ pg_stat_wal_receiver, rows) with a watch on every server of both sites: never tw
 once."""
 from __future__ import annotations
 
+import os
 import time
+import urllib.request
 
 import psycopg2
 import pytest
@@ -63,7 +65,18 @@ def standby_leader(site: harness.TestCluster) -> harness.Node:
     return wait_until(one, 60, f"a standby leader in {site.scope}")
 
 
-def test_a_standby_cluster_follows_survives_a_failover_and_takes_over_the_primary_site(make_cluster, base_dir):
+@pytest.fixture
+def site_b(base_dir, src_dir):
+    """Site B: a scope in its own etcd (nothing ties the two sites but PostgreSQL's replication)."""
+    server = harness.Etcd(os.path.join(base_dir, "site-b")).start()
+    cluster = harness.TestCluster(server, base_dir, src_dir, f"siteb-{os.getpid()}")
+    yield cluster
+    cluster.teardown()
+    server.stop()
+
+
+def test_a_standby_cluster_follows_survives_a_failover_and_takes_over_the_primary_site(
+        make_cluster, base_dir, site_b):
     a = make_cluster("sitea")
     a1 = a.add("a1")
     a.wait_for_primary(60)
@@ -73,7 +86,7 @@ def test_a_standby_cluster_follows_survives_a_failover_and_takes_over_the_primar
     a1.sql("CREATE TABLE site (n int)")
     a1.sql("INSERT INTO site VALUES (1)")
 
-    b = make_cluster("siteb")
+    b = site_b
     # A new standby cluster: every member's files name the primary cluster (the first member
     # writes it to etcd as the dynamic setting).
     seed = {"standby_cluster": {"host": "127.0.0.1", "port": proxy.rw_port}}
@@ -98,6 +111,8 @@ def test_a_standby_cluster_follows_survives_a_failover_and_takes_over_the_primar
     assert f"Standby cluster: follows the primary cluster at 127.0.0.1:{proxy.rw_port}" in listed.stdout
     assert "standby leader" in listed.stdout, listed.stdout
     assert f"port: {proxy.rw_port}" in harness.governorctl(lead, "show-config").stdout
+    with urllib.request.urlopen(f"http://127.0.0.1:{lead.metrics_port}/metrics", timeout=5) as resp:
+        assert "governor_standby_cluster 1.0" in resp.read().decode()
 
     # A failover in the primary cluster: haproxy sends the standby leader to the new primary.
     a1.crash()
