@@ -68,6 +68,9 @@ def test_governor_runs_as_a_systemd_service(machine):
     assert m.run("systemctl", "is-active", "governor").stdout.strip() == "active"
     wait_until(lambda: 'Status: "primary, leader of system' in m.run("systemctl", "status", "governor",
                                                                       check=False).stdout, 20, "the status line")
+    # The status line is sent when the bootstrap publishes; the next pass logs its decision a
+    # moment later, and journald stores it after that.
+    wait_until(lambda: "holding the lock as primary" in m.journal("governor", "info"), 20, "the leader's decision")
     info = m.journal("governor", "info")
     assert "bootstrap_race" in info and "holding the lock as primary" in info
     warnings = m.journal("governor", "warning")
