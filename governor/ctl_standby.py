@@ -43,10 +43,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                     "superuser).")
     dc.add_argument("--host", required=True, help="the primary cluster's address (its haproxy, to follow its "
                                                   "failovers)")
-    dc.add_argument("--port", type=int, default=5432)
-    dc.add_argument("--primary-slot-name", help="a (permanent) slot on the primary cluster to stream through")
-    dc.add_argument("--restore-command", help="fetch WAL from the primary cluster's archive when streaming "
-                                              "is not possible (e.g. pgbackrest --stanza=S archive-get %%f \"%%p\")")
+    dc.add_argument("--port", type=int, default=5432, help="default 5432")
+    dc.add_argument("--primary-slot-name", metavar="SLOT",
+                    help="a (permanent) slot on the primary cluster to stream through")
+    dc.add_argument("--restore-command", metavar="COMMAND",
+                    help="fetch WAL from the primary cluster's archive when streaming is not possible "
+                         "(e.g. pgbackrest --stanza=S archive-get %%f \"%%p\")")
     dc.add_argument("--force", action="store_true", help="do not ask")
     dc.add_argument("--wait", type=float, metavar="SECONDS", nargs="?", const=120.0,
                     help="until the leader runs as a standby of HOST:PORT (default 120 s)")
