@@ -26,7 +26,8 @@ from governor.postgres.catalogue import catalogue
 HEADER = """\
 # The dynamic configuration of cluster {scope}, kept in etcd: every member applies it, and it
 # takes precedence over the members' files. Keys: ttl, loop_wait, retry_timeout,
-# maximum_lag_on_failover, postgresql.parameters.NAME (see governor.yml(5)).
+# maximum_lag_on_failover, synchronous_*, failsafe_mode, postgresql.parameters.NAME, and
+# standby_cluster (better changed with promote-cluster / demote-cluster).
 # Save and quit the editor: governorctl shows the change and asks before writing it.
 # An unchanged file changes nothing; an empty one removes every dynamic setting.
 """
