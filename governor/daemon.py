@@ -389,7 +389,7 @@ class Governor:
                 self.mem.settling_since = None
                 return True
             return False
-        return self.syncrep.standby_lost()
+        return self.syncrep.standby_lost() or self.syncrep.narrowing_pending()
 
     def request_stop(self, signum: int = signal.SIGTERM, frame: object = None) -> None:
         self.stopping.set()

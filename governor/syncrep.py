@@ -173,6 +173,15 @@ class SyncManager:
         """Whether commits here wait for standbys: the leader then looks at them between passes."""
         return self.mode != "off" and self.applied is not None and bool(self.applied.members)
 
+    def narrowing_pending(self) -> bool:
+        """Our promise in etcd is wider than what PostgreSQL applies: a step of narrowing it
+        (noting the switch position, then waiting for the standbys to pass it) is due, and
+        nothing in etcd may change to wake the loop for it (an idle cluster writes no WAL)."""
+        cluster = self.gov.cluster
+        promise = cluster.sync if cluster is not None else None
+        return self.applied is not None and promise is not None and promise.leader == self.gov.name \
+            and not _same(promise, self.applied)
+
     def standby_lost(self) -> bool:
         """A standby that commits wait for stopped streaming (or replying) since the last look:
         the loop runs a pass at once instead of at the next loop_wait."""
