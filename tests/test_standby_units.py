@@ -95,3 +95,30 @@ def test_the_files_section_seeds_only_a_new_scope_from_an_empty_data_directory(t
     os.makedirs(os.path.join(cfg.postgresql.data_dir, "base"))       # data here: the files do not decide
     g.dcs = FakeDCS(new_scope)
     assert reconfigure.seed_standby(g, new_scope) is new_scope and g.dcs.written == []
+
+
+@pytest.mark.parametrize("row, expected", [
+    (("7000000000000000001", 3, "0/3000000", None), ("7000000000000000001", 3)),
+    (("not-a-sysid", 3, "0/0", None), None), (("7000000000000000001", True, "", None), None),
+    (("7000000000000000001", 2**40, "", None), None), (("7000000000000000001", "3", "", None), None),
+    ((), None), (None, None)])
+def test_an_identify_system_answer_that_does_not_make_sense_is_no_answer(monkeypatch, tmp_path, row, expected):
+    from governor.postgres import remote
+
+    class Cursor:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def execute(self, sql):
+            assert sql == "IDENTIFY_SYSTEM"
+
+        def fetchone(self):
+            return row
+
+    conn = SimpleNamespace(cursor=Cursor, close=lambda: None)
+    monkeypatch.setattr(remote.psycopg2, "connect", lambda **kw: conn)
+    pg = config.load(write(tmp_path / "g.yml", minimal(tmp_path))).postgresql
+    assert remote.identify(pg, "site-a", 5432) == expected
