@@ -391,6 +391,12 @@ class Node:
         children = [p for p in child_pids(self.proc.pid) if "governor" in cmdline(p)]
         return children[0] if children else self.proc.pid
 
+    def signal_loop(self, sig: int) -> int:
+        """`sig` to the HA loop's process only; returns its PID."""
+        pid = wait_until(self.loop_pid, 10, f"the HA loop process of {self.name}")
+        os.kill(pid, sig)
+        return pid
+
     def freeze(self) -> int:
         """SIGSTOP the HA loop's process (a hung governor); returns its PID for thaw()."""
         pid = wait_until(self.loop_pid, 10, f"the HA loop process of {self.name}")
@@ -406,13 +412,32 @@ class Node:
         return self.proc.wait(timeout) if self.proc else 0
 
     def kill(self) -> None:
-        """SIGKILL governor: the supervising parent and, with it, the HA loop's process."""
+        """SIGKILL of governor's main PID only (the supervising parent, the PID `ps` shows first):
+        the HA loop's process notices and stops governor as on SIGTERM (PostgreSQL stopped, the
+        lock handed over); waits until it has exited."""
         loop = self.loop_pid()
         self.signal(signal.SIGKILL)
         if self.proc:
             self.proc.wait(10)
         if loop and loop != self.proc.pid:
-            wait_until(lambda: process_gone(loop), 10, "the HA loop process to die with its parent", interval=0.02)
+            wait_until(lambda: process_gone(loop), 90, "the HA loop process to stop after its parent died",
+                       interval=0.02)
+
+    def signal_all(self, sig: int) -> List[int]:
+        """`sig` to every governor process at once (its process group: the supervising parent, the
+        HA loop's process and whatever they run; not PostgreSQL, which runs in its own session, as
+        `pkill -f governor` or a crashing runtime would); returns their PIDs."""
+        pids = [self.proc.pid] + child_pids(self.proc.pid) if self.proc and self.proc.poll() is None else []
+        if pids:
+            os.killpg(self.proc.pid, sig)
+        return pids
+
+    def kill_all(self) -> None:
+        """SIGKILL every governor process at once; PostgreSQL is not signalled by the test."""
+        pids = self.signal_all(signal.SIGKILL)
+        if self.proc:
+            self.proc.wait(10)
+        wait_until(lambda: all(process_gone(p) for p in pids), 10, "every governor process to die", interval=0.02)
 
     def log_text(self) -> str:
         try:
@@ -443,7 +468,7 @@ class Node:
 
     def crash(self) -> None:
         """SIGKILL governor and its PostgreSQL, as a host crash."""
-        self.kill()
+        self.kill_all()
         self.crash_postgres()
 
     def signal_postgres(self, kind: str, sig: int) -> List[int]:
@@ -560,7 +585,7 @@ class TestCluster:
     def teardown(self) -> None:
         for node in self.nodes.values():
             if node.proc and node.proc.poll() is None:
-                node.kill()
+                node.kill_all()
             stop_postmaster(node.data_dir)
             # A pg_ctl the killed governor had just started outlives it and may start a
             # postmaster after the line above looked for one: stop whatever names the directory.
