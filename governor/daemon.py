@@ -26,13 +26,14 @@ from governor.ha import Action, Decision, LocalState, decide
 from governor.lockfence import LockFence, stop_postmaster_now
 from governor.memory import NodeMemory, timer
 from governor.metrics import Metrics
-from governor.observe import ask_peers, observe_dcs, observe_local, settled
+from governor.observe import observe_dcs, observe_local, race_facts, remember_leader, settled
 from governor.postgres import bootstrap, datadir
 from governor.postgres.catalogue import catalogue
 from governor.postgres.controller import ControllerError, ProcessController, make_controller
 from governor.postgres.server import Server, ServerState
 from governor.shutdown import RESTART_MARKER, consume_restart_marker  # noqa: F401 - RESTART_MARKER for tests
 from governor.status import Archiver, NodeStatus, StatusBoard
+from governor.supervisor import under_systemd
 from governor.syncrep import SyncManager
 from governor.systemd import Notifier
 from governor.wakeups import OnChange, OperatorRequest
@@ -60,7 +61,8 @@ class Governor:
         self.pg = config.postgresql
         self.name = self.pg.name
         self.dcs = dcs or from_config(config)
-        self.controller = controller or make_controller(self.pg)
+        # Outside systemd the kernel stops a postmaster governor started when governor dies.
+        self.controller = controller or make_controller(self.pg, bind=not under_systemd())
         self.server = Server(self.pg)
         self.stopping = threading.Event()
         self.wake = threading.Event()
@@ -85,6 +87,7 @@ class Governor:
         if self.metrics:
             self.dcs.observer = self.metrics.observe_dcs
         # `report` tells the supervising parent (supervisor.py) the lock deadline, when there is one.
+        self.supervisor: Optional[int] = getattr(report, "parent", None)
         self.fence = LockFence(self.pg.data_dir, config.etcd.ttl, on_fire=self._fenced, report=report)
         self.watchdog = Watchdog(config.watchdog.mode, config.watchdog.device)
         self.callbacks = Runner(self.name, lambda: self.config.etcd.scope, lambda: self.pg.data_dir,
@@ -277,6 +280,7 @@ class Governor:
         if self.cluster is not None:
             reconfigure.apply_dynamic(self, self.cluster)
             vouch.remember(self, self.cluster)
+            remember_leader(self, self.cluster)
         request = self._request
         local = observe_local(self)
         self.mem.pg_seen = self.mem.pg_seen or seen_as(local)    # the first pass: how governor found it
@@ -293,7 +297,7 @@ class Governor:
             local = replace(local, failsafe_vouched=vouch.ask_members(self))
         if self.cluster is not None and self.cluster.initialized and self.cluster.leader is None \
                 and local.running and local.role == "replica":
-            local = replace(local, peers=ask_peers(self, self.cluster))
+            local = replace(local, **race_facts(self, self.cluster, local.sysid))
         decision = decide(self.cluster, local)
         if self.mem.failsafe_since is not None and decision.case != "failsafe_keep_primary":
             log.warning("failsafe: ended after %.0fs (%s)", time.monotonic() - self.mem.failsafe_since, decision.case)

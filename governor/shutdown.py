@@ -12,6 +12,7 @@ from governor import callbacks
 from governor.cluster import Cluster
 from governor.dcs import DCSError
 from governor.postgres.controller import ControllerError
+from governor.supervisor import parent_died
 
 if TYPE_CHECKING:
     from governor.daemon import Governor
@@ -42,6 +43,9 @@ def consume_restart_marker(max_age: float) -> bool:
 def shutdown(g: Governor) -> None:
     """Clean stop: PostgreSQL first, then the lock, so a replica can take over at once."""
     g.notify.stopping()
+    if parent_died(g.supervisor):
+        log.error("its supervising parent process died (PID %s was killed): stopping governor as on SIGTERM, "
+                  "PostgreSQL first, so it does not outlive governor", g.supervisor)
     if consume_restart_marker(max_age=RESTART_MARKER_MAX_AGE):
         stop_for_restart(g, )
         return

@@ -11,10 +11,14 @@ parent stops the local PostgreSQL (immediate shutdown)
 - when the child dies other than by a clean exit (SIGKILL, a crash): nothing renews the lock
   and nothing would stop PostgreSQL once it expires, as systemd's fence does after a crash.
 
-It forwards SIGTERM, SIGINT and SIGHUP to the child and exits with the child's exit status. The
-child dies with it (PR_SET_PDEATHSIG), so killing the parent still kills governor as a whole.
-What it cannot cover: the parent stopped too (a frozen host, `kill -STOP` of both processes) —
-that is the Linux watchdog device's job (watchdog.mode in the configuration).
+It forwards SIGTERM, SIGINT and SIGHUP to the child and exits with the child's exit status. When
+the parent itself dies (`kill -9` of governor's main PID), the kernel sends the child SIGTERM
+(PR_SET_PDEATHSIG): the child stops as on any SIGTERM, PostgreSQL first, then the lock, and exits;
+it never exits leaving a primary behind, and its own lock fence thread guards it meanwhile.
+What it cannot cover: both processes gone at once. Killed, the kernel stops a PostgreSQL that
+governor started (postgres/lifeline.py); frozen (`kill -STOP` of both, a frozen host), the
+replicas refuse to promote while it still answers as a writable primary (race.py), and the
+Linux watchdog device resets a frozen host (watchdog.mode in the configuration).
 """
 from __future__ import annotations
 
@@ -37,8 +41,9 @@ FD_ENV = "GOVERNOR_SUPERVISOR_FD"
 class Reporter:
     """The child's end of the pipe: one line per change of the lock deadline."""
 
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, parent: int):
         self.fd = fd
+        self.parent = parent  # the supervising parent's PID: the child's parent while it lives
         self.margin = 1.0     # the parent fences this long before the deadline
 
     def __call__(self, deadline: Optional[float]) -> None:
@@ -46,7 +51,7 @@ class Reporter:
         try:
             os.write(self.fd, line.encode())
         except OSError:
-            pass   # the parent is gone: PR_SET_PDEATHSIG ends this process too
+            pass   # the parent is gone: PR_SET_PDEATHSIG has sent this process SIGTERM
 
 
 def under_systemd() -> bool:
@@ -54,13 +59,19 @@ def under_systemd() -> bool:
     return bool(os.environ.get("NOTIFY_SOCKET") or os.environ.get("INVOCATION_ID"))
 
 
-def _die_with_parent(parent: int) -> None:
+def parent_died(parent: Optional[int]) -> bool:
+    """Whether the supervising parent `parent` is gone (this process was handed to another)."""
+    return parent is not None and os.getppid() != parent
+
+
+def _stop_with_parent(parent: int) -> None:
+    """The child stops (as on SIGTERM) when the parent dies; before the child started anything."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):
         pass
-    if os.getppid() != parent:      # the parent died before prctl took effect
+    if parent_died(parent):      # the parent died before prctl took effect; nothing runs yet
         os._exit(1)
 
 
@@ -72,10 +83,10 @@ def supervise(data_dir: str, run_child: Callable[[Reporter], int]) -> int:
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
-        _die_with_parent(parent)
+        _stop_with_parent(parent)
         code = 1
         try:
-            code = run_child(Reporter(write_fd))
+            code = run_child(Reporter(write_fd, parent))
         finally:
             logging.shutdown()
             os._exit(code)

@@ -153,10 +153,15 @@ class Systemctl(ProcessController):
         return read_postmaster_pid(self.data_dir)
 
 
-def make_controller(pg) -> ProcessController:
-    """pg_ctl by default; systemctl when postgresql.systemd_unit is set."""
+def make_controller(pg, bind: bool = False) -> ProcessController:
+    """pg_ctl by default; systemctl when postgresql.systemd_unit is set. `bind` (outside systemd):
+    the postmasters it starts stop when this process dies (lifeline.py)."""
     if pg.systemd_unit:
         return Systemctl(pg.systemd_unit, pg.data_dir)
+    if bind:
+        from governor.postgres.lifeline import BoundPgCtl
+
+        return BoundPgCtl(pg.bin_dir, pg.data_dir, pg.log_file)
     return PgCtl(pg.bin_dir, pg.data_dir, pg.log_file)
 
 
