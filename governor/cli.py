@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import List, Optional
@@ -35,7 +36,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-supervisor", action="store_true",
                    help="outside systemd, governor runs as two processes: the HA loop and a small parent that "
                         "stops PostgreSQL if the loop freezes or dies while it holds the leader lock; this "
-                        "runs the loop alone (under systemd the watchdog and the --fence step do that job)")
+                        "runs the loop alone, and nothing fences a frozen loop (under systemd the watchdog and "
+                        "the --fence step do that job)")
     p.add_argument("--version", action="version", version=f"governor {__version__}")
     return p
 
@@ -79,6 +81,11 @@ def run(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     from governor.daemon import Governor
     from governor.supervisor import supervise, under_systemd
 
+    if args.no_supervisor and not under_systemd():
+        logging.getLogger("governor").warning(
+            "--no-supervisor: no process outside the HA loop's fences PostgreSQL should that process freeze "
+            "(SIGSTOP, a hung interpreter): only the replicas' refusal to promote beside a primary that still "
+            "takes writes remains; if it dies, the kernel still stops a PostgreSQL it started")
     if args.no_supervisor or under_systemd():
         return Governor(cfg).run()
     return supervise(cfg.postgresql.data_dir, lambda report: Governor(cfg, report=report).run())

@@ -111,6 +111,13 @@ Cases, checked top to bottom (the first that matches wins):
                                 does not name this replica
   failsafe_promise_unknown      nobody holds the lock, listed, governor       -
                                 started less than ttl ago
+  race_other_primary_writable   nobody holds the lock, and another server of  -  (keeps its upstream)
+                                this cluster (a member, the last leader, the
+                                upstream; asked directly) still takes writes:
+                                its governor is gone or frozen
+  race_other_primary_unknown    ... answers but cannot say whether it takes  -  (asks again)
+                                writes (login refused, starting up): unknown
+                                is never "not a primary"
   race_pre_promote_vetoed       nobody holds the lock, this member's          follow (nobody)
                                 pre_promote callback refused a promotion
                                 less than ttl ago (a switchover it was the

@@ -78,6 +78,11 @@ class LocalState:
     pending_restart: bool = False            # a changed PostgreSQL setting waits for a restart
     remote_timeline: Optional[int] = None    # standby leader not streaming: the primary cluster's timeline
     # (IDENTIFY_SYSTEM, same system identifier); None: not asked, or no answer
+    # During a leader race, other servers of this cluster asked directly (the members, the last
+    # leader, this replica's upstream): those that answered as writable primaries, and those that
+    # answered but could not say ("node1 (10.0.0.11:5432)")
+    writable_elsewhere: Tuple[str, ...] = ()
+    unknown_elsewhere: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

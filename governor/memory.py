@@ -47,6 +47,8 @@ class NodeMemory:
     started: float = field(default_factory=time.monotonic)   # this governor's start
     sysid: Optional[str] = None                  # the data directory's system identifier, last seen
     last_leader: Optional[str] = None            # the leader of the last etcd snapshot that named one
+    last_leader_at: Optional[Tuple[str, Tuple[str, int]]] = None  # (name, PostgreSQL host and port) of the
+    # last other member seen leading: asked in a leader race whether it still takes writes
     failsafe_list: Optional[FailsafeList] = None  # leader: the failsafe list etcd holds, as far as it knows
     failsafe_since: Optional[float] = None       # leader: kept primary by its members' promises since
     failsafe_promise: Optional[Tuple[str, float]] = None  # replica: (leader vouched for, until), monotonic

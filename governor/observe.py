@@ -1,7 +1,8 @@
 """Observing: what etcd holds (a Cluster snapshot) and what the local PostgreSQL is (a LocalState).
 
 The only I/O before decide(): a range read from etcd, a few SQL queries or pg_controldata, and,
-during a leader race, the other members' /status answers.
+during a leader race, the other members' /status answers and their servers' own word on whether
+they take writes.
 """
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ import ssl
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import psycopg2
 
 from governor import standby
-from governor.cluster import Cluster, Member, loads
+from governor.cluster import Cluster, Member, loads, parse_conn_url
 from governor.dcs import DCSError
 from governor.ha import LocalState
 from governor.memory import timer
@@ -137,14 +138,50 @@ def _controldata(g: Governor) -> datadir.ControlData:
     return g.mem.sysid_cache[1]
 
 
-def ask_peers(g: Governor, cluster: Cluster) -> Dict[str, Optional[Member]]:
-    """Ask every other member's API for its position, in parallel, with a short timeout."""
+def race_facts(g: Governor, cluster: Cluster, sysid: Optional[str]) -> dict:
+    """What a replica asks before a leader race, all at once with short timeouts: every other
+    member's API for its position (LocalState.peers), and every other server of the cluster it
+    knows of, directly, whether it still takes writes (writable_elsewhere, unknown_elsewhere)."""
     others = [m for m in cluster.members if m.name != g.name and m.api_url]
-    if not others:
-        return {}
-    with ThreadPoolExecutor(max_workers=min(8, len(others))) as pool:
-        answers = pool.map(lambda m: (m.name, peer_status(m.api_url, m.name, g.config.restapi.cafile)), others)
-        return dict(answers)
+    servers = other_servers(g, cluster)
+    with ThreadPoolExecutor(max_workers=min(16, len(others) + len(servers) or 1)) as pool:
+        answers = [pool.submit(lambda m=m: (m.name, peer_status(m.api_url, m.name, g.config.restapi.cafile)))
+                   for m in others]
+        probes = [(label, pool.submit(remote.answers_writable, g.pg, host, port, sysid or ""))
+                  for (host, port), label in servers.items()]
+        peers = dict(a.result() for a in answers)
+        said = [(label, probe.result()) for label, probe in probes]
+    return dict(peers=peers, writable_elsewhere=tuple(label for label, answer in said if answer is True),
+                unknown_elsewhere=tuple(label for label, answer in said if answer is None))
+
+
+def remember_leader(g: Governor, cluster: Cluster) -> None:
+    """Where the last leader's PostgreSQL listens: its member key expires with its lock, and a
+    leader race asks that server whether it still takes writes."""
+    leader = cluster.leader.name if cluster.leader is not None else None
+    address = g.leader_address(leader) if leader and leader != g.name else None
+    if address is not None:
+        g.mem.last_leader_at = (leader, address)
+
+
+def other_servers(g: Governor, cluster: Cluster) -> Dict[Tuple[str, int], str]:
+    """Addresses of the cluster's other PostgreSQL servers this member knows of, each with a label:
+    the members in etcd, the last leader it saw (whose key expired with its lock) and the server
+    this replica streams from."""
+    found: Dict[Tuple[str, int], str] = {}
+    if g.mem.last_leader_at is not None:
+        name, address = g.mem.last_leader_at
+        if name != g.name:
+            found[address] = f"{name} ({address[0]}:{address[1]})"
+    for m in cluster.members:
+        address = parse_conn_url(m.conn_url) if m.name != g.name and m.conn_url else None
+        if address is not None:
+            found[address] = f"{m.name} ({address[0]}:{address[1]})"
+    upstream = g.server_state.receiving_from if g.server_state is not None else None
+    host, _, port = (upstream or "").rpartition(":")
+    if host and port.isdigit() and 0 < int(port) < 65536:
+        found.setdefault((host, int(port)), f"the upstream {upstream}")
+    return found
 
 
 PEER_ANSWER_MAX = 1024 * 1024

@@ -43,6 +43,15 @@ def decide_race(cluster: Cluster, local: LocalState, switchover: Optional[Switch
         held_back = failsafe.race_hold(cluster, me, local.failsafe_promise, local.failsafe_fresh)
         if held_back is not None:
             return Decision(*held_back)
+    if local.role == "replica" and local.writable_elsewhere:
+        return Decision("race_other_primary_writable",
+                        f"no leader, but {', '.join(local.writable_elsewhere)} still takes writes as a primary (its "
+                        "governor is gone or frozen and nothing stopped it): promoting this member would make two "
+                        "primaries; waiting until it stops or is demoted")
+    if local.role == "replica" and local.unknown_elsewhere:
+        return Decision("race_other_primary_unknown",
+                        f"no leader, and {', '.join(local.unknown_elsewhere)} answers but cannot say whether it "
+                        "takes writes: not promoting beside a server that may be a primary; asking again")
     if local.pre_promote_vetoed and local.role == "replica":
         return Decision("race_pre_promote_vetoed", "no leader; the pre_promote callback refused this member's "
                         "promotion less than ttl ago: not racing, so another member can lead", (Action.FOLLOW,))

@@ -42,7 +42,8 @@ def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, 
           rewind_failed=False, peers=None, request=None, now=0.0, bootstrap_failures=0, timeline=None,
           not_streaming_for=None, lock_left=None, starting_for=None, failsafe_mode=False, failsafe_vouched=None,
           failsafe_promise=None, failsafe_fresh=False, pre_promote_vetoed=False, clone_failed_from=None,
-          scheduled_restart=None, scheduled_pending_only=False, pending_restart=False, **tags):
+          scheduled_restart=None, scheduled_pending_only=False, pending_restart=False, writable_elsewhere=(),
+          unknown_elsewhere=(), **tags):
     return ha.LocalState(name=ME, data=data, sysid=sysid if data == ha.POSTGRES else None, running=running,
                          role=role if running else None, lsn=lsn, tags=tags, maximum_lag_on_failover=1000,
                          data_dir="/var/lib/pg", rewind_pending=rewind_pending, rewind_failed=rewind_failed,
@@ -53,7 +54,8 @@ def local(data=ha.POSTGRES, running=True, role="replica", lsn=100, sysid=SYSID, 
                          failsafe_promise=failsafe_promise, failsafe_fresh=failsafe_fresh,
                          pre_promote_vetoed=pre_promote_vetoed, clone_failed_from=clone_failed_from,
                          scheduled_restart=scheduled_restart, scheduled_pending_only=scheduled_pending_only,
-                         pending_restart=pending_restart)
+                         pending_restart=pending_restart, writable_elsewhere=writable_elsewhere,
+                         unknown_elsewhere=unknown_elsewhere)
 
 
 PRIMARY_NODE2 = member("node2", role="primary")
@@ -175,6 +177,13 @@ TABLE = [
     ("failsafe_not_listed", cluster(failsafe=FailsafeList("node2", {"node3": "http://127.0.0.1:8009"})), local(),
      (), None),
     ("failsafe_promise_unknown", cluster(failsafe=FAILSAFE_NODE2), local(failsafe_fresh=True), (), None),
+    # another server still takes writes (its governor gone or frozen): no race, no switchover, the
+    # upstream kept; one that answers but cannot say counts as maybe a primary
+    ("race_other_primary_writable", cluster(), local(writable_elsewhere=("node2 (10.0.0.12:5432)",)), (), None),
+    ("race_other_primary_writable", cluster(switchover_to=ME), local(writable_elsewhere=("node2",)), (), None),
+    ("race_other_primary_unknown", cluster(), local(unknown_elsewhere=("node2",)), (), None),
+    ("primary_reacquire", cluster(), local(role="primary", writable_elsewhere=("node2",)),
+     (A.ACQUIRE_LOCK, A.ENSURE_SLOTS), None),
     ("race_pre_promote_vetoed", cluster(), local(pre_promote_vetoed=True), (A.FOLLOW,), None),
     ("race_pre_promote_vetoed", cluster(switchover_to=ME), local(pre_promote_vetoed=True), (A.FOLLOW,), None),
     ("race_not_eligible_nofailover", cluster(), local(nofailover=True), (A.FOLLOW,), None),
