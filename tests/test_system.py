@@ -106,6 +106,26 @@ def test_watchdog_kills_a_hung_governor_and_the_fence_stops_postgres(machine):
     assert "nothing to do" in m.journal("governor"), "the fence leaves a clean stop alone"
 
 
+def test_a_killed_governor_is_fenced_by_systemd_at_once(machine):
+    """SIGKILL of governor's main PID under systemd (there governor is one process, and systemd
+    keeps it and the postmaster apart): the ExecStopPost fence stops PostgreSQL at once, and
+    Restart=on-failure brings both back."""
+    m = machine
+    if m.run("systemctl", "is-active", "governor", check=False).stdout.strip() != "active":
+        m.run("systemctl", "start", "governor")
+    wait_until(lambda: postmaster_running(m), 30, "PostgreSQL to run")
+    pid = m.run("systemctl", "show", "-p", "MainPID", "--value", "governor").stdout.strip()
+    killed = time.monotonic()
+    m.run("kill", "-KILL", pid)
+    wait_until(lambda: not postmaster_running(m), 10, "the fence to stop PostgreSQL", interval=0.1)
+    fenced_after = time.monotonic() - killed
+    assert fenced_after < 5, f"PostgreSQL outlived the killed governor by {fenced_after:.1f}s"
+    print(f"\nsystemd: PostgreSQL stopped {fenced_after:.1f}s after governor was killed")
+    assert "fence: governor ended with signal" in m.journal("governor")
+    wait_until(lambda: m.run("systemctl", "is-active", "governor", check=False).stdout.strip() == "active"
+               and postmaster_running(m), 60, "governor to be restarted")
+
+
 def test_postgresql_as_the_distributions_systemd_unit(machine):
     """postgresql.systemd_unit: governor adopts Debian's cluster 15/main and runs it as
     postgresql@15-main through systemctl (allowed by the shipped polkit rule)."""
