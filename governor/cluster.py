@@ -159,6 +159,7 @@ class Cluster:
     paused: bool = False           # maintenance mode: no automatic action (governorctl pause)
     config: Dict[str, Any] = field(default_factory=dict)  # dynamic settings (governorctl edit-config)
     config_index: int = 0          # modification index of the `config` key; 0: no such key
+    ignored_settings: Tuple[str, ...] = ()  # in the `config` key, but only the files may set them: left out
     sync: Optional[SyncState] = None   # the leader's synchronous replication promise (`sync` key)
     problems: Tuple[str, ...] = ()     # keys that did not parse and were taken as unknown/absent
     leader_lsn_unreadable: bool = False  # optime/leader exists but does not parse: the position is unknown

@@ -338,7 +338,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         c.fail("metrics.listen", f"port {port} is PostgreSQL's (postgresql.listen)")
 
     callbacks = callbacks_mod.check(c)
-    standby_seed = standby.from_file(c)
+    standby_seed, standby_restore = standby.from_file(c)
     if c.problems:
         raise ConfigError(c.problems)
 
@@ -366,7 +366,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
             remove_data_directory_on_rewind_failure=remove_on_failure, member_slots_ttl=member_slots_ttl,
             permanent_slots=permanent_slots, logical_slots=logical_slots, systemd_unit=systemd_unit,
             config_dir=os.path.abspath(config_dir) if config_dir else None, archive=archive,
-            restore=restore),
+            restore=restore, standby_restore_command=standby_restore),
     )
 
 

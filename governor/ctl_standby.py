@@ -46,9 +46,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     dc.add_argument("--port", type=int, default=5432, help="default 5432")
     dc.add_argument("--primary-slot-name", metavar="SLOT",
                     help="a (permanent) slot on the primary cluster to stream through")
-    dc.add_argument("--restore-command", metavar="COMMAND",
-                    help="fetch WAL from the primary cluster's archive when streaming is not possible "
-                         "(e.g. pgbackrest --stanza=S archive-get %%f \"%%p\")")
+    dc.add_argument("--restore-command", metavar="COMMAND", help=argparse.SUPPRESS)   # refused: see below
     dc.add_argument("--force", action="store_true", help="do not ask")
     dc.add_argument("--wait", type=float, metavar="SECONDS", nargs="?", const=120.0,
                     help="until the leader runs as a standby of HOST:PORT (default 120 s)")
@@ -75,7 +73,11 @@ def demote_cluster(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
     if args.primary_slot_name:
         value["primary_slot_name"] = args.primary_slot_name
     if args.restore_command:
-        value["restore_command"] = args.restore_command
+        print("governorctl: refused, nothing written: --restore-command is gone: a restore_command runs a "
+              "program, so it never goes through etcd. Give each member of this cluster "
+              "standby_cluster.restore_command in its files (e.g. /etc/governor/local.yml), reload, then "
+              "demote without it", file=sys.stderr)
+        return 2
     problems = standby.problems(value)
     if problems:
         print("governorctl: refused, nothing written:\n  " + "\n  ".join(problems), file=sys.stderr)

@@ -13,8 +13,12 @@ in the files.
     failsafe_mode                          true: a leader keeps its primary through an etcd outage
                                            while every member vouches for it (failsafe.py)
     postgresql.parameters.<name>           PostgreSQL settings for every member
-    standby_cluster                        {host, port, primary_slot_name, restore_command}: this
-                                           cluster replicates another and has no primary (standby.py)
+    standby_cluster                        {host, port, primary_slot_name}: this cluster replicates
+                                           another and has no primary (standby.py)
+
+Settings that run a program, load code or choose where files are written (pgparams.FILE_ONLY,
+standby_cluster.restore_command) are never dynamic: validate() refuses them, and found in the
+`config` key in etcd they are left out (without_file_only) and the rest applies.
 """
 from __future__ import annotations
 
@@ -78,7 +82,10 @@ def validate(data: Any, base: Tuple[float, float, float] = DEFAULT_TIMING,
         fail("synchronous_mode_strict", f"expected true or false, got {_short(data['synchronous_mode_strict'])}")
     if "failsafe_mode" in data and not isinstance(data["failsafe_mode"], bool):
         fail("failsafe_mode", f"expected true or false, got {_short(data['failsafe_mode'])}")
-    if standby.KEY in data:
+    if isinstance(data.get(standby.KEY), dict) and "restore_command" in data[standby.KEY]:
+        fail(f"{standby.KEY}.restore_command", "runs a program: only each member's files may set it "
+                                               "(standby_cluster.restore_command), never etcd or the API")
+    elif standby.KEY in data:
         problems.extend(f"config: {problem}" for problem in standby.problems(data[standby.KEY]))
     count = data.get("synchronous_node_count", 1)
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 64:
@@ -100,7 +107,11 @@ def validate(data: Any, base: Tuple[float, float, float] = DEFAULT_TIMING,
         if value is None:
             continue      # a removal (JSON merge patch)
         problem = pgparams.check(name, value, catalogue)
-        if problem:
+        does = pgparams.file_only(name)
+        if does:
+            fail(key, f"{does}: only each member's files may set it (postgresql.parameters), never etcd or the "
+                      "API, so that nobody who can write there runs programs on the members")
+        elif problem:
             fail(key, problem)
         elif lower in MEMBER_PARAMETERS or lower == "synchronous_standby_names" and \
                 parse_sync_mode(data.get("synchronous_mode")) in ("on", "quorum"):
@@ -115,6 +126,28 @@ def validate(data: Any, base: Tuple[float, float, float] = DEFAULT_TIMING,
         elif data.get("failsafe_mode") is True and failsafe.timing_problem(ttl, loop_wait, retry):
             fail("failsafe_mode", failsafe.timing_problem(ttl, loop_wait, retry) or "")
     return problems
+
+
+def without_file_only(data: Any) -> Tuple[Any, List[str]]:
+    """The `config` key as read from etcd, without what only the files may set (settings that run
+    a program, load code or choose where files are written; standby_cluster.restore_command):
+    those are ignored, never applied, and named in the second value; the rest still applies."""
+    if not isinstance(data, dict):
+        return data, []
+    dropped: List[str] = []
+    out = dict(data)
+    pg = out.get("postgresql")
+    params = pg.get("parameters") if isinstance(pg, dict) else None
+    if isinstance(params, dict):
+        bad = [name for name in params if pgparams.file_only(name)]
+        if bad:
+            dropped.extend(f"postgresql.parameters.{_label(name)}" for name in bad)
+            out["postgresql"] = {**pg, "parameters": {k: v for k, v in params.items() if k not in bad}}
+    remote = out.get(standby.KEY)
+    if isinstance(remote, dict) and "restore_command" in remote:
+        dropped.append(f"{standby.KEY}.restore_command")
+        out[standby.KEY] = {k: v for k, v in remote.items() if k != "restore_command"}
+    return out, dropped
 
 
 def _short(value: Any, limit: int = 40) -> str:

@@ -146,6 +146,9 @@ class _StatusCollector:
             gauge("governor_streaming", "Replica: 1 when its WAL receiver streams", float(st.streaming)),
             gauge("governor_last_loop_timestamp_seconds", "Unix time the last HA loop completed",
                   st.loop_finished_wall or None),
+            gauge("governor_dynamic_settings_ignored", "Settings in the config key in etcd that only the files "
+                  "may set (they run a program, load code or choose where files are written): ignored",
+                  float(len(st.cluster.ignored_settings)) if st.cluster is not None else None),
             gauge("governor_members", "Members registered in etcd",
                   float(len(st.cluster.members)) if st.cluster is not None else None),
         ):

@@ -25,6 +25,29 @@ MAX_VALUE_LENGTH = 4096
 WAL_SEGMENT_MB = 16
 
 
+RUNS = "runs a program"
+LOADS = "loads code"
+WRITES = "chooses where the server writes files"
+# Settings with which the server runs a program, loads code or chooses where it writes files. They
+# come only from each member's own files (postgresql.parameters), never from etcd or the API:
+# whoever can write there would otherwise run programs as postgres on every member.
+FILE_ONLY: Dict[str, str] = {
+    "archive_command": RUNS, "restore_command": RUNS, "archive_cleanup_command": RUNS,
+    "recovery_end_command": RUNS, "ssl_passphrase_command": RUNS,
+    "archive_library": LOADS, "shared_preload_libraries": LOADS, "session_preload_libraries": LOADS,
+    "local_preload_libraries": LOADS, "dynamic_library_path": LOADS, "jit_provider": LOADS,
+    "oauth_validator_libraries": LOADS,
+    "plperl.on_init": RUNS, "plperl.on_plperl_init": RUNS, "plperl.on_plperlu_init": RUNS,
+    "pltcl.start_proc": RUNS, "pltclu.start_proc": RUNS, "plv8.start_proc": RUNS,
+    "log_directory": WRITES, "log_filename": WRITES, "external_pid_file": WRITES,
+}
+
+
+def file_only(name: Any) -> Optional[str]:
+    """What a setting that only the files may set does ("runs a program"), or None."""
+    return FILE_ONLY.get(name.lower()) if isinstance(name, str) else None
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str

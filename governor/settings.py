@@ -140,6 +140,8 @@ class PostgresConfig:
     config_dir: Optional[str] = None      # where the distribution keeps postgresql.conf (Debian: /etc/...)
     archive: ArchiveConfig = ArchiveConfig()   # postgresql.archive, postgresql.create_replica_methods
     restore: Optional[RestoreSource] = None    # postgresql.bootstrap: restore a backup instead of initdb
+    standby_restore_command: Optional[str] = None  # standby_cluster.restore_command: WAL from the primary
+    # cluster's archive while following it (only from the files: it runs a program)
 
     @property
     def slot_name(self) -> str:

@@ -12,8 +12,11 @@ pg_rewind against the remote and follows it).
       host: site-a-haproxy       # the primary cluster's address (a haproxy in front of it
       port: 5000                 # follows its failovers); required
       primary_slot_name: site_b  # optional: a (permanent) slot on the primary cluster
-      restore_command: ...       # optional: WAL from the primary cluster's archive when
-                                 # streaming is not possible
+
+A restore_command (WAL from the primary cluster's archive when streaming is not possible) runs a
+program, so it never comes from etcd: each member's files give it (`standby_cluster.restore_command`,
+postgresql.standby_restore_command once loaded), and it is written whenever the member follows
+the primary cluster.
 
 The decisions here are rows of ha.py's table (standby_*). Pure.
 """
@@ -28,25 +31,21 @@ from governor.hatypes import Action, Decision, LocalState
 
 KEY = "standby_cluster"
 DIVERGED_AFTER = 5.0    # seconds a standby leader goes without streaming before it asks the remote's timeline
-FIELDS = ("host", "port", "primary_slot_name", "restore_command")
+FIELDS = ("host", "port", "primary_slot_name")
+FILE_FIELDS = FIELDS + ("restore_command",)    # the files' section: restore_command only from there
 SLOT_RE = re.compile(r"[a-z0-9_]{1,63}")
 
 
 class Upstream(tuple):
-    """(host, port) of a server to stream from, with the slot to stream through (None: none) and
-    a restore_command to fetch WAL with when streaming is not possible. Indexes as (host, port)."""
+    """(host, port) of a server to stream from, with the slot to stream through (None: none): the
+    primary cluster, followed with the files' standby restore_command. Indexes as (host, port)."""
 
-    def __new__(cls, host: str, port: int, slot: Optional[str] = None,
-                restore_command: Optional[str] = None) -> Upstream:
-        return super().__new__(cls, (host, port, slot, restore_command))
+    def __new__(cls, host: str, port: int, slot: Optional[str] = None) -> Upstream:
+        return super().__new__(cls, (host, port, slot))
 
     @property
     def slot(self) -> Optional[str]:
         return self[2]
-
-    @property
-    def restore_command(self) -> Optional[str]:
-        return self[3]
 
 
 @dataclass(frozen=True)
@@ -54,22 +53,22 @@ class StandbyCluster:
     host: str
     port: int = 5432
     primary_slot_name: Optional[str] = None
-    restore_command: Optional[str] = None
 
     @property
     def upstream(self) -> Upstream:
-        return Upstream(self.host, self.port, self.primary_slot_name, self.restore_command)
+        return Upstream(self.host, self.port, self.primary_slot_name)
 
     def describe(self) -> str:
         return f"{self.host}:{self.port}"
 
 
-def problems(value: Any) -> List[str]:
-    """What is wrong with a `standby_cluster` value, as 'KEY: expected ...' (empty: valid)."""
+def problems(value: Any, fields: Tuple[str, ...] = FIELDS) -> List[str]:
+    """What is wrong with a `standby_cluster` value, as 'KEY: expected ...' (empty: valid);
+    `fields`: FILE_FIELDS for the files' section."""
     if not isinstance(value, dict):
         return [f"{KEY}: expected a mapping with host and port"]
-    out = [f"{KEY}.{str(k)[:40]}: not a setting (expected one of {', '.join(FIELDS)})"
-           for k in value if k not in FIELDS]
+    out = [f"{KEY}.{str(k)[:40]}: not a setting (expected one of {', '.join(fields)})"
+           for k in value if k not in fields]
     host = value.get("host")
     if not isinstance(host, str) or not HOST_RE.fullmatch(host):
         out.append(f"{KEY}.host: expected a host name or address of the primary cluster, got {_short(host)}")
@@ -91,8 +90,7 @@ def parse(value: Any) -> Optional[StandbyCluster]:
     if problems(value):
         return None
     return StandbyCluster(host=value["host"], port=value.get("port", 5432),
-                          primary_slot_name=value.get("primary_slot_name"),
-                          restore_command=value.get("restore_command"))
+                          primary_slot_name=value.get("primary_slot_name"))
 
 
 def of(cluster: Cluster) -> Tuple[bool, Optional[StandbyCluster]]:
@@ -111,16 +109,24 @@ def public(cluster: Optional[Cluster]) -> Optional[dict]:
     return {"valid": False} if parsed is None else {"valid": True, **parsed.__dict__}
 
 
-def from_file(checker: Any) -> Optional[dict]:
-    """The configuration file's `standby_cluster` section (checker.Checker), checked: it seeds the
-    dynamic setting when this member is the first of a new scope (reconfigure.seed_standby)."""
+def from_file(checker: Any) -> Tuple[Optional[dict], Optional[str]]:
+    """The configuration file's `standby_cluster` section (checker.Checker), checked, as (the seed
+    of the dynamic setting, written when this member is the first of a new scope
+    (reconfigure.seed_standby); the restore_command this member follows the primary cluster
+    with). A section with only restore_command seeds nothing (a cluster made a standby with
+    governorctl demote-cluster)."""
     value = checker.get(KEY)
     if value is None:
-        return None
-    for problem in problems(value):
+        return None, None
+    only_command = isinstance(value, dict) and set(value) == {"restore_command"}
+    for problem in problems({"host": "placeholder", **value} if only_command else value, FILE_FIELDS):
         key, _, message = problem.partition(": ")
         checker.fail(key, message)
-    return dict(value) if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        return None, None
+    command = value.get("restore_command")
+    seed = None if only_command else {k: v for k, v in value.items() if k != "restore_command"}
+    return seed, command if isinstance(command, str) else None
 
 
 def _short(value: Any) -> str:

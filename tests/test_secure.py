@@ -1,0 +1,75 @@
+"""Secure by default, on a running cluster (real etcd and PostgreSQL): nothing that arrives through
+the API or etcd makes a member run a program (issue 32)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests import harness
+from tests.harness import wait_until
+
+pytestmark = pytest.mark.integration
+
+RUNS_A_PROGRAM = ("archive_command", "restore_command", "archive_cleanup_command", "recovery_end_command",
+                  "ssl_passphrase_command", "archive_library", "shared_preload_libraries",
+                  "session_preload_libraries", "local_preload_libraries", "dynamic_library_path", "jit_provider",
+                  "log_directory", "log_filename", "external_pid_file")
+
+
+def patch_config(node: harness.Node, body: dict):
+    req = urllib.request.Request(f"http://127.0.0.1:{node.api_port}/config", data=json.dumps(body).encode(),
+                                 method="PATCH", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def metric(node: harness.Node, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    match = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else float("nan")
+
+
+def test_settings_that_run_a_program_come_neither_from_the_api_nor_from_etcd(make_cluster):
+    """With WAL archiving on (the files' archive command is `true`): PATCH /config with each such
+    setting is refused; the same values written straight into the `config` key are ignored (no
+    program runs when the archiver archives), while a harmless setting beside them applies."""
+    cluster = make_cluster("sec")
+    leader = cluster.add("node1", extra={"postgresql": {"archive": {"mode": "on", "command": "true"}}})
+    wait_until(lambda: leader.role() == "primary", 90, "the leader")
+    marker = os.path.join(leader.dir, "ran-a-program-from-etcd")
+    config_key = f"/service/{cluster.scope}/config"
+    before = cluster.etcd.get(config_key)
+    for name in RUNS_A_PROGRAM:
+        code, answer = patch_config(leader, {"postgresql": {"parameters": {name: f"touch {marker}"}}})
+        assert code == 400, (name, code, answer)
+        assert f"postgresql.parameters.{name}" in json.dumps(answer) and "files" in json.dumps(answer), answer
+    code, answer = patch_config(leader, {"standby_cluster": {"host": "site-a", "restore_command": f"touch {marker}"}})
+    assert code == 400 and "standby_cluster.restore_command" in json.dumps(answer), answer
+    assert cluster.etcd.get(config_key) == before, "a refused PATCH wrote something"
+
+    # Straight into etcd, as anyone with write access to a shared etcd could.
+    cluster.etcd.put(config_key, json.dumps({"postgresql": {"parameters": {
+        "archive_command": f"touch {marker}", "shared_preload_libraries": "/tmp/evil.so", "work_mem": "7MB"}}}))
+    wait_until(lambda: leader.sql("SHOW work_mem")[0][0] == "7MB", 20, "the harmless setting to apply")
+    assert leader.sql("SHOW archive_command")[0][0] == "true"
+    conf = open(os.path.join(leader.data_dir, "postgresql.conf")).read()
+    assert marker not in conf and "evil" not in conf
+    leader.sql("SELECT pg_switch_wal()")
+    leader.sql("CREATE TABLE t AS SELECT 1")
+    leader.sql("SELECT pg_switch_wal()")
+    wait_until(lambda: leader.sql("SELECT archived_count FROM pg_stat_archiver")[0][0] >= 1, 20, "the archiver")
+    time.sleep(1)
+    assert not os.path.exists(marker), "a command from etcd ran"
+    assert metric(leader, "governor_dynamic_settings_ignored") == 2
+    assert "postgresql.parameters.archive_command, postgresql.parameters.shared_preload_libraries: only each " \
+           "member's files may set these" in leader.log_text()
