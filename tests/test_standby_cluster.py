@@ -106,7 +106,7 @@ def test_a_standby_cluster_follows_survives_a_failover_and_takes_over_the_primar
     assert lead.api("/primary")[0] == 503, "haproxy must not send writes to a standby leader"
     status = lead.api("/status")[1]
     assert status["role"] == "replica" and status["standby_cluster"] == {
-        "valid": True, "host": "127.0.0.1", "port": proxy.rw_port, "primary_slot_name": None, "restore_command": None}
+        "valid": True, "host": "127.0.0.1", "port": proxy.rw_port, "primary_slot_name": None}
     listed = harness.governorctl(lead, "list")
     assert f"Standby cluster: follows the primary cluster at 127.0.0.1:{proxy.rw_port}" in listed.stdout
     assert "standby leader" in listed.stdout, listed.stdout
