@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Dict, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
+from governor import audit
 from governor.config import Config, RestApiConfig, parse_size
 from governor.status import NodeStatus
 
@@ -177,18 +178,25 @@ class ApiServer:
             self.httpd.shutdown()
             self.httpd.server_close()
 
-    def authorized(self, header: Optional[str]) -> bool:
-        if not self.cfg.username:
-            return True
-        if not header or not header.startswith("Basic "):
-            return False
+    def principal(self, header: Optional[str], certificate: Optional[dict]) -> Optional[str]:
+        """Who sends a control request: 'user NAME' (Basic credentials), 'certificate SUBJECT' (a
+        client certificate from restapi.cafile, with verify_client: required), 'anonymous' when
+        the API asks for no credentials; None when it asks for them and they are missing or wrong."""
+        if not self.cfg.authenticated:
+            return "anonymous"
+        if self.cfg.verify_client == "required" and certificate:
+            return "certificate " + _subject(certificate)
+        if not self.cfg.username or not header or not header.startswith("Basic "):
+            return None
         try:
             user, _, password = base64.b64decode(header[6:].encode("ascii"), validate=True).partition(b":")
         except (ValueError, UnicodeError):
-            return False
+            return None
         expected_password = (self.cfg.password or "").encode("utf-8")
-        return hmac.compare_digest(user, self.cfg.username.encode("utf-8")) & \
-            hmac.compare_digest(password, expected_password)
+        if hmac.compare_digest(user, self.cfg.username.encode("utf-8")) & \
+                hmac.compare_digest(password, expected_password):
+            return f"user {self.cfg.username}"
+        return None
 
     def config_view(self) -> dict:
         """The effective configuration without a single password."""
@@ -209,6 +217,17 @@ class ApiServer:
                            "recovery_conf": pg.recovery_conf},
             "tags": c.tags,
         }
+
+
+SHORT_NAMES = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
+               "localityName": "L", "stateOrProvinceName": "ST"}
+
+
+def _subject(certificate: dict) -> str:
+    """A client certificate's subject as 'CN=...,O=...' (from ssl.getpeercert())."""
+    parts = [f"{SHORT_NAMES.get(key, key)}={value}" for rdn in certificate.get("subject", ()) for key, value in rdn
+             if isinstance(key, str) and isinstance(value, str)]
+    return audit.summary(",".join(parts) or "?").strip('"')
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -263,7 +282,7 @@ class _Handler(BaseHTTPRequestHandler):
             if path == "/cluster":
                 return self._send(200, st.cluster_dict(), head_only)
             if path == "/config":
-                if not self.api.authorized(self.headers.get("Authorization")):
+                if self._principal() is None:
                     return self._unauthorized()
                 return self._send(200, self.api.config_view(), head_only)
         except BadRequest as exc:
@@ -299,6 +318,10 @@ class _Handler(BaseHTTPRequestHandler):
             return None, (400, "request body shorter than its Content-Length")
         return body, None
 
+    def _principal(self) -> Optional[str]:
+        certificate = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
+        return self.api.principal(self.headers.get("Authorization"), certificate)
+
     def _unauthorized(self) -> None:
         self.send_response(401)
         self.send_header("WWW-Authenticate", 'Basic realm="governor"')
@@ -316,7 +339,10 @@ class _Handler(BaseHTTPRequestHandler):
             known = path in HEALTH or path in ("/status", "/cluster", "/liveness") or any(
                 key.endswith(f" {path}") for key in self.api.controls)
             return self._send(405 if known else 404, {"error": f"{self.command} is not supported on {path}"})
-        if not self.api.authorized(self.headers.get("Authorization")):
+        who = self._principal()
+        if who is None:
+            audit.log.warning("api: %s %s from %s refused: no valid credentials", self.command, path[:100],
+                              self.client_address[0])
             return self._unauthorized()
         try:
             body = json.loads(raw or b"{}")
@@ -328,6 +354,7 @@ class _Handler(BaseHTTPRequestHandler):
             code, answer = handler(body)
         except RecursionError:
             code, answer = 400, {"error": "the JSON object is nested too deeply"}
+        audit.record(self.command, path, body, who, self.client_address[0], code, answer)
         return self._send(code, answer)
 
     def _guarded(self, method: Callable[[], None]) -> None:

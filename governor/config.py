@@ -10,9 +10,9 @@ import glob
 import os
 from typing import Dict, List, Optional, Tuple
 
+from governor import apiauth, pgparams, safe_yaml, standby, template_layout
 from governor import archive as archive_mod
 from governor import callbacks as callbacks_mod
-from governor import pgparams, safe_yaml, standby, template_layout
 from governor.checker import (  # noqa: F401 - parse_host_port and default_bin_dir are used through config
     Checker,
     bounded,
@@ -123,7 +123,8 @@ def read_raw(path: str) -> Tuple[dict, Dict[str, str]]:
 TOP_KEYS = ("loop_wait", "retry_timeout", "primary_start_timeout", "log_level", "log_format", "tags", "etcd",
             "postgresql", "restapi", "metrics", "synchronous_mode", "synchronous_mode_strict",
             "synchronous_node_count", "watchdog", "failsafe_mode", "callbacks", "standby_cluster")
-RESTAPI_KEYS = ("listen", "connect_address", "username", "password", "certfile", "keyfile", "cafile")
+RESTAPI_KEYS = ("listen", "connect_address", "username", "password", "certfile", "keyfile", "cafile", "verify_client",
+                "authentication")
 METRICS_KEYS = ("enabled", "listen")
 ETCD_KEYS = ("scope", "ttl", "host", "protocol", "cacert", "cert", "key", "username", "password", "api")
 PG_KEYS = ("name", "listen", "connect_address", "data_dir", "bin_dir", "maximum_lag_on_failover",
@@ -464,8 +465,15 @@ def _restapi(c: Checker, pg_listen_host: str, pg_connect_host: str) -> RestApiCo
     files = _existing_files(c, "restapi", ("certfile", "keyfile", "cafile"))
     if files["keyfile"] and not files["certfile"]:
         c.fail("restapi.keyfile", "set restapi.certfile too")
+    verify = c.value("restapi.verify_client", "str", "none")
+    if verify not in ("none", "required"):
+        c.fail("restapi.verify_client", f"expected none or required, got {verify!r}")
+    elif verify == "required" and not (files["certfile"] and files["cafile"]):
+        c.fail("restapi.verify_client", "required needs restapi.certfile and keyfile (TLS) and restapi.cafile (the CA "
+                                        "that signed the clients' certificates)")
+    apiauth.check(c, _address(host, port), _is_loopback(host), bool(user) or verify == "required")
     return RestApiConfig(listen_host=host, port=port, connect_host=connect_host, username=user,
-                         password=password, **files)
+                         password=password, verify_client=verify, **files)
 
 
 def _metrics(c: Checker, pg_listen_host: str) -> MetricsConfig:

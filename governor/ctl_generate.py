@@ -18,6 +18,7 @@ from governor import config as config_mod
 from governor.checker import parse_host_port
 from governor.ctl_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
+API_USER = "governor"
 HEADER = """\
 # Written by `governorctl generate-config` for member {name} of cluster {scope}.
 # It holds passwords: keep it mode 0640, owner root, group postgres. Every host of the cluster
@@ -55,14 +56,21 @@ def _network(address: str) -> Optional[str]:
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
+SECRETS = {"replication": "postgresql.replication.password", "superuser": "postgresql.superuser.password",
+           "restapi": "restapi.password"}
+
+
 def _passwords(path: Optional[str]) -> Dict[str, str]:
+    """The cluster's passwords: new ones, or those of the first host's file (every member needs the
+    same: replicas log in to the leader, members and governorctl call each other's APIs)."""
     if not path:
-        return {"replication": secrets.token_urlsafe(24), "superuser": secrets.token_urlsafe(24)}
+        return {**{key: secrets.token_urlsafe(24) for key in SECRETS}, "restapi_user": API_USER}
     cfg = config_mod.load(path)
-    found = {"replication": cfg.postgresql.replication.password, "superuser": cfg.postgresql.superuser.password}
-    missing = [k for k, v in found.items() if not v]
+    found = {"replication": cfg.postgresql.replication.password, "superuser": cfg.postgresql.superuser.password,
+             "restapi": cfg.restapi.password, "restapi_user": cfg.restapi.username}
+    missing = [k for k in SECRETS if not found[k]]
     if missing:
-        raise config_mod.ConfigError([f"{path}: no postgresql.{missing[0]}.password to take over"])
+        raise config_mod.ConfigError([f"{path}: no {SECRETS[missing[0]]} to take over"])
     return found  # type: ignore[return-value]
 
 
@@ -88,6 +96,9 @@ def build(args: argparse.Namespace) -> dict:
             "replication": {"network": network, "password": passwords["replication"]},
             "superuser": {"password": passwords["superuser"]},
         },
+        # The API listens beyond this host: control requests need these (governorctl and the other
+        # members read them from this file).
+        "restapi": {"username": passwords["restapi_user"], "password": passwords["restapi"]},
     }
 
 

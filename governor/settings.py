@@ -164,6 +164,12 @@ class RestApiConfig:
     certfile: Optional[str] = None
     keyfile: Optional[str] = None
     cafile: Optional[str] = None
+    verify_client: str = "none"     # required: control requests need a client certificate from cafile
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether control requests need credentials (Basic, or a client certificate)."""
+        return bool(self.username) or self.verify_client == "required"
 
     @property
     def api_url(self) -> str:

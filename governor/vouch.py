@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 from governor import failsafe
 from governor.dcs.keys import valid_member_name
+from governor.settings import RestApiConfig
 
 if TYPE_CHECKING:
     from governor.cluster import Cluster
@@ -84,7 +85,7 @@ def ask_members(g: Governor) -> Optional[float]:
     if g.config.restapi.username:
         token = f"{g.config.restapi.username}:{g.config.restapi.password or ''}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
-    refused = _round(listed.members, body, headers, g.config.restapi.cafile, times[0], g.name)
+    refused = _round(listed.members, body, headers, client_tls(g.config.restapi), times[0], g.name)
     if refused:
         g.once("failsafe-round", f"failsafe: not every member vouched for this primary ({'; '.join(refused)})",
                logging.WARNING)
@@ -93,14 +94,23 @@ def ask_members(g: Governor) -> Optional[float]:
     return sent
 
 
-def _round(members: Dict[str, str], body: bytes, headers: Dict[str, str], cafile: Optional[str],
+def client_tls(api: RestApiConfig) -> ssl.SSLContext:
+    """How a member calls another's API over TLS: verifying it against restapi.cafile (the system's
+    CAs without one), presenting its own certificate where control needs one (verify_client)."""
+    context = ssl.create_default_context(cafile=api.cafile)
+    if api.verify_client == "required" and api.certfile:
+        context.load_cert_chain(api.certfile, api.keyfile)
+    return context
+
+
+def _round(members: Dict[str, str], body: bytes, headers: Dict[str, str], tls: ssl.SSLContext,
            timeout: float, leader: str) -> list:
     """Who did not vouch, with why; every request within `timeout` in all."""
     if not members:
         return []
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(members)))
     try:
-        futures = {pool.submit(_vouches, url, body, headers, cafile, timeout, name, leader): name
+        futures = {pool.submit(_vouches, url, body, headers, tls, timeout, name, leader): name
                    for name, url in members.items()}
         done, late = concurrent.futures.wait(futures, timeout=timeout)
         refused = [f"{futures[f]}: no answer within {timeout:g}s" for f in late]
@@ -110,10 +120,10 @@ def _round(members: Dict[str, str], body: bytes, headers: Dict[str, str], cafile
         pool.shutdown(wait=False)
 
 
-def _vouches(url: str, body: bytes, headers: Dict[str, str], cafile: Optional[str], timeout: float, name: str,
+def _vouches(url: str, body: bytes, headers: Dict[str, str], tls: ssl.SSLContext, timeout: float, name: str,
              leader: str) -> Optional[str]:
     """None when member `name` vouched for `leader`; otherwise why not."""
-    context = ssl.create_default_context(cafile=cafile) if url.startswith("https") else None
+    context = tls if url.startswith("https") else None
     request = urllib.request.Request(f"{url}/failsafe", data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:

@@ -28,6 +28,9 @@ def minimal(tmp_path) -> dict:
     }
 
 
+API_CREDENTIALS = {"username": "governor", "password": "api-Secret-3"}
+
+
 def problems(path) -> list:
     with pytest.raises(config.ConfigError) as info:
         config.load(path)
@@ -76,7 +79,7 @@ def test_directory_merges_files_in_name_order(tmp_path):
     base = minimal(tmp_path)
     write(tmp_path / "00-base.yml", base)
     write(tmp_path / "10-node.yml", {"postgresql": {"name": "node2", "listen": "10.0.0.7:5433"},
-                                      "etcd": {"host": ["10.0.0.1:2379", "10.0.0.2"]}})
+                                      "etcd": {"host": ["10.0.0.1:2379", "10.0.0.2"]}, "restapi": API_CREDENTIALS})
     write(tmp_path / "notes.txt", "ignored: [")
     cfg = config.load(str(tmp_path))
     assert cfg.postgresql.name == "node2"
@@ -131,6 +134,7 @@ def test_problem_names_the_file_that_set_the_key(tmp_path):
 def test_wildcard_listen_needs_connect_address(tmp_path):
     raw = minimal(tmp_path)
     raw["postgresql"]["listen"] = "0.0.0.0:5432"
+    raw["restapi"] = API_CREDENTIALS
     found = problems(write(tmp_path / "g.yml", raw))
     assert len(found) == 1 and "postgresql.connect_address: required when postgresql.listen is a wildcard" in found[0]
     raw["postgresql"]["connect_address"] = "10.0.0.5:5432"
@@ -151,6 +155,7 @@ def test_api_and_exporter_listen_where_postgresql_does_by_default(tmp_path, list
     their peers can reach, not 127.0.0.1 (which made a member ask itself during the race)."""
     raw = minimal(tmp_path)
     raw["postgresql"]["listen"] = listen
+    raw["restapi"] = API_CREDENTIALS
     if connect:
         raw["postgresql"]["connect_address"] = connect
     cfg = config.load(write(tmp_path / "g.yml", raw))
@@ -166,7 +171,7 @@ def test_an_api_only_on_loopback_of_a_member_reached_elsewhere_is_refused(tmp_pa
     raw["restapi"] = {"listen": "127.0.0.1:8008"}
     found = problems(write(tmp_path / "g.yml", raw))
     assert len(found) == 1 and "restapi.listen" in found[0] and "10.0.0.5" in found[0] and "loopback" in found[0]
-    raw["restapi"] = {"listen": "0.0.0.0:8008", "connect_address": "localhost:8008"}
+    raw["restapi"] = {"listen": "0.0.0.0:8008", "connect_address": "localhost:8008", **API_CREDENTIALS}
     found = problems(write(tmp_path / "g.yml", raw))
     assert len(found) == 1 and "restapi.connect_address" in found[0]
 
@@ -174,6 +179,7 @@ def test_an_api_only_on_loopback_of_a_member_reached_elsewhere_is_refused(tmp_pa
 def test_a_loopback_postgresql_address_with_etcd_on_another_host_is_refused(tmp_path):
     raw = minimal(tmp_path)
     raw["etcd"]["host"] = ["10.0.0.1:2379", "10.0.0.2:2379"]
+    raw["restapi"] = API_CREDENTIALS
     found = problems(write(tmp_path / "g.yml", raw))
     assert len(found) == 1 and "postgresql.listen" in found[0] and "10.0.0.1" in found[0]
     raw["postgresql"].update(listen="0.0.0.0:5432", connect_address="127.0.0.1:5432")
@@ -181,6 +187,31 @@ def test_a_loopback_postgresql_address_with_etcd_on_another_host_is_refused(tmp_
     assert len(found) == 1 and "postgresql.connect_address" in found[0]
     raw["postgresql"]["connect_address"] = "10.0.0.5:5432"
     assert config.load(write(tmp_path / "g.yml", raw)).restapi.api_url == "http://10.0.0.5:8008"
+
+
+def test_an_api_beyond_loopback_needs_credentials_unless_the_files_say_otherwise(tmp_path):
+    """Control requests (switchover, restart, PATCH /config) from the network need credentials."""
+    raw = minimal(tmp_path)
+    raw["postgresql"].update(listen="0.0.0.0:5432", connect_address="10.0.0.5:5432")
+    found = problems(write(tmp_path / "g.yml", raw))
+    assert len(found) == 1 and found[0].startswith(f"{tmp_path / 'g.yml'}: restapi.listen: the API listens on "
+                                                   "0.0.0.0:8008, beyond this host"), found
+    assert "restapi.username and restapi.password" in found[0] and "restapi.authentication: none" in found[0]
+    raw["restapi"] = {"authentication": "none"}
+    cfg = config.load(write(tmp_path / "g.yml", raw))
+    assert not cfg.restapi.authenticated
+    assert any("restapi.authentication: none: anyone who reaches 0.0.0.0:8008 may switch over" in w
+               for w in cfg.warnings)
+    raw["restapi"] = {"authentication": "none", **API_CREDENTIALS}
+    assert "none contradicts" in problems(write(tmp_path / "g.yml", raw))[0]
+    raw["restapi"] = {"authentication": "off"}
+    assert "restapi.authentication: expected none" in problems(write(tmp_path / "g.yml", raw))[0]
+    raw["restapi"] = {"verify_client": "required"}
+    assert "restapi.verify_client: required needs restapi.certfile" in "".join(problems(write(tmp_path / "g.yml", raw)))
+    raw["restapi"] = dict(API_CREDENTIALS)
+    assert config.load(write(tmp_path / "g.yml", raw)).restapi.authenticated
+    on_loopback = config.load(write(tmp_path / "l.yml", minimal(tmp_path)))   # the 2015 template's layout
+    assert not on_loopback.restapi.authenticated and not on_loopback.warnings
 
 
 def test_missing_required_keys(tmp_path):

@@ -36,6 +36,8 @@ def test_three_hosts_get_valid_files_with_one_set_of_passwords(tmp_path):
         assert got.postgresql.name == name
         assert got.postgresql.replication.password == cfg.postgresql.replication.password
         assert got.postgresql.superuser.password == cfg.postgresql.superuser.password
+        assert (got.restapi.username, got.restapi.password) == (cfg.restapi.username, cfg.restapi.password)
+        assert got.restapi.authenticated, "control over the network needs the API credentials"
     fresh_code, fresh = generate(tmp_path, "db9", "10.0.0.19")
     assert config.load(str(fresh)).postgresql.replication.password != cfg.postgresql.replication.password
 
@@ -57,3 +59,13 @@ def test_an_existing_file_is_kept_unless_forced(tmp_path):
     assert generate(tmp_path, "db1", "10.0.0.11", "--force")[0] == 0
     assert yaml.safe_load(out.read_text())["postgresql"]["replication"]["password"] != \
         yaml.safe_load(before)["postgresql"]["replication"]["password"]
+
+
+def test_a_first_host_file_without_api_credentials_cannot_seed_the_others(tmp_path, capsys):
+    """A file from before the API needed credentials: its members could not call each other."""
+    code, first = generate(tmp_path, "db1", "10.0.0.11")
+    data = yaml.safe_load(first.read_text())
+    data["restapi"] = {"authentication": "none"}
+    first.write_text(yaml.safe_dump(data))
+    assert generate(tmp_path, "db2", "10.0.0.12", "--passwords-from", str(first))[0] == 2
+    assert "no restapi.password to take over" in capsys.readouterr().err
