@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -238,22 +239,33 @@ class Etcd:
         self.port = free_port()
         self.peer_port = free_port()
         self.proc: Optional[subprocess.Popen] = None
+        # Clients over TLS: (certificate, key, CA file, whether clients need a certificate from the CA)
+        self.tls: Optional[Tuple[str, str, str, bool]] = None
 
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
     def start(self) -> Etcd:
         os.makedirs(self.dir, exist_ok=True)
-        url, peer = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.peer_port}"
-        listen = f"http://0.0.0.0:{self.port}" if self.listen_all else url
+        url, peer = f"{self.scheme}://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.peer_port}"
+        listen = f"{self.scheme}://0.0.0.0:{self.port}" if self.listen_all else url
+        tls = []
+        if self.tls:
+            cert, key, ca, client_cert_auth = self.tls
+            tls = ["--cert-file", cert, "--key-file", key,
+                   *(["--trusted-ca-file", ca, "--client-cert-auth"] if client_cert_auth else [])]
         self.log = open(os.path.join(self.dir, "etcd.log"), "ab")
         self.proc = subprocess.Popen(
             [self.binary, "--name", "test", "--data-dir", os.path.join(self.dir, "data"),
              *(["--enable-v2=true"] if self.binary == "etcd" else []),
              "--listen-client-urls", listen, "--advertise-client-urls", url,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"test={peer}"],
+             "--initial-cluster", f"test={peer}", *tls],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         _processes.append(self.proc)
         wait_until(self.healthy, 30, "etcd to answer")
@@ -264,7 +276,13 @@ class Etcd:
         return self.start()
 
     def healthy(self) -> bool:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1) as resp:
+        context = None
+        if self.tls:     # whether it answers, not whom it answers as: the tests check that
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            context.load_cert_chain(self.tls[0], self.tls[1])
+        with urllib.request.urlopen(f"{self.scheme}://127.0.0.1:{self.port}/health", timeout=1,
+                                    context=context) as resp:
             return json.load(resp).get("health") == "true"
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

@@ -6,6 +6,7 @@ raises DCSError when the store cannot be reached within the retry budget.
 from __future__ import annotations
 
 import abc
+import re
 import threading
 from typing import Optional
 
@@ -17,10 +18,18 @@ class DCSError(Exception):
     """The store could not be reached or answered with an error."""
 
 
+TLS_REFUSAL = re.compile(r"certificate verify failed: [^()'\"]*|CERTIFICATE_VERIFY_FAILED[^()'\"]*")
+
+
 def short_error(exc: BaseException) -> str:
-    """The first line of an exception, at most 200 characters, for log lines and DCSError."""
+    """The first line of an exception, at most 200 characters, for log lines and DCSError; a TLS
+    certificate refusal buried deeper in a wrapped error is named first."""
     text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
+    first = text.splitlines()[0][:200]
+    refusal = TLS_REFUSAL.search(text)
+    if refusal and refusal.group(0) not in first:
+        return f"TLS: {refusal.group(0).strip()} (check etcd.cacert): {first[:120]}"
+    return first
 
 
 class DCS(abc.ABC):

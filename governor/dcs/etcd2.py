@@ -22,6 +22,22 @@ from governor.sync import SyncState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def _standard_tls() -> None:
+    """python-etcd, when imported, switches every urllib3 connection of the process (the v3
+    adapter's too) to pyOpenSSL, for SNI on Pythons that lacked it. Through pyOpenSSL, checking
+    an etcd certificate's host names needs the idna module, which nothing installs: TLS to etcd
+    then fails with ModuleNotFoundError. The standard ssl module does SNI and hostname checks
+    itself: switch back to it."""
+    try:
+        from urllib3.contrib import pyopenssl
+    except ImportError:
+        return
+    pyopenssl.extract_from_urllib3()
+
+
+_standard_tls()
 # A switchover request not carried out within this time expires by itself.
 SWITCHOVER_TTL = 60
 WATCH_SPAN = 30.0     # seconds one waitIndex request may wait (the loop reads at least that often)

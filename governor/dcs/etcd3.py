@@ -65,8 +65,8 @@ class Etcd3(DCS):
         self.request_timeout = max(1.0, min(retry_timeout / 2.0, 5.0))
         kw: Dict[str, Any] = {"retries": False, "maxsize": 2}
         if cfg.protocol == "https":
-            kw.update(cert_reqs="CERT_REQUIRED" if cfg.cacert else "CERT_NONE", ca_certs=cfg.cacert,
-                      cert_file=cfg.cert, key_file=cfg.key)
+            # Always verified: against etcd.cacert, or the system's CAs without one.
+            kw.update(cert_reqs="CERT_REQUIRED", ca_certs=cfg.cacert, cert_file=cfg.cert, key_file=cfg.key)
         self.http = urllib3.PoolManager(**kw)
         self._current = 0
         self._gateway: Optional[str] = None
@@ -342,10 +342,7 @@ class Etcd3(DCS):
     def _stream_connection(self, host: str, port: int, timeout: float) -> http.client.HTTPConnection:
         if self.cfg.protocol != "https":
             return http.client.HTTPConnection(host, port, timeout=timeout)
-        context = ssl.create_default_context(cafile=self.cfg.cacert)
-        if not self.cfg.cacert:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+        context = ssl.create_default_context(cafile=self.cfg.cacert)   # verified, as the requests are
         if self.cfg.cert:
             context.load_cert_chain(self.cfg.cert, self.cfg.key)
         return http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
