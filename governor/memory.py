@@ -28,6 +28,7 @@ class NodeMemory:
     holds_lock: bool = False
     lock_deadline: Optional[float] = None       # monotonic expiry of the lock as we last set it
     dcs_failed: bool = False                     # an etcd call failed in the current (or last) pass
+    dcs_error: Optional[str] = None              # why the last read of etcd failed (/status)
     rewind_pending: bool = False                 # this data directory ran as a primary since it last followed
     rewind_failed: bool = False
     bootstrap_failures: int = 0                  # in a row; decide() stops after ha.BOOTSTRAP_ATTEMPTS

@@ -126,6 +126,8 @@ class _StatusCollector:
             gauge("governor_postgres_up", "1 when PostgreSQL answers queries",
                   float(st.running and st.role in ("primary", "replica"))),
             gauge("governor_dcs_reachable", "1 when etcd answered in the last loop", float(st.dcs_reachable)),
+            gauge("governor_etcd_endpoints_split", "1 while this member's etcd endpoints belong to different etcd "
+                  "clusters: it acts on neither", float(st.etcd_split)),
             gauge("governor_paused", "1 while automatic actions are paused", float(st.paused)),
             gauge("governor_standby_cluster", "1 while this cluster is a standby cluster (standby_cluster set): "
                   "it has no primary", float(standby.KEY in st.cluster.config) if st.cluster is not None else None),

@@ -36,8 +36,10 @@ def observe_dcs(g: Governor) -> Optional[Cluster]:
     try:
         cluster = g.dcs.get_cluster()
     except DCSError as exc:
-        g.once("dcs", str(exc), logging.WARNING)
+        g.mem.dcs_error = str(exc)
+        g.once("dcs", str(exc), logging.ERROR if "different etcd clusters" in str(exc) else logging.WARNING)
         return None
+    g.mem.dcs_error = None
     g.once("dcs", f"etcd reachable ({g.dcs.describe()})")
     g.once("dcs-values", "values in etcd that do not parse, taken as unknown: " + "; ".join(cluster.problems)
            if cluster.problems else None, logging.WARNING)

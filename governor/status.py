@@ -64,6 +64,8 @@ class NodeStatus:
     lock_deadline: Optional[float] = None  # monotonic time the lock expires, as this node knows it
     leader: Optional[str] = None
     dcs_reachable: bool = False
+    dcs_error: Optional[str] = None     # why etcd could not be used in the last loop
+    etcd_split: bool = False            # its etcd endpoints belong to different etcd clusters
     tags: Dict[str, Any] = field(default_factory=dict)
     decision: str = ""
     message: str = ""
@@ -136,6 +138,7 @@ class NodeStatus:
             "lock_expires_in": round(self.lock_deadline - now, 3) if self.holds_lock and self.lock_deadline else None,
             "lag_bytes": self.lag_bytes() if self.role == "replica" else None,
             "dcs_reachable": self.dcs_reachable,
+            "dcs_error": self.dcs_error,
             "tags": self.tags,
             "decision": self.decision,
             "message": self.message,

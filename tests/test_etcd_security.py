@@ -6,6 +6,7 @@ import itertools
 import os
 import ssl
 import time
+import urllib.request
 
 import pytest
 
@@ -83,3 +84,62 @@ def test_a_client_certificate_authenticates_to_etcd_with_client_cert_auth(base_d
         assert member.get_cluster().leader.name == "node-a"
     finally:
         server.stop()
+
+
+def test_the_cluster_id_rule():
+    from governor.dcs.onecluster import OneCluster, Split
+    one = OneCluster(interval=3600)
+    one.record(("a", 1), {"header": {"cluster_id": "11"}})
+    one.record(("b", 1), {"header": {"cluster_id": "11"}})
+    one.record(("c", 1), {"header": {"cluster_id": 12.5}})      # not an id: ignored
+    with pytest.raises(Split, match="a:1 is cluster 11; b:1 is cluster 11; c:1 is cluster 13"):
+        one.record(("c", 1), {"header": {"cluster_id": "13"}})
+    asked = []
+    with pytest.raises(Split):          # while split, every sweep asks again ...
+        one.sweep((("a", 1), ("c", 1)), lambda e: asked.append(e) or {"header": {"cluster_id": "13"}})
+    assert asked == [("a", 1), ("c", 1)]
+    one.sweep((("b", 1),), lambda e: {"header": {"cluster_id": "13"}})   # ... and clears once they agree
+    assert one.split is None
+
+
+@pytest.fixture
+def two_etcds(base_dir):
+    """Two independent one-member etcds, as `apt install etcd-server` on two hosts leaves them."""
+    servers = [harness.Etcd(os.path.join(base_dir, f"etcd-split-{next(_n)}")).start() for _ in range(2)]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def test_endpoints_of_two_etcd_clusters_are_refused_for_every_operation(two_etcds):
+    a, b = two_etcds
+    scope = f"split{next(_n)}-{time.monotonic_ns()}"
+    dcs = make(EtcdConfig(scope=scope, ttl=10, hosts=(("127.0.0.1", a.port), ("127.0.0.1", b.port)), api=3),
+               retry_timeout=2)
+    with pytest.raises(DCSError, match="etcd endpoints of different etcd clusters: 127.0.0.1:"):
+        dcs.get_cluster()
+    with pytest.raises(DCSError, match="different etcd clusters"):
+        dcs.acquire_leader("node-a")
+    alone = make(EtcdConfig(scope=scope, ttl=10, hosts=(("127.0.0.1", a.port),), api=3), retry_timeout=2)
+    assert alone.get_cluster().leader is None
+
+
+def test_members_given_two_etcd_clusters_bootstrap_nothing_and_say_why(two_etcds, make_cluster):
+    """Two members listing the two etcds in different orders: each would take its own lock (two
+    primaries); instead neither acts, and both say why."""
+    a, b = two_etcds
+    cluster = make_cluster("split")
+    hosts = [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
+    for name, order in (("node1", hosts), ("node2", hosts[::-1])):
+        cluster.add(name, extra={"etcd": {"host": order}})
+    harness.wait_until(lambda: all("different etcd clusters" in n.log_text() for n in cluster.nodes.values()), 30,
+                       "both members to notice")
+    time.sleep(5)
+    for node in cluster.nodes.values():
+        assert not os.path.exists(os.path.join(node.data_dir, "PG_VERSION")), f"{node.name} bootstrapped"
+        status = node.api("/status")[1]
+        assert status["dcs_reachable"] is False and "different etcd clusters" in status["dcs_error"], status
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=5) as resp:
+            assert "governor_etcd_endpoints_split 1.0" in resp.read().decode()
+    listed = harness.governorctl(cluster.nodes["node1"], "list")
+    assert listed.returncode != 0 and "different etcd clusters" in listed.stderr, listed.stdout + listed.stderr

@@ -8,8 +8,8 @@ keys vanish when the lease expires. The lock is taken by a transaction on
 node writes can be overwritten or removed by these.
 
 etcd 3.4 serves the gateway at /v3/, 3.3 at /v3beta/, 3.2 at /v3alpha/: the first that answers
-is used. Keys and values travel base64-encoded, 64-bit integers as strings.
-"""
+is used. Keys and values travel base64-encoded, 64-bit integers as strings. Every answer's
+cluster id is checked against the other endpoints' (onecluster.py)."""
 from __future__ import annotations
 
 import http.client
@@ -18,7 +18,7 @@ import logging
 import ssl
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple, TypeVar
+from typing import Any, Dict, List, Optional, Tuple
 
 import urllib3
 
@@ -26,6 +26,7 @@ from governor.cluster import Cluster
 from governor.config import EtcdConfig
 from governor.dcs import DCS, DCSError, short_error
 from governor.dcs.keys import build_cluster, history_list
+from governor.dcs.onecluster import OneCluster, Split
 from governor.dcs.v2probe import refuse_scope_in_v2
 from governor.dcs.v3cache import Item, KeyCache, WatchStream, parse_kv
 from governor.dcs.v3json import (
@@ -43,7 +44,6 @@ from governor.dcs.v3json import (
 from governor.sync import SyncState
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 SWITCHOVER_TTL = 60
 GATEWAY_PREFIXES = ("/v3", "/v3beta", "/v3alpha")
 WRITE_PATHS = ("/kv/txn", "/kv/put", "/kv/deleterange")
@@ -86,6 +86,7 @@ class Etcd3(DCS):
         self._member_written: Optional[Tuple[str, str, str]] = None   # (name, value, lease) last put
         self.duplicate_owner: Optional[str] = None   # another lease that wrote our member key
         self._v2_ruled_out = cfg.api == 3             # etcd.api set: no look at the v2 keyspace
+        self.clusters = OneCluster()                  # every endpoint one etcd cluster (onecluster.py)
 
     def describe(self) -> str:
         hosts = ", ".join(f"{h}:{p}" for h, p in self.cfg.hosts)
@@ -119,6 +120,10 @@ class Etcd3(DCS):
             if resp.status == 503 or "no leader" in str(message):
                 raise Unreachable(str(message))
             raise Refused(str(message))
+        try:
+            self.clusters.record(endpoint, data)
+        except Split as exc:
+            raise Refused(str(exc)) from exc
         return data
 
     def _detect_gateway(self, endpoint: Tuple[str, int], timeout: float) -> None:
@@ -260,6 +265,7 @@ class Etcd3(DCS):
         """The scope as etcd holds it now. With a lease and a live watch this is the keepalive
         alone: its answer carries etcd's current revision, and a cache that has every change up
         to it is what a read would return. Otherwise (or when the cache lags) a range read."""
+        self.clusters.sweep(self.cfg.hosts, lambda e: self._raw_post(e, "/maintenance/status", {}, 2.0))
         revision = (self._keepalive() or 0) if self._lease is not None else 0
         cached = self._current_cache(revision)
         if cached is not None:
