@@ -10,7 +10,7 @@ import glob
 import os
 from typing import Dict, List, Optional, Tuple
 
-from governor import apiauth, pgparams, safe_yaml, standby, template_layout
+from governor import apiauth, passwords, pgparams, safe_yaml, standby, template_layout
 from governor import archive as archive_mod
 from governor import callbacks as callbacks_mod
 from governor.checker import (  # noqa: F401 - parse_host_port and default_bin_dir are used through config
@@ -123,10 +123,11 @@ def read_raw(path: str) -> Tuple[dict, Dict[str, str]]:
 TOP_KEYS = ("loop_wait", "retry_timeout", "primary_start_timeout", "log_level", "log_format", "tags", "etcd",
             "postgresql", "restapi", "metrics", "synchronous_mode", "synchronous_mode_strict",
             "synchronous_node_count", "watchdog", "failsafe_mode", "callbacks", "standby_cluster")
-RESTAPI_KEYS = ("listen", "connect_address", "username", "password", "certfile", "keyfile", "cafile", "verify_client",
-                "authentication")
+RESTAPI_KEYS = ("listen", "connect_address", "username", "password", "password_file", "certfile", "keyfile", "cafile",
+                "verify_client", "authentication")
 METRICS_KEYS = ("enabled", "listen")
-ETCD_KEYS = ("scope", "ttl", "host", "protocol", "cacert", "cert", "key", "username", "password", "api")
+ETCD_KEYS = ("scope", "ttl", "host", "protocol", "cacert", "cert", "key", "username", "password", "password_file",
+             "api")
 PG_KEYS = ("name", "listen", "connect_address", "data_dir", "bin_dir", "maximum_lag_on_failover",
            "replication", "superuser", "recovery_conf", "parameters", "initdb", "pg_hba", "pgpass",
            "log_file", "start_timeout", "use_pg_rewind", "remove_data_directory_on_rewind_failure",
@@ -250,15 +251,15 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
                       check=lambda v: None if v <= SIZE_MAX else f"expected at most {SIZE_MAX} bytes")
 
     repl = c.section("postgresql.replication")
-    c.unknown("postgresql.replication", repl, ("username", "password", "network"))
+    c.unknown("postgresql.replication", repl, ("username", "password", "password_file", "network"))
     repl_user = c.value("postgresql.replication.username", "str", "replicator", check=name_check)
-    repl_password = c.value("postgresql.replication.password", "str", required=True, check=secret_check)
+    repl_password = passwords.read(c, "postgresql.replication.password", required=True)
     repl_network = c.value("postgresql.replication.network", "str", "127.0.0.1/32", check=network_check)
 
     su = c.section("postgresql.superuser")
-    c.unknown("postgresql.superuser", su, ("username", "password"))
+    c.unknown("postgresql.superuser", su, ("username", "password", "password_file"))
     su_user = c.value("postgresql.superuser.username", "str", "postgres", check=name_check)
-    su_password = c.value("postgresql.superuser.password", "str", check=secret_check)
+    su_password = passwords.read(c, "postgresql.superuser.password")
     if su_user and repl_user and su_user == repl_user:
         c.fail("postgresql.replication.username", "must differ from postgresql.superuser.username")
 
@@ -406,7 +407,7 @@ def _path_check(v: str) -> Optional[str]:
 
 def _user_and_password(c: Checker, section: str) -> Tuple[Optional[str], Optional[str]]:
     user = c.value(f"{section}.username", "str", check=secret_check)
-    password = c.value(f"{section}.password", "str", check=secret_check)
+    password = passwords.read(c, f"{section}.password")
     if bool(user) != bool(password):
         c.fail(f"{section}.username" if password else f"{section}.password",
                f"{section}.username and {section}.password must be given together")

@@ -232,7 +232,7 @@ def test_hostile_files_requests_and_etcd_values_change_nothing(make_cluster):
 def test_garbage_leader_position_means_no_automatic_failover(make_cluster):
     """optime/leader that does not parse: the replica cannot know its lag and does not promote."""
     cluster, leader, replica = two_nodes(make_cluster, "opt")
-    leader.kill()                       # nothing rewrites the position from here on
+    leader.kill_all()                   # nothing rewrites the position from here on
     cluster.etcd.put(f"/service/{cluster.scope}/optime/leader", "garbage")
     leader.crash_postgres()
     wait_until(lambda: "race_lag_unknown" in replica.log_text(), TTL + 15, "the replica to refuse the race")

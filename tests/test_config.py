@@ -287,3 +287,44 @@ def test_shipped_example_is_valid(tmp_path):
     raw["postgresql"]["bin_dir"] = PG_BIN
     cfg = config.validate(raw, origin, "governor.yml")
     assert cfg.etcd.scope and cfg.postgresql.name
+
+
+def _secret(path, text: str, mode: int = 0o600) -> str:
+    path.write_text(text)
+    os.chmod(path, mode)
+    return str(path)
+
+
+def test_passwords_come_from_files_or_systemd_credentials_and_none_is_in_the_yaml(tmp_path, monkeypatch):
+    raw = minimal(tmp_path)
+    del raw["postgresql"]["replication"]["password"]
+    raw["postgresql"]["replication"]["password_file"] = _secret(tmp_path / "repl", "from-a-file\n")
+    raw["restapi"] = {"username": "governor", "password_file": _secret(tmp_path / "api", "api-secret", 0o640)}
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    _secret(creds / "postgresql.superuser.password", "from-systemd\r\n", 0o400)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    cfg = config.load(write(tmp_path / "g.yml", raw))
+    assert cfg.postgresql.replication.password == "from-a-file"
+    assert cfg.postgresql.superuser.password == "from-systemd"
+    assert cfg.restapi.password == "api-secret"
+    assert "secret" not in open(tmp_path / "g.yml").read() and "from-" not in open(tmp_path / "g.yml").read()
+
+
+def test_a_secrets_file_others_can_read_is_refused_without_showing_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    raw = minimal(tmp_path)
+    del raw["postgresql"]["replication"]["password"]
+    raw["postgresql"]["replication"]["password_file"] = _secret(tmp_path / "repl", "do-not-show-me", 0o644)
+    found = problems(write(tmp_path / "g.yml", raw))
+    assert len(found) == 1 and "postgresql.replication.password_file" in found[0], found
+    assert "can be read or written by any user (mode 0644)" in found[0] and "do-not-show-me" not in found[0]
+    raw["postgresql"]["replication"]["password_file"] = str(tmp_path / "missing")
+    assert "cannot read the file" in problems(write(tmp_path / "g.yml", raw))[0]
+    raw["postgresql"]["replication"]["password_file"] = _secret(tmp_path / "two", "a\nb\n")
+    assert "control characters" in problems(write(tmp_path / "g.yml", raw))[0]
+    raw["postgresql"]["replication"]["password"] = "inline"
+    assert "give either" in problems(write(tmp_path / "g.yml", raw))[0]
+    del raw["postgresql"]["replication"]["password"], raw["postgresql"]["replication"]["password_file"]
+    assert "or a systemd credential named postgresql.replication.password" in \
+        problems(write(tmp_path / "g.yml", raw))[0]

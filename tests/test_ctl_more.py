@@ -50,7 +50,7 @@ def test_pause_and_resume_wait_until_every_member_reports_them(make_cluster):
     done = harness.governorctl(leader, "resume", "--wait", "20")
     assert done.returncode == 0 and "every member reports it" in done.stdout, done.stdout + done.stderr
     assert all(n.api("/status")[1]["paused"] is False for n in cluster.nodes.values())
-    cluster.nodes["node2"].kill()           # a member that cannot answer: the wait says who
+    cluster.nodes["node2"].kill_all()       # a member that cannot answer: the wait says who
     done = harness.governorctl(leader, "pause", "--wait", "3")
     assert done.returncode == 1 and "not reported within 3s by: node2" in done.stderr, done.stderr
 

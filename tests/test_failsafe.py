@@ -145,7 +145,7 @@ def test_with_a_member_not_answering_the_leader_demotes_before_its_lock_expires(
     watch = harness.PrimaryWatch(cluster)
     watch.start()
     try:
-        replicas[0].kill()                  # its governor: it cannot vouch (PostgreSQL keeps running)
+        replicas[0].kill_all()              # its governor: it cannot vouch
         renewed = time.monotonic()          # the lock was renewed at most loop_wait (1 s) before this
         own.stop(signal.SIGKILL)
         wait_until(lambda: primary.role() == "replica", TTL, "the leader to demote", interval=0.1)
