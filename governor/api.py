@@ -149,10 +149,12 @@ class _Server(ThreadingHTTPServer):
 
 class ApiServer:
     def __init__(self, config: Config, get_status: Callable[[], NodeStatus],
-                 controls: Optional[Dict[str, Callable[[dict], Tuple[int, dict]]]] = None):
+                 controls: Optional[Dict[str, Callable[[dict], Tuple[int, dict]]]] = None,
+                 audit_sink: Optional[Callable[[dict], None]] = None):
         self.config = config
         # Control endpoints: "METHOD /path" -> handler(JSON body) -> (HTTP code, JSON answer)
         self.controls = controls or {}
+        self.audit_sink = audit_sink    # keeps each audit record (in etcd)
         self.cfg: RestApiConfig = config.restapi
         self.get_status = get_status
         self.liveness_window = max(float(config.etcd.ttl), config.loop_wait + 2 * config.retry_timeout)
@@ -354,8 +356,11 @@ class _Handler(BaseHTTPRequestHandler):
             code, answer = handler(body)
         except RecursionError:
             code, answer = 400, {"error": "the JSON object is nested too deeply"}
-        audit.record(self.command, path, body, who, self.client_address[0], code, answer)
-        return self._send(code, answer)
+        entry = audit.record(self.api.config.postgresql.name, self.command, path, body, who,
+                             self.client_address[0], code, answer)
+        self._send(code, answer)
+        if entry is not None and self.api.audit_sink is not None:
+            self.api.audit_sink(entry)      # after the answer: etcd's time is not the client's
 
     def _guarded(self, method: Callable[[], None]) -> None:
         """Whatever a request holds, it gets an answer (or a closed connection), never a traceback

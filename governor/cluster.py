@@ -155,6 +155,7 @@ class Cluster:
     leader_lsn: Optional[int] = None
     index: int = 0                 # the DCS index this snapshot was read at
     history: Tuple[Dict[str, Any], ...] = ()  # one record per promotion, oldest first
+    audit: Tuple[Dict[str, Any], ...] = ()    # the newest control requests (audit.py), oldest first
     switchover: Optional[Switchover] = None
     paused: bool = False           # maintenance mode: no automatic action (governorctl pause)
     config: Dict[str, Any] = field(default_factory=dict)  # dynamic settings (governorctl edit-config)

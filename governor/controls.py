@@ -12,7 +12,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
 
-from governor import dynamic
+from governor import audit, dynamic
 from governor.cluster import Cluster, failover_priority
 from governor.dcs import DCS, DCSError, from_config
 from governor.dcs.keys import valid_member_name
@@ -53,6 +53,14 @@ class Controls:
         if self._dcs is None:
             self._dcs = from_config(self.gov.config)
         return self._dcs
+
+    def remember(self, entry: dict) -> None:
+        """An audit record into etcd's `audit` key (the newest audit.KEEP); etcd not answering costs
+        only the record (the journal has the line)."""
+        try:
+            self.dcs.append_history(entry, key="audit", keep=audit.KEEP)
+        except DCSError as exc:
+            log.warning("audit: could not keep the record in etcd: %s", exc)
 
     def _cluster(self) -> Optional[Cluster]:
         return self.gov.board.get().cluster

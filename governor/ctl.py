@@ -22,6 +22,7 @@ from governor.ctl_common import (
     EXIT_OK,
     EXIT_USAGE,
     Stop,
+    audit_own_write,
     confirm,
     dcs_call,
     http_json,
@@ -30,7 +31,7 @@ from governor.ctl_common import (
     use_tls,
 )
 from governor.ctl_switchover import failover, switchover
-from governor.ctl_view import format_history, print_list
+from governor.ctl_view import format_actions, format_history, print_list
 from governor.dcs import DCS, DCSError
 from governor.dcs import make as make_dcs
 from governor.postgres import datadir
@@ -80,6 +81,9 @@ def parser() -> argparse.ArgumentParser:
     fo.add_argument("--wait", type=float, default=60, help="seconds to wait for the new leader (default 60)")
     hist = sub.add_parser("history", help="every promotion recorded in etcd: timeline, position, time, reason")
     hist.add_argument("--format", choices=("table", "json"), default="table")
+    hist.add_argument("--actions", action="store_true",
+                      help="also who asked for what: the newest control requests (switchover, restart, PATCH "
+                           "/config, ...) with user or certificate and address, and governorctl's own writes")
     for name, text in (("pause", "maintenance mode: governor keeps the lock but takes no automatic action"),
                        ("resume", "end maintenance mode")):
         mode = sub.add_parser(name, help=text)
@@ -292,13 +296,15 @@ def _main(args: argparse.Namespace) -> int:
         return migrate(args, dcs, cluster)
     if args.command == "history":
         if args.format == "json":
-            print(json.dumps(list(cluster.history), indent=2))
+            print(json.dumps({"promotions": list(cluster.history), "actions": list(cluster.audit)}
+                             if args.actions else list(cluster.history), indent=2))
         else:
-            print(format_history(cluster))
+            print(format_actions(cluster) if args.actions else format_history(cluster))
         return EXIT_OK
     if args.command in ("pause", "resume"):
         if not dcs_call(lambda: dcs.set_paused(args.command == "pause")):
             return EXIT_FAILED
+        audit_own_write(dcs, args.command, {})
         print("maintenance mode on: no automatic failover, restart or promotion until `governorctl resume`"
               if args.command == "pause" else "maintenance mode off: automatic actions resume")
         return _wait_for_mode(cluster, args.command == "pause", args.wait) if args.wait else EXIT_OK

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import base64
 import datetime
+import getpass
 import json
+import os
+import socket
 import ssl
 import sys
 import time
@@ -11,8 +14,9 @@ import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
+from governor import audit
 from governor.cluster import parse_conn_url
-from governor.dcs import DCSError
+from governor.dcs import DCS, DCSError
 
 if TYPE_CHECKING:
     from governor.cluster import Cluster
@@ -121,3 +125,19 @@ def member_address(name: Optional[str], cluster: Cluster) -> Tuple[str, Tuple[st
     if address is None:
         raise Stop(refuse(f"{name} is not a member of this cluster, or publishes no PostgreSQL address"))
     return name, address
+
+
+def audit_own_write(dcs: DCS, action: str, detail: object) -> None:
+    """governorctl wrote to etcd itself (pause, resume, edit-config, ...): a record for the audit
+    trail, with the OS user and host it runs as (its own word: etcd's credentials are the proof)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    entry = {"time": round(time.time(), 3), "member": None, "action": f"governorctl {action}",
+             "request": audit.summary(detail), "by": f"os user {user[:64]}", "from": socket.gethostname()[:253],
+             "result": "written", "outcome": None}
+    try:
+        dcs.append_history(entry, key="audit", keep=audit.KEEP)
+    except DCSError as exc:
+        print(f"governorctl: done, but its record for `history --actions` was not written: {exc}", file=sys.stderr)

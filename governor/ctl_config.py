@@ -19,7 +19,7 @@ import yaml
 from governor import config as config_mod
 from governor import dynamic, safe_yaml
 from governor.cluster import Cluster
-from governor.ctl_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Stop, confirm, refuse
+from governor.ctl_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Stop, audit_own_write, confirm, refuse
 from governor.dcs import DCS, DCSError
 from governor.postgres.catalogue import catalogue
 
@@ -80,6 +80,7 @@ def edit_config(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
         if not dcs.set_config(new, cluster.config_index):
             return refuse("the dynamic configuration was changed by someone else meanwhile; "
                           "look at `governorctl show-config` and try again")
+        audit_own_write(dcs, "edit-config", {key: value for key, _old, value in diff})
     except DCSError as exc:
         print(f"governorctl: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 from governor import dynamic, standby
 from governor.cluster import Cluster, Member
-from governor.ctl_common import EXIT_FAILED, EXIT_OK, confirm, http_json, refuse
+from governor.ctl_common import EXIT_FAILED, EXIT_OK, audit_own_write, confirm, http_json, refuse
 from governor.dcs import DCS, DCSError
 
 
@@ -119,6 +119,7 @@ def _demoted(leader: Member) -> bool:
 def _write(dcs: DCS, cluster: Cluster, new: dict) -> bool:
     try:
         if dcs.set_config(new, cluster.config_index):
+            audit_own_write(dcs, "standby_cluster", new.get(standby.KEY))
             return True
         refuse("the dynamic configuration was changed by someone else meanwhile; run the command again")
     except DCSError as exc:

@@ -80,6 +80,36 @@ def format_history(cluster: Cluster) -> str:
     return "\n".join(lines) if cluster.history else "No promotion recorded."
 
 
+def format_actions(cluster: Cluster) -> str:
+    """The promotions and the audit trail (control requests, governorctl's own writes), by time."""
+    events = [(_sortable(h.get("time")), _when(_sortable(h.get("time")) or None) or _clean(h.get("time")),
+               "promotion", _clean(h.get("leader")),
+               f"timeline {h.get('timeline', '?')}: {str(h.get('reason', ''))[:70]}", "") for h in cluster.history]
+    for a in cluster.audit:
+        moment = a.get("time") if isinstance(a.get("time"), (int, float)) else None
+        events.append((moment or 0.0, _when(moment), _clean(a.get("action")), _clean(a.get("member")),
+                       f"{_clean(a.get('request'))} -> {_clean(a.get('result'))} {_clean(a.get('outcome'))}".strip(),
+                       f"{_clean(a.get('by'))} from {_clean(a.get('from'))}"))
+    if not events:
+        return "Nothing recorded."
+    table = [["Time", "Action", "Member", "What", "Who"]] + [list(e[1:]) for e in sorted(events, key=lambda e: e[0])]
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
+
+
+def _clean(value: object, limit: int = 120) -> str:
+    """A value from etcd as one printable line, cut short: the audit key is anyone's to write."""
+    text = "" if value is None else str(value)
+    return "".join(c if c.isprintable() else "?" for c in text)[:limit]
+
+
+def _sortable(text: object) -> float:
+    try:
+        return time.mktime(time.strptime(str(text)[:19], "%Y-%m-%dT%H:%M:%S"))
+    except (ValueError, OverflowError):
+        return 0.0
+
+
 def _when(moment: Optional[float]) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(moment)) if moment is not None else ""
 

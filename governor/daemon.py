@@ -427,7 +427,7 @@ class Governor:
             log.warning("%s", warning)
         self.fence.start()
         self.controls = Controls(self)
-        self.api = ApiServer(self.config, self.board.get, controls=self.controls.endpoints())
+        self.api = ApiServer(self.config, self.board.get, self.controls.endpoints(), self.controls.remember)
         try:
             self.api.start()
         except OSError as exc:

@@ -73,3 +73,45 @@ def test_settings_that_run_a_program_come_neither_from_the_api_nor_from_etcd(mak
     assert metric(leader, "governor_dynamic_settings_ignored") == 2
     assert "postgresql.parameters.archive_command, postgresql.parameters.shared_preload_libraries: only each " \
            "member's files may set these" in leader.log_text()
+
+
+def test_who_did_what_is_answered_by_history_actions(make_cluster):
+    """A switchover and a restart through the API (governorctl with the configuration's API
+    credentials), a pause and an edit-config written by governorctl itself: each in the journal
+    and in `governorctl history --actions`, with who and from where; a request without the
+    credentials is refused and leaves no record."""
+    cluster = make_cluster("audit")
+    api = {"restapi": {"username": "ops", "password": "api-Secret-7"}}
+    for name in ("node1", "node2"):
+        cluster.add(name, extra=api)
+    leader = cluster.wait_for_primary(90)
+    replica = next(n for n in cluster.nodes.values() if n is not leader)
+    cluster.wait_for_streaming([replica.name], 90)
+    done = harness.governorctl(leader, "switchover", "--candidate", replica.name, "--force")
+    assert done.returncode == 0, done.stdout + done.stderr
+    wait_until(lambda: cluster.leader_name() == replica.name and replica.role() == "primary", 60, "the switchover")
+    assert harness.governorctl(replica, "restart", leader.name, "--force").returncode == 0
+    assert harness.governorctl(leader, "pause").returncode == 0
+    assert harness.governorctl(leader, "edit-config", "--set", "loop_wait=2", "--force").returncode == 0
+    code, _ = patch_anonymous(replica)
+    assert code == 401
+    shown = harness.governorctl(leader, "history", "--actions")
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout
+    print(text)
+    switchover = next(line for line in text.splitlines() if "POST /switchover" in line)
+    assert leader.name in switchover and f'"candidate":"{replica.name}"' in switchover, switchover
+    assert "user ops from 127.0.0.1" in switchover and "-> 202" in switchover, switchover
+    for expected in ("POST /restart", "governorctl pause", "governorctl edit-config", '{"loop_wait":2}',
+                     "os user ", "promotion"):
+        assert expected in text, (expected, text)
+    assert "PATCH /config" not in text, "a refused request is no action"
+    lines = text.splitlines()
+    assert lines.index(next(line for line in lines if "POST /switchover" in line)) < \
+        lines.index(next(line for line in lines if "governorctl pause" in line)), "in time order"
+    assert "audit: POST /switchover" in leader.log_text() + replica.log_text()
+    assert "api: PATCH /config from 127.0.0.1 refused: no valid credentials" in replica.log_text()
+
+
+def patch_anonymous(node: harness.Node):
+    return patch_config(node, {"loop_wait": 3})

@@ -80,8 +80,9 @@ class DCS(abc.ABC):
         """Publish the leader's WAL position."""
 
     @abc.abstractmethod
-    def append_history(self, entry: dict) -> None:
-        """Add one promotion record to the `history` list (compare-and-swap on the old value)."""
+    def append_history(self, entry: dict, key: str = "history", keep: Optional[int] = None) -> None:
+        """Add one record to a list key: promotions to `history`, control requests to `audit`
+        (the newest `keep`); compare-and-swap on the old value."""
 
     @abc.abstractmethod
     def request_switchover(self, data: dict) -> bool:

@@ -362,8 +362,8 @@ class Etcd2(DCS):
 
         self._call("removal of the cluster", op)
 
-    def append_history(self, entry: dict) -> None:
-        key = self._key("history")
+    def append_history(self, entry: dict, key: str = "history", keep: Optional[int] = None) -> None:
+        key = self._key(key)
 
         def op(client: etcd.Client) -> None:
             for _ in range(5):
@@ -372,7 +372,7 @@ class Etcd2(DCS):
                     old, index = history_list(node.value), node.modifiedIndex
                 except etcd.EtcdKeyNotFound:
                     old, index = (), None
-                body = json.dumps(list(old) + [entry], separators=(",", ":"))
+                body = json.dumps((list(old) + [entry])[-(keep or 0):], separators=(",", ":"))
                 try:
                     if index is None:
                         client.write(key, body, prevExist=False)

@@ -477,14 +477,14 @@ class Etcd3(DCS):
         self._post("removal of the cluster", "/kv/deleterange",
                    {"key": _b64(self.prefix), "range_end": _prefix_end(self.prefix)})
 
-    def append_history(self, entry: dict) -> None:
-        key = self._key("history")
+    def append_history(self, entry: dict, key: str = "history", keep: Optional[int] = None) -> None:
+        key = self._key(key)
         for _ in range(5):
             data = self._post("history read", "/kv/range", {"key": _b64(key)})
             kvs = data.get("kvs") or []
             old = history_list(_unb64(kvs[0].get("value"))) if kvs else ()
             revision = int(kvs[0].get("mod_revision") or 0) if kvs else 0
-            body = json.dumps(list(old) + [entry], separators=(",", ":"))
+            body = json.dumps((list(old) + [entry])[-(keep or 0):], separators=(",", ":"))
             if self._cas("history update", key, revision, self._put(key, body)):
                 return
         raise DCSError("history update kept losing compare-and-swap races")

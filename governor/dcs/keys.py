@@ -66,6 +66,7 @@ def build_cluster(entries: Iterable[Entry], index: int, problems: Iterable[str] 
     leader_lsn_unreadable = False
     members = []
     history: tuple = ()
+    audit: tuple = ()
     switchover = None
     paused = False
     config: dict = {}
@@ -115,6 +116,8 @@ def build_cluster(entries: Iterable[Entry], index: int, problems: Iterable[str] 
                                 "a program, load code or choose where files are written); ignored")
         elif e.key == "history":
             history = history_list(e.value)
+        elif e.key == "audit":
+            audit = history_list(e.value)
         elif e.key.startswith("members/"):
             name = e.key[len("members/"):]
             if not valid_member_name(name):
@@ -127,7 +130,7 @@ def build_cluster(entries: Iterable[Entry], index: int, problems: Iterable[str] 
     return Cluster(initialize=initialize, leader=leader, members=tuple(sorted(members, key=lambda m: m.name)),
                    leader_lsn=leader_lsn, index=index, history=history, switchover=switchover, paused=paused,
                    config=config, config_index=config_index, sync=sync, problems=tuple(problems),
-                   ignored_settings=tuple(ignored),
+                   ignored_settings=tuple(ignored), audit=audit,
                    leader_lsn_unreadable=leader_lsn_unreadable, failsafe=failsafe,
                    failsafe_unreadable=failsafe_unreadable)
 
