@@ -10,7 +10,7 @@ import glob
 import os
 from typing import Dict, List, Optional, Tuple
 
-from governor import apiauth, passwords, pgparams, safe_yaml, standby, template_layout
+from governor import apiauth, passwords, pgparams, repltls, safe_yaml, standby, template_layout
 from governor import archive as archive_mod
 from governor import callbacks as callbacks_mod
 from governor.checker import (  # noqa: F401 - parse_host_port and default_bin_dir are used through config
@@ -251,10 +251,11 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
                       check=lambda v: None if v <= SIZE_MAX else f"expected at most {SIZE_MAX} bytes")
 
     repl = c.section("postgresql.replication")
-    c.unknown("postgresql.replication", repl, ("username", "password", "password_file", "network"))
+    c.unknown("postgresql.replication", repl, ("username", "password", "password_file", "network", *repltls.KEYS))
     repl_user = c.value("postgresql.replication.username", "str", "replicator", check=name_check)
     repl_password = passwords.read(c, "postgresql.replication.password", required=True)
     repl_network = c.value("postgresql.replication.network", "str", "127.0.0.1/32", check=network_check)
+    repl_ssl, hostssl = repltls.check(c)
 
     su = c.section("postgresql.superuser")
     c.unknown("postgresql.superuser", su, ("username", "password", "password_file"))
@@ -368,7 +369,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
             remove_data_directory_on_rewind_failure=remove_on_failure, member_slots_ttl=member_slots_ttl,
             permanent_slots=permanent_slots, logical_slots=logical_slots, systemd_unit=systemd_unit,
             config_dir=os.path.abspath(config_dir) if config_dir else None, archive=archive,
-            restore=restore, standby_restore_command=standby_restore),
+            restore=restore, standby_restore_command=standby_restore, replication_ssl=repl_ssl, hostssl=hostssl),
     )
 
 

@@ -140,6 +140,9 @@ class PostgresConfig:
     config_dir: Optional[str] = None      # where the distribution keeps postgresql.conf (Debian: /etc/...)
     archive: ArchiveConfig = ArchiveConfig()   # postgresql.archive, postgresql.create_replica_methods
     restore: Optional[RestoreSource] = None    # postgresql.bootstrap: restore a backup instead of initdb
+    replication_ssl: Dict[str, str] = field(default_factory=lambda: {"sslmode": "prefer"})  # libpq's SSL
+    # parameters for connections to other members (repltls.py)
+    hostssl: bool = False                 # pg_hba.conf lines for the members' network are hostssl
     standby_restore_command: Optional[str] = None  # standby_cluster.restore_command: WAL from the primary
     # cluster's archive while following it (only from the files: it runs a program)
 

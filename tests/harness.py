@@ -37,6 +37,8 @@ ETCD_API = int(os.environ.get("GOVERNOR_TEST_ETCD_API", "3"))
 HAPROXY_EXAMPLE = os.path.join(REPO, "haproxy", "haproxy.cfg")
 RUN_AS = "postgres"
 SUPERUSER_PASSWORD = "test-super-Secret-1"
+# For members whose API listens beyond loopback: control requests need credentials.
+API_CREDENTIALS = {"username": "governor", "password": "test-api-Secret-4"}
 REPLICATION_PASSWORD = "test-repl-Secret-2"
 
 _processes: List[subprocess.Popen] = []

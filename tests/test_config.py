@@ -328,3 +328,27 @@ def test_a_secrets_file_others_can_read_is_refused_without_showing_it(tmp_path, 
     del raw["postgresql"]["replication"]["password"], raw["postgresql"]["replication"]["password_file"]
     assert "or a systemd credential named postgresql.replication.password" in \
         problems(write(tmp_path / "g.yml", raw))[0]
+
+
+def test_replication_tls_reaches_primary_conninfo_pg_basebackup_and_pg_hba(tmp_path):
+    from governor import repltls
+    from governor.postgres import datadir
+    raw = minimal(tmp_path)
+    root = _secret(tmp_path / "ca.pem", "not really a CA", 0o644)
+    raw["postgresql"]["replication"].update(sslmode="verify-full", sslrootcert=root, hostssl=True,
+                                            network="10.0.0.0/24")
+    pg = config.load(write(tmp_path / "g.yml", raw)).postgresql
+    assert "sslmode='verify-full'" in datadir.primary_conninfo(pg, "10.0.0.11", 5432)
+    assert f"sslrootcert='{root}'" in datadir.primary_conninfo(pg, "10.0.0.11", 5432)
+    assert repltls.environment(pg.replication_ssl) == {"PGSSLMODE": "verify-full", "PGSSLROOTCERT": root}
+    os.makedirs(pg.data_dir)
+    datadir.write_pg_hba(pg)
+    hba = open(datadir.hba_path(pg)).read()
+    assert "hostssl replication  replicator   10.0.0.0/24" in hba
+    assert "hostssl all          all          10.0.0.0/24" in hba
+    assert "host    all          all          127.0.0.1/32" in hba, "local logins need no TLS"
+    del raw["postgresql"]["replication"]["sslrootcert"]
+    assert "postgresql.replication.sslrootcert: required with sslmode verify-full" in \
+        problems(write(tmp_path / "g.yml", raw))[0]
+    raw["postgresql"]["replication"]["sslmode"] = "paranoid"
+    assert "expected one of disable, allow, prefer" in problems(write(tmp_path / "g.yml", raw))[0]

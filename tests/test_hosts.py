@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+import urllib.error
 import urllib.request
 
 import psycopg2
@@ -104,6 +105,33 @@ def test_three_fresh_hosts_form_a_cluster_reachable_through_haproxy(lan_hosts):
         cur.execute("SELECT inet_server_addr()")
         assert cur.fetchone()[0] == leader.address
     conn.close()
+
+
+def test_control_from_another_host_needs_the_generated_credentials(lan_hosts):
+    """Configured by generate-config as the README says, the API listens on the LAN: from another
+    host a control request without credentials is refused (health checks stay open); governorctl
+    on a member, with the files' credentials, restarts a replica, and the trail says who."""
+    lan, machines, proxy, _, _ = lan_hosts
+    leader = wait_until(lambda: primary(machines), 60, "a primary")
+    replica = wait_until(lambda: next((m for m in machines if m is not leader and streaming(m)), None), 60,
+                         "a streaming replica")
+    for method, path, body in (("POST", "/restart", b"{}"), ("POST", "/reinitialize", b"{}"),
+                               ("POST", "/switchover", b'{"candidate": "x"}'), ("PATCH", "/config", b'{"ttl": 60}')):
+        req = urllib.request.Request(f"http://{replica.address}:8008{path}", data=body, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=5)
+        assert refused.value.code == 401, (path, refused.value.code)
+    with urllib.request.urlopen(f"http://{replica.address}:8008/replica", timeout=5) as resp:
+        assert resp.status == 200
+    done = leader.run("governorctl", "-c", "/etc/governor", "restart", replica.name, "--force", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    journal = replica.run("journalctl", "-u", "governor", "--no-pager", "-o", "cat").stdout
+    assert "refused: no valid credentials" in journal
+    assert "audit: POST /restart" in journal and f"by user governor from {leader.address}: 200" in journal
+    shown = leader.run("governorctl", "-c", "/etc/governor", "history", "--actions").stdout
+    assert "POST /restart" in shown and "user governor" in shown, shown
+    wait_until(lambda: streaming(replica), 60, f"{replica.name} to stream again")
 
 
 def test_a_cut_off_leader_host_stops_writes_before_another_is_promoted(lan_hosts):

@@ -79,7 +79,7 @@ def partitioned(base_dir, src_dir):
             address = f"{NET}.{i}.2"
             node = NamespacedNode(cluster, f"node{i}", extra={
                 "etcd": {"host": f"{NET}.{i}.1:{etcd.port}"},
-                "restapi": {"listen": f"{address}:{8008}"},
+                "restapi": {"listen": f"{address}:{8008}", **harness.API_CREDENTIALS},
                 "metrics": {"listen": f"{address}:{9547}"},
                 "postgresql": {"listen": f"{address}:5432",
                                "replication": {"network": f"{NET}.0.0/16"}}})

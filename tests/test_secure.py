@@ -115,3 +115,46 @@ def test_who_did_what_is_answered_by_history_actions(make_cluster):
 
 def patch_anonymous(node: harness.Node):
     return patch_config(node, {"loop_wait": 3})
+
+
+def _pki_copy(node: harness.Node, *paths: str) -> list:
+    """Copies of certificate files where the postgres user can read them (keys 0600)."""
+    import shutil
+    out = []
+    for path in paths:
+        target = os.path.join(node.dir, os.path.basename(path))
+        shutil.copy(path, target)
+        os.chmod(target, 0o600 if path.endswith(".key") else 0o644)
+        harness.chown_to_runner(target)
+        out.append(target)
+    return out
+
+
+def test_a_verify_full_replica_refuses_a_primary_whose_certificate_the_ca_did_not_sign(make_cluster, pki):
+    """postgresql.replication.sslmode verify-full with sslrootcert: the replica clones and streams
+    only once the primary presents a certificate from that CA, for the address it connects to."""
+    ca, cert = pki
+    cluster = make_cluster("tls")
+    primary = cluster.add("node1", start=False)
+    rogue_crt, rogue_key = _pki_copy(primary, *cert("rogue-pg", "IP:127.0.0.1", ca="rogue"))
+    primary.config["postgresql"]["parameters"].update(ssl="on", ssl_cert_file=rogue_crt, ssl_key_file=rogue_key)
+    primary.write_config()
+    primary.start()
+    wait_until(lambda: primary.role() == "primary", 90, "the primary")
+    replica = cluster.add("node2", start=False)
+    (root,) = _pki_copy(replica, ca)
+    replica.config["postgresql"]["replication"].update(sslmode="verify-full", sslrootcert=root)
+    replica.write_config()
+    replica.start()
+    wait_until(lambda: "certificate verify failed" in replica.log_text(), 60, "the clone to be refused")
+    assert not replica.is_streaming()
+    good_crt, good_key = cert("good-pg", "IP:127.0.0.1")
+    for source, target in ((good_crt, rogue_crt), (good_key, rogue_key)):    # the same paths, new contents
+        with open(source, "rb") as fh, open(target, "wb") as out:
+            out.write(fh.read())
+    primary.sql("SELECT pg_reload_conf()")
+    cluster.wait_for_streaming(["node2"], 90)
+    rows = primary.sql("SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)")
+    assert rows == [(True,)], rows
+    conf = open(os.path.join(replica.data_dir, "postgresql.conf")).read()
+    assert "sslmode=''verify-full''" in conf and f"sslrootcert=''{root}''" in conf

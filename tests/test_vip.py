@@ -64,7 +64,8 @@ class VipLan:
             sh("ip", "netns", "exec", ns, *cmd)
         node = NamespacedNode(self.cluster, name, extra={
             "etcd": {"host": f"{self.net}.1:{self.etcd.port}", "api": 2},
-            "restapi": {"listen": f"{address}:8008"}, "metrics": {"listen": f"{address}:9547"},
+            "restapi": {"listen": f"{address}:8008", **harness.API_CREDENTIALS},
+            "metrics": {"listen": f"{address}:9547"},
             # PostgreSQL on every address, so also on the VIP when it arrives; the others reach it at its own
             "postgresql": {"listen": "0.0.0.0:5432", "connect_address": f"{address}:5432",
                            "replication": {"network": f"{self.net}.0/24"}}})

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 
 import psycopg2
 
+from governor import repltls
 from governor.config import PostgresConfig
 from governor.postgres import datadir
 from governor.postgres.controller import child_environment
@@ -57,7 +58,8 @@ def basebackup(cfg: PostgresConfig, host: str, port: int, timeout: float = 3600)
     datadir.write_pgpass(cfg)
     cmd = [os.path.join(cfg.bin_dir, "pg_basebackup"), "-D", cfg.data_dir, "-X", "stream",
            "-c", "fast", "-h", host, "-p", str(port), "-U", cfg.replication.username, "-w"]
-    env = child_environment({"PGPASSFILE": cfg.pgpass, "PGAPPNAME": cfg.name, "PGCONNECT_TIMEOUT": "5"})
+    env = child_environment({"PGPASSFILE": cfg.pgpass, "PGAPPNAME": cfg.name, "PGCONNECT_TIMEOUT": "5",
+                             **repltls.environment(cfg.replication_ssl)})
     _run(cmd, env, timeout, f"pg_basebackup from {host}:{port}")
 
 
@@ -127,7 +129,8 @@ def rewind(cfg: PostgresConfig, host: str, port: int, timeout: float = 3600) -> 
     """
     datadir.write_pgpass(cfg)
     source = (f"host={host} port={port} user={cfg.superuser.username} dbname=postgres "
-              f"passfile={cfg.pgpass} connect_timeout=5 application_name={cfg.name}-rewind")
+              f"passfile={cfg.pgpass} connect_timeout=5 application_name={cfg.name}-rewind "
+              + " ".join(f"{k}={datadir.conninfo_quote(v)}" for k, v in cfg.replication_ssl.items()))
     cmd = [os.path.join(cfg.bin_dir, "pg_rewind"), "--target-pgdata", cfg.data_dir, "--source-server", source,
            *_rewind_restores(cfg)]
     log.debug("running %s", " ".join(cmd))
@@ -153,7 +156,7 @@ def source_refuses(cfg: PostgresConfig, host: str, port: int) -> Optional[str]:
     try:
         conn = psycopg2.connect(host=host, port=port, dbname="postgres", user=cfg.superuser.username,
                                 password=cfg.superuser.password, connect_timeout=3,
-                                application_name=f"{cfg.name}-rewind-check")
+                                application_name=f"{cfg.name}-rewind-check", **cfg.replication_ssl)
     except psycopg2.Error as exc:
         return " ".join(str(exc).split())[:300] or type(exc).__name__
     conn.close()

@@ -101,7 +101,7 @@ def primary_conninfo(cfg: PostgresConfig, host: str, port: int, dbname: Optional
     name only for the slot sync worker (sync_replication_slots), which needs one."""
     parts = {
         "host": host, "port": port, "user": cfg.replication.username, "passfile": cfg.pgpass,
-        "application_name": cfg.name, "sslmode": "prefer", "connect_timeout": 3,
+        "application_name": cfg.name, **cfg.replication_ssl, "connect_timeout": 3,
     }
     if dbname is not None:
         parts["dbname"] = dbname
@@ -202,12 +202,13 @@ def write_pg_hba(cfg: PostgresConfig) -> bool:
              f"local   all          all          {'':<18} peer",
              f"host    replication  {repl:<12} 127.0.0.1/32       scram-sha-256",
              f"host    replication  {repl:<12} ::1/128            scram-sha-256"]
+    remote = "hostssl" if cfg.hostssl else "host   "     # postgresql.replication.hostssl
     for network in cfg.replication_network.split():
-        rules.append(f"host    replication  {repl:<12} {network:<18} scram-sha-256")
+        rules.append(f"{remote} replication  {repl:<12} {network:<18} scram-sha-256")
     rules += ["host    all          all          127.0.0.1/32       scram-sha-256",
               "host    all          all          ::1/128            scram-sha-256"]
     for network in cfg.replication_network.split():
-        rules.append(f"host    all          all          {network:<18} scram-sha-256")
+        rules.append(f"{remote} all          all          {network:<18} scram-sha-256")
     return _write_if_changed(hba_path(cfg), "\n".join(rules) + "\n")
 
 

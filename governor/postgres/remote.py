@@ -18,7 +18,8 @@ def identify(cfg: PostgresConfig, host: str, port: int, timeout: int = 2) -> Opt
     try:
         conn = psycopg2.connect(host=host, port=port, user=cfg.replication.username, passfile=cfg.pgpass,
                                 dbname="replication", connect_timeout=timeout, application_name=cfg.name,
-                                connection_factory=psycopg2.extras.PhysicalReplicationConnection)
+                                connection_factory=psycopg2.extras.PhysicalReplicationConnection,
+                                **cfg.replication_ssl)
     except psycopg2.Error:
         return None
     try:
@@ -55,7 +56,8 @@ def answers_writable(cfg: PostgresConfig, host: str, port: int, sysid: str) -> O
     try:
         conn = psycopg2.connect(host=host, port=port, user=cfg.replication.username, passfile=cfg.pgpass,
                                 dbname="replication", connect_timeout=2, application_name=f"{cfg.name}-check",
-                                connection_factory=psycopg2.extras.PhysicalReplicationConnection)
+                                connection_factory=psycopg2.extras.PhysicalReplicationConnection,
+                                **cfg.replication_ssl)
     except psycopg2.Error as exc:
         # libpq prefixes what the server said with FATAL; anything else is the connection's own
         # failure (refused, reset, timed out): nothing listens there any more.
