@@ -6,6 +6,10 @@ covered by tests/test_system.py).
 
   freeze     SIGSTOP of the leader's HA loop process (a hung governor)
   kill-loop  SIGKILL of the leader's HA loop process (a crashed governor)
+  kill-main  SIGKILL of governor's main PID, the supervising parent (`kill -9 $(cat pidfile)`)
+  kill-all   SIGKILL of every governor process at once (`pkill -9 -f governor`, the OOM killer)
+  stop-all   SIGSTOP of every governor process for ttl + 5 s, then SIGCONT: nothing of governor
+             runs on the leader's host; the replica must not be promoted meanwhile
 
 Every 100 ms a sampler asks each server directly whether it accepts writes
 (pg_is_in_recovery() = false) and who holds the leader key. Per run:
@@ -16,7 +20,7 @@ Every 100 ms a sampler asks each server directly whether it accepts writes
   two_primaries     samples with two writable servers (must be 0)
 
 Usage (as root): bench/fence.py [--runs 3] [--ttl 10] [--loop-wait 1] [--retry-timeout 3]
-                                [--kinds freeze,kill-loop] [--output FILE]
+                                [--kinds freeze,kill-loop,kill-main,kill-all,stop-all] [--output FILE]
 Writes a JSON file (default bench/results/fence-<time>.json) and prints a summary.
 """
 from __future__ import annotations
@@ -49,10 +53,23 @@ def one_run(etcd: harness.Etcd, base: str, src: str, kind: str, args: argparse.N
         time.sleep(2)
         loop = leader.loop_pid()
         fault = time.monotonic()
-        os.kill(loop, signal.SIGSTOP if kind == "freeze" else signal.SIGKILL)
+        promoted_while_stopped = None
+        if kind in ("freeze", "kill-loop"):
+            os.kill(loop, signal.SIGSTOP if kind == "freeze" else signal.SIGKILL)
+        elif kind == "kill-main":
+            leader.signal(signal.SIGKILL)
+        else:
+            leader.signal_all(signal.SIGKILL if kind == "kill-all" else signal.SIGSTOP)
         try:
-            harness.wait_until(lambda: cluster.leader_name() == replica.name and replica.role() == "primary",
-                               args.ttl + 30, "the replica to take over")
+            if kind == "stop-all":
+                time.sleep(args.ttl + 5)
+                promoted_while_stopped = replica.role() == "primary"
+                leader.signal_all(signal.SIGCONT)
+                harness.wait_until(lambda: cluster.leader_name() and cluster.nodes[cluster.leader_name()].role()
+                                   == "primary", 60, "a primary again")
+            else:
+                harness.wait_until(lambda: cluster.leader_name() == replica.name and replica.role() == "primary",
+                                   args.ttl + 30, "the replica to take over")
             time.sleep(1)
         finally:
             watch.stop()
@@ -68,6 +85,8 @@ def one_run(etcd: harness.Etcd, base: str, src: str, kind: str, args: argparse.N
             "promoted_after": round(new - fault, 2) if new else None,
             "two_primaries": len(watch.two_primaries()),
         }
+        if promoted_while_stopped is not None:
+            result["promoted_while_stopped"] = promoted_while_stopped
         if last_old and gone:
             result["margin"] = round(gone - last_old, 2)
         return result
@@ -105,6 +124,8 @@ def main() -> int:
                          for key in ("writable_after", "lock_gone_after", "margin", "promoted_after")
                          if any(r.get(key) is not None for r in runs)}
         summary[kind]["two_primaries"] = sum(r["two_primaries"] for r in runs)
+        if kind == "stop-all":
+            summary[kind]["promoted_while_stopped"] = sum(bool(r.get("promoted_while_stopped")) for r in runs)
         summary[kind]["min_margin"] = min((r["margin"] for r in runs if "margin" in r), default=None)
     out = args.output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                       f"fence-{time.strftime('%Y%m%d-%H%M%S')}.json")

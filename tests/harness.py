@@ -243,6 +243,7 @@ class Etcd:
         self.proc: Optional[subprocess.Popen] = None
         # Clients over TLS: (certificate, key, CA file, whether clients need a certificate from the CA)
         self.tls: Optional[Tuple[str, str, str, bool]] = None
+        self.extra_args: List[str] = []
 
     @property
     def endpoint(self) -> str:
@@ -267,7 +268,7 @@ class Etcd:
              *(["--enable-v2=true"] if self.binary == "etcd" else []),
              "--listen-client-urls", listen, "--advertise-client-urls", url,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"test={peer}", *tls],
+             "--initial-cluster", f"test={peer}", *tls, *self.extra_args],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         _processes.append(self.proc)
         wait_until(self.healthy, 30, "etcd to answer")

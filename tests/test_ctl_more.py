@@ -128,6 +128,8 @@ def test_scheduled_restarts_happen_at_their_time_replicas_first_and_can_be_cance
     cluster.wait_for_primary(60)
     replica = cluster.add("node2")
     cluster.wait_for_streaming(["node2"], 60)
+    # governor's /status says when the postmaster started once a pass has seen it answer
+    harness.wait_until(lambda: all(_started(n) for n in cluster.nodes.values()), 20, "both start times in /status")
     before = {n.name: _started(n) for n in cluster.nodes.values()}
 
     due, when = _in(5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import ssl
+import subprocess
 import time
 import urllib.request
 
@@ -143,3 +144,33 @@ def test_members_given_two_etcd_clusters_bootstrap_nothing_and_say_why(two_etcds
             assert "governor_etcd_endpoints_split 1.0" in resp.read().decode()
     listed = harness.governorctl(cluster.nodes["node1"], "list")
     assert listed.returncode != 0 and "different etcd clusters" in listed.stderr, listed.stdout + listed.stderr
+
+
+@pytest.mark.parametrize("server", ["etcd", "etcd35"])
+def test_a_leader_keeps_its_lock_through_etcd_auth_token_expiry(base_dir, make_cluster, server, request):
+    """etcd with authentication and a 2 s token TTL: the leader's tokens expire again and again; it
+    logs in again each time and keeps its lock and its primary, with no demotion."""
+    binary = request.getfixturevalue("etcd35").binary if server == "etcd35" else "etcd"
+    etcd = harness.Etcd(os.path.join(base_dir, f"etcd-token-{next(_n)}"), binary=binary)
+    etcd.extra_args = ["--auth-token-ttl", "2"]
+    etcd.start()
+    try:
+        ctl = ["etcdctl", f"--endpoints=http://127.0.0.1:{etcd.port}"]
+        env = {**os.environ, "ETCDCTL_API": "3"}
+        for cmd in (["user", "add", "root", "--new-user-password=root-Secret-1"], ["auth", "enable"]):
+            subprocess.run(ctl + cmd, check=True, env=env, capture_output=True)
+        cluster = make_cluster("token")
+        cluster.etcd = etcd
+        auth = {"etcd": {"host": etcd.endpoint, "username": "root", "password": "root-Secret-1", "api": 3}}
+        leader = cluster.add("node1", extra=auth)
+        harness.wait_until(lambda: leader.role() == "primary" and leader.api("/status")[1]["holds_lock"], 90,
+                           "the leader")
+        started = time.monotonic()
+        while time.monotonic() - started < 10:             # five token lifetimes
+            assert leader.role() == "primary"
+            assert leader.api("/status")[1]["holds_lock"] is True
+            time.sleep(0.5)
+        text = leader.log_text()
+        assert "demot" not in text and "lock_fence" not in text, text[-2000:]
+    finally:
+        etcd.stop()
