@@ -16,7 +16,8 @@ import os
 import stat
 from typing import Any, Optional
 
-from governor.settings import CONTROL_RE, SECRET_MAX
+from governor.checker import secret_check
+from governor.settings import SECRET_MAX
 
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 
@@ -67,16 +68,8 @@ def _from_file(checker: Any, key: str, path: str, what: str = "file") -> Optiona
         checker.fail(key, f"{path} is not UTF-8 text")
         return None
     text = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
-    problem = _problem(text) or (None if text else "is empty")
+    problem = secret_check(text) or (None if text else "is empty")
     if problem:
         checker.fail(key, f"{path}: {problem}")
         return None
     return text
-
-
-def _problem(value: str) -> Optional[str]:
-    if CONTROL_RE.search(value):
-        return "control characters (such as a newline) are not allowed"
-    if len(value) > SECRET_MAX:
-        return f"expected at most {SECRET_MAX} characters"
-    return None
