@@ -29,7 +29,7 @@ def read(checker: Any, key: str, required: bool = False) -> Optional[str]:
         checker.fail(f"{key}_file", f"give either {key} or {key}_file, not both")
         return None
     if inline is not None:
-        return checker.value(key, "str", check=_problem)
+        return checker.value(key, "str", check=secret_check)
     if path is not None:
         if not isinstance(path, str) or not path:
             checker.fail(f"{key}_file", f"expected the path of a file holding the secret, got {path!r}")
