@@ -52,6 +52,7 @@ def machine(base_dir, src_dir, etcd):
         log_path=os.path.join(work, "nspawn.log"))
     m.ports = ports
     m.etc = etc
+    m.dropin = dropin
     m.cfg = cfg
     m.run("systemctl", "daemon-reload")
     yield m
@@ -124,6 +125,44 @@ def test_a_killed_governor_is_fenced_by_systemd_at_once(machine):
     assert "fence: governor ended with signal" in m.journal("governor")
     wait_until(lambda: m.run("systemctl", "is-active", "governor", check=False).stdout.strip() == "active"
                and postmaster_running(m), 60, "governor to be restarted")
+
+
+def test_passwords_come_from_systemd_credentials_with_none_in_the_yaml(machine):
+    """LoadCredential= in a drop-in, the YAML without a single password: governor (and its
+    ExecStartPre validation) reads them from $CREDENTIALS_DIRECTORY, and the superuser logs in
+    over the network with the credential's password."""
+    m = machine
+    m.run("systemctl", "stop", "governor")
+    secrets = os.path.join(m.etc, "secrets")
+    os.makedirs(secrets, mode=0o700, exist_ok=True)
+    for name, value in (("replication", harness.REPLICATION_PASSWORD), ("superuser", harness.SUPERUSER_PASSWORD)):
+        with open(os.path.join(secrets, name), "w") as fh:
+            fh.write(value + "\n")
+        os.chmod(os.path.join(secrets, name), 0o600)
+    cfg = yaml.safe_load(yaml.safe_dump(m.cfg))
+    del cfg["postgresql"]["replication"]["password"], cfg["postgresql"]["superuser"]["password"]
+    creds = os.path.join(m.dropin, "credentials.conf")
+    with open(creds, "w") as fh:
+        fh.write("[Service]\nLoadCredential=postgresql.replication.password:/etc/governor/secrets/replication\n"
+                 "LoadCredential=postgresql.superuser.password:/etc/governor/secrets/superuser\n")
+    with open(os.path.join(m.etc, "governor.yml"), "w") as fh:
+        yaml.safe_dump(cfg, fh)
+    try:
+        m.run("systemctl", "daemon-reload")
+        m.run("systemctl", "start", "governor")
+        wait_until(lambda: 'Status: "primary, leader of system' in m.run("systemctl", "status", "governor",
+                                                                          check=False).stdout, 60, "the primary")
+        assert "password" not in open(os.path.join(m.etc, "governor.yml")).read()
+        login = m.run("env", f"PGPASSWORD={harness.SUPERUSER_PASSWORD}", "psql", "-h", "127.0.0.1", "-p",
+                      str(m.ports["pg"]), "-U", "postgres", "-Atc", "SELECT 1")
+        assert login.stdout.strip() == "1"
+        assert harness.SUPERUSER_PASSWORD not in m.journal("governor")
+    finally:
+        m.run("systemctl", "stop", "governor")
+        os.unlink(creds)
+        with open(os.path.join(m.etc, "governor.yml"), "w") as fh:
+            yaml.safe_dump(m.cfg, fh)
+        m.run("systemctl", "daemon-reload")
 
 
 def test_postgresql_as_the_distributions_systemd_unit(machine):
