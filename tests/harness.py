@@ -233,6 +233,10 @@ def stop_postmaster(data_dir: str) -> None:
 
 
 class Etcd:
+    # Clients over TLS: (certificate, key, CA file, whether clients need a certificate from the CA);
+    # a class default too, for views made without __init__ (test_failsafe's EtcdTrio).
+    tls: Optional[Tuple[str, str, str, bool]] = None
+
     def __init__(self, base_dir: str, binary: str = "etcd"):
         self.binary = binary              # Debian 12's etcd 3.4 unless told otherwise
         self.listen_all = False           # clients on every address (members in network namespaces)
@@ -241,8 +245,7 @@ class Etcd:
         self.port = free_port()
         self.peer_port = free_port()
         self.proc: Optional[subprocess.Popen] = None
-        # Clients over TLS: (certificate, key, CA file, whether clients need a certificate from the CA)
-        self.tls: Optional[Tuple[str, str, str, bool]] = None
+        self.tls = None
         self.extra_args: List[str] = []
 
     @property

@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import textwrap
 import time
 import urllib.request
 from typing import Dict, List, Optional
@@ -22,10 +23,33 @@ from typing import Dict, List, Optional
 import yaml
 
 from tests import system
-from tests.harness import HAPROXY_EXAMPLE, _processes, wait_until
+from tests.harness import HAPROXY_EXAMPLE, REPO, _processes, wait_until
 
-PACKAGES = system.PACKAGES + ["etcd-server", "etcd-client"]
+PACKAGES = system.PACKAGES + ["sudo", "libnss-myhostname"]   # a host resolves its own name, as installed ones do
+APT_INSTALLS = ("etcd-server", "etcd-client")   # installed by README's own `apt install`, in the test
 NAMES = ("db1", "db2", "db3")
+README_ADDRESSES = ("10.0.0.11", "10.0.0.12", "10.0.0.13")
+
+
+def rootfs() -> str:
+    """A Debian 12 host as an operator's: 15/main starts at boot, etcd-server waits for apt."""
+    return system.rootfs("bookworm", PACKAGES, as_apt_leaves_it=True, to_install=APT_INSTALLS)
+
+
+def readme_block(name: str) -> str:
+    """The shell block README.md marks `<!-- test: NAME -->`, as an operator would paste it."""
+    with open(os.path.join(REPO, "README.md")) as fh:
+        text = fh.read()
+    found = re.search(rf"<!-- test: {re.escape(name)} -->\s*\n\s*```sh\n(.*?)\n\s*```", text, re.S)
+    assert found, f"README.md has no shell block marked {name}: the test and the README drifted apart"
+    return textwrap.dedent(found.group(1))
+
+
+def on_this_lan(block: str, hosts: List[Host]) -> str:
+    """README's addresses (10.0.0.11-13) replaced by the hosts' on the test's LAN."""
+    for readme, host in zip(README_ADDRESSES, hosts):
+        block = block.replace(readme, host.address)
+    return block
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -149,50 +173,50 @@ class Host:
         return self.machine.journal("governor") if self.alive else ""
 
 
-def etcd_defaults(hosts: List[Host], me: Host) -> str:
-    """/etc/default/etcd for `me`, as README's "Three hosts" step 1 says."""
-    cluster = ",".join(f"{h.name}=http://{h.address}:2380" for h in hosts)
-    return "\n".join([
-        f"ETCD_NAME={me.name}",
-        "ETCD_DATA_DIR=/var/lib/etcd/default",
-        f"ETCD_INITIAL_CLUSTER={cluster}",
-        "ETCD_INITIAL_CLUSTER_STATE=new",
-        "ETCD_INITIAL_CLUSTER_TOKEN=main",
-        f"ETCD_LISTEN_PEER_URLS=http://{me.address}:2380",
-        f"ETCD_INITIAL_ADVERTISE_PEER_URLS=http://{me.address}:2380",
-        f"ETCD_LISTEN_CLIENT_URLS=http://{me.address}:2379,http://127.0.0.1:2379",
-        f"ETCD_ADVERTISE_CLIENT_URLS=http://{me.address}:2379",
-        ""])
+def deploy(hosts: List[Host], deb: str) -> str:
+    """README's "Three hosts", steps 1-3 and 5 on every host, each step the README's own shell
+    block with only the addresses changed (step 4, the ports, is the LAN). Returns the cluster's
+    superuser password (generated on the first host)."""
+    install = re.sub(r"\./governor_\S+_all\.deb", f"./{os.path.basename(deb)}", readme_block("hosts-install"))
+    for h in hosts:
+        h.run("bash", "-euc", f"cd /mnt/debs && {install}", timeout=300)
+    for h in hosts:      # as apt left it: a one-member etcd of its own, already running
+        wait_until(lambda h=h: h.run("systemctl", "is-active", "etcd", check=False).stdout.strip() == "active", 60,
+                   f"{h.name}'s etcd started by apt")
+    etcd = on_this_lan(readme_block("hosts-etcd"), hosts)
+    for h in hosts:
+        h.run("bash", "-euc", re.sub(r"(?m)^NAME=\S+ ADDR=\S+", f"NAME={h.name} ADDR={h.address}", etcd, count=1))
+    check = on_this_lan(readme_block("hosts-etcd-check"), hosts)
+    shown = []
 
-
-def deploy(hosts: List[Host], network: str, deb: str) -> str:
-    """README's "Three hosts", steps 1-3 and 5, on every host (step 4, the ports, is the LAN).
-    Returns the cluster's superuser password (generated on the first host)."""
+    def checked() -> bool:
+        done = hosts[0].run("bash", "-euc", check, check=False)
+        shown[:] = [done.stdout + done.stderr]
+        return one_etcd_cluster(done.stdout)
+    try:
+        wait_until(checked, 90, "one three-member etcd cluster, as README's check shows it")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the check showed:\n{shown[0] if shown else ''}") from None
     for h in hosts:
-        h.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
-              f"/mnt/debs/{os.path.basename(deb)}", timeout=300)
-        h.run("sh", "-c", f"cat > /etc/default/etcd <<'EOF'\n{etcd_defaults(hosts, h)}EOF\n"
-                          "rm -f /etc/systemd/system/etcd.service && systemctl daemon-reload")
-        h.run("systemctl", "start", "--no-block", "etcd")
+        h.run("bash", "-euc", readme_block("hosts-postgresql"))
+    h0 = hosts[0]
+    h0.run("bash", "-euc", on_this_lan(readme_block("hosts-config-first"), hosts))
+    first_file = h0.run("cat", "/etc/governor/local.yml").stdout
+    others = on_this_lan(readme_block("hosts-config-others"), hosts)
+    for h in hosts[1:]:
+        h.run("sh", "-c", f"umask 077 && cat > /root/{h0.name}.yml <<'EOF'\n{first_file}EOF\n")
+        h.run("bash", "-euc", re.sub(r"--name \S+ --address \S+", f"--name {h.name} --address {h.address}", others))
     for h in hosts:
-        wait_until(lambda h=h: h.run("etcdctl", "--endpoints", f"http://{h.address}:2379", "endpoint", "health",
-                                     check=False).returncode == 0, 90, f"etcd on {h.name}")
-    endpoints = ",".join(f"{h.address}:2379" for h in hosts)
-    first_file = ""
-    for h in hosts:
-        h.run("systemctl", "disable", "--now", "postgresql@15-main", check=False)
-        extra = []
-        if first_file:
-            h.run("sh", "-c", f"cat > /root/{hosts[0].name}.yml <<'EOF'\n{first_file}EOF\n")
-            extra = ["--passwords-from", f"/root/{hosts[0].name}.yml"]
-        h.run("governorctl", "generate-config", "--name", h.name, "--address", h.address, "--etcd", endpoints,
-              "--network", network, *extra)
-        if not first_file:
-            first_file = h.run("cat", "/etc/governor/local.yml").stdout
-        h.run("runuser", "-u", "postgres", "--", "governor", "--validate-config", "/etc/governor")
-    for h in hosts:
-        h.run("systemctl", "enable", "--now", "--no-block", "governor")
+        h.run("bash", "-euc", readme_block("hosts-start"), timeout=300)
     return str(yaml.safe_load(first_file)["postgresql"]["superuser"]["password"])
+
+
+def one_etcd_cluster(shown: str) -> bool:
+    """README's check: exactly one of the endpoints is the leader, and three members are listed."""
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in shown.splitlines()
+            if line.startswith("|") and ":2379" in line]
+    members = [line for line in shown.splitlines() if line.count(",") >= 4 and "started" in line]
+    return len(rows) == 3 and sum(1 for row in rows if row[4] == "true") == 1 and len(members) == 3
 
 
 class ClientHaproxy:

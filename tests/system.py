@@ -39,10 +39,15 @@ MIRROR = "http://deb.debian.org/debian"
 TRIXIE_PACKAGES = [p.replace("postgresql-15", "postgresql-17") for p in PACKAGES]
 
 
-def rootfs(release: str = "bookworm", packages: Optional[List[str]] = None) -> str:
-    """Path of a cached root file system of `release`, built on first use."""
+def rootfs(release: str = "bookworm", packages: Optional[List[str]] = None, as_apt_leaves_it: bool = False,
+           to_install: Sequence[str] = ()) -> str:
+    """Path of a cached root file system of `release`, built on first use. By default no default
+    PostgreSQL cluster or etcd starts at boot (the system tests run their own). With
+    `as_apt_leaves_it`, a host as an operator's: Debian's 15/main starts at boot, and
+    `to_install` waits in apt's cache (with apt's lists) for an `apt install` that needs no
+    network and runs the packages' own maintainer scripts (etcd-server starts its etcd)."""
     packages = packages or PACKAGES
-    key = hashlib.sha256(" ".join(packages).encode()).hexdigest()[:12]
+    key = hashlib.sha256(" ".join([*packages, str(as_apt_leaves_it), *to_install]).encode()).hexdigest()[:12]
     path = os.path.join(CACHE, f"{release}-{key}")
     if os.path.exists(os.path.join(path, ".complete")):
         return path
@@ -50,11 +55,27 @@ def rootfs(release: str = "bookworm", packages: Optional[List[str]] = None) -> s
     os.makedirs(CACHE, exist_ok=True)
     subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", release, path,
                     MIRROR], check=True, capture_output=True)
-    # No default PostgreSQL cluster or etcd started at boot: governor manages its own.
-    for unit in ("postgresql.service", "etcd.service"):
-        link = os.path.join(path, "etc/systemd/system", unit)
-        if not os.path.lexists(link):
-            os.symlink("/dev/null", link)
+    if as_apt_leaves_it:
+        resolv = os.path.join(path, "etc/resolv.conf")
+        kept = open(resolv, "rb").read() if os.path.isfile(resolv) and not os.path.islink(resolv) else None
+        shutil.copy("/etc/resolv.conf", resolv + ".download")
+        os.replace(resolv + ".download", resolv)
+        try:
+            for cmd in (["apt-get", "update", "-q"],
+                        ["apt-get", "install", "-q", "-y", "--download-only", *to_install]):
+                subprocess.run(["chroot", path, *cmd], check=True, capture_output=True,
+                               env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive"})
+        finally:    # the hosts have no name server on their LAN: a lookup must fail at once
+            with open(resolv, "wb") as fh:
+                fh.write(kept or b"")
+        # An operator answers apt's "Do you want to continue?"; a test has no terminal to.
+        with open(os.path.join(path, "etc/apt/apt.conf.d/90-test-assume-yes"), "w") as fh:
+            fh.write('APT::Get::Assume-Yes "true";\n')
+    else:
+        for unit in ("postgresql.service", "etcd.service"):
+            link = os.path.join(path, "etc/systemd/system", unit)
+            if not os.path.lexists(link):
+                os.symlink("/dev/null", link)
     open(os.path.join(path, ".complete"), "w").close()
     return path
 

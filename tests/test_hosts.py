@@ -13,7 +13,7 @@ import urllib.request
 import psycopg2
 import pytest
 
-from tests import debs, hosts, system
+from tests import debs, hosts
 from tests.harness import WriteClient, wait_until
 
 # The first test also builds the root file system once (debootstrap) and boots three hosts.
@@ -25,7 +25,7 @@ def lan_hosts(base_dir):
     deb = debs.build()
     next_deb = debs.build_next()
     binds = [(os.path.dirname(deb), "/mnt/debs"), (os.path.dirname(next_deb), "/mnt/debs-next")]
-    root = system.rootfs("bookworm", hosts.PACKAGES)
+    root = hosts.rootfs()
     work = os.path.join(base_dir, "hosts")
     os.makedirs(work, exist_ok=True)
     lan = hosts.Lan(os.getpid() % 200 + 20)
@@ -36,7 +36,7 @@ def lan_hosts(base_dir):
             address = lan.add(name, number)
             machines.append(hosts.Host(lan, name, address, root, binds, work))
         started = time.monotonic()
-        password = hosts.deploy(machines, f"{lan.net}.0/24", deb)
+        password = hosts.deploy(machines, deb)
         proxy = hosts.ClientHaproxy(lan, machines, work, password)
         yield lan, machines, proxy, started, next_deb
     finally:
