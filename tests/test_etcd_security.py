@@ -112,16 +112,17 @@ def two_etcds(base_dir):
         server.stop()
 
 
-def test_endpoints_of_two_etcd_clusters_are_refused_for_every_operation(two_etcds):
+@pytest.mark.parametrize("api", [3, 2])
+def test_endpoints_of_two_etcd_clusters_are_refused_for_every_operation(two_etcds, api):
     a, b = two_etcds
     scope = f"split{next(_n)}-{time.monotonic_ns()}"
-    dcs = make(EtcdConfig(scope=scope, ttl=10, hosts=(("127.0.0.1", a.port), ("127.0.0.1", b.port)), api=3),
+    dcs = make(EtcdConfig(scope=scope, ttl=10, hosts=(("127.0.0.1", a.port), ("127.0.0.1", b.port)), api=api),
                retry_timeout=2)
     with pytest.raises(DCSError, match="etcd endpoints of different etcd clusters: 127.0.0.1:"):
         dcs.get_cluster()
     with pytest.raises(DCSError, match="different etcd clusters"):
         dcs.acquire_leader("node-a")
-    alone = make(EtcdConfig(scope=scope, ttl=10, hosts=(("127.0.0.1", a.port),), api=3), retry_timeout=2)
+    alone = make(EtcdConfig(scope=scope, ttl=10, hosts=(("127.0.0.1", a.port),), api=api), retry_timeout=2)
     assert alone.get_cluster().leader is None
 
 

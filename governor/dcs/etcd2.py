@@ -18,6 +18,7 @@ from governor.cluster import Cluster
 from governor.config import EtcdConfig
 from governor.dcs import DCS, DCSError, short_error
 from governor.dcs.keys import Entry, build_cluster, history_list, wakes
+from governor.dcs.onecluster import OneCluster
 from governor.sync import SyncState
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class Etcd2(DCS):
         self.retry_timeout = retry_timeout
         self.request_timeout = max(1.0, min(retry_timeout / 2.0, 5.0))
         self._clients: Dict[Tuple[str, int], etcd.Client] = {}
+        self.clusters = OneCluster()     # every endpoint one etcd cluster (onecluster.py)
         self._current = 0
         self._claim_index: Optional[int] = None  # modifiedIndex of our `initialize` claim
         self.read_index = 0                      # etcd's index at the newest read of the scope
@@ -106,6 +108,7 @@ class Etcd2(DCS):
                 self.observer(what, time.monotonic() - started, ok)
 
     def _try_endpoints(self, what: str, op: Callable[[etcd.Client], T], budget: Optional[float]) -> T:
+        self.clusters.refuse_while_split()
         deadline = time.monotonic() + (budget if budget is not None else self.retry_timeout)
         deadline = min(deadline, self.pass_deadline or deadline)
         hosts: List[Tuple[str, int]] = list(self.cfg.hosts)
@@ -115,6 +118,7 @@ class Etcd2(DCS):
             endpoint = hosts[(self._current + attempt) % len(hosts)]
             try:
                 result = op(self._client(endpoint))
+                self._seen_cluster(endpoint)
                 self._current = (self._current + attempt) % len(hosts)
                 return result
             except _CONNECTION_ERRORS as exc:
@@ -139,7 +143,25 @@ class Etcd2(DCS):
 
     # ------------------------------------------------------------------ reads
 
+    def _seen_cluster(self, endpoint: Tuple[str, int]) -> dict:
+        """The cluster id (X-Etcd-Cluster-Id, hex) of the endpoint's last answer, compared with the
+        others'; raises Split (a DCSError) while they disagree."""
+        found = getattr(self._clients.get(endpoint), "expected_cluster_id", None)
+        answer = {"header": {"cluster_id": str(int(found, 16))}} if isinstance(found, str) and found.isalnum() \
+            and all(c in "0123456789abcdefABCDEF" for c in found) else {}
+        self.clusters.record(endpoint, answer)
+        return answer
+
+    def _ask_cluster(self, endpoint: Tuple[str, int]) -> dict:
+        try:
+            self._client(endpoint).read(self.prefix)
+        except etcd.EtcdKeyNotFound:
+            pass                     # an answer all the same, with its cluster id
+        return self._seen_cluster(endpoint)
+
     def get_cluster(self) -> Cluster:
+        self.clusters.sweep(self.cfg.hosts, self._ask_cluster)
+
         def read(client: etcd.Client) -> Optional[etcd.EtcdResult]:
             try:
                 return client.read(self.prefix, recursive=True)

@@ -26,7 +26,7 @@ from governor.cluster import Cluster
 from governor.config import EtcdConfig
 from governor.dcs import DCS, DCSError, short_error
 from governor.dcs.keys import build_cluster, history_list
-from governor.dcs.onecluster import OneCluster, Split
+from governor.dcs.onecluster import OneCluster
 from governor.dcs.v2probe import refuse_scope_in_v2
 from governor.dcs.v3cache import Item, KeyCache, WatchStream, parse_kv
 from governor.dcs.v3json import (
@@ -120,10 +120,7 @@ class Etcd3(DCS):
             if resp.status == 503 or "no leader" in str(message):
                 raise Unreachable(str(message))
             raise Refused(str(message))
-        try:
-            self.clusters.record(endpoint, data)
-        except Split as exc:
-            raise Refused(str(exc)) from exc
+        self.clusters.record(endpoint, data)     # raises Split (a DCSError) while the endpoints disagree
         return data
 
     def _detect_gateway(self, endpoint: Tuple[str, int], timeout: float) -> None:
@@ -163,6 +160,7 @@ class Etcd3(DCS):
                 self.observer(what, time.monotonic() - started, ok)
 
     def _try_endpoints(self, what: str, path: str, body: dict, budget: Optional[float]) -> dict:
+        self.clusters.refuse_while_split()
         deadline = time.monotonic() + (budget if budget is not None else self.retry_timeout)
         deadline = min(deadline, self.pass_deadline or deadline)
         hosts: List[Tuple[str, int]] = list(self.cfg.hosts)

@@ -54,6 +54,11 @@ class OneCluster:
                       "started alone keeps its own cluster until its data directory is emptied)")
         raise Split(self.split)
 
+    def refuse_while_split(self) -> None:
+        """Before any operation: nothing is written to either cluster while they disagree."""
+        if self.split:
+            raise Split(self.split)
+
     def sweep(self, endpoints: Tuple[Endpoint, ...], ask: Callable[[Endpoint], Any]) -> None:
         """When due (first, then every `interval` seconds): ask every endpoint for its cluster id
         (`ask` returns the answer, or raises when it does not answer: asked again next time).
