@@ -2,11 +2,8 @@
 one `FILE: KEY: what was expected` message per problem, and the checks the settings share."""
 from __future__ import annotations
 
-import glob
 import ipaddress
 import math
-import os
-import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from governor.settings import CONTROL_RE, LIMITS, NAME_MAX, NAME_RE, SECRET_MAX, parse_size
@@ -146,17 +143,11 @@ def parse_host_port(text: str, default_port: Optional[int] = None) -> Optional[T
 
 
 def default_bin_dir() -> str:
-    """The newest installed PostgreSQL server's bin directory (Debian or PGDG layout)."""
-    candidates = glob.glob("/usr/lib/postgresql/*/bin") + glob.glob("/usr/pgsql-*/bin")
+    """The newest installed PostgreSQL server's bin directory (Debian or PGDG layout), for a member
+    with no data directory yet (bindir.py chooses by PG_VERSION otherwise)."""
+    from governor.bindir import choose
 
-    def version(path: str) -> float:
-        match = re.search(r"(\d+(?:\.\d+)?)", path)
-        return float(match.group(1)) if match else 0.0
-
-    for path in sorted(candidates, key=version, reverse=True):
-        if os.path.exists(os.path.join(path, "pg_ctl")):
-            return path
-    return "/usr/bin"
+    return choose(None, None)[0]
 
 
 def name_check(v: str) -> Optional[str]:

@@ -10,7 +10,7 @@ import glob
 import os
 from typing import Dict, List, Optional, Tuple
 
-from governor import apiauth, passwords, pgparams, repltls, safe_yaml, standby, template_layout
+from governor import apiauth, bindir, passwords, pgparams, repltls, safe_yaml, standby, template_layout
 from governor import archive as archive_mod
 from governor import callbacks as callbacks_mod
 from governor.checker import (  # noqa: F401 - parse_host_port and default_bin_dir are used through config
@@ -244,8 +244,10 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         elif os.path.isdir(data_dir) and os.geteuid() != 0 and os.stat(data_dir).st_uid != os.geteuid():
             c.fail("postgresql.data_dir", f"{data_dir} belongs to another user (uid {os.stat(data_dir).st_uid}); "
                                           f"governor runs as uid {os.geteuid()}, as PostgreSQL must")
-    bin_dir = c.value("postgresql.bin_dir", "str") or default_bin_dir()
-    if not os.path.exists(os.path.join(bin_dir, "pg_ctl")):
+    bin_dir, wrong_major = bindir.choose(c.value("postgresql.bin_dir", "str"), data_dir)
+    if wrong_major:
+        c.fail("postgresql.bin_dir", wrong_major)
+    elif not os.path.exists(os.path.join(bin_dir, "pg_ctl")):
         c.fail("postgresql.bin_dir", f"expected the directory holding pg_ctl and initdb; {bin_dir}/pg_ctl not found")
     max_lag = c.value("postgresql.maximum_lag_on_failover", "size", 1048576,
                       check=lambda v: None if v <= SIZE_MAX else f"expected at most {SIZE_MAX} bytes")

@@ -352,3 +352,28 @@ def test_replication_tls_reaches_primary_conninfo_pg_basebackup_and_pg_hba(tmp_p
         problems(write(tmp_path / "g.yml", raw))[0]
     raw["postgresql"]["replication"]["sslmode"] = "paranoid"
     assert "expected one of disable, allow, prefer" in problems(write(tmp_path / "g.yml", raw))[0]
+
+
+def test_bin_dir_follows_the_data_directory_not_the_newest_major(tmp_path):
+    """A second major installed (a Debian 12 -> 13 upgrade leaves 15 beside 17) changes nothing:
+    the binaries are the data directory's (PG_VERSION); an explicit bin_dir of another major is
+    refused, and so is a data directory whose major is not installed."""
+    raw = minimal(tmp_path)
+    del raw["postgresql"]["bin_dir"]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "PG_VERSION").write_text("15\n")
+    assert config.load(write(tmp_path / "g.yml", raw)).postgresql.bin_dir == PG_BIN
+    fake = tmp_path / "pg17" / "bin"
+    fake.mkdir(parents=True)
+    for tool, text in (("postgres", "#!/bin/sh\necho 'postgres (PostgreSQL) 17.2 (Debian 17.2-1)'\n"), ("pg_ctl", "")):
+        (fake / tool).write_text(text)
+        os.chmod(fake / tool, 0o755)
+    raw["postgresql"]["bin_dir"] = str(fake)
+    found = problems(write(tmp_path / "g.yml", raw))
+    assert len(found) == 1 and f"postgresql.bin_dir: {fake} holds PostgreSQL 17, but {data} is a PostgreSQL 15 " \
+        "data directory (PG_VERSION)" in found[0], found
+    del raw["postgresql"]["bin_dir"]
+    (data / "PG_VERSION").write_text("11\n")
+    found = problems(write(tmp_path / "g.yml", raw))
+    assert len(found) == 1 and "no PostgreSQL 11 binaries are installed" in found[0] and "postgresql-11" in found[0]
