@@ -403,23 +403,11 @@ class Governor:
         self.reload_requested.set()
         self.wake.set()
 
-    def check_watchdog_timing(self) -> None:
-        usec = self.notify.watchdog_usec
-        if not usec:
-            return
-        watchdog, cfg = usec / 1e6, self.config
-        if watchdog + 2 >= cfg.etcd.ttl:
-            log.warning("WatchdogSec=%.0fs leaves no time to fence PostgreSQL before the leader lock (ttl %ss) "
-                        "expires; set it below ttl - 2", watchdog, cfg.etcd.ttl)
-        if watchdog < 2 * cfg.retry_timeout + 2:
-            log.warning("WatchdogSec=%.0fs is shorter than a loop that waits twice for etcd (2 * retry_timeout "
-                        "= %ss): a slow etcd could get governor killed", watchdog, 2 * cfg.retry_timeout)
-
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, self.request_reload)
-        self.check_watchdog_timing()
+        self.notify.fit_watchdog(self.config.etcd.ttl, self.config.retry_timeout)
         consume_restart_marker(max_age=0)   # a marker left from before this start means nothing now
         log.info("governor %s starting: member %s, %s, data directory %s", __version__, self.name,
                  self.dcs.describe(), self.pg.data_dir)

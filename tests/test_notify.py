@@ -111,6 +111,29 @@ def test_notify_protocol_ready_status_watchdog_reload_stopping(make_cluster):
         systemd.stop()
 
 
+def test_the_watchdog_timeout_follows_ttl(make_cluster):
+    """Under the unit's WatchdogSec=25 a member with ttl 10 would be killed for a hang only after its
+    lock expired: governor lowers systemd's timeout to ttl - 3 at start, and follows every change
+    of ttl (edit-config), never above the unit's own."""
+    cluster = make_cluster("wdttl")
+    node = cluster.add("solo", start=False)
+    systemd = FakeSystemd(os.path.join(node.dir, "notify.sock"))
+    systemd.start()
+    try:
+        node.start(env={"NOTIFY_SOCKET": systemd.path, "WATCHDOG_USEC": "25000000"})
+        wait_until(lambda: "WATCHDOG_USEC=7000000" in systemd.lines(), 30, "the timeout for ttl 10")
+        config = f"/service/{cluster.scope}/config"
+        for ttl, expected in ((30, "WATCHDOG_USEC=25000000"), (12, "WATCHDOG_USEC=9000000")):
+            changed = time.monotonic()
+            cluster.etcd.put(config, json.dumps({"ttl": ttl}))
+            wait_until(lambda expected=expected, changed=changed: expected in systemd.lines(changed), 30,
+                       f"the timeout for ttl {ttl}")
+        assert "watchdog: systemd's timeout set to 9s, below the leader lock's ttl 12" in node.log_text()
+    finally:
+        node.stop()
+        systemd.stop()
+
+
 def _environ(pid: int) -> str:
     with open(f"/proc/{pid}/environ", "rb") as fh:
         return fh.read().decode(errors="replace")
