@@ -150,6 +150,16 @@ def default_bin_dir() -> str:
     return choose(None, None)[0]
 
 
+def needs_module(needed: bool, module: str, package: str) -> Optional[str]:
+    """A setting that needs an optional Python module (the package only recommends it): why it
+    cannot be used here, or None."""
+    import importlib.util
+
+    if not needed or importlib.util.find_spec(module) is not None:
+        return None
+    return f"needs the Python module {module}, which is not installed (Debian: {package}; EL: {package})"
+
+
 def name_check(v: str) -> Optional[str]:
     if not NAME_RE.fullmatch(v):
         return "expected letters, digits, '_', '.' or '-' (it is used in etcd keys)"

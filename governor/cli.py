@@ -93,8 +93,13 @@ def run(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
 def daemonize(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     """Classic daemon: detach with python-daemon, hold a PID file, log to a file or syslog."""
-    import daemon
-    import daemon.pidfile
+    try:
+        import daemon
+        import daemon.pidfile
+    except ImportError:
+        print("governor: --daemonize needs the Python module daemon, which is not installed (Debian: python3-daemon;"
+              " EL: python3-daemon)", file=sys.stderr)
+        return EXIT_CONFIG
 
     pidfile = daemon.pidfile.TimeoutPIDLockFile(os.path.abspath(args.pidfile), acquire_timeout=1) \
         if args.pidfile else None

@@ -19,6 +19,7 @@ from governor.checker import (  # noqa: F401 - parse_host_port and default_bin_d
     default_bin_dir,
     kind_of,
     name_check,
+    needs_module,
     network_check,
     parse_host_port,
     positive,
@@ -194,8 +195,8 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     if files["key"] and not files["cert"]:
         c.fail("etcd.key", "set etcd.cert too: a client key needs its certificate")
     etcd_user, etcd_password = _user_and_password(c, "etcd")
-    etcd_api = c.value("etcd.api", "int", 0,
-                       check=lambda v: None if v in (2, 3) else "expected 2 (etcd v2 API) or 3 (etcd v3 API)")
+    etcd_api = c.value("etcd.api", "int", 0, check=lambda v: "expected 2 (etcd v2 API) or 3 (etcd v3 API)"
+                       if v not in (2, 3) else needs_module(v == 2, "etcd", "python3-etcd"))
 
     if failsafe_mode and loop_wait and retry_timeout and ttl and timing_problem(ttl, loop_wait, retry_timeout):
         c.fail("failsafe_mode", timing_problem(ttl, loop_wait, retry_timeout) or "")

@@ -377,3 +377,12 @@ def test_bin_dir_follows_the_data_directory_not_the_newest_major(tmp_path):
     (data / "PG_VERSION").write_text("11\n")
     found = problems(write(tmp_path / "g.yml", raw))
     assert len(found) == 1 and "no PostgreSQL 11 binaries are installed" in found[0] and "postgresql-11" in found[0]
+
+
+def test_a_path_that_needs_an_optional_module_says_which_package_brings_it():
+    from governor.checker import needs_module
+    assert needs_module(True, "no_such_module_for_governor", "python3-nothing") == (
+        "needs the Python module no_such_module_for_governor, which is not installed (Debian: python3-nothing; "
+        "EL: python3-nothing)")
+    assert needs_module(False, "no_such_module_for_governor", "python3-nothing") is None
+    assert needs_module(True, "etcd", "python3-etcd") is None      # installed here
