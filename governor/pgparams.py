@@ -59,6 +59,19 @@ class Setting:
 Catalogue = Dict[str, Setting]
 
 
+def _c_integer(text: str) -> Optional[float]:
+    """An integer setting as PostgreSQL reads it (strtol with base 0): '0600' is octal 384 (as
+    log_file_mode and unix_socket_permissions are documented), '0x10' hexadecimal 16."""
+    t = text.strip()
+    sign = -1 if t.startswith("-") else 1
+    digits = t[1:] if t[:1] in "+-" else t
+    if re.fullmatch(r"0[xX][0-9a-fA-F]+", digits):
+        return float(sign * int(digits, 16))
+    if re.fullmatch(r"0[0-7]+", digits):
+        return float(sign * int(digits, 8))
+    return None
+
+
 def _float(text: str) -> Optional[float]:
     try:
         return float(text)
@@ -123,7 +136,8 @@ def _check_type(setting: Setting, value: Any, text: str) -> Optional[str]:
     if kind in ("INTEGER", "REAL"):
         if isinstance(value, bool):
             return f"expected a number, got {value!r}"
-        number = float(value) if isinstance(value, (int, float)) else _float(text.strip())
+        number = float(value) if isinstance(value, (int, float)) else \
+            _c_integer(text) if kind == "INTEGER" and _c_integer(text) is not None else _float(text.strip())
         if number is not None and not math.isfinite(number):
             return f"expected a finite number, got {value!r}"
         if kind == "INTEGER" and number is not None and number != int(number):

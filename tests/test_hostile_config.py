@@ -213,3 +213,14 @@ def test_random_patches_are_valid_or_refused_never_a_traceback(patch, params):
 def minimal_raw() -> dict:
     return {"etcd": {"scope": "demo"}, "postgresql": {"name": "n1", "data_dir": "/tmp/x", "bin_dir": PG_BIN,
                                                       "replication": {"password": "p"}}}
+
+
+def test_integer_settings_are_read_as_postgresql_reads_them():
+    """'0600' is how PostgreSQL documents log_file_mode (octal, strtol base 0): a Patroni user's
+    parameters section must not fail on it; what PostgreSQL refuses stays refused."""
+    cat = catalogue(PG_BIN)
+    for name, value in (("log_file_mode", "0600"), ("log_file_mode", "0640"), ("unix_socket_permissions", "0770"),
+                        ("log_file_mode", "0x1FF"), ("log_file_mode", 384), ("max_connections", "100")):
+        assert pgparams.check(name, value, cat) is None, (name, value)
+    for name, value in (("log_file_mode", "600"), ("log_file_mode", "0999"), ("max_connections", "0x")):
+        assert pgparams.check(name, value, cat) is not None, (name, value)
