@@ -82,14 +82,18 @@ def seen_as(local: LocalState) -> Optional[str]:
     return local.role if local.role in ("primary", "replica") else None
 
 
-def transition(before: Optional[str], after: Optional[str]) -> Optional[Tuple[str, str]]:
+def transition(before: Optional[str], after: Optional[str],
+               last_role: Optional[str] = None) -> Optional[Tuple[str, str]]:
     """The background callback a change of PostgreSQL's observed state calls for, as (kind,
     role). States: "primary", "replica", "down"; None is not known (first pass, or running but
-    not answering): no callback from or to it."""
+    not answering): no callback from or to it. `last_role`: the role it last ran as, in this
+    process: a server that comes back in another role (a switchover's old primary: stopped,
+    started as a replica) changed role, and says so with on_role_change, as Patroni does, for the
+    scripts (a VIP, DNS, pgbouncer) that only act on that."""
     if before is None or after is None or before == after:
         return None
     if before == "down":
-        return ("on_start", after)
+        return ("on_role_change" if last_role not in (None, after) else "on_start", after)
     if after == "down":
         return ("on_stop", before)
     return ("on_role_change", after)

@@ -329,8 +329,9 @@ class Governor:
     def _role_callbacks(self, local: LocalState) -> None:
         """on_start / on_stop / on_role_change for what changed since the last pass."""
         seen = seen_as(local)
-        event = transition(self.mem.pg_seen, seen)
+        event = transition(self.mem.pg_seen, seen, self.mem.pg_last_role)
         self.mem.pg_seen = seen or self.mem.pg_seen
+        self.mem.pg_last_role = seen if seen in ("primary", "replica") else self.mem.pg_last_role
         if event is not None:
             self.callbacks.fire(self.config.callbacks, *event)
 

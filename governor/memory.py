@@ -56,6 +56,7 @@ class NodeMemory:
     racing: bool = False                         # taking the lock this pass: no promise until the next
     # callbacks (callbacks.py)
     pg_seen: Optional[str] = None                # "primary" / "replica" / "down" at the end of the last pass
+    pg_last_role: Optional[str] = None           # the role it last ran as ("primary" / "replica")
     pre_promote_veto_until: float = 0.0          # monotonic: pre_promote refused; not racing until then
     clone_failed_from: Optional[str] = None      # a clonefrom replica a clone failed from: the next uses another
     permanent_positions: Dict[str, int] = field(default_factory=dict)  # leader: its permanent slots' restart_lsn

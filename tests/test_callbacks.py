@@ -80,6 +80,14 @@ def test_which_change_calls_which_callback(before, after, called):
     assert callbacks.transition(before, after) == called
 
 
+def test_a_server_back_in_another_role_reports_a_role_change():
+    """A switchover's old primary stops, then starts as a replica: on_stop primary, then
+    on_role_change replica (what a VIP or pgbouncer script acts on), not on_start."""
+    assert callbacks.transition("primary", "down", "primary") == ("on_stop", "primary")
+    assert callbacks.transition("down", "replica", "primary") == ("on_role_change", "replica")
+    assert callbacks.transition("down", "replica", "replica") == ("on_start", "replica")
+
+
 @pytest.fixture
 def runner(tmp_path):
     failed = []

@@ -122,5 +122,8 @@ def test_a_pre_promote_that_refuses_hands_the_promotion_to_another_member(make_c
     assert stops and stops[0] >= asked, "before_stop ran on the stepping-down leader"
     wait_until(refusing.is_streaming, 60, "the refusing member to follow the new leader")
     assert watch.two_primaries() == []
+    if new is not leader:       # the old primary stopped and came back as a replica: its role changed
+        wait_until(lambda: "on_role_change replica" in of(base_dir, leader.name), 30,
+                   "on_role_change replica on the old primary")
     print(f"pre_promote refused on {refusing.name}: {new.name} leads; governorctl said: "
           f"{(done.stdout + done.stderr).strip().splitlines()[-1:]}")
