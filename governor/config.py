@@ -6,11 +6,10 @@ at once as ``FILE: KEY: what was expected``; nothing is started on a bad config.
 """
 from __future__ import annotations
 
-import glob
 import os
 from typing import Dict, List, Optional, Tuple
 
-from governor import apiauth, bindir, passwords, pgparams, repltls, safe_yaml, standby, template_layout
+from governor import apiauth, bindir, passwords, pgparams, repltls, standby, template_layout
 from governor import archive as archive_mod
 from governor import callbacks as callbacks_mod
 from governor.checker import (  # noqa: F401 - parse_host_port and default_bin_dir are used through config
@@ -25,6 +24,7 @@ from governor.checker import (  # noqa: F401 - parse_host_port and default_bin_d
     positive,
     secret_check,
 )
+from governor.configfiles import ConfigError, read_raw  # noqa: F401 - read_raw is used through config
 from governor.failsafe import timing_problem
 from governor.postgres.catalogue import catalogue
 from governor.settings import (  # noqa: F401 - re-exported: the configuration's types live in settings
@@ -55,71 +55,6 @@ from governor.settings import (  # noqa: F401 - re-exported: the configuration's
     parse_sync_mode,
     slot_name_for,
 )
-
-
-class ConfigError(Exception):
-    """Raised with every problem found; str() lists one problem per line."""
-
-    def __init__(self, problems: List[str]):
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _yaml_files(path: str) -> List[str]:
-    if os.path.isdir(path):
-        files = sorted(glob.glob(os.path.join(path, "*.yml")) + glob.glob(os.path.join(path, "*.yaml")))
-        return files
-    return [path]
-
-
-def _merge(base: dict, extra: dict, origin: Dict[str, str], src: str, prefix: str = "") -> None:
-    for key, value in extra.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value, origin, src, dotted + ".")
-        else:
-            base[key] = value
-            origin[dotted] = src
-            if isinstance(value, dict):
-                _record_origin(value, origin, src, dotted + ".")
-
-
-def _record_origin(value: dict, origin: Dict[str, str], src: str, prefix: str) -> None:
-    for key, sub in value.items():
-        origin[f"{prefix}{key}"] = src
-        if isinstance(sub, dict):
-            _record_origin(sub, origin, src, f"{prefix}{key}.")
-
-
-def read_raw(path: str) -> Tuple[dict, Dict[str, str]]:
-    """Read and merge the YAML at `path`; returns (merged mapping, dotted key -> file)."""
-    if not os.path.exists(path):
-        raise ConfigError([f"{path}: no such file or directory"])
-    files = _yaml_files(path)
-    if not files:
-        raise ConfigError([f"{path}: directory holds no *.yml files"])
-    merged: dict = {}
-    origin: Dict[str, str] = {}
-    problems = []
-    for name in files:
-        try:
-            data = safe_yaml.load_file(name)
-        except safe_yaml.YamlProblem as exc:
-            problems.append(f"{name}: {exc}")
-            continue
-        if data is None:
-            continue
-        if not isinstance(data, dict):
-            problems.append(f"{name}: expected a mapping of settings at the top level, got {kind_of(data)}")
-            continue
-        _merge(merged, data, origin, name)
-    if problems:
-        raise ConfigError(problems)
-    return merged, origin
-
 
 TOP_KEYS = ("loop_wait", "retry_timeout", "primary_start_timeout", "log_level", "log_format", "tags", "etcd",
             "postgresql", "restapi", "metrics", "synchronous_mode", "synchronous_mode_strict",

@@ -386,3 +386,18 @@ def test_a_path_that_needs_an_optional_module_says_which_package_brings_it():
         "EL: python3-nothing)")
     assert needs_module(False, "no_such_module_for_governor", "python3-nothing") is None
     assert needs_module(True, "etcd", "python3-etcd") is None      # installed here
+
+
+def test_an_unreadable_configuration_directory_says_permission_denied(tmp_path):
+    """governorctl run as an ordinary user against /etc/governor (0750 root:postgres)."""
+    os.chmod(tmp_path, 0o755)          # like /etc: others may pass through
+    d = tmp_path / "etc-governor"
+    d.mkdir()
+    write(d / "governor.yml", minimal(tmp_path))
+    os.chmod(d, 0o750)
+    script = (f"from governor import config\ntry:\n    config.load({str(d)!r})\nexcept config.ConfigError as e:\n"
+              "    print(e.problems[0])\n")
+    out = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c",
+                          script], capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+                         env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
+    assert "permission denied" in out.stdout and "use sudo" in out.stdout, out.stdout + out.stderr
