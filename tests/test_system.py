@@ -83,6 +83,20 @@ def test_governor_runs_as_a_systemd_service(machine):
     wait_until(lambda: "reload: configuration reloaded" in m.journal("governor"), 10, "the reload")
     assert m.run("systemctl", "is-active", "governor").stdout.strip() == "active"
 
+    # A file that does not validate: `systemctl reload` fails and says why; nothing changes.
+    path = os.path.join(m.etc, "governor.yml")
+    good = open(path).read()
+    with open(path, "a") as fh:
+        fh.write("loop_wiat: 3\n")
+    try:
+        refused = m.run("systemctl", "reload", "governor", check=False)
+        assert refused.returncode != 0, refused.stdout + refused.stderr
+        assert "loop_wiat: unknown setting" in m.journal("governor")
+        assert m.run("systemctl", "is-active", "governor").stdout.strip() == "active"
+    finally:
+        with open(path, "w") as fh:
+            fh.write(good)
+
 
 def test_watchdog_kills_a_hung_governor_and_the_fence_stops_postgres(machine):
     m = machine

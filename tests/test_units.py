@@ -57,7 +57,11 @@ def test_watchdog_fits_the_default_timings(tmp_path):
         assert loop_wait < watchdog
         assert service["KillMode"] == "process", "restarting governor must not kill PostgreSQL"
         assert "--fence" in service["ExecStopPost"]
-        assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+        with open(os.path.join(REPO, "systemd", name)) as fh:
+            reloads = [line.split("=", 1)[1].strip() for line in fh if line.startswith("ExecReload=")]
+        assert reloads[0].startswith("/usr/bin/governor --validate-config /etc/governor"), \
+            "a file that does not validate must fail the reload, not be reported as reloaded"
+        assert reloads[1:] == ["/bin/kill -HUP $MAINPID"]
 
 
 def test_restart_marker_is_honoured_only_when_fresh(tmp_path, monkeypatch):
