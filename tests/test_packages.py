@@ -147,7 +147,13 @@ def test_rpm_builds_lint_clean_with_the_same_file_set():
     configs = subprocess.run(["rpm", "-qcp", rpms[0]], capture_output=True, text=True, check=True).stdout
     assert configs.split() == ["/etc/governor/governor.yml"]
     requires = subprocess.run(["rpm", "-qpR", rpms[0]], capture_output=True, text=True, check=True).stdout
-    assert "python3-etcd" in requires and "postgresql-server" in requires
+    recommends = subprocess.run(["rpm", "-qp", "--recommends", rpms[0]], capture_output=True, text=True,
+                                check=True).stdout
+    assert "urllib3" in requires and "psycopg2" in requires, requires
+    # governorctl and the check script install on a haproxy or client host: the server, and the
+    # modules only etcd's v2 API and --daemonize need, are recommended
+    for optional in ("python3-etcd", "python3-daemon", "postgresql-server"):
+        assert optional not in requires and optional in recommends, (optional, requires, recommends)
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +182,14 @@ def test_the_same_deb_runs_on_debian_13(trixie, deb, etcd):
                     str(ports["pg"]), "-U", "postgres", "-Atc", "SHOW server_version_num").stdout.strip()
     assert version.startswith("17")
     m.run("systemctl", "stop", "governor")
+
+
+def test_the_deb_recommends_the_server_and_the_optional_modules(deb):
+    """A haproxy, client or Prometheus host installs governorctl and the check script with
+    --no-install-recommends and gets no PostgreSQL server (whose package would create and start a
+    15/main cluster there); urllib3, which the default etcd adapter imports, is declared."""
+    fields = {name: subprocess.run(["dpkg-deb", "-f", deb, name], capture_output=True, text=True, check=True).stdout
+              for name in ("Depends", "Recommends")}
+    assert "python3-urllib3" in fields["Depends"], fields
+    for optional in ("python3-etcd", "python3-daemon", "postgresql-15"):
+        assert optional not in fields["Depends"] and optional in fields["Recommends"], (optional, fields)
