@@ -30,11 +30,10 @@ test-packages: deps
 test-hosts: deps
 	$(PYTEST) -q -s -m hosts tests
 
-# Every test (the integration tests on the etcd v3 adapter), then the failover tests once more
-# on the v2 adapter.
+# Every test (the integration tests on the etcd v3 adapter) and the failover tests once more on
+# the v2 adapter, in two processes side by side: tools/run-tests.
 test: deps lint
-	$(PYTEST) -q --durations=30 tests
-	GOVERNOR_TEST_ETCD_API=2 $(PYTEST) -q tests/test_failover.py
+	tools/run-tests
 
 # The deterministic simulator on many more fault schedules than `make test` runs (10,000):
 # make simulate SIM_SCHEDULES=1000000 SIM_FIRST_SEED=10001

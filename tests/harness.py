@@ -77,8 +77,11 @@ def become_subreaper() -> None:
 
 # Ports for test listeners come from below the kernel's ephemeral range (32768-60999 by default),
 # so no outgoing connection can take one between this check and the listener's bind, and none is
-# handed out twice in one run. Each run starts at an offset from its PID.
-PORT_RANGE = (20000, 32000)
+# handed out twice in one run. Each run starts at an offset from its PID. `make test` runs two
+# pytest processes side by side (tools/run-tests): GOVERNOR_TEST_PORTS (0 or 1) gives each its own
+# half, so they never pick the same port.
+_HALF = os.environ.get("GOVERNOR_TEST_PORTS")
+PORT_RANGE = (20000, 32000) if _HALF not in ("0", "1") else (20000 + 6000 * int(_HALF), 26000 + 6000 * int(_HALF))
 _issued: set = set()
 _port_lock = threading.Lock()
 _next_port = [PORT_RANGE[0] + (os.getpid() * 37) % (PORT_RANGE[1] - PORT_RANGE[0])]
