@@ -118,8 +118,14 @@ def test_apt_install_configure_enable_upgrade_and_purge(machine, deb, next_deb, 
     assert sorted(roles.values()) == ["leader", "replica"] and "pkg1" not in roles
 
     # Purge: configuration gone, data kept.
+    # What generate-config wrote goes with a purge; what an operator wrote stays.
+    m.run("governorctl", "generate-config", "--name", "gone", "--address", "10.9.9.9", "--etcd", "10.9.9.1:2379",
+          "--output", "/etc/governor/local.yml", "--force")
     m.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "purge", "-y", "-q", "governor", timeout=300)
     assert m.run("test", "-e", "/etc/governor/governor.yml", check=False).returncode != 0
+    assert m.run("test", "-e", "/etc/governor/local.yml", check=False).returncode != 0
+    assert m.run("sh", "-c", "ls /etc/governor/*.d/governor.yml", check=False).returncode == 0, \
+        "an operator's own files stay"
     assert m.run("test", "-f", "/var/lib/postgresql/governor/PG_VERSION", check=False).returncode == 0
     assert m.run("pgrep", "-u", "postgres", "-x", "postgres", check=False).returncode != 0, \
         "removing the package stopped governor, and governor its PostgreSQL"
