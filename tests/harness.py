@@ -7,6 +7,7 @@ system user, from a copy of the package in a directory that user can read.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import pwd
@@ -79,12 +80,27 @@ def become_subreaper() -> None:
 # so no outgoing connection can take one between this check and the listener's bind, and none is
 # handed out twice in one run. Each run starts at an offset from its PID. `make test` runs two
 # pytest processes side by side (tools/run-tests): GOVERNOR_TEST_PORTS (0 or 1) gives each its own
-# half, so they never pick the same port.
+# half, so they never pick the same port. Pairs of ports a fixed distance apart (free_port_pair)
+# start in 20000-20999 (each half its own 500) and end in 30000-32767, outside both halves.
 _HALF = os.environ.get("GOVERNOR_TEST_PORTS")
-PORT_RANGE = (20000, 32000) if _HALF not in ("0", "1") else (20000 + 6000 * int(_HALF), 26000 + 6000 * int(_HALF))
+_H = int(_HALF) if _HALF in ("0", "1") else None
+PORT_RANGE = (21000, 30000) if _H is None else (21000 + 4500 * _H, 25500 + 4500 * _H)
+PAIR_FIRST = (20000, 21000) if _H is None else (20000 + 500 * _H, 20500 + 500 * _H)
+PAIR_SECOND = (30000, 32768)
 _issued: set = set()
 _port_lock = threading.Lock()
 _next_port = [PORT_RANGE[0] + (os.getpid() * 37) % (PORT_RANGE[1] - PORT_RANGE[0])]
+
+
+def _bindable(*ports: int) -> bool:
+    try:
+        with contextlib.ExitStack() as stack:
+            for port in ports:
+                s = stack.enter_context(socket.socket())
+                s.bind(("0.0.0.0", port))
+    except OSError:
+        return False
+    return True
 
 
 def free_port() -> int:
@@ -92,15 +108,9 @@ def free_port() -> int:
         for _ in range(PORT_RANGE[1] - PORT_RANGE[0]):
             port = _next_port[0]
             _next_port[0] = port + 1 if port + 1 < PORT_RANGE[1] else PORT_RANGE[0]
-            if port in _issued:
-                continue
-            with socket.socket() as s:
-                try:
-                    s.bind(("0.0.0.0", port))
-                except OSError:
-                    continue
-            _issued.add(port)
-            return port
+            if port not in _issued and _bindable(port):
+                _issued.add(port)
+                return port
     raise RuntimeError("no free port left in the test range")
 
 
@@ -108,18 +118,13 @@ def free_port_pair(offset: int) -> int:
     """A port P such that P and P + offset are both free and issued to the caller (for files whose
     ports follow a convention, like the 2015 template's check port = PostgreSQL's port + 10000)."""
     with _port_lock:
-        for port in range(PORT_RANGE[0], PORT_RANGE[1] - offset):
+        for port in range(*PAIR_FIRST):
             pair = (port, port + offset)
-            if any(p in _issued for p in pair):
-                continue
-            try:
-                with socket.socket() as a, socket.socket() as b:
-                    a.bind(("0.0.0.0", pair[0]))
-                    b.bind(("0.0.0.0", pair[1]))
-            except OSError:
-                continue
-            _issued.update(pair)
-            return port
+            if not PAIR_SECOND[0] <= pair[1] < PAIR_SECOND[1]:
+                raise ValueError(f"free_port_pair: an offset of {offset} leaves the range for second ports")
+            if not any(p in _issued for p in pair) and _bindable(*pair):
+                _issued.update(pair)
+                return port
     raise RuntimeError(f"no two free ports {offset} apart left in the test range")
 
 

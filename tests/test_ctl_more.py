@@ -56,11 +56,12 @@ def test_pause_and_resume_wait_until_every_member_reports_them(make_cluster):
 
 
 def _editor(tmp_path, name: str, script: str) -> dict:
-    """An EDITOR that edits the file it is given with a shell script."""
+    """An EDITOR that edits the file it is given with a shell script (the file governorctl writes,
+    and keeps when the edit cannot be used, in the test's own directory)."""
     path = tmp_path / name
     path.write_text("#!/bin/sh\nset -e\n" + script)
     path.chmod(0o755)
-    return {"EDITOR": str(path), "VISUAL": ""}
+    return {"EDITOR": str(path), "VISUAL": "", "TMPDIR": str(tmp_path)}
 
 
 def test_edit_config_in_the_editor_shows_the_change_asks_and_never_overwrites_a_newer_one(make_cluster, tmp_path):

@@ -27,6 +27,10 @@ def restart_lsn(node: harness.Node, slot: str) -> Optional[int]:
     return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
 
+def slot_active(node: harness.Node, slot: str) -> bool:
+    return bool(node.sql("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,))[0][0])
+
+
 def receivewal(node: harness.Node, directory: str, log: str) -> subprocess.Popen:
     proc = subprocess.Popen(
         [os.path.join(harness.PG_BIN, "pg_receivewal"), "-h", node.pg_host, "-p", str(node.port), "-U",
@@ -65,9 +69,20 @@ def test_a_permanent_slot_and_the_wal_it_holds_survive_a_failover(make_cluster, 
     wait_until(lambda: (restart_lsn(leader, "archiver") or 0) > 3 * 16 * 2**20, 20, "the consumer to move the slot on")
     stop(consumer)
     consumer.wait(10)
+    # Its last feedback is applied by the server's walsender, which may still be reading it when
+    # pg_receivewal has exited: the slot's position is final once the walsender let go of it.
+    wait_until(lambda: not slot_active(leader, "archiver"), 10, "the leader's walsender to release the slot")
     held = restart_lsn(leader, "archiver")
-    wait_until(lambda: all(restart_lsn(r, "archiver") == held for r in replicas), 20,
-               "the replicas' copies to reach the leader's position")
+    copies: dict = {}
+
+    def copies_at_held() -> bool:
+        copies.update({r.name: restart_lsn(r, "archiver") for r in replicas})
+        return all(lsn == held for lsn in copies.values())
+    try:
+        wait_until(copies_at_held, 20, "the replicas' copies to reach the leader's position")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: the leader's slot at {held}, now {restart_lsn(leader, 'archiver')}; "
+                             f"the copies at {copies}") from None
 
     # The cluster writes on without the consumer; the replicas recycle every segment they may.
     for _ in range(8):
