@@ -2,9 +2,11 @@
 one `FILE: KEY: what was expected` message per problem, and the checks the settings share."""
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from governor.settings import CONTROL_RE, LIMITS, NAME_MAX, NAME_RE, SECRET_MAX, parse_size
 
@@ -14,6 +16,28 @@ def kind_of(value: Any) -> str:
         return "nothing"
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
             list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+@dataclass
+class Declared:
+    """What Checkers consulted while recording (the configuration reference is made from it):
+    each section's allowed keys, and each value's kind and default."""
+    sections: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
+    values: Dict[str, Tuple[str, Any]] = field(default_factory=dict)
+
+
+_recording: List[Declared] = []
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[Declared]:
+    """Record what every Checker consults until the block ends."""
+    declared = Declared()
+    _recording.append(declared)
+    try:
+        yield declared
+    finally:
+        _recording.remove(declared)
 
 
 class Checker:
@@ -54,7 +78,13 @@ class Checker:
             node = node.get(part)
         return node
 
+    def declare(self, key: str, allowed: Tuple[str, ...]) -> None:
+        """The keys section `key` may hold (recorded for the configuration reference)."""
+        for declared in _recording:
+            declared.sections[key] = tuple(allowed)
+
     def unknown(self, key: str, mapping: dict, allowed: Tuple[str, ...]) -> None:
+        self.declare(key, allowed)
         for name in mapping:
             if name not in allowed:
                 full = f"{key}.{name}" if key else str(name)
@@ -62,6 +92,8 @@ class Checker:
 
     def value(self, key: str, kind: str, default: Any = None, required: bool = False,
               check: Optional[Callable[[Any], Optional[str]]] = None) -> Any:
+        for declared in _recording:
+            declared.values.setdefault(key, (kind, default))
         value = self.get(key)
         if value is None:
             if required:
@@ -201,3 +233,8 @@ def network_check(v: str) -> Optional[str]:
             if item not in ("all", "samehost", "samenet") and not item.startswith("."):
                 return f"expected a network for pg_hba.conf such as 10.0.0.0/24, got {item!r}"
     return None
+
+
+def expectation(kind: Optional[str]) -> str:
+    """What a value of `kind` looks like, as the error messages say it ('' for no kind)."""
+    return _EXPECT.get(kind, "") if kind else ""

@@ -51,9 +51,19 @@ def under_journald() -> bool:
     return stream == f"{st.st_dev}:{st.st_ino}"
 
 
+_where: dict = {}
+
+
+def reformat(fmt: str) -> None:
+    """A reload that changed log_format: the same destination, the new format."""
+    if _where and _where.get("fmt") != fmt:
+        setup(logging.getLevelName(logging.getLogger().level), _where["log_file"], _where["syslog"], fmt)
+
+
 def setup(level: str = "INFO", log_file: Optional[str] = None, syslog: bool = False, fmt: str = "text") -> None:
     """Log to a file, syslog (daemon mode), the journal (priority prefixes) or stderr; `fmt`
     "json" writes one JSON object per line instead of text (journal priorities still apply)."""
+    _where.update(log_file=log_file, syslog=syslog, fmt=fmt)
     text = logging.Formatter("%(asctime)s %(levelname)s: %(message)s")
     body: logging.Formatter = JsonFormatter() if fmt == "json" else text
     handler: logging.Handler

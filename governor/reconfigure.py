@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from governor import config as config_mod
 from governor import dynamic, publish, standby
+from governor import log as log_mod
 from governor.cluster import Cluster
 from governor.config import Config
 from governor.dcs import DCSError, short_error
@@ -143,6 +144,7 @@ def apply_config(g: Governor, new: Config, why: str) -> list:
     if g.api is not None:
         g.api.config = new
     logging.getLogger().setLevel(new.log_level)
+    log_mod.reformat(new.log_format)
     if not changed:
         return changed
     try:

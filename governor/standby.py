@@ -115,6 +115,7 @@ def from_file(checker: Any) -> Tuple[Optional[dict], Optional[str]]:
     (reconfigure.seed_standby); the restore_command this member follows the primary cluster
     with). A section with only restore_command seeds nothing (a cluster made a standby with
     governorctl demote-cluster)."""
+    checker.declare(KEY, FILE_FIELDS)
     value = checker.get(KEY)
     if value is None:
         return None, None

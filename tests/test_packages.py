@@ -58,8 +58,15 @@ def test_apt_install_configure_enable_upgrade_and_purge(machine, deb, next_deb, 
     for shipped in ("governor/prometheus/governor-alerts.yml", "governor/grafana/governor-dashboard.json",
                     "bash-completion/completions/governor", "bash-completion/completions/governorctl"):
         assert m.run("test", "-f", f"/usr/share/{shipped}", check=False).returncode == 0, shipped
-    for page in ("/usr/share/man/man8/governor.8.gz", "/usr/share/man/man1/governorctl.1.gz"):
+    for page in ("/usr/share/man/man8/governor.8.gz", "/usr/share/man/man1/governorctl.1.gz",
+                 "/usr/share/man/man5/governor.yml.5.gz"):
         assert m.run("test", "-f", page, check=False).returncode == 0, page
+    # What the man pages and --help point to is installed: the README, how it works, the reference
+    # and the example files.
+    for doc in ("README.md.gz", "architecture.md.gz", "configuration.md.gz", "examples/governor.yml",
+                "examples/haproxy.cfg", "examples/50-governor-postgresql.rules"):
+        assert m.run("test", "-f", f"/usr/share/doc/governor/{doc}", check=False).returncode == 0, doc
+    assert "postgresql.replication.password_file" in m.run("zcat", "/usr/share/man/man5/governor.yml.5.gz").stdout
 
     # Configure one node: the shipped example plus a per-host file merged after it (name order:
     # local.yml sorts after governor.yml, so its values win).
@@ -146,6 +153,8 @@ def test_rpm_builds_lint_clean_with_the_same_file_set():
                  "/usr/share/governor/prometheus/governor-alerts.yml",
                  "/usr/share/governor/grafana/governor-dashboard.json",
                  "/usr/share/bash-completion/completions/governorctl",
+                 "/usr/share/man/man5/governor.yml.5.gz", "/usr/share/doc/governor/README.md",
+                 "/usr/share/doc/governor/configuration.md", "/usr/share/doc/governor/architecture.md",
                  "/usr/lib/python3.9/site-packages/governor/daemon.py"):
         assert path in entries, path
     mode, _links, owner, group = entries["/etc/governor/governor.yml"][:4]
