@@ -26,7 +26,7 @@ from tests.harness import make_source_copy, server_port  # noqa: E402
 
 ETCD_PORT, ETCD_PEER_PORT = 2379, 2380
 NODES = {"node1": 5441, "node2": 5442, "node3": 5443}
-API_PORTS = {"node1": 8008, "node2": 8009, "node3": 8010}     # as in haproxy/haproxy.cfg
+API_PORTS = {"node1": 8008, "node2": 8009, "node3": 8010}     # as in demo/haproxy.cfg
 METRICS_PORTS = {"node1": 9547, "node2": 9548, "node3": 9549}
 HAPROXY_PORTS = (5000, 5001, 7000)
 SUPERUSER_PASSWORD = "demo-superuser"   # demo only: real deployments keep passwords in 0640 files
@@ -155,7 +155,7 @@ def start(base: str) -> None:
         for port in HAPROXY_PORTS:
             if port_busy(port):
                 raise SystemExit(f"demo: port {port} is in use; haproxy needs {HAPROXY_PORTS}")
-        spawn(["haproxy", "-db", "-f", os.path.join(REPO, "haproxy", "haproxy.cfg")],
+        spawn(["haproxy", "-db", "-f", os.path.join(REPO, "demo", "haproxy.cfg")],
               os.path.join(base, "haproxy.log"), haproxy_pid)
         print("started haproxy: 5000 read-write, 5001 read-only, http://127.0.0.1:7000/ statistics")
 

@@ -686,6 +686,14 @@ class PrimaryWatch(threading.Thread):
         return times[0] if times else None
 
 
+def haproxy_example_for(text: str, admin_socket: str) -> str:
+    """The shipped example with its admin socket at `admin_socket`: tests run several haproxies
+    side by side, which would otherwise take over each other's /run/haproxy/admin.sock."""
+    shipped = "stats socket /run/haproxy/admin.sock "
+    assert shipped in text, "the shipped haproxy.cfg has no admin socket line any more"
+    return text.replace(shipped, f"stats socket {admin_socket} ")
+
+
 class Haproxy:
     """A real haproxy running the shipped example, pointed at the test cluster's ports."""
 
@@ -699,7 +707,8 @@ class Haproxy:
         text = text.replace("bind 127.0.0.1:7000", f"bind 127.0.0.1:{self.stats_port}")
         servers = "".join(f"    server {n.name} 127.0.0.1:{n.port} maxconn 100 check port {n.api_port}\n"
                           for n in cluster.nodes.values())
-        text = re.sub(r"(?m)^    server .*\n(?:    server .*\n)*", servers, text)
+        text = haproxy_example_for(re.sub(r"(?m)^    server .*\n(?:    server .*\n)*", servers, text),
+                                   os.path.join(base_dir, f"haproxy-{cluster.scope}.sock"))
         self.path = os.path.join(base_dir, f"haproxy-{cluster.scope}.cfg")
         with open(self.path, "w") as fh:
             fh.write(text)

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 import yaml
 
 from tests import system
-from tests.harness import HAPROXY_EXAMPLE, REPO, _processes, wait_until
+from tests.harness import HAPROXY_EXAMPLE, REPO, _processes, haproxy_example_for, wait_until
 
 PACKAGES = system.PACKAGES + ["sudo", "libnss-myhostname"]   # a host resolves its own name, as installed ones do
 APT_INSTALLS = ("etcd-server", "etcd-client")   # installed by README's own `apt install`, in the test
@@ -229,7 +229,8 @@ class ClientHaproxy:
         with open(HAPROXY_EXAMPLE) as fh:
             text = fh.read()
         servers = "".join(f"    server {h.name} {h.address}:5432 maxconn 100 check port 8008\n" for h in hosts)
-        text = re.sub(r"(?m)^    server .*\n(?:    server .*\n)*", servers, text)
+        text = haproxy_example_for(re.sub(r"(?m)^    server .*\n(?:    server .*\n)*", servers, text),
+                                   os.path.join(work, "haproxy-client.sock"))
         self.path = os.path.join(work, "haproxy-client.cfg")
         with open(self.path, "w") as fh:
             fh.write(text)

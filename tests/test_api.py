@@ -20,9 +20,16 @@ CHECK = os.path.join(REPO, "haproxy", "governor-check")
 EXAMPLE = harness.HAPROXY_EXAMPLE
 
 
-def test_shipped_haproxy_example_is_valid():
-    result = subprocess.run(["haproxy", "-c", "-f", EXAMPLE], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr + result.stdout
+def test_shipped_haproxy_example_and_the_demos_are_valid():
+    for path in (EXAMPLE, os.path.join(REPO, "demo", "haproxy.cfg")):
+        result = subprocess.run(["haproxy", "-c", "-f", path], capture_output=True, text=True)
+        assert result.returncode == 0, path + ": " + result.stderr + result.stdout
+    with open(EXAMPLE) as fh:
+        text = fh.read()
+    # what Debian's haproxy package expects of /etc/haproxy/haproxy.cfg
+    for line in ("chroot /var/lib/haproxy", "user haproxy", "log /dev/log", "stats socket /run/haproxy/admin.sock",
+                 "server db1 10.0.0.11:5432", "bind 127.0.0.1:7000"):
+        assert line in text, line
 
 
 @pytest.fixture
