@@ -60,7 +60,8 @@ def test_governor_completes_its_options():
 def test_the_completion_knows_every_option_of_every_command_and_no_other():
     with open(os.path.join(COMPLETION, "governorctl")) as fh:
         text = fh.read()
-    listed = dict(re.findall(r'\[([a-z-]+)\]="([^"]*)"', text))
+    block = re.search(r"local -A options=\((.*?)\n    \)", text, re.S).group(1)
+    listed = dict(re.findall(r'\[([a-z-]+)\]="([^"]*)"', block))
     sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
     actual = {name: " ".join(sorted(o for a in sp._actions for o in a.option_strings if o not in ("-h", "--help")))
               for name, sp in sub.choices.items()}
@@ -72,3 +73,20 @@ def test_the_completion_knows_every_option_of_every_command_and_no_other():
     with open(os.path.join(COMPLETION, "governor")) as fh:
         offered = set(re.search(r'compgen -W "(--[^"]*)"', fh.read()).group(1).split())
     assert offered == {o for a in cli.parser()._actions for o in a.option_strings}
+
+
+def _options_with_choices():
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sp in sorted(sub.choices.items()):
+        for action in sp._actions:
+            if action.choices and action.option_strings:
+                yield name, action.option_strings[-1], sorted(str(c) for c in action.choices)
+    for action in parser()._actions:
+        if action.choices and action.option_strings:
+            yield "", action.option_strings[-1], sorted(str(c) for c in action.choices)
+
+
+@pytest.mark.parametrize("command,option,choices", list(_options_with_choices()))
+def test_the_completion_offers_exactly_each_options_choices(command, option, choices):
+    line = f"governorctl {command} {option} " if command else f"governorctl {option} "
+    assert complete("governorctl", line) == choices
