@@ -40,9 +40,15 @@ def machine(base_dir, src_dir, etcd):
     with open(os.path.join(dropin, "test.conf"), "w") as fh:
         fh.write("[Service]\nWatchdogSec=7s\nRestartSec=2s\n")
     launcher = system.governor_launcher(os.path.join(work, "governor-bin"))
+    # Not a watchdog: a file where the device would be, writable by postgres as the README's udev
+    # rule makes the real one. governor can open it (and then finds it takes no timeout) only if
+    # the unit lets the service see it.
+    fake_watchdog = os.path.join(work, "watchdog")
+    open(fake_watchdog, "w").close()
+    os.chown(fake_watchdog, uid, gid)
     m = system.Machine(
         root,
-        binds=[(etc, "/etc/governor")],
+        binds=[(etc, "/etc/governor"), (fake_watchdog, "/dev/watchdog")],
         ro_binds=[(os.path.join(src_dir, "governor"), "/usr/lib/python3/dist-packages/governor"),
                   (launcher, "/usr/bin/governor"),
                   (system.unit_path("governor.service"), "/etc/systemd/system/governor.service"),
@@ -96,6 +102,16 @@ def test_governor_runs_as_a_systemd_service(machine):
     finally:
         with open(path, "w") as fh:
             fh.write(good)
+
+
+def test_the_watchdog_device_is_reachable_from_the_unit(machine):
+    """watchdog.mode: automatic (the default) under the shipped unit: governor, as postgres, gets
+    to open /dev/watchdog (a PrivateDevices=yes unit hides it: "does not exist")."""
+    m = machine
+    m.run("systemctl", "start", "governor")
+    said = wait_until(lambda: [ln for ln in m.journal("governor").splitlines() if "watchdog: /dev/watchdog" in ln],
+                      60, "governor to try the watchdog device as leader")
+    assert "Inappropriate ioctl" in said[0] and "does not exist" not in said[0], said
 
 
 def test_watchdog_kills_a_hung_governor_and_the_fence_stops_postgres(machine):
