@@ -31,7 +31,7 @@ from governor.ctl_common import (
     use_tls,
 )
 from governor.ctl_switchover import failover, switchover
-from governor.ctl_view import format_actions, format_history, print_list
+from governor.ctl_view import format_actions, format_history, format_table, print_list
 from governor.dcs import DCS, DCSError
 from governor.dcs import make as make_dcs
 from governor.postgres import datadir
@@ -59,6 +59,8 @@ def parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="show the members: role, state, timeline, lag")
     lst.add_argument("--format", choices=("table", "json", "yaml"), default="table")
     lst.add_argument("--watch", type=float, metavar="N", help="refresh every N seconds until interrupted")
+    top = sub.add_parser("topology", help="the members as a tree: who streams from whom (cascades drawn)")
+    top.add_argument("--watch", type=float, metavar="N", help="refresh every N seconds until interrupted")
     sw = sub.add_parser("switchover", help="planned change of leader: the leader stops, the candidate takes over",
                         description="The leader shuts PostgreSQL down (its standbys receive all WAL), releases "
                                     "the lock, the candidate takes it and is promoted, the old leader rejoins "
@@ -278,6 +280,8 @@ def _main(args: argparse.Namespace) -> int:
         return ctl_members.restart(args, cluster, _api_auth(args))
     if args.command == "reinit":
         return ctl_members.reinit(args, cluster, _api_auth(args))
+    if args.command == "reload":
+        return ctl_members.reload(args, cluster, _api_auth(args))
     if args.command == "edit-config":
         return ctl_config.edit_config(args, dcs, cluster)
     if args.command == "show-config":
@@ -308,9 +312,12 @@ def _main(args: argparse.Namespace) -> int:
         print("maintenance mode on: no automatic failover, restart or promotion until `governorctl resume`"
               if args.command == "pause" else "maintenance mode off: automatic actions resume")
         return _wait_for_mode(cluster, args.command == "pause", args.wait) if args.wait else EXIT_OK
-    if args.command == "list":
+    if args.command in ("list", "topology"):
         while True:
-            print_list(args.format, dcs.cfg.scope, cluster)
+            if args.command == "topology":
+                print(format_table(dcs.cfg.scope, cluster, tree=True))
+            else:
+                print_list(args.format, dcs.cfg.scope, cluster)
             if not args.watch:
                 break
             try:

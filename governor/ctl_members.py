@@ -1,4 +1,4 @@
-"""governorctl restart and reinit: asked of each member's control endpoint, one at a time."""
+"""governorctl restart, reload and reinit: asked of each member's control endpoint, one at a time."""
 from __future__ import annotations
 
 import argparse
@@ -29,8 +29,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                          "checked when the time comes)")
     rs.add_argument("--scheduled", metavar="ISO-8601",
                     help="restart at this time, e.g. 2026-11-27T03:00:00+00:00 (no zone: local time)")
+    rs.add_argument("--pg-version", metavar="VERSION", type=pg_version_number,
+                    help="only members whose PostgreSQL runs a version older than this, e.g. 17.2 (after the "
+                         "packages were upgraded: the ones still running the old binaries)")
     rs.add_argument("--cancel", action="store_true", help="cancel the members' scheduled restarts")
     rs.add_argument("--force", action="store_true", help="do not ask before restarting the leader")
+    rl = sub.add_parser("reload", help="make members re-read their configuration files (as systemctl reload)",
+                        description="Asks each member's governor to re-read its configuration files, as "
+                                    "`systemctl reload governor` on its host does: a file that does not validate "
+                                    "changes nothing (the member's log says why). The dynamic configuration in "
+                                    "etcd needs no reload: edit-config applies everywhere.")
+    rl.add_argument("members", nargs="*", metavar="MEMBER", help="members to reload (default: all)")
+    rl.add_argument("--role", choices=ROLES, default="any",
+                    help="only the leader, or only the replicas, of those members (default: any)")
     ri = sub.add_parser("reinit", help="re-clone a replica from the leader (its data directory is removed)",
                         description="Removes the replica's data directory and clones the leader afresh with "
                                     "pg_basebackup. Asks you to type the member name unless --force.")
@@ -49,6 +60,36 @@ def _targets(args: argparse.Namespace, cluster: Cluster) -> List[Member]:
     return sorted(targets, key=lambda m: m.name == leader)
 
 
+def pg_version_number(text: str) -> int:
+    """'17.2' or '17' as server_version_num (170002, 170000); argparse's type for --pg-version."""
+    major, _, minor = text.strip().partition(".")
+    if not major.isdigit() or not 10 <= int(major) < 1000 or (minor and not minor.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected a PostgreSQL version such as 17.2, got {text!r}")
+    return int(major) * 10000 + int(minor or 0)
+
+
+def reload(args: argparse.Namespace, cluster: Cluster, auth: tuple) -> int:
+    unknown = [n for n in args.members if cluster.member(n) is None]
+    if unknown:
+        return refuse(f"not members of this cluster: {', '.join(unknown)}")
+    targets = _targets(args, cluster)
+    if not targets:
+        return refuse(f"no member of the role {args.role} among those named")
+    failed = False
+    for member in targets:
+        try:
+            code, answer = http_json(f"{member.api_url}/reload", "POST", {}, auth) if member.api_url \
+                else (0, {"error": "it publishes no API address"})
+        except OSError as exc:
+            code, answer = 0, {"error": f"its API does not answer: {exc}"}
+        if code in (200, 202):
+            print(f"{member.name}: {answer.get('message', 'reload requested')}")
+        else:
+            failed = True
+            print(f"governorctl: {member.name}: {answer.get('error') or f'HTTP {code}'}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def restart(args: argparse.Namespace, cluster: Cluster, auth: tuple) -> int:
     unknown = [n for n in args.members if cluster.member(n) is None]
     if unknown:
@@ -62,6 +103,15 @@ def restart(args: argparse.Namespace, cluster: Cluster, auth: tuple) -> int:
         targets = [m for m in targets if m.pending_restart]
         if not targets:
             print("no member has a restart pending")
+            return EXIT_OK
+    if args.pg_version is not None:
+        unknown_version = [m.name for m in targets if not isinstance(m.pg_version, int)]
+        if unknown_version:
+            print(f"governorctl: left out, their PostgreSQL version is not known: {', '.join(unknown_version)}",
+                  file=sys.stderr)
+        targets = [m for m in targets if isinstance(m.pg_version, int) and m.pg_version < args.pg_version]
+        if not targets:
+            print("no member runs an older PostgreSQL version")
             return EXIT_OK
     if not targets:
         return refuse(f"no member of the role {args.role} among those named")

@@ -33,8 +33,41 @@ def rows(cluster: Cluster) -> List[dict]:
     return out
 
 
-def format_table(scope: str, cluster: Cluster) -> str:
+def tree_order(cluster: Cluster, data: List[dict]) -> List[dict]:
+    """The rows leader first, each member under the one it streams from (replicatefrom), indented
+    with "+ " per level; members outside the tree (no leader) at the top level after it."""
+    by_name = {r["member"]: r for r in data}
+    leader = cluster.leader.name if cluster.leader and cluster.leader.name in by_name else None
+    children: dict = {}
+    roots = []
+    for r in data:
+        if r["member"] == leader:
+            continue
+        upstream = cluster.upstream_of(r["member"]) if leader else None
+        parent = upstream if upstream in by_name else leader
+        if parent is None:
+            roots.append(r["member"])
+        else:
+            children.setdefault(parent, []).append(r["member"])
+    out: List[dict] = []
+    seen: set = set()
+
+    def walk(name: str, depth: int) -> None:
+        if name in seen:     # a loop in etcd's values: each member is shown once
+            return
+        seen.add(name)
+        out.append({**by_name[name], "member": "  " * max(0, depth - 1) + ("+ " if depth else "") + name})
+        for child in sorted(children.get(name, [])):
+            walk(child, depth + 1)
+    for name in ([leader] if leader else []) + sorted(roots):
+        walk(name, 0)
+    return out
+
+
+def format_table(scope: str, cluster: Cluster, tree: bool = False) -> str:
     data = rows(cluster)
+    if tree:
+        data = tree_order(cluster, data)
     header = ["Member", "Host", "Role", "State", "TL", "Lag in MB", "Tags", "Versions"]
     optional = [(title, cell) for title, cell in (
         ("Pending restart", lambda r: "*" if r["pending_restart"] else ""),
@@ -49,7 +82,7 @@ def format_table(scope: str, cluster: Cluster) -> str:
         row = [r["member"], r["host"], r["role"], r["state"], str(r["timeline"] or ""), lag, tags, versions]
         table.append(row + [cell(r) for _title, cell in optional])
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = [f"Cluster: {scope} (initialized: {cluster.initialize or 'no'})"]
+    lines = [f"Cluster: {scope} (initialized: {cluster.initialize or 'no'}) at {_when(time.time())}"]
     sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
     lines.append(sep)
     for i, row in enumerate(table):

@@ -36,6 +36,9 @@ def test_a_cascading_replica_streams_from_its_replica_and_falls_back_to_the_lead
     wait_until(lambda: tail.sql("SELECT count(*) FROM cascaded")[0][0] == 1, 10, "the row to reach node3")
     listed = harness.governorctl(leader, "list")
     assert "replicatefrom=node2" in listed.stdout, listed.stdout
+    drawn = harness.governorctl(leader, "topology").stdout      # node3 drawn under node2, under the leader
+    assert [line.split("|")[1].rstrip() for line in drawn.splitlines() if line.startswith("| ") and
+            "Member" not in line] == [" node1", " + node2", "   + node3"], drawn
 
     middle.stop()                           # node3's upstream goes: it follows the leader
     wait_until(lambda: upstream_port(tail) == leader.port, 30, "node3 to fall back to the leader")

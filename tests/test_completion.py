@@ -37,7 +37,7 @@ printf '%s\\n' "${{COMPREPLY[@]}}"
 
 @pytest.mark.parametrize("line,offered", [
     ("governorctl sw", ["switchover"]),
-    ("governorctl re", ["reinit", "remove", "restart", "resume"]),
+    ("governorctl re", ["reinit", "reload", "remove", "restart", "resume"]),
     ("governorctl --ca", ["--cacert"]),
     ("governorctl switchover --c", ["--cancel", "--candidate"]),
     ("governorctl -c /etc/governor list --f", ["--format"]),

@@ -209,3 +209,35 @@ def test_query_reads_by_default_writes_only_when_asked(make_cluster):
     assert harness.governorctl(leader, "query", "nosuch", "-c", "SELECT 1").returncode == 1
     slow = harness.governorctl(leader, "query", "--timeout", "1", "-c", "SELECT pg_sleep(5)")
     assert slow.returncode == 1 and "statement timeout" in slow.stderr
+
+
+def test_reload_topology_and_restart_of_the_members_on_an_older_version(make_cluster):
+    cluster = make_cluster("reloadver")
+    leader = cluster.add("node1")
+    cluster.wait_for_primary(60)
+    replica = cluster.add("node2")
+    cluster.wait_for_streaming(["node2"], 60)
+    harness.wait_until(lambda: all(m["pg_version"] for m in json.loads(
+        harness.governorctl(leader, "list", "--format", "json").stdout)["members"]), 20, "both versions published")
+
+    done = harness.governorctl(leader, "reload")
+    assert done.returncode == 0 and "node1: reload requested" in done.stdout and "node2: reload requested" in \
+        done.stdout, done.stdout + done.stderr
+    for node in (leader, replica):
+        harness.wait_until(lambda n=node: "reload: configuration reloaded" in n.log_text(), 20, f"{node.name}'s reload")
+
+    shown = harness.governorctl(leader, "topology").stdout
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    assert re.search(r"^Cluster: reloadver\S* \(initialized: \d+\) at " + stamp, shown, re.M), shown
+    assert re.search(r"^\| node1 .*\| leader", shown, re.M) and re.search(r"^\| \+ node2 .*\| replica", shown, re.M), \
+        shown
+
+    before = (leader.postmaster_pid(), replica.postmaster_pid())
+    done = harness.governorctl(leader, "restart", "--pg-version", "15.0", "--force")
+    assert done.returncode == 0 and "no member runs an older PostgreSQL version" in done.stdout, \
+        done.stdout + done.stderr
+    done = harness.governorctl(leader, "restart", "--pg-version", "99.1", "--role", "replica")
+    assert done.returncode == 0 and "node2:" in done.stdout and "node1" not in done.stdout, done.stdout + done.stderr
+    assert leader.postmaster_pid() == before[0] and replica.postmaster_pid() != before[1]
+    bad = harness.governorctl(leader, "restart", "--pg-version", "fifteen")
+    assert bad.returncode == 2 and "expected a PostgreSQL version such as 17.2" in bad.stderr, bad.stderr
