@@ -101,6 +101,11 @@ def daemonize(cfg: config_mod.Config, args: argparse.Namespace) -> int:
               " EL: python3-daemon)", file=sys.stderr)
         return EXIT_CONFIG
 
+    for option, path in (("--pidfile", args.pidfile), ("--log-file", args.log_file)):
+        problem = _unwritable_dir(path) if path else None
+        if problem:     # said here: once detached, nobody would see it
+            print(f"governor: {option} {path}: {problem}", file=sys.stderr)
+            return EXIT_CONFIG
     pidfile = daemon.pidfile.TimeoutPIDLockFile(os.path.abspath(args.pidfile), acquire_timeout=1) \
         if args.pidfile else None
     if pidfile is not None and pidfile.is_locked():
@@ -113,6 +118,17 @@ def daemonize(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     with context:
         log_mod.setup(cfg.log_level, log_file, syslog=log_file is None, fmt=cfg.log_format)
         return run(cfg, args)
+
+
+def _unwritable_dir(path: str) -> Optional[str]:
+    """Why a file cannot be created at `path` by this user, or None."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        return (f"the directory {directory} does not exist (/run/postgresql, PostgreSQL's own, is writable "
+                "by postgres; or create it)")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"the directory {directory} is not writable by uid {os.geteuid()}"
+    return None
 
 
 if __name__ == "__main__":

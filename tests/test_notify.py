@@ -181,6 +181,24 @@ def test_daemon_mode_writes_and_removes_its_pidfile(make_cluster):
     assert node.postmaster_pid() is None
 
 
+def test_daemon_mode_refuses_a_pidfile_or_log_file_it_cannot_write_before_detaching(make_cluster):
+    """The README's example names /run/postgresql (there on Debian and RHEL, postgres's own); a
+    directory that is not there, or not writable, is an error on the terminal, not in a detached
+    process's traceback."""
+    cluster = make_cluster("daemondir")
+    node = cluster.add("bg", start=False)
+    for option, path in (("--pidfile", "/run/no-such-governor-dir/governor.pid"),
+                         ("--log-file", "/run/no-such-governor-dir/governor.log")):
+        args = ["--daemonize", "--pidfile", os.path.join(node.dir, "governor.pid"), option, path]
+        if option == "--pidfile":
+            args = ["--daemonize", option, path]
+        node.start(args=tuple(args))
+        assert node.proc.wait(20) == 2, option
+        said = open(node.log_path).read() if os.path.exists(node.log_path) else ""
+        assert f"{option} {path}: the directory /run/no-such-governor-dir does not exist" in said, said
+    assert node.postmaster_pid() is None
+
+
 def test_json_log_format(tmp_path):
     code = ("import logging\nfrom governor import log\nlog.setup('INFO', fmt='json')\n"
             "logging.getLogger('governor').warning('demoting: %s holds the lock', 'node2')\n")
