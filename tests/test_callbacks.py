@@ -190,13 +190,18 @@ def test_the_journal_example_logs_one_line_per_call(tmp_path):
 
 
 def test_the_pgbouncer_example_moves_pgbouncer_only_on_the_new_primary(tmp_path):
+    """Its settings come as arguments before governor's (`on_role_change: [PATH, --include, FILE,
+    --admin, DSN]`): callbacks get no environment of the operator's, and a file under /usr/share
+    is not the operator's to edit."""
     fake(tmp_path, "psql")
     include = tmp_path / "governor-primary.ini"
-    done = run_example(tmp_path, "pgbouncer-follow-primary", "on_role_change", "replica", "main",
-                       PGBOUNCER_INCLUDE=str(include))
+    admin = "host=10.0.0.9 port=6432 dbname=pgbouncer user=admin"
+    options = ("--include", str(include), "--admin", admin)
+    done = run_example(tmp_path, "pgbouncer-follow-primary", *options, "on_role_change", "replica", "main")
     assert done.returncode == 0 and not include.exists() and not (tmp_path / "psql.args").exists()
-    done = run_example(tmp_path, "pgbouncer-follow-primary", "on_role_change", "primary", "main",
-                       PGBOUNCER_INCLUDE=str(include))
+    done = run_example(tmp_path, "pgbouncer-follow-primary", *options, "on_role_change", "primary", "main")
     assert done.returncode == 0, done.stderr
     assert include.read_text().splitlines()[-1] == "* = host=10.0.0.2 port=5432"
-    assert "RELOAD" in (tmp_path / "psql.args").read_text().split("\n")
+    assert (tmp_path / "psql.args").read_text().split("\n")[:5] == ["-X", "-q", "-c", "RELOAD", admin]
+    wrong = run_example(tmp_path, "pgbouncer-follow-primary", "--includ", "x", "on_role_change", "primary", "main")
+    assert wrong.returncode == 2 and "unknown option --includ" in wrong.stderr, wrong.stderr
