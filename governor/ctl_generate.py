@@ -15,6 +15,7 @@ from typing import Dict, List, Optional
 import yaml
 
 from governor import config as config_mod
+from governor import ctl_instance
 from governor.checker import parse_host_port
 from governor.ctl_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
@@ -40,11 +41,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--etcd", required=True, help="etcd client endpoints, comma separated host:port")
     gen.add_argument("--network", help="networks allowed to replicate and log in, e.g. 10.0.0.0/24 "
                                        "(default: --address's /24, or /64 for IPv6)")
-    gen.add_argument("--data-dir", default="/var/lib/postgresql/governor", help="default /var/lib/postgresql/governor")
+    gen.add_argument("--data-dir", help="default /var/lib/postgresql/governor")
     gen.add_argument("--passwords-from", metavar="FILE", help="a governor configuration to take the passwords from")
-    gen.add_argument("--output", default="/etc/governor/local.yml", help="default /etc/governor/local.yml; - for "
-                                                                         "standard output")
+    gen.add_argument("--output", help="default /etc/governor/local.yml; - for standard output")
     gen.add_argument("--force", action="store_true", help="replace an existing output file")
+    gen.add_argument("--instance", metavar="NAME",
+                     help="another cluster on this host, run as governor@NAME: written to /etc/governor/NAME.d/"
+                          "governor.yml, scope NAME (unless --scope), data in /var/lib/postgresql/governor-NAME, "
+                          "and PostgreSQL, API and exporter ports no other configuration there uses")
 
 
 def _network(address: str) -> Optional[str]:
@@ -74,8 +78,18 @@ def _passwords(path: Optional[str]) -> Dict[str, str]:
     return found  # type: ignore[return-value]
 
 
+def _defaults(args: argparse.Namespace) -> None:
+    """Fill in what --instance changes: scope, data directory, output."""
+    instance = args.instance
+    args.scope = args.scope or instance or "main"
+    args.data_dir = args.data_dir or ("/var/lib/postgresql/governor" + (f"-{instance}" if instance else ""))
+    args.output = args.output or (f"/etc/governor/{instance}.d/governor.yml" if instance else "/etc/governor/local.yml")
+
+
 def build(args: argparse.Namespace) -> dict:
     problems: List[str] = []
+    if args.instance is not None and ctl_instance.name_problem(args.instance):
+        raise config_mod.ConfigError([ctl_instance.name_problem(args.instance)])
     endpoints = [e.strip() for e in args.etcd.split(",") if e.strip()]
     if not endpoints or any(parse_host_port(e, 2379) is None for e in endpoints):
         problems.append(f"--etcd: expected host:port[,host:port...], got {args.etcd!r}")
@@ -86,8 +100,8 @@ def build(args: argparse.Namespace) -> dict:
         raise config_mod.ConfigError(problems)
     passwords = _passwords(args.passwords_from)
     host = f"[{args.address}]" if ":" in args.address else args.address
-    return {
-        "etcd": {"scope": (args.scope or 'main'), "host": endpoints, "api": 3},
+    data = {
+        "etcd": {"scope": args.scope, "host": endpoints, "api": 3},
         "postgresql": {
             "name": args.name,
             "listen": "0.0.0.0:5432",
@@ -100,16 +114,23 @@ def build(args: argparse.Namespace) -> dict:
         # members read them from this file).
         "restapi": {"username": passwords["restapi_user"], "password": passwords["restapi"]},
     }
+    if args.instance:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(args.output))) if args.output != "-" \
+            else "/etc/governor"
+        for section, values in ctl_instance.listen_settings(args.address, ctl_instance.free_ports(root)).items():
+            data.setdefault(section, {}).update(values)
+    return data
 
 
 def generate(args: argparse.Namespace) -> int:
+    _defaults(args)
     try:
         data = build(args)
     except config_mod.ConfigError as exc:
         for problem in exc.problems:
             print(f"governorctl generate-config: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    text = HEADER.format(name=args.name, scope=(args.scope or 'main')) + yaml.safe_dump(data, sort_keys=False)
+    text = HEADER.format(name=args.name, scope=args.scope) + yaml.safe_dump(data, sort_keys=False)
     with tempfile.TemporaryDirectory() as tmp:
         probe = os.path.join(tmp, "local.yml")
         with open(probe, "w") as fh:
@@ -128,13 +149,32 @@ def generate(args: argparse.Namespace) -> int:
         print(f"governorctl generate-config: {args.output} exists; --force replaces it", file=sys.stderr)
         return EXIT_USAGE
     try:
+        if args.instance:
+            _instance_dir(os.path.dirname(os.path.abspath(args.output)))
         _write_private(args.output, text)
     except OSError as exc:
         print(f"governorctl generate-config: cannot write {args.output}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"wrote {args.output} (member {args.name}, scope {(args.scope or 'main')}); check it with "
+    print(f"wrote {args.output} (member {args.name}, scope {args.scope}); check it with "
           f"governor --validate-config {os.path.dirname(args.output) or '.'}")
+    if args.instance:
+        print(f"PostgreSQL on port {data['postgresql']['listen'].rsplit(':', 1)[1]}, the API on "
+              f"{data['restapi']['listen'].rsplit(':', 1)[1]}, the exporter on "
+              f"{data['metrics']['listen'].rsplit(':', 1)[1]} (open them between the hosts); then "
+              f"systemctl enable --now governor@{args.instance}")
     return EXIT_OK
+
+
+def _instance_dir(path: str) -> None:
+    """/etc/governor/NAME.d as /etc/governor itself: 0750, group postgres."""
+    if not os.path.isdir(path):
+        os.mkdir(path, 0o750)
+        os.chmod(path, 0o750)
+        if os.geteuid() == 0:
+            try:
+                os.chown(path, 0, grp.getgrnam("postgres").gr_gid)
+            except KeyError:
+                pass
 
 
 def _write_private(path: str, text: str) -> None:

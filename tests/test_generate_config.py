@@ -69,3 +69,41 @@ def test_a_first_host_file_without_api_credentials_cannot_seed_the_others(tmp_pa
     first.write_text(yaml.safe_dump(data))
     assert generate(tmp_path, "db2", "10.0.0.12", "--passwords-from", str(first))[0] == 2
     assert "no restapi.password to take over" in capsys.readouterr().err
+
+
+def test_an_instance_gets_its_own_directory_scope_data_and_ports_no_other_file_uses(tmp_path, monkeypatch):
+    """governor@NAME reads /etc/governor/NAME.d/: --instance writes there, with a scope and data
+    directory of its own and PostgreSQL, API and exporter ports that neither the host's main
+    configuration nor another instance uses."""
+    from governor import ctl_instance
+    monkeypatch.setattr(ctl_instance, "port_in_use", lambda port: port == 9548)   # say, a node exporter
+    root = tmp_path / "etc-governor"
+    root.mkdir()
+    code, main_file = generate(tmp_path, "db1", "10.0.0.11", "--output", str(root / "local.yml"))
+    assert code == 0
+    taken = root / "other.d"
+    taken.mkdir()
+    (taken / "governor.yml").write_text("postgresql: {listen: '0.0.0.0:5433'}\nrestapi: {listen: '0.0.0.0:8009'}\n")
+    out = root / "reporting.d" / "governor.yml"
+    code = main(["generate-config", "--instance", "reporting", "--name", "db1-reporting", "--address", "10.0.0.11",
+                 "--etcd", ETCD, "--passwords-from", str(root / "local.yml"), "--output", str(out),
+                 "--data-dir", str(tmp_path / "reporting")])
+    assert code == 0
+    assert stat.S_IMODE(os.stat(out.parent).st_mode) == 0o750
+    cfg = config.load(str(out.parent))
+    first = config.load(str(root / "local.yml"))
+    assert cfg.etcd.scope == "reporting" and cfg.postgresql.name == "db1-reporting"
+    assert (cfg.postgresql.port, cfg.restapi.port, cfg.metrics.port) == (5434, 8010, 9549)
+    assert cfg.postgresql.conn_url == "postgres://10.0.0.11:5434/postgres"
+    assert cfg.restapi.api_url == "http://10.0.0.11:8010"
+    assert cfg.postgresql.replication.password == first.postgresql.replication.password
+    defaults = main(["generate-config", "--instance", "x", "--name", "n", "--address", "10.0.0.11", "--etcd", ETCD,
+                     "--output", "-"])
+    assert defaults == 0
+
+
+def test_an_instance_name_must_be_a_plain_name(tmp_path, capsys):
+    code = main(["generate-config", "--instance", "../evil", "--name", "n", "--address", "10.0.0.11", "--etcd", ETCD,
+                 "--output", str(tmp_path / "x.yml")])
+    assert code == 2 and "--instance: expected" in capsys.readouterr().err
+    assert not (tmp_path / "x.yml").exists()

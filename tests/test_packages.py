@@ -71,6 +71,7 @@ def test_apt_install_configure_enable_upgrade_and_purge(machine, deb, next_deb, 
     # Configure one node: the shipped example plus a per-host file merged after it (name order:
     # local.yml sorts after governor.yml, so its values win).
     override, ports = system.node_config(etcd.endpoint, "packaged", "pkg1", "/var/lib/postgresql/governor")
+    override["restapi"].update(username="governor", password="api-Secret-4")   # taken over by the instances
     m.install_config("/etc/governor/local.yml", override)
     m.run("systemctl", "enable", "--now", "governor")
     wait_until(lambda: 'Status: "primary, leader of packaged' in m.run("systemctl", "status", "governor",
@@ -83,17 +84,19 @@ def test_apt_install_configure_enable_upgrade_and_purge(machine, deb, next_deb, 
     listing = json.loads(m.run("governorctl", "-c", "/etc/governor", "list", "--format", "json").stdout)
     assert listing["leader"] == "pkg1" and [r["member"] for r in listing["members"]] == ["pkg1"]
 
-    # Two more members on this host as template instances (governor@NAME reads /etc/governor/NAME.d/)
+    # Two more members on this host as template instances (governor@NAME reads /etc/governor/NAME.d/),
+    # configured as the README says: generate-config --instance (ports of their own, the first
+    # host's passwords), plus the test's faster timing in a file of the operator's beside it. They
     # join as replicas of pkg1.
     for name in ("r1", "r2"):
-        inst = {key: value for key, value in override.items()}
-        inst_ports = {k: harness.free_port() for k in ("pg", "api", "metrics")}
-        inst["restapi"] = {"listen": f"127.0.0.1:{inst_ports['api']}"}
-        inst["metrics"] = {"listen": f"127.0.0.1:{inst_ports['metrics']}"}
-        inst["postgresql"] = {**override["postgresql"], "name": name, "listen": f"127.0.0.1:{inst_ports['pg']}",
-                              "data_dir": f"/var/lib/postgresql/governor-{name}"}
-        m.install_config(f"/etc/governor/{name}.d/governor.yml", inst)
+        done = m.run("governorctl", "--scope", "packaged", "generate-config", "--instance", name, "--name", name,
+                     "--address", "127.0.0.1", "--network", "127.0.0.1/32", "--etcd", etcd.endpoint,
+                     "--passwords-from", "/etc/governor/local.yml")
+        assert f"systemctl enable --now governor@{name}" in done.stdout, done.stdout
+        m.install_config(f"/etc/governor/{name}.d/timing.yml", {"loop_wait": 2, "retry_timeout": 3,
+                                                                 "etcd": {"ttl": 10}})
         m.run("systemctl", "enable", "--now", f"governor@{name}")
+    assert m.run("stat", "-c", "%a %U %G", "/etc/governor/r1.d").stdout.split() == ["750", "root", "postgres"]
 
     def members():
         data = json.loads(m.run("governorctl", "-c", "/etc/governor", "list", "--format", "json").stdout)
@@ -131,7 +134,8 @@ def test_apt_install_configure_enable_upgrade_and_purge(machine, deb, next_deb, 
     m.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "purge", "-y", "-q", "governor", timeout=300)
     assert m.run("test", "-e", "/etc/governor/governor.yml", check=False).returncode != 0
     assert m.run("test", "-e", "/etc/governor/local.yml", check=False).returncode != 0
-    assert m.run("sh", "-c", "ls /etc/governor/*.d/governor.yml", check=False).returncode == 0, \
+    assert m.run("test", "-e", "/etc/governor/r1.d/governor.yml", check=False).returncode != 0
+    assert m.run("test", "-f", "/etc/governor/r1.d/timing.yml", check=False).returncode == 0, \
         "an operator's own files stay"
     assert m.run("test", "-f", "/var/lib/postgresql/governor/PG_VERSION", check=False).returncode == 0
     assert m.run("pgrep", "-u", "postgres", "-x", "postgres", check=False).returncode != 0, \
