@@ -15,12 +15,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
+from governor import pgvalue
+
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
-CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-UNIT_NUMBER_RE = re.compile(r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*(B|kB|MB|GB|TB|us|ms|s|min|h|d)?\s*$")
 INTEGER_RE = re.compile(r"^\s*[-+]?\d+\s*$")
-ENUM_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-BOOLEAN_WORDS = ("on", "off", "true", "false", "yes", "no", "1", "0", "t", "f", "y", "n")
+ENUM_RE = re.compile(r"^[A-Za-z0-9_.-]+( [A-Za-z0-9_.-]+)*$")    # 'repeatable read': one space between words
+VALUE_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")      # a tab is only a space to PostgreSQL
 MAX_VALUE_LENGTH = 4096
 WAL_SEGMENT_MB = 16
 
@@ -57,19 +57,6 @@ class Setting:
 
 
 Catalogue = Dict[str, Setting]
-
-
-def _c_integer(text: str) -> Optional[float]:
-    """An integer setting as PostgreSQL reads it (strtol with base 0): '0600' is octal 384 (as
-    log_file_mode and unix_socket_permissions are documented), '0x10' hexadecimal 16."""
-    t = text.strip()
-    sign = -1 if t.startswith("-") else 1
-    digits = t[1:] if t[:1] in "+-" else t
-    if re.fullmatch(r"0[xX][0-9a-fA-F]+", digits):
-        return float(sign * int(digits, 16))
-    if re.fullmatch(r"0[0-7]+", digits):
-        return float(sign * int(digits, 8))
-    return None
 
 
 def _float(text: str) -> Optional[float]:
@@ -115,7 +102,7 @@ def check(name: Any, value: Any, cat: Optional[Catalogue]) -> Optional[str]:
         text = value
     else:
         return f"expected a string, number or boolean, got {type(value).__name__}"
-    if CONTROL_RE.search(text):
+    if VALUE_CONTROL_RE.search(text):
         return "control characters (such as a newline) are not allowed in a value"
     if len(text) > MAX_VALUE_LENGTH:
         return f"longer than {MAX_VALUE_LENGTH} characters"
@@ -128,34 +115,29 @@ def check(name: Any, value: Any, cat: Optional[Catalogue]) -> Optional[str]:
 
 
 def _check_type(setting: Setting, value: Any, text: str) -> Optional[str]:
+    """As the server reads `text` (governor writes it to postgresql.conf as it is)."""
     kind = setting.type
     if kind == "BOOLEAN":
-        if isinstance(value, bool) or text.strip().lower() in BOOLEAN_WORDS:
+        if isinstance(value, bool) or pgvalue.parse_bool(text) is not None:
             return None
-        return f"expected on or off, got {value!r}"
+        return f"expected on or off (or true, false, yes, no, 1, 0), got {value!r}"
     if kind in ("INTEGER", "REAL"):
         if isinstance(value, bool):
             return f"expected a number, got {value!r}"
-        number = float(value) if isinstance(value, (int, float)) else \
-            _c_integer(text) if kind == "INTEGER" and _c_integer(text) is not None else _float(text.strip())
-        if number is not None and not math.isfinite(number):
-            return f"expected a finite number, got {value!r}"
-        if kind == "INTEGER" and number is not None and number != int(number):
-            return f"expected an integer, got {value!r}"
-        if number is not None:
-            if setting.minimum is not None and number < setting.minimum or \
-                    setting.maximum is not None and number > setting.maximum:
-                return f"expected a value from {_plain(setting.minimum)} to {_plain(setting.maximum)}, got {value!r}"
-            return None
-        match = UNIT_NUMBER_RE.match(text)
-        if match and match.group(4):
-            return None   # with a unit: PostgreSQL converts it; its range depends on the unit
-        return f"expected {'an integer' if kind == 'INTEGER' else 'a number'} (optionally with a unit such " \
-               f"as MB or s), got {value!r}"
+        unit = pgvalue.UNITS.get(setting.name.lower())
+        number, why = pgvalue.parse_number(text, kind == "INTEGER", unit)
+        if number is None:
+            return f"expected {'an integer' if kind == 'INTEGER' else 'a number'}" + \
+                (" (optionally with a unit such as MB or s)" if unit else "") + f": {why}, got {value!r}"
+        if setting.minimum is not None and number < setting.minimum or \
+                setting.maximum is not None and number > setting.maximum:
+            shown = f" {unit}" if unit else ""
+            return f"expected a value from {_plain(setting.minimum)} to {_plain(setting.maximum)}{shown}, got {value!r}"
+        return None
     if kind == "ENUM":
-        if isinstance(value, (bool, int)) or ENUM_RE.fullmatch(text.strip()):
+        if isinstance(value, (bool, int)) or ENUM_RE.fullmatch(text):
             return None
-        return f"expected one word, got {value!r}"
+        return f"expected one of the setting's words, got {value!r}"
     return None   # STRING: any text without control characters
 
 
