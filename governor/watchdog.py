@@ -49,6 +49,7 @@ class Watchdog:
         self._fd: Optional[int] = None
         self.timeout: Optional[int] = None
         self._warned: Optional[str] = None
+        self._announced = False     # "armed" logged since the device was opened
 
     @property
     def armed(self) -> bool:
@@ -74,6 +75,10 @@ class Watchdog:
                                         "would fire after the leader lock expires")
                 self.timeout = got
             os.write(self._fd, b"1")
+            if self._warned is not None or not self._announced:
+                log.info("watchdog: %s armed while this member holds the leader lock (fires after %ss)",
+                         self.device, self.timeout)
+                self._announced = True
             self._warned = None
             return True
         except (OSError, WatchdogError) as exc:
@@ -107,7 +112,7 @@ class Watchdog:
                                     "modprobe softdog for a software one)") from exc
             raise
         self.timeout = None
-        log.info("watchdog: %s armed while this member holds the leader lock", self.device)
+        self._announced = False
 
     def _close(self, magic: bool) -> None:
         if self._fd is None:

@@ -64,7 +64,7 @@ def test_apt_install_configure_enable_upgrade_and_purge(machine, deb, next_deb, 
     # What the man pages and --help point to is installed: the README, how it works, the reference
     # and the example files.
     for doc in ("README.md.gz", "architecture.md.gz", "configuration.md.gz", "examples/governor.yml",
-                "examples/haproxy.cfg", "examples/50-governor-postgresql.rules"):
+                "examples/50-governor-postgresql.rules"):
         assert m.run("test", "-f", f"/usr/share/doc/governor/{doc}", check=False).returncode == 0, doc
     assert "postgresql.replication.password_file" in m.run("zcat", "/usr/share/man/man5/governor.yml.5.gz").stdout
 
