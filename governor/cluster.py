@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from governor.failsafe import FailsafeList
+from governor.failsafelist import FailsafeList
 from governor.sync import SyncState
 
 

@@ -29,7 +29,8 @@ from governor.metrics import Metrics
 from governor.observe import observe_dcs, observe_local, race_facts, remember_leader, settled
 from governor.postgres import bootstrap, datadir
 from governor.postgres.catalogue import catalogue
-from governor.postgres.controller import ControllerError, ProcessController, make_controller
+from governor.postgres.controller import ControllerError, ProcessController
+from governor.postgres.controllers import make_controller
 from governor.postgres.server import Server, ServerState
 from governor.shutdown import RESTART_MARKER, consume_restart_marker  # noqa: F401 - RESTART_MARKER for tests
 from governor.status import Archiver, NodeStatus, StatusBoard

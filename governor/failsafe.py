@@ -22,14 +22,13 @@ turned off.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
+
+from governor.failsafelist import FailsafeList
 
 if TYPE_CHECKING:
     from governor.cluster import Cluster
 
-MAX_MEMBERS = 64
 
 
 def margin_for(ttl: float) -> float:
@@ -62,40 +61,6 @@ def timing_problem(ttl: float, loop_wait: float, retry_timeout: float) -> Option
             f"({margin_for(ttl):g} s at ttl {ttl:g}): retry_timeout - margin - 0.5 and ttl - margin - loop_wait - "
             f"retry_timeout - 0.5 must both be >= 1; got ttl {ttl:g}, loop_wait {loop_wait:g}, retry_timeout "
             f"{retry_timeout:g}")
-
-
-@dataclass(frozen=True)
-class FailsafeList:
-    """The `failsafe` key: the leader that wrote it and every other member with its API address."""
-    leader: str
-    members: Dict[str, str] = field(default_factory=dict)   # name -> api_url
-
-    def as_json(self) -> str:
-        return json.dumps({"leader": self.leader, "members": dict(sorted(self.members.items()))},
-                          separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: Any, valid_name: Any) -> Optional[FailsafeList]:
-        """The list, or None when `text` is not one (unknown: see the module's rules)."""
-        try:
-            data = json.loads(text) if isinstance(text, str) and len(text) < 65536 else None
-        except (ValueError, RecursionError):
-            return None
-        if not isinstance(data, dict) or not isinstance(data.get("members"), dict):
-            return None
-        leader, members = data.get("leader"), data["members"]
-        if not isinstance(leader, str) or not valid_name(leader) or len(members) > MAX_MEMBERS:
-            return None
-        if not all(isinstance(k, str) and valid_name(k) and isinstance(v, str) and v.startswith(("http://", "https://"))
-                   and len(v) < 300 for k, v in members.items()):
-            return None
-        return cls(leader, dict(members))
-
-    def union(self, other: Optional[FailsafeList]) -> FailsafeList:
-        """Both lists' members: what a leader must ask when it cannot know which one etcd holds."""
-        if other is None:
-            return self
-        return FailsafeList(self.leader, {**other.members, **self.members})
 
 
 def wanted(cluster: Cluster, me: str, mode: bool) -> Optional[FailsafeList]:

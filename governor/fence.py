@@ -11,7 +11,8 @@ import logging
 import os
 
 from governor.config import Config
-from governor.postgres.controller import ControllerError, make_controller
+from governor.postgres.controller import ControllerError
+from governor.postgres.controllers import make_controller
 
 log = logging.getLogger("governor.fence")
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
-from governor.failsafe import FailsafeList
+from governor.failsafelist import FailsafeList
 
 
 def timer(started: Optional[float], active: bool, now: float) -> Tuple[Optional[float], Optional[float]]:

@@ -6,7 +6,7 @@ from typing import Iterable, NamedTuple, Optional
 
 from governor.cluster import Cluster, Leader, Member, Switchover, loads
 from governor.dynamic import without_file_only
-from governor.failsafe import FailsafeList
+from governor.failsafelist import FailsafeList
 from governor.settings import NAME_MAX, NAME_RE
 from governor.sync import SyncState
 

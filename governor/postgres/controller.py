@@ -153,18 +153,6 @@ class Systemctl(ProcessController):
         return read_postmaster_pid(self.data_dir)
 
 
-def make_controller(pg, bind: bool = False) -> ProcessController:
-    """pg_ctl by default; systemctl when postgresql.systemd_unit is set. `bind` (outside systemd):
-    the postmasters it starts stop when this process dies (lifeline.py)."""
-    if pg.systemd_unit:
-        return Systemctl(pg.systemd_unit, pg.data_dir)
-    if bind:
-        from governor.postgres.lifeline import BoundPgCtl
-
-        return BoundPgCtl(pg.bin_dir, pg.data_dir, pg.log_file)
-    return PgCtl(pg.bin_dir, pg.data_dir, pg.log_file)
-
-
 def read_postmaster_pid(data_dir: str) -> Optional[int]:
     """The PID in postmaster.pid if that process is a live postgres (not a zombie, and not another
     program that reused the PID of a crashed postmaster)."""
