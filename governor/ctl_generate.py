@@ -169,12 +169,17 @@ def _instance_dir(path: str) -> None:
     """/etc/governor/NAME.d as /etc/governor itself: 0750, group postgres."""
     if not os.path.isdir(path):
         os.mkdir(path, 0o750)
-        os.chmod(path, 0o750)
-        if os.geteuid() == 0:
-            try:
-                os.chown(path, 0, grp.getgrnam("postgres").gr_gid)
-            except KeyError:
-                pass
+        _root_postgres(path, 0o750)
+
+
+def _root_postgres(path: str, mode: int) -> None:
+    """`mode`, and owner root and group postgres when we may set them (as the package's files)."""
+    os.chmod(path, mode)
+    if os.geteuid() == 0:
+        try:
+            os.chown(path, 0, grp.getgrnam("postgres").gr_gid)
+        except KeyError:
+            pass
 
 
 def _write_private(path: str, text: str) -> None:
@@ -184,12 +189,7 @@ def _write_private(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
-        os.chmod(tmp, 0o640)
-        if os.geteuid() == 0:
-            try:
-                os.chown(tmp, 0, grp.getgrnam("postgres").gr_gid)
-            except KeyError:
-                pass
+        _root_postgres(tmp, 0o640)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

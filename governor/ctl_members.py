@@ -21,9 +21,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                     "time on its own (the leader still last: it waits, up to 10 minutes, for "
                                     "the replicas scheduled no later); a scheduled restart lives in the member's "
                                     "governor, so restarting governor forgets it (`list` shows what is scheduled).")
-    rs.add_argument("members", nargs="*", metavar="MEMBER", help="members to restart (default: all)")
-    rs.add_argument("--role", choices=ROLES, default="any",
-                    help="only the leader, or only the replicas, of those members (default: any)")
+    _members_and_role(rs, "restart")
     rs.add_argument("--pending", action="store_true",
                     help="only members whose PostgreSQL has a setting waiting for a restart (scheduled: "
                          "checked when the time comes)")
@@ -39,15 +37,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                     "`systemctl reload governor` on its host does: a file that does not validate "
                                     "changes nothing (the member's log says why). The dynamic configuration in "
                                     "etcd needs no reload: edit-config applies everywhere.")
-    rl.add_argument("members", nargs="*", metavar="MEMBER", help="members to reload (default: all)")
-    rl.add_argument("--role", choices=ROLES, default="any",
-                    help="only the leader, or only the replicas, of those members (default: any)")
+    _members_and_role(rl, "reload")
     ri = sub.add_parser("reinit", help="re-clone a replica from the leader (its data directory is removed)",
                         description="Removes the replica's data directory and clones the leader afresh with "
                                     "pg_basebackup. Asks you to type the member name unless --force.")
     ri.add_argument("member", metavar="MEMBER")
     ri.add_argument("--force", action="store_true", help="do not ask for confirmation")
     ri.add_argument("--wait", type=float, default=300, help="seconds to wait for it to stream (default 300)")
+
+
+def _members_and_role(command: argparse.ArgumentParser, verb: str) -> None:
+    command.add_argument("members", nargs="*", metavar="MEMBER", help=f"members to {verb} (default: all)")
+    command.add_argument("--role", choices=ROLES, default="any",
+                         help="only the leader, or only the replicas, of those members (default: any)")
 
 
 def _targets(args: argparse.Namespace, cluster: Cluster) -> List[Member]:
@@ -75,19 +77,7 @@ def reload(args: argparse.Namespace, cluster: Cluster, auth: tuple) -> int:
     targets = _targets(args, cluster)
     if not targets:
         return refuse(f"no member of the role {args.role} among those named")
-    failed = False
-    for member in targets:
-        try:
-            code, answer = http_json(f"{member.api_url}/reload", "POST", {}, auth) if member.api_url \
-                else (0, {"error": "it publishes no API address"})
-        except OSError as exc:
-            code, answer = 0, {"error": f"its API does not answer: {exc}"}
-        if code in (200, 202):
-            print(f"{member.name}: {answer.get('message', 'reload requested')}")
-        else:
-            failed = True
-            print(f"governorctl: {member.name}: {answer.get('error') or f'HTTP {code}'}", file=sys.stderr)
-    return EXIT_FAILED if failed else EXIT_OK
+    return _ask_each(targets, "/reload", "POST", auth, ok=(200, 202), default="reload requested")
 
 
 def restart(args: argparse.Namespace, cluster: Cluster, auth: tuple) -> int:
@@ -154,16 +144,23 @@ def _cancel(targets: List[Member], auth: tuple) -> int:
     scheduled = [m for m in targets if m.scheduled_restart is not None]
     if not scheduled:
         return refuse("no restart is scheduled on those members")
+    # 404: already done or cancelled meanwhile
+    return _ask_each(scheduled, "/restart", "DELETE", auth, ok=(200,), default="cancelled", fine=(404,))
+
+
+def _ask_each(members: List[Member], path: str, method: str, auth: tuple, ok: tuple, default: str,
+              fine: tuple = ()) -> int:
+    """Send the same request to each member's API, saying each answer; failed if any failed."""
     failed = False
-    for member in scheduled:
+    for member in members:
         try:
-            code, answer = http_json(f"{member.api_url}/restart", "DELETE", {}, auth) if member.api_url \
+            code, answer = http_json(f"{member.api_url}{path}", method, {}, auth) if member.api_url \
                 else (0, {"error": "it publishes no API address"})
         except OSError as exc:
             code, answer = 0, {"error": f"its API does not answer: {exc}"}
-        if code == 200:
-            print(f"{member.name}: {answer.get('message')}")
-        elif code != 404:   # already done or cancelled meanwhile
+        if code in ok:
+            print(f"{member.name}: {answer.get('message', default)}")
+        elif code not in fine:
             failed = True
             print(f"governorctl: {member.name}: {answer.get('error') or f'HTTP {code}'}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK

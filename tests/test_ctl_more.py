@@ -118,17 +118,23 @@ def _logged_at(node, text: str) -> list:
             for line in node.log_text().splitlines() if text in line]
 
 
+def leader_and_replica(make_cluster, scope: str) -> tuple:
+    """A cluster of node1, the leader, and node2 streaming from it."""
+    cluster = make_cluster(scope)
+    leader = cluster.add("node1")
+    cluster.wait_for_primary(60)
+    replica = cluster.add("node2")
+    cluster.wait_for_streaming(["node2"], 60)
+    return cluster, leader, replica
+
+
 def _in(seconds: float) -> tuple:
     due = int(time.time() + seconds) + 1     # the ISO time has whole seconds
     return due, time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(due))
 
 
 def test_scheduled_restarts_happen_at_their_time_replicas_first_and_can_be_cancelled(make_cluster):
-    cluster = make_cluster("schedrestart")
-    leader = cluster.add("node1")
-    cluster.wait_for_primary(60)
-    replica = cluster.add("node2")
-    cluster.wait_for_streaming(["node2"], 60)
+    cluster, leader, replica = leader_and_replica(make_cluster, "schedrestart")
     # governor's /status says when the postmaster started once a pass has seen it answer
     harness.wait_until(lambda: all(_started(n) for n in cluster.nodes.values()), 20, "both start times in /status")
     before = {n.name: _started(n) for n in cluster.nodes.values()}
@@ -212,11 +218,7 @@ def test_query_reads_by_default_writes_only_when_asked(make_cluster):
 
 
 def test_reload_topology_and_restart_of_the_members_on_an_older_version(make_cluster):
-    cluster = make_cluster("reloadver")
-    leader = cluster.add("node1")
-    cluster.wait_for_primary(60)
-    replica = cluster.add("node2")
-    cluster.wait_for_streaming(["node2"], 60)
+    cluster, leader, replica = leader_and_replica(make_cluster, "reloadver")
     harness.wait_until(lambda: all(m["pg_version"] for m in json.loads(
         harness.governorctl(leader, "list", "--format", "json").stdout)["members"]), 20, "both versions published")
 
