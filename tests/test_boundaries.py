@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import time
 import urllib.request
@@ -78,7 +79,7 @@ def test_a_frozen_leader_loop_stops_being_writable_before_its_lock_expires(make_
 
 
 def test_a_killed_leader_loop_is_fenced_at_once(make_cluster):
-    """SIGKILL of the HA loop's process (not of the parent): the parent stops PostgreSQL at once."""
+    """SIGKILL of the HA loop's process (not of the parent): PostgreSQL stops at once."""
     cluster, leader, replica = two_nodes(make_cluster, "kil")
     watch = harness.PrimaryWatch(cluster)
     watch.start()
@@ -97,7 +98,10 @@ def test_a_killed_leader_loop_is_fenced_at_once(make_cluster):
     assert not watch.two_primaries(), watch.two_primaries()
     leader.proc.wait(10)
     assert leader.proc.returncode == 128 + signal.SIGKILL
-    assert "was killed by signal 9: stopped PostgreSQL" in leader.log_text()
+    # Whichever came first stopped it: the parent, or the kernel's SIGQUIT to a postmaster bound to
+    # the loop's life (postgres/lifeline.py); the parent's log names the kill either way.
+    said = leader.log_text()
+    assert re.search(r"was killed by signal 9: (stopped PostgreSQL|PostgreSQL is not running)", said), said[-2000:]
 
 
 def put_raw(etcd: harness.Etcd, key: bytes, value: bytes) -> None:
