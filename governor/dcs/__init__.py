@@ -6,30 +6,12 @@ raises DCSError when the store cannot be reached within the retry budget.
 from __future__ import annotations
 
 import abc
-import re
 import threading
 from typing import Optional
 
 from governor.cluster import Cluster
+from governor.dcs.errors import TLS_REFUSAL, DCSError, short_error  # noqa: F401 - re-exported
 from governor.sync import SyncState
-
-
-class DCSError(Exception):
-    """The store could not be reached or answered with an error."""
-
-
-TLS_REFUSAL = re.compile(r"certificate verify failed: [^()'\"]*|CERTIFICATE_VERIFY_FAILED[^()'\"]*")
-
-
-def short_error(exc: BaseException) -> str:
-    """The first line of an exception, at most 200 characters, for log lines and DCSError; a TLS
-    certificate refusal buried deeper in a wrapped error is named first."""
-    text = str(exc) or type(exc).__name__
-    first = text.splitlines()[0][:200]
-    refusal = TLS_REFUSAL.search(text)
-    if refusal and refusal.group(0) not in first:
-        return f"TLS: {refusal.group(0).strip()} (check etcd.cacert): {first[:120]}"
-    return first
 
 
 class DCS(abc.ABC):

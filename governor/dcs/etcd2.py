@@ -9,7 +9,7 @@ import json
 import logging
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import Callable, Dict, Optional, Tuple, TypeVar
 
 import etcd
 import urllib3
@@ -19,6 +19,7 @@ from governor.config import EtcdConfig
 from governor.dcs import DCS, DCSError, short_error
 from governor.dcs.keys import Entry, build_cluster, history_list, wakes
 from governor.dcs.onecluster import OneCluster
+from governor.dcs.rotation import Endpoint, Rotating, TryNext
 from governor.sync import SyncState
 
 log = logging.getLogger(__name__)
@@ -62,15 +63,12 @@ def _event_wakes(event: etcd.EtcdResult, key: str) -> bool:
     return wakes(key, before, value)
 
 
-class Etcd2(DCS):
+class Etcd2(Rotating, DCS):
     def __init__(self, cfg: EtcdConfig, retry_timeout: float = 10):
-        self.cfg = cfg
+        self._init_rotation(cfg, retry_timeout)
         self.prefix = f"/service/{cfg.scope}"
-        self.retry_timeout = retry_timeout
-        self.request_timeout = max(1.0, min(retry_timeout / 2.0, 5.0))
         self._clients: Dict[Tuple[str, int], etcd.Client] = {}
         self.clusters = OneCluster()     # every endpoint one etcd cluster (onecluster.py)
-        self._current = 0
         self._claim_index: Optional[int] = None  # modifiedIndex of our `initialize` claim
         self.read_index = 0                      # etcd's index at the newest read of the scope
         self._watcher: Optional[V2Watcher] = None
@@ -97,32 +95,14 @@ class Etcd2(DCS):
 
     def _call(self, what: str, op: Callable[[etcd.Client], T], budget: Optional[float] = None) -> T:
         """Run `op` against the endpoints in turn until one answers or the budget is spent."""
-        started = time.monotonic()
-        ok = False
-        try:
-            result = self._try_endpoints(what, op, budget)
-            ok = True
-            return result
-        finally:
-            if self.observer is not None:
-                self.observer(what, time.monotonic() - started, ok)
-
-    def _try_endpoints(self, what: str, op: Callable[[etcd.Client], T], budget: Optional[float]) -> T:
-        self.clusters.refuse_while_split()
-        deadline = time.monotonic() + (budget if budget is not None else self.retry_timeout)
-        deadline = min(deadline, self.pass_deadline or deadline)
-        hosts: List[Tuple[str, int]] = list(self.cfg.hosts)
-        errors = []
-        attempt = 0
-        while True:
-            endpoint = hosts[(self._current + attempt) % len(hosts)]
+        def ask(endpoint: Endpoint, _deadline: float) -> T:
+            self.clusters.refuse_while_split()
             try:
                 result = op(self._client(endpoint))
                 self._seen_cluster(endpoint)
-                self._current = (self._current + attempt) % len(hosts)
                 return result
             except _CONNECTION_ERRORS as exc:
-                errors.append(f"{endpoint[0]}:{endpoint[1]}: {short_error(exc)}")
+                raise TryNext(short_error(exc)) from exc
             except etcd.EtcdInsufficientPermissions as exc:
                 raise DCSError(f"etcd refused {what}: permission denied ({short_error(exc)})") from exc
             except etcd.EtcdException as exc:
@@ -131,12 +111,7 @@ class Etcd2(DCS):
                                    "serve it only when started with --enable-v2=true, 3.6 not at all): set etcd.api: "
                                    "3") from exc
                 raise DCSError(f"etcd refused {what}: {short_error(exc)}") from exc
-            attempt += 1
-            if time.monotonic() >= deadline:
-                break
-            if attempt % len(hosts) == 0:
-                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-        raise DCSError(f"etcd unreachable during {what}: {'; '.join(errors[-len(hosts):])}")
+        return self._first_answer(what, budget, ask)
 
     def _key(self, *parts: str) -> str:
         return "/".join((self.prefix,) + parts)

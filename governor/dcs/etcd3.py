@@ -27,6 +27,7 @@ from governor.config import EtcdConfig
 from governor.dcs import DCS, DCSError, short_error
 from governor.dcs.keys import build_cluster, history_list
 from governor.dcs.onecluster import OneCluster
+from governor.dcs.rotation import Endpoint, Rotating, TryNext
 from governor.dcs.v2probe import refuse_scope_in_v2
 from governor.dcs.v3cache import Item, KeyCache, WatchStream, parse_kv
 from governor.dcs.v3json import (
@@ -57,18 +58,15 @@ class Refused(Exception):
     """etcd answered with an error that another endpoint would repeat."""
 
 
-class Etcd3(DCS):
+class Etcd3(Rotating, DCS):
     def __init__(self, cfg: EtcdConfig, retry_timeout: float = 10):
-        self.cfg = cfg
+        self._init_rotation(cfg, retry_timeout)
         self.prefix = f"/service/{cfg.scope}/"
-        self.retry_timeout = retry_timeout
-        self.request_timeout = max(1.0, min(retry_timeout / 2.0, 5.0))
         kw: Dict[str, Any] = {"retries": False, "maxsize": 2}
         if cfg.protocol == "https":
             # Always verified: against etcd.cacert, or the system's CAs without one.
             kw.update(cert_reqs="CERT_REQUIRED", ca_certs=cfg.cacert, cert_file=cfg.cert, key_file=cfg.key)
         self.http = urllib3.PoolManager(**kw)
-        self._current = 0
         self._gateway: Optional[str] = None
         self._token: Optional[str] = None
         self._lease: Optional[str] = None
@@ -146,54 +144,34 @@ class Etcd3(DCS):
         self._token = data.get("token")
 
     def _post(self, what: str, path: str, body: dict, budget: Optional[float] = None) -> dict:
-        started = time.monotonic()
-        ok = False
-        try:
-            result = self._try_endpoints(what, path, body, budget)
-            ok = True
-            if path in WRITE_PATHS:
-                revision = _int(_dict(result.get("header")).get("revision"))
-                self._written_revision = max(self._written_revision, revision)
-            return result
-        finally:
-            if self.observer is not None:
-                self.observer(what, time.monotonic() - started, ok)
+        reauthenticated = [False]
 
-    def _try_endpoints(self, what: str, path: str, body: dict, budget: Optional[float]) -> dict:
-        self.clusters.refuse_while_split()
-        deadline = time.monotonic() + (budget if budget is not None else self.retry_timeout)
-        deadline = min(deadline, self.pass_deadline or deadline)
-        hosts: List[Tuple[str, int]] = list(self.cfg.hosts)
-        errors: List[str] = []
-        attempt = 0
-        reauthenticated = False
-        while True:
-            endpoint = hosts[(self._current + attempt) % len(hosts)]
-            timeout = max(0.1, min(self.request_timeout, deadline - time.monotonic()))
-            try:
-                if self._gateway is None:
-                    self._detect_gateway(endpoint, timeout)
-                if self.cfg.username and self._token is None:
-                    self._authenticate(endpoint, timeout)
-                result = self._raw_post(endpoint, path, body, timeout)
-                self._current = (self._current + attempt) % len(hosts)
-                return result
-            except Unreachable as exc:
-                errors.append(f"{endpoint[0]}:{endpoint[1]}: {exc}")
-            except LookupError as exc:
-                raise DCSError(f"etcd refused {what}: no such API endpoint {exc}") from exc
-            except Refused as exc:
-                text = str(exc)
-                if self.cfg.username and not reauthenticated and "token" in text:
-                    self._token, reauthenticated = None, True   # expired token: log in again once
-                    continue
-                raise DCSError(f"etcd refused {what}: {text}") from exc
-            attempt += 1
-            if time.monotonic() >= deadline:
-                break
-            if attempt % len(hosts) == 0:
-                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-        raise DCSError(f"etcd unreachable during {what}: {'; '.join(errors[-len(hosts):])}")
+        def ask(endpoint: Endpoint, deadline: float) -> dict:
+            self.clusters.refuse_while_split()
+            while True:
+                timeout = max(0.1, min(self.request_timeout, deadline - time.monotonic()))
+                try:
+                    if self._gateway is None:
+                        self._detect_gateway(endpoint, timeout)
+                    if self.cfg.username and self._token is None:
+                        self._authenticate(endpoint, timeout)
+                    return self._raw_post(endpoint, path, body, timeout)
+                except Unreachable as exc:
+                    raise TryNext(str(exc)) from exc
+                except LookupError as exc:
+                    raise DCSError(f"etcd refused {what}: no such API endpoint {exc}") from exc
+                except Refused as exc:
+                    text = str(exc)
+                    if self.cfg.username and not reauthenticated[0] and "token" in text:
+                        self._token, reauthenticated[0] = None, True   # expired token: log in again once
+                        continue
+                    raise DCSError(f"etcd refused {what}: {text}") from exc
+
+        result = self._first_answer(what, budget, ask)
+        if path in WRITE_PATHS:
+            revision = _int(_dict(result.get("header")).get("revision"))
+            self._written_revision = max(self._written_revision, revision)
+        return result
 
     def _key(self, name: str) -> str:
         return self.prefix + name

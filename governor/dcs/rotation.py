@@ -1,0 +1,71 @@
+"""What both etcd adapters do around each request: try the endpoints in turn, starting with the
+one that answered last, until one answers or the time budget is spent (sleeping briefly after
+each full round), and report the call's duration and outcome to the observer (metrics)."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, List, Optional, Tuple, TypeVar
+
+from governor.dcs.errors import DCSError
+
+T = TypeVar("T")
+Endpoint = Tuple[str, int]
+
+
+class TryNext(Exception):
+    """This endpoint did not answer (as opposed to an answer that refuses): ask the next one."""
+
+
+class Rotating:
+    """Mixed into an adapter, which holds `cfg` (its hosts), `retry_timeout`, `pass_deadline`,
+    `observer` (all changeable from outside: a reload, the loop) and `_current`, the index of the
+    endpoint that answered last."""
+    cfg: Any
+    retry_timeout: float
+    pass_deadline: Optional[float]
+    observer: Optional[Callable[[str, float, bool], None]]
+    _current: int
+    request_timeout: float
+
+    def _init_rotation(self, cfg: Any, retry_timeout: float) -> None:
+        self.cfg = cfg
+        self.retry_timeout = retry_timeout
+        self.request_timeout = max(1.0, min(retry_timeout / 2.0, 5.0))    # one request, of the budget
+        self._current = 0
+
+    def _deadline(self, budget: Optional[float]) -> float:
+        own = time.monotonic() + (budget if budget is not None else self.retry_timeout)
+        return min(own, self.pass_deadline or own)
+
+    def _first_answer(self, what: str, budget: Optional[float], ask: Callable[[Endpoint, float], T]) -> T:
+        """`ask(endpoint, deadline)` of each endpoint in turn; one that raises TryNext is passed
+        over; any other exception ends the call. DCSError when none answered in time."""
+        started = time.monotonic()
+        ok = False
+        try:
+            result = self._rotate(what, self._deadline(budget), ask)
+            ok = True
+            return result
+        finally:
+            if self.observer is not None:
+                self.observer(what, time.monotonic() - started, ok)
+
+    def _rotate(self, what: str, deadline: float, ask: Callable[[Endpoint, float], T]) -> T:
+        hosts: List[Endpoint] = list(self.cfg.hosts)
+        errors: List[str] = []
+        attempt = 0
+        while True:
+            index = (self._current + attempt) % len(hosts)
+            endpoint = hosts[index]
+            try:
+                result = ask(endpoint, deadline)
+                self._current = index
+                return result
+            except TryNext as exc:
+                errors.append(f"{endpoint[0]}:{endpoint[1]}: {exc}")
+            attempt += 1
+            if time.monotonic() >= deadline:
+                break
+            if attempt % len(hosts) == 0:
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        raise DCSError(f"etcd unreachable during {what}: {'; '.join(errors[-len(hosts):])}")
