@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Optional
 
 from governor import config as config_mod
 from governor.cluster import Cluster
@@ -59,17 +60,12 @@ def switchover(args: argparse.Namespace, dcs: DCS, cluster: Cluster, auth: tuple
     leader_member = cluster.member(leader)
     if leader_member is None or not leader_member.api_url:
         return refuse(f"the leader {leader} publishes no API address")
-    try:
-        body = {"leader": leader, "candidate": args.candidate}
-        if scheduled is not None:
-            body["scheduled_at"] = scheduled
-        code, answer = http_json(f"{leader_member.api_url}/switchover", "POST", body, auth)
-    except OSError as exc:
-        return refuse(f"the leader's API at {leader_member.api_url} does not answer: {exc}")
-    if code == 401:
-        return refuse("the leader's API refused the credentials (restapi.username/password in the config)")
-    if code != 202:
-        return refuse(answer.get("error") or f"the leader answered HTTP {code}")
+    body = {"leader": leader, "candidate": args.candidate}
+    if scheduled is not None:
+        body["scheduled_at"] = scheduled
+    refused = _ask_leader(leader_member.api_url, "POST", body, auth, 202)
+    if refused is not None:
+        return refused
     if scheduled is not None:
         print(f"switchover from {leader} to {args.candidate} scheduled for "
               f"{local_time(scheduled)}; "
@@ -79,19 +75,28 @@ def switchover(args: argparse.Namespace, dcs: DCS, cluster: Cluster, auth: tuple
     return _wait_for_leader(dcs, args.candidate, args.wait, "switchover")
 
 
+def _ask_leader(api_url: str, method: str, body: dict, auth: tuple, expected: int) -> Optional[int]:
+    """The leader's /switchover endpoint asked; None when it answered `expected`, else the exit
+    code after saying why."""
+    try:
+        code, answer = http_json(f"{api_url}/switchover", method, body, auth)
+    except OSError as exc:
+        return refuse(f"the leader's API at {api_url} does not answer: {exc}")
+    if code == 401:
+        return refuse("the leader's API refused the credentials (restapi.username/password in the config)")
+    if code != expected:
+        return refuse(answer.get("error") or f"the leader answered HTTP {code}")
+    return None
+
+
 def cancel_switchover(dcs: DCS, cluster: Cluster, auth: tuple) -> int:
     if cluster.switchover is None:
         return refuse("no switchover is pending")
     leader = cluster.leader_member
     if leader is not None and leader.api_url:
-        try:
-            code, answer = http_json(f"{leader.api_url}/switchover", "DELETE", {}, auth)
-        except OSError as exc:
-            return refuse(f"the leader's API at {leader.api_url} does not answer: {exc}")
-        if code == 401:
-            return refuse("the leader's API refused the credentials (restapi.username/password in the config)")
-        if code != 200:
-            return refuse(answer.get("error") or f"the leader answered HTTP {code}")
+        refused = _ask_leader(leader.api_url, "DELETE", {}, auth, 200)
+        if refused is not None:
+            return refused
     elif not dcs_call(dcs.clear_switchover):
         return EXIT_FAILED
     print(f"switchover to {cluster.switchover.candidate} cancelled")
