@@ -115,7 +115,7 @@ SETTINGS: Dict[str, Setting] = {
     "postgresql.member_slots_ttl": Setting("Seconds before the leader drops the slot of a member gone that "
                                            "long (0: never)."),
     "postgresql.permanent_slots": Setting("Physical slots for consumers outside the cluster; every replica "
-                                          "keeps a copy moved forward to the leader's position."),
+                                          "keeps a copy moved forward to the start of the leader's WAL segment."),
     "postgresql.logical_slots": Setting("Logical slots for change-data-capture consumers, kept across a "
                                         "failover on PostgreSQL 17.", default="[]",
                                         kind="a list of {name, database, plugin (default pgoutput)}"),

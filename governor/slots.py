@@ -28,10 +28,15 @@ def wanted_slots(cluster: Cluster, me: str) -> set:
             and cluster.upstream_of(m.name) in (None, me)}
 
 
-def copies_to_advance(mine: Dict[str, int], leaders: Dict[str, int], permanent: Iterable[str]) -> Dict[str, int]:
-    """A replica's copies of permanent slots that are behind the leader's: slot -> the leader's
-    position (a slot never moves back, so a copy ahead of it stays where it is)."""
-    return {s: leaders[s] for s in permanent if s in mine and s in leaders and mine[s] < leaders[s]}
+def copies_to_advance(mine: Dict[str, int], leaders: Dict[str, int], permanent: Iterable[str],
+                      segment: int) -> Dict[str, int]:
+    """A replica's copies of permanent slots that are behind the leader's: slot -> the start of
+    the WAL segment holding the leader's position (`segment`: wal_segment_size, 0 for none). A
+    consumer may confirm a lower position than before within its segment (pg_receivewal does when
+    it stops, keeping a .partial file), and a slot never moves back: a copy at the segment's start
+    is never ahead of what the consumer confirmed, and holds the same WAL (whole segments are kept)."""
+    targets = {s: leaders[s] - (leaders[s] % segment if segment > 0 else 0) for s in permanent if s in leaders}
+    return {s: target for s, target in targets.items() if s in mine and mine[s] < target}
 
 
 def cascade_slots(cluster: Cluster, me: str) -> set:

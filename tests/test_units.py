@@ -168,7 +168,19 @@ def test_permanent_slot_copies_move_forward_to_the_leaders_position_never_back()
     from governor import slots
     mine = {"archiver": 100, "cdc": 500, "node3": 50}
     leaders = {"archiver": 300, "cdc": 400, "other": 900}
-    assert slots.copies_to_advance(mine, leaders, ["archiver", "cdc", "missing"]) == {"archiver": 300}
+    assert slots.copies_to_advance(mine, leaders, ["archiver", "cdc", "missing"], segment=0) == {"archiver": 300}
+
+
+def test_permanent_slot_copies_stop_at_the_start_of_the_leaders_segment():
+    """pg_receivewal confirms mid-segment positions while it streams and, when it stops, only the
+    end of its last complete segment: its slot moves back within the segment. A copy moved to a
+    mid-segment position would then be ahead of what the consumer confirmed; at the segment's
+    start it holds the same WAL (PostgreSQL keeps whole segments) and is never ahead."""
+    from governor import slots
+    mb16 = 16 * 2**20
+    leaders = {"archiver": 4 * mb16 + 232}
+    assert slots.copies_to_advance({"archiver": mb16}, leaders, ["archiver"], segment=mb16) == {"archiver": 4 * mb16}
+    assert slots.copies_to_advance({"archiver": 4 * mb16}, leaders, ["archiver"], segment=mb16) == {}
 
 
 def test_slot_positions_in_a_member_key_are_read_defensively():

@@ -75,7 +75,8 @@ def replica_slots(g: ActionHost, decision: Decision, local: LocalState) -> None:
     if leader is None or not g.pg.permanent_slots:
         return
     mine = g.server.slot_positions()
-    for slot, target in slots.copies_to_advance(mine, leader.slots, g.pg.permanent_slots).items():
+    segment = g.server.wal_segment_size()
+    for slot, target in slots.copies_to_advance(mine, leader.slots, g.pg.permanent_slots, segment).items():
         try:
             g.server.advance_slot(slot, target)
         except psycopg2.Error as exc:

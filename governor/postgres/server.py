@@ -156,6 +156,11 @@ class Server:
                           "WHERE slot_type = 'physical' AND restart_lsn IS NOT NULL")
         return {name: int(lsn) for name, lsn in rows}
 
+    def wal_segment_size(self) -> int:
+        """Bytes per WAL segment (fixed at initdb; 0 when the server does not say)."""
+        rows = self.query("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")
+        return int(rows[0][0]) if rows and str(rows[0][0]).isdigit() else 0
+
     def advance_slot(self, name: str, lsn: int) -> None:
         """Move a slot forward to `lsn` (on a standby PostgreSQL caps it at what was replayed)."""
         self.query("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (name, f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"))
