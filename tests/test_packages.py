@@ -215,3 +215,37 @@ def test_the_deb_recommends_the_server_and_the_optional_modules(deb):
     assert "python3-urllib3" in fields["Depends"], fields
     for optional in ("python3-etcd", "python3-daemon", "postgresql-15"):
         assert optional not in fields["Depends"] and optional in fields["Recommends"], (optional, fields)
+
+
+# A haproxy, client or Prometheus host: Debian's minimal system with governor's hard dependencies
+# and no PostgreSQL server (nor python3-etcd or python3-daemon).
+CLIENT_PACKAGES = ["systemd", "systemd-sysv", "dbus", "libpam-systemd", "procps", "postgresql-common",
+                   "python3-psycopg2", "python3-yaml", "python3-sdnotify", "python3-prometheus-client",
+                   "python3-urllib3"]
+
+
+def test_governorctl_and_the_check_script_install_on_a_host_without_a_server(base_dir, deb, etcd):
+    """`apt install --no-install-recommends ./governor_*.deb`, as the README says for such a host:
+    no PostgreSQL server comes with it (its package would create and start a cluster), and
+    governorctl and governor-check work."""
+    work = os.path.join(base_dir, "packages-client")
+    os.makedirs(work)
+    m = system.Machine(system.rootfs("bookworm", CLIENT_PACKAGES), binds=[],
+                       ro_binds=[(os.path.dirname(deb), "/mnt/debs")], log_path=os.path.join(work, "nspawn.log"))
+    try:
+        m.run("apt-get", "update", "-q", timeout=300)
+        m.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q", "--no-install-recommends",
+              f"/mnt/debs/{os.path.basename(deb)}", timeout=300)
+        servers = m.run("sh", "-c", "dpkg-query -W -f '${Package} ${Status}\\n' 'postgresql-1*' 2>/dev/null | "
+                                    "grep ' installed' || true").stdout
+        assert servers.strip() == "", f"a PostgreSQL server came with governor: {servers}"
+        assert m.run("test", "-e", "/etc/postgresql/15", check=False).returncode != 0
+        assert m.run("governorctl", "--version").stdout.startswith("governorctl ")
+        listed = m.run("governorctl", "--dcs-url", etcd.endpoint, "--scope", "nosuchcluster", "list", "--format",
+                       "json", check=False)
+        assert listed.returncode == 0 and json.loads(listed.stdout)["members"] == [], listed.stdout + listed.stderr
+        checked = m.run("/usr/lib/governor/governor-check", "--role", "primary", "--api-port", "9", "127.0.0.1",
+                        check=False)
+        assert checked.returncode == 2, "no API there: the check script answers 'no answer', not a traceback"
+    finally:
+        m.poweroff()
