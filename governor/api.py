@@ -13,12 +13,11 @@ import logging
 import socketserver
 import ssl
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Dict, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
-from governor import audit
+from governor import audit, clock
 from governor.config import Config, RestApiConfig, parse_size
 from governor.status import NodeStatus
 
@@ -272,7 +271,7 @@ class _Handler(BaseHTTPRequestHandler):
                     body["reason"] = reason
                 return self._send(200 if ok else 503, body, head_only)
             if path == "/liveness":
-                age = time.monotonic() - st.loop_finished if st.loop_finished else None
+                age = clock.monotonic() - st.loop_finished if st.loop_finished else None
                 alive = age is not None and (age < self.api.liveness_window or st.state in (
                     "bootstrapping", "creating replica"))
                 return self._send(200 if alive else 503, {"last_loop_age": round(age, 3) if age else None},

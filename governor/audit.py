@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any, Dict, Optional
+
+from governor import clock
 
 log = logging.getLogger("governor.audit")
 BODY_MAX = 300
@@ -43,6 +44,6 @@ def record(member: str, method: str, path: str, body: Any, who: str, client: str
         log.debug("%s", line)
         return None
     log.info("%s", line)
-    return {"time": round(time.time(), 3), "member": member, "action": f"{method} {path[:100]}",
+    return {"time": round(clock.wall(), 3), "member": member, "action": f"{method} {path[:100]}",
             "request": summary(body), "by": who, "from": client, "result": code,
             "outcome": summary(outcome) if outcome else None}

@@ -1,8 +1,9 @@
 """How long the loop waits before its next pass."""
 from __future__ import annotations
 
-import time
 from typing import Optional
+
+from governor import clock
 
 FIRST_RETRY = 0.1
 
@@ -17,7 +18,7 @@ class Backoff:
         self.failures = 0
 
     def next_delay(self, ok: bool, loop_wait: float, started: float, now: Optional[float] = None) -> float:
-        now = time.monotonic() if now is None else now
+        now = clock.monotonic() if now is None else now
         if ok:
             self.failures = 0
             return loop_wait - (now - started)

@@ -18,9 +18,9 @@ import pwd
 import signal
 import subprocess
 import threading
-import time
 from typing import IO, TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
+from governor import clock
 from governor.checker import Checker
 from governor.hatypes import LocalState
 from governor.settings import CONTROL_RE, CallbacksConfig
@@ -127,7 +127,7 @@ class Runner:
         return self.run(argv, kind, role, max(0.1, min(config.timeout, limit)))
 
     def run(self, argv: Tuple[str, ...], kind: str, role: str, timeout: float) -> Optional[int]:
-        started = time.monotonic()
+        started = clock.monotonic()
         with self.lock:
             older = self.running.pop(kind, None)
             if older is not None:
@@ -149,7 +149,7 @@ class Runner:
             proc.wait()
             code = None
         text = output.text()
-        took = time.monotonic() - started
+        took = clock.monotonic() - started
         with self.lock:
             if self.running.get(kind) is proc:
                 del self.running[kind]

@@ -12,7 +12,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
 
-from governor import audit, dynamic
+from governor import audit, clock, dynamic
 from governor.cluster import Cluster, failover_priority
 from governor.dcs import DCS, DCSError, from_config
 from governor.dcs.keys import valid_member_name
@@ -87,7 +87,7 @@ class Controls:
             return 412, {"error": f"{candidate} is tagged nofailover (or failover_priority 0): it never leads"}
         if scheduled is None and (member.role != "replica" or member.state != "running"):
             return 412, {"error": f"{candidate} is not a running replica ({member.role}, {member.state})"}
-        request = {"leader": cluster.leader.name, "candidate": candidate, "requested_at": time.time()}
+        request = {"leader": cluster.leader.name, "candidate": candidate, "requested_at": clock.wall()}
         if scheduled is not None:
             request["scheduled_at"] = float(scheduled)
         try:
@@ -124,7 +124,7 @@ class Controls:
         if member is None or member.role != "replica" or member.state != "running":
             return 412, {"error": f"{candidate} is not a running replica of this cluster"}
         try:
-            if not self.dcs.request_switchover({"leader": None, "candidate": candidate, "requested_at": time.time()}):
+            if not self.dcs.request_switchover({"leader": None, "candidate": candidate, "requested_at": clock.wall()}):
                 return 409, {"error": "another switchover or failover is pending"}
         except DCSError as exc:
             return 503, {"error": str(exc)}
@@ -201,9 +201,9 @@ def _schedule_problem(scheduled: object) -> str:
     if scheduled is None:
         return ""
     if isinstance(scheduled, bool) or not isinstance(scheduled, (int, float)) or not math.isfinite(scheduled) \
-            or scheduled > time.time() + MAX_SCHEDULE:
+            or scheduled > clock.wall() + MAX_SCHEDULE:
         return "scheduled_at: expected a Unix time in seconds, at most 30 days ahead"
-    if scheduled < time.time() - 5:
+    if scheduled < clock.wall() - 5:
         return "scheduled_at: that time has passed"
     return ""
 

@@ -7,13 +7,12 @@ import logging
 import math
 import signal
 import threading
-import time
 from dataclasses import replace
 from typing import Callable, Optional, TypeVar
 
 import psycopg2
 
-from governor import __version__, failsafe, publish, reconfigure, shutdown, vouch
+from governor import __version__, clock, failsafe, publish, reconfigure, shutdown, vouch
 from governor.actions import EXECUTORS, ActionFailed
 from governor.api import ApiServer
 from governor.backoff import Backoff
@@ -170,7 +169,7 @@ class Governor:
     def start_postgres(self, standby_of: Optional[tuple]) -> None:
         """Write the configuration for the given role and start; standby_of=None means primary."""
         self.prepare_files(standby_of)
-        self.mem.settle(time.monotonic())
+        self.mem.settle(clock.monotonic())
         self.controller.start(self.pg.start_timeout, wait=standby_of is None)
 
     def lock_lost(self, keep_fence: bool = False) -> None:
@@ -251,7 +250,7 @@ class Governor:
         """Seconds before our lock expires, as this member knows it; None when it holds none."""
         if not self.mem.holds_lock or self.mem.lock_deadline is None:
             return None
-        return self.mem.lock_deadline - time.monotonic()
+        return self.mem.lock_deadline - clock.monotonic()
 
     def lock_too_close_to_expiry(self) -> bool:
         """After a failed etcd call, no new call is started that could outlast our lock: the pass
@@ -263,7 +262,7 @@ class Governor:
         """Holding the lock: since when PostgreSQL has not been up (memory for decide())."""
         holder = self.cluster is not None and self.cluster.leader is not None and self.cluster.leader.name == self.name
         down = holder and not (local.running and local.role)
-        self.mem.leader_start_since, seconds = timer(self.mem.leader_start_since, down, time.monotonic())
+        self.mem.leader_start_since, seconds = timer(self.mem.leader_start_since, down, clock.monotonic())
         return seconds
 
     def run_once(self) -> bool:
@@ -287,7 +286,7 @@ class Governor:
         self.mem.pg_seen = self.mem.pg_seen or seen_as(local)    # the first pass: how governor found it
         self.mem.racing = False
         self.mem.sysid = local.sysid or self.mem.sysid
-        local = replace(local, now=time.time(), request=request.kind if request else None,
+        local = replace(local, now=clock.wall(), request=request.kind if request else None,
                         lock_left=self.lock_left(), starting_for=self._starting_for(local),
                         failsafe_mode=self.config.failsafe_mode, failsafe_promise=vouch.promised_to(self),
                         failsafe_fresh=vouch.fresh(self),
@@ -301,7 +300,7 @@ class Governor:
             local = replace(local, **race_facts(self, self.cluster, local.sysid))
         decision = decide(self.cluster, local)
         if self.mem.failsafe_since is not None and decision.case != "failsafe_keep_primary":
-            log.warning("failsafe: ended after %.0fs (%s)", time.monotonic() - self.mem.failsafe_since, decision.case)
+            log.warning("failsafe: ended after %.0fs (%s)", clock.monotonic() - self.mem.failsafe_since, decision.case)
             self.mem.failsafe_since = None
         self.once("decision", decision.summary)
         log.debug("decision %s", decision.summary)
@@ -350,7 +349,7 @@ class Governor:
             self.once("dcs", "etcd failed, and the failsafe round needs the time left: not asking etcd this pass",
                       logging.WARNING)
             return None
-        self.dcs.pass_deadline = time.monotonic() + budget
+        self.dcs.pass_deadline = clock.monotonic() + budget
         try:
             return observe_dcs(self)
         finally:
@@ -364,18 +363,18 @@ class Governor:
         seconds = min(seconds, MAX_SLEEP) if math.isfinite(seconds) else MAX_SLEEP
         if seconds <= 0 or self.stopping.is_set():
             return
-        deadline = time.monotonic() + seconds
+        deadline = clock.monotonic() + seconds
         if self.cluster is not None and self.watching is not self.dcs:
             if self.dcs.keep_watching(self.wake):
                 self.watching = self.dcs
         while not self.stopping.is_set():
             poll = self._local_poll()
-            left = deadline - time.monotonic()
+            left = deadline - clock.monotonic()
             if poll is None or left <= 0:
                 break
             if self.wake.wait(min(poll, left)) or self._local_change():
                 return
-        self.wake.wait(max(0.0, deadline - time.monotonic()))
+        self.wake.wait(max(0.0, deadline - clock.monotonic()))
 
     def _local_poll(self) -> Optional[float]:
         """How often to look at the local PostgreSQL while sleeping; None: not at all.
@@ -391,7 +390,7 @@ class Governor:
     def _local_change(self) -> bool:
         """Whether what _local_poll watches has changed: the next pass runs at once."""
         if self.mem.settling_since is not None:
-            if settled(self) or time.monotonic() - self.mem.settling_since > SETTLE_MAX:
+            if settled(self) or clock.monotonic() - self.mem.settling_since > SETTLE_MAX:
                 self.mem.settling_since = None
                 return True
             return False
@@ -434,10 +433,10 @@ class Governor:
                 return 1
         self.guarded("member name check", self.wait_for_unique_name)
         while not self.stopping.is_set():
-            started = time.monotonic()
+            started = clock.monotonic()
             ok = self.guarded("HA loop", self.run_once) is True
             if self.metrics:
-                self.metrics.loop_duration.observe(time.monotonic() - started)
+                self.metrics.loop_duration.observe(clock.monotonic() - started)
             self.notify.watchdog()   # only after a pass that completed: a hung loop stops the pings
             self.guarded("status notification", self.notify_status)
             if self.stopping.is_set():

@@ -19,9 +19,9 @@ import logging
 import os
 import signal
 import threading
-import time
 from typing import Callable, Optional
 
+from governor import clock
 from governor.postgres.controller import read_postmaster_pid
 
 log = logging.getLogger("governor")
@@ -44,11 +44,11 @@ def stop_postmaster_now(data_dir: str, timeout: float = 2.0) -> Optional[int]:
         os.kill(pid, signal.SIGQUIT)
     except ProcessLookupError:
         return pid
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    deadline = clock.monotonic() + timeout
+    while clock.monotonic() < deadline:
         if read_postmaster_pid(data_dir) != pid:
             return pid
-        time.sleep(0.02)
+        clock.sleep(0.02)
     try:
         os.kill(pid, signal.SIGKILL)   # its backends exit when they notice the postmaster is gone
     except ProcessLookupError:
@@ -57,7 +57,7 @@ def stop_postmaster_now(data_dir: str, timeout: float = 2.0) -> Optional[int]:
 
 
 class LockFence(threading.Thread):
-    """Arm with the lock's deadline (time.monotonic() seconds) whenever it is taken or renewed;
+    """Arm with the lock's deadline (clock.monotonic() seconds) whenever it is taken or renewed;
     disarm when it is released or lost. Fires at most once per arming."""
 
     def __init__(self, data_dir: str, ttl: float, on_fire: Optional[Callable[[float], None]] = None,
@@ -106,7 +106,7 @@ class LockFence(threading.Thread):
                     if deadline is None:
                         self._cond.wait()
                         continue
-                    wait = deadline - self.margin - time.monotonic()
+                    wait = deadline - self.margin - clock.monotonic()
                     if wait <= 0:
                         self._deadline = None
                         break
@@ -114,7 +114,7 @@ class LockFence(threading.Thread):
             self._fire(deadline)
 
     def _fire(self, deadline: float) -> None:
-        left = deadline - time.monotonic()
+        left = deadline - clock.monotonic()
         try:
             pid = stop_postmaster_now(self.data_dir)
         except Exception as exc:  # noqa: BLE001 - the fence thread must outlive anything
@@ -127,7 +127,7 @@ class LockFence(threading.Thread):
         else:
             log.error("lock_fence: the leader lock was not renewed and %s: stopped PostgreSQL (postmaster %s) "
                       "immediately so it cannot outlive the lock; %.1fs were left once it had stopped",
-                      when, pid, deadline - time.monotonic())
+                      when, pid, deadline - clock.monotonic())
         if self.report:
             self.report(None)
         if self.on_fire:

@@ -7,10 +7,10 @@ process starts with a fresh NodeMemory: what must survive a restart lives on dis
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
+from governor import clock
 from governor.failsafelist import FailsafeList
 
 
@@ -45,7 +45,7 @@ class NodeMemory:
     sysid_cache: Optional[tuple] = None          # (pg_control stat, ControlData) of the stopped data directory
     settling_since: Optional[float] = None       # PostgreSQL was just started, promoted or re-pointed (monotonic)
     # failsafe (failsafe.py, vouch.py)
-    started: float = field(default_factory=time.monotonic)   # this governor's start
+    started: float = field(default_factory=clock.monotonic)   # this governor's start
     sysid: Optional[str] = None                  # the data directory's system identifier, last seen
     last_leader: Optional[str] = None            # the leader of the last etcd snapshot that named one
     last_leader_at: Optional[Tuple[str, Tuple[str, int]]] = None  # (name, PostgreSQL host and port) of the
@@ -67,7 +67,7 @@ class NodeMemory:
 
     def pre_promote_refused(self) -> bool:
         """The pre_promote callback refused a promotion less than ttl ago."""
-        return self.pre_promote_veto_until > time.monotonic()
+        return self.pre_promote_veto_until > clock.monotonic()
 
     def settle(self, now: float) -> None:
         """Look at PostgreSQL often until it streams (or is primary): see Governor.sleep."""

@@ -10,14 +10,13 @@ import http.client
 import logging
 import os
 import ssl
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import psycopg2
 
-from governor import standby
+from governor import clock, standby
 from governor.cluster import Cluster, Member, loads, parse_conn_url
 from governor.dcs import DCSError
 from governor.ha import LocalState
@@ -100,7 +99,7 @@ def _not_streaming_for(g: Governor, st: ServerState) -> Optional[float]:
     leader = g.cluster.leader if g.cluster is not None else None
     waiting = not st.receiving_from and leader is not None and (
         leader.name != g.name or standby.of(g.cluster)[1] is not None)
-    g.mem.not_streaming_since, seconds = timer(g.mem.not_streaming_since, waiting, time.monotonic())
+    g.mem.not_streaming_since, seconds = timer(g.mem.not_streaming_since, waiting, clock.monotonic())
     return seconds
 
 

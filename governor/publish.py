@@ -3,12 +3,11 @@ API, the exporter and systemd's status line are answered from."""
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Optional
 
 import psycopg2
 
-from governor import __version__, vouch
+from governor import __version__, clock, vouch
 from governor.dcs import DCSError
 from governor.ha import Decision, LocalState
 from governor.postgres import datadir
@@ -80,7 +79,7 @@ def publish_status(g: Governor, local: LocalState, decision: Decision) -> None:
         dcs_reachable=g.cluster is not None, dcs_error=g.mem.dcs_error if g.cluster is None else None,
         etcd_split=bool(getattr(getattr(g.dcs, "clusters", None), "split", None)), tags=g.config.tags,
         decision=decision.case,
-        message=decision.message, loop_finished=time.monotonic(), loop_finished_wall=time.time(),
+        message=decision.message, loop_finished=clock.monotonic(), loop_finished_wall=clock.wall(),
         cluster=g.cluster, replicas=g.replicas, pg_version=g.pg_version,
         paused=bool(g.cluster and g.cluster.paused), pending_restart=member["pending_restart"],
         synchronous_mode=g.config.synchronous_mode,

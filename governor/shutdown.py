@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Optional
 
-from governor import callbacks
+from governor import callbacks, clock
 from governor.cluster import Cluster
 from governor.dcs import DCSError
 from governor.postgres.controller import ControllerError
@@ -33,7 +32,7 @@ def consume_restart_marker(max_age: float) -> bool:
         return False
     path = os.path.join(runtime, RESTART_MARKER)
     try:
-        age = time.time() - os.stat(path).st_mtime
+        age = clock.wall() - os.stat(path).st_mtime
         os.unlink(path)
     except OSError:
         return False

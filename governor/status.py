@@ -6,11 +6,10 @@ health check costs nothing but a lock and a dictionary.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from governor import standby
+from governor import clock, standby
 from governor.cluster import Cluster
 from governor.sync import describe as describe_sync
 
@@ -88,7 +87,7 @@ class NodeStatus:
     def lock_valid(self, now: Optional[float] = None) -> bool:
         if not self.holds_lock or self.lock_deadline is None:
             return False
-        return (now if now is not None else time.monotonic()) < self.lock_deadline
+        return (now if now is not None else clock.monotonic()) < self.lock_deadline
 
     @property
     def is_primary(self) -> bool:
@@ -121,7 +120,7 @@ class NodeStatus:
         return max(0, self.cluster.leader_lsn - self.lsn)
 
     def as_dict(self) -> Dict[str, Any]:
-        now = time.monotonic()
+        now = clock.monotonic()
         return {
             "name": self.name,
             "scope": self.scope,

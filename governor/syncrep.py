@@ -3,10 +3,9 @@ DCS `sync` promise in step (the rules are in governor/sync.py; this module does 
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, List, Optional
 
-from governor import sync
+from governor import clock, sync
 from governor.cluster import Cluster
 from governor.sync import Standby, SyncState
 
@@ -87,7 +86,7 @@ class SyncManager:
             state = promise = SyncState(me, (), 0)
         self._write_promise(cluster, promise)
         self._apply(state, standby=True)    # still a standby: the setting counts once promoted
-        self.promoted_at = time.monotonic()
+        self.promoted_at = clock.monotonic()
         log.info("synchronous replication from promotion on: %s", sync.describe(state))
 
     def manage(self, cluster: Cluster) -> None:
@@ -111,7 +110,7 @@ class SyncManager:
         target = sync.wanted(self.mode, cfg.synchronous_node_count, cfg.synchronous_mode_strict, self.gov.name,
                              standbys, applied)
         if not target.members and applied.members and self.promoted_at is not None \
-                and time.monotonic() - self.promoted_at < self.grace:
+                and clock.monotonic() - self.promoted_at < self.grace:
             target = applied    # just promoted: the standbys are still reconnecting
         if self.names is None or not _same(applied, target):
             needed = sync.widened(*(s for s in (ours, applied, target) if s is not None))
@@ -162,12 +161,12 @@ class SyncManager:
     def streaming_standbys(self, cluster: Optional[Cluster], wait: float) -> List[str]:
         """The standbys streaming now; when a hand-over is needed and none streams yet (a stop
         right after a promotion, while they re-point), wait up to `wait` seconds for them."""
-        deadline = time.monotonic() + wait
+        deadline = clock.monotonic() + wait
         while True:
             names = self.streaming_names()
-            if names or not self.needs_hand_over(cluster) or time.monotonic() >= deadline:
+            if names or not self.needs_hand_over(cluster) or clock.monotonic() >= deadline:
                 return names
-            time.sleep(0.1)
+            clock.sleep(0.1)
 
     def watches_standbys(self) -> bool:
         """Whether commits here wait for standbys: the leader then looks at them between passes."""

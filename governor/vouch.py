@@ -15,12 +15,11 @@ import json
 import logging
 import ssl
 import threading
-import time
 import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
-from governor import failsafe
+from governor import clock, failsafe
 from governor.dcs.keys import valid_member_name
 from governor.settings import RestApiConfig
 
@@ -46,14 +45,14 @@ def remember(g: Governor, cluster: Cluster) -> None:
 def promised_to(g: Governor) -> Optional[str]:
     """The leader this member vouched for, while that promise holds."""
     promise = g.mem.failsafe_promise
-    if promise is None or promise[1] <= time.monotonic():
+    if promise is None or promise[1] <= clock.monotonic():
         return None
     return promise[0]
 
 
 def fresh(g: Governor) -> bool:
     """Whether governor started less than ttl ago (a promise from before would be forgotten)."""
-    return time.monotonic() - g.mem.started < g.config.etcd.ttl
+    return clock.monotonic() - g.mem.started < g.config.etcd.ttl
 
 
 def start_racing(g: Governor) -> Optional[str]:
@@ -79,7 +78,7 @@ def ask_members(g: Governor) -> Optional[float]:
                                                   "no failsafe list was written while etcd answered"),
                logging.WARNING)
         return None
-    sent = time.monotonic()
+    sent = clock.monotonic()
     body = json.dumps({"leader": g.name, "sysid": g.mem.sysid}).encode()
     headers = {"Content-Type": "application/json"}
     if g.config.restapi.username:
@@ -161,7 +160,7 @@ def answer(g: Governor, body: dict) -> Tuple[int, dict]:
         doubt = _doubt(g, leader, sysid)
         if doubt:
             return 409, {"error": f"not vouching for {leader}: {doubt}"}
-        until = time.monotonic() + g.config.etcd.ttl
+        until = clock.monotonic() + g.config.etcd.ttl
         old = g.mem.failsafe_promise
         g.mem.failsafe_promise = (leader, max(until, old[1]) if old and old[0] == leader else until)
     g.once("failsafe-promise", f"failsafe: vouched for {leader}, which cannot use etcd: not racing for the lock "

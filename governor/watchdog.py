@@ -21,8 +21,9 @@ import logging
 import math
 import os
 import struct
-import time
 from typing import Callable, Optional
+
+from governor import clock
 
 log = logging.getLogger("governor")
 
@@ -62,9 +63,9 @@ class Watchdog:
         if self.mode == "off":
             return True
         try:
-            seconds = math.floor(deadline - margin - time.monotonic())
+            seconds = math.floor(deadline - margin - clock.monotonic())
             if seconds < 1:
-                raise WatchdogError(f"only {deadline - time.monotonic():.1f}s left on the lock: too little to "
+                raise WatchdogError(f"only {deadline - clock.monotonic():.1f}s left on the lock: too little to "
                                     "set a watchdog timeout of at least 1 s before it expires")
             if self._fd is None:
                 self._open()

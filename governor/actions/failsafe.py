@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
-from governor import failsafe
+from governor import clock, failsafe
 from governor.actions.base import ActionFailed
 from governor.ha import Decision, LocalState
 
@@ -27,7 +26,7 @@ def failsafe_hold(g: ActionHost, decision: Decision, local: LocalState) -> None:
     if not g.watchdog.keepalive(deadline, max(0.5, g.fence.margin / 4)):
         raise ActionFailed(f"watchdog.mode is required and {g.config.watchdog.device} cannot be armed")
     if g.mem.failsafe_since is None:
-        g.mem.failsafe_since = time.monotonic()
+        g.mem.failsafe_since = clock.monotonic()
         log.warning("failsafe: etcd cannot be used; every member vouched for this primary, which stays primary "
                     "while they do")
 

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
 import psycopg2
 
-from governor import slots
+from governor import clock, slots
 from governor.actions.base import ActionFailed
 from governor.ha import Decision, LocalState
 from governor.syncrep import PromiseNotWritten
@@ -86,7 +85,7 @@ def replica_slots(g: ActionHost, decision: Decision, local: LocalState) -> None:
 
 def _keep_slots(g: ActionHost, wanted: set) -> None:
     todo = slots.plan(g.server.replication_slots(), wanted, g.pg.permanent_slots, g.mem.orphan_slots,
-                      time.monotonic(), g.pg.member_slots_ttl)
+                      clock.monotonic(), g.pg.member_slots_ttl)
     for slot in todo.create:
         g.server.create_physical_slot(slot)
         log.info("created replication slot %s", slot)

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
-from governor import standby, vouch
+from governor import clock, standby, vouch
 from governor.actions.base import ActionFailed
 from governor.cluster import Cluster
 from governor.ha import Action, Decision, LocalState
@@ -20,7 +19,7 @@ def acquire_lock(g: ActionHost, decision: Decision, local: LocalState) -> None:
     promised = vouch.start_racing(g)
     if promised is not None:
         raise ActionFailed(f"this member vouched for {promised} (failsafe) after deciding to race: not taking the lock")
-    sent = time.monotonic()
+    sent = clock.monotonic()
     if not g.dcs.acquire_leader(g.name):
         raise ActionFailed("another member took the leader lock first")
     g.mem.published_lsn = None     # publish our position as the new leader's, even if unchanged
@@ -44,7 +43,7 @@ def _still_eligible(g: ActionHost, seen: Cluster) -> None:
 
 
 def renew_lock(g: ActionHost, decision: Decision, local: LocalState) -> None:
-    sent = time.monotonic()
+    sent = clock.monotonic()
     if not g.dcs.renew_leader(g.name):
         # PostgreSQL is still primary: its fence keeps the deadline it has (the lock's, or the
         # failsafe promises'), so it cannot outlive what binds the others if this member is slow

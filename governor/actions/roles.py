@@ -7,7 +7,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Optional
 
-from governor import callbacks, standby
+from governor import callbacks, clock, standby
 from governor.actions.base import ActionFailed
 from governor.actions.leader import create_member_slots
 from governor.dcs import DCSError
@@ -78,7 +78,7 @@ def pre_promote(g: ActionHost) -> None:
     with g.notify.keep_alive_while("running the pre_promote callback"):     # PostgreSQL is a standby meanwhile
         code = g.callbacks.wait(g.config.callbacks, "pre_promote", "primary", limit)
     if code != 0:
-        g.mem.pre_promote_veto_until = time.monotonic() + g.config.etcd.ttl
+        g.mem.pre_promote_veto_until = clock.monotonic() + g.config.etcd.ttl
         if g.cluster is not None and g.cluster.switchover and g.cluster.switchover.candidate == g.name:
             try:
                 g.dcs.clear_switchover()
@@ -87,7 +87,7 @@ def pre_promote(g: ActionHost) -> None:
         g.give_up_lock()
         raise ActionFailed(f"the pre_promote callback {'exited ' + str(code) if code else 'did not finish'}: not "
                            f"promoting; gave the lock back and will not race for {g.config.etcd.ttl}s")
-    sent = time.monotonic()
+    sent = clock.monotonic()
     if not g.dcs.renew_leader(g.name):
         g.lock_lost()
         raise ActionFailed("the leader lock was lost while the pre_promote callback ran")
@@ -95,7 +95,8 @@ def pre_promote(g: ActionHost) -> None:
 
 
 def record_promotion(g: ActionHost, timeline: Optional[int], lsn: Optional[int], decision: Decision) -> None:
-    entry = {"timeline": timeline, "lsn": lsn, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    when = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(clock.wall()))
+    entry = {"timeline": timeline, "lsn": lsn, "time": when,
              "leader": g.name, "reason": decision.summary}
     try:
         g.dcs.append_history(entry)
@@ -115,7 +116,7 @@ def demote(g: ActionHost, decision: Decision, local: LocalState) -> None:
     # be reached. It gets until the lock fence's moment at most, then stops hard.
     budget = g.config.retry_timeout
     if g.fence.deadline is not None:
-        budget = min(budget, g.fence.deadline - g.fence.margin - time.monotonic())
+        budget = min(budget, g.fence.deadline - g.fence.margin - clock.monotonic())
     g.server.close()
     try:
         if budget < 1:

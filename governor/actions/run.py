@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
+from governor import clock
 from governor.actions.base import ActionFailed
 from governor.callbacks import before_stop
 from governor.ha import Decision, LocalState
@@ -26,9 +26,9 @@ def start_as_leader(g: ActionHost, decision: Decision, local: LocalState) -> Non
     g.prepare_files(standby_of)
     wait = g.config.primary_start_timeout - (local.starting_for or 0)
     if g.fence.deadline is not None:
-        wait = min(wait, g.fence.deadline - g.fence.margin - 1 - time.monotonic())
+        wait = min(wait, g.fence.deadline - g.fence.margin - 1 - clock.monotonic())
     log.info("starting PostgreSQL in place (this member holds the lock); waiting up to %.0fs", max(wait, 1.0))
-    g.mem.settle(time.monotonic())
+    g.mem.settle(clock.monotonic())
     try:
         g.controller.start(max(wait, 1.0))
     except ControllerError as exc:
@@ -45,7 +45,7 @@ def restart(g: ActionHost, decision: Decision, local: LocalState) -> None:
     g.server.close()
     g.controller.stop("fast", timeout=max(30.0, g.pg.start_timeout))
     g.prepare_files(standby_of)
-    g.mem.settle(time.monotonic())
+    g.mem.settle(clock.monotonic())
     g.controller.start(g.pg.start_timeout)
     log.info("restart: PostgreSQL is running again as %s", local.role)
     g.callbacks.fire(g.config.callbacks, "on_restart", local.role or "replica")
@@ -62,6 +62,6 @@ def follow(g: ActionHost, decision: Decision, local: LocalState) -> None:
         return  # the leader has not published its address yet
     if g.write_conf(standby_of=target):
         g.controller.reload()
-        g.mem.settle(time.monotonic())
+        g.mem.settle(clock.monotonic())
         who = "the primary cluster" if decision.remote is not None else decision.leader
         log.info("now following %s", f"{who} at {target[0]}:{target[1]}" if target else "nobody")

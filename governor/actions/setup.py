@@ -5,12 +5,11 @@ import errno
 import logging
 import os
 import threading
-import time
 from typing import TYPE_CHECKING
 
 import psycopg2
 
-from governor import publish
+from governor import clock, publish
 from governor.actions.base import ActionFailed
 from governor.dcs import DCSError
 from governor.ha import BOOTSTRAP_ATTEMPTS, Decision, LocalState
@@ -27,7 +26,7 @@ log = logging.getLogger("governor")
 
 
 def bootstrap(g: ActionHost, decision: Decision, local: LocalState) -> None:
-    if not g.watchdog.keepalive(time.monotonic() + g.config.etcd.ttl, max(0.5, g.fence.margin / 4)):
+    if not g.watchdog.keepalive(clock.monotonic() + g.config.etcd.ttl, max(0.5, g.fence.margin / 4)):
         raise ActionFailed(f"watchdog.mode is required and {g.config.watchdog.device} cannot be armed: "
                            "not bootstrapping a cluster this member could not lead")
     g.watchdog.disarm()
@@ -53,12 +52,12 @@ def bootstrap(g: ActionHost, decision: Decision, local: LocalState) -> None:
         g.data_replaced()
         g.write_conf(standby_of=None)
         datadir.write_pgpass(g.pg)
-        sent = time.monotonic()
+        sent = clock.monotonic()
         if not g.dcs.acquire_leader(g.name):
             raise ActionFailed("a leader lock exists although the cluster was never initialized; "
                                "remove the stale keys of this scope")
         g.lock_taken(sent)
-        g.mem.settle(time.monotonic())      # the next pass (slots for the members already waiting) at once
+        g.mem.settle(clock.monotonic())      # the next pass (slots for the members already waiting) at once
         if restore is None:
             g.controller.start(g.pg.start_timeout)
         else:
@@ -92,7 +91,7 @@ def bootstrap_standby(g: ActionHost, decision: Decision) -> None:
         with g.notify.keep_alive_while(f"cloning the primary cluster at {host}:{port}"):
             pgbootstrap.basebackup(g.pg, host, port)
         g.data_replaced()
-        sent = time.monotonic()
+        sent = clock.monotonic()
         if not g.dcs.acquire_leader(g.name):
             raise ActionFailed("a leader lock exists although the cluster was never initialized; "
                                "remove the stale keys of this scope")
@@ -248,8 +247,8 @@ def recover_under_lock(g: ActionHost) -> None:
             if not g.controller.is_running():
                 raise ActionFailed("PostgreSQL stopped while recovering the restored backup (is "
                                    "recovery_target_time within the archive?); see PostgreSQL's log")
-            time.sleep(min(g.config.loop_wait, 1.0))
-            sent = time.monotonic()
+            clock.sleep(min(g.config.loop_wait, 1.0))
+            sent = clock.monotonic()
             if not g.dcs.renew_leader(g.name):
                 raise ActionFailed("lost the leader lock while recovering the restored backup")
             g.lock_taken(sent)

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from typing import Callable, Dict, Optional, Tuple, TypeVar
 
 import etcd
 import urllib3
 
+from governor import clock
 from governor.cluster import Cluster
 from governor.config import EtcdConfig
 from governor.dcs import DCS, DCSError, short_error
@@ -165,12 +165,12 @@ class Etcd2(Rotating, DCS):
         wakes, and the index to wait from next."""
         if timeout <= 0:
             return False, index
-        deadline = time.monotonic() + timeout
+        deadline = clock.monotonic() + timeout
         client = self._client(self.cfg.hosts[self._current % len(self.cfg.hosts)])
         prefix = self._key("")
         try:
             while True:
-                left = deadline - time.monotonic()
+                left = deadline - clock.monotonic()
                 if left <= 0:
                     return False, index
                 event = client.read(prefix.rstrip("/"), wait=True, recursive=True, waitIndex=index + 1,
@@ -189,7 +189,7 @@ class Etcd2(Rotating, DCS):
         except (etcd.EtcdException, urllib3.exceptions.HTTPError, OSError) as exc:
             # The loop re-reads on its next pass; do not spin on a dead endpoint.
             log.debug("watch on the scope ended: %s", short_error(exc))
-            time.sleep(min(timeout, 1.0))
+            clock.sleep(min(timeout, 1.0))
             return False, index
 
 
@@ -269,7 +269,7 @@ class Etcd2(Rotating, DCS):
 
     def request_switchover(self, data: dict) -> bool:
         # A scheduled request lives until its time plus the normal grace period.
-        ttl = SWITCHOVER_TTL + max(0, int((data.get("scheduled_at") or 0) - time.time()))
+        ttl = SWITCHOVER_TTL + max(0, int((data.get("scheduled_at") or 0) - clock.wall()))
 
         def op(client: etcd.Client) -> bool:
             try:

@@ -17,11 +17,11 @@ import json
 import logging
 import ssl
 import threading
-import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import urllib3
 
+from governor import clock
 from governor.cluster import Cluster
 from governor.config import EtcdConfig
 from governor.dcs import DCS, DCSError, short_error
@@ -149,7 +149,7 @@ class Etcd3(Rotating, DCS):
         def ask(endpoint: Endpoint, deadline: float) -> dict:
             self.clusters.refuse_while_split()
             while True:
-                timeout = max(0.1, min(self.request_timeout, deadline - time.monotonic()))
+                timeout = max(0.1, min(self.request_timeout, deadline - clock.monotonic()))
                 try:
                     if self._gateway is None:
                         self._detect_gateway(endpoint, timeout)
@@ -199,7 +199,7 @@ class Etcd3(Rotating, DCS):
 
     def _member_lease(self) -> str:
         if self._lease is None or self._lease_stale:
-            sent = time.monotonic()
+            sent = clock.monotonic()
             self._lease = self._grant(self.cfg.ttl)
             self._lease_sent, self._lease_ttl, self._lease_revision = sent, self.cfg.ttl, 0
             self._lease_stale = False
@@ -210,7 +210,7 @@ class Etcd3(Rotating, DCS):
         the lease had already expired (its keys are gone; the next touch grants a new one)."""
         if self._lease is None:
             return None
-        sent = time.monotonic()
+        sent = clock.monotonic()
         data = self._post("lease keepalive", "/lease/keepalive", {"ID": self._lease})
         result = _dict(data.get("result"))
         ttl = _int(result.get("TTL"))
@@ -227,7 +227,7 @@ class Etcd3(Rotating, DCS):
 
     def _recent_keepalive(self) -> Optional[int]:
         """_keepalive, unless one succeeded in the last half second (its revision then)."""
-        if self._lease is not None and time.monotonic() - self._lease_sent <= 0.5:
+        if self._lease is not None and clock.monotonic() - self._lease_sent <= 0.5:
             return self._lease_revision
         return self._keepalive()
 
@@ -413,7 +413,7 @@ class Etcd3(Rotating, DCS):
                                                           "value": _b64(str(lsn))})
 
     def request_switchover(self, data: dict) -> bool:
-        ttl = SWITCHOVER_TTL + max(0, int((data.get("scheduled_at") or 0) - time.time()))
+        ttl = SWITCHOVER_TTL + max(0, int((data.get("scheduled_at") or 0) - clock.wall()))
         key = self._key("failover")
         lease = self._grant(ttl)
         result = self._txn("switchover request", [self._created(key)], [self._put(key, json.dumps(data), lease)])

@@ -11,9 +11,9 @@ its lock could expire, nobody races or bootstraps) and says why, until they agre
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from governor import clock
 from governor.dcs import DCSError
 
 Endpoint = Tuple[str, int]
@@ -63,7 +63,7 @@ class OneCluster:
         """When due (first, then every `interval` seconds): ask every endpoint for its cluster id
         (`ask` returns the answer, or raises when it does not answer: asked again next time).
         Raises Split while the endpoints seen disagree."""
-        now = time.monotonic()
+        now = clock.monotonic()
         if self.swept is None or now - self.swept >= self.interval or self.split:
             self.swept = now
             for endpoint in endpoints:

@@ -3,9 +3,9 @@ one that answered last, until one answers or the time budget is spent (sleeping 
 each full round), and report the call's duration and outcome to the observer (metrics)."""
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, List, Optional, Tuple, TypeVar
 
+from governor import clock
 from governor.dcs.errors import DCSError
 
 T = TypeVar("T")
@@ -34,13 +34,13 @@ class Rotating:
         self._current = 0
 
     def _deadline(self, budget: Optional[float]) -> float:
-        own = time.monotonic() + (budget if budget is not None else self.retry_timeout)
+        own = clock.monotonic() + (budget if budget is not None else self.retry_timeout)
         return min(own, self.pass_deadline or own)
 
     def _first_answer(self, what: str, budget: Optional[float], ask: Callable[[Endpoint, float], T]) -> T:
         """`ask(endpoint, deadline)` of each endpoint in turn; one that raises TryNext is passed
         over; any other exception ends the call. DCSError when none answered in time."""
-        started = time.monotonic()
+        started = clock.monotonic()
         ok = False
         try:
             result = self._rotate(what, self._deadline(budget), ask)
@@ -48,7 +48,7 @@ class Rotating:
             return result
         finally:
             if self.observer is not None:
-                self.observer(what, time.monotonic() - started, ok)
+                self.observer(what, clock.monotonic() - started, ok)
 
     def _rotate(self, what: str, deadline: float, ask: Callable[[Endpoint, float], T]) -> T:
         hosts: List[Endpoint] = list(self.cfg.hosts)
@@ -64,8 +64,8 @@ class Rotating:
             except TryNext as exc:
                 errors.append(f"{endpoint[0]}:{endpoint[1]}: {exc}")
             attempt += 1
-            if time.monotonic() >= deadline:
+            if clock.monotonic() >= deadline:
                 break
             if attempt % len(hosts) == 0:
-                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+                clock.sleep(min(0.5, max(0.0, deadline - clock.monotonic())))
         raise DCSError(f"etcd unreachable during {what}: {'; '.join(errors[-len(hosts):])}")

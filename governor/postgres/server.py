@@ -6,13 +6,13 @@ import hashlib
 import hmac
 import logging
 import os
-import time
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional
 
 import psycopg2
 import psycopg2.extensions
 
+from governor import clock
 from governor.config import PostgresConfig
 from governor.status import Archiver
 
@@ -138,11 +138,11 @@ class Server:
         every 100 ms; a promotion itself takes a few ms, so this asks every `poll` seconds."""
         if not self.query("SELECT pg_promote(false)")[0][0]:
             return False
-        deadline = time.monotonic() + timeout
+        deadline = clock.monotonic() + timeout
         while self.query("SELECT pg_is_in_recovery()")[0][0]:
-            if time.monotonic() > deadline:
+            if clock.monotonic() > deadline:
                 return False
-            time.sleep(poll)
+            clock.sleep(poll)
         return True
 
     def replication_slots(self) -> Dict[str, bool]:
