@@ -26,7 +26,7 @@ from governor.hatypes import LocalState
 from governor.settings import CONTROL_RE, CallbacksConfig
 
 if TYPE_CHECKING:
-    from governor.ports import ActionHost
+    pass
 
 log = logging.getLogger("governor")
 
@@ -63,16 +63,6 @@ def check(c: Checker) -> CallbacksConfig:
     timeout = c.value("callbacks.timeout", "number", 30,
                       check=lambda v: None if 1 <= v <= 600 else f"expected 1 to 600 seconds, got {v}")
     return CallbacksConfig(commands=tuple(commands), timeout=float(timeout))
-
-
-def before_stop(g: ActionHost, role: Optional[str]) -> None:
-    """The before_stop callback, waited for within its timeout and, while this member holds the
-    lock (PostgreSQL may be a writable primary), within what the lock leaves before the fence
-    would act: nothing renews the lock meanwhile. Its exit status changes nothing."""
-    left = g.lock_left()
-    limit = g.config.callbacks.timeout if left is None else left - g.fence.margin - g.config.retry_timeout
-    if limit >= 0.5:
-        g.callbacks.wait(g.config.callbacks, "before_stop", role or "replica", limit)
 
 
 def seen_as(local: LocalState) -> Optional[str]:

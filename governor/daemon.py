@@ -26,10 +26,12 @@ from governor.lockfence import LockFence, stop_postmaster_now
 from governor.memory import NodeMemory, timer
 from governor.metrics import Metrics
 from governor.observe import observe_dcs, observe_local, race_facts, remember_leader, settled
-from governor.postgres import bootstrap, datadir
+from governor.peers import Peers
+from governor.postgres import bootstrap
 from governor.postgres.catalogue import catalogue
 from governor.postgres.controller import ControllerError, ProcessController
 from governor.postgres.controllers import make_controller
+from governor.postgres.disk import DataDirectory
 from governor.postgres.server import Server, ServerState
 from governor.shutdown import RESTART_MARKER, consume_restart_marker  # noqa: F401 - RESTART_MARKER for tests
 from governor.status import Archiver, NodeStatus, StatusBoard
@@ -54,7 +56,9 @@ STEADY_ACTIONS = {Action.RENEW_LOCK, Action.ENSURE_SLOTS, Action.MANAGE_SYNC, Ac
 class Governor:
     def __init__(self, config: Config, dcs: Optional[DCS] = None,
                  controller: Optional[ProcessController] = None,
-                 report: Optional[Callable[[Optional[float]], None]] = None):
+                 report: Optional[Callable[[Optional[float]], None]] = None,
+                 server: Optional[Server] = None, disk: Optional[DataDirectory] = None,
+                 peers: Optional[Peers] = None):
         self.file_config = config      # what the files say; self.config adds the dynamic settings
         self.config = config
         self._dynamic_index = -1       # the `config` key index last applied
@@ -63,7 +67,9 @@ class Governor:
         self.dcs = dcs or from_config(config)
         # Outside systemd the kernel stops a postmaster governor started when governor dies.
         self.controller = controller or make_controller(self.pg, bind=not under_systemd())
-        self.server = Server(self.pg)
+        self.server = server or Server(self.pg)
+        self.disk = disk or DataDirectory(self.pg)     # the data directory and the tools that change it
+        self.peers = peers or Peers()                  # the other members' APIs and servers
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self.watching: Optional[DCS] = None      # the adapter whose watch wakes self.wake
@@ -148,9 +154,7 @@ class Governor:
     def write_conf(self, standby_of: Optional[tuple]) -> bool:
         """Write postgresql.conf for a primary (None) or a standby of (host, port) / nobody (())."""
         self.mem.conf_target = standby_of
-        return datadir.write_postgresql_conf(self.pg, standby_of=standby_of,
-                                             synchronous_standby_names=self.syncrep.names,
-                                             slot_sync=self.slot_sync_database(), standby_slots=self.mem.standby_slots)
+        return self.disk.write_conf(standby_of, self.syncrep.names, self.slot_sync_database(), self.mem.standby_slots)
 
     def slot_sync_database(self) -> Optional[str]:
         """With logical_slots on a server that can keep them across failover (PostgreSQL 17:
@@ -161,10 +165,10 @@ class Governor:
 
     def prepare_files(self, standby_of: Optional[tuple]) -> None:
         """The files PostgreSQL reads at start, for a primary (None) or a standby."""
-        datadir.write_pgpass(self.pg)
-        datadir.write_pg_hba(self.pg)
+        self.disk.write_pgpass()
+        self.disk.write_pg_hba()
         self.write_conf(standby_of=standby_of)
-        datadir.set_standby_signal(self.pg.data_dir, standby_of is not None)
+        self.disk.set_standby_signal(standby_of is not None)
 
     def start_postgres(self, standby_of: Optional[tuple]) -> None:
         """Write the configuration for the given role and start; standby_of=None means primary."""

@@ -61,9 +61,12 @@ class LockFence(threading.Thread):
     disarm when it is released or lost. Fires at most once per arming."""
 
     def __init__(self, data_dir: str, ttl: float, on_fire: Optional[Callable[[float], None]] = None,
-                 report: Optional[Callable[[Optional[float]], None]] = None):
+                 report: Optional[Callable[[Optional[float]], None]] = None,
+                 stop: Optional[Callable[[], Optional[int]]] = None):
         super().__init__(name="lock-fence", daemon=True)
         self.data_dir = data_dir
+        # How PostgreSQL is stopped: its postmaster's PID, None when none ran (the simulator's own).
+        self.stop = stop or (lambda: stop_postmaster_now(self.data_dir))
         self.margin = margin_for(ttl)
         self.on_fire = on_fire          # called with the seconds that were left, after the stop
         self.report = report            # tells the supervisor the deadline (None: no lock)
@@ -102,21 +105,28 @@ class LockFence(threading.Thread):
         while True:
             with self._cond:
                 while True:
-                    deadline = self._deadline
-                    if deadline is None:
+                    if self._deadline is None:
                         self._cond.wait()
                         continue
-                    wait = deadline - self.margin - clock.monotonic()
-                    if wait <= 0:
-                        self._deadline = None
+                    deadline = self.due()
+                    if deadline is not None:
                         break
-                    self._cond.wait(wait)
-            self._fire(deadline)
+                    self._cond.wait(self._deadline - self.margin - clock.monotonic())
+            self.fire(deadline)
 
-    def _fire(self, deadline: float) -> None:
+    def due(self) -> Optional[float]:
+        """The deadline, disarmed, once `margin` seconds or less are left (None: not yet, or unarmed).
+        The thread asks this; so does a simulator, at each of its ticks."""
+        deadline = self._deadline
+        if deadline is None or deadline - self.margin - clock.monotonic() > 0:
+            return None
+        self._deadline = None
+        return deadline
+
+    def fire(self, deadline: float) -> None:
         left = deadline - clock.monotonic()
         try:
-            pid = stop_postmaster_now(self.data_dir)
+            pid = self.stop()
         except Exception as exc:  # noqa: BLE001 - the fence thread must outlive anything
             log.error("lock_fence: could not stop PostgreSQL: %s", exc)
             pid = None

@@ -6,22 +6,19 @@ they take writes.
 """
 from __future__ import annotations
 
-import http.client
 import logging
-import os
-import ssl
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import psycopg2
 
 from governor import clock, standby
-from governor.cluster import Cluster, Member, loads, parse_conn_url
+from governor.cluster import Cluster, parse_conn_url
 from governor.dcs import DCSError
 from governor.ha import LocalState
 from governor.memory import timer
-from governor.postgres import datadir, remote
+from governor.peers import peer_status  # noqa: F401 - re-exported (tests)
+from governor.postgres import datadir
 from governor.postgres.server import ServerState
 
 if TYPE_CHECKING:
@@ -46,7 +43,7 @@ def observe_dcs(g: Governor) -> Optional[Cluster]:
 
 
 def observe_local(g: Governor) -> LocalState:
-    kind = datadir.classify(g.pg.data_dir)
+    kind = g.disk.kind()
     if kind != datadir.POSTGRES:
         g.mem.sysid_cache = g.server_state = None
         g.mem.rewind_pending = g.mem.rewind_failed = False
@@ -112,7 +109,7 @@ def _remote_timeline(g: Governor, st: ServerState, not_streaming_for: Optional[f
     settings = standby.of(g.cluster)[1]
     if settings is None:
         return None
-    answer = remote.identify(g.pg, settings.host, settings.port)
+    answer = g.peers.identify(g.pg, settings.host, settings.port)
     return answer[1] if answer is not None and answer[0] == st.sysid else None
 
 
@@ -129,13 +126,11 @@ def _local_base(g: Governor, kind: str) -> dict:
 
 def _controldata(g: Governor) -> datadir.ControlData:
     """pg_controldata of the stopped data directory, re-read when pg_control changes."""
-    try:
-        st = os.stat(os.path.join(g.pg.data_dir, "global", "pg_control"))
-        key = (st.st_ino, st.st_mtime_ns)
-    except OSError:
+    key = g.disk.control_stamp()
+    if key is None:
         return datadir.ControlData(None, None, None)
     if g.mem.sysid_cache is None or g.mem.sysid_cache[0] != key:
-        g.mem.sysid_cache = (key, datadir.read_controldata(g.pg.bin_dir, g.pg.data_dir))
+        g.mem.sysid_cache = (key, g.disk.controldata())
     return g.mem.sysid_cache[1]
 
 
@@ -146,9 +141,9 @@ def race_facts(g: Governor, cluster: Cluster, sysid: Optional[str]) -> dict:
     others = [m for m in cluster.members if m.name != g.name and m.api_url]
     servers = other_servers(g, cluster)
     with ThreadPoolExecutor(max_workers=min(16, len(others) + len(servers) or 1)) as pool:
-        answers = [pool.submit(lambda m=m: (m.name, peer_status(m.api_url, m.name, g.config.restapi.cafile)))
+        answers = [pool.submit(lambda m=m: (m.name, g.peers.status(m.api_url, m.name, g.config.restapi.cafile)))
                    for m in others]
-        probes = [(label, pool.submit(remote.answers_writable, g.pg, host, port, sysid or ""))
+        probes = [(label, pool.submit(g.peers.writable, g.pg, host, port, sysid or ""))
                   for (host, port), label in servers.items()]
         peers = dict(a.result() for a in answers)
         said = [(label, probe.result()) for label, probe in probes]
@@ -183,36 +178,6 @@ def other_servers(g: Governor, cluster: Cluster) -> Dict[Tuple[str, int], str]:
     if host and port.isdigit() and 0 < int(port) < 65536:
         found.setdefault((host, int(port)), f"the upstream {upstream}")
     return found
-
-
-PEER_ANSWER_MAX = 1024 * 1024
-
-
-def peer_status(api_url: str, name: str, cafile: Optional[str] = None, timeout: float = 1.0) -> Optional[Member]:
-    """Member `name`'s own answer to GET /status, as a Member; None when it does not answer, or
-    the answer is not a status, or it comes from another member (an api_url that leads
-    elsewhere, such as a 127.0.0.1 published by a member on another host). A position that does
-    not parse is unknown (None), like a missing one."""
-    context = ssl.create_default_context(cafile=cafile) if api_url.startswith("https") else None
-    try:
-        with urllib.request.urlopen(f"{api_url}/status", timeout=timeout, context=context) as resp:
-            raw = resp.read(PEER_ANSWER_MAX + 1)
-        if len(raw) > PEER_ANSWER_MAX:
-            return None
-        data = loads(raw.decode("utf-8"))
-    except (OSError, ValueError, http.client.HTTPException):
-        return None
-    if not isinstance(data, dict) or data.get("name") != name:
-        return None
-    def position(key: str) -> Optional[int]:
-        value = data.get(key)   # the API answers integers: a number as text is no number here
-        return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64 else None
-
-    role, state, tags = data.get("role"), data.get("state"), data.get("tags")
-    return Member(name=name, role=role if isinstance(role, str) else "unknown",
-                  state="running" if data.get("running") is True else state if isinstance(state, str) else "unknown",
-                  lsn=position("lsn"), timeline=position("timeline"), tags=tags if isinstance(tags, dict) else {},
-                  pre_promote_refused=data.get("pre_promote_refused") is True)
 
 
 def settled(g: Governor) -> bool:

@@ -19,22 +19,12 @@ if TYPE_CHECKING:
     from governor.ha import Decision, LocalState
     from governor.lockfence import LockFence
     from governor.metrics import Metrics
+    from governor.peers import Peers
+    from governor.postgres.disk import DataDirectory
     from governor.syncrep import SyncManager
     from governor.systemd import Notifier
     from governor.wakeups import OnChange
     from governor.watchdog import Watchdog
-
-
-class SyncHost(Protocol):
-    """What the leader's synchronous replication manager (syncrep.py) uses."""
-    name: str
-    config: Config
-    dcs: DCS
-    server: Server
-    controller: ProcessController
-    mem: NodeMemory
-
-    def write_conf(self, standby_of: Optional[tuple]) -> bool: ...
 
 
 class ControlHost(Protocol):
@@ -65,6 +55,8 @@ class ActionHost(Protocol):
     server: Server
     server_state: Optional[ServerState]
     controller: ProcessController
+    disk: DataDirectory
+    peers: Peers
     fence: LockFence
     watchdog: Watchdog
     syncrep: SyncManager

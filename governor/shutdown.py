@@ -7,7 +7,8 @@ import os
 from dataclasses import replace
 from typing import TYPE_CHECKING, Optional
 
-from governor import callbacks, clock
+from governor import clock
+from governor.actions.base import before_stop
 from governor.cluster import Cluster
 from governor.dcs import DCSError
 from governor.postgres.controller import ControllerError
@@ -57,7 +58,7 @@ def shutdown(g: Governor) -> None:
     streamed = g.syncrep.streaming_standbys(cluster, HANDOVER_WAIT) if g.mem.holds_lock else []
     role = g.mem.pg_seen if g.mem.pg_seen in ("primary", "replica") else None
     if role is not None:
-        callbacks.before_stop(g, role)
+        before_stop(g, role)
     try:
         g.controller.stop("fast", timeout=max(30.0, g.pg.start_timeout))
     except ControllerError as exc:

@@ -3,16 +3,30 @@ DCS `sync` promise in step (the rules are in governor/sync.py; this module does 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, List, Optional
+from typing import List, Optional, Protocol
 
 from governor import clock, sync
 from governor.cluster import Cluster
+from governor.config import Config
+from governor.dcs import DCS
+from governor.memory import NodeMemory
+from governor.postgres.controller import ProcessController
+from governor.postgres.server import Server
 from governor.sync import Standby, SyncState
 
-if TYPE_CHECKING:
-    from governor.ports import SyncHost
-
 log = logging.getLogger("governor")
+
+
+class SyncHost(Protocol):
+    """What the leader's synchronous replication manager (syncrep.py) uses."""
+    name: str
+    config: Config
+    dcs: DCS
+    server: Server
+    controller: ProcessController
+    mem: NodeMemory
+
+    def write_conf(self, standby_of: Optional[tuple]) -> bool: ...
 
 
 class PromiseNotWritten(Exception):

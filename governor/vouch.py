@@ -8,20 +8,12 @@ whose PostgreSQL is not a running replica, promises nothing.
 """
 from __future__ import annotations
 
-import base64
-import concurrent.futures
-import http.client
-import json
 import logging
-import ssl
 import threading
-import urllib.error
-import urllib.request
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 from governor import clock, failsafe
 from governor.dcs.keys import valid_member_name
-from governor.settings import RestApiConfig
 
 if TYPE_CHECKING:
     from governor.cluster import Cluster
@@ -29,7 +21,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("governor")
 promise_lock = threading.Lock()
-ANSWER_MAX = 4096
 
 
 def remember(g: Governor, cluster: Cluster) -> None:
@@ -79,73 +70,13 @@ def ask_members(g: Governor) -> Optional[float]:
                logging.WARNING)
         return None
     sent = clock.monotonic()
-    body = json.dumps({"leader": g.name, "sysid": g.mem.sysid}).encode()
-    headers = {"Content-Type": "application/json"}
-    if g.config.restapi.username:
-        token = f"{g.config.restapi.username}:{g.config.restapi.password or ''}".encode()
-        headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
-    refused = _round(listed.members, body, headers, client_tls(g.config.restapi), times[0], g.name)
+    refused = g.peers.vouch(listed.members, g.name, g.mem.sysid, g.config.restapi, times[0])
     if refused:
         g.once("failsafe-round", f"failsafe: not every member vouched for this primary ({'; '.join(refused)})",
                logging.WARNING)
         return None
     g.once("failsafe-round", None)
     return sent
-
-
-def client_tls(api: RestApiConfig) -> ssl.SSLContext:
-    """How a member calls another's API over TLS: verifying it against restapi.cafile (the system's
-    CAs without one), presenting its own certificate where control needs one (verify_client)."""
-    context = ssl.create_default_context(cafile=api.cafile)
-    if api.verify_client == "required" and api.certfile:
-        context.load_cert_chain(api.certfile, api.keyfile)
-    return context
-
-
-def _round(members: Dict[str, str], body: bytes, headers: Dict[str, str], tls: ssl.SSLContext,
-           timeout: float, leader: str) -> list:
-    """Who did not vouch, with why; every request within `timeout` in all."""
-    if not members:
-        return []
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(members)))
-    try:
-        futures = {pool.submit(_vouches, url, body, headers, tls, timeout, name, leader): name
-                   for name, url in members.items()}
-        done, late = concurrent.futures.wait(futures, timeout=timeout)
-        refused = [f"{futures[f]}: no answer within {timeout:g}s" for f in late]
-        refused += [f"{futures[f]}: {f.result()}" for f in done if f.result()]
-        return refused
-    finally:
-        pool.shutdown(wait=False)
-
-
-def _vouches(url: str, body: bytes, headers: Dict[str, str], tls: ssl.SSLContext, timeout: float, name: str,
-             leader: str) -> Optional[str]:
-    """None when member `name` vouched for `leader`; otherwise why not."""
-    context = tls if url.startswith("https") else None
-    request = urllib.request.Request(f"{url}/failsafe", data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
-            raw = resp.read(ANSWER_MAX + 1)
-        answer = json.loads(raw.decode("utf-8")) if len(raw) <= ANSWER_MAX else None
-    except urllib.error.HTTPError as exc:
-        return f"answered {exc.code}{_why(exc)}"
-    except (OSError, ValueError, http.client.HTTPException) as exc:
-        return f"{type(exc).__name__}: {str(exc)[:100]}"
-    if not isinstance(answer, dict) or answer.get("name") != name or answer.get("vouched_for") != leader:
-        return "an answer that is not its promise"
-    return None
-
-
-def _why(refusal: urllib.error.HTTPError) -> str:
-    """The member's own reason from a refusal's body, bounded and printable, for the log."""
-    try:
-        error = json.loads(refusal.read(ANSWER_MAX + 1).decode("utf-8")).get("error")
-    except (OSError, ValueError, AttributeError, http.client.HTTPException):
-        return ""
-    if not isinstance(error, str):
-        return ""
-    return ": " + "".join(c if c.isprintable() else "?" for c in error[:200])
 
 
 # --------------------------------------------------------------------------- a member's answer

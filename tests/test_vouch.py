@@ -14,6 +14,8 @@ from governor import failsafe, observe, vouch
 from governor.api import ApiServer
 from governor.failsafe import FailsafeList
 from governor.memory import NodeMemory
+from governor.peers import Peers
+from governor.postgres.disk import DataDirectory
 from governor.postgres.server import ServerState
 from governor.status import NodeStatus
 from governor.wakeups import OnChange
@@ -31,7 +33,8 @@ def node(tmp_path, name: str, role: str = "replica", leader: str = "leader", mod
     mem = NodeMemory()
     mem.last_leader, mem.sysid = leader, sysid
     state = ServerState(role=role, sysid=sysid, timeline=1, lsn=1, replay_lsn=1, receiving_from=None)
-    return SimpleNamespace(name=name, config=cfg, mem=mem, server_state=state, once=OnChange())
+    return SimpleNamespace(name=name, config=cfg, mem=mem, server_state=state, once=OnChange(), peers=Peers(),
+                           disk=DataDirectory(cfg.postgresql))
 
 
 def serve(member: SimpleNamespace, delay: float = 0.0) -> ApiServer:

@@ -7,8 +7,8 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Optional
 
-from governor import callbacks, clock, standby
-from governor.actions.base import ActionFailed
+from governor import clock, standby
+from governor.actions.base import ActionFailed, before_stop
 from governor.actions.leader import create_member_slots
 from governor.dcs import DCSError
 from governor.ha import Action, Decision, LocalState
@@ -137,7 +137,7 @@ def step_down(g: ActionHost, decision: Decision, local: LocalState) -> None:
     log.warning("switchover: %s", decision.message)
     g.mem.rewind_pending = True
     streamed = g.syncrep.streaming_standbys(g.cluster, HANDOVER_WAIT)
-    callbacks.before_stop(g, local.role)
+    before_stop(g, local.role)
     g.controller.stop("fast", timeout=max(30.0, g.pg.start_timeout))
     g.server.close()
     try:
@@ -154,7 +154,7 @@ def rewind(g: ActionHost, decision: Decision, local: LocalState) -> None:
     if target is None:
         raise ActionFailed(f"leader {decision.leader} has published no address")
     if g.controller.is_running():
-        if not reachable(target[0], target[1]):
+        if not g.peers.reachable(target[0], target[1]):
             # pg_rewind needs the leader; stopping a running replica for a rewind that cannot
             # happen (the leader died and its lock has not expired yet) only makes it unreadable.
             raise ActionFailed(f"leader {decision.leader} at {target[0]}:{target[1]} does not answer; not "
@@ -180,9 +180,9 @@ def run_rewind(g: ActionHost, leader: Optional[str], target: tuple) -> None:
     log.info("pg_rewind from %s at %s:%s", leader, *target)
     try:
         with g.notify.keep_alive_while(f"pg_rewind from {leader}"):
-            result = pgbootstrap.rewind(g.pg, *target)
+            result = g.disk.rewind(*target)
     except pgbootstrap.BootstrapError as exc:
-        refused = pgbootstrap.source_refuses(g.pg, *target)
+        refused = g.disk.source_refuses(*target)
         if refused:
             raise ActionFailed(f"{exc}; the leader does not accept pg_rewind's connection ({refused}): "
                                "trying again") from exc

@@ -5,10 +5,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from governor import clock
-from governor.actions.base import ActionFailed
-from governor.callbacks import before_stop
+from governor.actions.base import ActionFailed, before_stop
 from governor.ha import Decision, LocalState
-from governor.postgres import datadir
 from governor.postgres.controller import ControllerError
 
 if TYPE_CHECKING:
@@ -22,7 +20,7 @@ def start_as_leader(g: ActionHost, decision: Decision, local: LocalState) -> Non
     while PostgreSQL comes up: lock_holder_starting); decide() gives the lock up after
     primary_start_timeout (start_timeout_release)."""
     # A replica data directory starts as a standby; the next loop promotes it under the lock.
-    standby_of = () if datadir.is_standby(g.pg.data_dir) else None
+    standby_of = () if g.disk.is_standby() else None
     g.prepare_files(standby_of)
     wait = g.config.primary_start_timeout - (local.starting_for or 0)
     if g.fence.deadline is not None:

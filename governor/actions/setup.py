@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import threading
 from typing import TYPE_CHECKING
 
@@ -45,13 +44,13 @@ def bootstrap(g: ActionHost, decision: Decision, local: LocalState) -> None:
     try:
         with g.notify.keep_alive_while("initdb" if restore is None else "restoring"):
             if restore is None:
-                pgbootstrap.initdb(g.pg)
+                g.disk.initdb()
             else:
-                pgbootstrap.pgbackrest_restore_cluster(g.pg)
-                datadir.write_pg_hba(g.pg)
+                g.disk.pgbackrest_restore_cluster()
+                g.disk.write_pg_hba()
         g.data_replaced()
         g.write_conf(standby_of=None)
-        datadir.write_pgpass(g.pg)
+        g.disk.write_pgpass()
         sent = clock.monotonic()
         if not g.dcs.acquire_leader(g.name):
             raise ActionFailed("a leader lock exists although the cluster was never initialized; "
@@ -89,7 +88,7 @@ def bootstrap_standby(g: ActionHost, decision: Decision) -> None:
     g.mem.activity = "bootstrapping"
     try:
         with g.notify.keep_alive_while(f"cloning the primary cluster at {host}:{port}"):
-            pgbootstrap.basebackup(g.pg, host, port)
+            g.disk.basebackup(host, port)
         g.data_replaced()
         sent = clock.monotonic()
         if not g.dcs.acquire_leader(g.name):
@@ -97,7 +96,7 @@ def bootstrap_standby(g: ActionHost, decision: Decision) -> None:
                                "remove the stale keys of this scope")
         g.lock_taken(sent, fence=False)
         g.start_postgres(standby_of=decision.remote)
-        sysid = datadir.read_controldata(g.pg.bin_dir, g.pg.data_dir).sysid
+        sysid = g.disk.controldata().sysid
         publish.publish(g, observe_local(g))
         g.dcs.set_initialize(sysid)
         log.info("bootstrap: standby cluster initialized with the primary cluster's system identifier %s; this "
@@ -116,18 +115,18 @@ def undo_bootstrap(g: ActionHost) -> None:
         log.error("bootstrap: could not stop PostgreSQL: %s", exc)
     if g.mem.holds_lock:
         g.give_up_lock()
-    if os.path.lexists(g.pg.data_dir) and datadir.classify(g.pg.data_dir) != datadir.EMPTY:
+    if g.disk.exists() and g.disk.kind() != datadir.EMPTY:
         # initdb may have failed half-way too: whatever it left is ours and must go, or it
         # would be offered as the cluster's data on the next pass (initialize_from_existing).
         try:
             try:
-                moved = pgbootstrap.move_aside(g.pg.data_dir)
+                moved = g.disk.move_aside()
             except OSError as exc:
                 if exc.errno not in (errno.EBUSY, errno.EXDEV):
                     raise
                 # A mount point cannot be renamed. It was empty when this attempt began, so
                 # everything in it is what this attempt created.
-                datadir.empty_directory(g.pg.data_dir)
+                g.disk.empty()
                 moved = "nowhere (a mount point): emptied it instead"
         except OSError as exc:
             log.error("bootstrap failed and the half-made data directory %s could not be moved aside (%s); "
@@ -169,8 +168,8 @@ def clone(g: ActionHost, decision: Decision, local: LocalState) -> None:
                 log.info("creating replica %s from the pgBackRest repository (stanza %s)", g.pg.data_dir,
                          g.pg.archive.pgbackrest.stanza if g.pg.archive.pgbackrest else "?")
                 with g.notify.keep_alive_while("restoring from pgBackRest"):
-                    pgbootstrap.pgbackrest_restore(g.pg)
-                restored = datadir.read_controldata(g.pg.bin_dir, g.pg.data_dir).sysid
+                    g.disk.pgbackrest_restore()
+                restored = g.disk.controldata().sysid
                 if g.cluster is not None and restored != g.cluster.initialize:
                     raise pgbootstrap.BootstrapError(
                         f"the repository's backup is of another cluster (system identifier {restored}, this "
@@ -180,7 +179,7 @@ def clone(g: ActionHost, decision: Decision, local: LocalState) -> None:
                 log.info("cloning %s from %s at %s:%s with pg_basebackup", g.pg.data_dir, source, *copy_from)
                 with g.notify.keep_alive_while(f"cloning {source} with pg_basebackup"):
                     try:
-                        pgbootstrap.basebackup(g.pg, *copy_from)
+                        g.disk.basebackup(*copy_from)
                     except pgbootstrap.BootstrapError:
                         g.mem.clone_failed_from = decision.source    # the next attempt copies from another
                         raise
@@ -188,8 +187,8 @@ def clone(g: ActionHost, decision: Decision, local: LocalState) -> None:
         except pgbootstrap.BootstrapError as exc:
             # What a failed method left behind (the directory was empty: clone_* cases) must
             # not be taken for a data directory.
-            if os.path.isdir(g.pg.data_dir):
-                datadir.empty_directory(g.pg.data_dir)
+            if g.disk.exists():
+                g.disk.empty()
             if method == methods[-1]:
                 raise
             log.warning("creating the replica with %s failed (%s); trying %s", method, exc,
@@ -203,7 +202,7 @@ def clone(g: ActionHost, decision: Decision, local: LocalState) -> None:
 def reinitialize(g: ActionHost, decision: Decision, local: LocalState) -> None:
     g.server.close()
     g.controller.stop("immediate")
-    datadir.empty_directory(g.pg.data_dir)
+    g.disk.empty()
     g.data_replaced()
     g.mem.sysid_cache = None
     log.info("reinitialize: %s removed; the next loop clones %s", g.pg.data_dir, decision.leader)

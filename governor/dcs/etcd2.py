@@ -16,7 +16,8 @@ import urllib3
 from governor import clock
 from governor.cluster import Cluster
 from governor.config import EtcdConfig
-from governor.dcs import DCS, DCSError, short_error
+from governor.dcs.base import DCS
+from governor.dcs.errors import DCSError, short_error
 from governor.dcs.keys import Entry, build_cluster, history_list, wakes
 from governor.dcs.onecluster import OneCluster
 from governor.dcs.rotation import Endpoint, Rotating, TryNext

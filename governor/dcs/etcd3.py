@@ -24,7 +24,8 @@ import urllib3
 from governor import clock
 from governor.cluster import Cluster
 from governor.config import EtcdConfig
-from governor.dcs import DCS, DCSError, short_error
+from governor.dcs.base import DCS
+from governor.dcs.errors import DCSError, short_error
 from governor.dcs.keys import build_cluster, history_list
 from governor.dcs.onecluster import OneCluster
 from governor.dcs.rotation import Endpoint, Rotating, TryNext

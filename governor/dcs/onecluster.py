@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from governor import clock
-from governor.dcs import DCSError
+from governor.dcs.errors import DCSError
 
 Endpoint = Tuple[str, int]
 SWEEP_INTERVAL = 60.0

@@ -8,7 +8,7 @@ from typing import Tuple
 
 import urllib3
 
-from governor.dcs import DCSError, short_error
+from governor.dcs.errors import DCSError, short_error
 from governor.settings import EtcdConfig
 
 
