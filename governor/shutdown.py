@@ -8,7 +8,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Optional
 
 from governor import clock
-from governor.actions.base import before_stop
 from governor.cluster import Cluster
 from governor.dcs import DCSError
 from governor.postgres.controller import ControllerError
@@ -16,12 +15,23 @@ from governor.supervisor import parent_died
 
 if TYPE_CHECKING:
     from governor.daemon import Governor
+    from governor.ports import ActionHost
 
 log = logging.getLogger("governor")
 
 RESTART_MARKER = "restart-keep-postgres"
 RESTART_MARKER_MAX_AGE = 120.0
 HANDOVER_WAIT = 5.0    # seconds a clean stop waits for a standby to stream when it must hand over
+
+
+def before_stop(g: ActionHost, role: Optional[str]) -> None:
+    """The before_stop callback, waited for within its timeout and, while this member holds the
+    lock (PostgreSQL may be a writable primary), within what the lock leaves before the fence
+    would act: nothing renews the lock meanwhile. Its exit status changes nothing."""
+    left = g.lock_left()
+    limit = g.config.callbacks.timeout if left is None else left - g.fence.margin - g.config.retry_timeout
+    if limit >= 0.5:
+        g.callbacks.wait(g.config.callbacks, "before_stop", role or "replica", limit)
 
 
 def consume_restart_marker(max_age: float) -> bool:

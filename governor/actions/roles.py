@@ -8,13 +8,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Optional
 
 from governor import clock, standby
-from governor.actions.base import ActionFailed, before_stop
+from governor.actions.base import ActionFailed
 from governor.actions.leader import create_member_slots
 from governor.dcs import DCSError
 from governor.ha import Action, Decision, LocalState
 from governor.postgres import bootstrap as pgbootstrap
 from governor.postgres.controller import ControllerError
-from governor.shutdown import HANDOVER_WAIT
+from governor.shutdown import HANDOVER_WAIT, before_stop
 from governor.syncrep import PromiseNotWritten
 
 if TYPE_CHECKING:

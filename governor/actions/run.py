@@ -5,9 +5,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from governor import clock
-from governor.actions.base import ActionFailed, before_stop
+from governor.actions.base import ActionFailed
 from governor.ha import Decision, LocalState
 from governor.postgres.controller import ControllerError
+from governor.shutdown import before_stop
 
 if TYPE_CHECKING:
     from governor.ports import ActionHost

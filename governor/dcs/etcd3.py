@@ -17,7 +17,7 @@ import json
 import logging
 import ssl
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import urllib3
 
@@ -60,8 +60,10 @@ class Refused(Exception):
 
 
 class Etcd3(Rotating, DCS):
-    def __init__(self, cfg: EtcdConfig, retry_timeout: float = 10):
+    def __init__(self, cfg: EtcdConfig, retry_timeout: float = 10,
+                 transport: Optional[Callable[[Tuple[str, int], str, dict, float], Tuple[int, dict]]] = None):
         self._init_rotation(cfg, retry_timeout)
+        self.transport = transport        # None: HTTP (_send)
         self.prefix = f"/service/{cfg.scope}/"
         kw: Dict[str, Any] = {"retries": False, "maxsize": 2}
         if cfg.protocol == "https":
@@ -97,7 +99,9 @@ class Etcd3(Rotating, DCS):
         host = f"[{endpoint[0]}]" if ":" in endpoint[0] else endpoint[0]
         return f"{self.cfg.protocol}://{host}:{endpoint[1]}{self._gateway or '/v3'}{path}"
 
-    def _raw_post(self, endpoint: Tuple[str, int], path: str, body: dict, timeout: float) -> dict:
+    def _send(self, endpoint: Tuple[str, int], path: str, body: dict, timeout: float) -> Tuple[int, dict]:
+        """One request to the gateway: its HTTP status and JSON answer ({} when it is not JSON);
+        Unreachable when none came. The transport (urllib3); the simulator passes its own."""
         headers = {"Content-Type": "application/json"}
         if self._token:
             headers["Authorization"] = self._token
@@ -110,13 +114,17 @@ class Etcd3(Rotating, DCS):
             data = json.loads(resp.data or b"{}")
         except ValueError:
             data = {}
-        if resp.status == 404 and not data.get("error") and not data.get("message"):
+        return resp.status, data if isinstance(data, dict) else {}
+
+    def _raw_post(self, endpoint: Tuple[str, int], path: str, body: dict, timeout: float) -> dict:
+        status, data = (self.transport or self._send)(endpoint, path, body, timeout)
+        if status == 404 and not data.get("error") and not data.get("message"):
             raise LookupError(path)
-        if resp.status >= 500 and resp.status != 503:
-            raise Unreachable(f"HTTP {resp.status}")
-        if resp.status >= 400 or "error" in data and "result" not in data:
-            message = data.get("message") or data.get("error") or f"HTTP {resp.status}"
-            if resp.status == 503 or "no leader" in str(message):
+        if status >= 500 and status != 503:
+            raise Unreachable(f"HTTP {status}")
+        if status >= 400 or "error" in data and "result" not in data:
+            message = data.get("message") or data.get("error") or f"HTTP {status}"
+            if status == 503 or "no leader" in str(message):
                 raise Unreachable(str(message))
             raise Refused(str(message))
         self.clusters.record(endpoint, data)     # raises Split (a DCSError) while the endpoints disagree

@@ -1,0 +1,91 @@
+"""Rules of the real code switched off, one at a time, for the simulator to show that its
+invariants catch what each rule guards. Each is a patch of governor's own functions (or of the
+members' configuration), applied with a pytest MonkeyPatch for the length of a search."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable, Dict
+
+import pytest
+
+from governor import daemon, ha, vouch
+from governor.dcs.etcd3 import Etcd3
+from governor.lockfence import LockFence
+from tests.sim import live
+
+Patch = Callable[[pytest.MonkeyPatch], None]
+
+
+def _decide(mp: pytest.MonkeyPatch, change: Callable) -> None:
+    real = ha.decide
+
+    def decide(cluster, local):
+        return change(real, cluster, local)
+    mp.setattr(daemon, "decide", decide)
+
+
+def no_lag_check(mp: pytest.MonkeyPatch) -> None:
+    """maximum_lag_on_failover not honoured in the race."""
+    _decide(mp, lambda real, cluster, local: real(cluster, replace(local, maximum_lag_on_failover=10**12)))
+
+
+def no_expiry_demotion(mp: pytest.MonkeyPatch) -> None:
+    """A primary that cannot reach etcd, or whose lock is about to expire, stays primary."""
+    def change(real, cluster, local):
+        decision = real(cluster, local)
+        if decision.case in ("dcs_unreachable_demote", "lock_expiring_demote"):
+            return replace(decision, actions=())
+        return decision
+    _decide(mp, change)
+
+
+def no_fence(mp: pytest.MonkeyPatch) -> None:
+    """Neither the lock fence thread nor the supervising parent stops PostgreSQL."""
+    mp.setattr(LockFence, "due", lambda self: None)
+    mp.setattr(live.Supervisor, "__call__", lambda self, deadline: None)
+
+
+def no_fence_no_demotion(mp: pytest.MonkeyPatch) -> None:
+    no_fence(mp)
+    no_expiry_demotion(mp)
+
+
+def renewal_without_cas(mp: pytest.MonkeyPatch) -> None:
+    """The lock is renewed by writing it, whoever holds it."""
+    def renew(self, name):
+        self._recent_keepalive()
+        key = self._key("leader")
+        self._post("renewal", "/kv/put", {"key": live._b64(key), "value": live._b64(name),
+                                          "lease": self._member_lease()})
+        return True
+    mp.setattr(Etcd3, "renew_leader", renew)
+
+
+def no_sync_promise(mp: pytest.MonkeyPatch) -> None:
+    """synchronous mode, but the race does not read the leader's promise (the `sync` key)."""
+    _decide(mp, lambda real, cluster, local: real(replace(cluster, sync=None) if cluster else None, local))
+
+
+def failsafe_promise_ignored(mp: pytest.MonkeyPatch) -> None:
+    """failsafe: a member races the leader it vouched for."""
+    mp.setattr(vouch, "promised_to", lambda g: None)
+    mp.setattr(vouch, "start_racing", lambda g: None)
+
+
+def failsafe_list_ignored(mp: pytest.MonkeyPatch) -> None:
+    """failsafe: members off the list, or just started, race."""
+    _decide(mp, lambda real, cluster, local: real(replace(cluster, failsafe=None) if cluster else None,
+                                                  replace(local, failsafe_fresh=False)))
+
+
+BROKEN: Dict[str, tuple] = {
+    "no lag check in the leader race": (no_lag_check, "bounded_loss", {}),
+    "no lock fence and no demotion on etcd loss": (no_fence_no_demotion, "one_writer", {}),
+    "no lock fence (a frozen loop's primary outlives its lock)": (no_fence, "one_writer", {}),
+    "lock renewed without compare-and-swap": (renewal_without_cas, "one_writer", {}),
+    "synchronous mode without the sync promise in the race": (no_sync_promise, "sync_loss", {"synchronous": True}),
+    "failsafe: a member races the leader it vouched for": (failsafe_promise_ignored, "one_writer",
+                                                           {"failsafe_mode": True}),
+    "failsafe: members off the list or just restarted race": (failsafe_list_ignored, "one_writer",
+                                                              {"failsafe_mode": True}),
+}
