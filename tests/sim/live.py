@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -46,6 +45,7 @@ from governor.dcs.etcd3 import Etcd3, Unreachable
 from governor.peers import member_from_status
 from governor.shutdown import shutdown
 from tests.sim.etcd import EtcdModel
+from tests.sim.passes import PausedPass, run_once
 from tests.sim.postgres import SYSID, Pg, SimController, SimDisk, SimServer
 
 TICK = 0.1
@@ -93,6 +93,8 @@ class Node:
     crashed_until: float = 0.0
     frozen_until: float = 0.0
     cut_until: float = 0.0
+    slow_until: float = 0.0              # its passes pause between decision and actions
+    paused: Optional[PausedPass] = None
     supervisor: Supervisor = field(default_factory=Supervisor)
 
     def alive(self, now: float) -> bool:
@@ -121,7 +123,8 @@ class SimPeers:
 
     def _answering(self, name: str) -> Optional[Node]:
         node = self.world.nodes.get(name)
-        if node is None or not node.alive(self.world.now) or self.world.now < node.frozen_until:
+        if node is None or not node.alive(self.world.now) or self.world.now < node.frozen_until \
+                or self.world.split(self.me, name):
             return None
         return node
 
@@ -131,14 +134,14 @@ class SimPeers:
 
     def writable(self, pg: object, host: str, port: int, sysid: str) -> Optional[bool]:
         other = self.world.pgs.get(host)
-        return other is not None and self.world.accepts_writes(other)
+        return other is not None and not self.world.split(self.me, host) and self.world.accepts_writes(other)
 
     def identify(self, pg: object, host: str, port: int) -> None:
         return None
 
     def reachable(self, host: str, port: int, timeout: float = 1.0) -> bool:
         other = self.world.pgs.get(host)
-        return other is not None and other.running
+        return other is not None and other.running and not self.world.split(self.me, host)
 
     def vouch(self, members: Dict[str, str], leader: str, sysid: Optional[str], api: object,
               timeout: float) -> List[str]:
@@ -176,6 +179,7 @@ class World:
         self.acked: Dict[int, float] = {}
         self.published_wal: Tuple[int, ...] = ()
         self.max_timeline = 1
+        self.splits: Dict[frozenset, float] = {}     # pairs of hosts that cannot reach each other, until
         count = 3 + (seed // 2) % 3 if members is None else members
         names = [f"m{i}" for i in range(count)]
         self.pgs: Dict[str, Pg] = {}
@@ -263,6 +267,10 @@ class World:
 
     # -------------------------------------------------------------------------------- PostgreSQL
 
+    def split(self, a: str, b: str) -> bool:
+        """Whether hosts a and b cannot reach each other (their APIs, their PostgreSQL) now."""
+        return self.splits.get(frozenset((a, b)), 0.0) > self.now
+
     def accepts_writes(self, pg: Pg) -> bool:
         node = self.nodes[pg.name]
         return pg.writable() and self.now >= node.crashed_until
@@ -270,7 +278,8 @@ class World:
     def streams(self, pg: Pg) -> bool:
         up = self.pgs.get(pg.upstream or "")
         return pg.running and pg.in_recovery and up is not None and up.running and self.now >= pg.stalled_until \
-            and self.now >= self.nodes[up.name].crashed_until and up.wal[:len(pg.wal)] == pg.wal
+            and self.now >= self.nodes[up.name].crashed_until and not self.split(pg.name, up.name) \
+            and up.wal[:len(pg.wal)] == pg.wal
 
     def stop_postgres(self, name: str, mode: str) -> None:
         pg = self.pgs[name]
@@ -300,7 +309,8 @@ class World:
     def rewind(self, name: str, host: str) -> str:
         from governor.postgres.bootstrap import BootstrapError
         source = self.pgs.get(host)
-        if source is None or not source.running or self.now < self.nodes[host].crashed_until:
+        if source is None or not source.running or self.now < self.nodes[host].crashed_until \
+                or self.split(name, host):
             raise BootstrapError(f"pg_rewind: could not connect to server on {host}")
         pg = self.pgs[name]
         common = 0
@@ -325,7 +335,7 @@ class World:
         while t < self.duration - 20:
             t += self.plan_rng.uniform(0.5, 8.0)
             kind = self.plan_rng.choice(["crash", "freeze", "cut", "stall", "stop", "switchover", "cut_all",
-                                         "pause", "clock"])
+                                         "pause", "clock", "split", "slow"])
             who = self.plan_rng.choice(names)
             if self.plan_rng.random() < 0.5:
                 who = LEADER
@@ -361,14 +371,24 @@ class World:
                     n.cut_until = max(n.cut_until, self.now + length)
                 self.note(f"etcd unreachable for everyone for {length}s")
                 continue
+            if kind in ("crash", "stop"):
+                self._abandon(node)
             if kind == "crash":
                 node.crashed_until = self.now + length
                 self.stop_postgres(who, "immediate")
                 node.g = None
             elif kind == "freeze":
                 node.frozen_until = max(node.frozen_until, self.now + length)
+            elif kind == "slow":
+                node.slow_until = max(node.slow_until, self.now + length)
             elif kind == "cut":
                 node.cut_until = max(node.cut_until, self.now + length)
+            elif kind == "split":
+                # the target loses the network to every other member (etcd still reaches both)
+                for other in self.nodes:
+                    if other != who:
+                        pair = frozenset((who, other))
+                        self.splits[pair] = max(self.splits.get(pair, 0.0), self.now + length)
             elif kind == "stall":
                 node.pg.stalled_until = max(node.pg.stalled_until, self.now + length)
             elif kind == "clock":
@@ -438,17 +458,39 @@ class World:
                     node.g.fence.fire(deadline)
 
     def _pass(self, node: Node) -> None:
-        g = node.g
         node.elapsed = 0.0
+        if self.now < node.slow_until:
+            paused = PausedPass(node, lambda: clock.install(NodeClock(self, node)))
+            paused.start()
+            if not paused.done:
+                paused.resume_at = self.now + self.rng.choice([0.5, 1.5, 3.0, 6.0])
+                node.paused = paused
+                return
+            self._sleep(node, paused.ok, paused.started)
+            return
         with self.running(node):
             started = clock.monotonic()
-            try:
-                ok = g.run_once()
-            except Exception:  # noqa: BLE001 - the real loop would log it; here it is a finding
-                raise Violation(f"unexpected error in {node.name}'s pass:\n{traceback.format_exc()}") from None
+            ok = run_once(node, node.name)
+        self._sleep(node, ok, started)
+
+    def _resume(self, node: Node) -> None:
+        paused, node.paused = node.paused, None
+        node.elapsed = 0.0
+        paused.resume()
+        self._sleep(node, paused.ok, paused.started)
+
+    def _abandon(self, node: Node) -> None:
+        if node.paused is not None:
+            node.paused.abandon()
+            node.paused = None
+
+    def _sleep(self, node: Node, ok: bool, started: float) -> None:
+        """After the pass: the real back-off says how long the loop sleeps."""
+        g = node.g
+        with self.running(node):
             delay = g.backoff.next_delay(ok, self.timing.loop_wait, started)
-            if g.cluster is not None and g.watching is None:
-                g.watching = g.dcs        # the sleep starts the watch (modelled by _etcd_changed)
+        if g.cluster is not None and g.watching is None:
+            g.watching = g.dcs        # the sleep starts the watch (modelled by _etcd_changed)
         node.next_pass = self.now + node.elapsed + max(delay, 0.0)
         node.last_poll = self.now
 
@@ -500,6 +542,8 @@ class World:
                             ) from None
         finally:
             quiet.setLevel(level)
+            for node in self.nodes.values():
+                self._abandon(node)
 
     def _run(self) -> None:
         settled_after = self.last_fault_end + 3 * self.timing.ttl + 5
@@ -517,7 +561,13 @@ class World:
             self._writes()
             self._check_one_writer()
             for node in sorted(self.nodes.values(), key=lambda n: (n.next_pass, n.name)):
-                if node.alive(self.now) and self.now >= node.frozen_until and self._due(node):
+                if not node.alive(self.now) or self.now < node.frozen_until:
+                    continue
+                if node.paused is not None:
+                    if self.now + 1e-9 >= node.paused.resume_at:
+                        self._resume(node)
+                        self._check_one_writer()
+                elif self._due(node):
                     self._pass(node)
                     self._check_one_writer()
             if self.now > settled_after:
@@ -537,10 +587,42 @@ def _unb64(text: str) -> str:
     return unb64(text)
 
 
-def search(seeds: range, **kw: object) -> Tuple[Optional[int], int, str]:
+@dataclass
+class Found:
+    seed: Optional[int]          # the first seed that broke an invariant (None: none did)
+    schedules: int               # how many schedules ran
+    message: str = ""
+    shrunk: List[Tuple[float, str, str, float]] = field(default_factory=list)
+
+
+def fails(seed: int, faults: List[Tuple[float, str, str, float]], **kw: object) -> Optional[str]:
+    try:
+        World(seed, faults=faults, **kw).run()
+    except Violation as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+def shrink(seed: int, **kw: object) -> List[Tuple[float, str, str, float]]:
+    """The failing seed's fault schedule with every fault removed that is not needed for a
+    violation (the random choices inside the run still come from the seed)."""
+    faults = World(seed, **kw).schedule
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(faults)):
+            fewer = faults[:i] + faults[i + 1:]
+            if fails(seed, fewer, **kw):
+                faults, changed = fewer, True
+                break
+    return faults
+
+
+def search(seeds: range, **kw: object) -> Found:
+    """Run each seed until one breaks an invariant; shrink its schedule."""
     for count, seed in enumerate(seeds, 1):
         try:
             World(seed, **kw).run()
         except Violation as exc:
-            return seed, count, str(exc)
-    return None, len(seeds), ""
+            return Found(seed, count, str(exc), shrink(seed, **kw))
+    return Found(None, len(seeds))

@@ -216,7 +216,8 @@ class SimDisk:
 
     def source_refuses(self, host: str, port: int) -> Optional[str]:
         source = self.world.pgs.get(host)
-        return None if source is not None and source.running else "connection refused"
+        reached = source is not None and source.running and not self.world.split(self.pg.name, host)
+        return None if reached else "connection refused"
 
     def _unmodelled(self, *args: object) -> None:
         raise BootstrapError("not modelled by the simulator")
