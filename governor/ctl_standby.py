@@ -113,6 +113,11 @@ def _demoted(leader: Member) -> bool:
         _code, status = http_json(f"{leader.api_url}/status", timeout=3)
     except OSError:
         return False
+    return decided_standby(status)
+
+
+def decided_standby(status: dict) -> bool:
+    """A leader's /status: it runs as a replica, by a decision made under standby_cluster."""
     return str(status.get("decision", "")).startswith("standby_") and status.get("role") == "replica"
 
 

@@ -21,9 +21,11 @@ switchovers and maintenance mode requested through a real etcd client, clock jum
 clock. Invariants, at every tick:
 
   one_writer    never two PostgreSQL servers that accept writes at once;
-  bounded_loss  a member promoted holds every write the leader had when it last published its
-                position, less maximum_lag_on_failover;
-  sync_loss     with synchronous_mode, a member promoted holds every acknowledged commit;
+  sync_loss     a member promoted holds every commit acknowledged while commits waited for
+                synchronous standbys (synchronous_standby_names as PostgreSQL applied it);
+  bounded_loss  and every other acknowledged write the leader had when it last published its
+                position, less maximum_lag_on_failover (asynchronous mode, or synchronous mode
+                degraded with no standby left: README's "then any healthy replica may be promoted");
   progress      once the faults are over, a leader that accepts writes within 3 ttl + 5 s.
 
 `Patch` switches a rule of the real code off (a monkeypatch of governor's own functions for the run),
@@ -31,14 +33,19 @@ to show the invariants catch what each rule guards.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
+import io
 import logging
 import random
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from governor import clock
+from governor import clock, ctl_standby
 from governor import config as config_mod
+from governor.cluster import Member
+from governor.config import Config
 from governor.daemon import Governor
 from governor.dcs import keys
 from governor.dcs.etcd3 import Etcd3, Unreachable
@@ -52,6 +59,7 @@ TICK = 0.1
 SCOPE = "sim"
 PREFIX = f"/service/{SCOPE}/"
 LEADER = "<leader>"
+REMOTE = "site-a"          # the other site's PostgreSQL
 BIN_DIR = "/usr/lib/postgresql/15/bin"
 
 
@@ -68,6 +76,22 @@ class Timing:
 
 
 # ------------------------------------------------------------------------------------ a member
+
+@functools.lru_cache(maxsize=256)
+def member_config(name: str, ttl: int, loop_wait: int, retry_timeout: int, max_lag: int, failsafe_mode: bool,
+                  synchronous: bool) -> Config:
+    """A member's configuration, as its files would say it (validated by the real code)."""
+    raw = {"etcd": {"scope": SCOPE, "ttl": ttl, "host": "etcd:2379"}, "loop_wait": loop_wait,
+           "retry_timeout": retry_timeout, "failsafe_mode": failsafe_mode, "synchronous_mode": synchronous,
+           "postgresql": {"name": name, "data_dir": f"/tmp/governor-sim-{name}", "bin_dir": BIN_DIR,
+                          "connect_address": f"{name}:5432", "listen": "0.0.0.0:5432",
+                          "maximum_lag_on_failover": max_lag, "use_pg_rewind": True,
+                          "replication": {"username": "replicator", "password": "r"},
+                          "superuser": {"username": "postgres", "password": "s"}},
+           "restapi": {"listen": "127.0.0.1:8008", "connect_address": f"{name}:8008"},
+           "metrics": {"enabled": False}}
+    return config_mod.validate(raw, {}, "simulation")
+
 
 class Supervisor:
     """What the supervising parent process is told: the lock's deadline; it fences a frozen child."""
@@ -136,8 +160,11 @@ class SimPeers:
         other = self.world.pgs.get(host)
         return other is not None and not self.world.split(self.me, host) and self.world.accepts_writes(other)
 
-    def identify(self, pg: object, host: str, port: int) -> None:
-        return None
+    def identify(self, pg: object, host: str, port: int) -> Optional[Tuple[str, int]]:
+        other = self.world.pgs.get(host)
+        if other is None or not other.running or self.world.split(self.me, host):
+            return None
+        return SYSID, other.timeline
 
     def reachable(self, host: str, port: int, timeout: float = 1.0) -> bool:
         other = self.world.pgs.get(host)
@@ -164,10 +191,19 @@ class SimPeers:
 class World:
     def __init__(self, seed: int, timing: Optional[Timing] = None, members: Optional[int] = None,
                  duration: float = 45.0, faults: Optional[List[Tuple[float, str, str, float]]] = None,
-                 synchronous: Optional[bool] = None, failsafe_mode: Optional[bool] = None):
+                 synchronous: Optional[bool] = None, failsafe_mode: Optional[bool] = None, standby: bool = False,
+                 wait_decision: bool = True):
         self.seed = seed
-        self.failsafe_mode = (seed // 6) % 2 == 1 if failsafe_mode is None else failsafe_mode
-        self.synchronous = seed % 2 == 0 if synchronous is None else synchronous
+        self.failsafe_mode = not standby and ((seed // 6) % 2 == 1 if failsafe_mode is None else failsafe_mode)
+        self.synchronous = not standby and (seed % 2 == 0 if synchronous is None else synchronous)
+        # Standby schedules: even seeds start as a standby cluster of the remote site (half of them get
+        # promote-cluster), odd ones as a primary cluster that gets demote-cluster.
+        self.demote_flavour = standby and seed % 2 == 1
+        self.standby_start = standby and not self.demote_flavour
+        self.wait_decision = wait_decision      # demote-cluster --wait also waits for a standby_* decision
+        self.last_primary_wal: Tuple[int, ...] = ()
+        self.last_primary_timeline = 1
+        self.is_standby = self.standby_start       # the standby_cluster setting is there
         self.timing = timing or (Timing(retry_timeout=4) if self.failsafe_mode else Timing())
         self.plan_rng = random.Random(seed)
         self.rng = random.Random(seed * 7919 + 1)
@@ -176,7 +212,8 @@ class World:
         self.log: List[str] = []
         self.etcd = EtcdModel(self._etcd_changed)
         self.write_id = 0
-        self.acked: Dict[int, float] = {}
+        self.acked: Dict[int, bool] = {}          # write id -> acknowledged while commits waited for standbys
+        self.acked_upto: Dict[str, int] = {}      # how far each primary's WAL has been looked at (since it became one)
         self.published_wal: Tuple[int, ...] = ()
         self.max_timeline = 1
         self.splits: Dict[frozenset, float] = {}     # pairs of hosts that cannot reach each other, until
@@ -184,9 +221,15 @@ class World:
         names = [f"m{i}" for i in range(count)]
         self.pgs: Dict[str, Pg] = {}
         self.nodes: Dict[str, Node] = {}
+        # The other site: the primary cluster of a standby cluster, or a standby of this one.
+        self.remote = Pg(REMOTE, running=True, in_recovery=not self.standby_start, standby_signal=False)
+        self.remote_live = self.standby_start
+        self.pgs[REMOTE] = self.remote
+        first_upstream = REMOTE if self.standby_start else None
         for i, name in enumerate(names):
-            pg = self.pgs[name] = Pg(name, standby_signal=i != 0, conf_upstream=None if i == 0 else names[0],
-                                     last_primary=i == 0)
+            primary = i == 0 and not self.standby_start
+            pg = self.pgs[name] = Pg(name, standby_signal=not primary, last_primary=primary,
+                                     conf_upstream=first_upstream if i == 0 else names[0])
             node = self.nodes[name] = Node(name, pg, mono_offset=self.rng.uniform(100, 10000),
                                            wall_offset=self.rng.uniform(-0.5, 0.5),
                                            next_pass=self.rng.uniform(0, self.timing.loop_wait))
@@ -194,6 +237,8 @@ class World:
             self._boot(node)
         self.etcd.request("/kv/put", {"key": _b64(PREFIX + "initialize"), "value": _b64(SYSID)}, 0.0)
         self.ctl = Etcd3(self._etcd_config(), retry_timeout=3, transport=self._ctl_send)  # governorctl's client
+        if self.standby_start:
+            self._governorctl(ctl_standby.demote_cluster, host=REMOTE, port=5432)
         self.faults: List[Tuple[float, str, str, float]] = []
         self.last_fault_end = 0.0
         if faults is None:
@@ -210,16 +255,8 @@ class World:
 
     def _config(self, name: str):
         t = self.timing
-        raw = {"etcd": {"scope": SCOPE, "ttl": t.ttl, "host": "etcd:2379"}, "loop_wait": t.loop_wait,
-               "retry_timeout": t.retry_timeout, "failsafe_mode": self.failsafe_mode,
-               "synchronous_mode": self.synchronous,
-               "postgresql": {"name": name, "data_dir": f"/tmp/governor-sim-{name}", "bin_dir": BIN_DIR,
-                              "connect_address": f"{name}:5432", "listen": "0.0.0.0:5432",
-                              "maximum_lag_on_failover": t.max_lag, "use_pg_rewind": True,
-                              "replication": {"username": "replicator", "password": "r"},
-                              "superuser": {"username": "postgres", "password": "s"}},
-               "restapi": {"listen": "127.0.0.1:8008", "connect_address": f"{name}:8008"}}
-        return config_mod.validate(raw, {}, "simulation")
+        return member_config(name, t.ttl, t.loop_wait, t.retry_timeout, t.max_lag, self.failsafe_mode,
+                             self.synchronous)
 
     def _boot(self, node: Node) -> None:
         """A governor process starts on this host: its memory is new, PostgreSQL's disk is as it was."""
@@ -272,14 +309,24 @@ class World:
         return self.splits.get(frozenset((a, b)), 0.0) > self.now
 
     def accepts_writes(self, pg: Pg) -> bool:
-        node = self.nodes[pg.name]
-        return pg.writable() and self.now >= node.crashed_until
+        node = self.nodes.get(pg.name)
+        return pg.writable() and (node is None or self.now >= node.crashed_until)
+
+    def _governorctl(self, command: Callable, **args: object) -> None:
+        """A governorctl command, run by its own code against etcd (no --wait: the world waits)."""
+        namespace = argparse.Namespace(force=True, wait=0, primary_slot_name=None, restore_command=None, **args)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            command(namespace, self.ctl, self.ctl.get_cluster())
 
     def streams(self, pg: Pg) -> bool:
         up = self.pgs.get(pg.upstream or "")
         return pg.running and pg.in_recovery and up is not None and up.running and self.now >= pg.stalled_until \
-            and self.now >= self.nodes[up.name].crashed_until and not self.split(pg.name, up.name) \
+            and self.accepts_or_serves(up) and not self.split(pg.name, up.name) \
             and up.wal[:len(pg.wal)] == pg.wal
+
+    def accepts_or_serves(self, pg: Pg) -> bool:
+        node = self.nodes.get(pg.name)
+        return node is None or self.now >= node.crashed_until
 
     def stop_postgres(self, name: str, mode: str) -> None:
         pg = self.pgs[name]
@@ -295,10 +342,12 @@ class World:
         pg.stamp += 1
 
     def became_writable(self, name: str) -> None:
+        self.acked_upto.pop(name, None)
         self._check_one_writer()
 
     def promoted(self, name: str) -> None:
         pg = self.pgs[name]
+        self.acked_upto.pop(name, None)
         self.max_timeline += 1
         pg.in_recovery, pg.standby_signal, pg.last_primary, pg.timeline = False, False, True, self.max_timeline
         pg.stamp += 1
@@ -309,7 +358,7 @@ class World:
     def rewind(self, name: str, host: str) -> str:
         from governor.postgres.bootstrap import BootstrapError
         source = self.pgs.get(host)
-        if source is None or not source.running or self.now < self.nodes[host].crashed_until \
+        if source is None or not source.running or not self.accepts_or_serves(source) \
                 or self.split(name, host):
             raise BootstrapError(f"pg_rewind: could not connect to server on {host}")
         pg = self.pgs[name]
@@ -342,6 +391,10 @@ class World:
             length = self.plan_rng.choice([0.5, 2.0, 5.0, 9.0, 12.0, 20.0]) * self.plan_rng.uniform(0.8, 1.2)
             self.faults.append((round(t, 1), kind, who, round(length, 1)))
             self.last_fault_end = max(self.last_fault_end, t + length)
+        if self.demote_flavour:
+            self.faults.append((round(self.plan_rng.uniform(3.0, self.duration - 20), 1), "demote_cluster", "-", 0.0))
+        elif self.standby_start and self.plan_rng.random() < 0.5:
+            self.faults.append((round(self.plan_rng.uniform(3.0, self.duration - 20), 1), "promote_cluster", "-", 0.0))
         self.faults.sort()
 
     def _apply_faults(self) -> None:
@@ -351,6 +404,18 @@ class World:
             if who == LEADER:
                 who = holder if holder in self.nodes else sorted(self.nodes)[0]
             node = self.nodes.get(who)
+            if kind == "demote_cluster":
+                self._governorctl(ctl_standby.demote_cluster, host=REMOTE, port=5432)
+                self.is_standby = True
+                self.note("demote-cluster")
+                continue
+            if kind == "promote_cluster":
+                # the other site was demoted first (it stops taking writes), then promote-cluster here
+                self.remote_live, self.remote.in_recovery = False, True
+                self._governorctl(ctl_standby.promote_cluster)
+                self.is_standby = False
+                self.note("promote-cluster")
+                continue
             if kind == "switchover":
                 others = [n for n in self.nodes if n != holder]
                 if holder:
@@ -408,11 +473,39 @@ class World:
     # -------------------------------------------------------------------------------- clients
 
     def _writes(self) -> None:
+        if self.demote_flavour and not self.remote_live:
+            if self.is_standby and self._demoted():
+                # demote-cluster --wait returned and nothing here takes writes: the operator promotes
+                # the other site, which streamed this cluster's WAL (perhaps not its last writes)
+                tail = self.rng.choice([0, 0, 1, 2])
+                self.remote.wal = self.last_primary_wal[:max(0, len(self.last_primary_wal) - tail)]
+                self.max_timeline += 1
+                self.remote.in_recovery, self.remote.timeline, self.remote_live = False, self.max_timeline, True
+                self.note(f"the other site promoted with {len(self.remote.wal)} of {len(self.last_primary_wal)} "
+                          "writes")
+            else:
+                self.remote.wal, self.remote.timeline = self.last_primary_wal, self.last_primary_timeline
         for pg in self.pgs.values():
             if self.accepts_writes(pg):
                 self.write_id += 1
                 pg.wal = pg.wal + (self.write_id,)
+                if pg is not self.remote:
+                    self.last_primary_wal, self.last_primary_timeline = pg.wal, pg.timeline
         self._acks()
+
+    def _demoted(self) -> bool:
+        """What demote-cluster --wait waits for (ctl_standby): the lock holder's member key says it runs
+        as a replica, and its /status that it decided so under standby_cluster; and what the operator
+        sees before promoting the other site: nothing here takes writes."""
+        holder = self.etcd.get(PREFIX + "leader")
+        node = self.nodes.get(holder or "")
+        key = self.etcd.get(f"{PREFIX}members/{holder}") if holder else None
+        member = Member.from_json(holder or "", key or "")
+        if node is None or node.g is None or member.role != "replica" or member.state != "running":
+            return False
+        decided = ctl_standby.decided_standby(node.g.board.get().as_dict())
+        return (decided or not self.wait_decision) and not any(
+            self.accepts_writes(pg) for pg in self.pgs.values() if pg is not self.remote)
 
     def _acks(self) -> None:
         """A commit is acknowledged once what synchronous_standby_names asks for holds it."""
@@ -428,8 +521,12 @@ class World:
                 chosen = holders if anyof else holders[:need]
                 have = sorted((o.lsn for o in chosen), reverse=True)
                 upto = have[need - 1] if len(have) >= need else 0
-            for wid in pg.wal[:upto]:
-                self.acked.setdefault(wid, self.now)
+            done = self.acked_upto.get(pg.name, 0)
+            if pg is self.remote:
+                continue
+            for wid in pg.wal[done:upto]:
+                self.acked.setdefault(wid, need > 0)
+            self.acked_upto[pg.name] = max(done, upto)
 
     def _replicate(self) -> None:
         for pg in self.pgs.values():
@@ -512,20 +609,23 @@ class World:
 
     def _check_promotion(self, pg: Pg) -> None:
         have = set(pg.wal)
-        if self.synchronous:
-            lost = [w for w in self.acked if w not in have]
-            if lost:
-                raise Violation(f"sync_loss: {pg.name} promoted without {len(lost)} acknowledged commit(s), "
-                                f"e.g. {lost[:3]}")
-            return
+        lost = [w for w, waited in self.acked.items() if waited and w not in have]
+        if lost:
+            raise Violation(f"sync_loss: {pg.name} promoted without {len(lost)} commit(s) acknowledged once "
+                            f"synchronous standbys had them, e.g. {lost[:3]}")
+        # Commits acknowledged without waiting (asynchronous, or synchronous mode degraded with no
+        # standby left, as README says) are lost at most down to maximum_lag_on_failover.
         must = self.published_wal[:max(0, len(self.published_wal) - self.timing.max_lag)]
-        missing = [w for w in must if w not in have]
+        missing = [w for w in must if w in self.acked and w not in have]
         if missing:
             raise Violation(f"bounded_loss: {pg.name} promoted without {len(missing)} write(s) the leader had "
                             f"when it published position {len(self.published_wal)} (max lag {self.timing.max_lag})")
 
     def _check_one_writer(self) -> None:
-        writers = [pg.name for pg in self.pgs.values() if self.accepts_writes(pg)]
+        writers = [pg.name for pg in self.pgs.values() if pg is not self.remote and self.accepts_writes(pg)]
+        if writers and self.remote_live and self.accepts_writes(self.remote):
+            raise Violation(f"standby_writer: {', '.join(writers)} accept writes while the other site does, at "
+                            f"{self.now:.1f}s")
         if len(writers) > 1:
             raise Violation(f"one_writer: {', '.join(writers)} accept writes at {self.now:.1f}s")
 
@@ -572,9 +672,15 @@ class World:
                     self._check_one_writer()
             if self.now > settled_after:
                 holder = self.etcd.get(PREFIX + "leader")
-                leader_seen = leader_seen or (holder in self.pgs and self.accepts_writes(self.pgs[holder]))
+                pg = self.pgs.get(holder or "")
+                if self.is_standby and self.remote_live:
+                    leader_seen = leader_seen or (pg is not None and pg.upstream == REMOTE and self.streams(pg))
+                else:
+                    leader_seen = leader_seen or (pg is not None and pg is not self.remote and self.accepts_writes(pg))
         if self.duration > settled_after + 1 and not leader_seen:
-            raise Violation("progress: no leader accepting writes within 3 ttl + 5 s after the last fault")
+            raise Violation("standby_progress: no standby leader streaming from the other site within 3 ttl + 5 s "
+                            "after the last fault" if self.is_standby and self.remote_live else
+                            "progress: no leader accepting writes within 3 ttl + 5 s after the last fault")
 
 
 def _b64(text: str) -> str:
