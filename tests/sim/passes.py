@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 from governor import clock
 
 if TYPE_CHECKING:
-    from tests.sim.live import Node
+    from tests.sim.world import Node
 
 
 class Abandoned(BaseException):
@@ -22,7 +22,7 @@ class Abandoned(BaseException):
 
 def run_once(node: Node, name: str) -> bool:
     """The pass; an exception that escapes it is a finding (the real loop would log and go on)."""
-    from tests.sim.live import Violation
+    from tests.sim.world import Violation
     try:
         return node.g.run_once()
     except (Violation, Abandoned):

@@ -4,14 +4,17 @@ members' configuration), applied with a pytest MonkeyPatch for the length of a s
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Callable, Dict
 
 import pytest
 
-from governor import daemon, ha, vouch
+from governor import daemon, ha, standby, vouch
+from governor.actions import roles
 from governor.dcs.etcd3 import Etcd3
 from governor.lockfence import LockFence
-from tests.sim import live
+from tests.sim import node as live
+from tests.sim.etcd import b64
 
 Patch = Callable[[pytest.MonkeyPatch], None]
 
@@ -55,7 +58,7 @@ def renewal_without_cas(mp: pytest.MonkeyPatch) -> None:
     def renew(self, name):
         self._recent_keepalive()
         key = self._key("leader")
-        self._post("renewal", "/kv/put", {"key": live._b64(key), "value": live._b64(name),
+        self._post("renewal", "/kv/put", {"key": b64(key), "value": b64(name),
                                           "lease": self._member_lease()})
         return True
     mp.setattr(Etcd3, "renew_leader", renew)
@@ -78,6 +81,21 @@ def failsafe_list_ignored(mp: pytest.MonkeyPatch) -> None:
                                                   replace(local, failsafe_fresh=False)))
 
 
+def standby_setting_ignored(mp: pytest.MonkeyPatch) -> None:
+    """decide() is not shown the standby_cluster setting."""
+    def change(real, cluster, local):
+        if cluster is not None and standby.KEY in cluster.config:
+            cluster = replace(cluster, config={k: v for k, v in cluster.config.items() if k != standby.KEY})
+        return real(cluster, local)
+    _decide(mp, change)
+
+
+def promotion_without_reread(mp: pytest.MonkeyPatch) -> None:
+    """A promotion decided before demote-cluster, carried out after it, does not read the setting again
+    (run with wait_decision=False: the operator waits for the leader's role alone)."""
+    mp.setattr(roles, "standby", SimpleNamespace(of=lambda cluster: (False, None)))
+
+
 BROKEN: Dict[str, tuple] = {
     "no lag check in the leader race": (no_lag_check, "bounded_loss", {}),
     "no lock fence and no demotion on etcd loss": (no_fence_no_demotion, "one_writer", {}),
@@ -88,4 +106,8 @@ BROKEN: Dict[str, tuple] = {
                                                            {"failsafe_mode": True}),
     "failsafe: members off the list or just restarted race": (failsafe_list_ignored, "one_writer",
                                                               {"failsafe_mode": True}),
+    "standby cluster: the standby_cluster setting ignored": (standby_setting_ignored, "standby_writer",
+                                                             {"standby": True}),
+    "standby cluster: demote-cluster --wait on the role alone, and a promotion decided before it carried out":
+        (promotion_without_reread, "standby_writer", {"standby": True, "wait_decision": False}),
 }

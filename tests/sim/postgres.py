@@ -24,9 +24,10 @@ from governor.postgres.controller import ProcessController
 from governor.postgres.server import ServerState
 
 if TYPE_CHECKING:
-    from tests.sim.live import World
+    from tests.sim.world import World
 
 SYSID = "7000000000000000001"
+REMOTE = "site-a"          # the other site's PostgreSQL (standby clusters)
 NAMES_RE = re.compile(r'^(FIRST|ANY) (\d+) \((.*)\)$')
 
 
