@@ -7,7 +7,6 @@ they take writes.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import psycopg2
@@ -138,15 +137,10 @@ def race_facts(g: Governor, cluster: Cluster, sysid: Optional[str]) -> dict:
     """What a replica asks before a leader race, all at once with short timeouts: every other
     member's API for its position (LocalState.peers), and every other server of the cluster it
     knows of, directly, whether it still takes writes (writable_elsewhere, unknown_elsewhere)."""
-    others = [m for m in cluster.members if m.name != g.name and m.api_url]
+    others = {m.name: m.api_url for m in cluster.members if m.name != g.name and m.api_url}
     servers = other_servers(g, cluster)
-    with ThreadPoolExecutor(max_workers=min(16, len(others) + len(servers) or 1)) as pool:
-        answers = [pool.submit(lambda m=m: (m.name, g.peers.status(m.api_url, m.name, g.config.restapi.cafile)))
-                   for m in others]
-        probes = [(label, pool.submit(g.peers.writable, g.pg, host, port, sysid or ""))
-                  for (host, port), label in servers.items()]
-        peers = dict(a.result() for a in answers)
-        said = [(label, probe.result()) for label, probe in probes]
+    peers, answers = g.peers.ask_all(others, list(servers), g.pg, sysid or "", g.config.restapi.cafile)
+    said = list(zip(servers.values(), answers))
     return dict(peers=peers, writable_elsewhere=tuple(label for label, answer in said if answer is True),
                 unknown_elsewhere=tuple(label for label, answer in said if answer is None))
 

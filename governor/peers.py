@@ -127,6 +127,15 @@ class Peers:
         """Member `name`'s answer to GET /status (None: no answer, or not its own)."""
         return peer_status(api_url, name, cafile)
 
+    def ask_all(self, members: Dict[str, str], servers: List[Tuple[str, int]], pg: PostgresConfig, sysid: str,
+                cafile: Optional[str]) -> Tuple[Dict[str, Optional[Member]], List[Optional[bool]]]:
+        """Before a leader race, all at once: each member's (name -> API URL) /status, and each
+        server's (host, port) word on whether it takes writes (in the order given)."""
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(members) + len(servers) or 1)) as pool:
+            statuses = {name: pool.submit(self.status, url, name, cafile) for name, url in members.items()}
+            probes = [pool.submit(self.writable, pg, host, port, sysid) for host, port in servers]
+            return {name: f.result() for name, f in statuses.items()}, [f.result() for f in probes]
+
     def writable(self, pg: PostgresConfig, host: str, port: int, sysid: str) -> Optional[bool]:
         """Whether the server at host:port takes writes for system `sysid` (None: it cannot say)."""
         return remote.answers_writable(pg, host, port, sysid)

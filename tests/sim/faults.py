@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Tuple
 
-from governor import ctl_standby
+from governor import ctl_config, ctl_standby
 from governor.shutdown import shutdown
+from governor.wakeups import OperatorRequest
 from tests.sim.node import PREFIX
 from tests.sim.postgres import REMOTE
 
@@ -13,7 +14,8 @@ if TYPE_CHECKING:
     from tests.sim.world import World
 
 LEADER = "<leader>"      # a fault's target: whoever holds the lock when it happens
-KINDS = ["crash", "freeze", "cut", "stall", "stop", "switchover", "cut_all", "pause", "clock", "split", "slow"]
+KINDS = ["crash", "freeze", "cut", "stall", "stop", "switchover", "cut_all", "pause", "clock", "split", "slow",
+         "restart", "reinit", "edit"]
 Fault = Tuple[float, str, str, float]    # (time, kind, target, length)
 
 
@@ -55,6 +57,20 @@ class Faults:
                 self._governorctl(ctl_standby.promote_cluster)
                 self.is_standby = False
                 self.note("promote-cluster")
+                continue
+            if kind in ("restart", "reinit"):
+                # governorctl restart / reinit: the API hands the request to the loop
+                if node is not None and node.g is not None and node.alive(self.now):
+                    node.g._request = OperatorRequest("restart" if kind == "restart" else "reinitialize")
+                    node.g.wake.set()
+                self.note(f"{kind} {who} requested")
+                continue
+            if kind == "edit":
+                if not self.is_standby:
+                    self.sync_on = not self.sync_on
+                    self._governorctl(ctl_config.edit_config, set=[f"synchronous_mode={str(self.sync_on).lower()}"],
+                                      file=None, dcs_url="sim", config=None)
+                    self.note(f"edit-config synchronous_mode={self.sync_on}")
                 continue
             if kind == "switchover":
                 others = [n for n in self.nodes if n != holder]

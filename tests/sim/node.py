@@ -23,17 +23,21 @@ BIN_DIR = "/usr/lib/postgresql/15/bin"
 
 @functools.lru_cache(maxsize=256)
 def member_config(name: str, ttl: int, loop_wait: int, retry_timeout: int, max_lag: int, failsafe_mode: bool,
-                  synchronous: bool) -> Config:
+                  synchronous: bool, reclone: bool = True, tags: Tuple[str, ...] = (),
+                  pre_promote: bool = False) -> Config:
     """A member's configuration, as its files would say it (validated by the real code)."""
     raw = {"etcd": {"scope": SCOPE, "ttl": ttl, "host": "etcd:2379"}, "loop_wait": loop_wait,
            "retry_timeout": retry_timeout, "failsafe_mode": failsafe_mode, "synchronous_mode": synchronous,
            "postgresql": {"name": name, "data_dir": f"/tmp/governor-sim-{name}", "bin_dir": BIN_DIR,
                           "connect_address": f"{name}:5432", "listen": "0.0.0.0:5432",
                           "maximum_lag_on_failover": max_lag, "use_pg_rewind": True,
+                          "remove_data_directory_on_rewind_failure": reclone,
                           "replication": {"username": "replicator", "password": "r"},
                           "superuser": {"username": "postgres", "password": "s"}},
            "restapi": {"listen": "127.0.0.1:8008", "connect_address": f"{name}:8008"},
-           "metrics": {"enabled": False}}
+           "metrics": {"enabled": False}, "tags": {tag: True for tag in tags}}
+    if pre_promote:
+        raw["callbacks"] = {"pre_promote": "/bin/true"}     # what it answers is the world's (World._callback)
     return config_mod.validate(raw, {}, "simulation")
 
 
@@ -99,6 +103,11 @@ class SimPeers:
     def status(self, api_url: str, name: str, cafile: Optional[str]) -> object:
         node = self._answering(name)
         return member_from_status(node.g.board.get().as_dict(), name) if node else None
+
+    def ask_all(self, members: Dict[str, str], servers: List[Tuple[str, int]], pg: object, sysid: str,
+                cafile: Optional[str]) -> Tuple[Dict[str, object], List[Optional[bool]]]:
+        return ({name: self.status(url, name, cafile) for name, url in members.items()},
+                [self.writable(pg, host, port, sysid) for host, port in servers])
 
     def writable(self, pg: object, host: str, port: int, sysid: str) -> Optional[bool]:
         other = self.world.pgs.get(host)

@@ -49,6 +49,7 @@ class Pg:
     stalled_until: float = 0.0                  # the WAL receiver gets nothing (a fault)
     slots: Dict[str, int] = field(default_factory=dict)
     stamp: int = 0                              # changes with pg_control
+    empty: bool = False                         # the data directory was emptied (reinitialize, a failed rewind)
 
     @property
     def lsn(self) -> int:
@@ -179,7 +180,7 @@ class SimDisk:
         self.world, self.pg = world, pg
 
     def kind(self) -> str:
-        return datadir.POSTGRES
+        return datadir.EMPTY if self.pg.empty else datadir.POSTGRES
 
     def exists(self) -> bool:
         return True
@@ -220,7 +221,15 @@ class SimDisk:
         reached = source is not None and source.running and not self.world.split(self.pg.name, host)
         return None if reached else "connection refused"
 
+    def empty(self) -> None:
+        pg = self.pg
+        pg.wal, pg.timeline, pg.slots, pg.empty, pg.last_primary, pg.standby_signal = (), 1, {}, True, False, False
+        pg.stamp += 1
+
+    def basebackup(self, host: str, port: int) -> None:
+        self.world.clone(self.pg.name, host)
+
     def _unmodelled(self, *args: object) -> None:
         raise BootstrapError("not modelled by the simulator")
 
-    empty = move_aside = initdb = basebackup = pgbackrest_restore = pgbackrest_restore_cluster = _unmodelled
+    move_aside = initdb = pgbackrest_restore = pgbackrest_restore_cluster = _unmodelled

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from governor import ctl_standby
 from governor.cluster import Member
+from governor.postgres.bootstrap import BootstrapError
 from tests.sim.node import PREFIX
 from tests.sim.postgres import Pg
 
@@ -71,19 +72,34 @@ class Replication:
         self._check_promotion(pg)
         self._check_one_writer()
 
-    def rewind(self: World, name: str, host: str) -> str:
-        from governor.postgres.bootstrap import BootstrapError
+    def _source(self: World, name: str, host: str, tool: str) -> Pg:
         source = self.pgs.get(host)
         if source is None or not source.running or not self.accepts_or_serves(source) \
                 or self.split(name, host):
-            raise BootstrapError(f"pg_rewind: could not connect to server on {host}")
+            raise BootstrapError(f"{tool}: could not connect to server on {host}")
+        return source
+
+    def rewind(self: World, name: str, host: str) -> str:
+        source = self._source(name, host, "pg_rewind")
         pg = self.pgs[name]
         common = 0
         while common < min(len(pg.wal), len(source.wal)) and pg.wal[common] == source.wal[common]:
             common += 1
+        if common < len(pg.wal) and self.rng.random() < self.rewind_failure:
+            # what pg_rewind needs of this server's own WAL is gone (recycled): it fails, the
+            # source reachable and willing
+            raise BootstrapError("pg_rewind: fatal: could not find previous WAL record")
         pg.wal, pg.timeline, pg.last_primary = pg.wal[:common], source.timeline, False
         pg.stamp += 1
         return "pg_rewind: Done!"
+
+    def clone(self: World, name: str, host: str) -> None:
+        """pg_basebackup from host's server into an empty data directory."""
+        source = self._source(name, host, "pg_basebackup")
+        pg = self.pgs[name]
+        pg.wal, pg.timeline, pg.empty, pg.last_primary, pg.slots = source.wal, source.timeline, False, False, {}
+        pg.stamp += 1
+        self.note(f"{name} cloned from {host}")
 
     def _fence_stop(self: World, node: Node) -> Optional[int]:
         if not node.pg.running:

@@ -86,6 +86,7 @@ class World(Faults, Replication):
         self.last_primary_wal: Tuple[int, ...] = ()
         self.last_primary_timeline = 1
         self.is_standby = self.standby_start       # the standby_cluster setting is there
+        self.sync_on = self.synchronous            # synchronous_mode as edit-config last set it
         self.timing = timing or (Timing(retry_timeout=4) if self.failsafe_mode else Timing())
         self.plan_rng = random.Random(seed)
         self.rng = random.Random(seed * 7919 + 1)
@@ -101,6 +102,16 @@ class World(Faults, Replication):
         self.splits: Dict[frozenset, float] = {}     # pairs of hosts that cannot reach each other, until
         count = 3 + (seed // 2) % 3 if members is None else members
         names = [f"m{i}" for i in range(count)]
+        # What differs between members and seeds: a failed pg_rewind re-clones (or waits for the
+        # operator), tags, a pre_promote callback that sometimes refuses.
+        self.rewind_failure = 0.2          # how often pg_rewind of a diverged former primary fails
+        self.reclone = seed % 3 != 0
+        self.tags: Dict[str, Tuple[str, ...]] = {}
+        if seed % 5 == 0:
+            self.tags[names[-1]] = ("nofailover",)
+        if seed % 7 == 0 and self.synchronous and count >= 4:
+            self.tags[names[1]] = ("nosync",)
+        self.pre_promote = seed % 4 == 1
         self.pgs: Dict[str, Pg] = {}
         self.nodes: Dict[str, Node] = {}
         # The other site: the primary cluster of a standby cluster, or a standby of this one.
@@ -138,7 +149,11 @@ class World(Faults, Replication):
     def _config(self, name: str):
         t = self.timing
         return member_config(name, t.ttl, t.loop_wait, t.retry_timeout, t.max_lag, self.failsafe_mode,
-                             self.synchronous)
+                             self.synchronous, self.reclone, self.tags.get(name, ()), self.pre_promote)
+
+    def _callback(self, kind: str) -> int:
+        """A waited-for callback's exit status: pre_promote refuses one promotion in four."""
+        return 1 if kind == "pre_promote" and self.rng.random() < 0.25 else 0
 
     def _boot(self, node: Node) -> None:
         """A governor process starts on this host: its memory is new, PostgreSQL's disk is as it was."""
@@ -149,6 +164,7 @@ class World(Faults, Replication):
             g = Governor(cfg, dcs=dcs, controller=SimController(self, node.pg), server=SimServer(self, node.pg),
                          disk=SimDisk(self, node.pg), peers=SimPeers(self, node.name), report=node.supervisor)
             g.fence.stop = lambda: self._fence_stop(node)
+            g.callbacks.wait = lambda config, kind, role, limit: self._callback(kind)
             g.mem.name_is_ours = True
             node.g = g
         node.last_poll = self.now
@@ -197,6 +213,8 @@ class World(Faults, Replication):
                         and node.pg.running:
                     self.stop_postgres(node.name, "immediate")
                     self.note(f"{node.name} fenced by its supervising parent")
+                continue
+            if node.g.fence.deadline is None:
                 continue
             node.elapsed = 0.0
             with self.running(node):
