@@ -35,7 +35,7 @@ test-hosts: deps
 test: deps lint
 	tools/run-tests
 
-# The deterministic simulator on many more fault schedules than `make test` runs (10,000):
+# The deterministic simulator on many more fault schedules than `make test` runs (5,000):
 # make simulate SIM_SCHEDULES=1000000 SIM_FIRST_SEED=10001
 SIM_SCHEDULES ?= 200000
 SIM_FIRST_SEED ?= 10001

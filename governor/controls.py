@@ -9,21 +9,38 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Protocol, Tuple
 
 from governor import audit, clock, dynamic
 from governor.cluster import Cluster, failover_priority
+from governor.config import Config, PostgresConfig
 from governor.dcs import DCS, DCSError, from_config
 from governor.dcs.keys import valid_member_name
+from governor.memory import NodeMemory
 from governor.postgres.catalogue import catalogue
-
-if TYPE_CHECKING:
-    from governor.ports import ControlHost
+from governor.status import StatusBoard
 
 log = logging.getLogger("governor")
 MAX_SCHEDULE = 30 * 86400
 Answer = Tuple[int, dict]
+
+
+class ControlHost(Protocol):
+    """What the HTTP API's control endpoints (controls.py) use."""
+    board: StatusBoard
+    config: Config
+    file_config: Config
+    pg: PostgresConfig
+    mem: NodeMemory
+    wake: threading.Event
+
+    def submit_request(self, kind: str, timeout: float) -> tuple: ...
+
+    def request_reload(self) -> None: ...
+
+    def vouch_for(self, body: dict) -> tuple: ...
 
 
 class Controls:

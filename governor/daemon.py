@@ -61,7 +61,7 @@ class Governor:
                  peers: Optional[Peers] = None):
         self.file_config = config      # what the files say; self.config adds the dynamic settings
         self.config = config
-        self._dynamic_index = -1       # the `config` key index last applied
+        self.dynamic_index = -1       # the `config` key index last applied
         self.pg = config.postgresql
         self.name = self.pg.name
         self.dcs = dcs or from_config(config)

@@ -21,12 +21,12 @@ from governor.postgres import datadir
 from governor.postgres.server import ServerState
 
 if TYPE_CHECKING:
-    from governor.daemon import Governor
+    from governor.ports import NodeHost
 
 log = logging.getLogger("governor")
 
 
-def observe_dcs(g: Governor) -> Optional[Cluster]:
+def observe_dcs(g: NodeHost) -> Optional[Cluster]:
     """The scope's keys as one snapshot; None when etcd cannot be read (logged once per change)."""
     try:
         cluster = g.dcs.get_cluster()
@@ -41,7 +41,7 @@ def observe_dcs(g: Governor) -> Optional[Cluster]:
     return cluster
 
 
-def observe_local(g: Governor) -> LocalState:
+def observe_local(g: NodeHost) -> LocalState:
     kind = g.disk.kind()
     if kind != datadir.POSTGRES:
         g.mem.sysid_cache = g.server_state = None
@@ -77,7 +77,7 @@ def observe_local(g: Governor) -> LocalState:
     return LocalState(**_local_base(g, kind), sysid=control.sysid)
 
 
-def _replica_timeline(g: Governor, st: ServerState) -> Optional[int]:
+def _replica_timeline(g: NodeHost, st: ServerState) -> Optional[int]:
     """The timeline a replica is on. PostgreSQL tells it while the WAL receiver runs; without
     one, only the last restartpoint's timeline is left, which lags behind a timeline switch
     this replica has long followed. So the highest timeline seen streaming is remembered
@@ -88,7 +88,7 @@ def _replica_timeline(g: Governor, st: ServerState) -> Optional[int]:
     return max(known) if known else None
 
 
-def _not_streaming_for(g: Governor, st: ServerState) -> Optional[float]:
+def _not_streaming_for(g: NodeHost, st: ServerState) -> Optional[float]:
     """Seconds this replica has gone without streaming while another member leads, or while it
     leads a standby cluster (None while it streams or nobody else leads): decide() judges
     divergence from it."""
@@ -99,7 +99,7 @@ def _not_streaming_for(g: Governor, st: ServerState) -> Optional[float]:
     return seconds
 
 
-def _remote_timeline(g: Governor, st: ServerState, not_streaming_for: Optional[float]) -> Optional[int]:
+def _remote_timeline(g: NodeHost, st: ServerState, not_streaming_for: Optional[float]) -> Optional[int]:
     """A standby leader that has not streamed for a while asks the primary cluster for its timeline
     (decide() judges divergence from it); an answer from another system is no answer."""
     if not_streaming_for is None or not_streaming_for < standby.DIVERGED_AFTER or g.cluster is None \
@@ -112,7 +112,7 @@ def _remote_timeline(g: Governor, st: ServerState, not_streaming_for: Optional[f
     return answer[1] if answer is not None and answer[0] == st.sysid else None
 
 
-def _local_base(g: Governor, kind: str) -> dict:
+def _local_base(g: NodeHost, kind: str) -> dict:
     cfg, pg, mem = g.config, g.pg, g.mem
     return dict(name=g.name, data=kind, tags=cfg.tags, data_dir=pg.data_dir,
                 loop_wait=cfg.loop_wait, retry_timeout=cfg.retry_timeout,
@@ -123,7 +123,7 @@ def _local_base(g: Governor, kind: str) -> dict:
                 bootstrap_failures=mem.bootstrap_failures)
 
 
-def _controldata(g: Governor) -> datadir.ControlData:
+def _controldata(g: NodeHost) -> datadir.ControlData:
     """pg_controldata of the stopped data directory, re-read when pg_control changes."""
     key = g.disk.control_stamp()
     if key is None:
@@ -133,7 +133,7 @@ def _controldata(g: Governor) -> datadir.ControlData:
     return g.mem.sysid_cache[1]
 
 
-def race_facts(g: Governor, cluster: Cluster, sysid: Optional[str]) -> dict:
+def race_facts(g: NodeHost, cluster: Cluster, sysid: Optional[str]) -> dict:
     """What a replica asks before a leader race, all at once with short timeouts: every other
     member's API for its position (LocalState.peers), and every other server of the cluster it
     knows of, directly, whether it still takes writes (writable_elsewhere, unknown_elsewhere)."""
@@ -145,7 +145,7 @@ def race_facts(g: Governor, cluster: Cluster, sysid: Optional[str]) -> dict:
                 unknown_elsewhere=tuple(label for label, answer in said if answer is None))
 
 
-def remember_leader(g: Governor, cluster: Cluster) -> None:
+def remember_leader(g: NodeHost, cluster: Cluster) -> None:
     """Where the last leader's PostgreSQL listens: its member key expires with its lock, and a
     leader race asks that server whether it still takes writes."""
     leader = cluster.leader.name if cluster.leader is not None else None
@@ -154,7 +154,7 @@ def remember_leader(g: Governor, cluster: Cluster) -> None:
         g.mem.last_leader_at = (leader, address)
 
 
-def other_servers(g: Governor, cluster: Cluster) -> Dict[Tuple[str, int], str]:
+def other_servers(g: NodeHost, cluster: Cluster) -> Dict[Tuple[str, int], str]:
     """Addresses of the cluster's other PostgreSQL servers this member knows of, each with a label:
     the members in etcd, the last leader it saw (whose key expired with its lock) and the server
     this replica streams from."""
@@ -174,7 +174,7 @@ def other_servers(g: Governor, cluster: Cluster) -> Dict[Tuple[str, int], str]:
     return found
 
 
-def settled(g: Governor) -> bool:
+def settled(g: NodeHost) -> bool:
     """Whether a PostgreSQL that was just started, promoted or re-pointed has arrived: running,
     answering, and a primary or streaming from the upstream it was just pointed at (right after
     a re-point the WAL receiver of the old upstream may still show). A cheap local look, no etcd."""

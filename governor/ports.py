@@ -1,6 +1,7 @@
-"""The narrow views of the daemon that other parts are given: each names only what its user
-needs, so neither the API's control endpoints nor the sync manager depends on the daemon itself
-(and the daemon can be replaced by anything that offers these)."""
+"""The views of the daemon that the executors (ActionHost) and the loop's own steps (NodeHost) are
+typed against, so that nothing imports governor.daemon but the command line that starts it. The
+API's control endpoints and the sync manager declare their own, narrower ones (controls.ControlHost,
+syncrep.SyncHost)."""
 from __future__ import annotations
 
 import threading
@@ -11,11 +12,13 @@ from governor.dcs import DCS
 from governor.memory import NodeMemory
 from governor.postgres.controller import ProcessController
 from governor.postgres.server import Server, ServerState
-from governor.status import StatusBoard
+from governor.status import Archiver, StatusBoard
 
 if TYPE_CHECKING:
+    from governor.api import ApiServer
     from governor.callbacks import Runner
     from governor.cluster import Cluster
+    from governor.controls import Controls
     from governor.ha import Decision, LocalState
     from governor.lockfence import LockFence
     from governor.metrics import Metrics
@@ -25,22 +28,6 @@ if TYPE_CHECKING:
     from governor.systemd import Notifier
     from governor.wakeups import OnChange
     from governor.watchdog import Watchdog
-
-
-class ControlHost(Protocol):
-    """What the HTTP API's control endpoints (controls.py) use."""
-    board: StatusBoard
-    config: Config
-    file_config: Config
-    pg: PostgresConfig
-    mem: NodeMemory
-    wake: threading.Event
-
-    def submit_request(self, kind: str, timeout: float) -> tuple: ...
-
-    def request_reload(self) -> None: ...
-
-    def vouch_for(self, body: dict) -> tuple: ...
 
 
 class ActionHost(Protocol):
@@ -91,3 +78,17 @@ class ActionHost(Protocol):
     def unfence(self) -> None: ...
 
     def data_replaced(self) -> None: ...
+
+
+class NodeHost(ActionHost, Protocol):
+    """What the loop's own steps use (observe.py, publish.py, reconfigure.py, shutdown.py, vouch.py):
+    the executors' view, plus the node's status, its servers and what the last pass read."""
+    file_config: Config
+    board: StatusBoard
+    archiver: Optional[Archiver]
+    pg_version: Optional[int]
+    replicas: tuple
+    supervisor: Optional[int]
+    api: Optional[ApiServer]
+    controls: Optional[Controls]
+    dynamic_index: int

@@ -14,12 +14,12 @@ from governor.postgres import datadir
 from governor.status import NodeStatus, ReplicaLag
 
 if TYPE_CHECKING:
-    from governor.daemon import Governor
+    from governor.ports import NodeHost
 
 log = logging.getLogger("governor")
 
 
-def member_data(g: Governor, local: LocalState) -> dict:
+def member_data(g: NodeHost, local: LocalState) -> dict:
     if local.data == datadir.EMPTY:
         role = "uninitialized"
     else:
@@ -35,7 +35,7 @@ def member_data(g: Governor, local: LocalState) -> dict:
             "scheduled_restart": g.mem.scheduled_restart[0] if g.mem.scheduled_restart else None}
 
 
-def publish(g: Governor, local: LocalState) -> None:
+def publish(g: NodeHost, local: LocalState) -> None:
     try:
         g.dcs.touch_member(g.name, member_data(g, local))
         if g.mem.holds_lock and local.role == "primary" and local.lsn is not None \
@@ -47,7 +47,7 @@ def publish(g: Governor, local: LocalState) -> None:
         g.once("dcs", str(exc), logging.WARNING)
 
 
-def publish_status(g: Governor, local: LocalState, decision: Decision) -> None:
+def publish_status(g: NodeHost, local: LocalState, decision: Decision) -> None:
     """Hand what this loop saw to the API and the metrics exporter."""
     st = g.server_state
     if local.role == "primary" and g.mem.holds_lock:
@@ -89,14 +89,14 @@ def publish_status(g: Governor, local: LocalState, decision: Decision) -> None:
         archiver=g.archiver))
 
 
-def failsafe_state(g: Governor) -> Optional[str]:
+def failsafe_state(g: NodeHost) -> Optional[str]:
     if g.mem.failsafe_since is not None:
         return "primary on its members' promises: etcd cannot be used"
     promised = vouch.promised_to(g)
     return f"vouched for {promised}: not racing for the lock" if promised else None
 
 
-def status_line(g: Governor) -> str:
+def status_line(g: NodeHost) -> str:
     """One line for `systemctl status`."""
     st = g.board.get()
     if st.is_primary:

@@ -20,12 +20,12 @@ from governor.postgres.catalogue import catalogue
 from governor.postgres.controller import ControllerError
 
 if TYPE_CHECKING:
-    from governor.daemon import Governor
+    from governor.ports import NodeHost
 
 log = logging.getLogger("governor")
 
 
-def reload(g: Governor) -> None:
+def reload(g: NodeHost) -> None:
     """SIGHUP: re-read the configuration; apply what can change live, keep the rest. systemd hears
     READY=1 afterwards whatever happened, or the unit would stay "reloading"."""
     g.notify.reloading()
@@ -35,7 +35,7 @@ def reload(g: Governor) -> None:
         g.notify.ready(publish.status_line(g))
 
 
-def _reload(g: Governor) -> None:
+def _reload(g: NodeHost) -> None:
     try:
         new = config_mod.load(g.config.source)
     except config_mod.ConfigError as exc:
@@ -58,7 +58,7 @@ def _reload(g: Governor) -> None:
              " (nothing changed)")
 
 
-def switch_etcd(g: Governor, new: Config) -> Config:
+def switch_etcd(g: NodeHost, new: Config) -> Config:
     """New etcd endpoints, API, TLS or credentials: only in maintenance mode, where no member
     acts on what it reads, is it safe to move to another store (e.g. from the v2 to the v3
     API). Otherwise the running connection stays until a restart."""
@@ -82,7 +82,7 @@ def switch_etcd(g: Governor, new: Config) -> Config:
     return new
 
 
-def with_dynamic(g: Governor, file_config: Config) -> Config:
+def with_dynamic(g: NodeHost, file_config: Config) -> Config:
     """The file configuration with the cluster's valid dynamic settings over it."""
     data = g.cluster.config if g.cluster is not None else {}
     if data and not dynamic.validate(data, dynamic.timing(file_config),
@@ -91,7 +91,7 @@ def with_dynamic(g: Governor, file_config: Config) -> Config:
     return file_config
 
 
-def seed_standby(g: Governor, cluster: Optional[Cluster]) -> Optional[Cluster]:
+def seed_standby(g: NodeHost, cluster: Optional[Cluster]) -> Optional[Cluster]:
     """A new scope (no `initialize`) and a `standby_cluster` section in the files: it becomes the
     dynamic setting before anything is decided, so the first member copies the primary cluster
     instead of running initdb. Once the scope exists, only the dynamic setting counts
@@ -115,11 +115,11 @@ def seed_standby(g: Governor, cluster: Optional[Cluster]) -> Optional[Cluster]:
         return None
 
 
-def apply_dynamic(g: Governor, cluster: Cluster) -> None:
+def apply_dynamic(g: NodeHost, cluster: Cluster) -> None:
     """Take over the dynamic settings in etcd when the `config` key changed."""
-    if cluster.config_index == g._dynamic_index:
+    if cluster.config_index == g.dynamic_index:
         return
-    g._dynamic_index = cluster.config_index
+    g.dynamic_index = cluster.config_index
     problems = dynamic.validate(cluster.config, dynamic.timing(g.file_config),
                                 catalogue(g.file_config.postgresql.bin_dir))
     if problems:
@@ -132,7 +132,7 @@ def apply_dynamic(g: Governor, cluster: Cluster) -> None:
         log.info("dynamic configuration applied (changed: %s)", ", ".join(changed))
 
 
-def apply_config(g: Governor, new: Config, why: str) -> list:
+def apply_config(g: NodeHost, new: Config, why: str) -> list:
     """Switch to `new`; rewrite and reload PostgreSQL's settings when they changed."""
     changed = changed_keys(g.config, new)
     new = switch_etcd(g, new)

@@ -14,8 +14,7 @@ from governor.postgres.controller import ControllerError
 from governor.supervisor import parent_died
 
 if TYPE_CHECKING:
-    from governor.daemon import Governor
-    from governor.ports import ActionHost
+    from governor.ports import ActionHost, NodeHost
 
 log = logging.getLogger("governor")
 
@@ -50,7 +49,7 @@ def consume_restart_marker(max_age: float) -> bool:
     return age <= max_age
 
 
-def shutdown(g: Governor) -> None:
+def shutdown(g: NodeHost) -> None:
     """Clean stop: PostgreSQL first, then the lock, so a replica can take over at once."""
     g.notify.stopping()
     if parent_died(g.supervisor):
@@ -100,7 +99,7 @@ def shutdown(g: Governor) -> None:
     log.info("governor stopped")
 
 
-def fresh_cluster(g: Governor) -> Optional[Cluster]:
+def fresh_cluster(g: NodeHost) -> Optional[Cluster]:
     """The cluster as etcd holds it now: a stop may come right after a promotion, whose own
     promise the last pass's snapshot does not show yet."""
     try:
@@ -110,7 +109,7 @@ def fresh_cluster(g: Governor) -> Optional[Cluster]:
         return g.cluster
 
 
-def stop_for_restart(g: Governor) -> None:
+def stop_for_restart(g: NodeHost) -> None:
     """A package upgrade restarts governor: exit leaving PostgreSQL running and the lock and
     member key in place, for the new governor to pick up within seconds. Should it not come
     up, systemd's ExecStopPost fence (start failure) or watchdog (hang) stops PostgreSQL."""

@@ -17,13 +17,13 @@ from governor.dcs.keys import valid_member_name
 
 if TYPE_CHECKING:
     from governor.cluster import Cluster
-    from governor.daemon import Governor
+    from governor.ports import NodeHost
 
 log = logging.getLogger("governor")
 promise_lock = threading.Lock()
 
 
-def remember(g: Governor, cluster: Cluster) -> None:
+def remember(g: NodeHost, cluster: Cluster) -> None:
     """After each etcd read: the leader it names, and (as the lock holder) the list etcd holds."""
     if cluster.leader is not None:
         g.mem.last_leader = cluster.leader.name
@@ -33,7 +33,7 @@ def remember(g: Governor, cluster: Cluster) -> None:
     g.mem.failsafe_list = listed if listed is not None and listed.leader == g.name else None
 
 
-def promised_to(g: Governor) -> Optional[str]:
+def promised_to(g: NodeHost) -> Optional[str]:
     """The leader this member vouched for, while that promise holds."""
     promise = g.mem.failsafe_promise
     if promise is None or promise[1] <= clock.monotonic():
@@ -41,12 +41,12 @@ def promised_to(g: Governor) -> Optional[str]:
     return promise[0]
 
 
-def fresh(g: Governor) -> bool:
+def fresh(g: NodeHost) -> bool:
     """Whether governor started less than ttl ago (a promise from before would be forgotten)."""
     return clock.monotonic() - g.mem.started < g.config.etcd.ttl
 
 
-def start_racing(g: Governor) -> Optional[str]:
+def start_racing(g: NodeHost) -> Optional[str]:
     """Called before this member takes the leader lock: from now until its next pass it promises
     nothing. Returns the leader it promised meanwhile, if any (then it must not take the lock)."""
     with promise_lock:
@@ -59,7 +59,7 @@ def start_racing(g: Governor) -> Optional[str]:
 # --------------------------------------------------------------------------- the leader's round
 
 
-def ask_members(g: Governor) -> Optional[float]:
+def ask_members(g: NodeHost) -> Optional[float]:
     """Ask every member on the failsafe list; the round's send time (monotonic) when every one of
     them vouched, None otherwise (the reasons logged once)."""
     times = failsafe.timing(g.config.etcd.ttl, g.config.loop_wait, g.config.retry_timeout)
@@ -82,7 +82,7 @@ def ask_members(g: Governor) -> Optional[float]:
 # --------------------------------------------------------------------------- a member's answer
 
 
-def answer(g: Governor, body: dict) -> Tuple[int, dict]:
+def answer(g: NodeHost, body: dict) -> Tuple[int, dict]:
     """POST /failsafe: vouch for the leader asking, or say why not (409)."""
     leader, sysid = body.get("leader"), body.get("sysid")
     if not isinstance(leader, str) or not valid_member_name(leader) or not isinstance(sysid, (str, type(None))):
@@ -99,7 +99,7 @@ def answer(g: Governor, body: dict) -> Tuple[int, dict]:
     return 200, {"name": g.name, "vouched_for": leader, "seconds": g.config.etcd.ttl}
 
 
-def _doubt(g: Governor, leader: str, sysid: Optional[str]) -> Optional[str]:
+def _doubt(g: NodeHost, leader: str, sysid: Optional[str]) -> Optional[str]:
     state = g.server_state
     if not g.config.failsafe_mode:
         return "failsafe_mode is off on this member"

@@ -67,6 +67,7 @@ class Node:
     cut_until: float = 0.0
     slow_until: float = 0.0              # its passes pause between decision and actions
     paused: Optional[PausedPass] = None
+    last_case: str = ""                  # the decision of its last pass (the trace shows changes)
     supervisor: Supervisor = field(default_factory=Supervisor)
 
     def alive(self, now: float) -> bool:

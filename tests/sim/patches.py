@@ -10,7 +10,7 @@ from typing import Callable, Dict
 import pytest
 
 from governor import daemon, ha, standby, vouch
-from governor.actions import roles
+from governor.actions import lock, roles
 from governor.dcs.etcd3 import Etcd3
 from governor.lockfence import LockFence
 from tests.sim import node as live
@@ -94,6 +94,12 @@ def promotion_without_reread(mp: pytest.MonkeyPatch) -> None:
     """A promotion decided before demote-cluster, carried out after it, does not read the setting again
     (run with wait_decision=False: the operator waits for the leader's role alone)."""
     mp.setattr(roles, "standby", SimpleNamespace(of=lambda cluster: (False, None)))
+
+
+def no_recheck_after_acquire(mp: pytest.MonkeyPatch) -> None:
+    """A promotion does not re-read the positions once it holds the lock (the fix of a stale promotion
+    by a slow host that the first simulator found at schedule 6,869)."""
+    mp.setattr(lock, "_still_eligible", lambda g, seen: None)
 
 
 BROKEN: Dict[str, tuple] = {

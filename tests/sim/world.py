@@ -258,6 +258,10 @@ class World(Faults, Replication):
             g.watching = g.dcs        # the sleep starts the watch (modelled by _etcd_changed)
         node.next_pass = self.now + node.elapsed + max(delay, 0.0)
         node.last_poll = self.now
+        case = g.board.get().decision
+        if case != node.last_case:
+            node.last_case = case
+            self.note(f"{node.name}: {case}")
 
     def _due(self, node: Node) -> bool:
         """Whether the member's sleep ends now: its time is up, its watch woke it, or its local poll
