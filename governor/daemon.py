@@ -224,7 +224,7 @@ class Governor:
         """Loop: report what became of an operator's request, then forget it."""
         with self._request_lock:
             self._request = None
-        if decision.case not in ("restart_requested", "reinitialize_requested"):
+        if decision.serves != request.kind:
             request.finish(412, {"error": f"{request.kind} not possible now: {decision.summary}"})
         elif not ok:
             request.finish(500, {"error": self.mem.last_error or f"{request.kind} failed"})
@@ -303,7 +303,7 @@ class Governor:
                 and local.running and local.role == "replica":
             local = replace(local, **race_facts(self, self.cluster, local.sysid))
         decision = decide(self.cluster, local)
-        if self.mem.failsafe_since is not None and decision.case != "failsafe_keep_primary":
+        if self.mem.failsafe_since is not None and not decision.holds_on_promises:
             log.warning("failsafe: ended after %.0fs (%s)", clock.monotonic() - self.mem.failsafe_since, decision.case)
             self.mem.failsafe_since = None
         self.once("decision", decision.summary)

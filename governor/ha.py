@@ -257,14 +257,14 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
         return Decision("restart_requested", "restart requested by the operator: restarting PostgreSQL"
                         + (" in place, keeping the leader lock" if leader_name == me else ""),
                         (Action.RENEW_LOCK, Action.RESTART) if leader_name == me else (Action.RESTART,),
-                        leader=leader_name, remote=remote)
+                        leader=leader_name, remote=remote, serves="restart")
     due = scheduled_restart(cluster, local, leader_name)
     if due is not None:
         return replace(due, remote=remote)
     if local.request == "reinitialize" and leader_name and leader_name != me and cluster.initialized:
         return Decision("reinitialize_requested",
                         f"re-initialization requested by the operator: removing {local.data_dir} to clone "
-                        f"{leader_name} afresh", (Action.REINITIALIZE,), leader=leader_name)
+                        f"{leader_name} afresh", (Action.REINITIALIZE,), leader=leader_name, serves="reinitialize")
     if cluster.paused:
         if leader_name == me:
             # Synchronous standbys are still managed: a standby stopped for maintenance must not

@@ -94,10 +94,17 @@ class Decision:
     source: Optional[str] = None    # clone: a replica tagged clonefrom to copy instead of the leader
     remote: Optional[Tuple[Any, ...]] = None  # standby cluster: the primary cluster's standby.Upstream,
     # followed (cloned, rewound against) instead of a member; its lock guards no writable server
+    failover: bool = False          # a promotion won in a race for a lock nobody held (counted as failover)
+    serves: Optional[str] = None    # the operator's request it carries out: "restart" or "reinitialize"
 
     @property
     def summary(self) -> str:
         return f"{self.case}: {self.message}"
+
+    @property
+    def holds_on_promises(self) -> bool:
+        """Failsafe: this primary stays one on its members' promises."""
+        return Action.FAILSAFE_HOLD in self.actions
 
 
 def common_position(timeline: Optional[int], lsn: Optional[int], history: Tuple[Dict[str, Any], ...]) -> Optional[int]:

@@ -135,4 +135,4 @@ def decide_race(cluster: Cluster, local: LocalState, switchover: Optional[Switch
                     f"{running} of "
                     f"{len(others) + unreachable} other members reachable and running"
                     + (f"; {describe_sync(sync)}, this member has every acknowledged commit)" if promised else ")"),
-                    (Action.ACQUIRE_LOCK, Action.PROMOTE, Action.ENSURE_SLOTS))
+                    (Action.ACQUIRE_LOCK, Action.PROMOTE, Action.ENSURE_SLOTS), failover=True)

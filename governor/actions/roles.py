@@ -57,7 +57,7 @@ def promote(g: ActionHost, decision: Decision, local: LocalState) -> None:
             log.warning("could not clear the switchover request (it expires by itself): %s", exc)
     if g.metrics:
         g.metrics.promotions.inc()
-        if decision.case == "leader_race":
+        if decision.failover:
             g.metrics.failovers.inc()
     record_promotion(g, state.timeline, local.lsn, decision)
     # The control file only shows the new timeline after a checkpoint; pg_rewind on the old

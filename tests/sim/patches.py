@@ -9,11 +9,12 @@ from typing import Callable, Dict
 
 import pytest
 
-from governor import daemon, ha, standby, vouch
+from governor import daemon, ha, race, standby, vouch
 from governor.actions import lock, roles
+from governor.daemon import Governor
 from governor.dcs.etcd3 import Etcd3
 from governor.lockfence import LockFence
-from tests.sim import node as live
+from tests.sim import node
 from tests.sim.etcd import b64
 
 Patch = Callable[[pytest.MonkeyPatch], None]
@@ -45,7 +46,7 @@ def no_expiry_demotion(mp: pytest.MonkeyPatch) -> None:
 def no_fence(mp: pytest.MonkeyPatch) -> None:
     """Neither the lock fence thread nor the supervising parent stops PostgreSQL."""
     mp.setattr(LockFence, "due", lambda self: None)
-    mp.setattr(live.Supervisor, "__call__", lambda self, deadline: None)
+    mp.setattr(node.Supervisor, "__call__", lambda self, deadline: None)
 
 
 def no_fence_no_demotion(mp: pytest.MonkeyPatch) -> None:
@@ -100,6 +101,21 @@ def no_recheck_after_acquire(mp: pytest.MonkeyPatch) -> None:
     """A promotion does not re-read the positions once it holds the lock (the fix of a stale promotion
     by a slow host that the first simulator found at schedule 6,869)."""
     mp.setattr(lock, "_still_eligible", lambda g, seen: None)
+
+
+def fence_dropped_with_the_lock(mp: pytest.MonkeyPatch) -> None:
+    """A leader that loses its lock (a failed renewal, another holder seen) disarms its lock fence even
+    while PostgreSQL is still primary (the hole the first simulator found in failsafe mode)."""
+    real = Governor.lock_lost
+    mp.setattr(Governor, "lock_lost", lambda self, keep_fence=False: real(self, False))
+
+
+def switchover_candidate_on_the_lag_rule(mp: pytest.MonkeyPatch) -> None:
+    """In synchronous mode, a switchover candidate whose leader did not hand over cleanly is trusted on
+    the lag rule instead of the promise (found by the first simulator)."""
+    real = race._candidate_caught_up
+    mp.setattr(race, "_candidate_caught_up",
+               lambda cluster, switchover, local: real(replace(cluster, sync=None), switchover, local))
 
 
 BROKEN: Dict[str, tuple] = {
