@@ -22,7 +22,8 @@ from governor.config import Config
 from governor.controls import Controls
 from governor.dcs import DCS, DCSError, from_config, short_error
 from governor.ha import Action, Decision, LocalState, decide
-from governor.lockfence import LockFence, stop_postmaster_now
+from governor.leaderlock import LeaderLock
+from governor.lockfence import LockFence
 from governor.memory import NodeMemory, timer
 from governor.metrics import Metrics
 from governor.observe import observe_dcs, observe_local, race_facts, remember_leader, settled
@@ -96,6 +97,7 @@ class Governor:
         self.supervisor: Optional[int] = getattr(report, "parent", None)
         self.fence = LockFence(self.pg.data_dir, config.etcd.ttl, on_fire=self._fenced, report=report)
         self.watchdog = Watchdog(config.watchdog.mode, config.watchdog.device)
+        self.lock = LeaderLock(self)     # our hold on the leader lock; the fence and watchdog follow it
         self.callbacks = Runner(self.name, lambda: self.config.etcd.scope, lambda: self.pg.data_dir,
                                 failed=self._callback_failed, address=lambda: (self.pg.connect_host, self.pg.port))
 
@@ -176,39 +178,6 @@ class Governor:
         self.mem.settle(clock.monotonic())
         self.controller.start(self.pg.start_timeout, wait=standby_of is None)
 
-    def lock_lost(self, keep_fence: bool = False) -> None:
-        """The lock is no longer ours. `keep_fence`: PostgreSQL may still be primary (a demotion is
-        about to stop it), so the lock fence stays armed with the old deadline until it has."""
-        self.mem.holds_lock = False
-        self.mem.roles_checked = False
-        self.syncrep.reset()
-        if not keep_fence:
-            self.unfence()
-
-    def unfence(self) -> None:
-        """PostgreSQL is no longer primary under our lock: the lock fence and watchdog stand down."""
-        self.fence.disarm()
-        self.watchdog.disarm()
-
-    def lock_taken(self, sent: float, fence: bool = True) -> None:
-        """`fence` False: a standby cluster's lock, which guards no writable server; the lock fence
-        and watchdog stand down rather than stop a standby when the lock lapses."""
-        # etcd starts the TTL when it applies the write, which is after we sent it: counting from
-        # the send time errs on the safe side.
-        self.mem.holds_lock = True
-        self.mem.lock_deadline = self.dcs.lock_expires(sent, self.config.etcd.ttl)
-        if not fence:
-            self.unfence()
-            return
-        self.fence.arm(self.mem.lock_deadline)
-        if not self.watchdog.keepalive(self.mem.lock_deadline, max(0.5, self.fence.margin / 4)):
-            # watchdog.mode required and the device cannot be armed: no leading without it.
-            if self.server_state is not None and self.server_state.role == "primary":
-                stop_postmaster_now(self.pg.data_dir)
-                log.error("stopped PostgreSQL: it must not stay primary without the watchdog")
-            self.give_up_lock()
-            raise ActionFailed(f"watchdog.mode is required and {self.config.watchdog.device} cannot be armed")
-
     def submit_request(self, kind: str, timeout: float) -> tuple:
         """API thread: hand a restart/reinitialize to the loop and wait for its outcome."""
         with self._request_lock:
@@ -240,27 +209,7 @@ class Governor:
         self.server_state = state
         publish.publish_status(self, local, decision)
 
-    def give_up_lock(self) -> None:
-        try:
-            if self.dcs.release_leader(self.name):
-                log.info("released the leader lock")
-        except DCSError as exc:
-            log.warning("could not release the leader lock (%s); it expires after ttl", exc)
-        self.lock_lost()
-
     # ------------------------------------------------------------------ loop
-
-    def lock_left(self) -> Optional[float]:
-        """Seconds before our lock expires, as this member knows it; None when it holds none."""
-        if not self.mem.holds_lock or self.mem.lock_deadline is None:
-            return None
-        return self.mem.lock_deadline - clock.monotonic()
-
-    def lock_too_close_to_expiry(self) -> bool:
-        """After a failed etcd call, no new call is started that could outlast our lock: the pass
-        goes on without a snapshot and decide() demotes (lock_expiring_demote)."""
-        left = self.lock_left()
-        return self.mem.dcs_failed and left is not None and left <= self.config.retry_timeout + 1
 
     def _starting_for(self, local: LocalState) -> Optional[float]:
         """Holding the lock: since when PostgreSQL has not been up (memory for decide())."""
@@ -274,7 +223,7 @@ class Governor:
         # Cleared here, before etcd is read, not when the pass sleeps: a change reported while the
         # pass runs (the lock it took, an operator's request) is news to it and runs the next.
         self.wake.clear()
-        if self.lock_too_close_to_expiry():
+        if self.lock.too_close_to_expiry():
             self.once("dcs", "etcd did not answer and the leader lock expires in less than retry_timeout: "
                              "not waiting for etcd again", logging.WARNING)
             self.cluster = None
@@ -291,7 +240,7 @@ class Governor:
         self.mem.racing = False
         self.mem.sysid = local.sysid or self.mem.sysid
         local = replace(local, now=clock.wall(), request=request.kind if request else None,
-                        lock_left=self.lock_left(), starting_for=self._starting_for(local),
+                        lock_left=self.lock.left(), starting_for=self._starting_for(local),
                         failsafe_mode=self.config.failsafe_mode, failsafe_promise=vouch.promised_to(self),
                         failsafe_fresh=vouch.fresh(self),
                         pre_promote_vetoed=self.mem.pre_promote_refused(),
@@ -309,7 +258,7 @@ class Governor:
         self.once("decision", decision.summary)
         log.debug("decision %s", decision.summary)
         if self.cluster is not None and self.cluster.leader and self.cluster.leader.name != self.name:
-            self.lock_lost(keep_fence=local.role == "primary")     # demoted in this pass; fenced meanwhile
+            self.lock.lost(keep_fence=local.role == "primary")     # demoted in this pass; fenced meanwhile
         if self.cluster is not None and set(decision.actions) - STEADY_ACTIONS:
             # Before a long action: the leader creates our replication slot only for a member it
             # sees in etcd, and a member key may have expired while this process was stopped.
@@ -344,7 +293,7 @@ class Governor:
         read may only take what leaves the members' round its time before the lock fence fires
         (and, once on promises, what failsafe.timing gives it); with less left it is skipped."""
         times = failsafe.timing(self.config.etcd.ttl, self.config.loop_wait, self.config.retry_timeout)
-        left = self.lock_left()
+        left = self.lock.left()
         if not (self.config.failsafe_mode and self.mem.dcs_failed) or times is None or left is None:
             return observe_dcs(self)
         budget = min(self.config.retry_timeout if self.mem.failsafe_since is None else times[1],

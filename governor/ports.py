@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from governor.cluster import Cluster
     from governor.controls import Controls
     from governor.ha import Decision, LocalState
+    from governor.leaderlock import LeaderLock
     from governor.lockfence import LockFence
     from governor.metrics import Metrics
     from governor.peers import Peers
@@ -45,6 +46,7 @@ class ActionHost(Protocol):
     disk: DataDirectory
     peers: Peers
     fence: LockFence
+    lock: LeaderLock
     watchdog: Watchdog
     syncrep: SyncManager
     notify: Notifier
@@ -52,8 +54,6 @@ class ActionHost(Protocol):
     callbacks: Runner
     once: OnChange
     stopping: threading.Event
-
-    def lock_left(self) -> Optional[float]: ...
 
     def slot_sync_database(self) -> Optional[str]: ...
 
@@ -67,15 +67,7 @@ class ActionHost(Protocol):
 
     def start_postgres(self, standby_of: Optional[tuple]) -> None: ...
 
-    def lock_taken(self, sent: float, fence: bool = True) -> None: ...
-
-    def lock_lost(self, keep_fence: bool = False) -> None: ...
-
-    def give_up_lock(self) -> None: ...
-
     def announce(self, local: LocalState, decision: Decision, state: Optional[ServerState]) -> None: ...
-
-    def unfence(self) -> None: ...
 
     def data_replaced(self) -> None: ...
 

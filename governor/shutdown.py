@@ -27,7 +27,7 @@ def before_stop(g: ActionHost, role: Optional[str]) -> None:
     """The before_stop callback, waited for within its timeout and, while this member holds the
     lock (PostgreSQL may be a writable primary), within what the lock leaves before the fence
     would act: nothing renews the lock meanwhile. Its exit status changes nothing."""
-    left = g.lock_left()
+    left = g.lock.left()
     limit = g.config.callbacks.timeout if left is None else left - g.fence.margin - g.config.retry_timeout
     if limit >= 0.5:
         g.callbacks.wait(g.config.callbacks, "before_stop", role or "replica", limit)
@@ -83,7 +83,7 @@ def shutdown(g: NodeHost) -> None:
             g.syncrep.hand_over(cluster, streamed)
         except DCSError as exc:
             log.warning("could not update the sync key: %s", exc)
-        g.give_up_lock()
+        g.lock.give_up()
     try:
         if g.mem.name_is_ours:     # never the key of another governor that uses our name
             g.dcs.delete_member(g.name)

@@ -23,7 +23,7 @@ def acquire_lock(g: ActionHost, decision: Decision, local: LocalState) -> None:
     if not g.dcs.acquire_leader(g.name):
         raise ActionFailed("another member took the leader lock first")
     g.mem.published_lsn = None     # publish our position as the new leader's, even if unchanged
-    g.lock_taken(sent, fence=decision.remote is None)
+    g.lock.taken(sent, fence=decision.remote is None)
     log.info("acquired the leader lock%s", " (standby leader)" if decision.remote is not None else "")
     if Action.PROMOTE in decision.actions and g.cluster is not None:
         _still_eligible(g, g.cluster)
@@ -37,7 +37,7 @@ def _still_eligible(g: ActionHost, seen: Cluster) -> None:
     fresh = g.dcs.get_cluster()
     if (fresh.leader_lsn, fresh.history, fresh.sync) != (seen.leader_lsn, seen.history, seen.sync) \
             or standby.of(fresh) != standby.of(seen):
-        g.give_up_lock()
+        g.lock.give_up()
         raise ActionFailed("the leader position, history or standby_cluster setting changed between the decision "
                            "and taking the lock; released it to decide again")
 
@@ -48,9 +48,9 @@ def renew_lock(g: ActionHost, decision: Decision, local: LocalState) -> None:
         # PostgreSQL is still primary: its fence keeps the deadline it has (the lock's, or the
         # failsafe promises'), so it cannot outlive what binds the others if this member is slow
         # to take the lock back or to demote.
-        g.lock_lost(keep_fence=local.role == "primary")
+        g.lock.lost(keep_fence=local.role == "primary")
         raise ActionFailed("the leader lock is no longer ours")
-    g.lock_taken(sent, fence=decision.remote is None)
+    g.lock.taken(sent, fence=decision.remote is None)
 
 
 def release_lock(g: ActionHost, decision: Decision, local: LocalState) -> None:
@@ -58,5 +58,5 @@ def release_lock(g: ActionHost, decision: Decision, local: LocalState) -> None:
     try:
         g.controller.stop("immediate")
     finally:
-        g.give_up_lock()
+        g.lock.give_up()
         g.mem.leader_start_since = None

@@ -71,7 +71,7 @@ def pre_promote(g: ActionHost) -> None:
     ttl; success renews the lock, so the promotion starts with all of it."""
     if g.config.callbacks.command("pre_promote") is None:
         return
-    left = g.lock_left()
+    left = g.lock.left()
     limit = (left if left is not None else g.config.etcd.ttl) - g.config.retry_timeout - 1
     if limit < 1:
         raise ActionFailed("no time left under the lock for the pre_promote callback; renewing first")
@@ -84,14 +84,14 @@ def pre_promote(g: ActionHost) -> None:
                 g.dcs.clear_switchover()
             except DCSError as exc:
                 log.warning("could not clear the switchover request (it expires by itself): %s", exc)
-        g.give_up_lock()
+        g.lock.give_up()
         raise ActionFailed(f"the pre_promote callback {'exited ' + str(code) if code else 'did not finish'}: not "
                            f"promoting; gave the lock back and will not race for {g.config.etcd.ttl}s")
     sent = clock.monotonic()
     if not g.dcs.renew_leader(g.name):
-        g.lock_lost()
+        g.lock.lost()
         raise ActionFailed("the leader lock was lost while the pre_promote callback ran")
-    g.lock_taken(sent)
+    g.lock.taken(sent)
 
 
 def record_promotion(g: ActionHost, timeline: Optional[int], lsn: Optional[int], decision: Decision) -> None:
@@ -110,7 +110,7 @@ def demote(g: ActionHost, decision: Decision, local: LocalState) -> None:
     log.warning("demoting: %s", decision.message)
     if g.metrics:
         g.metrics.demotions.inc()
-    g.lock_lost(keep_fence=True)
+    g.lock.lost(keep_fence=True)
     g.mem.rewind_pending = True
     # A fast shutdown waits until the standbys received all WAL: that may be what can no longer
     # be reached. It gets until the lock fence's moment at most, then stops hard.
@@ -125,7 +125,7 @@ def demote(g: ActionHost, decision: Decision, local: LocalState) -> None:
     except ControllerError as exc:
         log.error("fast shutdown did not finish (%s); stopping PostgreSQL immediately", exc)
         g.controller.stop("immediate")
-    g.unfence()
+    g.lock.stand_down()
     g.announce(replace(local, running=False, role=None), decision, None)
     log.info("demoted: PostgreSQL stopped%s", f"; next: pg_rewind against {decision.leader}"
              if decision.leader else "")
@@ -144,7 +144,7 @@ def step_down(g: ActionHost, decision: Decision, local: LocalState) -> None:
         g.syncrep.hand_over(g.cluster, streamed)
     except DCSError as exc:
         log.warning("switchover: could not update the sync key: %s", exc)
-    g.give_up_lock()
+    g.lock.give_up()
     g.announce(replace(local, running=False, role=None), decision, None)
     log.info("switchover: PostgreSQL stopped and lock released for %s", decision.leader)
 

@@ -55,7 +55,7 @@ def bootstrap(g: ActionHost, decision: Decision, local: LocalState) -> None:
         if not g.dcs.acquire_leader(g.name):
             raise ActionFailed("a leader lock exists although the cluster was never initialized; "
                                "remove the stale keys of this scope")
-        g.lock_taken(sent)
+        g.lock.taken(sent)
         g.mem.settle(clock.monotonic())      # the next pass (slots for the members already waiting) at once
         if restore is None:
             g.controller.start(g.pg.start_timeout)
@@ -94,7 +94,7 @@ def bootstrap_standby(g: ActionHost, decision: Decision) -> None:
         if not g.dcs.acquire_leader(g.name):
             raise ActionFailed("a leader lock exists although the cluster was never initialized; "
                                "remove the stale keys of this scope")
-        g.lock_taken(sent, fence=False)
+        g.lock.taken(sent, fence=False)
         g.start_postgres(standby_of=decision.remote)
         sysid = g.disk.controldata().sysid
         publish.publish(g, observe_local(g))
@@ -114,7 +114,7 @@ def undo_bootstrap(g: ActionHost) -> None:
     except ControllerError as exc:
         log.error("bootstrap: could not stop PostgreSQL: %s", exc)
     if g.mem.holds_lock:
-        g.give_up_lock()
+        g.lock.give_up()
     if g.disk.exists() and g.disk.kind() != datadir.EMPTY:
         # initdb may have failed half-way too: whatever it left is ours and must go, or it
         # would be offered as the cluster's data on the next pass (initialize_from_existing).
@@ -250,7 +250,7 @@ def recover_under_lock(g: ActionHost) -> None:
             sent = clock.monotonic()
             if not g.dcs.renew_leader(g.name):
                 raise ActionFailed("lost the leader lock while recovering the restored backup")
-            g.lock_taken(sent)
+            g.lock.taken(sent)
     for name in RECOVERY_SETTINGS:
         g.server.query(f"ALTER SYSTEM RESET {name}")
     g.server.query("SELECT pg_reload_conf()")

@@ -11,8 +11,8 @@ import pytest
 
 from governor import daemon, ha, race, standby, vouch
 from governor.actions import lock, roles
-from governor.daemon import Governor
 from governor.dcs.etcd3 import Etcd3
+from governor.leaderlock import LeaderLock
 from governor.lockfence import LockFence
 from tests.sim import node
 from tests.sim.etcd import b64
@@ -106,8 +106,8 @@ def no_recheck_after_acquire(mp: pytest.MonkeyPatch) -> None:
 def fence_dropped_with_the_lock(mp: pytest.MonkeyPatch) -> None:
     """A leader that loses its lock (a failed renewal, another holder seen) disarms its lock fence even
     while PostgreSQL is still primary (the hole the first simulator found in failsafe mode)."""
-    real = Governor.lock_lost
-    mp.setattr(Governor, "lock_lost", lambda self, keep_fence=False: real(self, False))
+    real = LeaderLock.lost
+    mp.setattr(LeaderLock, "lost", lambda self, keep_fence=False: real(self, False))
 
 
 def switchover_candidate_on_the_lag_rule(mp: pytest.MonkeyPatch) -> None:
