@@ -20,10 +20,11 @@ from tests.sim.world import Violation, World
 SCENARIOS = sorted((pathlib.Path(__file__).parent / "sim" / "scenarios").glob("*.txt"))
 
 
-def parse(path: pathlib.Path) -> Tuple[str, dict, List[tuple], str, List[str]]:
-    """(description, World arguments, faults, the patch that undoes the fix, golden trace)."""
+def parse(path: pathlib.Path) -> Tuple[str, dict, List[tuple], Tuple[str, str], List[str]]:
+    """(description, World arguments, faults, (the patch that undoes the fix, the invariant it then
+    breaks), golden trace)."""
     head, _, trace = path.read_text().partition("\n----\n")
-    description, args, faults, undo = [], {}, [], ""
+    description, args, faults, undo = [], {}, [], ("", "")
     for line in head.splitlines():
         if line.startswith("#"):
             description.append(line[1:].strip())
@@ -31,7 +32,7 @@ def parse(path: pathlib.Path) -> Tuple[str, dict, List[tuple], str, List[str]]:
             when, kind, who, length = line.split()[1:]
             faults.append((float(when), kind, who, float(length)))
         elif line.startswith("undo "):
-            undo = line.split()[1]
+            undo = (line.split()[1], line.split()[3])     # undo PATCH breaks INVARIANT
         elif line.strip():
             key, _, value = line.partition(":")
             args[key.strip()] = ast.literal_eval(value.strip())
@@ -57,8 +58,8 @@ def test_the_scenario_gives_its_golden_trace(path):
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 def test_the_scenario_fails_with_its_fix_undone(path):
-    description, args, faults, undo, _golden = parse(path)
+    description, args, faults, (undo, invariant), _golden = parse(path)
     with pytest.MonkeyPatch.context() as mp:
         getattr(patches, undo)(mp)
-        with pytest.raises(Violation):
+        with pytest.raises(Violation, match=invariant):
             run(args, faults)

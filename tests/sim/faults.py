@@ -74,9 +74,10 @@ class Faults:
                 continue
             if kind == "switchover":
                 others = [n for n in self.nodes if n != holder]
+                candidate = who if who in others else self.rng.choice(others)
                 if holder:
-                    self.ctl.request_switchover({"leader": holder, "candidate": self.rng.choice(others)})
-                self.note(f"switchover requested from {holder}")
+                    self.ctl.request_switchover({"leader": holder, "candidate": candidate})
+                self.note(f"switchover requested from {holder} to {candidate}")
                 continue
             if kind == "pause":
                 self.ctl.set_paused(True)

@@ -117,8 +117,11 @@ class SimServer:
                            f"{pg.upstream}:5432" if streaming else None)
 
     def promote(self, timeout: float = 60, poll: float = 0.01) -> bool:
+        """pg_promote(); one time in ten it does not finish in time (the server stays a standby)."""
         pg = self._up()
         if pg.in_recovery:
+            if self.world.rng.random() < 0.1:
+                return False
             self.world.promoted(pg.name)
         return True
 
