@@ -101,6 +101,8 @@ class Faults:
                 node.g = None
             elif kind == "freeze":
                 node.frozen_until = max(node.frozen_until, self.now + length)
+            elif kind == "promote_fails":      # only in hand-written scenarios
+                node.pg.promote_fails_until = max(node.pg.promote_fails_until, self.now + length)
             elif kind == "slow":
                 node.slow_until = max(node.slow_until, self.now + length)
             elif kind == "cut":

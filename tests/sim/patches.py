@@ -130,6 +130,4 @@ BROKEN: Dict[str, tuple] = {
                                                               {"failsafe_mode": True}),
     "standby cluster: the standby_cluster setting ignored": (standby_setting_ignored, "standby_writer",
                                                              {"standby": True}),
-    "standby cluster: demote-cluster --wait on the role alone, and a promotion decided before it carried out":
-        (promotion_without_reread, "standby_writer", {"standby": True, "wait_decision": False}),
 }

@@ -50,6 +50,7 @@ class Pg:
     slots: Dict[str, int] = field(default_factory=dict)
     stamp: int = 0                              # changes with pg_control
     empty: bool = False                         # the data directory was emptied (reinitialize, a failed rewind)
+    promote_fails_until: float = 0.0            # pg_promote() does not finish in time (a fault)
 
     @property
     def lsn(self) -> int:
@@ -120,7 +121,7 @@ class SimServer:
         """pg_promote(); one time in ten it does not finish in time (the server stays a standby)."""
         pg = self._up()
         if pg.in_recovery:
-            if self.world.rng.random() < 0.1:
+            if self.world.rng.random() < 0.1 or self.world.now < pg.promote_fails_until:
                 return False
             self.world.promoted(pg.name)
         return True
