@@ -127,14 +127,20 @@ class SimPeers:
     def vouch(self, members: Dict[str, str], leader: str, sysid: Optional[str], api: object,
               timeout: float) -> List[str]:
         from governor import vouch
+        asker = self.world.nodes[self.me]
         refused = []
         for name in members:
             node = self._answering(name)
             if node is None:
                 refused.append(f"{name}: no answer within {timeout:g}s")
                 continue
+            # The request arrives when the asker sends it: its pass may already have spent time
+            # (etcd timeouts) that the world has not; the promise counts from then.
+            node.elapsed = asker.elapsed
             with self.world.running(node):
                 code, body = vouch.answer(node.g, {"leader": leader, "sysid": sysid})
             if code != 200:
                 refused.append(f"{name}: answered {code}")
+        if any("no answer" in r for r in refused):
+            asker.elapsed += timeout          # the round waited for the silent ones
         return refused
