@@ -127,7 +127,7 @@ class SyncManager:
                 and clock.monotonic() - self.promoted_at < self.grace:
             target = applied    # just promoted: the standbys are still reconnecting
         if self.names is None or not _same(applied, target):
-            needed = sync.widened(*(s for s in (ours, applied, target) if s is not None))
+            needed = promise_for_change(ours, applied, target)
             if ours is None or not _same(ours, needed):
                 self._write_promise(cluster, needed)      # step 1: the promise first
             self._apply(target)                           # step 2: then PostgreSQL
@@ -214,6 +214,17 @@ class SyncManager:
             return [s.name for s in self.connected() if s.streaming]
         except Exception:  # noqa: BLE001 - best effort before a shutdown
             return []
+
+
+def promise_for_change(ours: Optional[SyncState], applied: SyncState, target: SyncState) -> SyncState:
+    """Step 1's promise for a change from `applied` to `target`. Towards a synchronous target, an
+    asynchronous promise or setting (degraded mode) is left out: it promised nothing, and the
+    commits PostgreSQL acknowledges once it waits for the target's standbys must be covered from
+    the first one on (widening with quorum 0 would keep the promise asynchronous until step 3)."""
+    states = [s for s in (ours, applied, target) if s is not None]
+    if target.synchronous:
+        states = [s for s in states if s.synchronous]
+    return sync.widened(*states)
 
 
 def _same(a: SyncState, b: SyncState) -> bool:

@@ -9,7 +9,7 @@ from typing import Callable, Dict
 
 import pytest
 
-from governor import daemon, ha, race, standby, vouch
+from governor import daemon, ha, race, standby, sync, syncrep, vouch
 from governor.actions import lock, roles
 from governor.dcs.etcd3 import Etcd3
 from governor.leaderlock import LeaderLock
@@ -116,6 +116,13 @@ def switchover_candidate_on_the_lag_rule(mp: pytest.MonkeyPatch) -> None:
     real = race._candidate_caught_up
     mp.setattr(race, "_candidate_caught_up",
                lambda cluster, switchover, local: real(replace(cluster, sync=None), switchover, local))
+
+
+def async_widens_the_promise(mp: pytest.MonkeyPatch) -> None:
+    """Leaving degraded mode, the promise is widened with the asynchronous one (quorum 0): it stays
+    asynchronous while PostgreSQL already waits for the new standbys (found by this simulator)."""
+    mp.setattr(syncrep, "promise_for_change",
+               lambda ours, applied, target: sync.widened(*(s for s in (ours, applied, target) if s is not None)))
 
 
 BROKEN: Dict[str, tuple] = {
