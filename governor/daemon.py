@@ -4,7 +4,6 @@ Observing is observe.py, the decision ha.py, the executors actions/, publishing 
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import threading
 from dataclasses import replace
@@ -12,7 +11,7 @@ from typing import Callable, Optional, TypeVar
 
 import psycopg2
 
-from governor import __version__, clock, failsafe, publish, reconfigure, shutdown, vouch
+from governor import __version__, clock, failsafe, publish, reconfigure, shutdown, sleeping, vouch
 from governor.actions import EXECUTORS, ActionFailed
 from governor.api import ApiServer
 from governor.backoff import Backoff
@@ -26,7 +25,7 @@ from governor.leaderlock import LeaderLock
 from governor.lockfence import LockFence
 from governor.memory import NodeMemory, timer
 from governor.metrics import Metrics
-from governor.observe import observe_dcs, observe_local, race_facts, remember_leader, settled
+from governor.observe import observe_dcs, observe_local, race_facts, remember_leader
 from governor.peers import Peers
 from governor.postgres import bootstrap
 from governor.postgres.catalogue import catalogue
@@ -46,10 +45,6 @@ log = logging.getLogger("governor")
 
 
 T = TypeVar("T")
-MAX_SLEEP = 300.0      # no sleep of the loop lasts longer, whatever a setting says
-SETTLE_POLL = 0.1      # how often a PostgreSQL that was just (re)started is looked at until it streams
-SETTLE_MAX = 60.0      # ... and for how long at most
-SYNC_POLL = 1.0        # how often a leader looks at the synchronous standbys its commits wait for
 STEADY_ACTIONS = {Action.RENEW_LOCK, Action.ENSURE_SLOTS, Action.MANAGE_SYNC, Action.FOLLOW,
                   Action.REPLICA_SLOTS}
 
@@ -313,41 +308,7 @@ class Governor:
         return vouch.answer(self, body)
 
     def sleep(self, seconds: float) -> None:
-        seconds = min(seconds, MAX_SLEEP) if math.isfinite(seconds) else MAX_SLEEP
-        if seconds <= 0 or self.stopping.is_set():
-            return
-        deadline = clock.monotonic() + seconds
-        if self.cluster is not None and self.watching is not self.dcs:
-            if self.dcs.keep_watching(self.wake):
-                self.watching = self.dcs
-        while not self.stopping.is_set():
-            poll = self._local_poll()
-            left = deadline - clock.monotonic()
-            if poll is None or left <= 0:
-                break
-            if self.wake.wait(min(poll, left)) or self._local_change():
-                return
-        self.wake.wait(max(0.0, deadline - clock.monotonic()))
-
-    def _local_poll(self) -> Optional[float]:
-        """How often to look at the local PostgreSQL while sleeping; None: not at all.
-        Just started, promoted or re-pointed: every 0.1 s until it streams, so /status and the
-        member key say so at once. A leader whose commits wait for standbys: every second, so a
-        lost synchronous standby is replaced within about a second, not at the next loop."""
-        if self.mem.settling_since is not None:
-            return SETTLE_POLL
-        if self.mem.holds_lock and self.syncrep.watches_standbys():
-            return SYNC_POLL
-        return None
-
-    def _local_change(self) -> bool:
-        """Whether what _local_poll watches has changed: the next pass runs at once."""
-        if self.mem.settling_since is not None:
-            if settled(self) or clock.monotonic() - self.mem.settling_since > SETTLE_MAX:
-                self.mem.settling_since = None
-                return True
-            return False
-        return self.syncrep.standby_lost() or self.syncrep.narrowing_pending()
+        sleeping.sleep(self, seconds)
 
     def request_stop(self, signum: int = signal.SIGTERM, frame: object = None) -> None:
         self.stopping.set()

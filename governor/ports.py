@@ -84,3 +84,5 @@ class NodeHost(ActionHost, Protocol):
     api: Optional[ApiServer]
     controls: Optional[Controls]
     dynamic_index: int
+    watching: Optional[DCS]
+    wake: threading.Event

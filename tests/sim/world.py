@@ -39,7 +39,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from governor import clock, ctl_standby
+from governor import clock, ctl_standby, sleeping
 from governor.daemon import Governor
 from governor.dcs import keys
 from governor.dcs.etcd3 import Etcd3, Unreachable
@@ -269,13 +269,13 @@ class World(Faults, Replication):
         g = node.g
         if self.now + 1e-9 >= node.next_pass or g.wake.is_set():
             return True
-        poll = g._local_poll()
+        poll = sleeping.poll_interval(g)
         if poll is None or self.now - node.last_poll + 1e-9 < poll:
             return False
         node.last_poll = self.now
         node.elapsed = 0.0
         with self.running(node):
-            return g._local_change()
+            return sleeping.local_change(g)
 
     # -------------------------------------------------------------------------------- invariants
 
