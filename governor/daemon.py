@@ -64,7 +64,7 @@ class Governor:
         # Outside systemd the kernel stops a postmaster governor started when governor dies.
         self.controller = controller or make_controller(self.pg, bind=not under_systemd())
         self.server = server or Server(self.pg)
-        self.disk = disk or DataDirectory(self.pg)     # the data directory and the tools that change it
+        self.disk = disk or DataDirectory(lambda: self.pg)     # the data directory and the tools that change it
         self.peers = peers or Peers()                  # the other members' APIs and servers
         self.stopping = threading.Event()
         self.wake = threading.Event()

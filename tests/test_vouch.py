@@ -34,7 +34,7 @@ def node(tmp_path, name: str, role: str = "replica", leader: str = "leader", mod
     mem.last_leader, mem.sysid = leader, sysid
     state = ServerState(role=role, sysid=sysid, timeline=1, lsn=1, replay_lsn=1, receiving_from=None)
     return SimpleNamespace(name=name, config=cfg, mem=mem, server_state=state, once=OnChange(), peers=Peers(),
-                           disk=DataDirectory(cfg.postgresql))
+                           disk=DataDirectory(lambda: cfg.postgresql))
 
 
 def serve(member: SimpleNamespace, delay: float = 0.0) -> ApiServer:

@@ -6,15 +6,19 @@ of its own with the same methods."""
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 from governor.postgres import bootstrap, datadir
 from governor.settings import PostgresConfig
 
 
 class DataDirectory:
-    def __init__(self, pg: PostgresConfig):
-        self.pg = pg
+    def __init__(self, current: Callable[[], PostgresConfig]):
+        self._current = current       # the member's configuration as it is now (a reload replaces it)
+
+    @property
+    def pg(self) -> PostgresConfig:
+        return self._current()
 
     # ------------------------------------------------------------------ reading
 
