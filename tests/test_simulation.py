@@ -12,7 +12,7 @@ from typing import Callable, Optional, Set, Tuple
 
 import pytest
 
-from governor import daemon, ha
+from governor import clock, daemon, ha
 from tests.sim.patches import BROKEN
 from tests.sim.world import Found, World, fails, search
 
@@ -122,3 +122,4 @@ def test_the_same_seed_gives_the_same_run():
         world.run()
         runs.append((world.log, world.write_id, {n: pg.wal for n, pg in world.pgs.items()}))
     assert runs[0] == runs[1]
+    assert abs(clock.monotonic() - time.monotonic()) < 1, "the run leaves the system clock installed"

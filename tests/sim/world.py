@@ -307,6 +307,7 @@ class World(Faults, Replication):
         quiet = logging.getLogger("governor")
         level = quiet.level
         quiet.setLevel(logging.CRITICAL + 1)
+        outer = clock.install(clock.SYSTEM)     # a slow pass's thread leaves its member's clock installed
         try:
             self._run()
         except Violation as exc:
@@ -316,6 +317,7 @@ class World(Faults, Replication):
             quiet.setLevel(level)
             for node in self.nodes.values():
                 self._abandon(node)
+            clock.install(outer)
 
     def _run(self) -> None:
         settled_after = self.last_fault_end + 3 * self.timing.ttl + 5
