@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Optional
@@ -21,15 +20,6 @@ if TYPE_CHECKING:
     from governor.ports import ActionHost
 
 log = logging.getLogger("governor")
-
-
-def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
-    """Whether a TCP connection to host:port opens within `timeout`."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def promote(g: ActionHost, decision: Decision, local: LocalState) -> None:
