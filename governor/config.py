@@ -7,9 +7,9 @@ at once as ``FILE: KEY: what was expected``; nothing is started on a bad config.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from governor import apiauth, bindir, passwords, pgparams, repltls, standby, template_layout
+from governor import apiauth, bindir, cluster_settings, passwords, pgparams, repltls, standby, template_layout
 from governor import archive as archive_mod
 from governor import callbacks as callbacks_mod
 from governor.checker import (  # noqa: F401 - parse_host_port and default_bin_dir are used through config
@@ -25,7 +25,6 @@ from governor.checker import (  # noqa: F401 - parse_host_port and default_bin_d
     secret_check,
 )
 from governor.configfiles import ConfigError, read_raw  # noqa: F401 - read_raw is used through config
-from governor.failsafe import timing_problem
 from governor.postgres.catalogue import catalogue
 from governor.settings import (  # noqa: F401 - re-exported: the configuration's types live in settings
     CONTROL_RE,
@@ -80,23 +79,13 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     raw = template.raw
     c.unknown("", raw, TOP_KEYS)
 
-    loop_wait = c.value("loop_wait", "number", 10, check=bounded("loop_wait"))
-    retry_timeout = c.value("retry_timeout", "number", 10, check=bounded("retry_timeout"))
+    values = _dynamic_settings(c)
     primary_start_timeout = c.value("primary_start_timeout", "number", 30, check=bounded("primary_start_timeout"))
     log_level = c.value("log_level", "str", "INFO",
                         check=lambda v: None if v.upper() in LOG_LEVELS else f"expected one of {', '.join(LOG_LEVELS)}")
 
     log_format = c.value("log_format", "str", "text",
                          check=lambda v: None if v in ("text", "json") else "expected 'text' or 'json'")
-    sync_value = c.get("synchronous_mode")
-    sync_mode = parse_sync_mode(sync_value) if sync_value is not None else "off"
-    if sync_mode is None:
-        c.fail("synchronous_mode", f"expected one of off, on, quorum; got {sync_value!r}")
-        sync_mode = "off"
-    sync_strict = c.value("synchronous_mode_strict", "bool", False)
-    failsafe_mode = c.value("failsafe_mode", "bool", False)
-    sync_count = c.value("synchronous_node_count", "int", 1,
-                         check=lambda v: None if 1 <= v <= 64 else "expected 1 to 64")
     tags = c.section("tags")
     c.unknown("tags", tags, TAG_KEYS)
     for tag in ("nofailover", "noloadbalance", "nosync", "clonefrom"):
@@ -110,8 +99,6 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     etcd_section = c.section("etcd")
     c.unknown("etcd", etcd_section, ETCD_KEYS)
     scope = c.value("etcd.scope", "str", required=True, check=name_check)
-    ttl = c.value("etcd.ttl", "int", 30, check=lambda v: None if 5 <= v <= LIMITS["ttl"]
-                  else f"expected 5 to {LIMITS['ttl']} seconds, got {v}")
     protocol = c.value("etcd.protocol", "str", "http",
                        check=lambda v: None if v in ("http", "https") else "expected 'http' or 'https'")
     host_value = c.value("etcd.host", "hosts", "127.0.0.1:2379")
@@ -133,11 +120,8 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     etcd_api = c.value("etcd.api", "int", 0, check=lambda v: "expected 2 (etcd v2 API) or 3 (etcd v3 API)"
                        if v not in (2, 3) else needs_module(v == 2, "etcd", "python3-etcd"))
 
-    if failsafe_mode and loop_wait and retry_timeout and ttl and timing_problem(ttl, loop_wait, retry_timeout):
-        c.fail("failsafe_mode", timing_problem(ttl, loop_wait, retry_timeout) or "")
-    if loop_wait and retry_timeout and ttl and loop_wait + 2 * retry_timeout > ttl:
-        c.fail("etcd.ttl", f"expected loop_wait + 2 * retry_timeout <= ttl so a primary that loses etcd "
-                           f"demotes before its lock expires; got {loop_wait} + 2 * {retry_timeout} > {ttl}")
+    for name, problem in cluster_settings.rule_problems(values):
+        c.fail(cluster_settings.BY_NAME[name].file_key, problem)
 
     pg = c.section("postgresql")
     c.unknown("postgresql", pg, PG_KEYS)
@@ -185,8 +169,6 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         c.fail("postgresql.bin_dir", wrong_major)
     elif not os.path.exists(os.path.join(bin_dir, "pg_ctl")):
         c.fail("postgresql.bin_dir", f"expected the directory holding pg_ctl and initdb; {bin_dir}/pg_ctl not found")
-    max_lag = c.value("postgresql.maximum_lag_on_failover", "size", 1048576,
-                      check=lambda v: None if v <= SIZE_MAX else f"expected at most {SIZE_MAX} bytes")
 
     repl = c.section("postgresql.replication")
     c.unknown("postgresql.replication", repl, ("username", "password", "password_file", "network", *repltls.KEYS))
@@ -214,7 +196,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         owner = MANAGED_PARAMETERS.get(str(key).lower())
         if owner:
             c.fail(f"postgresql.parameters.{key}", f"set by governor from {owner}; remove it here")
-    if sync_mode != "off" and "synchronous_standby_names" in parameters:
+    if values["synchronous_mode"] != "off" and "synchronous_standby_names" in parameters:
         c.fail("postgresql.parameters.synchronous_standby_names",
                "governor manages it when synchronous_mode is on or quorum; remove it here")
     if str(parameters.get("wal_level", "replica")) == "minimal":
@@ -283,22 +265,19 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     if c.problems:
         raise ConfigError(c.problems)
 
-    return Config(
-        restapi=restapi, metrics=metrics, callbacks=callbacks,
-        loop_wait=loop_wait, retry_timeout=retry_timeout, primary_start_timeout=primary_start_timeout,
-        log_level=log_level.upper(), log_format=log_format,
-        synchronous_mode=sync_mode, synchronous_mode_strict=bool(sync_strict), failsafe_mode=bool(failsafe_mode),
-        synchronous_node_count=sync_count or 1, standby_cluster=standby_seed,
+    return cluster_settings.apply(Config(
+        restapi=restapi, metrics=metrics, callbacks=callbacks, primary_start_timeout=primary_start_timeout,
+        loop_wait=0, retry_timeout=0, log_level=log_level.upper(), log_format=log_format, standby_cluster=standby_seed,
         tags={k: v for k, v in tags.items()},
         source=source,
         warnings=tuple(c.warnings),
         watchdog=WatchdogConfig(mode=watchdog_mode or "automatic", device=watchdog_device or "/dev/watchdog"),
-        etcd=EtcdConfig(scope=scope, ttl=ttl, hosts=tuple(hosts), protocol=protocol,
+        etcd=EtcdConfig(scope=scope, ttl=0, hosts=tuple(hosts), protocol=protocol,
                         cacert=files["cacert"], cert=files["cert"], key=files["key"],
                         username=etcd_user, password=etcd_password, api=etcd_api or 0),
         postgresql=PostgresConfig(
             name=name, listen_host=listen_host, port=port, connect_host=connect_host,
-            data_dir=data_dir, bin_dir=bin_dir, maximum_lag_on_failover=max_lag,
+            data_dir=data_dir, bin_dir=bin_dir, maximum_lag_on_failover=0,
             replication=Credentials(repl_user, repl_password), replication_network=repl_network,
             superuser=Credentials(su_user, su_password), recovery_conf=recovery_conf,
             parameters=parameters, initdb=tuple(initdb), pg_hba=pg_hba, pgpass=pgpass,
@@ -308,7 +287,23 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
             permanent_slots=permanent_slots, logical_slots=logical_slots, systemd_unit=systemd_unit,
             config_dir=os.path.abspath(config_dir) if config_dir else None, archive=archive,
             restore=restore, standby_restore_command=standby_restore, replication_ssl=repl_ssl, hostssl=hostssl),
-    )
+    ), values)
+
+
+def _dynamic_settings(c: Checker) -> Dict[str, Any]:
+    """The file's values of the settings the dynamic configuration may override, by dynamic name
+    (cluster_settings.DYNAMIC: kinds, defaults and bounds are declared there)."""
+    values = {}
+    for s in cluster_settings.DYNAMIC:
+        if s.kind != "sync_mode":
+            values[s.name] = c.value(s.file_key, s.kind, s.default, check=s.check)
+            continue
+        raw = c.get(s.file_key)
+        values[s.name] = s.parse(raw) if raw is not None else s.default
+        if values[s.name] is None:
+            c.fail(s.file_key, s.wrong(repr(raw)))
+            values[s.name] = s.default
+    return values
 
 
 def _logical_slots(c: Checker, physical: Tuple[str, ...]) -> Tuple[Tuple[str, str, str], ...]:

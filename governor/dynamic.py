@@ -2,19 +2,11 @@
 
 `governorctl edit-config` writes them (validated, compare-and-swap); every member lays them over
 its own file configuration each loop. They win over the files, because their point is that all
-members agree. Only the settings below can be dynamic; identity, addresses and credentials stay
-in the files.
-
-    ttl, loop_wait, retry_timeout          seconds (the timing rule is checked on the result)
-    maximum_lag_on_failover                bytes, or a size such as '1MB'
-    synchronous_mode                       off | on | quorum
-    synchronous_mode_strict                true: block writes rather than fall back to asynchronous
-    synchronous_node_count                 how many standbys confirm each commit (at least 1)
-    failsafe_mode                          true: a leader keeps its primary through an etcd outage
-                                           while every member vouches for it (failsafe.py)
-    postgresql.parameters.<name>           PostgreSQL settings for every member
-    standby_cluster                        {host, port, primary_slot_name}: this cluster replicates
-                                           another and has no primary (standby.py)
+members agree. Only these can be dynamic: the scalar settings declared in cluster_settings.DYNAMIC
+(timing, maximum_lag_on_failover, the synchronous and failsafe modes), postgresql.parameters.<name>
+(PostgreSQL settings for every member) and standby_cluster ({host, port, primary_slot_name}: this
+cluster replicates another and has no primary, standby.py). Identity, addresses and credentials
+stay in the files.
 
 Settings that run a program, load code or choose where files are written (pgparams.FILE_ONLY,
 standby_cluster.restore_command) are never dynamic: validate() refuses them, and found in the
@@ -22,32 +14,21 @@ standby_cluster.restore_command) are never dynamic: validate() refuses them, and
 """
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
 
-from governor import failsafe, pgparams, standby
-from governor.settings import LIMITS, MANAGED_PARAMETERS, SIZE_MAX, Config, parse_size, parse_sync_mode
+from governor import cluster_settings, pgparams, standby
+from governor.settings import MANAGED_PARAMETERS, Config, parse_sync_mode
 
 # Per-member PostgreSQL settings a cluster-wide value would break.
 MEMBER_PARAMETERS = dict(MANAGED_PARAMETERS, unix_socket_directories="each member's file configuration",
                          data_directory="postgresql.data_dir", hba_file="governor",
                          config_file="governor", ident_file="each member's file configuration")
-TOP_KEYS = ("ttl", "loop_wait", "retry_timeout", "maximum_lag_on_failover", "postgresql", "synchronous_mode",
-            "synchronous_mode_strict", "synchronous_node_count", "failsafe_mode", standby.KEY)
+TOP_KEYS = (*cluster_settings.BY_NAME, "postgresql", standby.KEY)
 
 
-def _number(value: Any, key: str) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-        and 0 < value <= LIMITS[key]
-
-
-def timing(config: Config) -> Tuple[float, float, float]:
-    """(ttl, loop_wait, retry_timeout) of a configuration, the base the timing rule is checked on."""
-    return config.etcd.ttl, config.loop_wait, config.retry_timeout
-
-
-DEFAULT_TIMING = (30, 10, 10)
+timing = cluster_settings.timing
+DEFAULT_TIMING = cluster_settings.DEFAULT_TIMING
 
 
 def validate(data: Any, base: Tuple[float, float, float] = DEFAULT_TIMING,
@@ -65,31 +46,15 @@ def validate(data: Any, base: Tuple[float, float, float] = DEFAULT_TIMING,
     for key in data:
         if key not in TOP_KEYS:
             fail(_label(key), f"not a dynamic setting (expected one of {', '.join(TOP_KEYS)})")
-    if "ttl" in data and not (isinstance(data["ttl"], int) and not isinstance(data["ttl"], bool)
-                              and 5 <= data["ttl"] <= LIMITS["ttl"]):
-        fail("ttl", f"expected an integer from 5 to {LIMITS['ttl']} seconds, got {_short(data['ttl'])}")
-    for key in ("loop_wait", "retry_timeout"):
-        if key in data and not _number(data[key], key):
-            fail(key, f"expected a number of seconds greater than 0 and at most {LIMITS[key]}, "
-                      f"got {_short(data[key])}")
-    lag = parse_size(data["maximum_lag_on_failover"]) if "maximum_lag_on_failover" in data else 0
-    if lag is None or lag > SIZE_MAX:
-        fail("maximum_lag_on_failover", f"expected a size in bytes such as 1048576 or '1MB', "
-                                        f"got {_short(data['maximum_lag_on_failover'])}")
-    if "synchronous_mode" in data and parse_sync_mode(data["synchronous_mode"]) is None:
-        fail("synchronous_mode", f"expected one of off, on, quorum; got {_short(data['synchronous_mode'])}")
-    if "synchronous_mode_strict" in data and not isinstance(data["synchronous_mode_strict"], bool):
-        fail("synchronous_mode_strict", f"expected true or false, got {_short(data['synchronous_mode_strict'])}")
-    if "failsafe_mode" in data and not isinstance(data["failsafe_mode"], bool):
-        fail("failsafe_mode", f"expected true or false, got {_short(data['failsafe_mode'])}")
+    for key, raw in data.items():
+        setting = cluster_settings.BY_NAME.get(key)
+        if setting and setting.parse(raw) is None:
+            fail(key, setting.wrong(_short(raw)))
     if isinstance(data.get(standby.KEY), dict) and "restore_command" in data[standby.KEY]:
         fail(f"{standby.KEY}.restore_command", "runs a program: only each member's files may set it "
                                                "(standby_cluster.restore_command), never etcd or the API")
     elif standby.KEY in data:
         problems.extend(f"config: {problem}" for problem in standby.problems(data[standby.KEY]))
-    count = data.get("synchronous_node_count", 1)
-    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 64:
-        fail("synchronous_node_count", f"expected an integer from 1 to 64, got {_short(count)}")
     pg = data.get("postgresql", {})
     if not isinstance(pg, dict):
         fail("postgresql", "expected a mapping with 'parameters'")
@@ -119,12 +84,9 @@ def validate(data: Any, base: Tuple[float, float, float] = DEFAULT_TIMING,
         elif lower == "wal_level" and str(value) == "minimal":
             fail(key, "expected 'replica' or 'logical': streaming replication needs it")
     if not problems:
-        ttl, loop_wait, retry = (data.get(k, b) for k, b in zip(("ttl", "loop_wait", "retry_timeout"), base))
-        if loop_wait + 2 * retry > ttl:
-            fail("ttl", f"expected loop_wait + 2 * retry_timeout <= ttl so a primary that loses etcd demotes "
-                        f"before its lock expires; got {loop_wait} + 2 * {retry} > {ttl}")
-        elif data.get("failsafe_mode") is True and failsafe.timing_problem(ttl, loop_wait, retry):
-            fail("failsafe_mode", failsafe.timing_problem(ttl, loop_wait, retry) or "")
+        values = {**dict(zip(cluster_settings.TIMING, base)),
+                  **{k: cluster_settings.BY_NAME[k].parse(v) for k, v in data.items() if k in cluster_settings.BY_NAME}}
+        problems.extend(f"config: {key}: {problem}" for key, problem in cluster_settings.rule_problems(values))
     return problems
 
 
@@ -166,24 +128,8 @@ def apply(base: Config, data: Dict[str, Any]) -> Config:
     """`base` (the file configuration) with the dynamic settings laid over it."""
     if not data:
         return base
-    config = base
-    if "ttl" in data:
-        config = replace(config, etcd=replace(config.etcd, ttl=int(data["ttl"])))
-    if "loop_wait" in data:
-        config = replace(config, loop_wait=float(data["loop_wait"]))
-    if "retry_timeout" in data:
-        config = replace(config, retry_timeout=float(data["retry_timeout"]))
-    if "synchronous_mode" in data:
-        config = replace(config, synchronous_mode=parse_sync_mode(data["synchronous_mode"]) or "off")
-    if "synchronous_mode_strict" in data:
-        config = replace(config, synchronous_mode_strict=bool(data["synchronous_mode_strict"]))
-    if "synchronous_node_count" in data:
-        config = replace(config, synchronous_node_count=int(data["synchronous_node_count"]))
-    if "failsafe_mode" in data:
-        config = replace(config, failsafe_mode=data["failsafe_mode"] is True)
+    config = cluster_settings.apply(base, data)
     pg = config.postgresql
-    if "maximum_lag_on_failover" in data:
-        pg = replace(pg, maximum_lag_on_failover=parse_size(data["maximum_lag_on_failover"]))
     params = (data.get("postgresql") or {}).get("parameters") or {}
     if params:
         pg = replace(pg, parameters={**pg.parameters, **{k: v for k, v in params.items() if v is not None}})

@@ -8,6 +8,7 @@ from enum import Enum
 from typing import Any, Dict, Optional, Tuple
 
 from governor.cluster import Member
+from governor.cluster_settings import DEFAULTS
 
 EMPTY, POSTGRES, NOT_POSTGRES = "empty", "postgres", "invalid"
 BOOTSTRAP_ATTEMPTS = 3   # failed bootstraps in a row before governor stops trying and waits
@@ -48,7 +49,7 @@ class LocalState:
     timeline: Optional[int] = None
     lsn: Optional[int] = None
     tags: Dict[str, Any] = field(default_factory=dict)
-    maximum_lag_on_failover: int = 1048576
+    maximum_lag_on_failover: int = DEFAULTS["maximum_lag_on_failover"]
     data_dir: str = ""
     rewind_pending: bool = False    # was a primary, or has not streamed from a leader on a newer timeline,
     # since its last check against the current leader
@@ -59,9 +60,9 @@ class LocalState:
     now: float = 0.0                # wall clock, for scheduled switchovers
     request: Optional[str] = None   # an operator's pending "restart" / "reinitialize" (HTTP API)
     not_streaming_for: Optional[float] = None  # replica: seconds without streaming while another leads
-    loop_wait: float = 10.0
+    loop_wait: float = DEFAULTS["loop_wait"]
     remove_data_directory_on_rewind_failure: bool = False
-    retry_timeout: float = 10.0
+    retry_timeout: float = DEFAULTS["retry_timeout"]
     primary_start_timeout: float = 30.0
     lock_left: Optional[float] = None          # seconds before our lock expires, as we know it (None: not ours)
     starting_for: Optional[float] = None       # holding the lock: seconds PostgreSQL has not been up

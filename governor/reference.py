@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
-from governor import checker, config
+from governor import checker, cluster_settings, config
 
 RELOAD, RESTART, DYNAMIC, PAUSED = "reload", "restart", "dynamic", "paused"
 HOW = {
@@ -40,24 +40,10 @@ PASSWORD = "a string; instead, KEY_file: a file holding it (readable by its owne
 CALLBACK = "a path, or a list: the program and its arguments"
 
 SETTINGS: Dict[str, Setting] = {
-    "loop_wait": Setting("Seconds between HA loop passes. A member also runs a pass at once when the lock, a "
-                         "switchover, pause, the dynamic configuration or a member changes in etcd.", DYNAMIC),
-    "retry_timeout": Setting("Seconds an etcd operation may take before it counts as failed. Together with "
-                             "the other two: loop_wait + 2 * retry_timeout <= ttl, so a primary that loses etcd "
-                             "stops taking writes before its lock can expire.", DYNAMIC),
     "primary_start_timeout": Setting("Seconds the leader tries to restart a crashed PostgreSQL before it "
                                      "releases the lock."),
     "log_level": Setting("DEBUG, INFO, WARNING or ERROR."),
     "log_format": Setting("text, or json: one JSON object per line."),
-    "synchronous_mode": Setting("off, on or quorum. on: governor names the synchronous standbys and only "
-                                "promotes one of them; quorum: ANY n of the replicas.", DYNAMIC, "off",
-                                "off, on or quorum"),
-    "synchronous_mode_strict": Setting("With no synchronous standby left, block writes instead of going on "
-                                       "asynchronously.", DYNAMIC),
-    "synchronous_node_count": Setting("Standbys that confirm each commit (1 to 64).", DYNAMIC),
-    "failsafe_mode": Setting("Keep the primary writable through an etcd outage while every member vouches "
-                             "for it over the API; needs time for a round of answers (ttl 10, loop_wait 1: "
-                             "retry_timeout 4).", DYNAMIC),
     "tags.nofailover": Setting("Never take the leader lock."),
     "tags.noloadbalance": Setting("Not offered as a read replica by /replica."),
     "tags.nosync": Setting("Never chosen as a synchronous standby."),
@@ -68,8 +54,6 @@ SETTINGS: Dict[str, Setting] = {
     "tags.replicatefrom": Setting("Stream from this replica instead of the leader (cascading); the leader "
                                   "again while that one is not a running replica."),
     "etcd.scope": Setting("The cluster's name: its keys live under /service/SCOPE/. Required.", RESTART),
-    "etcd.ttl": Setting("Seconds the leader lock lives without renewal: a dead leader is replaced after at "
-                        "most this long (5 to 3600).", DYNAMIC),
     "etcd.host": Setting("host:port of etcd's client endpoint, or a list of them; governor moves to the next "
                          "one that answers, and refuses endpoints of different etcd clusters.", PAUSED),
     "etcd.protocol": Setting("http or https. With https the server's certificate is always verified (against "
@@ -93,8 +77,6 @@ SETTINGS: Dict[str, Setting] = {
                                   "data directory's PG_VERSION is refused.", RESTART,
                                   "the data directory's major: /usr/lib/postgresql/N/bin, /usr/pgsql-N/bin or "
                                   "/usr/bin; without data, the newest installed"),
-    "postgresql.maximum_lag_on_failover": Setting("Bytes (or '16MB'): a replica further behind is not "
-                                                  "promoted.", DYNAMIC),
     "postgresql.recovery_conf": Setting("Extra standby settings (e.g. recovery_min_apply_delay)."),
     "postgresql.parameters": Setting("postgresql.conf settings, checked against the installed server's "
                                      "catalogue. Settings that run programs or load libraries (archive_command, "
@@ -201,6 +183,9 @@ SETTINGS: Dict[str, Setting] = {
                                                "it follows it (from the files only: it runs a program).",
                                                kind="a string"),
 }
+SETTINGS.update({s.file_key: Setting(s.meaning, DYNAMIC, kind="off, on or quorum" if s.kind == "sync_mode" else None,
+                                     default=s.default if s.kind == "sync_mode" else None)
+                 for s in cluster_settings.DYNAMIC})
 
 
 def declared() -> Dict[str, Tuple[str, Any]]:

@@ -74,3 +74,12 @@ def test_a_reload_changes_the_log_format(capsys):
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_the_readme_names_every_dynamic_key():
+    """The README's list of dynamic keys drifted once: it is checked against the declarations."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    paragraph = text[text.index("Dynamic keys ("):].split("\n\n")[0]
+    missing = [k for k in dynamic.TOP_KEYS if f"`{k}`" not in paragraph and f"`{k}." not in paragraph]
+    assert not missing, f"README's 'Dynamic keys' paragraph lacks {missing}"
