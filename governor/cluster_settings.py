@@ -89,6 +89,8 @@ DYNAMIC: Tuple[DynamicSetting, ...] = (
     _seconds("retry_timeout", "retry_timeout", 10, "Seconds an etcd operation may take before it counts as "
              "failed. Together with the other two: loop_wait + 2 * retry_timeout <= ttl, so a primary that loses "
              "etcd stops taking writes before its lock can expire."),
+    _seconds("primary_start_timeout", "primary_start_timeout", 30, "Seconds the leader tries to restart a "
+             "crashed PostgreSQL before it releases the lock."),
     DynamicSetting("maximum_lag_on_failover", "postgresql.maximum_lag_on_failover", "size", 1048576,
                    "Bytes (or '16MB'): a replica further behind is not promoted."),
     DynamicSetting("synchronous_mode", "synchronous_mode", "sync_mode", "off", "off, on or quorum. on: governor "

@@ -80,7 +80,6 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     c.unknown("", raw, TOP_KEYS)
 
     values = _dynamic_settings(c)
-    primary_start_timeout = c.value("primary_start_timeout", "number", 30, check=bounded("primary_start_timeout"))
     log_level = c.value("log_level", "str", "INFO",
                         check=lambda v: None if v.upper() in LOG_LEVELS else f"expected one of {', '.join(LOG_LEVELS)}")
 
@@ -266,7 +265,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         raise ConfigError(c.problems)
 
     return cluster_settings.apply(Config(
-        restapi=restapi, metrics=metrics, callbacks=callbacks, primary_start_timeout=primary_start_timeout,
+        restapi=restapi, metrics=metrics, callbacks=callbacks, primary_start_timeout=0,
         loop_wait=0, retry_timeout=0, log_level=log_level.upper(), log_format=log_format, standby_cluster=standby_seed,
         tags={k: v for k, v in tags.items()},
         source=source,

@@ -63,7 +63,7 @@ class LocalState:
     loop_wait: float = DEFAULTS["loop_wait"]
     remove_data_directory_on_rewind_failure: bool = False
     retry_timeout: float = DEFAULTS["retry_timeout"]
-    primary_start_timeout: float = 30.0
+    primary_start_timeout: float = DEFAULTS["primary_start_timeout"]
     lock_left: Optional[float] = None          # seconds before our lock expires, as we know it (None: not ours)
     starting_for: Optional[float] = None       # holding the lock: seconds PostgreSQL has not been up
     bootstrap_failures: int = 0     # failed bootstraps in a row since governor started

@@ -40,8 +40,6 @@ PASSWORD = "a string; instead, KEY_file: a file holding it (readable by its owne
 CALLBACK = "a path, or a list: the program and its arguments"
 
 SETTINGS: Dict[str, Setting] = {
-    "primary_start_timeout": Setting("Seconds the leader tries to restart a crashed PostgreSQL before it "
-                                     "releases the lock."),
     "log_level": Setting("DEBUG, INFO, WARNING or ERROR."),
     "log_format": Setting("text, or json: one JSON object per line."),
     "tags.nofailover": Setting("Never take the leader lock."),
