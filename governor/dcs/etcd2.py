@@ -15,13 +15,12 @@ import urllib3
 
 from governor import clock
 from governor.cluster import Cluster
-from governor.config import EtcdConfig
-from governor.dcs.base import DCS
 from governor.dcs.errors import DCSError, short_error
-from governor.dcs.keys import Entry, build_cluster, history_list, wakes
+from governor.dcs.keys import Entry, build_cluster, wakes
 from governor.dcs.onecluster import OneCluster
-from governor.dcs.rotation import Endpoint, Rotating, TryNext
-from governor.sync import SyncState
+from governor.dcs.rotation import Endpoint, TryNext
+from governor.dcs.store import KeyStore, encode
+from governor.settings import EtcdConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,8 +40,6 @@ def _standard_tls() -> None:
 
 
 _standard_tls()
-# A switchover request not carried out within this time expires by itself.
-SWITCHOVER_TTL = 60
 WATCH_SPAN = 30.0     # seconds one waitIndex request may wait (the loop reads at least that often)
 
 # Errors that mean "this endpoint did not answer", as opposed to a logical answer (key exists...).
@@ -64,7 +61,9 @@ def _event_wakes(event: etcd.EtcdResult, key: str) -> bool:
     return wakes(key, before, value)
 
 
-class Etcd2(Rotating, DCS):
+class Etcd2(KeyStore):
+    API = 2
+
     def __init__(self, cfg: EtcdConfig, retry_timeout: float = 10):
         self._init_rotation(cfg, retry_timeout)
         self.prefix = f"/service/{cfg.scope}"
@@ -73,10 +72,6 @@ class Etcd2(Rotating, DCS):
         self._claim_index: Optional[int] = None  # modifiedIndex of our `initialize` claim
         self.read_index = 0                      # etcd's index at the newest read of the scope
         self._watcher: Optional[V2Watcher] = None
-
-    def describe(self) -> str:
-        hosts = ", ".join(f"{h}:{p}" for h, p in self.cfg.hosts)
-        return f"etcd v2 at {self.cfg.protocol}://{hosts} scope {self.cfg.scope}"
 
     # ------------------------------------------------------------------ plumbing
 
@@ -114,8 +109,37 @@ class Etcd2(Rotating, DCS):
                 raise DCSError(f"etcd refused {what}: {short_error(exc)}") from exc
         return self._first_answer(what, budget, ask)
 
-    def _key(self, *parts: str) -> str:
-        return "/".join((self.prefix,) + parts)
+    def _get_value(self, what: str, key: str) -> Optional[Tuple[Optional[str], int]]:
+        def op(client: etcd.Client) -> Optional[Tuple[Optional[str], int]]:
+            try:
+                node = client.read(key)
+            except etcd.EtcdKeyNotFound:
+                return None
+            return node.value, node.modifiedIndex or 0
+
+        return self._call(what, op)
+
+    def _put_value(self, what: str, key: str, body: str, version: Optional[int] = None) -> bool:
+        compare = {} if version is None else {"prevIndex": version} if version else {"prevExist": False}
+
+        def op(client: etcd.Client) -> bool:
+            try:
+                client.write(key, body, **compare)
+                return True
+            except (etcd.EtcdAlreadyExist, etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
+                return False
+
+        return self._call(what, op)
+
+    def _delete_value(self, what: str, key: str, version: Optional[int] = None) -> bool:
+        def op(client: etcd.Client) -> bool:
+            try:
+                client.delete(key, **({} if version is None else {"prevIndex": version}))
+                return True
+            except (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
+                return version is None
+
+        return self._call(what, op)
 
     # ------------------------------------------------------------------ reads
 
@@ -253,24 +277,14 @@ class Etcd2(Rotating, DCS):
         return self._call("leader lock release", op)
 
     def touch_member(self, name: str, data: dict) -> None:
-        body = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        self._call("member update", lambda c: c.write(self._key("members", name), body, ttl=self.cfg.ttl))
+        body = encode(data)
+        self._call("member update", lambda c: c.write(self._key(f"members/{name}"), body, ttl=self.cfg.ttl))
 
     def delete_member(self, name: str) -> None:
-        def op(client: etcd.Client) -> None:
-            try:
-                client.delete(self._key("members", name))
-            except etcd.EtcdKeyNotFound:
-                pass
-
-        self._call("member delete", op)
-
-    def write_leader_lsn(self, lsn: int) -> None:
-        self._call("leader position update", lambda c: c.write(self._key("optime", "leader"), str(lsn)))
+        self._delete_value("member delete", self._key(f"members/{name}"))
 
     def request_switchover(self, data: dict) -> bool:
-        # A scheduled request lives until its time plus the normal grace period.
-        ttl = SWITCHOVER_TTL + max(0, int((data.get("scheduled_at") or 0) - clock.wall()))
+        ttl = self._switchover_ttl(data)
 
         def op(client: etcd.Client) -> bool:
             try:
@@ -281,75 +295,14 @@ class Etcd2(Rotating, DCS):
 
         return self._call("switchover request", op)
 
-    def _put_or_delete(self, what: str, name: str, value: Optional[str]) -> None:
-        def op(client: etcd.Client) -> None:
-            if value:
-                client.write(self._key(name), value)
-            else:
-                try:
-                    client.delete(self._key(name))
-                except etcd.EtcdKeyNotFound:
-                    pass
-
-        self._call(what, op)
-
-    def set_paused(self, paused: bool) -> None:
-        self._put_or_delete("pause update", "pause", "true" if paused else None)
-
     def set_failsafe(self, holder: str, value: Optional[str]) -> bool:
         """Write (None: delete) the failsafe list. v2 has no transaction across keys: written only
         after the lock was found ours in this pass, and rewritten by a new leader at its first."""
-        self._put_or_delete("failsafe list update", "failsafe", value)
+        if value:
+            self._put_value("failsafe list update", self._key("failsafe"), value)
+        else:
+            self._delete_value("failsafe list update", self._key("failsafe"))
         return True
-
-    def clear_switchover(self) -> None:
-        def op(client: etcd.Client) -> None:
-            try:
-                client.delete(self._key("failover"))
-            except etcd.EtcdKeyNotFound:
-                pass
-
-        self._call("switchover cleanup", op)
-
-    def set_config(self, data: dict, index: int) -> bool:
-        body = json.dumps(data, sort_keys=True, separators=(",", ":"))
-
-        def op(client: etcd.Client) -> bool:
-            try:
-                if index:
-                    client.write(self._key("config"), body, prevIndex=index)
-                else:
-                    client.write(self._key("config"), body, prevExist=False)
-                return True
-            except (etcd.EtcdAlreadyExist, etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
-                return False
-
-        return self._call("dynamic configuration update", op)
-
-    def set_sync(self, state: SyncState, index: int) -> bool:
-        body = json.dumps(state.as_dict(), sort_keys=True, separators=(",", ":"))
-
-        def op(client: etcd.Client) -> bool:
-            try:
-                if index:
-                    client.write(self._key("sync"), body, prevIndex=index)
-                else:
-                    client.write(self._key("sync"), body, prevExist=False)
-                return True
-            except (etcd.EtcdAlreadyExist, etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
-                return False
-
-        return self._call("sync state update", op)
-
-    def delete_sync(self, index: int) -> bool:
-        def op(client: etcd.Client) -> bool:
-            try:
-                client.delete(self._key("sync"), prevIndex=index)
-                return True
-            except (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
-                return False
-
-        return self._call("sync state removal", op)
 
     def remove_cluster(self) -> None:
         def op(client: etcd.Client) -> None:
@@ -359,29 +312,6 @@ class Etcd2(Rotating, DCS):
                 pass
 
         self._call("removal of the cluster", op)
-
-    def append_history(self, entry: dict, key: str = "history", keep: Optional[int] = None) -> None:
-        key = self._key(key)
-
-        def op(client: etcd.Client) -> None:
-            for _ in range(5):
-                try:
-                    node = client.read(key)
-                    old, index = history_list(node.value), node.modifiedIndex
-                except etcd.EtcdKeyNotFound:
-                    old, index = (), None
-                body = json.dumps((list(old) + [entry])[-(keep or 0):], separators=(",", ":"))
-                try:
-                    if index is None:
-                        client.write(key, body, prevExist=False)
-                    else:
-                        client.write(key, body, prevIndex=index)
-                    return
-                except (etcd.EtcdAlreadyExist, etcd.EtcdCompareFailed):
-                    continue  # someone else appended at the same time: read again
-            raise DCSError("history update kept losing compare-and-swap races")
-
-        self._call("history update", op)
 
     def close(self) -> None:
         if self._watcher is not None:

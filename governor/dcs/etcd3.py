@@ -23,12 +23,11 @@ import urllib3
 
 from governor import clock
 from governor.cluster import Cluster
-from governor.config import EtcdConfig
-from governor.dcs.base import DCS
 from governor.dcs.errors import DCSError, short_error
-from governor.dcs.keys import build_cluster, history_list
+from governor.dcs.keys import build_cluster
 from governor.dcs.onecluster import OneCluster
-from governor.dcs.rotation import Endpoint, Rotating, TryNext
+from governor.dcs.rotation import Endpoint, TryNext
+from governor.dcs.store import KeyStore, encode
 from governor.dcs.v2probe import refuse_scope_in_v2
 from governor.dcs.v3cache import Item, KeyCache, WatchStream, parse_kv
 from governor.dcs.v3json import (
@@ -44,10 +43,9 @@ from governor.dcs.v3json import (
     value_cmp,
 )
 from governor.dcs.v3lease import Leases
-from governor.sync import SyncState
+from governor.settings import EtcdConfig
 
 log = logging.getLogger(__name__)
-SWITCHOVER_TTL = 60
 GATEWAY_PREFIXES = ("/v3", "/v3beta", "/v3alpha")
 WRITE_PATHS = ("/kv/txn", "/kv/put", "/kv/deleterange")
 
@@ -60,7 +58,9 @@ class Refused(Exception):
     """etcd answered with an error that another endpoint would repeat."""
 
 
-class Etcd3(Leases, Rotating, DCS):
+class Etcd3(Leases, KeyStore):
+    API = 3
+
     def __init__(self, cfg: EtcdConfig, retry_timeout: float = 10,
                  transport: Optional[Callable[[Tuple[str, int], str, dict, float], Tuple[int, dict]]] = None):
         self._init_rotation(cfg, retry_timeout)
@@ -89,10 +89,6 @@ class Etcd3(Leases, Rotating, DCS):
         self.duplicate_owner: Optional[str] = None   # another lease that wrote our member key
         self._v2_ruled_out = cfg.api == 3             # etcd.api set: no look at the v2 keyspace
         self.clusters = OneCluster()                  # every endpoint one etcd cluster (onecluster.py)
-
-    def describe(self) -> str:
-        hosts = ", ".join(f"{h}:{p}" for h, p in self.cfg.hosts)
-        return f"etcd v3 at {self.cfg.protocol}://{hosts} scope {self.cfg.scope}"
 
     # ------------------------------------------------------------------ plumbing
 
@@ -183,9 +179,6 @@ class Etcd3(Leases, Rotating, DCS):
             self._written_revision = max(self._written_revision, revision)
         return result
 
-    def _key(self, name: str) -> str:
-        return self.prefix + name
-
     def _txn(self, what: str, compare: List[dict], success: List[dict], failure: Optional[List[dict]] = None) -> dict:
         return self._post(what, "/kv/txn", {"compare": compare, "success": success, "failure": failure or []})
 
@@ -197,6 +190,24 @@ class Etcd3(Leases, Rotating, DCS):
         """A write that happens only if `key` is still at `index` (0: only if it does not exist)."""
         compare = self._revision_is(key, index) if index else self._created(key)
         return bool(self._txn(what, [compare], [success]).get("succeeded"))
+
+    def _get_value(self, what: str, key: str) -> Optional[Tuple[Optional[str], int]]:
+        kvs = self._post(what, "/kv/range", {"key": _b64(key)}).get("kvs")
+        if not isinstance(kvs, list) or not kvs or not isinstance(kvs[0], dict):
+            return None
+        return _unb64(kvs[0].get("value")), _int(kvs[0].get("mod_revision"))
+
+    def _put_value(self, what: str, key: str, body: str, version: Optional[int] = None) -> bool:
+        if version is not None:
+            return self._cas(what, key, version, self._put(key, body))
+        self._post(what, "/kv/put", {"key": _b64(key), "value": _b64(body)})
+        return True
+
+    def _delete_value(self, what: str, key: str, version: Optional[int] = None) -> bool:
+        if version is None:
+            self._post(what, "/kv/deleterange", {"key": _b64(key)})
+            return True
+        return bool(self._txn(what, [self._revision_is(key, version)], [self._delete(key)]).get("succeeded"))
 
     # ------------------------------------------------------------------ reads
 
@@ -360,7 +371,7 @@ class Etcd3(Leases, Rotating, DCS):
         on it. An expired lease is replaced."""
         self._recent_keepalive()
         lease = self._member_lease()
-        body = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        body = encode(data)
         if self._member_written == (name, body, lease):
             return   # unchanged and on a live lease: the keepalive was the whole heartbeat
         self._post("member update", "/kv/put", {"key": _b64(self._key(f"members/{name}")), "value": _b64(body),
@@ -369,26 +380,13 @@ class Etcd3(Leases, Rotating, DCS):
 
     def delete_member(self, name: str) -> None:
         self._member_written = None
-        self._post("member delete", "/kv/deleterange", {"key": _b64(self._key(f"members/{name}"))})
-
-    def write_leader_lsn(self, lsn: int) -> None:
-        self._post("leader position update", "/kv/put", {"key": _b64(self._key("optime/leader")),
-                                                          "value": _b64(str(lsn))})
+        self._delete_value("member delete", self._key(f"members/{name}"))
 
     def request_switchover(self, data: dict) -> bool:
-        ttl = SWITCHOVER_TTL + max(0, int((data.get("scheduled_at") or 0) - clock.wall()))
         key = self._key("failover")
-        lease = self._grant(ttl)
+        lease = self._grant(self._switchover_ttl(data))
         result = self._txn("switchover request", [self._created(key)], [self._put(key, json.dumps(data), lease)])
         return bool(result.get("succeeded"))
-
-    def clear_switchover(self) -> None:
-        self._post("switchover cleanup", "/kv/deleterange", {"key": _b64(self._key("failover"))})
-
-    def set_paused(self, paused: bool) -> None:
-        key = self._key("pause")
-        self._post("pause update", *(("/kv/put", {"key": _b64(key), "value": _b64("true")}) if paused
-                                     else ("/kv/deleterange", {"key": _b64(key)})))
 
     def set_failsafe(self, holder: str, value: Optional[str]) -> bool:
         """Write (None: delete) the failsafe list, only while `holder` holds the lock."""
@@ -397,36 +395,9 @@ class Etcd3(Leases, Rotating, DCS):
                          [change or self._delete(key)])
         return bool(data.get("succeeded"))
 
-    def set_config(self, data: dict, index: int) -> bool:
-        key = self._key("config")
-        body = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return self._cas("dynamic configuration update", key, index, self._put(key, body))
-
-    def set_sync(self, state: SyncState, index: int) -> bool:
-        key = self._key("sync")
-        body = json.dumps(state.as_dict(), sort_keys=True, separators=(",", ":"))
-        return self._cas("sync state update", key, index, self._put(key, body))
-
-    def delete_sync(self, index: int) -> bool:
-        key = self._key("sync")
-        data = self._txn("sync state removal", [self._revision_is(key, index)], [self._delete(key)])
-        return bool(data.get("succeeded"))
-
     def remove_cluster(self) -> None:
         self._post("removal of the cluster", "/kv/deleterange",
                    {"key": _b64(self.prefix), "range_end": _prefix_end(self.prefix)})
-
-    def append_history(self, entry: dict, key: str = "history", keep: Optional[int] = None) -> None:
-        key = self._key(key)
-        for _ in range(5):
-            data = self._post("history read", "/kv/range", {"key": _b64(key)})
-            kvs = data.get("kvs") or []
-            old = history_list(_unb64(kvs[0].get("value"))) if kvs else ()
-            revision = int(kvs[0].get("mod_revision") or 0) if kvs else 0
-            body = json.dumps((list(old) + [entry])[-(keep or 0):], separators=(",", ":"))
-            if self._cas("history update", key, revision, self._put(key, body)):
-                return
-        raise DCSError("history update kept losing compare-and-swap races")
 
     def close(self) -> None:
         """Drop connections and stop the watch. The lease is not revoked: on a restart for a
