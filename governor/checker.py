@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -223,6 +224,13 @@ def bounded(key: str, minimum: float = 0, inclusive: bool = False) -> Callable[[
         return None
 
     return check
+
+
+def existing_files(c: Checker, section: str, keys: Tuple[str, ...]) -> Dict[str, Optional[str]]:
+    """`SECTION.KEY` for each key: a path to an existing file, or None when not set."""
+    return {key: c.value(f"{section}.{key}", "str",
+                         check=lambda v: None if os.path.isfile(v) else f"file {v!r} does not exist")
+            for key in keys}
 
 
 def network_check(v: str) -> Optional[str]:

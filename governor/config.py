@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
-from governor import apiauth, bindir, cluster_settings, passwords, pgparams, repltls, standby, template_layout
 from governor import archive as archive_mod
+from governor import bindir, cluster_settings, listeners, passwords, pgparams, repltls, standby, template_layout
 from governor import callbacks as callbacks_mod
+from governor import checker as checker_mod
 from governor.checker import (  # noqa: F401 - parse_host_port and default_bin_dir are used through config
     Checker,
     bounded,
@@ -58,9 +59,6 @@ from governor.settings import (  # noqa: F401 - re-exported: the configuration's
 TOP_KEYS = ("loop_wait", "retry_timeout", "primary_start_timeout", "log_level", "log_format", "tags", "etcd",
             "postgresql", "restapi", "metrics", "synchronous_mode", "synchronous_mode_strict",
             "synchronous_node_count", "watchdog", "failsafe_mode", "callbacks", "standby_cluster")
-RESTAPI_KEYS = ("listen", "connect_address", "username", "password", "password_file", "certfile", "keyfile", "cafile",
-                "verify_client", "authentication")
-METRICS_KEYS = ("enabled", "listen")
 ETCD_KEYS = ("scope", "ttl", "host", "protocol", "cacert", "cert", "key", "username", "password", "password_file",
              "api")
 PG_KEYS = ("name", "listen", "connect_address", "data_dir", "bin_dir", "maximum_lag_on_failover",
@@ -112,10 +110,10 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         c.fail("etcd.host", "expected at least one 'host:port'")
     if not hosts:
         hosts = [("127.0.0.1", 2379)]
-    files = _existing_files(c, "etcd", ("cacert", "cert", "key"))
+    files = checker_mod.existing_files(c, "etcd", ("cacert", "cert", "key"))
     if files["key"] and not files["cert"]:
         c.fail("etcd.key", "set etcd.cert too: a client key needs its certificate")
-    etcd_user, etcd_password = _user_and_password(c, "etcd")
+    etcd_user, etcd_password = passwords.user_and_password(c, "etcd")
     etcd_api = c.value("etcd.api", "int", 0, check=lambda v: "expected 2 (etcd v2 API) or 3 (etcd v3 API)"
                        if v not in (2, 3) else needs_module(v == 2, "etcd", "python3-etcd"))
 
@@ -145,8 +143,8 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     elif listen_host in WILDCARD_HOSTS:
         c.fail("postgresql.connect_address",
                f"required when postgresql.listen is a wildcard ({listen!r}): the address other members use")
-    remote_etcd = [h for h, _ in hosts if not _is_loopback(h)]
-    if _is_loopback(connect_host) and remote_etcd:
+    remote_etcd = [h for h, _ in hosts if not listeners.is_loopback(h)]
+    if listeners.is_loopback(connect_host) and remote_etcd:
         c.fail("postgresql.connect_address" if connect else "postgresql.listen",
                f"this member would be reached at {connect_host}, a loopback address, while etcd is on another "
                f"host ({remote_etcd[0]}): the other members would connect to themselves. Use this host's "
@@ -242,8 +240,8 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     if not socket_dir:
         socket_dir = "/var/run/postgresql" if os.path.isdir("/var/run/postgresql") else "/tmp"
 
-    restapi = _restapi(c, listen_host, connect_host)
-    metrics = _metrics(c, listen_host)
+    restapi = listeners.restapi(c, listen_host, connect_host)
+    metrics = listeners.metrics(c, listen_host)
     c.unknown("watchdog", c.section("watchdog"), ("mode", "device"))
     watchdog_mode = c.value("watchdog.mode", "str", "automatic",
                             check=lambda v: None if v in ("off", "automatic", "required")
@@ -252,11 +250,11 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         watchdog_mode = "off"
         c.problems = [p for p in c.problems if ": watchdog.mode: " not in p]
     watchdog_device = c.value("watchdog.device", "str", "/dev/watchdog", check=_path_check)
-    if metrics.enabled and _same_listener((metrics.listen_host, metrics.port), (restapi.listen_host, restapi.port)):
+    if metrics.enabled and listeners.same((metrics.listen_host, metrics.port), (restapi.listen_host, restapi.port)):
         c.fail("metrics.listen", "must differ from restapi.listen")
-    if _same_listener((restapi.listen_host, restapi.port), (listen_host, port)):
+    if listeners.same((restapi.listen_host, restapi.port), (listen_host, port)):
         c.fail("restapi.listen", f"port {port} is PostgreSQL's (postgresql.listen)")
-    if metrics.enabled and _same_listener((metrics.listen_host, metrics.port), (listen_host, port)):
+    if metrics.enabled and listeners.same((metrics.listen_host, metrics.port), (listen_host, port)):
         c.fail("metrics.listen", f"port {port} is PostgreSQL's (postgresql.listen)")
 
     callbacks = callbacks_mod.check(c)
@@ -327,97 +325,10 @@ def _logical_slots(c: Checker, physical: Tuple[str, ...]) -> Tuple[Tuple[str, st
     return tuple(found)
 
 
-def _same_listener(a: Tuple[str, int], b: Tuple[str, int]) -> bool:
-    """Two listeners collide on the same port when their hosts are equal or one is a wildcard."""
-    return a[1] == b[1] and (a[0] == b[0] or a[0] in WILDCARD_HOSTS or b[0] in WILDCARD_HOSTS)
-
-
 def _path_check(v: str) -> Optional[str]:
     if not v or CONTROL_RE.search(v):
         return "expected a path without control characters"
     return None
-
-
-def _user_and_password(c: Checker, section: str) -> Tuple[Optional[str], Optional[str]]:
-    user = c.value(f"{section}.username", "str", check=secret_check)
-    password = passwords.read(c, f"{section}.password")
-    if bool(user) != bool(password):
-        c.fail(f"{section}.username" if password else f"{section}.password",
-               f"{section}.username and {section}.password must be given together")
-    return user, password
-
-
-def _existing_files(c: Checker, section: str, keys: Tuple[str, ...]) -> Dict[str, Optional[str]]:
-    return {key: c.value(f"{section}.{key}", "str",
-                         check=lambda v: None if os.path.isfile(v) else f"file {v!r} does not exist")
-            for key in keys}
-
-
-def _listen(c: Checker, key: str, default: str, default_port: int) -> Tuple[str, int]:
-    text = c.value(key, "str", default)
-    parsed = parse_host_port(text, default_port) if text else None
-    if parsed is None:
-        c.fail(key, f"expected 'host:port' such as {default}, got {text!r}")
-        return parse_host_port(default, default_port)  # type: ignore[return-value]
-    return parsed
-
-
-def _address(host: str, port: int) -> str:
-    """host:port as a listen setting; PostgreSQL's `*` wildcard becomes 0.0.0.0."""
-    host = "0.0.0.0" if host in ("*", "") else host
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _is_loopback(host: str) -> bool:
-    return host == "localhost" or host.startswith("127.") or host == "::1"
-
-
-def _restapi(c: Checker, pg_listen_host: str, pg_connect_host: str) -> RestApiConfig:
-    """The API listens where PostgreSQL does unless told otherwise, and is reached at the host
-    other members already reach PostgreSQL at: so three hosts that only set postgresql.listen
-    and connect_address also publish API addresses their peers can use."""
-    section = c.section("restapi")
-    c.unknown("restapi", section, RESTAPI_KEYS)
-    host, port = _listen(c, "restapi.listen", _address(pg_listen_host, 8008), 8008)
-    connect_host = host
-    connect = c.value("restapi.connect_address", "str")
-    if connect:
-        parsed = parse_host_port(connect, port)
-        if parsed is None or parsed[1] != port:
-            c.fail("restapi.connect_address", f"expected 'host:{port}' (the restapi.listen port), got {connect!r}")
-        else:
-            connect_host = parsed[0]
-    elif host in WILDCARD_HOSTS:
-        connect_host = pg_connect_host
-    if _is_loopback(connect_host) and not _is_loopback(pg_connect_host):
-        c.fail("restapi.connect_address" if connect else "restapi.listen",
-               f"the other members reach PostgreSQL at {pg_connect_host} but would reach this member's API at "
-               f"{_address(connect_host, port)}, a loopback address: during a failover they could not compare "
-               "positions with it, and haproxy could not check it. Use this host's address (or listen on "
-               "0.0.0.0 with restapi.connect_address set to it)")
-    user, password = _user_and_password(c, "restapi")
-    files = _existing_files(c, "restapi", ("certfile", "keyfile", "cafile"))
-    if files["keyfile"] and not files["certfile"]:
-        c.fail("restapi.keyfile", "set restapi.certfile too")
-    verify = c.value("restapi.verify_client", "str", "none")
-    if verify not in ("none", "required"):
-        c.fail("restapi.verify_client", f"expected none or required, got {verify!r}")
-    elif verify == "required" and not (files["certfile"] and files["cafile"]):
-        c.fail("restapi.verify_client", "required needs restapi.certfile and keyfile (TLS) and restapi.cafile (the CA "
-                                        "that signed the clients' certificates)")
-    apiauth.check(c, _address(host, port), _is_loopback(host), bool(user) or verify == "required")
-    return RestApiConfig(listen_host=host, port=port, connect_host=connect_host, username=user,
-                         password=password, verify_client=verify, **files)
-
-
-def _metrics(c: Checker, pg_listen_host: str) -> MetricsConfig:
-    """The exporter listens where PostgreSQL does unless told otherwise (Prometheus scrapes it
-    from another host); it serves no secrets."""
-    section = c.section("metrics")
-    c.unknown("metrics", section, METRICS_KEYS)
-    enabled = c.value("metrics.enabled", "bool", True)
-    host, port = _listen(c, "metrics.listen", _address(pg_listen_host, 9547), 9547)
-    return MetricsConfig(enabled=enabled, listen_host=host, port=port)
 
 
 def load(path: str) -> Config:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 from governor.checker import secret_check
 from governor.settings import SECRET_MAX
@@ -73,3 +73,13 @@ def _from_file(checker: Any, key: str, path: str, what: str = "file") -> Optiona
         checker.fail(key, f"{path}: {problem}")
         return None
     return text
+
+
+def user_and_password(checker: Any, section: str) -> Tuple[Optional[str], Optional[str]]:
+    """`SECTION.username` and its password, which come together or not at all."""
+    user = checker.value(f"{section}.username", "str", check=secret_check)
+    password = read(checker, f"{section}.password")
+    if bool(user) != bool(password):
+        checker.fail(f"{section}.username" if password else f"{section}.password",
+                     f"{section}.username and {section}.password must be given together")
+    return user, password

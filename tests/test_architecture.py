@@ -74,7 +74,7 @@ def test_controls_and_sync_manager_see_the_daemon_only_through_narrow_ports():
         assert "governor.daemon" not in reach(module, graph), f"{module} reaches governor.daemon"
 
 
-MODULE_LINES_MAX = 500
+MODULE_LINES_MAX = 410     # "about 400" (issue 34); the largest today: dcs/etcd3.py, daemon.py
 
 
 def test_no_module_grows_past_what_one_reader_holds_in_mind():

@@ -15,7 +15,6 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import ssl
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -29,7 +28,7 @@ from governor.dcs.onecluster import OneCluster
 from governor.dcs.rotation import Endpoint, TryNext
 from governor.dcs.store import KeyStore, encode
 from governor.dcs.v2probe import refuse_scope_in_v2
-from governor.dcs.v3cache import Item, KeyCache, WatchStream, parse_kv
+from governor.dcs.v3cache import Item, KeyCache, WatchStream, parse_kv, stream_connection
 from governor.dcs.v3json import (
     _b64,
     _dict,
@@ -296,12 +295,7 @@ class Etcd3(Leases, KeyStore):
                       "runs with postgresql.name %s; give every member its own name", name, lease, our_lease, name)
 
     def _stream_connection(self, host: str, port: int, timeout: float) -> http.client.HTTPConnection:
-        if self.cfg.protocol != "https":
-            return http.client.HTTPConnection(host, port, timeout=timeout)
-        context = ssl.create_default_context(cafile=self.cfg.cacert)   # verified, as the requests are
-        if self.cfg.cert:
-            context.load_cert_chain(self.cfg.cert, self.cfg.key)
-        return http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+        return stream_connection(self.cfg, host, port, timeout)
 
     # ------------------------------------------------------------------ writes
 

@@ -14,9 +14,10 @@ import http.client
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from governor.dcs.keys import Entry, wakes
 from governor.dcs.v3json import _b64, _dict, _int, _prefix_end, _unb64_lenient
@@ -258,3 +259,14 @@ class WatchStream(threading.Thread):
             self.cache.progress(revision)
             self.delivered = max(self.delivered, revision)
         return True
+
+
+def stream_connection(cfg: Any, host: str, port: int, timeout: float) -> http.client.HTTPConnection:
+    """The watch's own connection to etcd (cfg: settings.EtcdConfig): TLS verified, as the
+    requests are, with the client certificate when there is one."""
+    if cfg.protocol != "https":
+        return http.client.HTTPConnection(host, port, timeout=timeout)
+    context = ssl.create_default_context(cafile=cfg.cacert)
+    if cfg.cert:
+        context.load_cert_chain(cfg.cert, cfg.key)
+    return http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
