@@ -52,6 +52,24 @@ def _installed(major: Optional[int]) -> list:
     return found
 
 
+def installed(major: int) -> Optional[str]:
+    """The bin directory of PostgreSQL `major` on this host, or None."""
+    found = _installed(major)
+    return found[0] if found else None
+
+
+def installed_majors() -> Tuple[int, ...]:
+    """The PostgreSQL major versions whose binaries this host has, oldest first (the member key
+    publishes them: an upgrade checks every member has its target)."""
+    majors = set()
+    for path in _installed(None):
+        found = re.search(r"/(?:postgresql/|pgsql-)(\d+)/bin$", path)
+        major = int(found.group(1)) if found else bin_major(path)
+        if major is not None:
+            majors.add(major)
+    return tuple(sorted(majors))
+
+
 def choose(explicit: Optional[str], data_dir: Optional[str]) -> Tuple[str, Optional[str]]:
     """(bin_dir, the problem with it or None): `explicit` when given, checked against the data
     directory's major; else that major's binaries; else (no data yet) the newest installed."""

@@ -28,6 +28,7 @@ class Member:
     version: Optional[str] = None     # its governor's version
     pg_version: Optional[int] = None  # its PostgreSQL's server_version_num
     scheduled_restart: Optional[float] = None  # when an operator scheduled its restart (Unix time)
+    pg_majors: Tuple[int, ...] = ()   # the PostgreSQL major versions installed on its host
 
     @classmethod
     def from_json(cls, name: str, text: str) -> Member:
@@ -54,6 +55,7 @@ class Member:
             version=_printable(data.get("version")),
             pg_version=_int_or_none(data.get("pg_version")),
             scheduled_restart=_time_or_none(data.get("scheduled_restart")),
+            pg_majors=_majors(data.get("pg_majors")),
         )
 
     @property
@@ -84,6 +86,13 @@ def _time_or_none(value: Any) -> Optional[float]:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e11:
         return None
     return float(value)
+
+
+def _majors(value: Any) -> Tuple[int, ...]:
+    """Installed PostgreSQL major versions from a member key: small integers, at most 32."""
+    if not isinstance(value, list) or len(value) > 32:
+        return ()
+    return tuple(sorted({v for v in value if isinstance(v, int) and not isinstance(v, bool) and 0 < v < 1000}))
 
 
 def _slot_positions(value: Any) -> Dict[str, int]:

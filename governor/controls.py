@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Callable, Dict, Optional, Protocol, Tuple
 
-from governor import audit, clock, dynamic
+from governor import audit, clock, dynamic, upgrade, upgrade_probe
 from governor.cluster import Cluster, failover_priority
 from governor.config import Config, PostgresConfig
 from governor.dcs import DCS, DCSError, from_config
@@ -47,6 +47,7 @@ class Controls:
     def __init__(self, governor: ControlHost):
         self.gov = governor
         self._dcs: Optional[DCS] = None   # the API thread's own etcd client
+        self._checking = threading.Lock()  # one upgrade check at a time
 
     def endpoints(self) -> Dict[str, Callable[[dict], Answer]]:
         return {
@@ -59,6 +60,7 @@ class Controls:
             "POST /reload": self.reload,
             "PATCH /config": self.patch_config,
             "POST /failsafe": self.gov.vouch_for,
+            "POST /upgrade/check": self.upgrade_check,
         }
 
     def reset(self) -> None:
@@ -211,6 +213,27 @@ class Controls:
                  ", ".join(f"{k}={b!r}" for k, _a, b in dynamic.diff(cluster.config, new)) or "no change")
         self.gov.wake.set()
         return 200, new
+
+    def upgrade_check(self, body: dict) -> Answer:
+        """The checks before a major-version upgrade to body['to'], run by the leader (upgrade.py);
+        nothing changes."""
+        target = body.get("to")
+        problem = upgrade.target_problem(target)
+        if problem:
+            return 400, {"error": problem}
+        st = self.gov.board.get()
+        if not st.holds_lock or st.role != "primary":
+            leader = f"; {st.leader} is" if st.leader else ""
+            return 412, {"error": f"{st.name} is not the leader running as primary{leader}"}
+        if not self._checking.acquire(blocking=False):
+            return 409, {"error": "an upgrade check is running already"}
+        try:
+            problems = upgrade.cluster_problems(st.cluster, target, st.name)
+            problems += upgrade.leader_problems(upgrade_probe.probe(self.gov.pg, target), target, st.name)
+        finally:
+            self._checking.release()
+        log.info("upgrade check to PostgreSQL %s: %s", target, "; ".join(problems) or "passed")
+        return 200, {"to": target, "leader": st.name, "problems": problems}
 
 
 def _schedule_problem(scheduled: object) -> str:

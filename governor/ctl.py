@@ -14,7 +14,7 @@ import sys
 import time
 from typing import List, Optional
 
-from governor import __version__, ctl_config, ctl_generate, ctl_members, ctl_query, ctl_standby
+from governor import __version__, ctl_config, ctl_generate, ctl_members, ctl_query, ctl_standby, ctl_upgrade
 from governor import config as config_mod
 from governor.cluster import Cluster
 from governor.ctl_common import (
@@ -112,6 +112,7 @@ def parser() -> argparse.ArgumentParser:
     dsn.add_argument("--user", default="postgres")
     ctl_query.add_parser(sub)
     ctl_generate.add_parser(sub)
+    ctl_upgrade.add_parser(sub)
     return p
 
 
@@ -294,6 +295,8 @@ def _main(args: argparse.Namespace) -> int:
         return remove(args, dcs, cluster)
     if args.command == "query":
         return ctl_query.query(args, cluster)
+    if args.command == "upgrade":
+        return ctl_upgrade.upgrade_cluster(args, cluster, _api_auth(args))
     if args.command == "dsn":
         return print_dsn(args, cluster)
     if args.command == "migrate":

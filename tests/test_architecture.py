@@ -11,7 +11,7 @@ from typing import Dict, List, Set
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PURE = ("governor.ha", "governor.hatypes", "governor.race", "governor.sync", "governor.cluster", "governor.dynamic",
         "governor.settings", "governor.pgparams", "governor.pgvalue", "governor.backoff", "governor.slots",
-        "governor.failsafe", "governor.failsafelist")
+        "governor.failsafe", "governor.failsafelist", "governor.upgrade", "governor.cluster_settings")
 IO_MODULES = {"psycopg2", "etcd", "urllib3", "urllib", "http", "socket", "ssl", "select", "subprocess", "os",
               "shutil", "glob", "threading", "yaml", "sdnotify", "prometheus_client", "daemon", "fcntl",
               "signal", "ctypes"}

@@ -1,0 +1,83 @@
+"""The checks before a major-version upgrade, as judged from etcd and from the leader's findings
+(governor/upgrade.py): each problem names the member and the reason."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from governor import upgrade
+from governor.cluster import Cluster, Leader, Member, Switchover
+
+MB = 2**20
+
+
+def member(name: str, role: str = "replica", lsn: int = 100 * MB, majors=(15, 17), state: str = "running") -> Member:
+    return Member(name=name, role=role, state=state, lsn=lsn, pg_majors=tuple(majors))
+
+
+def healthy(**changes) -> Cluster:
+    base = dict(initialize="7", leader=Leader("db1"),
+                members=(member("db1", "primary"), member("db2"), member("db3")))
+    base.update(changes)
+    return Cluster(**base)
+
+
+def test_a_healthy_cluster_with_the_target_installed_everywhere_passes():
+    assert upgrade.cluster_problems(healthy(), 17, "db1") == []
+
+
+def test_each_member_without_the_target_is_named_with_what_it_has():
+    cluster = healthy(members=(member("db1", "primary"), member("db2", majors=(15,)), member("db3", majors=())))
+    problems = upgrade.cluster_problems(cluster, 17, "db1")
+    assert problems == [
+        "db2: PostgreSQL 17 is not installed (found 15): install the postgresql-17 package there",
+        "db3: does not report which PostgreSQL versions are installed (its governor is older than this one): "
+        "upgrade governor there first"]
+
+
+def test_replicas_must_run_and_stream_close_behind():
+    behind = 200 * MB - upgrade.LAG_MAX - 1
+    cluster = healthy(members=(member("db1", "primary", lsn=200 * MB), member("db2", lsn=behind),
+                               member("db3", state="starting"), member("db4", lsn=None)))
+    problems = upgrade.cluster_problems(cluster, 17, "db1")
+    assert problems == [f"db2: {upgrade.LAG_MAX + 1} bytes behind the leader (at most {upgrade.LAG_MAX} when the "
+                        "upgrade starts)", "db3: not a running replica (replica, starting)",
+                        "db4: its position or the leader's is unknown"]
+
+
+def test_maintenance_mode_and_a_pending_switchover_refuse():
+    problems = upgrade.cluster_problems(healthy(paused=True, switchover=Switchover("db1", "db2", 0.0)), 17, "db1")
+    assert problems[:2] == ["maintenance mode is on: resume first (governorctl resume)",
+                            "a switchover is pending: let it finish or cancel it first"]
+    assert upgrade.cluster_problems(None, 17, "db1") == ["etcd is not reachable from the leader"]
+
+
+def test_the_leaders_findings_each_become_a_problem_naming_it():
+    facts = upgrade.LeaderFacts(data_major=15, target_bin=None, prepared=2, long_transactions=("pid 7 (app)",),
+                                missing_extensions=("postgis (database shop)",), free_bytes=10 * MB,
+                                needed_bytes=256 * MB, pg_upgrade="Checking for reg* data types ... fatal",
+                                errors=("could not ask PostgreSQL (timeout)",))
+    problems = upgrade.leader_problems(facts, 17, "db1")
+    assert all(p.startswith("db1 (leader): ") for p in problems), problems
+    text = "\n".join(problems)
+    for expected in ("could not ask PostgreSQL", "no binaries of PostgreSQL 17", "2 prepared transaction(s)",
+                     "open for more than 60 s: pid 7", "extension postgis (database shop) is not installed for "
+                     "PostgreSQL 17", "10 MB free", "pg_upgrade --check: Checking for reg*"):
+        assert expected in text
+    assert len(problems) == 7
+    fine = upgrade.LeaderFacts(data_major=15, target_bin="/usr/lib/postgresql/17/bin", free_bytes=10**12)
+    assert upgrade.leader_problems(fine, 17, "db1") == []
+    assert upgrade.leader_problems(fine, 15, "db1") == [
+        "the cluster runs PostgreSQL 15: --to must name a later major version"]
+
+
+@pytest.mark.parametrize("value", [True, "17", 9, 100, 17.0, None])
+def test_a_target_that_is_no_major_version_is_refused(value):
+    assert upgrade.target_problem(value).startswith("to: expected a PostgreSQL major version")
+
+
+@pytest.mark.parametrize("raw,parsed", [([15, 17], (15, 17)), ([17, 15, 17], (15, 17)), ("15", ()),
+                                        ([True, -1, 1000, "17", 16], (16,)), (list(range(1, 40)), ())])
+def test_the_installed_versions_in_a_member_key_are_parsed_as_hostile(raw, parsed):
+    assert Member.from_json("db1", json.dumps({"role": "replica", "pg_majors": raw})).pg_majors == parsed
