@@ -29,7 +29,7 @@ def rows(cluster: Cluster) -> List[dict]:
                     "state": m.state, "timeline": m.timeline, "lag_bytes": lag, "tags": m.tags,
                     "pending_restart": m.pending_restart, "failsafe": m.failsafe,
                     "version": m.version, "pg_version": _pg_version(m.pg_version),
-                    "scheduled_restart": m.scheduled_restart})
+                    "pg_majors": list(m.pg_majors), "scheduled_restart": m.scheduled_restart})
     return out
 
 

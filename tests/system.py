@@ -80,6 +80,36 @@ def rootfs(release: str = "bookworm", packages: Optional[List[str]] = None, as_a
     return path
 
 
+def upgraded_rootfs() -> str:
+    """A Debian 12 host with PostgreSQL 15, then upgraded to Debian 13 the way apt does it: sources
+    switched to trixie, `apt full-upgrade` (postgresql-15 stays, obsolete but installed), and
+    `apt install postgresql-17`. Built from rootfs("bookworm") once and cached."""
+    base = rootfs("bookworm")
+    path = base + "-to-trixie"
+    if os.path.exists(os.path.join(path, ".complete")):
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    subprocess.run(["cp", "-a", base, path], check=True)
+    os.remove(os.path.join(path, ".complete"))
+    with open(os.path.join(path, "etc/apt/sources.list"), "w") as fh:
+        fh.write(f"deb {MIRROR} trixie main\n")
+    resolv = os.path.join(path, "etc/resolv.conf")
+    if os.path.islink(resolv) or os.path.exists(resolv):
+        os.remove(resolv)
+    shutil.copy("/etc/resolv.conf", resolv)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive"}
+    keep = ["-o", "Dpkg::Options::=--force-confold", "-o", "Dpkg::Options::=--force-confdef"]
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "full-upgrade", "-q", "-y", *keep],
+                ["apt-get", "install", "-q", "-y", *keep, "postgresql-17"], ["apt-get", "clean"]):
+        done = subprocess.run(["chroot", path, *cmd], capture_output=True, text=True, env=env, timeout=1800)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} in the upgraded root failed: {done.stderr.strip()[-500:]}")
+    with open(resolv, "w"):
+        pass
+    open(os.path.join(path, ".complete"), "w").close()
+    return path
+
+
 def container_uid(root: str, user: str) -> tuple:
     with open(os.path.join(root, "etc/passwd")) as fh:
         for line in fh:
