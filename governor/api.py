@@ -149,8 +149,10 @@ class _Server(ThreadingHTTPServer):
 class ApiServer:
     def __init__(self, config: Config, get_status: Callable[[], NodeStatus],
                  controls: Optional[Dict[str, Callable[[dict], Tuple[int, dict]]]] = None,
-                 audit_sink: Optional[Callable[[dict], None]] = None):
+                 audit_sink: Optional[Callable[[dict], None]] = None,
+                 exposition: Optional[Callable[[], Tuple[bytes, str]]] = None):
         self.config = config
+        self.exposition = exposition    # GET /metrics: the exporter's scrape, on this port too
         # Control endpoints: "METHOD /path" -> handler(JSON body) -> (HTTP code, JSON answer)
         self.controls = controls or {}
         self.audit_sink = audit_sink    # keeps each audit record (in etcd)
@@ -250,6 +252,14 @@ class _Handler(BaseHTTPRequestHandler):
         if not head_only:
             self.wfile.write(payload)
 
+    def _send_raw(self, payload: bytes, content_type: str, head_only: bool) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", "0" if head_only else str(len(payload)))
+        self.end_headers()
+        if not head_only:
+            self.wfile.write(payload)
+
     def _route(self, method: str) -> None:
         url = urlsplit(self.path)
         path = url.path.rstrip("/") or "/"
@@ -282,6 +292,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, st.as_dict(), head_only)
             if path == "/cluster":
                 return self._send(200, st.cluster_dict(), head_only)
+            if path == "/metrics" and self.api.exposition is not None:
+                return self._send_raw(*self.api.exposition(), head_only)
             if path == "/config":
                 if self._principal() is None:
                     return self._unauthorized()

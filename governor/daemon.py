@@ -330,7 +330,8 @@ class Governor:
             log.warning("%s", warning)
         self.fence.start()
         self.controls = Controls(self)
-        self.api = ApiServer(self.config, self.board.get, self.controls.endpoints(), self.controls.remember)
+        self.api = ApiServer(self.config, self.board.get, self.controls.endpoints(), self.controls.remember,
+                             self.metrics.exposition if self.metrics else None)
         try:
             self.api.start()
         except OSError as exc:

@@ -9,10 +9,10 @@ import logging
 import socketserver
 import threading
 import time
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Tuple
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.platform_collector import PlatformCollector
@@ -66,6 +66,10 @@ class Metrics:
         if not ok:
             self.dcs_errors.labels(operation).inc()
 
+    def exposition(self) -> Tuple[bytes, str]:
+        """The scrape as the exporter serves it (the API serves it at /metrics as well)."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
     def start(self) -> None:
         app = make_wsgi_app(self.registry)
         self._server = make_server(self.config.metrics.listen_host, self.config.metrics.port, app,
@@ -108,6 +112,11 @@ class _StatusCollector:
         info = InfoMetricFamily("governor_build", "governor version and identity of this member")
         info.add_metric([], {"version": __version__, "scope": st.scope, "member": st.name})
         yield info
+        if st.etcd_cluster_id:
+            etcd = InfoMetricFamily("governor_etcd_cluster", "The etcd cluster this member's endpoints answered from "
+                                    "(members of one scope must agree)")
+            etcd.add_metric([], {"cluster_id": st.etcd_cluster_id})
+            yield etcd
 
         role = GaugeMetricFamily("governor_role", "1 for the role this member has now", labels=["role"])
         for name in ROLES:
@@ -129,6 +138,8 @@ class _StatusCollector:
             gauge("governor_etcd_endpoints_split", "1 while this member's etcd endpoints belong to different etcd "
                   "clusters: it acts on neither", float(st.etcd_split)),
             gauge("governor_paused", "1 while automatic actions are paused", float(st.paused)),
+            gauge("governor_pending_restart", "1 while a changed PostgreSQL setting waits for a restart",
+                  float(st.pending_restart)),
             gauge("governor_standby_cluster", "1 while this cluster is a standby cluster (standby_cluster set): "
                   "it has no primary", float(standby.KEY in st.cluster.config) if st.cluster is not None else None),
             gauge("governor_failsafe_active", "1 while this primary stays primary on its members' promises "

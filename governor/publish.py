@@ -79,6 +79,7 @@ def publish_status(g: NodeHost, local: LocalState, decision: Decision) -> None:
         leader=g.cluster.leader.name if g.cluster and g.cluster.leader else None,
         dcs_reachable=g.cluster is not None, dcs_error=g.mem.dcs_error if g.cluster is None else None,
         etcd_split=bool(getattr(getattr(g.dcs, "clusters", None), "split", None)), tags=g.config.tags,
+        etcd_cluster_id=getattr(getattr(g.dcs, "clusters", None), "current", None),
         decision=decision.case,
         message=decision.message, loop_finished=clock.monotonic(), loop_finished_wall=clock.wall(),
         cluster=g.cluster, replicas=g.replicas, pg_version=g.pg_version,

@@ -65,6 +65,7 @@ class NodeStatus:
     dcs_reachable: bool = False
     dcs_error: Optional[str] = None     # why etcd could not be used in the last loop
     etcd_split: bool = False            # its etcd endpoints belong to different etcd clusters
+    etcd_cluster_id: Optional[str] = None  # the etcd cluster its endpoints answered from (v3)
     tags: Dict[str, Any] = field(default_factory=dict)
     decision: str = ""
     message: str = ""

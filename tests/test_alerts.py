@@ -11,12 +11,14 @@ import subprocess
 import urllib.request
 
 import pytest
+import yaml
 
 from tests.harness import REPO, wait_until
 
 RULES = os.path.join(REPO, "packaging", "prometheus", "governor-alerts.yml")
 RULE_TESTS = os.path.join(REPO, "tests", "prometheus", "governor-alerts.test.yml")
 DASHBOARD = os.path.join(REPO, "packaging", "grafana", "governor-dashboard.json")
+RUNBOOKS = os.path.join(REPO, "docs", "runbooks")
 
 
 def dashboard_queries() -> list:
@@ -33,7 +35,42 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
 def test_the_rules_are_valid_for_prometheus():
     done = promtool("check", "rules", RULES)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 12 rules found" in done.stdout
+    assert "SUCCESS: 21 rules found" in done.stdout
+
+
+def rules() -> list:
+    with open(RULES) as fh:
+        return yaml.safe_load(fh)["groups"][0]["rules"]
+
+
+def test_every_alert_links_its_runbook_which_says_what_to_check_and_do():
+    shipped = {name[:-3] for name in os.listdir(RUNBOOKS)}
+    alerts = {rule["alert"] for rule in rules()}
+    assert shipped == alerts, f"runbooks without an alert: {shipped - alerts}; alerts without one: {alerts - shipped}"
+    for rule in rules():
+        name = rule["alert"]
+        assert rule["annotations"]["runbook_url"] == f"file:///usr/share/governor/runbooks/{name}.md"
+        with open(os.path.join(RUNBOOKS, f"{name}.md")) as fh:
+            text = fh.read()
+        assert text.startswith(f"# {name}: "), name
+        for section in ("## What it means", "## Confirm", "## What to do", "## What not to do"):
+            assert section in text, f"{name}: no {section!r}"
+        assert "governorctl" in text or "journalctl" in text, f"{name}: no command to confirm it with"
+
+
+def test_every_alert_carries_its_scope_and_assumes_no_job_name():
+    """Checked where it counts: the label sets promtool computes for each alert firing."""
+    with open(RULES) as fh:
+        assert 'job="' not in fh.read(), "a job name is hard-coded"
+    with open(RULE_TESTS) as fh:
+        cases = [c for t in yaml.safe_load(fh)["tests"] for c in t["alert_rule_test"]]
+    for rule in rules():
+        mine = [c for c in cases if c["alertname"] == rule["alert"]]
+        firing = [a for c in mine for a in c["exp_alerts"]]
+        assert firing and any(not c["exp_alerts"] for c in mine), f"{rule['alert']}: one firing, one not"
+        assert all("scope" in a["exp_labels"] for a in firing), rule["alert"]
+        if "$labels.member" in rule["annotations"]["summary"]:
+            assert all("member" in a["exp_labels"] for a in firing), rule["alert"]
 
 
 def test_the_rules_fire_when_they_should_on_synthetic_series():

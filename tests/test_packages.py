@@ -57,6 +57,7 @@ def test_apt_install_configure_enable_upgrade_and_purge(machine, deb, next_deb, 
     for example in ("journal-log", "pgbouncer-follow-primary"):
         assert m.run("test", "-x", f"/usr/share/governor/callbacks/{example}", check=False).returncode == 0, example
     for shipped in ("governor/prometheus/governor-alerts.yml", "governor/grafana/governor-dashboard.json",
+                    "governor/runbooks/GovernorTwoPrimaries.md", "governor/runbooks/GovernorPaused.md",
                     "bash-completion/completions/governor", "bash-completion/completions/governorctl"):
         assert m.run("test", "-f", f"/usr/share/{shipped}", check=False).returncode == 0, shipped
     for page in ("/usr/share/man/man8/governor.8.gz", "/usr/share/man/man1/governorctl.1.gz",
@@ -157,6 +158,7 @@ def test_rpm_builds_lint_clean_with_the_same_file_set():
                  "/usr/share/governor/callbacks/journal-log", "/usr/share/governor/callbacks/pgbouncer-follow-primary",
                  "/usr/share/governor/prometheus/governor-alerts.yml",
                  "/usr/share/governor/grafana/governor-dashboard.json",
+                 "/usr/share/governor/runbooks/GovernorNoLeader.md",
                  "/usr/share/bash-completion/completions/governorctl",
                  "/usr/share/man/man5/governor.yml.5.gz",
                  "/usr/lib/python3.9/site-packages/governor/daemon.py"):

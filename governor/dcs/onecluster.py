@@ -38,6 +38,12 @@ class OneCluster:
         self.swept: Optional[float] = None
         self.split: Optional[str] = None      # what is wrong, while the endpoints disagree
 
+    @property
+    def current(self) -> Optional[str]:
+        """The etcd cluster id every endpoint answered with (None: none seen yet, or a split)."""
+        ids = set(self.seen.values())
+        return next(iter(ids)) if len(ids) == 1 else None
+
     def record(self, endpoint: Endpoint, answer: Any) -> None:
         """An answer from `endpoint`; raises Split while the endpoints seen disagree."""
         found = cluster_id(answer)
