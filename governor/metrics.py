@@ -150,6 +150,8 @@ class _StatusCollector:
             gauge("governor_sync_degraded", "Leader in synchronous mode: 1 while commits are acknowledged "
                   "without a synchronous standby", float(st.sync_degraded) if st.sync_degraded is not None else None),
             gauge("governor_timeline", "PostgreSQL timeline", float(st.timeline) if st.timeline else None),
+            gauge("governor_postgres_start_timestamp_seconds", "Unix time the running PostgreSQL started",
+                  st.started_at if st.running and st.started_at else None),
             gauge("governor_wal_current_lsn_bytes", "Primary: current WAL position",
                   float(st.lsn) if st.role == "primary" and st.lsn is not None else None),
             gauge("governor_wal_received_lsn_bytes", "Replica: last WAL position received",

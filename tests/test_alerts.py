@@ -22,9 +22,11 @@ RUNBOOKS = os.path.join(REPO, "docs", "runbooks")
 
 
 def dashboard_queries() -> list:
+    """Every panel's and every annotation's query."""
     with open(DASHBOARD) as fh:
         board = json.load(fh)
-    return [t["expr"] for p in board["panels"] for t in p["targets"]]
+    return [t["expr"] for p in board["panels"] for t in p["targets"]] + \
+        [a["expr"] for a in board.get("annotations", {}).get("list", [])]
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
