@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import urllib.parse
 import urllib.request
 from typing import List, Optional
@@ -128,3 +129,27 @@ def test_metrics_are_served_on_the_api_port_too(watched):
     with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=5) as resp:
         on_exporter = {line.split()[2] for line in resp.read().decode().splitlines() if line.startswith("# TYPE")}
     assert on_api == on_exporter and "governor_role" in on_api
+
+
+def test_a_failover_is_an_alert_and_an_annotation_with_the_roles_changing(watched):
+    cluster, prom = watched
+    scope = cluster.scope
+    old = cluster.leader_name()
+    cluster.nodes[old].crash()          # the leader's host dies: governor and PostgreSQL at once
+    new = wait_until(lambda: (cluster.leader_name() or old) != old and cluster.leader_name(), 60, "a failover")
+    failover = wait_until(lambda: prom.alert("GovernorFailover", "firing"), 60, "the failover alert")
+    assert (failover["labels"]["scope"], failover["labels"]["member"]) == (scope, new), failover
+    assert prom.alert("GovernorLeaderChanged", "firing") is None, "a failover is not a switchover"
+    down = wait_until(lambda: prom.alert("GovernorExporterDown", "pending"), 30, "the dead member's exporter")
+    assert down["labels"]["member"] == old and down["labels"]["scope"] == scope, down
+
+    board = json.load(open(os.path.join(os.path.dirname(RULES), "..", "grafana", "governor-dashboard.json")))
+    note = next(a for a in board["annotations"]["list"] if a["name"] == "Failovers")["expr"]
+    assert [r["metric"]["member"] for r in prom.query(note.replace("$scope", scope))] == [new]
+    role = next(p for p in board["panels"] if p["title"] == "Role of each member over time")["targets"][0]["expr"]
+    now = {r["metric"]["member"]: r["value"][1] for r in prom.query(role.replace("$scope", scope))}
+    assert now.get(new) == "2" and old not in now, now
+    was = prom.api("query_range", query=role.replace("$scope", scope), start=str(time.time() - 120),
+                   end=str(time.time()), step="1")["data"]["result"]
+    history = {r["metric"]["member"]: {v for _t, v in r["values"]} for r in was}
+    assert "2" in history[old] and {"1", "2"} <= history[new], "the panel shows the roles changing"
