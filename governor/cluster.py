@@ -156,6 +156,57 @@ class Switchover:
         return self.scheduled_at is None or self.scheduled_at <= now
 
 
+UPGRADE_BEFORE_START = BEFORE_START = ("requested", "stopped", "upgraded")
+UPGRADE_ACTIVE = BEFORE_START + ("starting", "started", "rollback")
+UPGRADE_STEPS = UPGRADE_ACTIVE + ("done", "rolled_back")
+
+
+@dataclass(frozen=True)
+class UpgradeRecord:
+    to: int
+    source: int                       # the major upgraded from ("from" in etcd)
+    leader: str
+    sysid: str                        # the old cluster's system identifier
+    step: str
+    index: int = 0                    # the key's modification index, for compare-and-swap
+    message: str = ""
+    initdb: Tuple[str, ...] = ()      # initdb's options for the new cluster (install user, locale, checksums)
+    started_at: float = 0.0           # Unix time of the request
+    facts: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.step in UPGRADE_ACTIVE
+
+    def as_dict(self) -> dict:
+        return {"to": self.to, "from": self.source, "leader": self.leader, "sysid": self.sysid, "step": self.step,
+                "message": self.message, "initdb": list(self.initdb), "started_at": self.started_at,
+                "facts": self.facts}
+
+    @classmethod
+    def from_json(cls, text: Optional[str], index: int) -> Optional[UpgradeRecord]:
+        """The record as etcd holds it; None when it does not parse (taken as unknown: hold)."""
+        try:
+            data = loads(text)
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        to, source, step = data.get("to"), data.get("from"), data.get("step")
+        leader, sysid, initdb = data.get("leader"), data.get("sysid"), data.get("initdb", [])
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 1000 for v in (to, source)) \
+                or step not in UPGRADE_STEPS or not isinstance(leader, str) or not isinstance(sysid, str) \
+                or not sysid.isdigit() or not isinstance(initdb, list) or not all(isinstance(a, str) for a in initdb):
+            return None
+        message, started = data.get("message", ""), data.get("started_at", 0)
+        facts = data.get("facts", {})
+        return cls(to=to, source=source, leader=leader, sysid=sysid, step=step, index=index,
+                   message=message[:2000] if isinstance(message, str) else "", initdb=tuple(initdb),
+                   started_at=float(started) if isinstance(started, (int, float)) and not isinstance(started, bool)
+                   else 0.0, facts=facts if isinstance(facts, dict) else {})
+
+
+
 @dataclass(frozen=True)
 class Cluster:
     initialize: Optional[str]      # None: key absent; "": bootstrap claimed, no system id yet
@@ -175,6 +226,8 @@ class Cluster:
     leader_lsn_unreadable: bool = False  # optime/leader exists but does not parse: the position is unknown
     failsafe: Optional[FailsafeList] = None   # the leader's failsafe member list (failsafe.py)
     failsafe_unreadable: bool = False         # a `failsafe` key that does not parse: unknown
+    upgrade: Optional[UpgradeRecord] = None   # a major-version upgrade under way (upgrade_plan.py)
+    upgrade_unreadable: bool = False          # an `upgrade` key that does not parse: hold
 
     @property
     def initialized(self) -> bool:
@@ -209,6 +262,15 @@ class Cluster:
     @property
     def leader_member(self) -> Optional[Member]:
         return self.member(self.leader.name) if self.leader else None
+
+
+def clone_source(cluster: Cluster, me: str, failed: Optional[str]) -> Optional[str]:
+    """The most advanced running replica tagged clonefrom (True, not merely truthy: a tag from
+    etcd), other than the one the last clone failed from (then the leader, or another)."""
+    tagged = [m for m in cluster.members if m.name not in (me, failed) and m.tags.get("clonefrom") is True
+              and m.conn_url
+              and m.role == "replica" and m.state == "running" and m.lsn is not None]
+    return max(tagged, key=lambda m: (m.lsn, m.name)).name if tagged else None
 
 
 HOST_RE = re.compile(r"[A-Za-z0-9_.:%-]{1,253}")

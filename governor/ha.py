@@ -17,6 +17,18 @@ Cases, checked top to bottom (the first that matches wins):
   dcs_unreachable               etcd unreachable otherwise                    -
   data_dir_not_postgres         data_dir holds files that are not PostgreSQL  -  (never touched)
   foreign_data_dir              system identifier differs from `initialize`  -  (never touched)
+  upgrade_unknown               the `upgrade` key does not parse: hold        (renew_lock)
+  upgrade_rollback              upgrading leader (upgrade_plan.py's steps),   (renew_lock), upgrade_rollback
+                                failed or aborted before `starting`
+  upgrade_stop                  upgrading leader, upgrade requested           (renew_lock), upgrade_stop
+  upgrade_pg_upgrade            upgrading leader, old version stopped         (renew_lock), upgrade_run
+  upgrade_start_new             upgrading leader, pg_upgrade done (or the     (renew_lock), upgrade_start
+                                new version not running yet)
+  upgrade_done                  upgrading leader on the new version, every    renew_lock, ensure_slots,
+                                other member running it as a replica          manage_sync, upgrade_done
+  upgrade_hold                  another member upgrades: no failover          - (start_as_replica if stopped)
+  upgrade_reclone               the leader runs the new version; this data    upgrade_set_aside, clone
+                                directory is the old system's
   restart_requested             operator asked to restart PostgreSQL here    (renew_lock), restart
   scheduled_restart_skipped     an operator's scheduled restart is due, but   forget_scheduled_restart
                                 PostgreSQL is not running, or it was for a
@@ -150,9 +162,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Optional
 
-from governor import failsafe
+from governor import failsafe, upgrade_plan
 from governor import standby as standby_cluster
-from governor.cluster import Cluster
+from governor.cluster import Cluster, clone_source
 from governor.hatypes import (  # noqa: F401 - re-exported: the executors and tests name them through ha
     BOOTSTRAP_ATTEMPTS,
     EMPTY,
@@ -165,15 +177,6 @@ from governor.hatypes import (  # noqa: F401 - re-exported: the executors and te
 )
 from governor.race import decide_race
 from governor.restarts import LEADER_RESTART_WAIT, scheduled_restart  # noqa: F401 - re-exported
-
-
-def clone_source(cluster: Cluster, me: str, failed: Optional[str]) -> Optional[str]:
-    """The most advanced running replica tagged clonefrom (True, not merely truthy: a tag from
-    etcd), other than the one the last clone failed from (then the leader, or another)."""
-    tagged = [m for m in cluster.members if m.name not in (me, failed) and m.tags.get("clonefrom") is True
-              and m.conn_url
-              and m.role == "replica" and m.state == "running" and m.lsn is not None]
-    return max(tagged, key=lambda m: (m.lsn, m.name)).name if tagged else None
 
 
 def _await_leader(leader: str) -> Decision:
@@ -218,6 +221,9 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
         return Decision("data_dir_not_postgres",
                         f"{local.data_dir} holds files but is not a PostgreSQL data directory; refusing to "
                         "touch it: empty it or point postgresql.data_dir elsewhere")
+    upgrading = upgrade_plan.decide(cluster, local)
+    if upgrading is not None:
+        return upgrading
     if cluster.initialized and local.sysid and local.sysid != cluster.initialize:
         return Decision("foreign_data_dir",
                         f"{local.data_dir} belongs to another cluster (system identifier {local.sysid}, "

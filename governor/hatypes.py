@@ -36,6 +36,12 @@ class Action(str, Enum):
     FAILSAFE_LIST = "failsafe_list"         # write (or delete) the `failsafe` key to match
     REPLICA_SLOTS = "replica_slots"         # replica: slots of members streaming from it; permanent slots' copies
     FORGET_SCHEDULED_RESTART = "forget_scheduled_restart"   # the scheduled restart is due: it runs once
+    UPGRADE_STOP = "upgrade_stop"           # major upgrade, leader: stop the old version cleanly
+    UPGRADE_RUN = "upgrade_run"             # ... pg_upgrade --link into {data_dir}.upgrading
+    UPGRADE_START = "upgrade_start"         # ... swap the directories, start the new version
+    UPGRADE_DONE = "upgrade_done"           # ... every member runs it: the record says done
+    UPGRADE_ROLLBACK = "upgrade_rollback"   # ... restore the old cluster (before `starting` only)
+    UPGRADE_SET_ASIDE = "upgrade_set_aside"  # replica: move the old data directory aside, new binaries
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,7 @@ class LocalState:
     # answered but could not say ("node1 (10.0.0.11:5432)")
     writable_elsewhere: Tuple[str, ...] = ()
     unknown_elsewhere: Tuple[str, ...] = ()
+    data_major: Optional[int] = None         # the data directory's PG_VERSION
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import psycopg2
 
-from governor import clock, standby
+from governor import bindir, clock, standby
 from governor.cluster import Cluster, parse_conn_url
 from governor.dcs import DCSError
 from governor.ha import LocalState
@@ -120,7 +120,7 @@ def _local_base(g: NodeHost, kind: str) -> dict:
                 primary_start_timeout=cfg.primary_start_timeout,
                 maximum_lag_on_failover=pg.maximum_lag_on_failover,
                 rewind_pending=mem.rewind_pending, rewind_failed=mem.rewind_failed,
-                bootstrap_failures=mem.bootstrap_failures)
+                bootstrap_failures=mem.bootstrap_failures, data_major=bindir.data_major(pg.data_dir))
 
 
 def _controldata(g: NodeHost) -> datadir.ControlData:

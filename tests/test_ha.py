@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from governor import ha
-from governor.cluster import Cluster, Leader, Member, Switchover
+from governor.cluster import Cluster, Leader, Member, Switchover, UpgradeRecord
 from governor.failsafe import FailsafeList
 from governor.ha import Action as A
 from governor.sync import SyncState
@@ -212,6 +212,41 @@ TABLE = [
      local(peers={"node2": None, "node3": None}), (A.FOLLOW,), None),
     ("leader_race", cluster(members=[member("node2", lsn=50)], leader_lsn=150), local(lsn=100),
      (A.ACQUIRE_LOCK, A.PROMOTE, A.ENSURE_SLOTS), None),
+]
+
+
+def upgrading(step, leader=ME, holder=ME, members=(), unreadable=False):
+    """A snapshot during a major upgrade from 15 to 17 that `leader` drives."""
+    record = None if unreadable else UpgradeRecord(to=17, source=15, leader=leader, sysid=SYSID, step=step, index=9)
+    return replace(cluster(holder, members=members), upgrade=record, upgrade_unreadable=unreadable)
+
+
+NODE2_ON_17 = replace(PRIMARY_NODE2, pg_version=170002)
+NODE2_REPLICA_17 = replace(member("node2"), pg_version=170002)
+NODE2_REPLICA_15 = replace(member("node2"), pg_version=150010)
+TABLE += [
+    ("upgrade_unknown", upgrading("requested", unreadable=True), local(role="primary"), (A.RENEW_LOCK,), None),
+    ("upgrade_unknown", upgrading("requested", holder="node2", unreadable=True), local(), (), None),
+    ("upgrade_rollback", upgrading("rollback"), local(running=False), (A.RENEW_LOCK, A.UPGRADE_ROLLBACK), None),
+    ("upgrade_stop", upgrading("requested"), local(role="primary"), (A.RENEW_LOCK, A.UPGRADE_STOP), None),
+    ("upgrade_pg_upgrade", upgrading("stopped"), local(running=False), (A.RENEW_LOCK, A.UPGRADE_RUN), None),
+    ("upgrade_pg_upgrade", upgrading("stopped", holder=None), local(running=False), (A.ACQUIRE_LOCK, A.UPGRADE_RUN),
+     None),
+    ("upgrade_start_new", upgrading("upgraded"), local(running=False), (A.RENEW_LOCK, A.UPGRADE_START), None),
+    ("upgrade_start_new", upgrading("started"), local(running=False), (A.RENEW_LOCK, A.UPGRADE_START), None),
+    ("upgrade_done", upgrading("started", members=[member(ME, role="primary"), NODE2_REPLICA_17]),
+     local(role="primary"), (A.RENEW_LOCK, A.ENSURE_SLOTS, A.MANAGE_SYNC, A.UPGRADE_DONE), None),
+    ("leader_renew", upgrading("started", members=[member(ME, role="primary"), NODE2_REPLICA_15]),
+     local(role="primary"), (A.RENEW_LOCK, A.ENSURE_SLOTS, A.MANAGE_SYNC), None),
+    ("upgrade_hold", upgrading("stopped", leader="node2", holder="node2"), local(), (), None),
+    ("upgrade_hold", upgrading("requested", leader="node2", holder=None), local(), (), None),
+    ("upgrade_hold", upgrading("upgraded", leader="node2", holder="node2"), local(running=False),
+     (A.START_AS_REPLICA,), "node2"),
+    ("upgrade_hold", upgrading("started", leader="node2", holder="node2", members=[member("node2", state="starting")]),
+     ha.LocalState(name=ME, data=ha.POSTGRES, sysid=SYSID, running=True, role="replica", data_major=15), (), None),
+    ("upgrade_reclone", upgrading("started", leader="node2", holder="node2", members=[NODE2_ON_17]),
+     ha.LocalState(name=ME, data=ha.POSTGRES, sysid=SYSID, running=True, role="replica", data_major=15),
+     (A.UPGRADE_SET_ASIDE, A.CLONE), "node2"),
 ]
 
 

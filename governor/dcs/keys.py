@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable, NamedTuple, Optional
 
-from governor.cluster import Cluster, Leader, Member, Switchover, loads
+from governor.cluster import Cluster, Leader, Member, Switchover, UpgradeRecord, loads
 from governor.dynamic import without_file_only
 from governor.failsafelist import FailsafeList
 from governor.settings import NAME_MAX, NAME_RE
@@ -23,7 +23,7 @@ LSN_MAX = 2**64 - 1
 # member key, when it appears or goes (the leader makes or drops a replication slot) or when what
 # others act on changes (member_facts) — not for the refresh of a member key or of the leader's
 # position, which every member writes each loop.
-WAKE_KEYS = frozenset(("leader", "initialize", "failover", "pause", "config", "sync"))
+WAKE_KEYS = frozenset(("leader", "initialize", "failover", "pause", "config", "sync", "upgrade"))
 
 
 def member_facts(text: Optional[str]) -> tuple:
@@ -74,6 +74,7 @@ def build_cluster(entries: Iterable[Entry], index: int, problems: Iterable[str] 
     ignored: list = []
     sync = None
     failsafe, failsafe_unreadable = None, False
+    upgrade, upgrade_unreadable = None, False
     for e in entries:
         if e.key == "initialize":
             initialize = e.value or ""
@@ -114,6 +115,12 @@ def build_cluster(entries: Iterable[Entry], index: int, problems: Iterable[str] 
             if ignored:
                 problems.append(f"config: {', '.join(ignored)}: only each member's files may set these (they run "
                                 "a program, load code or choose where files are written); ignored")
+        elif e.key == "upgrade":
+            upgrade = UpgradeRecord.from_json(e.value, e.index)
+            upgrade_unreadable = upgrade is None
+            if upgrade is None:
+                problems.append(f"upgrade: not an upgrade record ({_snippet(e.value)}): every member holds (no "
+                                "failover) until it is rewritten or removed (governorctl upgrade --abort)")
         elif e.key == "history":
             history = history_list(e.value)
         elif e.key == "audit":
@@ -132,7 +139,8 @@ def build_cluster(entries: Iterable[Entry], index: int, problems: Iterable[str] 
                    config=config, config_index=config_index, sync=sync, problems=tuple(problems),
                    ignored_settings=tuple(ignored), audit=audit,
                    leader_lsn_unreadable=leader_lsn_unreadable, failsafe=failsafe,
-                   failsafe_unreadable=failsafe_unreadable)
+                   failsafe_unreadable=failsafe_unreadable, upgrade=upgrade,
+                   upgrade_unreadable=upgrade_unreadable)
 
 
 def valid_member_name(name: str) -> bool:
