@@ -161,7 +161,8 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
         elif os.path.isdir(data_dir) and os.geteuid() != 0 and os.stat(data_dir).st_uid != os.geteuid():
             c.fail("postgresql.data_dir", f"{data_dir} belongs to another user (uid {os.stat(data_dir).st_uid}); "
                                           f"governor runs as uid {os.geteuid()}, as PostgreSQL must")
-    bin_dir, wrong_major = bindir.choose(c.value("postgresql.bin_dir", "str"), data_dir)
+    bin_dir_set = c.value("postgresql.bin_dir", "str")
+    bin_dir, wrong_major = bindir.choose(bin_dir_set, data_dir)
     if wrong_major:
         c.fail("postgresql.bin_dir", wrong_major)
     elif not os.path.exists(os.path.join(bin_dir, "pg_ctl")):
@@ -283,7 +284,8 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
             remove_data_directory_on_rewind_failure=remove_on_failure, member_slots_ttl=member_slots_ttl,
             permanent_slots=permanent_slots, logical_slots=logical_slots, systemd_unit=systemd_unit,
             config_dir=os.path.abspath(config_dir) if config_dir else None, archive=archive,
-            restore=restore, standby_restore_command=standby_restore, replication_ssl=repl_ssl, hostssl=hostssl),
+            restore=restore, standby_restore_command=standby_restore, replication_ssl=repl_ssl, hostssl=hostssl,
+            bin_dir_set=bool(bin_dir_set)),
     ), values)
 
 

@@ -11,10 +11,11 @@ import logging
 import math
 import threading
 import time
+from dataclasses import replace
 from typing import Callable, Dict, Optional, Protocol, Tuple
 
-from governor import audit, clock, dynamic, upgrade, upgrade_probe
-from governor.cluster import Cluster, failover_priority
+from governor import audit, bindir, clock, dynamic, upgrade, upgrade_probe
+from governor.cluster import BEFORE_START, Cluster, UpgradeRecord, failover_priority
 from governor.config import Config, PostgresConfig
 from governor.dcs import DCS, DCSError, from_config
 from governor.dcs.keys import valid_member_name
@@ -61,6 +62,8 @@ class Controls:
             "PATCH /config": self.patch_config,
             "POST /failsafe": self.gov.vouch_for,
             "POST /upgrade/check": self.upgrade_check,
+            "POST /upgrade": self.upgrade_start,
+            "DELETE /upgrade": self.upgrade_abort,
         }
 
     def reset(self) -> None:
@@ -213,6 +216,45 @@ class Controls:
                  ", ".join(f"{k}={b!r}" for k, _a, b in dynamic.diff(cluster.config, new)) or "no change")
         self.gov.wake.set()
         return 200, new
+
+    def upgrade_start(self, body: dict) -> Answer:
+        """The checks, then (none failing) the upgrade record at its first step: the leader's loop
+        carries it out (upgrade_plan.py)."""
+        code, answer = self.upgrade_check(body)
+        if code != 200 or answer["problems"]:
+            return (412, {"error": "the checks refuse the upgrade", **answer}) if code == 200 else (code, answer)
+        try:
+            cluster = self.dcs.get_cluster()
+            old = cluster.upgrade
+            if cluster.upgrade_unreadable or old is not None and old.active or not cluster.initialize:
+                return 409, {"error": "an upgrade is under way already"}
+            record = UpgradeRecord(to=body["to"], source=bindir.data_major(self.gov.pg.data_dir) or 0,
+                                   leader=self.gov.pg.name, sysid=cluster.initialize, step="requested",
+                                   started_at=clock.wall())
+            if not self.dcs.set_upgrade(record.as_dict(), old.index if old else 0):
+                return 409, {"error": "the upgrade key changed meanwhile; nothing written"}
+        except DCSError as exc:
+            return 503, {"error": str(exc)}
+        log.warning("upgrade to PostgreSQL %s requested through the API: failover is held until it is done", body["to"])
+        self.gov.wake.set()
+        return 202, {"message": f"upgrade to PostgreSQL {body['to']} started by {self.gov.pg.name}"}
+
+    def upgrade_abort(self, body: dict) -> Answer:
+        """Roll an upgrade back, only before the new version starts (its point of no return)."""
+        try:
+            record = self.dcs.get_cluster().upgrade
+            if record is None or not record.active:
+                return 404, {"error": "no upgrade is under way"}
+            if record.step not in BEFORE_START:
+                return 409, {"error": f"the upgrade is past its point of no return ({record.step}): it only goes "
+                                      "forward"}
+            if not self.dcs.set_upgrade(replace(record, step="rollback", message="aborted by the operator").as_dict(),
+                                        record.index):
+                return 409, {"error": "the upgrade moved on meanwhile; try again"}
+        except DCSError as exc:
+            return 503, {"error": str(exc)}
+        self.gov.wake.set()
+        return 202, {"message": f"rolling the upgrade to PostgreSQL {record.to} back"}
 
     def upgrade_check(self, body: dict) -> Answer:
         """The checks before a major-version upgrade to body['to'], run by the leader (upgrade.py);

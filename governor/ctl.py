@@ -296,7 +296,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.command == "query":
         return ctl_query.query(args, cluster)
     if args.command == "upgrade":
-        return ctl_upgrade.upgrade_cluster(args, cluster, _api_auth(args))
+        return ctl_upgrade.upgrade_cluster(args, dcs, cluster, _api_auth(args))
     if args.command == "dsn":
         return print_dsn(args, cluster)
     if args.command == "migrate":

@@ -1,14 +1,20 @@
-"""governorctl upgrade: a major-version upgrade of the whole cluster. This version carries out the
-checks (`--check`): the leader's governor judges, from etcd and from its own host, whether the
-upgrade could start now, and names each member and reason when not. Nothing changes."""
+"""governorctl upgrade: a major-version upgrade of the whole cluster, carried out by the leader's
+governor (upgrade_plan.py). `--check` only asks whether it could start now (each problem names
+the member and the reason; nothing changes); without it the checks run and, none failing, the
+leader starts the upgrade and governorctl follows its steps in etcd until it is done or rolled
+back (it may be interrupted: the cluster carries on). `--abort` rolls it back, only before the
+new version starts."""
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from typing import Callable
 
 from governor import upgrade
 from governor.cluster import Cluster
 from governor.ctl_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, http_json, refuse
+from governor.dcs import DCS, DCSError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,23 +26,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     f"transaction open longer than {upgrade.LONG_TRANSACTION} s, every extension installed for "
                     "the target, enough free space, and pg_upgrade --check passing against the running cluster "
                     "(with a scratch cluster of the target version, removed afterwards). Exit status 0 when "
-                    "every check passes, 1 with each problem listed. The upgrade itself is not carried out by "
-                    "this version of governor.")
-    up.add_argument("--to", type=int, required=True, metavar="MAJOR", help="the target major version, e.g. 17")
-    up.add_argument("--check", action="store_true", help="only check (required in this version)")
-    up.add_argument("--timeout", type=float, default=600, metavar="SECONDS",
-                    help="how long to wait for the leader's answer (default 600)")
+                    "every check passes, 1 with each problem listed. Without --check, the same checks, then the "
+                    "upgrade: failover held, the leader stops cleanly, pg_upgrade --link, the new version starts "
+                    "under the lock in the old data directory's place (the old one kept as DATA_DIR.pgOLD), each "
+                    "replica sets its old directory aside and clones the leader. A failure before the new version "
+                    "starts rolls back to the old one.")
+    up.add_argument("--to", type=int, metavar="MAJOR", help="the target major version, e.g. 17")
+    up.add_argument("--check", action="store_true", help="only check; change nothing")
+    up.add_argument("--abort", action="store_true", help="roll back an upgrade that has not started the new "
+                                                         "version yet")
+    up.add_argument("--timeout", type=float, default=1800, metavar="SECONDS",
+                    help="how long to follow it (default 1800; the cluster carries on after)")
 
 
-def upgrade_cluster(args: argparse.Namespace, cluster: Cluster, auth: tuple) -> int:
+def upgrade_cluster(args: argparse.Namespace, dcs: DCS, cluster: Cluster, auth: tuple) -> int:
+    if args.abort:
+        return _abort(cluster, auth)
     problem = upgrade.target_problem(args.to)
     if problem:
         print(f"governorctl: upgrade --{problem}", file=sys.stderr)
         return EXIT_USAGE
     if not args.check:
-        print("governorctl: this version of governor checks an upgrade (--check) but does not carry it out yet",
-              file=sys.stderr)
-        return EXIT_USAGE
+        return _upgrade(args, dcs, cluster, auth)
     leader = cluster.leader_member
     if leader is None or not leader.api_url:
         return refuse("no leader (or it publishes no API address): the leader carries out the checks")
@@ -55,4 +66,60 @@ def upgrade_cluster(args: argparse.Namespace, cluster: Cluster, auth: tuple) -> 
             print(f"  - {line}")
         return EXIT_FAILED
     print(f"upgrade to PostgreSQL {args.to}: every check passed (checked by {answer.get('leader')})")
+    return EXIT_OK
+
+
+def _upgrade(args: argparse.Namespace, dcs: DCS, cluster: Cluster, auth: tuple) -> int:
+    leader = cluster.leader_member
+    if leader is None or not leader.api_url:
+        return refuse("no leader (or it publishes no API address): the leader carries out the upgrade")
+    try:
+        code, answer = http_json(f"{leader.api_url}/upgrade", "POST", {"to": args.to}, auth, timeout=args.timeout)
+    except OSError as exc:
+        return refuse(f"the leader's API at {leader.api_url} does not answer: {exc}")
+    if code == 412 and isinstance(answer.get("problems"), list):
+        print(f"upgrade to PostgreSQL {args.to}: not possible now ({len(answer['problems'])} problem(s)):")
+        for line in answer["problems"]:
+            print(f"  - {line}")
+        return EXIT_FAILED
+    if code != 202:
+        return refuse(answer.get("error") or f"{leader.name} answered HTTP {code}")
+    print(f"{answer.get('message')}; following it (Ctrl-C leaves it running) ...", flush=True)
+    return _follow(dcs.get_cluster, args.timeout)
+
+
+def _follow(read: Callable[[], Cluster], timeout: float) -> int:
+    started, seen = time.monotonic(), None
+    while time.monotonic() - started < timeout:
+        try:
+            record = read().upgrade
+        except DCSError as exc:
+            print(f"governorctl: {exc}", file=sys.stderr)
+            time.sleep(1)
+            continue
+        step = record.step if record else None
+        if step != seen:
+            seen = step
+            said = f": {record.message}" if record and record.message else ""
+            print(f"{time.monotonic() - started:6.1f}s  {step}{said}", flush=True)
+        if step == "done":
+            return EXIT_OK
+        if step in ("rolled_back", None):
+            return EXIT_FAILED
+        time.sleep(0.5)
+    print(f"governorctl: still {seen} after {timeout:.0f}s; the cluster carries on (governorctl list)", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _abort(cluster: Cluster, auth: tuple) -> int:
+    leader = cluster.member(cluster.upgrade.leader) if cluster.upgrade else cluster.leader_member
+    if leader is None or not leader.api_url:
+        return refuse("the member carrying out the upgrade publishes no API address")
+    try:
+        code, answer = http_json(f"{leader.api_url}/upgrade", "DELETE", {}, auth, timeout=30)
+    except OSError as exc:
+        return refuse(f"{leader.name}'s API at {leader.api_url} does not answer: {exc}")
+    if code != 202:
+        return refuse(answer.get("error") or f"{leader.name} answered HTTP {code}")
+    print(answer.get("message"))
     return EXIT_OK

@@ -32,8 +32,21 @@ def member_data(g: NodeHost, local: LocalState) -> dict:
             "pending_restart": pending, "version": __version__, "failsafe": failsafe_state(g),
             "pre_promote_refused": g.mem.pre_promote_refused(),
             "slots": g.mem.permanent_positions if g.mem.holds_lock else {}, "pg_version": g.pg_version,
-            "pg_majors": list(bindir.installed_majors()),
+            "pg_majors": list(bindir.installed_majors()), "upgrade_blockers": upgrade_blockers(g),
             "scheduled_restart": g.mem.scheduled_restart[0] if g.mem.scheduled_restart else None}
+
+
+def upgrade_blockers(g: NodeHost) -> list:
+    """What in this member's configuration keeps `governorctl upgrade` from carrying out a major
+    upgrade (the leader's checks name them)."""
+    out = []
+    if g.pg.bin_dir_set:
+        out.append("postgresql.bin_dir is set in its files: remove it (governor takes the binaries matching the "
+                   "data directory's PG_VERSION), or after the upgrade governor would not start")
+    if g.pg.systemd_unit or g.pg.config_dir:
+        out.append("PostgreSQL runs as the distribution's unit (postgresql.systemd_unit, config_dir): "
+                   "governorctl upgrade does not handle that layout yet")
+    return out
 
 
 def publish(g: NodeHost, local: LocalState) -> None:

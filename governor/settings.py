@@ -143,6 +143,7 @@ class PostgresConfig:
     replication_ssl: Dict[str, str] = field(default_factory=lambda: {"sslmode": "prefer"})  # libpq's SSL
     # parameters for connections to other members (repltls.py)
     hostssl: bool = False                 # pg_hba.conf lines for the members' network are hostssl
+    bin_dir_set: bool = False             # postgresql.bin_dir given in the files (else chosen from PG_VERSION)
     standby_restore_command: Optional[str] = None  # standby_cluster.restore_command: WAL from the primary
     # cluster's archive while following it (only from the files: it runs a program)
 

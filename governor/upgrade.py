@@ -36,6 +36,8 @@ def cluster_problems(cluster: Optional[Cluster], target: int, leader_name: str) 
     problems = []
     if cluster.paused:
         problems.append("maintenance mode is on: resume first (governorctl resume)")
+    if cluster.upgrade is not None and cluster.upgrade.active or cluster.upgrade_unreadable:
+        problems.append("an upgrade is under way already (governorctl list shows its step)")
     if cluster.switchover is not None:
         problems.append("a switchover is pending: let it finish or cancel it first")
     leader = cluster.member(leader_name)
@@ -47,6 +49,7 @@ def cluster_problems(cluster: Optional[Cluster], target: int, leader_name: str) 
             found = ", ".join(str(v) for v in m.pg_majors)
             problems.append(f"{m.name}: PostgreSQL {target} is not installed (found {found}): install the "
                             f"postgresql-{target} package there")
+        problems.extend(f"{m.name}: {blocker}" for blocker in m.upgrade_blockers)
         if m.name == leader_name:
             continue
         if m.role != "replica" or m.state != "running":

@@ -27,7 +27,7 @@ def probe(pg: PostgresConfig, target: int) -> LeaderFacts:
     """Every check, each failure to run one kept as an error (never as a pass)."""
     errors: List[str] = []
     data_major, target_bin = bindir.data_major(pg.data_dir), bindir.installed(target)
-    query = _querier(pg)
+    query = querier(pg)
     found = {}
     for name, sql in (("prepared", "SELECT count(*) FROM pg_prepared_xacts"),
                       ("long", "SELECT pid, coalesce(usename, '?'), coalesce(datname, '?'), "
@@ -62,7 +62,7 @@ def probe(pg: PostgresConfig, target: int) -> LeaderFacts:
         pg_upgrade=upgrade_check)
 
 
-def _querier(pg: PostgresConfig) -> Query:
+def querier(pg: PostgresConfig) -> Query:
     def query(database: str, sql: str) -> List[tuple]:
         conn = psycopg2.connect(host=pg.socket_dir, port=pg.port, dbname=database, user=pg.superuser.username,
                                 password=pg.superuser.password, connect_timeout=3,
@@ -101,19 +101,13 @@ def pg_upgrade_check(pg: PostgresConfig, target: int, target_bin: str, query: Qu
     initialized as pg_upgrade needs it (the same install user, encoding, locale and checksums).
     None when it passes; otherwise what it said."""
     try:
-        user, checksums, encoding, collate, ctype = query("postgres", (
-            "SELECT (SELECT rolname FROM pg_authid WHERE oid = 10), current_setting('data_checksums'), "
-            "pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = 'template0'"))[0]
-        provider = _locale_provider(query)
+        options, user = initdb_options(query, target)
     except (psycopg2.Error, IndexError) as exc:
         return f"could not read the cluster's install user and locale ({_first_line(exc)})"
     scratch = tempfile.mkdtemp(prefix=".governor-upgrade-check-", dir=os.path.dirname(pg.data_dir))
     try:
         new_data = os.path.join(scratch, "data")
-        initdb = [os.path.join(target_bin, "initdb"), "-D", new_data, "-U", user, "-A", "trust",
-                  f"--encoding={encoding}", f"--lc-collate={collate}", f"--lc-ctype={ctype}", *provider]
-        initdb += ["--data-checksums"] if checksums == "on" else ["--no-data-checksums"] if target >= 18 else []
-        failed = _run(initdb, scratch, {})
+        failed = _run([os.path.join(target_bin, "initdb"), "-D", new_data, *options], scratch, {})
         if failed:
             return f"initdb of a scratch PostgreSQL cluster failed: {failed}"
         env = {}
@@ -123,7 +117,7 @@ def pg_upgrade_check(pg: PostgresConfig, target: int, target_bin: str, query: Qu
                 fh.write(f"*:*:*:{_pgpass_field(user)}:{_pgpass_field(pg.superuser.password)}\n")
             env["PGPASSFILE"] = passfile
         argv = [os.path.join(target_bin, "pg_upgrade"), "--check", "-b", pg.bin_dir, "-B", target_bin,
-                "-d", pg.data_dir, "-D", new_data, "-p", str(pg.port), "-P", str(_free_port()), "-U", user,
+                "-d", pg.data_dir, "-D", new_data, "-p", str(pg.port), "-P", str(free_port()), "-U", user,
                 "-s", scratch]
         if pg.config_dir:
             argv += ["-o", f"-c config_file={os.path.join(pg.config_dir, 'postgresql.conf')}"]
@@ -132,7 +126,21 @@ def pg_upgrade_check(pg: PostgresConfig, target: int, target_bin: str, query: Qu
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _locale_provider(query: Query) -> List[str]:
+INSTALL_FACTS = ("SELECT (SELECT rolname FROM pg_authid WHERE oid = 10), current_setting('data_checksums'), "
+                 "pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = 'template0'")
+
+
+def initdb_options(query: Query, target: int) -> Tuple[List[str], str]:
+    """initdb's options for a cluster of `target` that pg_upgrade accepts from the running one:
+    the same install user, encoding, locale (provider) and checksums; and that install user."""
+    user, checksums, encoding, collate, ctype = query("postgres", INSTALL_FACTS)[0]
+    options = ["-U", user, "-A", "trust", f"--encoding={encoding}", f"--lc-collate={collate}",
+               f"--lc-ctype={ctype}", *locale_provider(query)]
+    options += ["--data-checksums"] if checksums == "on" else ["--no-data-checksums"] if target >= 18 else []
+    return options, user
+
+
+def locale_provider(query: Query) -> List[str]:
     """initdb's locale provider options matching template0's (PostgreSQL 15 added ICU as a
     database default; earlier versions are libc only)."""
     columns = {row[0] for row in query("postgres", "SELECT attname FROM pg_attribute WHERE attrelid = "
@@ -187,7 +195,7 @@ def _head(path: str) -> List[str]:
         return []
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

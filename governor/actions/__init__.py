@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Dict
 
-from governor.actions import failsafe, leader, lock, roles, run, setup
+from governor.actions import failsafe, leader, lock, roles, run, setup, upgrade
 from governor.actions.base import ActionFailed
 from governor.ha import Action, Decision, LocalState
 
@@ -39,6 +39,12 @@ EXECUTORS: Dict[Action, Executor] = {
     Action.MANAGE_SYNC: leader.manage_sync,
     Action.FAILSAFE_HOLD: failsafe.failsafe_hold,
     Action.FAILSAFE_LIST: failsafe.failsafe_list,
+    Action.UPGRADE_STOP: upgrade.stop,
+    Action.UPGRADE_RUN: upgrade.run_pg_upgrade,
+    Action.UPGRADE_START: upgrade.start_new,
+    Action.UPGRADE_DONE: upgrade.done,
+    Action.UPGRADE_ROLLBACK: upgrade.rollback,
+    Action.UPGRADE_SET_ASIDE: upgrade.set_aside,
 }
 
 __all__ = ["EXECUTORS", "ActionFailed", "Executor"]

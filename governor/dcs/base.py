@@ -95,6 +95,19 @@ class DCS(abc.ABC):
         """Write (None: delete) the `failsafe` member list while `holder` holds the lock."""
 
     @abc.abstractmethod
+    def set_upgrade(self, data: dict, index: int) -> bool:
+        """Write the major-upgrade record only if the key is still at `index` (0: absent)."""
+
+    @abc.abstractmethod
+    def replace_initialize(self, old: str, new: str) -> bool:
+        """A major upgrade changed the system identifier: `initialize` becomes `new`, only if it
+        still holds `old`."""
+
+    @abc.abstractmethod
+    def replace_history(self, entries: list) -> None:
+        """The history of a new system (after a major upgrade): the old one's timelines are not its."""
+
+    @abc.abstractmethod
     def remove_cluster(self) -> None:
         """Delete every key of this scope (governorctl remove)."""
 

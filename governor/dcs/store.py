@@ -80,6 +80,18 @@ class KeyStore(Rotating, DCS):
     def delete_sync(self, index: int) -> bool:
         return self._delete_value("sync state removal", self._key("sync"), index)
 
+    def set_upgrade(self, data: dict, index: int) -> bool:
+        return self._put_value("upgrade record update", self._key("upgrade"), encode(data), index)
+
+    def replace_initialize(self, old: str, new: str) -> bool:
+        found = self._get_value("initialize read", self._key("initialize"))
+        if found is None or found[0] != old:
+            return False
+        return self._put_value("initialize update", self._key("initialize"), new, found[1])
+
+    def replace_history(self, entries: list) -> None:
+        self._put_value("history reset", self._key("history"), json.dumps(entries, separators=(",", ":")))
+
     def append_history(self, entry: dict, key: str = "history", keep: Optional[int] = None) -> None:
         path = self._key(key)
         for _ in range(HISTORY_RACES):

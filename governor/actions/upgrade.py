@@ -1,0 +1,259 @@
+"""The executors of a major-version upgrade (upgrade_plan.py decides when each runs). Each step
+ends by recording the next one in etcd's `upgrade` key with compare-and-swap: a step that could
+not record its end runs again (each is written to be run twice).
+
+The leader's directories: the old cluster stays at `data_dir` until the new one is made beside it
+in `{data_dir}.upgrading` (pg_upgrade --link: hard links, so both must be on one file system);
+a file `{data_dir}.upgrading.governor` says that directory is governor's to remove. At the
+switch the old one becomes `{data_dir}.pg{OLD}` and the new one `data_dir`, so no configuration
+file changes; the old directories stay until the operator removes them. A replica moves its old
+data directory aside the same way and clones the new leader."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import replace
+from typing import TYPE_CHECKING, List, Optional
+
+import psycopg2
+
+from governor import bindir, clock, upgrade_probe
+from governor.actions.base import ActionFailed
+from governor.cluster import UpgradeRecord
+from governor.dcs import DCSError
+from governor.ha import Decision, LocalState
+from governor.postgres.controllers import make_controller
+from governor.postgres.server import Server
+from governor.shutdown import before_stop
+from governor.supervisor import under_systemd
+
+if TYPE_CHECKING:
+    from governor.ports import ActionHost
+
+log = logging.getLogger("governor")
+PG_UPGRADE_TIMEOUT = 3600.0
+
+
+def _record(g: ActionHost) -> UpgradeRecord:
+    record = g.cluster.upgrade if g.cluster is not None else None
+    if record is None:
+        raise ActionFailed("the upgrade record is gone")
+    return record
+
+
+def _write(g: ActionHost, record: UpgradeRecord, step: str, **changes: object) -> UpgradeRecord:
+    """The record at its next step, with compare-and-swap on the one this pass read."""
+    new = replace(record, step=step, **changes)
+    try:
+        if not g.dcs.set_upgrade(new.as_dict(), record.index):
+            raise ActionFailed("the upgrade record changed meanwhile (an abort?); reading it again")
+    except DCSError as exc:
+        raise ActionFailed(f"could not record the upgrade's step {step}: {exc}") from exc
+    log.info("upgrade to PostgreSQL %s: %s%s", record.to, step, f" ({new.message})" if new.message != record.message
+             else "")
+    return new
+
+
+def _paths(g: ActionHost, record: UpgradeRecord) -> tuple:
+    data = g.pg.data_dir
+    return data, f"{data}.upgrading", f"{data}.upgrading.governor", f"{data}.pg{record.source}"
+
+
+def switch_binaries(g: ActionHost, major: int) -> None:
+    """From now on this member runs PostgreSQL `major`'s binaries (the files choose them from
+    PG_VERSION at the next start of governor: nothing to edit)."""
+    bin_dir = bindir.installed(major)
+    if bin_dir is None:
+        raise ActionFailed(f"no binaries of PostgreSQL {major} on this host")
+    if bin_dir == g.pg.bin_dir:
+        return
+    host = g  # the node: its files' configuration changes with it
+    host.file_config = replace(host.file_config, postgresql=replace(host.file_config.postgresql, bin_dir=bin_dir))
+    host.config = replace(host.config, postgresql=replace(host.config.postgresql, bin_dir=bin_dir))
+    host.pg = host.config.postgresql
+    g.server.close()
+    g.server = Server(g.pg)
+    g.controller = make_controller(g.pg, bind=not under_systemd())
+    log.info("now using the PostgreSQL %s binaries in %s", major, bin_dir)
+
+
+def stop(g: ActionHost, decision: Decision, local: LocalState) -> None:
+    """Leader: learn what initdb needs to make a cluster pg_upgrade accepts (from the running
+    server), then stop it cleanly (its standbys receive all WAL) under the lock."""
+    record = _record(g)
+    initdb, facts = list(record.initdb), dict(record.facts)
+    if not initdb:
+        if not (local.running and local.role == "primary"):
+            _write(g, record, "rollback", message="PostgreSQL was not running as primary when the upgrade began")
+            return
+        try:
+            initdb, facts["user"] = upgrade_probe.initdb_options(upgrade_probe.querier(g.pg), record.to)
+            g.server.checkpoint()
+        except (psycopg2.Error, IndexError) as exc:
+            raise ActionFailed(f"could not read the cluster's install user and locale: {exc}") from exc
+    if local.running:
+        before_stop(g, local.role)
+        g.server.close()
+        g.controller.stop("fast", timeout=max(30.0, g.pg.start_timeout))
+        g.announce(replace(local, running=False, role=None), decision, None)
+    _write(g, record, "stopped", initdb=tuple(initdb), facts={**facts, "stopped_at": clock.wall()})
+
+
+def run_pg_upgrade(g: ActionHost, decision: Decision, local: LocalState) -> None:
+    """Leader, PostgreSQL stopped: initdb of the new version beside the old cluster, then
+    pg_upgrade --link into it. A failure rolls back (nothing of the old cluster was started)."""
+    record = _record(g)
+    data, new, mark, _aside = _paths(g, record)
+    target_bin = bindir.installed(record.to)
+    if target_bin is None:
+        _write(g, record, "rollback", message=f"no binaries of PostgreSQL {record.to} on {g.name}")
+        return
+    _remove_attempt(data, new, mark)
+    open(mark, "w").close()
+    failed = _run(g, [os.path.join(target_bin, "initdb"), "-D", new, *record.initdb], None)
+    if failed:
+        _write(g, record, "rollback", message=f"initdb of PostgreSQL {record.to} failed: {failed}")
+        return
+    work = tempfile.mkdtemp(prefix="governor-upgrade-")     # pg_upgrade's sockets: a short path
+    try:
+        env = {}
+        if record.facts.get("user") == g.pg.superuser.username and g.pg.superuser.password:
+            env["PGPASSFILE"] = os.path.join(work, "pgpass")
+            with open(os.open(env["PGPASSFILE"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+                fh.write(f"*:*:*:{_field(str(record.facts['user']))}:{_field(g.pg.superuser.password)}\n")
+        argv = [os.path.join(target_bin, "pg_upgrade"), "--link", "-b", g.pg.bin_dir, "-B", target_bin, "-d", data,
+                "-D", new, "-U", str(record.facts.get("user") or g.pg.superuser.username), "-s", work,
+                "-p", str(upgrade_probe.free_port()), "-P", str(upgrade_probe.free_port())]
+        if g.pg.config_dir:
+            argv += ["-o", f"-c config_file={os.path.join(g.pg.config_dir, 'postgresql.conf')}"]
+        started = clock.monotonic()
+        failed = _run(g, argv, work, env)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if failed:
+        _write(g, record, "rollback", message=f"pg_upgrade failed: {failed}")
+        return
+    _write(g, record, "upgraded", facts={**record.facts, "pg_upgrade_seconds": round(clock.monotonic() - started, 1)})
+
+
+def _run(g: ActionHost, argv: List[str], cwd: Optional[str], env: Optional[dict] = None) -> Optional[str]:
+    """Run a long program, renewing the leader lock (and the watchdog) meanwhile; None when it
+    succeeded, else what it said."""
+    log.info("upgrade: running %s", " ".join(argv[:1] + [a for a in argv[1:] if not a.startswith("-c ")]))
+    out = tempfile.TemporaryFile()
+    with g.notify.keep_alive_while(os.path.basename(argv[0])):
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                env={"PATH": "/usr/bin:/bin", "LC_ALL": "C", **(env or {})})
+        deadline, renew_every = clock.monotonic() + PG_UPGRADE_TIMEOUT, max(1.0, g.config.etcd.ttl / 3)
+        while proc.poll() is None:
+            if clock.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                return f"{os.path.basename(argv[0])} did not finish within {PG_UPGRADE_TIMEOUT:.0f} s"
+            try:
+                proc.wait(renew_every)
+            except subprocess.TimeoutExpired:
+                _renew(g)
+    out.seek(0)
+    text = out.read().decode("utf-8", "replace")
+    return None if proc.returncode == 0 else (upgrade_probe.explain(text) or f"exit status {proc.returncode}")
+
+
+def _renew(g: ActionHost) -> None:
+    try:
+        g.dcs.renew_leader(g.name)
+    except DCSError as exc:
+        log.warning("upgrade: could not renew the leader lock while waiting: %s", exc)
+
+
+def start_new(g: ActionHost, decision: Decision, local: LocalState) -> None:
+    """Leader: record `starting` (from here on only forward), put the new cluster in the old
+    one's place, start it under the lock, and tell etcd its system identifier."""
+    record = _record(g)
+    if record.step == "upgraded":
+        record = _write(g, record, "starting")
+    data, new, mark, aside = _paths(g, record)
+    if bindir.data_major(data) == record.source and os.path.isdir(new) and os.path.exists(mark):
+        if os.path.lexists(aside):
+            raise ActionFailed(f"{aside} exists already: move it away, the old cluster goes there")
+        os.rename(data, aside)
+        os.rename(new, data)
+        os.remove(mark)
+        log.info("upgrade: the PostgreSQL %s cluster is now %s; the old one is kept at %s", record.to, data, aside)
+    if bindir.data_major(data) != record.to:
+        raise ActionFailed(f"{data} is not the PostgreSQL {record.to} cluster pg_upgrade made: look at it by hand")
+    switch_binaries(g, record.to)
+    g.data_replaced()
+    if not g.controller.is_running():
+        g.prepare_files(None)
+        g.controller.start(max(g.pg.start_timeout, 30.0))
+    sysid = g.disk.controldata().sysid
+    if not sysid:
+        raise ActionFailed("the new cluster's system identifier is unreadable")
+    try:
+        if g.cluster is not None and g.cluster.initialize != sysid and \
+                not g.dcs.replace_initialize(record.sysid, sysid):
+            raise ActionFailed("etcd's initialize key no longer holds the old system identifier")
+        g.dcs.replace_history([{"upgrade": f"{record.source} -> {record.to}", "at": clock.wall(), "leader": g.name,
+                                "sysid": sysid}])
+    except DCSError as exc:
+        raise ActionFailed(f"could not record the new system identifier: {exc}") from exc
+    g.mem.published_lsn = None
+    _write(g, record, "started", facts={**record.facts, "new_sysid": sysid, "started": clock.wall()})
+
+
+def done(g: ActionHost, decision: Decision, local: LocalState) -> None:
+    record = _record(g)
+    began = record.started_at or clock.wall()
+    _write(g, record, "done", message=f"every member runs PostgreSQL {record.to} ({clock.wall() - began:.0f} s); the "
+                                      f"old data directories are kept as *.pg{record.source}")
+
+
+def rollback(g: ActionHost, decision: Decision, local: LocalState) -> None:
+    """Leader, before `starting`: remove the new cluster governor made and give the old one back
+    its pg_control (pg_upgrade --link renames it once it links); the old version starts again
+    in the next pass (start_lock_holder)."""
+    record = _record(g)
+    data, new, mark, _aside = _paths(g, record)
+    _remove_attempt(data, new, mark)
+    switch_binaries(g, record.source)
+    _write(g, record, "rolled_back")
+
+
+def _remove_attempt(data: str, new: str, mark: str) -> None:
+    if os.path.isdir(new):
+        if not os.path.exists(mark):
+            raise ActionFailed(f"{new} exists and governor did not make it: move it away")
+        shutil.rmtree(new)
+    if os.path.exists(mark):
+        os.remove(mark)
+    control = os.path.join(data, "global", "pg_control")
+    if not os.path.exists(control) and os.path.exists(control + ".old"):
+        os.rename(control + ".old", control)
+        log.info("upgrade: restored %s", control)
+
+
+def set_aside(g: ActionHost, decision: Decision, local: LocalState) -> None:
+    """Replica of a leader that runs the new version: stop, move the old data directory aside
+    (kept, never removed), and use the new binaries; the clone that follows copies the leader."""
+    record = _record(g)
+    data, _new, _mark, aside = _paths(g, record)
+    if os.path.lexists(aside):
+        raise ActionFailed(f"{aside} exists already: move it away, this member's old data directory goes there")
+    if local.running:
+        g.server.close()
+        g.controller.stop("fast", timeout=max(30.0, g.pg.start_timeout))
+    os.rename(data, aside)
+    os.mkdir(data, 0o700)
+    switch_binaries(g, record.to)
+    g.data_replaced()
+    g.announce(replace(local, running=False, role=None), decision, None)
+    log.info("upgrade: this member's PostgreSQL %s data directory is kept at %s; cloning %s", record.source, aside,
+             decision.leader)
+
+
+def _field(text: str) -> str:
+    return text.replace("\\", "\\\\").replace(":", "\\:")
