@@ -217,13 +217,15 @@ def decide(cluster: Optional[Cluster], local: LocalState) -> Decision:
                             (Action.DEMOTE, Action.START_AS_REPLICA))
         return Decision("dcs_unreachable", "etcd unreachable: no primary here, leaving PostgreSQL as it is")
 
+    # A major upgrade: the leader's old data directory loses its pg_control to pg_upgrade --link
+    # (not PostgreSQL's any more), a replica's belongs to the old system identifier.
+    upgrading = upgrade_plan.decide(cluster, local)
+    if upgrading is not None:
+        return upgrading
     if local.data == NOT_POSTGRES:
         return Decision("data_dir_not_postgres",
                         f"{local.data_dir} holds files but is not a PostgreSQL data directory; refusing to "
                         "touch it: empty it or point postgresql.data_dir elsewhere")
-    upgrading = upgrade_plan.decide(cluster, local)
-    if upgrading is not None:
-        return upgrading
     if cluster.initialized and local.sysid and local.sysid != cluster.initialize:
         return Decision("foreign_data_dir",
                         f"{local.data_dir} belongs to another cluster (system identifier {local.sysid}, "

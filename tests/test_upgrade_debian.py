@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict
+import threading
+import time
+from typing import Dict, List
 
+import psycopg2
 import pytest
 
-from tests import debs, system
+from tests import debs, harness, system
 from tests.harness import wait_until
 from tests.test_logical_failover import role, sql
 
@@ -79,3 +82,133 @@ def test_the_check_passes_on_a_host_upgraded_to_debian_13_and_names_an_extension
         raise
     finally:
         m.run("systemctl", "stop", "governor@a", "governor@b", check=False)
+
+
+class Writer(threading.Thread):
+    """Inserts a numbered row into the leader every 20 ms and keeps what was acknowledged, and the
+    longest time between two acknowledged writes."""
+
+    def __init__(self, port: int):
+        super().__init__(daemon=True)
+        self.port, self.acked, self.stopped = port, [], threading.Event()
+        self.gap, self._last = 0.0, None
+
+    def run(self) -> None:
+        n, conn = 0, None
+        while not self.stopped.is_set():
+            n += 1
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
+                                            password=harness.SUPERUSER_PASSWORD, connect_timeout=1)
+                    conn.autocommit = True
+                with conn.cursor() as cur:
+                    cur.execute("INSERT INTO upgrade_writes VALUES (%s)", (n,))
+                now = time.monotonic()
+                if self._last is not None:
+                    self.gap = max(self.gap, now - self._last)
+                self._last = now
+                self.acked.append(n)
+            except psycopg2.Error:
+                conn = None
+                time.sleep(0.05)
+            self.stopped.wait(0.02)
+
+
+class Writable(threading.Thread):
+    """Samples every member's role every 0.1 s: never two accepting writes."""
+
+    def __init__(self, m: system.Machine, ports: List[int]):
+        super().__init__(daemon=True)
+        self.ports, self.most, self.stopped = ports, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            writable = 0
+            for port in self.ports:
+                try:
+                    conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
+                                            password=harness.SUPERUSER_PASSWORD, connect_timeout=1)
+                    try:
+                        with conn.cursor() as cur:
+                            cur.execute("SELECT pg_is_in_recovery()")
+                            writable += not cur.fetchone()[0]
+                    finally:
+                        conn.close()
+                except psycopg2.Error:
+                    pass
+            self.most = max(self.most, writable)
+            self.stopped.wait(0.1)
+
+
+def test_governorctl_upgrade_moves_the_cluster_from_15_to_17_keeping_every_write(upgraded, etcd):
+    m = upgraded
+    names, ports = ("x", "y", "z"), {}
+    scope = f"upgrading{os.getpid()}"
+    configs = {}
+    for name in names:
+        cfg, ports[name] = system.node_config(etcd.endpoint, scope, name, f"/var/lib/postgresql/up-{name}",
+                                              loop_wait=1)
+        cfg["postgresql"]["bin_dir"] = "/usr/lib/postgresql/15/bin"   # no data yet: else the newest (17)
+        configs[name] = cfg
+        m.install_config(f"/etc/governor/{name}.d/local.yml", cfg)
+    try:
+        m.run("systemctl", "start", "governor@x")
+        wait_until(lambda: role(m, ports["x"]["pg"]) == "primary", 90, "x to bootstrap")
+        m.run("systemctl", "start", "governor@y", "governor@z")
+        wait_until(lambda: all(role(m, ports[n]["pg"]) == "replica" for n in ("y", "z")), 120, "two replicas")
+        # As on a host that ran Debian 12: the binaries follow PG_VERSION. Each governor restarts
+        # on the new files without stopping PostgreSQL (README "Upgrading").
+        for name in names:
+            del configs[name]["postgresql"]["bin_dir"]
+            m.install_config(f"/etc/governor/{name}.d/local.yml", configs[name])
+            m.run("sh", "-c", f"touch /run/governor-{name}/restart-keep-postgres && systemctl restart governor@{name}")
+        sql(m, ports["x"]["pg"], "CREATE TABLE upgrade_writes (n int PRIMARY KEY)")
+        sql(m, ports["x"]["pg"], "CREATE TABLE bulk AS SELECT g AS id, md5(g::text) AS payload "
+                                 "FROM generate_series(1, 200000) AS g")
+        wait_until(lambda: all(sql(m, ports[n]["pg"], "SELECT count(*) FROM bulk") == ["200000"] for n in ("y", "z")),
+                   60, "the replicas to have the table")
+        def check() -> bool:        # the restarted members' keys say they no longer set bin_dir
+            return m.run("governorctl", "-c", "/etc/governor/x.d", "upgrade", "--to", "17", "--check", check=False,
+                         timeout=300).returncode == 0
+        wait_until(check, 30, "the checks to pass")
+
+        writer = Writer(ports["x"]["pg"])
+        watcher = Writable(m, [ports[n]["pg"] for n in names])
+        writer.start()
+        watcher.start()
+        time.sleep(2)
+        began = time.monotonic()
+        done = m.run("governorctl", "-c", "/etc/governor/x.d", "upgrade", "--to", "17", check=False, timeout=900)
+        took = time.monotonic() - began
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        assert "done: every member runs PostgreSQL 17" in done.stdout, done.stdout
+        time.sleep(2)
+        writer.stopped.set()
+        watcher.stopped.set()
+        writer.join(10)
+        watcher.join(10)
+
+        assert watcher.most <= 1, "two members accepted writes at once"
+        for name in names:
+            assert sql(m, ports[name]["pg"], "SHOW server_version_num")[0].startswith("17"), name
+        assert role(m, ports["x"]["pg"]) == "primary"
+        wait_until(lambda: all(role(m, ports[n]["pg"]) == "replica" for n in ("y", "z")), 60, "the replicas on 17")
+        have = {int(v) for v in sql(m, ports["x"]["pg"], "SELECT n FROM upgrade_writes")}
+        assert set(writer.acked) <= have, f"acknowledged writes lost: {sorted(set(writer.acked) - have)[:10]}"
+        assert sql(m, ports["x"]["pg"], "SELECT count(*) FROM bulk") == ["200000"]
+        end = sql(m, ports["x"]["pg"], "SELECT pg_current_wal_lsn()")[0]
+        wait_until(lambda: all(sql(m, ports[n]["pg"], f"SELECT pg_last_wal_replay_lsn() >= '{end}'") == ["t"]
+                               for n in ("y", "z")), 60, "the replicas to replay everything")
+        for name in names:
+            assert m.run("test", "-f", f"/var/lib/postgresql/up-{name}.pg15/PG_VERSION", check=False).returncode == 0, \
+                f"{name}'s old data directory is kept"
+        print(f"upgrade 15 -> 17 of 3 members: {took:.1f}s in all; longest write gap {writer.gap:.1f}s; "
+              f"{len(writer.acked)} writes acknowledged, none lost\n{done.stdout}")
+    except AssertionError:
+        for name in names:
+            said = [line for line in m.journal(f"governor@{name}").splitlines() if not line.startswith("\t")]
+            print(f"--- governor@{name}:\n" + "\n".join(said[-60:]))
+        raise
+    finally:
+        m.run("systemctl", "stop", *(f"governor@{n}" for n in names), check=False)
