@@ -44,6 +44,7 @@ class NodeMemory:
     name_is_ours: bool = False                   # no other governor uses our member name
     sysid_cache: Optional[tuple] = None          # (pg_control stat, ControlData) of the stopped data directory
     settling_since: Optional[float] = None       # PostgreSQL was just started, promoted or re-pointed (monotonic)
+    pg_version_of: Optional[float] = None        # the postmaster start time pg_version was read for
     # failsafe (failsafe.py, vouch.py)
     started: float = field(default_factory=clock.monotonic)   # this governor's start
     sysid: Optional[str] = None                  # the data directory's system identifier, last seen

@@ -77,9 +77,12 @@ def publish_status(g: NodeHost, local: LocalState, decision: Decision) -> None:
             g.archiver = g.server.archiver()
         except psycopg2.Error:
             pass
-    if local.running and local.role and g.pg_version is None:
+    # Asked again whenever the postmaster is another one: a restart on new binaries (a minor
+    # release, a major upgrade) changes what runs.
+    started = st.started_at if st else None
+    if local.running and local.role and (g.pg_version is None or g.mem.pg_version_of != started):
         try:
-            g.pg_version = g.server.version()
+            g.pg_version, g.mem.pg_version_of = g.server.version(), started
         except psycopg2.Error:
             pass
     member = member_data(g, local)

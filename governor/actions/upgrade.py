@@ -57,6 +57,18 @@ def _write(g: ActionHost, record: UpgradeRecord, step: str, **changes: object) -
     return new
 
 
+def _write_and_read(g: ActionHost, record: UpgradeRecord, step: str) -> UpgradeRecord:
+    """As _write, for a step that writes again in the same pass: with the key's new index."""
+    _write(g, record, step)
+    try:
+        again = g.dcs.get_cluster().upgrade
+    except DCSError as exc:
+        raise ActionFailed(f"could not read the upgrade record back: {exc}") from exc
+    if again is None or again.step != step:
+        raise ActionFailed("the upgrade record changed meanwhile; reading it again")
+    return again
+
+
 def _paths(g: ActionHost, record: UpgradeRecord) -> tuple:
     data = g.pg.data_dir
     return data, f"{data}.upgrading", f"{data}.upgrading.governor", f"{data}.pg{record.source}"
@@ -174,7 +186,7 @@ def start_new(g: ActionHost, decision: Decision, local: LocalState) -> None:
     one's place, start it under the lock, and tell etcd its system identifier."""
     record = _record(g)
     if record.step == "upgraded":
-        record = _write(g, record, "starting")
+        record = _write_and_read(g, record, "starting")
     data, new, mark, aside = _paths(g, record)
     if bindir.data_major(data) == record.source and os.path.isdir(new) and os.path.exists(mark):
         if os.path.lexists(aside):
