@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 import time
 from typing import Dict, List
 
 import psycopg2
 import pytest
+import yaml
 
 from tests import debs, harness, system
 from tests.harness import wait_until
@@ -61,8 +63,17 @@ def test_the_check_passes_on_a_host_upgraded_to_debian_13_and_names_an_extension
         members = json.loads(ctl(m, "list", "--format", "json").stdout)["members"]
         assert [member["pg_majors"] for member in members] == [[15, 17], [15, 17]], members
 
-        passed = ctl(m, "upgrade", "--to", "17", "--check")
-        assert passed.returncode == 0, (passed.stdout, passed.stderr)
+        blocked = ctl(m, "upgrade", "--to", "17", "--check")
+        assert blocked.returncode == 1
+        for name in NAMES:      # after the upgrade, a bin_dir of 15 in the files would keep governor from starting
+            assert f"  - {name}: postgresql.bin_dir is set in its files: remove it" in blocked.stdout, blocked.stdout
+        for name in NAMES:      # as README says: the files without it, governor restarted, PostgreSQL left running
+            cfg = yaml.safe_load(m.run("cat", f"/etc/governor/{name}.d/local.yml").stdout)
+            del cfg["postgresql"]["bin_dir"]
+            m.install_config(f"/etc/governor/{name}.d/local.yml", cfg)
+            m.run("sh", "-c", f"touch /run/governor-{name}/restart-keep-postgres && systemctl restart governor@{name}")
+        passed = wait_until(lambda: (lambda done: done if done.returncode == 0 else None)(
+            ctl(m, "upgrade", "--to", "17", "--check")), 30, "the checks to pass")
         assert "upgrade to PostgreSQL 17: every check passed (checked by a)" in passed.stdout
 
         sql(m, ports["a"]["pg"], "CREATE EXTENSION adminpack")     # removed in PostgreSQL 17
@@ -209,6 +220,55 @@ def test_governorctl_upgrade_moves_the_cluster_from_15_to_17_keeping_every_write
         for name in names:
             said = [line for line in m.journal(f"governor@{name}").splitlines() if not line.startswith("\t")]
             print(f"--- governor@{name}:\n" + "\n".join(said[-60:]))
+        raise
+    finally:
+        m.run("systemctl", "stop", *(f"governor@{n}" for n in names), check=False)
+
+
+def test_the_leaders_governor_killed_during_pg_upgrade_resumes_and_finishes(upgraded, etcd):
+    """systemd kills only governor's own process (KillMode=process): pg_upgrade goes on. The
+    governor systemd starts again waits for it, starts the attempt afresh from the old cluster
+    (nothing of the new one had started) and finishes; nothing written is lost."""
+    m = upgraded
+    names, ports, configs = ("p", "q"), {}, {}
+    scope = f"resuming{os.getpid()}"
+    for name in names:
+        cfg, ports[name] = system.node_config(etcd.endpoint, scope, name, f"/var/lib/postgresql/re-{name}",
+                                              loop_wait=1)
+        cfg["postgresql"]["bin_dir"] = "/usr/lib/postgresql/15/bin"
+        configs[name] = cfg
+        m.install_config(f"/etc/governor/{name}.d/local.yml", cfg)
+    try:
+        m.run("systemctl", "start", "governor@p")
+        wait_until(lambda: role(m, ports["p"]["pg"]) == "primary", 90, "p to bootstrap")
+        m.run("systemctl", "start", "governor@q")
+        wait_until(lambda: role(m, ports["q"]["pg"]) == "replica", 120, "q to stream")
+        for name in names:
+            del configs[name]["postgresql"]["bin_dir"]
+            m.install_config(f"/etc/governor/{name}.d/local.yml", configs[name])
+            m.run("sh", "-c", f"touch /run/governor-{name}/restart-keep-postgres && systemctl restart governor@{name}")
+        sql(m, ports["p"]["pg"], "CREATE TABLE kept AS SELECT g AS id FROM generate_series(1, 300000) AS g")
+        wait_until(lambda: m.run("governorctl", "-c", "/etc/governor/p.d", "upgrade", "--to", "17", "--check",
+                                 check=False, timeout=300).returncode == 0, 30, "the checks to pass")
+        follow = subprocess.Popen(["nsenter", "-t", str(m.init_pid), "-a", "governorctl", "-c", "/etc/governor/p.d",
+                                   "upgrade", "--to", "17"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True)
+        wait_until(lambda: "bin/pg_upgrade --link" in m.journal("governor@p"), 60, "pg_upgrade to run")
+        m.run("systemctl", "kill", "--signal=SIGKILL", "--kill-whom=main", "governor@p")
+        out, _ = follow.communicate(timeout=300)
+        assert follow.returncode == 0, out
+        said = m.journal("governor@p")
+        assert said.count("bin/pg_upgrade --link") >= 2, "pg_upgrade ran again after the restart"
+        print([line for line in said.splitlines() if "still runs" in line or "not shut down cleanly" in line])
+        for name in names:
+            assert sql(m, ports[name]["pg"], "SHOW server_version_num")[0].startswith("17"), name
+        assert sql(m, ports["p"]["pg"], "SELECT count(*) FROM kept") == ["300000"]
+        wait_until(lambda: role(m, ports["q"]["pg"]) == "replica", 60, "q on 17")
+        print(f"resumed after governor was killed during pg_upgrade:\n{out}")
+    except AssertionError:
+        for name in names:
+            lines = [line for line in m.journal(f"governor@{name}").splitlines() if not line.startswith("\t")]
+            print(f"--- governor@{name}:\n" + "\n".join(lines[-60:]))
         raise
     finally:
         m.run("systemctl", "stop", *(f"governor@{n}" for n in names), check=False)

@@ -124,8 +124,10 @@ def run_pg_upgrade(g: ActionHost, decision: Decision, local: LocalState) -> None
         _write(g, record, "rollback", message=f"no binaries of PostgreSQL {record.to} on {g.name}")
         return
     _remove_attempt(data, new, mark)
+    if g.disk.controldata().state != "shut down":
+        _shut_down_cleanly(g, data)
     open(mark, "w").close()
-    failed = _run(g, [os.path.join(target_bin, "initdb"), "-D", new, *record.initdb], None)
+    failed = _run(g, [os.path.join(target_bin, "initdb"), "-D", new, *record.initdb], None, mark=mark)
     if failed:
         _write(g, record, "rollback", message=f"initdb of PostgreSQL {record.to} failed: {failed}")
         return
@@ -142,7 +144,7 @@ def run_pg_upgrade(g: ActionHost, decision: Decision, local: LocalState) -> None
         if g.pg.config_dir:
             argv += ["-o", f"-c config_file={os.path.join(g.pg.config_dir, 'postgresql.conf')}"]
         started = clock.monotonic()
-        failed = _run(g, argv, work, env)
+        failed = _run(g, argv, work, env, mark=mark)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if failed:
@@ -151,14 +153,19 @@ def run_pg_upgrade(g: ActionHost, decision: Decision, local: LocalState) -> None
     _write(g, record, "upgraded", facts={**record.facts, "pg_upgrade_seconds": round(clock.monotonic() - started, 1)})
 
 
-def _run(g: ActionHost, argv: List[str], cwd: Optional[str], env: Optional[dict] = None) -> Optional[str]:
+def _run(g: ActionHost, argv: List[str], cwd: Optional[str], env: Optional[dict] = None,
+         mark: Optional[str] = None) -> Optional[str]:
     """Run a long program, renewing the leader lock (and the watchdog) meanwhile; None when it
-    succeeded, else what it said."""
+    succeeded, else what it said. Its PID goes into `mark`: a governor that restarts meanwhile
+    (systemd kills only governor's own process) waits for it instead of starting another."""
     log.info("upgrade: running %s", " ".join(argv[:1] + [a for a in argv[1:] if not a.startswith("-c ")]))
     out = tempfile.TemporaryFile()
     with g.notify.keep_alive_while(os.path.basename(argv[0])):
         proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
                                 env={"PATH": "/usr/bin:/bin", "LC_ALL": "C", **(env or {})})
+        if mark:
+            with open(mark, "w") as fh:
+                fh.write(f"{proc.pid}\n")
         deadline, renew_every = clock.monotonic() + PG_UPGRADE_TIMEOUT, max(1.0, g.config.etcd.ttl / 3)
         while proc.poll() is None:
             if clock.monotonic() > deadline:
@@ -172,6 +179,23 @@ def _run(g: ActionHost, argv: List[str], cwd: Optional[str], env: Optional[dict]
     out.seek(0)
     text = out.read().decode("utf-8", "replace")
     return None if proc.returncode == 0 else (upgrade_probe.explain(text) or f"exit status {proc.returncode}")
+
+
+def _shut_down_cleanly(g: ActionHost, data: str) -> None:
+    """The old cluster was not shut down cleanly (a governor restarted in the middle of the step:
+    its fence stopped the server pg_upgrade had started): crash recovery on a private socket, no
+    TCP, then a clean stop, which pg_upgrade needs."""
+    log.warning("upgrade: the old cluster was not shut down cleanly; recovering it (no TCP connections) first")
+    work = tempfile.mkdtemp(prefix="governor-upgrade-")
+    pg_ctl = os.path.join(g.pg.bin_dir, "pg_ctl")
+    try:
+        options = f"-c listen_addresses='' -c unix_socket_directories={work} -c archive_mode=off"
+        start = [pg_ctl, "-D", data, "-w", "-t", "600", "-l", os.path.join(work, "log"), "-o", options, "start"]
+        failed = _run(g, start, work) or _run(g, [pg_ctl, "-D", data, "-w", "-t", "600", "-m", "fast", "stop"], work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if failed:
+        raise ActionFailed(f"could not shut the old cluster down cleanly: {failed}")
 
 
 def _renew(g: ActionHost) -> None:
@@ -236,6 +260,9 @@ def rollback(g: ActionHost, decision: Decision, local: LocalState) -> None:
 
 
 def _remove_attempt(data: str, new: str, mark: str) -> None:
+    running = _still_running(mark)
+    if running:
+        raise ActionFailed(f"{running} from before governor restarted still runs: waiting for it to end")
     if os.path.isdir(new):
         if not os.path.exists(mark):
             raise ActionFailed(f"{new} exists and governor did not make it: move it away")
@@ -246,6 +273,18 @@ def _remove_attempt(data: str, new: str, mark: str) -> None:
     if not os.path.exists(control) and os.path.exists(control + ".old"):
         os.rename(control + ".old", control)
         log.info("upgrade: restored %s", control)
+
+
+def _still_running(mark: str) -> Optional[str]:
+    """'pg_upgrade (pid N)' when the program whose PID `mark` holds still runs."""
+    try:
+        with open(mark) as fh:
+            pid = int(fh.read(20).strip() or 0)
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            program = os.path.basename(fh.read().split(b"\0")[0].decode(errors="replace"))
+    except (OSError, ValueError):
+        return None
+    return f"{program} (pid {pid})" if pid and program in ("pg_upgrade", "initdb") else None
 
 
 def set_aside(g: ActionHost, decision: Decision, local: LocalState) -> None:
