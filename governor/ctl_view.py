@@ -101,6 +101,11 @@ def format_table(scope: str, cluster: Cluster, tree: bool = False) -> str:
                      "Standby cluster: the standby_cluster setting does not parse; nothing is promoted")
     if cluster.sync is not None:
         lines.append(f"Replication: {describe_sync(cluster.sync)}")
+    if cluster.upgrade is not None and (cluster.upgrade.active or cluster.upgrade_unreadable):
+        u = cluster.upgrade
+        lines.append(f"Upgrade: PostgreSQL {u.source} to {u.to} by {u.leader}, step {u.step} (failover held)")
+    elif cluster.upgrade_unreadable:
+        lines.append("Upgrade: the upgrade key does not parse; failover held (governorctl upgrade --abort)")
     return "\n".join(lines)
 
 

@@ -9,7 +9,8 @@ key, so that it survives governorctl's disconnect and a governor restart:
               return is its start; a restart of governor in this step starts it again)
   started     the new version runs under the lock and takes writes; `initialize` holds its system
               identifier; each replica sets its old data directory aside and clones the leader
-  done        every member runs the new version and streams
+  done        every member runs the new version and streams (a member that was away clones the
+              leader when it comes back, as in `started`)
   rollback    something failed before `starting` (or the operator aborted): the leader restores
               the old cluster and starts it again; then `rolled_back`
 
@@ -32,11 +33,11 @@ def decide(cluster: Cluster, local: LocalState) -> Optional[Decision]:
                         "upgrade step) until it is rewritten or removed (governorctl upgrade --abort)",
                         (Action.RENEW_LOCK,) if holder == me else ())
     r = cluster.upgrade
-    if r is None or not r.active:
+    if r is None or not r.active and r.step != "done":
         return None
     if r.leader == me:
-        return _leader(cluster, local, r, holder)
-    if r.step != "started":
+        return _leader(cluster, local, r, holder) if r.active else None
+    if r.step not in ("started", "done"):
         if local.data == POSTGRES and not local.running and holder:
             return Decision("upgrade_hold", f"{r.leader} upgrades the cluster to PostgreSQL {r.to} ({r.step}): no "
                             "failover until it is done; starting as a replica meanwhile", (Action.START_AS_REPLICA,),

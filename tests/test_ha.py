@@ -247,6 +247,12 @@ TABLE += [
     ("upgrade_reclone", upgrading("started", leader="node2", holder="node2", members=[NODE2_ON_17]),
      ha.LocalState(name=ME, data=ha.POSTGRES, sysid=SYSID, running=True, role="replica", data_major=15),
      (A.UPGRADE_SET_ASIDE, A.CLONE), "node2"),
+    # a member whose host was down throughout comes back after the upgrade is done
+    ("upgrade_reclone", upgrading("done", leader="node2", holder="node2", members=[NODE2_ON_17]),
+     ha.LocalState(name=ME, data=ha.POSTGRES, sysid=SYSID, running=False, data_major=15),
+     (A.UPGRADE_SET_ASIDE, A.CLONE), "node2"),
+    ("foreign_data_dir", upgrading("done", leader="node2", holder="node2", members=[NODE2_ON_17]),
+     ha.LocalState(name=ME, data=ha.POSTGRES, sysid="42", running=False, data_major=15), (), None),
 ]
 
 

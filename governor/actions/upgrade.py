@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, List, Optional
 
@@ -233,8 +234,10 @@ def start_new(g: ActionHost, decision: Decision, local: LocalState) -> None:
         if g.cluster is not None and g.cluster.initialize != sysid and \
                 not g.dcs.replace_initialize(record.sysid, sysid):
             raise ActionFailed("etcd's initialize key no longer holds the old system identifier")
-        g.dcs.replace_history([{"upgrade": f"{record.source} -> {record.to}", "at": clock.wall(), "leader": g.name,
-                                "sysid": sysid}])
+        when = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(clock.wall()))
+        g.dcs.replace_history([{"time": when, "leader": g.name, "upgrade": [record.source, record.to],
+                                "reason": f"major upgrade from PostgreSQL {record.source} to {record.to} (new system "
+                                          f"identifier {sysid}; the old history went with the old system)"}])
     except DCSError as exc:
         raise ActionFailed(f"could not record the new system identifier: {exc}") from exc
     g.mem.published_lsn = None
