@@ -19,7 +19,7 @@ from governor.dcs import DCS, DCSError
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     up = sub.add_parser(
-        "upgrade", help="check a major-version upgrade of the cluster (e.g. PostgreSQL 15 to 17)",
+        "upgrade", help="upgrade the cluster to a new PostgreSQL major version (e.g. 15 to 17), or check it may",
         description="With --check, asks the leader's governor whether the cluster can be upgraded to MAJOR now: "
                     "every member has the target's binaries installed, runs and streams with little lag; no "
                     "maintenance mode or pending switchover; on the leader no prepared transaction, no "

@@ -39,12 +39,12 @@ EXECUTORS: Dict[Action, Executor] = {
     Action.MANAGE_SYNC: leader.manage_sync,
     Action.FAILSAFE_HOLD: failsafe.failsafe_hold,
     Action.FAILSAFE_LIST: failsafe.failsafe_list,
-    Action.UPGRADE_STOP: upgrade.stop,
-    Action.UPGRADE_RUN: upgrade.run_pg_upgrade,
-    Action.UPGRADE_START: upgrade.start_new,
-    Action.UPGRADE_DONE: upgrade.done,
-    Action.UPGRADE_ROLLBACK: upgrade.rollback,
-    Action.UPGRADE_SET_ASIDE: upgrade.set_aside,
+    Action.UPGRADE_STOP: upgrade.upgrade_stop,
+    Action.UPGRADE_RUN: upgrade.upgrade_run,
+    Action.UPGRADE_START: upgrade.upgrade_start,
+    Action.UPGRADE_DONE: upgrade.upgrade_done,
+    Action.UPGRADE_ROLLBACK: upgrade.upgrade_rollback,
+    Action.UPGRADE_SET_ASIDE: upgrade.upgrade_set_aside,
 }
 
 __all__ = ["EXECUTORS", "ActionFailed", "Executor"]

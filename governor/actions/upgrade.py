@@ -93,7 +93,7 @@ def switch_binaries(g: ActionHost, major: int) -> None:
     log.info("now using the PostgreSQL %s binaries in %s", major, bin_dir)
 
 
-def stop(g: ActionHost, decision: Decision, local: LocalState) -> None:
+def upgrade_stop(g: ActionHost, decision: Decision, local: LocalState) -> None:
     """Leader: learn what initdb needs to make a cluster pg_upgrade accepts (from the running
     server), then stop it cleanly (its standbys receive all WAL) under the lock."""
     record = _record(g)
@@ -115,7 +115,7 @@ def stop(g: ActionHost, decision: Decision, local: LocalState) -> None:
     _write(g, record, "stopped", initdb=tuple(initdb), facts={**facts, "stopped_at": clock.wall()})
 
 
-def run_pg_upgrade(g: ActionHost, decision: Decision, local: LocalState) -> None:
+def upgrade_run(g: ActionHost, decision: Decision, local: LocalState) -> None:
     """Leader, PostgreSQL stopped: initdb of the new version beside the old cluster, then
     pg_upgrade --link into it. A failure rolls back (nothing of the old cluster was started)."""
     record = _record(g)
@@ -206,7 +206,7 @@ def _renew(g: ActionHost) -> None:
         log.warning("upgrade: could not renew the leader lock while waiting: %s", exc)
 
 
-def start_new(g: ActionHost, decision: Decision, local: LocalState) -> None:
+def upgrade_start(g: ActionHost, decision: Decision, local: LocalState) -> None:
     """Leader: record `starting` (from here on only forward), put the new cluster in the old
     one's place, start it under the lock, and tell etcd its system identifier."""
     record = _record(g)
@@ -244,14 +244,14 @@ def start_new(g: ActionHost, decision: Decision, local: LocalState) -> None:
     _write(g, record, "started", facts={**record.facts, "new_sysid": sysid, "started": clock.wall()})
 
 
-def done(g: ActionHost, decision: Decision, local: LocalState) -> None:
+def upgrade_done(g: ActionHost, decision: Decision, local: LocalState) -> None:
     record = _record(g)
     began = record.started_at or clock.wall()
     _write(g, record, "done", message=f"every member runs PostgreSQL {record.to} ({clock.wall() - began:.0f} s); the "
                                       f"old data directories are kept as *.pg{record.source}")
 
 
-def rollback(g: ActionHost, decision: Decision, local: LocalState) -> None:
+def upgrade_rollback(g: ActionHost, decision: Decision, local: LocalState) -> None:
     """Leader, before `starting`: remove the new cluster governor made and give the old one back
     its pg_control (pg_upgrade --link renames it once it links); the old version starts again
     in the next pass (start_lock_holder)."""
@@ -290,7 +290,7 @@ def _still_running(mark: str) -> Optional[str]:
     return f"{program} (pid {pid})" if pid and program in ("pg_upgrade", "initdb") else None
 
 
-def set_aside(g: ActionHost, decision: Decision, local: LocalState) -> None:
+def upgrade_set_aside(g: ActionHost, decision: Decision, local: LocalState) -> None:
     """Replica of a leader that runs the new version: stop, move the old data directory aside
     (kept, never removed), and use the new binaries; the clone that follows copies the leader."""
     record = _record(g)
