@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 from typing import Callable, Dict, Optional, Protocol, Tuple
 
-from governor import audit, bindir, clock, dynamic, upgrade, upgrade_probe
+from governor import audit, bindir, clock, dynamic, upgrade, upgrade_cleanup, upgrade_probe
 from governor.cluster import BEFORE_START, Cluster, UpgradeRecord, failover_priority
 from governor.config import Config, PostgresConfig
 from governor.dcs import DCS, DCSError, from_config
@@ -64,6 +64,7 @@ class Controls:
             "POST /upgrade/check": self.upgrade_check,
             "POST /upgrade": self.upgrade_start,
             "DELETE /upgrade": self.upgrade_abort,
+            "POST /upgrade/cleanup": self.upgrade_cleanup,
         }
 
     def reset(self) -> None:
@@ -255,6 +256,19 @@ class Controls:
             return 503, {"error": str(exc)}
         self.gov.wake.set()
         return 202, {"message": f"rolling the upgrade to PostgreSQL {record.to} back"}
+
+    def upgrade_cleanup(self, body: dict) -> Answer:
+        """Remove this member's old clusters a finished major upgrade set aside (upgrade_cleanup.py)."""
+        cluster = self._cluster()
+        if cluster is None or cluster.upgrade_unreadable or cluster.upgrade is not None and cluster.upgrade.active:
+            return 409, {"error": "an upgrade is under way (or etcd is not reachable): nothing removed"}
+        try:
+            removed = upgrade_cleanup.remove(self.gov.pg.data_dir)
+        except OSError as exc:
+            return 500, {"error": f"could not remove an old data directory: {exc}"}
+        if removed:
+            log.warning("upgrade cleanup: removed %s", ", ".join(removed))
+        return 200, {"removed": removed}
 
     def upgrade_check(self, body: dict) -> Answer:
         """The checks before a major-version upgrade to body['to'], run by the leader (upgrade.py);

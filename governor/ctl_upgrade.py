@@ -35,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--check", action="store_true", help="only check; change nothing")
     up.add_argument("--abort", action="store_true", help="roll back an upgrade that has not started the new "
                                                          "version yet")
+    up.add_argument("--cleanup", action="store_true", help="after an upgrade: every member removes the old data "
+                                                           "directory it kept (DATA_DIR.pgOLD)")
     up.add_argument("--timeout", type=float, default=1800, metavar="SECONDS",
                     help="how long to follow it (default 1800; the cluster carries on after)")
 
@@ -42,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def upgrade_cluster(args: argparse.Namespace, dcs: DCS, cluster: Cluster, auth: tuple) -> int:
     if args.abort:
         return _abort(cluster, auth)
+    if args.cleanup:
+        return _cleanup(cluster, auth)
     problem = upgrade.target_problem(args.to)
     if problem:
         print(f"governorctl: upgrade --{problem}", file=sys.stderr)
@@ -123,3 +127,19 @@ def _abort(cluster: Cluster, auth: tuple) -> int:
         return refuse(answer.get("error") or f"{leader.name} answered HTTP {code}")
     print(answer.get("message"))
     return EXIT_OK
+
+
+def _cleanup(cluster: Cluster, auth: tuple) -> int:
+    failed = False
+    for member in cluster.members:
+        try:
+            code, answer = http_json(f"{member.api_url}/upgrade/cleanup", "POST", {}, auth, timeout=600) \
+                if member.api_url else (0, {"error": "publishes no API address"})
+        except OSError as exc:
+            code, answer = 0, {"error": f"its API does not answer: {exc}"}
+        if code == 200:
+            print(f"{member.name}: removed {', '.join(answer.get('removed') or []) or 'nothing (none left)'}")
+        else:
+            failed = True
+            print(f"governorctl: {member.name}: {answer.get('error') or f'HTTP {code}'}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK

@@ -81,3 +81,25 @@ def test_a_target_that_is_no_major_version_is_refused(value):
                                         ([True, -1, 1000, "17", 16], (16,)), (list(range(1, 40)), ())])
 def test_the_installed_versions_in_a_member_key_are_parsed_as_hostile(raw, parsed):
     assert Member.from_json("db1", json.dumps({"role": "replica", "pg_majors": raw})).pg_majors == parsed
+
+
+def test_cleanup_finds_only_old_clusters_set_aside_beside_a_newer_one(tmp_path):
+    from governor import upgrade_cleanup
+
+    def cluster(path, major, running=False):
+        path.mkdir()
+        (path / "PG_VERSION").write_text(f"{major}\n")
+        if running:
+            (path / "postmaster.pid").write_text("1\n")
+        return str(path)
+    data = cluster(tmp_path / "main", 17)
+    old = cluster(tmp_path / "main.pg15", 15)
+    cluster(tmp_path / "main.pg16", 15)             # not what its name says
+    cluster(tmp_path / "main.pg14", 14, running=True)
+    cluster(tmp_path / "main.pg15x", 15)
+    (tmp_path / "main.pg13").write_text("a file")
+    assert upgrade_cleanup.leftovers(data) == [(old, 15)]
+    (tmp_path / "main.analyze.log").write_text("done")
+    assert upgrade_cleanup.remove(data) == [old, f"{data}.analyze.log"]
+    assert not (tmp_path / "main.pg15").exists() and (tmp_path / "main.pg16").exists()
+    assert upgrade_cleanup.leftovers(cluster(tmp_path / "other", 15)) == [], "nothing beside a cluster not upgraded"

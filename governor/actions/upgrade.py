@@ -146,6 +146,9 @@ def upgrade_run(g: ActionHost, decision: Decision, local: LocalState) -> None:
             argv += ["-o", f"-c config_file={os.path.join(g.pg.config_dir, 'postgresql.conf')}"]
         started = clock.monotonic()
         failed = _run(g, argv, work, env, mark=mark)
+        script = os.path.join(work, "update_extensions.sql")
+        if not failed and os.path.exists(script):
+            shutil.copy(script, f"{data}.update_extensions.sql")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if failed:
@@ -241,7 +244,37 @@ def upgrade_start(g: ActionHost, decision: Decision, local: LocalState) -> None:
     except DCSError as exc:
         raise ActionFailed(f"could not record the new system identifier: {exc}") from exc
     g.mem.published_lsn = None
+    _after_start(g, record)
     _write(g, record, "started", facts={**record.facts, "new_sysid": sysid, "started": clock.wall()})
+
+
+def _after_start(g: ActionHost, record: UpgradeRecord) -> None:
+    """What pg_upgrade leaves to do once the new cluster runs: the extension updates it wrote a
+    script for (run now: ALTER EXTENSION ... UPDATE is quick), and, from a source before 18
+    (which carries statistics over), the planner's statistics rebuilt in stages in the background
+    (vacuumdb --analyze-in-stages: minimal ones within seconds, complete ones later)."""
+    data = g.pg.data_dir
+    connect = ["-h", g.pg.socket_dir, "-p", str(g.pg.port), "-U", g.pg.superuser.username]
+    env = {"PGPASSFILE": g.pg.pgpass}
+    script = f"{data}.update_extensions.sql"
+    if os.path.exists(script):
+        failed = _run(g, [os.path.join(g.pg.bin_dir, "psql"), "-X", "-q", *connect, "-d", "postgres",
+                          "-v", "ON_ERROR_STOP=1", "-f", script], None, env)
+        if failed:
+            log.warning("upgrade: the extension updates pg_upgrade wrote (%s) failed: %s; run them by hand", script,
+                        failed)
+        else:
+            os.remove(script)
+            log.info("upgrade: extensions updated (pg_upgrade's update_extensions.sql)")
+    if record.source >= 18:
+        return
+    output = f"{data}.analyze.log"
+    with open(output, "ab") as out:
+        subprocess.Popen([os.path.join(g.pg.bin_dir, "vacuumdb"), "--all", "--analyze-in-stages", *connect],
+                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                         env={"PATH": "/usr/bin:/bin", "LC_ALL": "C", **env})
+    log.info("upgrade: rebuilding the planner's statistics in the background (vacuumdb --analyze-in-stages, "
+             "log in %s)", output)
 
 
 def upgrade_done(g: ActionHost, decision: Decision, local: LocalState) -> None:

@@ -1,0 +1,40 @@
+"""`governorctl upgrade --cleanup`: each member removes what a finished major upgrade left beside
+its data directory — the old cluster (`DATA_DIR.pgOLD`, kept by the upgrade so that nothing is
+lost before the operator says so) and the statistics run's log. Only a directory that holds a
+PostgreSQL data directory of an older major than the one running, and no running server."""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+from typing import List, Tuple
+
+from governor import bindir
+
+
+def leftovers(data_dir: str) -> List[Tuple[str, int]]:
+    """(path, major) of each old cluster a major upgrade set aside beside `data_dir`."""
+    current = bindir.data_major(data_dir)
+    found = []
+    for path in sorted(glob.glob(f"{glob.escape(data_dir)}.pg*")):
+        suffix = re.fullmatch(r"\.pg(\d+)", path[len(data_dir):])
+        major = bindir.data_major(path)
+        if suffix and major is not None and major == int(suffix.group(1)) and current is not None \
+                and major < current and os.path.isdir(path) and not os.path.islink(path) \
+                and not os.path.exists(os.path.join(path, "postmaster.pid")):
+            found.append((path, major))
+    return found
+
+
+def remove(data_dir: str) -> List[str]:
+    """Remove them (and the statistics run's log); what was removed."""
+    removed = []
+    for path, _major in leftovers(data_dir):
+        shutil.rmtree(path)
+        removed.append(path)
+    log = f"{data_dir}.analyze.log"
+    if removed and os.path.isfile(log):
+        os.remove(log)
+        removed.append(log)
+    return removed
