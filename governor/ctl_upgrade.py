@@ -116,17 +116,21 @@ def _follow(read: Callable[[], Cluster], timeout: float) -> int:
 
 
 def _abort(cluster: Cluster, auth: tuple) -> int:
-    leader = cluster.member(cluster.upgrade.leader) if cluster.upgrade else cluster.leader_member
-    if leader is None or not leader.api_url:
-        return refuse("the member carrying out the upgrade publishes no API address")
-    try:
-        code, answer = http_json(f"{leader.api_url}/upgrade", "DELETE", {}, auth, timeout=30)
-    except OSError as exc:
-        return refuse(f"{leader.name}'s API at {leader.api_url} does not answer: {exc}")
-    if code != 202:
-        return refuse(answer.get("error") or f"{leader.name} answered HTTP {code}")
-    print(answer.get("message"))
-    return EXIT_OK
+    """Asked of the member carrying the upgrade out, else of any other (its leader may be gone)."""
+    first = cluster.upgrade.leader if cluster.upgrade else None
+    members = sorted(cluster.members, key=lambda m: m.name != first)
+    said = "no member publishes an API address"
+    for member in (m for m in members if m.api_url):
+        try:
+            code, answer = http_json(f"{member.api_url}/upgrade", "DELETE", {}, auth, timeout=30)
+        except OSError as exc:
+            said = f"{member.name}'s API at {member.api_url} does not answer: {exc}"
+            continue
+        if code != 202:
+            return refuse(answer.get("error") or f"{member.name} answered HTTP {code}")
+        print(answer.get("message"))
+        return EXIT_OK
+    return refuse(said)
 
 
 def _cleanup(cluster: Cluster, auth: tuple) -> int:

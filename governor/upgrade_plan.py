@@ -12,7 +12,9 @@ key, so that it survives governorctl's disconnect and a governor restart:
   done        every member runs the new version and streams (a member that was away clones the
               leader when it comes back, as in `started`)
   rollback    something failed before `starting` (or the operator aborted): the leader restores
-              the old cluster and starts it again; then `rolled_back`
+              the old cluster and starts it again; then `rolled_back`. The others stop holding:
+              should the leader be gone for good, one of them takes over as in any failover
+              (they have every write: the leader stopped cleanly before anything else)
 
 Pure: the executors are actions/upgrade.py."""
 from __future__ import annotations
@@ -37,6 +39,8 @@ def decide(cluster: Cluster, local: LocalState) -> Optional[Decision]:
         return None
     if r.leader == me:
         return _leader(cluster, local, r, holder) if r.active else None
+    if r.step == "rollback":
+        return None     # the old cluster goes on: a lost leader may be replaced as always
     if r.step not in ("started", "done"):
         if local.data == POSTGRES and not local.running and holder:
             return Decision("upgrade_hold", f"{r.leader} upgrades the cluster to PostgreSQL {r.to} ({r.step}): no "

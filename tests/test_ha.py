@@ -239,6 +239,10 @@ TABLE += [
     ("leader_renew", upgrading("started", members=[member(ME, role="primary"), NODE2_REPLICA_15]),
      local(role="primary"), (A.RENEW_LOCK, A.ENSURE_SLOTS, A.MANAGE_SYNC), None),
     ("upgrade_hold", upgrading("stopped", leader="node2", holder="node2"), local(), (), None),
+    # aborted while its leader is gone: the others have every write (it stopped cleanly first), the old
+    # cluster goes on and a lost leader is replaced as always
+    ("leader_race", upgrading("rollback", leader="node2", holder=None, members=[member("node3", lsn=90)]),
+     local(), (A.ACQUIRE_LOCK, A.PROMOTE, A.ENSURE_SLOTS), None),
     ("upgrade_hold", upgrading("requested", leader="node2", holder=None), local(), (), None),
     ("upgrade_hold", upgrading("upgraded", leader="node2", holder="node2"), local(running=False),
      (A.START_AS_REPLICA,), "node2"),
