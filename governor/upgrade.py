@@ -25,6 +25,7 @@ class LeaderFacts:
     free_bytes: Optional[int] = None          # free space beside the data directory
     needed_bytes: int = 0
     pg_upgrade: Optional[str] = None          # pg_upgrade --check's complaint (None: it passed)
+    parameters: Tuple[str, ...] = ()          # "name: why" for settings the target refuses
     errors: Tuple[str, ...] = ()              # a probe that could not run, and why
 
 
@@ -83,6 +84,9 @@ def leader_problems(facts: LeaderFacts, target: int, leader_name: str) -> List[s
     if facts.free_bytes is not None and facts.free_bytes < facts.needed_bytes:
         problems.append(f"{at}: {facts.free_bytes // 2**20} MB free beside the data directory, "
                         f"{facts.needed_bytes // 2**20} MB needed")
+    for problem in facts.parameters:
+        problems.append(f"{at}: postgresql.parameters.{problem} (PostgreSQL {target}): change it in the files and "
+                        "the dynamic configuration first; the new version would not start with it")
     if facts.pg_upgrade:
         problems.append(f"{at}: pg_upgrade --check: {facts.pg_upgrade}")
     return problems

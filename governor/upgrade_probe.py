@@ -13,7 +13,8 @@ from typing import Callable, List, Optional, Tuple
 
 import psycopg2
 
-from governor import bindir
+from governor import bindir, pgparams
+from governor.postgres.catalogue import catalogue
 from governor.settings import PostgresConfig
 from governor.upgrade import LONG_TRANSACTION, LeaderFacts
 
@@ -43,6 +44,9 @@ def probe(pg: PostgresConfig, target: int) -> LeaderFacts:
     size = int(found["size"][0][0]) if found.get("size") else 0
     missing: Tuple[str, ...] = ()
     upgrade_check: Optional[str] = None
+    parameters: Tuple[str, ...] = ()
+    if target_bin:
+        parameters = refused_parameters(pg.parameters, catalogue(target_bin))
     if target_bin and not errors:
         missing, problem = _missing_extensions(query, target_bin)
         errors += [problem] if problem else []
@@ -59,7 +63,20 @@ def probe(pg: PostgresConfig, target: int) -> LeaderFacts:
         long_transactions=tuple(f"pid {pid} ({user} on database {db}, open {age} s)"
                                 for pid, user, db, age in found.get("long", [])),
         missing_extensions=missing, free_bytes=free, needed_bytes=max(256 * 2**20, size // 20),
-        pg_upgrade=upgrade_check)
+        pg_upgrade=upgrade_check, parameters=parameters)
+
+
+def refused_parameters(parameters: dict, cat: Optional[pgparams.Catalogue]) -> Tuple[str, ...]:
+    """'name: why' for each setting (as the member runs it, dynamic ones included) the target
+    version's catalogue refuses; a renamed one counts as refused (the files must say the new name)."""
+    if cat is None:
+        return ()
+    out = []
+    for name, value in parameters.items():
+        problem = pgparams.check(name, value, cat)
+        if problem:
+            out.append(f"{name}: {problem}")
+    return tuple(out)
 
 
 def querier(pg: PostgresConfig) -> Query:

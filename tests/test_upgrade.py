@@ -103,3 +103,16 @@ def test_cleanup_finds_only_old_clusters_set_aside_beside_a_newer_one(tmp_path):
     assert upgrade_cleanup.remove(data) == [old, f"{data}.analyze.log"]
     assert not (tmp_path / "main.pg15").exists() and (tmp_path / "main.pg16").exists()
     assert upgrade_cleanup.leftovers(cluster(tmp_path / "other", 15)) == [], "nothing beside a cluster not upgraded"
+
+
+def test_settings_the_target_refuses_are_named_before_anything_stops():
+    from governor import upgrade_probe
+    from governor.postgres.catalogue import catalogue
+    from tests.harness import PG_BIN
+    refused = upgrade_probe.refused_parameters({"work_mem": "4MB", "no_such_setting": "1", "max_connections": "x"},
+                                               catalogue(PG_BIN))
+    assert [r.split(":")[0] for r in refused] == ["no_such_setting", "max_connections"], refused
+    facts = upgrade.LeaderFacts(data_major=15, target_bin="/x", free_bytes=10**12, parameters=refused[:1])
+    assert upgrade.leader_problems(facts, 17, "db1") == [
+        f"db1 (leader): postgresql.parameters.{refused[0]} (PostgreSQL 17): change it in the files and the dynamic "
+        "configuration first; the new version would not start with it"]
