@@ -10,7 +10,8 @@ import glob
 import os
 import re
 import subprocess
-from typing import Dict, Optional, Tuple
+import time
+from typing import Any, Dict, List, Optional, Tuple
 
 _versions: Dict[str, Optional[int]] = {}
 
@@ -58,9 +59,21 @@ def installed(major: int) -> Optional[str]:
     return found[0] if found else None
 
 
+_majors_seen: List[Any] = [None, -1e9]      # (the majors, when looked for): at most once a minute
+MAJORS_EVERY = 60.0
+
+
 def installed_majors() -> Tuple[int, ...]:
     """The PostgreSQL major versions whose binaries this host has, oldest first (the member key
-    publishes them: an upgrade checks every member has its target)."""
+    publishes them: an upgrade checks every member has its target). Looked for at most once a
+    minute: packages are installed rarely, and every pass publishes them."""
+    now = time.monotonic()
+    if _majors_seen[0] is None or now - _majors_seen[1] >= MAJORS_EVERY:
+        _majors_seen[:] = [_find_majors(), now]
+    return _majors_seen[0]
+
+
+def _find_majors() -> Tuple[int, ...]:
     majors = set()
     for path in _installed(None):
         found = re.search(r"/(?:postgresql/|pgsql-)(\d+)/bin$", path)

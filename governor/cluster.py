@@ -119,7 +119,10 @@ def _int_or_none(value: Any) -> Optional[int]:
 
 def _printable(value: Any) -> Optional[str]:
     """Text shown to operators as it is (governorctl list): printable characters only, short."""
-    return "".join(c for c in value[:200] if c.isprintable()) if isinstance(value, str) else None
+    if not isinstance(value, str):
+        return None
+    value = value[:200]
+    return value if value.isprintable() else "".join(c for c in value if c.isprintable())
 
 
 def _str_or_none(value: Any) -> Optional[str]:
