@@ -30,6 +30,7 @@ class Member:
     scheduled_restart: Optional[float] = None  # when an operator scheduled its restart (Unix time)
     pg_majors: Tuple[int, ...] = ()   # the PostgreSQL major versions installed on its host
     upgrade_blockers: Tuple[str, ...] = ()   # what in its configuration keeps a major upgrade from running
+    disk_free: Optional[int] = None   # bytes free beside its data directory (an upgrade's re-clone needs them)
 
     @classmethod
     def from_json(cls, name: str, text: str) -> Member:
@@ -57,6 +58,7 @@ class Member:
             pg_version=_int_or_none(data.get("pg_version")),
             scheduled_restart=_time_or_none(data.get("scheduled_restart")),
             pg_majors=_majors(data.get("pg_majors")),
+            disk_free=_int_or_none(data.get("disk_free")),
             upgrade_blockers=tuple(t for t in (_printable(b) for b in data.get("upgrade_blockers", [])[:4]) if t)
             if isinstance(data.get("upgrade_blockers"), list) else (),
         )

@@ -284,8 +284,9 @@ class Controls:
         if not self._checking.acquire(blocking=False):
             return 409, {"error": "an upgrade check is running already"}
         try:
-            problems = upgrade.cluster_problems(st.cluster, target, st.name)
-            problems += upgrade.leader_problems(upgrade_probe.probe(self.gov.pg, target), target, st.name)
+            facts = upgrade_probe.probe(self.gov.pg, target)
+            problems = upgrade.cluster_problems(st.cluster, target, st.name, facts.database_bytes)
+            problems += upgrade.leader_problems(facts, target, st.name)
         finally:
             self._checking.release()
         log.info("upgrade check to PostgreSQL %s: %s", target, "; ".join(problems) or "passed")

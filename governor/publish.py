@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Optional
 
 import psycopg2
 
-from governor import __version__, bindir, clock, vouch
+from governor import __version__, bindir, clock, upgrade_probe, vouch
 from governor.dcs import DCSError
 from governor.ha import Decision, LocalState
 from governor.postgres import datadir
@@ -33,6 +33,7 @@ def member_data(g: NodeHost, local: LocalState) -> dict:
             "pre_promote_refused": g.mem.pre_promote_refused(),
             "slots": g.mem.permanent_positions if g.mem.holds_lock else {}, "pg_version": g.pg_version,
             "pg_majors": list(bindir.installed_majors()), "upgrade_blockers": upgrade_blockers(g),
+            "disk_free": upgrade_probe.free_beside(g.pg.data_dir),
             "scheduled_restart": g.mem.scheduled_restart[0] if g.mem.scheduled_restart else None}
 
 

@@ -26,10 +26,11 @@ class LeaderFacts:
     needed_bytes: int = 0
     pg_upgrade: Optional[str] = None          # pg_upgrade --check's complaint (None: it passed)
     parameters: Tuple[str, ...] = ()          # "name: why" for settings the target refuses
+    database_bytes: int = 0                   # the cluster's size (each replica clones it again)
     errors: Tuple[str, ...] = ()              # a probe that could not run, and why
 
 
-def cluster_problems(cluster: Optional[Cluster], target: int, leader_name: str) -> List[str]:
+def cluster_problems(cluster: Optional[Cluster], target: int, leader_name: str, database_bytes: int = 0) -> List[str]:
     """Problems visible in etcd: maintenance mode, members not running or behind, the target
     major not installed somewhere."""
     if cluster is None:
@@ -53,6 +54,10 @@ def cluster_problems(cluster: Optional[Cluster], target: int, leader_name: str) 
         problems.extend(f"{m.name}: {blocker}" for blocker in m.upgrade_blockers)
         if m.name == leader_name:
             continue
+        need = database_bytes + database_bytes // 5 + 256 * 2**20
+        if database_bytes and m.disk_free is not None and m.disk_free < need:
+            problems.append(f"{m.name}: {m.disk_free // 2**20} MB free beside its data directory; it clones the "
+                            f"upgraded leader there while keeping its old directory: about {need // 2**20} MB needed")
         if m.role != "replica" or m.state != "running":
             problems.append(f"{m.name}: not a running replica ({m.role}, {m.state})")
         elif leader is None or leader.lsn is None or m.lsn is None:

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from typing import Callable, List, Optional, Tuple
 
 import psycopg2
@@ -63,7 +64,25 @@ def probe(pg: PostgresConfig, target: int) -> LeaderFacts:
         long_transactions=tuple(f"pid {pid} ({user} on database {db}, open {age} s)"
                                 for pid, user, db, age in found.get("long", [])),
         missing_extensions=missing, free_bytes=free, needed_bytes=max(256 * 2**20, size // 20),
-        pg_upgrade=upgrade_check, parameters=parameters)
+        pg_upgrade=upgrade_check, parameters=parameters, database_bytes=size)
+
+
+_free_seen: dict = {}
+FREE_EVERY = 60.0
+
+
+def free_beside(data_dir: str) -> Optional[int]:
+    """Bytes free on the file system holding `data_dir`'s parent (where an upgrade puts a new
+    cluster), looked at most once a minute (every pass publishes it); None when unknown."""
+    now = time.monotonic()
+    seen = _free_seen.get(data_dir)
+    if seen is None or now - seen[1] >= FREE_EVERY:
+        try:
+            free: Optional[int] = shutil.disk_usage(os.path.dirname(data_dir)).free
+        except OSError:
+            free = None
+        _free_seen[data_dir] = seen = (free, now)
+    return seen[0]
 
 
 def refused_parameters(parameters: dict, cat: Optional[pgparams.Catalogue]) -> Tuple[str, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -116,3 +117,15 @@ def test_settings_the_target_refuses_are_named_before_anything_stops():
     assert upgrade.leader_problems(facts, 17, "db1") == [
         f"db1 (leader): postgresql.parameters.{refused[0]} (PostgreSQL 17): change it in the files and the dynamic "
         "configuration first; the new version would not start with it"]
+
+
+def test_a_replica_without_room_for_a_second_copy_is_named():
+    """A replica keeps its old data directory and clones the upgraded leader beside it (a first
+    bench run filled a container's disk that way, after the point of no return)."""
+    cramped = replace(member("db2"), disk_free=900 * MB)
+    roomy = replace(member("db3"), disk_free=10**12)
+    cluster = healthy(members=(member("db1", "primary"), cramped, roomy))
+    assert upgrade.cluster_problems(cluster, 17, "db1", database_bytes=1024 * MB) == [
+        "db2: 900 MB free beside its data directory; it clones the upgraded leader there while keeping its old "
+        "directory: about 1484 MB needed"]
+    assert upgrade.cluster_problems(cluster, 17, "db1", database_bytes=100 * MB) == []
