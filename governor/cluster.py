@@ -164,6 +164,10 @@ class Switchover:
         return self.scheduled_at is None or self.scheduled_at <= now
 
 
+# The initdb options an upgrade record may carry: the ones the leader writes (install user, locale,
+# checksums), nothing that chooses where files go or what runs: the record comes from etcd.
+INITDB_OPTION = re.compile(r"-U|-A|trust|[A-Za-z0-9_]{1,63}|--(encoding|lc-collate|lc-ctype|locale-provider|"
+                           r"icu-locale|builtin-locale)=[A-Za-z0-9_.@-]{1,64}|--(no-)?data-checksums")
 UPGRADE_BEFORE_START = BEFORE_START = ("requested", "stopped", "upgraded")
 UPGRADE_ACTIVE = BEFORE_START + ("starting", "started", "rollback")
 UPGRADE_STEPS = UPGRADE_ACTIVE + ("done", "rolled_back")
@@ -204,7 +208,8 @@ class UpgradeRecord:
         leader, sysid, initdb = data.get("leader"), data.get("sysid"), data.get("initdb", [])
         if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 1000 for v in (to, source)) \
                 or step not in UPGRADE_STEPS or not isinstance(leader, str) or not isinstance(sysid, str) \
-                or not sysid.isdigit() or not isinstance(initdb, list) or not all(isinstance(a, str) for a in initdb):
+                or not sysid.isdigit() or not isinstance(initdb, list) \
+                or not all(isinstance(a, str) and INITDB_OPTION.fullmatch(a) for a in initdb):
             return None
         message, started = data.get("message", ""), data.get("started_at", 0)
         facts = data.get("facts", {})

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from governor import upgrade
-from governor.cluster import Cluster, Leader, Member, Switchover
+from governor.cluster import Cluster, Leader, Member, Switchover, UpgradeRecord
 
 MB = 2**20
 
@@ -129,3 +129,34 @@ def test_a_replica_without_room_for_a_second_copy_is_named():
         "db2: 900 MB free beside its data directory; it clones the upgraded leader there while keeping its old "
         "directory: about 1484 MB needed"]
     assert upgrade.cluster_problems(cluster, 17, "db1", database_bytes=100 * MB) == []
+
+
+@pytest.mark.parametrize("text", [
+    "", "null", "[]", "{", '"x"',
+    json.dumps({"to": 10**30, "from": 15, "leader": "a", "sysid": "1", "step": "started"}),
+    json.dumps({"to": 17, "from": 15, "leader": "a", "sysid": "1", "step": "exploded"}),
+    json.dumps({"to": 17, "from": 15, "leader": "a", "sysid": "1; rm -rf /", "step": "stopped"}),
+    json.dumps({"to": True, "from": 15, "leader": "a", "sysid": "1", "step": "stopped"}),
+    json.dumps({"to": 17, "from": 15, "leader": "a", "sysid": "1", "step": "stopped", "initdb": ["--waldir=/etc"]}),
+    json.dumps({"to": 17, "from": 15, "leader": "a", "sysid": "1", "step": "stopped", "initdb": ["-X", "/tmp"]}),
+    json.dumps({"to": 17, "from": 15, "leader": "a", "sysid": "1", "step": "stopped", "initdb": [{"a": 1}]}),
+    "\udcff" * 10, "[" * 100000,
+])
+def test_a_hostile_upgrade_record_is_unknown_and_everyone_holds(text):
+    """The record comes from etcd: anything but what a leader writes is unknown (no step is taken, no
+    failover either), and no initdb option that chooses where files go or what runs gets through."""
+    from governor import ha
+    from governor.dcs.keys import Entry, build_cluster
+    assert UpgradeRecord.from_json(text, 3) is None
+    cluster = build_cluster([Entry("initialize", "1", 1), Entry("upgrade", text, 3)], 3)
+    assert cluster.upgrade is None and cluster.upgrade_unreadable
+    state = ha.LocalState(name="b", data=ha.POSTGRES, sysid="1", running=True, role="replica")
+    assert ha.decide(cluster, state).case == "upgrade_unknown"
+
+
+def test_the_record_a_leader_writes_reads_back():
+    record = UpgradeRecord(to=17, source=15, leader="db1", sysid="7", step="stopped",
+                           initdb=("-U", "postgres", "-A", "trust", "--encoding=UTF8", "--lc-collate=C.UTF-8",
+                                   "--lc-ctype=C.UTF-8", "--locale-provider=icu", "--icu-locale=en-US",
+                                   "--data-checksums"))
+    assert UpgradeRecord.from_json(json.dumps(record.as_dict()), 5) == replace(record, index=5)

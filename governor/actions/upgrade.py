@@ -28,6 +28,7 @@ from governor.dcs import DCSError
 from governor.ha import Decision, LocalState
 from governor.postgres.controllers import make_controller
 from governor.postgres.server import Server
+from governor.settings import NAME_RE
 from governor.shutdown import before_stop
 from governor.supervisor import under_systemd
 
@@ -123,6 +124,10 @@ def upgrade_run(g: ActionHost, decision: Decision, local: LocalState) -> None:
     target_bin = bindir.installed(record.to)
     if target_bin is None:
         _write(g, record, "rollback", message=f"no binaries of PostgreSQL {record.to} on {g.name}")
+        return
+    user = record.facts.get("user")
+    if not isinstance(user, str) or not NAME_RE.fullmatch(user):
+        _write(g, record, "rollback", message="the upgrade record names no valid install user")
         return
     _remove_attempt(data, new, mark)
     if g.disk.controldata().state != "shut down":
