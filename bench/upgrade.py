@@ -8,7 +8,10 @@ this host) inserting every --interval seconds:
   seconds             from the command to `done`
   write_gap_seconds   the longest time between two writes acknowledged through haproxy
   replicas            per replica: seconds from the command until it answers as a replica on 17
-  leader_bytes_sent   bytes the leader sent on its PostgreSQL port meanwhile (the replicas' clones)
+  leader_bytes_sent   bytes the leader sent on its PostgreSQL port meanwhile (WAL streaming; and
+                      clones, for a replica that could not link)
+  replicas_fetched    per replica: what its governor says it linked from its own old data directory
+                      and received from the leader's seed (the new catalogs) over the API
   pg_upgrade_seconds  pg_upgrade --link on the leader
 
 Usage (as root): bench/upgrade.py [--scale 70] [--interval 0.05] [--output FILE]
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import threading
@@ -121,15 +125,24 @@ def main() -> int:
         have = {int(v) for v in sql(m, ports["u1"]["pg"], "SELECT id FROM writes")}
         lost = sorted({i for i, _s, _a in writer.acked} - have)
         record = json.loads(m.run("governorctl", "-c", "/etc/governor/u1.d", "list", "--format", "json").stdout)
+        fetched = {}
+        for n in NAMES[1:]:
+            said = re.search(r"made in ([\d.]+) s: (\d+) files \(([\d.]+) MiB\) linked .*?, (\d+) \(([\d.]+) MiB\) "
+                             r"received", m.journal(f"governor@{n}"))
+            fetched[n] = {"seconds": float(said.group(1)), "files_linked": int(said.group(2)),
+                          "mib_linked": float(said.group(3)), "files_received": int(said.group(4)),
+                          "mib_received": float(said.group(5))} if said else "cloned (no link)"
         results = {"ok": done.returncode == 0, "seconds": round(seconds, 1), "write_gap_seconds": round(gap, 2),
                    "writes_acknowledged": len(acked), "acknowledged_writes_lost": len(lost),
                    "replicas_on_17_seconds": on_17, "leader_bytes_sent": sent,
-                   "leader_mib_sent": round(sent / 2**20, 1), "steps": done.stdout.strip().splitlines()[1:],
+                   "leader_mib_sent": round(sent / 2**20, 1), "replicas_fetched": fetched,
+                   "steps": done.stdout.strip().splitlines()[1:],
                    "members": [(r["member"], r["role"], r["pg_version"]) for r in record["members"]]}
         print(json.dumps(results, indent=2))
         settings = {"database_bytes": size, "pgbench_scale": args.scale, "write_interval": args.interval,
                     "members": 3, "host": "one booted Debian 13 container (upgraded from 12), loopback",
-                    "replicas": "re-cloned with pg_basebackup (the hard-link method is not built yet)"}
+                    "replicas": "hard-linked from their own old data directory, new catalogs from the leader's "
+                                "seed over the API (pg_basebackup clone as the fallback)"}
         report.write("upgrade", settings, results, args.output)
         return 0 if results["ok"] and not lost else 1
     finally:

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Dict, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
-from governor import audit, clock
+from governor import api_seed, audit, clock
 from governor.config import Config, RestApiConfig, parse_size
 from governor.status import NodeStatus
 
@@ -294,10 +294,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, st.cluster_dict(), head_only)
             if path == "/metrics" and self.api.exposition is not None:
                 return self._send_raw(*self.api.exposition(), head_only)
-            if path == "/config":
+            if path == "/config" or path.startswith("/upgrade/seed"):
                 if self._principal() is None:
                     return self._unauthorized()
-                return self._send(200, self.api.config_view(), head_only)
+                if path == "/config":
+                    return self._send(200, self.api.config_view(), head_only)
+                code, error = api_seed.answer(self, self.api.config.postgresql.data_dir, path, head_only)
+                return None if code == 200 else self._send(code, error, head_only)
         except BadRequest as exc:
             return self._send(400, {"error": str(exc)}, head_only)
         return self._send(404, {"error": f"no such endpoint: {path}"}, head_only)

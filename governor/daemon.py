@@ -239,7 +239,8 @@ class Governor:
                         failsafe_mode=self.config.failsafe_mode, failsafe_promise=vouch.promised_to(self),
                         failsafe_fresh=vouch.fresh(self),
                         pre_promote_vetoed=self.mem.pre_promote_refused(),
-                        clone_failed_from=self.mem.clone_failed_from, **self._restart_schedule())
+                        clone_failed_from=self.mem.clone_failed_from,
+                        upgrade_link_failed=self.mem.upgrade_link_failed, **self._restart_schedule())
         if self.cluster is None and self.config.failsafe_mode and self.mem.holds_lock and local.running \
                 and local.role == "primary":
             local = replace(local, failsafe_vouched=vouch.ask_members(self))

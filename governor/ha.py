@@ -27,8 +27,12 @@ Cases, checked top to bottom (the first that matches wins):
   upgrade_done                  upgrading leader on the new version, every    renew_lock, ensure_slots,
                                 other member running it as a replica          manage_sync, upgrade_done
   upgrade_hold                  another member upgrades: no failover          - (start_as_replica if stopped)
+  upgrade_link                  the leader runs the new version and left a    upgrade_link
+                                seed; this data directory is the old system's
+                                (its files are linked, the catalogs fetched)
   upgrade_reclone               the leader runs the new version; this data    upgrade_set_aside, clone
-                                directory is the old system's
+                                directory is the old system's (no seed, or
+                                linking failed here)
   restart_requested             operator asked to restart PostgreSQL here    (renew_lock), restart
   scheduled_restart_skipped     an operator's scheduled restart is due, but   forget_scheduled_restart
                                 PostgreSQL is not running, or it was for a

@@ -42,6 +42,7 @@ class Action(str, Enum):
     UPGRADE_DONE = "upgrade_done"           # ... every member runs it: the record says done
     UPGRADE_ROLLBACK = "upgrade_rollback"   # ... restore the old cluster (before `starting` only)
     UPGRADE_SET_ASIDE = "upgrade_set_aside"  # replica: move the old data directory aside, new binaries
+    UPGRADE_LINK = "upgrade_link"           # replica: the new data directory from its own files + the seed
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class LocalState:
     writable_elsewhere: Tuple[str, ...] = ()
     unknown_elsewhere: Tuple[str, ...] = ()
     data_major: Optional[int] = None         # the data directory's PG_VERSION
+    upgrade_link_failed: Optional[str] = None  # the old system identifier whose upgrade this replica
+    # could not link its files for (upgrade_link.py): it clones instead
 
 
 @dataclass(frozen=True)

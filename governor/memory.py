@@ -60,6 +60,7 @@ class NodeMemory:
     pg_last_role: Optional[str] = None           # the role it last ran as ("primary" / "replica")
     pre_promote_veto_until: float = 0.0          # monotonic: pre_promote refused; not racing until then
     clone_failed_from: Optional[str] = None      # a clonefrom replica a clone failed from: the next uses another
+    upgrade_link_failed: Optional[str] = None    # the upgrade (old system id) this replica could not link for
     permanent_positions: Dict[str, int] = field(default_factory=dict)  # leader: its permanent slots' restart_lsn
     standby_slots: str = ""                      # leader: synchronized_standby_slots as written (logical_slots)
     # an operator's scheduled restart (POST /restart with scheduled_at): (wall time, only when a

@@ -60,11 +60,24 @@ def ask_round(members: Dict[str, str], leader: str, sysid: Optional[str], api: R
               timeout: float) -> list:
     """POST /failsafe to each member (name -> API URL), all within `timeout`: who did not vouch, with why."""
     body = json.dumps({"leader": leader, "sysid": sysid}).encode()
-    headers = {"Content-Type": "application/json"}
-    if api.username:
-        token = f"{api.username}:{api.password or ''}".encode()
-        headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
+    headers = {"Content-Type": "application/json", **credentials(api)}
     return _round(members, body, headers, client_tls(api), timeout, leader)
+
+
+def credentials(api: RestApiConfig) -> Dict[str, str]:
+    """The headers that carry this member's control credentials to another's API."""
+    if not api.username:
+        return {}
+    token = f"{api.username}:{api.password or ''}".encode()
+    return {"Authorization": "Basic " + base64.b64encode(token).decode()}
+
+
+def open_control(api_url: str, path: str, api: RestApiConfig, timeout: float) -> http.client.HTTPResponse:
+    """GET `path` from another member's API with the control credentials; the open answer (the
+    caller reads it); OSError when it cannot be had or is not a 200."""
+    request = urllib.request.Request(f"{api_url}{path}", headers=credentials(api))
+    context = client_tls(api) if api_url.startswith("https") else None
+    return urllib.request.urlopen(request, timeout=timeout, context=context)
 
 
 def client_tls(api: RestApiConfig) -> ssl.SSLContext:

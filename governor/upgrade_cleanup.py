@@ -1,6 +1,7 @@
 """`governorctl upgrade --cleanup`: each member removes what a finished major upgrade left beside
 its data directory — the old cluster (`DATA_DIR.pgOLD`, kept by the upgrade so that nothing is
-lost before the operator says so) and the statistics run's log. Only a directory that holds a
+lost before the operator says so), the leader's seed for its replicas (upgrade_seed.py) and
+the statistics run's log. Only a directory that holds a
 PostgreSQL data directory of an older major than the one running, and no running server."""
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import re
 import shutil
 from typing import List, Tuple
 
-from governor import bindir
+from governor import bindir, upgrade_seed
 
 
 def leftovers(data_dir: str) -> List[Tuple[str, int]]:
@@ -33,8 +34,11 @@ def remove(data_dir: str) -> List[str]:
     for path, _major in leftovers(data_dir):
         shutil.rmtree(path)
         removed.append(path)
-    log = f"{data_dir}.analyze.log"
+    log, seed = f"{data_dir}.analyze.log", upgrade_seed.seed_dir(data_dir)
     if removed and os.path.isfile(log):
         os.remove(log)
         removed.append(log)
+    if removed and upgrade_seed.read_manifest(seed) is not None:
+        upgrade_seed.remove(data_dir)
+        removed.append(seed)
     return removed

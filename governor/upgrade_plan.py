@@ -8,7 +8,9 @@ key, so that it survives governorctl's disconnect and a governor restart:
   starting    written before the new cluster starts: from here on only forward (the point of no
               return is its start; a restart of governor in this step starts it again)
   started     the new version runs under the lock and takes writes; `initialize` holds its system
-              identifier; each replica sets its old data directory aside and clones the leader
+              identifier; each replica that stopped where the leader's old cluster stopped makes its
+              new data directory from its own files and the leader's seed (upgrade_seed.py); any
+              other (or one whose linking failed) sets its old data directory aside and clones
   done        every member runs the new version and streams (a member that was away clones the
               leader when it comes back, as in `started`)
   rollback    something failed before `starting` (or the operator aborted): the leader restores
@@ -54,6 +56,10 @@ def decide(cluster: Cluster, local: LocalState) -> Optional[Decision]:
                 or not leader.conn_url:
             return Decision("upgrade_hold", f"waiting for {r.leader} to run PostgreSQL {r.to} as primary before "
                             "cloning it")
+        if r.facts.get("seed") is True and local.upgrade_link_failed != r.sysid:
+            return Decision("upgrade_link", f"{r.leader} runs PostgreSQL {r.to}: making this member's PostgreSQL "
+                            f"{r.to} data directory from its own files (hard links) and {r.leader}'s new catalogs",
+                            (Action.UPGRADE_LINK,), leader=r.leader)
         return Decision("upgrade_reclone", f"{r.leader} runs PostgreSQL {r.to}: setting this PostgreSQL {r.source} "
                         f"data directory aside and cloning {r.leader}", (Action.UPGRADE_SET_ASIDE, Action.CLONE),
                         leader=r.leader)

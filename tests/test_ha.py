@@ -215,9 +215,10 @@ TABLE = [
 ]
 
 
-def upgrading(step, leader=ME, holder=ME, members=(), unreadable=False):
+def upgrading(step, leader=ME, holder=ME, members=(), unreadable=False, seed=False):
     """A snapshot during a major upgrade from 15 to 17 that `leader` drives."""
-    record = None if unreadable else UpgradeRecord(to=17, source=15, leader=leader, sysid=SYSID, step=step, index=9)
+    record = None if unreadable else UpgradeRecord(to=17, source=15, leader=leader, sysid=SYSID, step=step, index=9,
+                                                   facts={"seed": True} if seed else {})
     return replace(cluster(holder, members=members), upgrade=record, upgrade_unreadable=unreadable)
 
 
@@ -249,6 +250,20 @@ TABLE += [
     ("upgrade_hold", upgrading("started", leader="node2", holder="node2", members=[member("node2", state="starting")]),
      ha.LocalState(name=ME, data=ha.POSTGRES, sysid=SYSID, running=True, role="replica", data_major=15), (), None),
     ("upgrade_reclone", upgrading("started", leader="node2", holder="node2", members=[NODE2_ON_17]),
+     ha.LocalState(name=ME, data=ha.POSTGRES, sysid=SYSID, running=True, role="replica", data_major=15),
+     (A.UPGRADE_SET_ASIDE, A.CLONE), "node2"),
+    # the leader left a seed: the replica links its own files instead of cloning
+    ("upgrade_link", upgrading("started", leader="node2", holder="node2", members=[NODE2_ON_17], seed=True),
+     ha.LocalState(name=ME, data=ha.POSTGRES, sysid=SYSID, running=True, role="replica", data_major=15),
+     (A.UPGRADE_LINK,), "node2"),
+    # ... and clones when linking failed here (e.g. it stopped at another checkpoint)
+    ("upgrade_reclone", upgrading("started", leader="node2", holder="node2", members=[NODE2_ON_17], seed=True),
+     ha.LocalState(name=ME, data=ha.POSTGRES, sysid=SYSID, running=False, data_major=15, upgrade_link_failed=SYSID),
+     (A.UPGRADE_SET_ASIDE, A.CLONE), "node2"),
+    # a seed that is not the boolean a leader writes is no seed
+    ("upgrade_reclone", replace(upgrading("started", leader="node2", holder="node2", members=[NODE2_ON_17]),
+                                upgrade=UpgradeRecord(to=17, source=15, leader="node2", sysid=SYSID, step="started",
+                                                      index=9, facts={"seed": "yes"})),
      ha.LocalState(name=ME, data=ha.POSTGRES, sysid=SYSID, running=True, role="replica", data_major=15),
      (A.UPGRADE_SET_ASIDE, A.CLONE), "node2"),
     # a member whose host was down throughout comes back after the upgrade is done

@@ -214,6 +214,14 @@ def test_governorctl_upgrade_moves_the_cluster_from_15_to_17_keeping_every_write
         for name in names:
             assert m.run("test", "-f", f"/var/lib/postgresql/up-{name}.pg15/PG_VERSION", check=False).returncode == 0, \
                 f"{name}'s old data directory is kept"
+        # the replicas did not copy the table: their new files are their old ones, hard-linked
+        # (PostgreSQL's method for standbys after pg_upgrade --link, over governor's API)
+        relation = sql(m, ports["x"]["pg"], "SELECT pg_relation_filepath('bulk')")[0]
+        for name in ("y", "z"):
+            data = f"/var/lib/postgresql/up-{name}"
+            same = m.run("sh", "-c", f"[ {data}/{relation} -ef {data}.pg15/{relation} ]", check=False)
+            assert same.returncode == 0, f"{name}'s copy of the table is not its own old file: it was copied"
+            assert "received from x" in m.journal(f"governor@{name}"), name
         # pg_upgrade from 15 carries no statistics: the leader rebuilt them in stages, in the background
         wait_until(lambda: sql(m, ports["x"]["pg"], "SELECT count(*) > 0 FROM pg_stats WHERE tablename = 'bulk'")
                    == ["t"], 60, "the planner's statistics on the new cluster")

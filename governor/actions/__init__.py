@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Dict
 
-from governor.actions import failsafe, leader, lock, roles, run, setup, upgrade
+from governor.actions import failsafe, leader, lock, roles, run, setup, upgrade, upgrade_link
 from governor.actions.base import ActionFailed
 from governor.ha import Action, Decision, LocalState
 
@@ -45,6 +45,7 @@ EXECUTORS: Dict[Action, Executor] = {
     Action.UPGRADE_DONE: upgrade.upgrade_done,
     Action.UPGRADE_ROLLBACK: upgrade.upgrade_rollback,
     Action.UPGRADE_SET_ASIDE: upgrade.upgrade_set_aside,
+    Action.UPGRADE_LINK: upgrade_link.upgrade_link,
 }
 
 __all__ = ["EXECUTORS", "ActionFailed", "Executor"]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, List, Optional
 
 import psycopg2
 
-from governor import bindir, clock, upgrade_probe
+from governor import bindir, clock, upgrade_probe, upgrade_seed
 from governor.actions.base import ActionFailed
 from governor.cluster import UpgradeRecord
 from governor.dcs import DCSError
@@ -39,7 +39,7 @@ log = logging.getLogger("governor")
 PG_UPGRADE_TIMEOUT = 3600.0
 
 
-def _record(g: ActionHost) -> UpgradeRecord:
+def record_of(g: ActionHost) -> UpgradeRecord:
     record = g.cluster.upgrade if g.cluster is not None else None
     if record is None:
         raise ActionFailed("the upgrade record is gone")
@@ -71,7 +71,7 @@ def _write_and_read(g: ActionHost, record: UpgradeRecord, step: str) -> UpgradeR
     return again
 
 
-def _paths(g: ActionHost, record: UpgradeRecord) -> tuple:
+def paths(g: ActionHost, record: UpgradeRecord) -> tuple:
     data = g.pg.data_dir
     return data, f"{data}.upgrading", f"{data}.upgrading.governor", f"{data}.pg{record.source}"
 
@@ -97,7 +97,7 @@ def switch_binaries(g: ActionHost, major: int) -> None:
 def upgrade_stop(g: ActionHost, decision: Decision, local: LocalState) -> None:
     """Leader: learn what initdb needs to make a cluster pg_upgrade accepts (from the running
     server), then stop it cleanly (its standbys receive all WAL) under the lock."""
-    record = _record(g)
+    record = record_of(g)
     initdb, facts = list(record.initdb), dict(record.facts)
     if not initdb:
         if not (local.running and local.role == "primary"):
@@ -113,14 +113,15 @@ def upgrade_stop(g: ActionHost, decision: Decision, local: LocalState) -> None:
         g.server.close()
         g.controller.stop("fast", timeout=max(30.0, g.pg.start_timeout))
         g.announce(replace(local, running=False, role=None), decision, None)
+    facts["checkpoint"] = g.disk.controldata().checkpoint   # where the replicas must have stopped to link
     _write(g, record, "stopped", initdb=tuple(initdb), facts={**facts, "stopped_at": clock.wall()})
 
 
 def upgrade_run(g: ActionHost, decision: Decision, local: LocalState) -> None:
     """Leader, PostgreSQL stopped: initdb of the new version beside the old cluster, then
     pg_upgrade --link into it. A failure rolls back (nothing of the old cluster was started)."""
-    record = _record(g)
-    data, new, mark, _aside = _paths(g, record)
+    record = record_of(g)
+    data, new, mark, _aside = paths(g, record)
     target_bin = bindir.installed(record.to)
     if target_bin is None:
         _write(g, record, "rollback", message=f"no binaries of PostgreSQL {record.to} on {g.name}")
@@ -159,7 +160,9 @@ def upgrade_run(g: ActionHost, decision: Decision, local: LocalState) -> None:
     if failed:
         _write(g, record, "rollback", message=f"pg_upgrade failed: {failed}")
         return
-    _write(g, record, "upgraded", facts={**record.facts, "pg_upgrade_seconds": round(clock.monotonic() - started, 1)})
+    facts = {**record.facts, "pg_upgrade_seconds": round(clock.monotonic() - started, 1),
+             "seed": upgrade_seed.make(data, new)}
+    _write(g, record, "upgraded", facts=facts)
 
 
 def _run(g: ActionHost, argv: List[str], cwd: Optional[str], env: Optional[dict] = None,
@@ -217,10 +220,10 @@ def _renew(g: ActionHost) -> None:
 def upgrade_start(g: ActionHost, decision: Decision, local: LocalState) -> None:
     """Leader: record `starting` (from here on only forward), put the new cluster in the old
     one's place, start it under the lock, and tell etcd its system identifier."""
-    record = _record(g)
+    record = record_of(g)
     if record.step == "upgraded":
         record = _write_and_read(g, record, "starting")
-    data, new, mark, aside = _paths(g, record)
+    data, new, mark, aside = paths(g, record)
     if bindir.data_major(data) == record.source and os.path.isdir(new) and os.path.exists(mark):
         if os.path.lexists(aside):
             raise ActionFailed(f"{aside} exists already: move it away, the old cluster goes there")
@@ -283,7 +286,7 @@ def _after_start(g: ActionHost, record: UpgradeRecord) -> None:
 
 
 def upgrade_done(g: ActionHost, decision: Decision, local: LocalState) -> None:
-    record = _record(g)
+    record = record_of(g)
     began = record.started_at or clock.wall()
     _write(g, record, "done", message=f"every member runs PostgreSQL {record.to} ({clock.wall() - began:.0f} s); the "
                                       f"old data directories are kept as *.pg{record.source}")
@@ -293,8 +296,8 @@ def upgrade_rollback(g: ActionHost, decision: Decision, local: LocalState) -> No
     """Leader, before `starting`: remove the new cluster governor made and give the old one back
     its pg_control (pg_upgrade --link renames it once it links); the old version starts again
     in the next pass (start_lock_holder)."""
-    record = _record(g)
-    data, new, mark, _aside = _paths(g, record)
+    record = record_of(g)
+    data, new, mark, _aside = paths(g, record)
     _remove_attempt(data, new, mark)
     switch_binaries(g, record.source)
     _write(g, record, "rolled_back")
@@ -310,6 +313,7 @@ def _remove_attempt(data: str, new: str, mark: str) -> None:
         shutil.rmtree(new)
     if os.path.exists(mark):
         os.remove(mark)
+    upgrade_seed.remove(data)
     control = os.path.join(data, "global", "pg_control")
     if not os.path.exists(control) and os.path.exists(control + ".old"):
         os.rename(control + ".old", control)
@@ -331,8 +335,8 @@ def _still_running(mark: str) -> Optional[str]:
 def upgrade_set_aside(g: ActionHost, decision: Decision, local: LocalState) -> None:
     """Replica of a leader that runs the new version: stop, move the old data directory aside
     (kept, never removed), and use the new binaries; the clone that follows copies the leader."""
-    record = _record(g)
-    data, _new, _mark, aside = _paths(g, record)
+    record = record_of(g)
+    data, _new, _mark, aside = paths(g, record)
     if os.path.lexists(aside):
         raise ActionFailed(f"{aside} exists already: move it away, this member's old data directory goes there")
     if local.running:

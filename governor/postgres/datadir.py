@@ -38,6 +38,7 @@ class ControlData:
     sysid: Optional[str]
     state: Optional[str]        # "in production", "shut down", "shut down in recovery", ...
     timeline: Optional[int]
+    checkpoint: Optional[str] = None    # "Latest checkpoint location", e.g. 0/3000028
 
 
 def classify(data_dir: str) -> str:
@@ -83,6 +84,7 @@ def read_controldata(bin_dir: str, data_dir: str) -> ControlData:
         sysid=fields.get("Database system identifier"),
         state=fields.get("Database cluster state"),
         timeline=int(timeline) if timeline and timeline.isdigit() else None,
+        checkpoint=fields.get("Latest checkpoint location"),
     )
 
 
