@@ -95,6 +95,41 @@ def test_the_check_passes_on_a_host_upgraded_to_debian_13_and_names_an_extension
         m.run("systemctl", "stop", "governor@a", "governor@b", check=False)
 
 
+def deploy(m: system.Machine, etcd, scope: str, names, prefix: str) -> Dict[str, dict]:
+    """A PostgreSQL 15 cluster as a Debian 12 host made it, then upgraded to 13: names[0]
+    bootstraps 15 (the files name its binaries: with no data yet governor would take the newest,
+    17), the others stream from it; then, as README's "Upgrading" says, each member's files drop
+    bin_dir and governor restarts keeping PostgreSQL running. The members' ports by name."""
+    ports, configs = {}, {}
+    for name in names:
+        cfg, ports[name] = system.node_config(etcd.endpoint, scope, name, f"/var/lib/postgresql/{prefix}-{name}",
+                                              loop_wait=1)
+        cfg["postgresql"]["bin_dir"] = "/usr/lib/postgresql/15/bin"
+        configs[name] = cfg
+        m.install_config(f"/etc/governor/{name}.d/local.yml", cfg)
+    m.run("systemctl", "start", f"governor@{names[0]}")
+    wait_until(lambda: role(m, ports[names[0]]["pg"]) == "primary", 90, f"{names[0]} to bootstrap")
+    m.run("systemctl", "start", *(f"governor@{n}" for n in names[1:]))
+    wait_until(lambda: all(role(m, ports[n]["pg"]) == "replica" for n in names[1:]), 120, "the replicas to stream")
+    for name in names:
+        del configs[name]["postgresql"]["bin_dir"]
+        m.install_config(f"/etc/governor/{name}.d/local.yml", configs[name])
+        m.run("sh", "-c", f"touch /run/governor-{name}/restart-keep-postgres && systemctl restart governor@{name}")
+    return ports
+
+
+def checks_pass(m: system.Machine, leader: str) -> None:
+    """Once the restarted members' keys say they no longer set bin_dir."""
+    wait_until(lambda: m.run("governorctl", "-c", f"/etc/governor/{leader}.d", "upgrade", "--to", "17", "--check",
+                             check=False, timeout=300).returncode == 0, 30, "the checks to pass")
+
+
+def journals(m: system.Machine, names) -> None:
+    for name in names:
+        said = [line for line in m.journal(f"governor@{name}").splitlines() if not line.startswith("\t")]
+        print(f"--- governor@{name}:\n" + "\n".join(said[-60:]))
+
+
 class Writer(threading.Thread):
     """Inserts a numbered row into the leader every 20 ms and keeps what was acknowledged, and the
     longest time between two acknowledged writes."""
@@ -154,35 +189,15 @@ class Writable(threading.Thread):
 
 def test_governorctl_upgrade_moves_the_cluster_from_15_to_17_keeping_every_write(upgraded, etcd):
     m = upgraded
-    names, ports = ("x", "y", "z"), {}
-    scope = f"upgrading{os.getpid()}"
-    configs = {}
-    for name in names:
-        cfg, ports[name] = system.node_config(etcd.endpoint, scope, name, f"/var/lib/postgresql/up-{name}",
-                                              loop_wait=1)
-        cfg["postgresql"]["bin_dir"] = "/usr/lib/postgresql/15/bin"   # no data yet: else the newest (17)
-        configs[name] = cfg
-        m.install_config(f"/etc/governor/{name}.d/local.yml", cfg)
+    names = ("x", "y", "z")
     try:
-        m.run("systemctl", "start", "governor@x")
-        wait_until(lambda: role(m, ports["x"]["pg"]) == "primary", 90, "x to bootstrap")
-        m.run("systemctl", "start", "governor@y", "governor@z")
-        wait_until(lambda: all(role(m, ports[n]["pg"]) == "replica" for n in ("y", "z")), 120, "two replicas")
-        # As on a host that ran Debian 12: the binaries follow PG_VERSION. Each governor restarts
-        # on the new files without stopping PostgreSQL (README "Upgrading").
-        for name in names:
-            del configs[name]["postgresql"]["bin_dir"]
-            m.install_config(f"/etc/governor/{name}.d/local.yml", configs[name])
-            m.run("sh", "-c", f"touch /run/governor-{name}/restart-keep-postgres && systemctl restart governor@{name}")
+        ports = deploy(m, etcd, f"upgrading{os.getpid()}", names, "up")
         sql(m, ports["x"]["pg"], "CREATE TABLE upgrade_writes (n int PRIMARY KEY)")
         sql(m, ports["x"]["pg"], "CREATE TABLE bulk AS SELECT g AS id, md5(g::text) AS payload "
                                  "FROM generate_series(1, 200000) AS g")
         wait_until(lambda: all(sql(m, ports[n]["pg"], "SELECT count(*) FROM bulk") == ["200000"] for n in ("y", "z")),
                    60, "the replicas to have the table")
-        def check() -> bool:        # the restarted members' keys say they no longer set bin_dir
-            return m.run("governorctl", "-c", "/etc/governor/x.d", "upgrade", "--to", "17", "--check", check=False,
-                         timeout=300).returncode == 0
-        wait_until(check, 30, "the checks to pass")
+        checks_pass(m, "x")
 
         writer = Writer(ports["x"]["pg"])
         watcher = Writable(m, [ports[n]["pg"] for n in names])
@@ -234,9 +249,7 @@ def test_governorctl_upgrade_moves_the_cluster_from_15_to_17_keeping_every_write
         print(f"upgrade 15 -> 17 of 3 members: {took:.1f}s in all; longest write gap {writer.gap:.1f}s; "
               f"{len(writer.acked)} writes acknowledged, none lost\n{done.stdout}")
     except AssertionError:
-        for name in names:
-            said = [line for line in m.journal(f"governor@{name}").splitlines() if not line.startswith("\t")]
-            print(f"--- governor@{name}:\n" + "\n".join(said[-60:]))
+        journals(m, names)
         raise
     finally:
         m.run("systemctl", "stop", *(f"governor@{n}" for n in names), check=False)
@@ -247,26 +260,11 @@ def test_the_leaders_governor_killed_during_pg_upgrade_resumes_and_finishes(upgr
     governor systemd starts again waits for it, starts the attempt afresh from the old cluster
     (nothing of the new one had started) and finishes; nothing written is lost."""
     m = upgraded
-    names, ports, configs = ("p", "q"), {}, {}
-    scope = f"resuming{os.getpid()}"
-    for name in names:
-        cfg, ports[name] = system.node_config(etcd.endpoint, scope, name, f"/var/lib/postgresql/re-{name}",
-                                              loop_wait=1)
-        cfg["postgresql"]["bin_dir"] = "/usr/lib/postgresql/15/bin"
-        configs[name] = cfg
-        m.install_config(f"/etc/governor/{name}.d/local.yml", cfg)
+    names = ("p", "q")
     try:
-        m.run("systemctl", "start", "governor@p")
-        wait_until(lambda: role(m, ports["p"]["pg"]) == "primary", 90, "p to bootstrap")
-        m.run("systemctl", "start", "governor@q")
-        wait_until(lambda: role(m, ports["q"]["pg"]) == "replica", 120, "q to stream")
-        for name in names:
-            del configs[name]["postgresql"]["bin_dir"]
-            m.install_config(f"/etc/governor/{name}.d/local.yml", configs[name])
-            m.run("sh", "-c", f"touch /run/governor-{name}/restart-keep-postgres && systemctl restart governor@{name}")
+        ports = deploy(m, etcd, f"resuming{os.getpid()}", names, "re")
         sql(m, ports["p"]["pg"], "CREATE TABLE kept AS SELECT g AS id FROM generate_series(1, 300000) AS g")
-        wait_until(lambda: m.run("governorctl", "-c", "/etc/governor/p.d", "upgrade", "--to", "17", "--check",
-                                 check=False, timeout=300).returncode == 0, 30, "the checks to pass")
+        checks_pass(m, "p")
         follow = subprocess.Popen(["nsenter", "-t", str(m.init_pid), "-a", "governorctl", "-c", "/etc/governor/p.d",
                                    "upgrade", "--to", "17"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True)
@@ -283,9 +281,48 @@ def test_the_leaders_governor_killed_during_pg_upgrade_resumes_and_finishes(upgr
         wait_until(lambda: role(m, ports["q"]["pg"]) == "replica", 60, "q on 17")
         print(f"resumed after governor was killed during pg_upgrade:\n{out}")
     except AssertionError:
-        for name in names:
-            lines = [line for line in m.journal(f"governor@{name}").splitlines() if not line.startswith("\t")]
-            print(f"--- governor@{name}:\n" + "\n".join(lines[-60:]))
+        journals(m, names)
+        raise
+    finally:
+        m.run("systemctl", "stop", *(f"governor@{n}" for n in names), check=False)
+
+
+def test_a_replica_whose_host_crashed_during_the_upgrade_clones_the_leader_when_it_is_back(upgraded, etcd):
+    """One replica's host dies (every process at once) as the upgrade begins: the others go on to
+    17 without it; when it comes back, its old directory (not stopped where the leader's was:
+    nothing to link) is set aside and it clones the leader, on 17, with every row."""
+    m = upgraded
+    names = ("f", "g", "h")
+    try:
+        ports = deploy(m, etcd, f"crashing{os.getpid()}", names, "cr")
+        sql(m, ports["f"]["pg"], "CREATE TABLE kept AS SELECT g AS id FROM generate_series(1, 100000) AS g")
+        wait_until(lambda: sql(m, ports["h"]["pg"], "SELECT count(*) FROM kept") == ["100000"], 60, "h to have it")
+        checks_pass(m, "f")
+        follow = subprocess.Popen(["nsenter", "-t", str(m.init_pid), "-a", "governorctl", "-c", "/etc/governor/f.d",
+                                   "upgrade", "--to", "17"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True)
+        wait_until(lambda: "upgrade to PostgreSQL 17: requested" in m.journal("governor@f") or
+                   "upgrade to PostgreSQL 17: stopped" in m.journal("governor@f"), 60, "the upgrade to begin")
+        # h's host goes down: governor and PostgreSQL killed at once, and nothing restarts them
+        m.run("systemctl", "kill", "--signal=SIGKILL", "--kill-whom=all", "governor@h")
+        m.run("systemctl", "stop", "governor@h")
+        out, _ = follow.communicate(timeout=300)
+        assert follow.returncode == 0, out
+        assert "done: every member runs PostgreSQL 17" in out, out
+        sql(m, ports["f"]["pg"], "INSERT INTO kept VALUES (100001)")
+
+        m.run("systemctl", "start", "governor@h")      # the host is back
+        wait_until(lambda: sql(m, ports["h"]["pg"], "SELECT current_setting('server_version_num')::int >= 170000 "
+                               "AND pg_is_in_recovery()") == ["t"], 120, "h on 17 as a replica")
+        wait_until(lambda: sql(m, ports["h"]["pg"], "SELECT count(*) FROM kept") == ["100001"], 60, "h to catch up")
+        said = m.journal("governor@h")
+        assert "cannot link this member's files into the new cluster" in said, "h stopped elsewhere: no link"
+        assert m.run("test", "-f", "/var/lib/postgresql/cr-h.pg15/PG_VERSION", check=False).returncode == 0, \
+            "h's old data directory is kept"
+        assert role(m, ports["f"]["pg"]) == "primary" and role(m, ports["g"]["pg"]) == "replica"
+        print(f"a replica down during the upgrade, back after it:\n{out}")
+    except AssertionError:
+        journals(m, names)
         raise
     finally:
         m.run("systemctl", "stop", *(f"governor@{n}" for n in names), check=False)
