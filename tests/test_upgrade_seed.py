@@ -193,3 +193,29 @@ def test_the_api_serves_the_seed_only_with_the_control_credentials(tmp_path, lea
             peers.open_control(url, "/upgrade/seed", replace(cfg.restapi, password="guess"), 5)
     finally:
         api.stop()
+
+
+def test_over_tls_with_client_certificates_a_replica_presents_its_own(tmp_path, leader, pki):
+    """README's three hosts: the API over TLS, control by a certificate from restapi.cafile. A
+    replica fetches the seed with its own certificate, checking the leader's against the CA."""
+    ca, cert = pki
+    server_crt, server_key = cert("db1", "IP:127.0.0.1")
+    cfg = make_config(tmp_path, certfile=server_crt, keyfile=server_key, cafile=ca, verify_client="required")
+    cfg = replace(cfg, postgresql=replace(cfg.postgresql, data_dir=leader[0]))
+    api = ApiServer(cfg, primary_status)
+    api.start()
+    try:
+        assert upgrade_seed.make(leader[0], leader[1]) is True
+        url = f"https://127.0.0.1:{api.httpd.server_address[1]}"
+        replica_crt, replica_key = cert("db2", "IP:127.0.0.1")
+        mine = replace(cfg.restapi, certfile=replica_crt, keyfile=replica_key)
+        with peers.open_control(url, "/upgrade/seed", mine, 5) as answer:
+            assert upgrade_seed.parse_manifest(answer.read()).copies
+        with pytest.raises(urllib.error.HTTPError) as refused:       # the CA's, but no certificate: no seed
+            peers.open_control(url, "/upgrade/seed", replace(mine, certfile=None, keyfile=None), 5)
+        assert refused.value.code == 401
+        rogue_ca = replace(mine, cafile=cert("rogue-ca-user", "IP:127.0.0.1", ca="rogue")[0])
+        with pytest.raises(urllib.error.URLError):                 # a leader the replica's CA did not sign
+            peers.open_control(url, "/upgrade/seed", rogue_ca, 5)
+    finally:
+        api.stop()
