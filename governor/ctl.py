@@ -14,7 +14,16 @@ import sys
 import time
 from typing import List, Optional
 
-from governor import __version__, ctl_config, ctl_generate, ctl_members, ctl_query, ctl_standby, ctl_upgrade
+from governor import (
+    __version__,
+    ctl_config,
+    ctl_generate,
+    ctl_members,
+    ctl_patroni,
+    ctl_query,
+    ctl_standby,
+    ctl_upgrade,
+)
 from governor import config as config_mod
 from governor.cluster import Cluster
 from governor.ctl_common import (
@@ -94,15 +103,19 @@ def parser() -> argparse.ArgumentParser:
     ctl_members.add_parsers(sub)
     ctl_config.add_parsers(sub)
     ctl_standby.add_parsers(sub)
-    mg = sub.add_parser("migrate", help="copy a paused cluster's keys to another etcd API or store",
-                        description="Moving a running cluster from the etcd v2 API to v3 (or to another etcd) "
-                                    "without restarting PostgreSQL: governorctl pause; governorctl migrate "
+    mg = sub.add_parser("migrate", help="translate a Patroni configuration (--from-patroni), or copy a paused "
+                                        "cluster's keys to another etcd API or store (--to-api)",
+                        description="--from-patroni PATRONI_YML: governor's configuration from Patroni's, with "
+                                    "every key not carried over named (see README, Coming from Patroni). "
+                                    "--to-api: moving a running cluster from the etcd v2 API to v3 (or to another "
+                                    "etcd) without restarting PostgreSQL: governorctl pause; governorctl migrate "
                                     "--to-api 3; set etcd.api: 3 on every member and reload governor (systemctl "
                                     "reload governor); governorctl resume (with the new configuration). Copies "
                                     "initialize, config, history and sets pause in the target; each member's "
                                     "lock and member key are created by the member itself.")
-    mg.add_argument("--to-api", type=int, choices=(2, 3), required=True, help="the target API")
+    mg.add_argument("--to-api", type=int, choices=(2, 3), help="the target API")
     mg.add_argument("--to-dcs-url", help="target etcd endpoint(s), comma separated (default: the same)")
+    ctl_patroni.add_arguments(mg)
     rm = sub.add_parser("remove", help="delete every etcd key of a stopped cluster (asks you to type its scope)")
     rm.add_argument("remove_scope", metavar="SCOPE", help="the cluster scope, repeated as a safeguard")
     dsn = sub.add_parser("dsn", help="print a libpq connection string for a member (default: the leader); "
@@ -260,6 +273,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     if args.command == "generate-config":
         return ctl_generate.generate(args)
+    if args.command == "migrate" and args.from_patroni:
+        return ctl_patroni.from_patroni(args)
+    if args.command == "migrate" and not args.to_api:
+        print("governorctl migrate: give --to-api 2|3, or --from-patroni PATRONI_YML", file=sys.stderr)
+        return EXIT_USAGE
     try:
         _tls(args)
         dcs = _dcs(args)

@@ -10,6 +10,7 @@ import threading
 from typing import Optional
 
 from governor.cluster import Cluster
+from governor.dcs.errors import DCSError
 from governor.sync import SyncState
 
 
@@ -116,6 +117,11 @@ class DCS(abc.ABC):
         """Start (once) watching the scope in the background: `wake` is set whenever a key
         another member acts on (keys.wakes) changes, or when a read is needed to know what
         changed. True when the watch runs; it lives until close()."""
+
+    def read_key(self, name: str) -> Optional[str]:
+        """The text of key `name` under the scope as stored, None when absent: for reading another
+        program's keys (a Patroni cluster's configuration before a takeover)."""
+        raise DCSError(f"{type(self).__name__} cannot read keys as they are stored")
 
     def lock_expires(self, sent: float, ttl: float) -> float:
         """When (time.monotonic()) the lock taken or renewed by a request sent at `sent` expires

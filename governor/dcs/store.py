@@ -52,6 +52,10 @@ class KeyStore(Rotating, DCS):
     def _delete_value(self, what: str, key: str, version: Optional[int] = None) -> bool:
         """Delete `key` (gone already is fine); with a version only if the key is still at it."""
 
+    def read_key(self, name: str) -> Optional[str]:
+        found = self._get_value(f"read {name}", self._key(name))
+        return found[0] if found else None
+
     def _key(self, name: str) -> str:
         return f"{self.prefix.rstrip('/')}/{name}"
 
