@@ -275,8 +275,9 @@ def _main(args: argparse.Namespace) -> int:
         return ctl_generate.generate(args)
     if args.command == "migrate" and args.from_patroni:
         return ctl_patroni.from_patroni(args)
-    if args.command == "migrate" and not args.to_api:
-        print("governorctl migrate: give --to-api 2|3, or --from-patroni PATRONI_YML", file=sys.stderr)
+    if args.command == "migrate" and not args.to_api and not args.takeover:
+        print("governorctl migrate: give --to-api 2|3, --from-patroni PATRONI_YML or --takeover STEP",
+              file=sys.stderr)
         return EXIT_USAGE
     try:
         _tls(args)
@@ -317,6 +318,8 @@ def _main(args: argparse.Namespace) -> int:
         return ctl_upgrade.upgrade_cluster(args, dcs, cluster, _api_auth(args))
     if args.command == "dsn":
         return print_dsn(args, cluster)
+    if args.command == "migrate" and args.takeover:
+        return ctl_patroni.takeover(args, dcs, cluster)
     if args.command == "migrate":
         return migrate(args, dcs, cluster)
     if args.command == "history":

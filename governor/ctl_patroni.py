@@ -1,7 +1,18 @@
-"""`governorctl migrate --from-patroni PATRONI_YML`: governor's files from Patroni's
+"""Coming from Patroni (README, "Coming from Patroni"):
+
+`governorctl migrate --from-patroni PATRONI_YML`: governor's files from Patroni's
 (patroni_config.py), with the cluster's dynamic configuration read from etcd where it can be.
 Prints every key not carried over; writes nothing and exits 2 when one that changes safety
-cannot be translated, or when the result is not a configuration governor accepts."""
+cannot be translated, or when the result is not a configuration governor accepts.
+
+`governorctl migrate --takeover check|prepare|finish`: the live takeover around it. prepare
+checks the Patroni cluster (paused, a leader, every member running, etcd v3) and turns on
+governor's maintenance mode, so that no governor started meanwhile promotes anything; the
+operator stops Patroni (paused, it leaves PostgreSQL running) and starts governor on every
+host, the leader's first (its governor moves the leader key onto its own lease in one
+compare-and-swap, or takes it if it expired: the primary runs, nobody else may race); finish
+checks that governor runs everywhere, rewrites Patroni's keys in governor's format (each with
+compare-and-swap) and ends maintenance mode."""
 from __future__ import annotations
 
 import argparse
@@ -14,9 +25,11 @@ import yaml
 
 from governor import config as config_mod
 from governor import patroni_config, safe_yaml
-from governor.ctl_common import EXIT_OK, EXIT_USAGE
-from governor.dcs import DCSError
+from governor.cluster import Cluster
+from governor.ctl_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, refuse
+from governor.dcs import DCS, DCSError
 from governor.dcs import make as make_dcs
+from governor.sync import SyncState
 
 HEADER = "# governor's configuration, translated from {source} by governorctl migrate --from-patroni\n"
 
@@ -26,6 +39,9 @@ def add_arguments(mg: argparse.ArgumentParser) -> None:
                     help="translate this Patroni configuration file into governor's (printed, or --output)")
     mg.add_argument("--output", metavar="FILE", help="with --from-patroni: write governor's file here (mode 0600; "
                                                       "an existing file is not replaced)")
+    mg.add_argument("--takeover", choices=("check", "prepare", "finish"),
+                    help="take over the running Patroni cluster of this scope: check it, prepare (governor's "
+                         "maintenance mode on), finish (Patroni's keys rewritten, maintenance mode off)")
     mg.add_argument("--no-etcd", action="store_true", help="with --from-patroni: do not read the cluster's dynamic "
                                                            "configuration from etcd (bootstrap.dcs is used)")
 
@@ -80,7 +96,8 @@ def _dynamic_from_etcd(files: dict) -> tuple:
         return None, "bootstrap.dcs in the file (the translated etcd settings do not validate)"
     dcs = make_dcs(etcd, retry_timeout=5)
     try:
-        text: Optional[str] = dcs.read_key("config")
+        found = dcs.read_key("config")
+        text: Optional[str] = found[0] if found else None
     except DCSError as exc:
         print(f"  note: etcd: {exc}: the cluster's configuration there was not read", file=sys.stderr)
         return None, "bootstrap.dcs in the file (etcd could not be read)"
@@ -93,3 +110,115 @@ def _dynamic_from_etcd(files: dict) -> tuple:
     if not isinstance(data, dict):
         return None, "bootstrap.dcs in the file (etcd holds no readable configuration for the scope)"
     return data, f"the cluster's configuration in etcd ({dcs.describe()})"
+
+
+def _json(found: object) -> object:
+    try:
+        return json.loads(found[0]) if found and found[0] else None     # type: ignore[index]
+    except ValueError:
+        return None
+
+
+def takeover(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
+    if dcs.cfg.api != 3:
+        return refuse("the cluster's keys are in etcd's v2 API: a live takeover needs v3 (move Patroni to its "
+                      "etcd3 section first; or stop Patroni and start governor with etcd.api: 2)")
+    try:
+        me = config_mod.load(args.config).postgresql.name if not args.dcs_url else None
+        found = {key: dcs.read_key(key) for key in ("config", "history", "status", "sync", "failsafe")}
+    except (config_mod.ConfigError, DCSError) as exc:
+        print(f"governorctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    config, status = _json(found["config"]), _json(found["status"])
+    expected = sorted(status.get("slots", {})) if isinstance(status, dict) and \
+        isinstance(status.get("slots"), dict) else []
+    names = sorted({m.name for m in cluster.members} | set(expected))
+    if args.takeover == "finish":
+        return _finish(dcs, cluster, found, config, names)
+    problems = []
+    if not isinstance(config, dict):
+        problems.append(f"etcd holds no Patroni configuration for scope {dcs.cfg.scope} (is etcd.scope Patroni's?)")
+    elif config.get("pause") is not True and not cluster.paused:
+        problems.append("Patroni is not paused: patronictl pause --wait")
+    leader = cluster.member(cluster.leader.name) if cluster.leader else None
+    if leader is None or leader.role not in ("primary", "master") or leader.state != "running":
+        problems.append("no running primary holds the leader key: the takeover starts from a healthy cluster")
+    for m in cluster.members:
+        if m.state != "running":
+            problems.append(f"{m.name} is {m.state}, not running")
+    if me and me not in names:
+        problems.append(f"this member's name {me!r} is not one of the cluster's ({', '.join(names)}): translate "
+                        "this host's own Patroni file")
+    print(f"Patroni cluster {dcs.cfg.scope}: leader {cluster.leader.name if cluster.leader else '-'}, members "
+          f"{', '.join(f'{m.name} ({m.role}, {m.state}, {_runs(m)})' for m in cluster.members)}")
+    if problems:
+        print(f"not ready for the takeover ({len(problems)} problem(s)):")
+        for problem in problems:
+            print(f"  - {problem}")
+        return EXIT_FAILED
+    if args.takeover == "check":
+        print("ready: governorctl migrate --takeover prepare")
+        return EXIT_OK
+    try:
+        dcs.set_paused(True)
+    except DCSError as exc:
+        print(f"governorctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print("governor's maintenance mode is on (Patroni ignores it). Next, on every host: systemctl stop patroni "
+          "(paused, it leaves PostgreSQL running); then systemctl enable --now governor, on the leader's host "
+          f"({cluster.leader.name if cluster.leader else '?'}) first and within ttl; then governorctl migrate "
+          "--takeover finish")
+    return EXIT_OK
+
+
+def _runs(m: object) -> str:
+    return "governor" if getattr(m, "pg_majors", ()) else "Patroni"
+
+
+def _finish(dcs: DCS, cluster: Cluster, found: dict, config: object, names: list) -> int:
+    problems = []
+    if not cluster.paused:
+        problems.append("governor's maintenance mode is off: the takeover was not prepared (governorctl migrate "
+                        "--takeover prepare), or is finished")
+    by_name = {m.name: m for m in cluster.members}
+    for name in names:
+        m = by_name.get(name)
+        if m is None or not m.pg_majors:
+            problems.append(f"{name} does not run governor yet (stop Patroni there, start governor)")
+        elif m.state != "running":
+            problems.append(f"{name} is {m.state}, not running")
+    leader = by_name.get(cluster.leader.name) if cluster.leader else None
+    if leader is None or leader.role != "primary" or not leader.pg_majors:
+        problems.append("the leader key is not held by a governor running the primary")
+    if problems:
+        print(f"the takeover cannot finish yet ({len(problems)} problem(s)):")
+        for problem in problems:
+            print(f"  - {problem}")
+        return EXIT_FAILED
+    done = []
+    try:
+        if isinstance(config, dict) and found["config"]:
+            new, left = patroni_config.dynamic_config(config)
+            if not dcs.write_key("config", json.dumps(new, sort_keys=True, separators=(",", ":")),
+                                 found["config"][1]):
+                return refuse("the configuration in etcd changed meanwhile: run this again")
+            done.append(f"config rewritten in governor's format (left out: {'; '.join(left) or 'nothing'})")
+        old_history = _json(found["history"])
+        if found["history"] and isinstance(old_history, list) and any(isinstance(r, list) for r in old_history):
+            entries = patroni_config.history(old_history) + [r for r in old_history if isinstance(r, dict)]
+            if not dcs.write_key("history", json.dumps(entries, separators=(",", ":")), found["history"][1]):
+                return refuse("the history in etcd changed meanwhile: run this again")
+            done.append(f"history rewritten ({len(entries)} promotion(s))")
+        for key, parses in (("status", lambda text: False),
+                            ("sync", lambda text: SyncState.from_json(text) is not None),
+                            ("failsafe", lambda text: cluster.failsafe is not None)):
+            if found[key] and not parses(found[key][0]) and dcs.delete_key(key, found[key][1]):
+                done.append(f"Patroni's {key} key removed")
+        dcs.set_paused(False)
+    except DCSError as exc:
+        print(f"governorctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    for line in done:
+        print(line)
+    print(f"maintenance mode off: governor manages {dcs.cfg.scope} ({', '.join(names)}); Patroni can be removed")
+    return EXIT_OK

@@ -373,8 +373,14 @@ class Governor:
         while not self.stopping.is_set():
             cluster = observe_dcs(self)
             member = cluster.member(self.name) if cluster is not None else None
-            if member is None or (member.conn_url, member.api_url) == ours:
+            # Patroni publishes the same addresses with /patroni after the API's: its record of
+            # this very member (governor took the API's port, so that Patroni is gone): a takeover
+            patronis = member is not None and (member.conn_url, member.api_url) == (ours[0], f"{ours[1]}/patroni")
+            if member is None or (member.conn_url, member.api_url) == ours or patronis:
                 self.once("duplicate", None)
+                if patronis:
+                    log.info("member key %s is Patroni's record of this member (same PostgreSQL, its API was on "
+                             "this port): taking it over", self.name)
                 self.mem.name_is_ours = True
                 return
             self.once("duplicate", f"another governor runs as member {self.name} (PostgreSQL at {member.conn_url}, "

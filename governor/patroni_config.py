@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
+
+from governor import dynamic, pgparams
 
 NAMESPACE = "/service/"
 OTHER_DCS = ("consul", "zookeeper", "exhibitor", "kubernetes", "raft")
@@ -31,7 +33,13 @@ DYNAMIC_NOT_CARRIED = {
     "check_timeline": "governor always compares timelines before a member races for the lock",
     "ignore_slots": "governor drops only slots it made (members', permanent and logical ones it lists)",
     "synchronous_mode_count": "unknown to Patroni's documentation", "citus": "governor does not run Citus",
+    "pause": "Patroni's maintenance mode; governor's is its own `pause` key (governorctl pause / resume)",
 }
+# Settings Patroni passes on postgres' command line, from the cluster's configuration only (a
+# member's own value is ignored), with Patroni's defaults: what the servers run with.
+PATRONI_CMDLINE = {"max_connections": 100, "max_wal_senders": 10, "max_prepared_transactions": 0,
+                   "max_locks_per_transaction": 64, "track_commit_timestamp": "off", "max_replication_slots": 10,
+                   "max_worker_processes": 8, "wal_log_hints": "on"}
 CALLBACKS = ("on_start", "on_stop", "on_restart", "on_reload", "on_role_change")
 DURATION = re.compile(r"\s*(\d+)\s*(ms|s|min|h|d)?\s*")
 UNITS = {None: 1, "ms": 0.001, "s": 1, "min": 60, "h": 3600, "d": 86400}
@@ -89,6 +97,7 @@ def translate(patroni: Any, dynamic: Optional[Any] = None) -> Translation:
             t.note("bootstrap.dcs", "the cluster's configuration in etcd was used instead (it wins, as in Patroni)")
     elif isinstance(bootstrap.get("dcs"), dict):
         _dynamic(t, bootstrap["dcs"], "bootstrap.dcs")
+    _cmdline(t, patroni.get("postgresql"), dynamic if isinstance(dynamic, dict) else bootstrap.get("dcs"))
     if "ctl" in rest:
         rest.pop("ctl")
         t.note("ctl", "governorctl reads governor's own files (restapi and etcd settings): nothing to carry over")
@@ -386,3 +395,62 @@ def _slots(t: Translation, slots: Dict[str, Any], where: str) -> None:
         t.put("postgresql.permanent_slots", physical)
     if logical:
         t.put("postgresql.logical_slots", logical)
+
+
+def _cmdline(t: Translation, pg: Any, dcs: Any) -> None:
+    """The values PostgreSQL runs with under Patroni for the settings it puts on the command line."""
+    own = pg.get("parameters") if isinstance(pg, dict) and isinstance(pg.get("parameters"), dict) else {}
+    shared = dcs.get("postgresql", {}).get("parameters", {}) if isinstance(dcs, dict) and \
+        isinstance(dcs.get("postgresql"), dict) and isinstance(dcs["postgresql"].get("parameters"), dict) else {}
+    parameters = t.files.setdefault("postgresql", {}).setdefault("parameters", {})
+    for name, default in PATRONI_CMDLINE.items():
+        value = shared.get(name, default)
+        if name in own and str(own[name]) != str(value):
+            t.note(f"postgresql.parameters.{name}", f"Patroni ignored this member's {own[name]!r} (it takes "
+                                                    f"{name} from the cluster's configuration): governor uses "
+                                                    f"{value!r}, the value PostgreSQL runs with")
+        parameters[name] = value
+
+
+def dynamic_config(patroni: Any) -> Tuple[Dict[str, Any], List[str]]:
+    """Patroni's `config` key as governor's (dynamic.py's format), with what was left out."""
+    data = patroni if isinstance(patroni, dict) else {}
+    out: Dict[str, Any] = {name: data[name] for name in DYNAMIC_TOP if name in data}
+    left = [f"{name}: not a cluster-wide setting in governor" for name in data
+            if name not in DYNAMIC_TOP and name not in ("postgresql", "standby_cluster")]
+    pg = data.get("postgresql") if isinstance(data.get("postgresql"), dict) else {}
+    parameters = {}
+    for name, value in (pg.get("parameters") or {}).items() if isinstance(pg.get("parameters"), dict) else ():
+        if pgparams.file_only(name) or name in dynamic.MEMBER_PARAMETERS:
+            left.append(f"postgresql.parameters.{name}: each member's files (the translation put it there)")
+        else:
+            parameters[name] = value
+    if parameters:
+        out["postgresql"] = {"parameters": parameters}
+    left += [f"postgresql.{name}: not a cluster-wide setting in governor" for name in pg if name != "parameters"]
+    standby = data.get("standby_cluster")
+    if isinstance(standby, dict):
+        out["standby_cluster"] = {k: standby[k] for k in ("host", "port", "primary_slot_name") if k in standby}
+    for problem in dynamic.validate(out):
+        left.append(f"{problem}: left out")
+        key = problem.split(": ")[1] if problem.count(": ") >= 2 else ""
+        if key.startswith("postgresql.parameters."):
+            out.get("postgresql", {}).get("parameters", {}).pop(key[len("postgresql.parameters."):], None)
+        else:
+            out.pop(key, None)
+    return out, left
+
+
+def history(patroni: Any) -> List[Dict[str, Any]]:
+    """Patroni's `history` key ([[timeline, lsn, reason, time, new leader], ...]: the timeline that
+    ended at lsn) as governor's entries (the timeline that began there); rows that do not parse
+    are left out."""
+    entries = []
+    for row in patroni if isinstance(patroni, list) else ():
+        if not isinstance(row, list) or len(row) < 3 or not isinstance(row[0], int) or not isinstance(row[1], int) \
+                or isinstance(row[0], bool) or isinstance(row[1], bool):
+            continue
+        entries.append({"timeline": row[0] + 1, "lsn": row[1], "reason": str(row[2])[:500],
+                        "time": str(row[3])[:64] if len(row) > 3 else None,
+                        "leader": str(row[4])[:64] if len(row) > 4 and row[4] else None, "from": "patroni"})
+    return entries

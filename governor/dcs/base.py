@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import abc
 import threading
-from typing import Optional
+from typing import Optional, Tuple
 
 from governor.cluster import Cluster
 from governor.dcs.errors import DCSError
@@ -118,10 +118,18 @@ class DCS(abc.ABC):
         another member acts on (keys.wakes) changes, or when a read is needed to know what
         changed. True when the watch runs; it lives until close()."""
 
-    def read_key(self, name: str) -> Optional[str]:
-        """The text of key `name` under the scope as stored, None when absent: for reading another
-        program's keys (a Patroni cluster's configuration before a takeover)."""
+    def read_key(self, name: str) -> Optional[Tuple[Optional[str], int]]:
+        """(text, version) of key `name` under the scope as stored, None when absent: for another
+        program's keys (a Patroni cluster's, before and during a takeover)."""
         raise DCSError(f"{type(self).__name__} cannot read keys as they are stored")
+
+    def write_key(self, name: str, text: str, version: int) -> bool:
+        """Replace key `name` only if it is still at `version` (0: only if absent)."""
+        raise DCSError(f"{type(self).__name__} cannot write keys as they are stored")
+
+    def delete_key(self, name: str, version: int) -> bool:
+        """Delete key `name` only if it is still at `version`."""
+        raise DCSError(f"{type(self).__name__} cannot delete keys as they are stored")
 
     def lock_expires(self, sent: float, ttl: float) -> float:
         """When (time.monotonic()) the lock taken or renewed by a request sent at `sent` expires

@@ -52,9 +52,14 @@ class KeyStore(Rotating, DCS):
     def _delete_value(self, what: str, key: str, version: Optional[int] = None) -> bool:
         """Delete `key` (gone already is fine); with a version only if the key is still at it."""
 
-    def read_key(self, name: str) -> Optional[str]:
-        found = self._get_value(f"read {name}", self._key(name))
-        return found[0] if found else None
+    def read_key(self, name: str) -> Optional[Tuple[Optional[str], int]]:
+        return self._get_value(f"read {name}", self._key(name))
+
+    def write_key(self, name: str, text: str, version: int) -> bool:
+        return self._put_value(f"rewrite {name}", self._key(name), text, version)
+
+    def delete_key(self, name: str, version: int) -> bool:
+        return self._delete_value(f"remove {name}", self._key(name), version)
 
     def _key(self, name: str) -> str:
         return f"{self.prefix.rstrip('/')}/{name}"
