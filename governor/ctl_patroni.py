@@ -24,7 +24,7 @@ from typing import Optional
 import yaml
 
 from governor import config as config_mod
-from governor import patroni_config, safe_yaml
+from governor import patroni_config, patroni_keys, safe_yaml
 from governor.cluster import Cluster
 from governor.ctl_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, refuse
 from governor.dcs import DCS, DCSError
@@ -198,14 +198,14 @@ def _finish(dcs: DCS, cluster: Cluster, found: dict, config: object, names: list
     done = []
     try:
         if isinstance(config, dict) and found["config"]:
-            new, left = patroni_config.dynamic_config(config)
+            new, left = patroni_keys.dynamic_config(config)
             if not dcs.write_key("config", json.dumps(new, sort_keys=True, separators=(",", ":")),
                                  found["config"][1]):
                 return refuse("the configuration in etcd changed meanwhile: run this again")
             done.append(f"config rewritten in governor's format (left out: {'; '.join(left) or 'nothing'})")
         old_history = _json(found["history"])
         if found["history"] and isinstance(old_history, list) and any(isinstance(r, list) for r in old_history):
-            entries = patroni_config.history(old_history) + [r for r in old_history if isinstance(r, dict)]
+            entries = patroni_keys.history(old_history) + [r for r in old_history if isinstance(r, dict)]
             if not dcs.write_key("history", json.dumps(entries, separators=(",", ":")), found["history"][1]):
                 return refuse("the history in etcd changed meanwhile: run this again")
             done.append(f"history rewritten ({len(entries)} promotion(s))")

@@ -373,8 +373,7 @@ class Governor:
         while not self.stopping.is_set():
             cluster = observe_dcs(self)
             member = cluster.member(self.name) if cluster is not None else None
-            # Patroni publishes the same addresses with /patroni after the API's: its record of
-            # this very member (governor took the API's port, so that Patroni is gone): a takeover
+            # Patroni's record of this member (its API had this port, so it is gone): a takeover
             patronis = member is not None and (member.conn_url, member.api_url) == (ours[0], f"{ours[1]}/patroni")
             if member is None or (member.conn_url, member.api_url) == ours or patronis:
                 self.once("duplicate", None)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from governor import config as config_mod
-from governor import patroni_config
+from governor import dynamic, patroni_config, patroni_keys
 from governor.ctl import main as ctl
 from tests.harness import PG_BIN
 
@@ -94,7 +94,11 @@ def test_a_documented_patroni_file_becomes_a_governor_file_governor_accepts(host
     assert pg["superuser"] == {"username": "postgres", "password": "su-secret"}
     assert pg["replication"] == {"username": "replicator", "password": "repl-secret", "sslmode": "require"}
     assert pg["parameters"] == {"unix_socket_directories": "/var/run/postgresql", "shared_buffers": "256MB",
-                                "max_connections": 200, "wal_keep_size": "512MB"}
+                                "max_connections": 200, "wal_keep_size": "512MB",
+                                # what Patroni put on postgres' command line: the values the servers run with
+                                "max_wal_senders": 10, "max_prepared_transactions": 0, "max_locks_per_transaction": 64,
+                                "track_commit_timestamp": "off", "max_replication_slots": 10,
+                                "max_worker_processes": 8, "wal_log_hints": "on"}
     assert pg["permanent_slots"] == ["backup"]
     assert pg["logical_slots"] == [{"name": "cdc", "database": "shop", "plugin": "pgoutput"}]
     assert pg["member_slots_ttl"] == 1800
@@ -119,6 +123,14 @@ def test_a_documented_patroni_file_becomes_a_governor_file_governor_accepts(host
     assert "ACTION ROLE SCOPE, which Patroni did not give" in notes     # pre_promote's arguments differ
     assert "never master, standby_leader or demoted" in notes
     config_mod.validate(t.files, {}, "translated")      # governor accepts what it wrote
+
+
+def test_a_members_own_value_of_a_command_line_setting_is_what_patroni_ignored(host):
+    p = patroni_yml(host)
+    p["postgresql"]["parameters"]["max_connections"] = 30       # Patroni runs the cluster's 200
+    t = patroni_config.translate(p)
+    assert t.files["postgresql"]["parameters"]["max_connections"] == 200
+    assert any(n.startswith("postgresql.parameters.max_connections: Patroni ignored this member's 30") for n in t.notes)
 
 
 def test_the_configuration_in_etcd_wins_over_bootstrap_dcs(host):
@@ -211,3 +223,34 @@ def test_the_dynamic_configuration_is_read_from_the_clusters_etcd(host, etcd, ca
     assert (files["etcd"]["ttl"], files["loop_wait"], files["retry_timeout"]) == (25, 7, 9)
     assert files["postgresql"]["parameters"]["work_mem"] == "8MB"
     assert "# the cluster-wide settings came from the cluster's configuration in etcd" in captured.out
+
+
+def test_patronis_keys_become_governors_at_the_takeovers_end():
+    new, left = patroni_keys.dynamic_config({
+        "ttl": 30, "loop_wait": 10, "retry_timeout": 10, "maximum_lag_on_failover": 1048576, "pause": True,
+        "synchronous_mode": "bogus", "check_timeline": True, "standby_cluster": {"host": "x", "port": 5432,
+                                                                                 "restore_command": "cp %f %p"},
+        "postgresql": {"use_pg_rewind": True, "parameters": {"work_mem": "8MB", "archive_command": "cp %p /a/%f",
+                                                              "port": 5433}}})
+    assert new == {"ttl": 30, "loop_wait": 10, "retry_timeout": 10, "maximum_lag_on_failover": 1048576,
+                   "standby_cluster": {"host": "x", "port": 5432}, "postgresql": {"parameters": {"work_mem": "8MB"}}}
+    assert dynamic.validate(new) == []
+    said = "\n".join(left)
+    for key in ("pause", "check_timeline", "postgresql.use_pg_rewind", "postgresql.parameters.archive_command",
+                "postgresql.parameters.port", "config: synchronous_mode"):
+        assert f"{key}:" in said, (key, said)
+    assert patroni_keys.history([[1, 67108864, "no recovery target specified", "2026-12-01T10:00:00+00:00", "db2"],
+                                 [2, 83886080, "switchover"], "junk", [True, 1, "x"], ["1", 2, "x"]]) == [
+        {"timeline": 2, "lsn": 67108864, "reason": "no recovery target specified",
+         "time": "2026-12-01T10:00:00+00:00", "leader": "db2", "from": "patroni"},
+        {"timeline": 3, "lsn": 83886080, "reason": "switchover", "time": None, "leader": None, "from": "patroni"}]
+
+
+def test_a_takeover_on_etcds_v2_api_is_refused_with_what_to_do_instead(host, etcd, capsys):
+    config = host / "governor.yml"
+    config.write_text(yaml.safe_dump({"etcd": {"scope": f"v2{os.getpid()}", "host": f"127.0.0.1:{etcd.port}",
+                                               "api": 2},
+                                      "postgresql": {"name": "db1", "data_dir": str(host / "pg" / "data"),
+                                                     "bin_dir": PG_BIN, "replication": {"password": "x"}}}))
+    assert ctl(["-c", str(config), "migrate", "--takeover", "check"]) == 1
+    assert "a live takeover needs v3" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from governor import dynamic
 from tests import harness, patroni
 from tests.harness import REPO, SUPERUSER_PASSWORD, TestCluster, WriteClient, governorctl, wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.patroni, pytest.mark.timeout(600)]
 NAMES = ["p1", "p2", "p3"]
 
 
