@@ -169,10 +169,10 @@ def _instance_dir(path: str) -> None:
     """/etc/governor/NAME.d as /etc/governor itself: 0750, group postgres."""
     if not os.path.isdir(path):
         os.mkdir(path, 0o750)
-        _root_postgres(path, 0o750)
+        root_postgres(path, 0o750)
 
 
-def _root_postgres(path: str, mode: int) -> None:
+def root_postgres(path: str, mode: int) -> None:
     """`mode`, and owner root and group postgres when we may set them (as the package's files)."""
     os.chmod(path, mode)
     if os.geteuid() == 0:
@@ -189,7 +189,7 @@ def _write_private(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
-        _root_postgres(tmp, 0o640)
+        root_postgres(tmp, 0o640)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -27,8 +27,10 @@ from governor import config as config_mod
 from governor import patroni_config, patroni_keys, safe_yaml
 from governor.cluster import Cluster
 from governor.ctl_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, refuse
+from governor.ctl_generate import root_postgres
 from governor.dcs import DCS, DCSError
 from governor.dcs import make as make_dcs
+from governor.settings import slot_name_for
 from governor.sync import SyncState
 
 HEADER = "# governor's configuration, translated from {source} by governorctl migrate --from-patroni\n"
@@ -37,8 +39,8 @@ HEADER = "# governor's configuration, translated from {source} by governorctl mi
 def add_arguments(mg: argparse.ArgumentParser) -> None:
     mg.add_argument("--from-patroni", metavar="PATRONI_YML",
                     help="translate this Patroni configuration file into governor's (printed, or --output)")
-    mg.add_argument("--output", metavar="FILE", help="with --from-patroni: write governor's file here (mode 0600; "
-                                                      "an existing file is not replaced)")
+    mg.add_argument("--output", metavar="FILE", help="with --from-patroni: write governor's file here (mode 0640, "
+                                                      "group postgres; an existing file is not replaced)")
     mg.add_argument("--takeover", choices=("check", "prepare", "finish"),
                     help="take over the running Patroni cluster of this scope: check it, prepare (governor's "
                          "maintenance mode on), finish (Patroni's keys rewritten, maintenance mode off)")
@@ -78,12 +80,13 @@ def from_patroni(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return EXIT_OK
     try:
-        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     except OSError as exc:
         print(f"governorctl: {args.output}: {exc.strerror} (an existing file is not replaced)", file=sys.stderr)
         return EXIT_USAGE
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
+    root_postgres(args.output, 0o640)       # it holds passwords: as governorctl generate-config's files
     print(f"wrote {args.output} ({len(translation.notes)} note(s) above)", file=sys.stderr)
     return EXIT_OK
 
@@ -130,11 +133,13 @@ def takeover(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
         print(f"governorctl: {exc}", file=sys.stderr)
         return EXIT_FAILED
     config, status = _json(found["config"]), _json(found["status"])
-    expected = sorted(status.get("slots", {})) if isinstance(status, dict) and \
-        isinstance(status.get("slots"), dict) else []
-    names = sorted({m.name for m in cluster.members} | set(expected))
+    # Patroni's members by their slot names (retain_slots: members only, also those whose key
+    # expired since Patroni stopped); a member's own record, while it has one
+    retained = status.get("retain_slots") if isinstance(status, dict) else None
+    slots = {str(s) for s in retained} if isinstance(retained, list) else set()
+    names = sorted(m.name for m in cluster.members)
     if args.takeover == "finish":
-        return _finish(dcs, cluster, found, config, names)
+        return _finish(dcs, cluster, found, config, names, slots)
     problems = []
     if not isinstance(config, dict):
         problems.append(f"etcd holds no Patroni configuration for scope {dcs.cfg.scope} (is etcd.scope Patroni's?)")
@@ -175,18 +180,21 @@ def _runs(m: object) -> str:
     return "governor" if getattr(m, "pg_majors", ()) else "Patroni"
 
 
-def _finish(dcs: DCS, cluster: Cluster, found: dict, config: object, names: list) -> int:
+def _finish(dcs: DCS, cluster: Cluster, found: dict, config: object, names: list, slots: set) -> int:
     problems = []
     if not cluster.paused:
         problems.append("governor's maintenance mode is off: the takeover was not prepared (governorctl migrate "
                         "--takeover prepare), or is finished")
     by_name = {m.name: m for m in cluster.members}
     for name in names:
-        m = by_name.get(name)
-        if m is None or not m.pg_majors:
+        m = by_name[name]
+        if not m.pg_majors:
             problems.append(f"{name} does not run governor yet (stop Patroni there, start governor)")
         elif m.state != "running":
             problems.append(f"{name} is {m.state}, not running")
+    for slot in sorted(slots - {slot_name_for(n) for n in names}):
+        problems.append(f"Patroni's member with slot {slot} runs neither Patroni nor governor now: start governor "
+                        "there (a member gone for good: remove it from retain_slots in Patroni's status key)")
     leader = by_name.get(cluster.leader.name) if cluster.leader else None
     if leader is None or leader.role != "primary" or not leader.pg_majors:
         problems.append("the leader key is not held by a governor running the primary")

@@ -3,6 +3,7 @@ files; each key that is not carried over is named with why; a key whose loss wou
 safe is refused (exit 2, nothing written)."""
 from __future__ import annotations
 
+import grp
 import json
 import os
 import stat
@@ -13,6 +14,7 @@ import yaml
 from governor import config as config_mod
 from governor import dynamic, patroni_config, patroni_keys
 from governor.ctl import main as ctl
+from governor.settings import slot_name_for
 from tests.harness import PG_BIN
 
 
@@ -182,11 +184,12 @@ def test_an_api_on_loopback_only_needs_no_credentials_and_etcd_v2_is_named(host)
     assert any(n.startswith("etcd: Patroni used etcd's v2 API") and "a live takeover needs v3" in n for n in t.notes)
 
 
-def test_governorctl_writes_the_file_0600_once_and_refuses_what_it_cannot_translate(host, capsys):
+def test_governorctl_writes_the_file_0640_group_postgres_once_and_refuses_what_it_cannot_translate(host, capsys):
     source, out = host / "patroni.yml", host / "governor.yml"
     source.write_text(yaml.safe_dump(patroni_yml(host)))
     assert ctl(["migrate", "--from-patroni", str(source), "--no-etcd", "--output", str(out)]) == 0
-    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o640
+    assert os.stat(out).st_gid == grp.getgrnam("postgres").gr_gid, "governor (postgres) reads it, nobody else"
     loaded = config_mod.load(str(out))
     assert (loaded.etcd.scope, loaded.postgresql.name, loaded.restapi.username) == ("shop", "db1", "admin")
     said = capsys.readouterr().err
@@ -254,3 +257,8 @@ def test_a_takeover_on_etcds_v2_api_is_refused_with_what_to_do_instead(host, etc
                                                      "bin_dir": PG_BIN, "replication": {"password": "x"}}}))
     assert ctl(["-c", str(config), "migrate", "--takeover", "check"]) == 1
     assert "a live takeover needs v3" in capsys.readouterr().err
+
+
+def test_member_slot_names_are_patronis_for_every_name_governor_accepts():
+    # Patroni: lower case, '-' and '.' as '_' (other characters, which governor refuses in names, as uNNNN)
+    assert [slot_name_for(n) for n in ("db1", "DB-2.east", "a_b")] == ["db1", "db_2_east", "a_b"]

@@ -5,6 +5,7 @@ the README's steps hand it to governor: no failed or lost write, no PostgreSQL r
 switchover and a crash failover under governor. And the way back before the keys are rewritten."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ from tests.harness import REPO, SUPERUSER_PASSWORD, TestCluster, WriteClient, go
 
 pytestmark = [pytest.mark.integration, pytest.mark.patroni, pytest.mark.timeout(600)]
 NAMES = ["p1", "p2", "p3"]
+SCOPES = itertools.count(1)
 
 
 def translate(member: patroni.PatroniMember) -> subprocess.CompletedProcess:
@@ -89,7 +91,7 @@ class Watch(threading.Thread):
 
 @pytest.fixture
 def patroni_cluster(etcd, base_dir):
-    scope = f"pt{os.getpid()}"
+    scope = f"pt{os.getpid()}x{next(SCOPES)}"      # one scope per test: never another's keys
     cluster = TestCluster(etcd, base_dir, REPO, scope)
     members = {n: patroni.PatroniMember(cluster.base_dir, scope, n, etcd.port) for n in NAMES}
     try:
