@@ -149,8 +149,10 @@ class Governor:
         return True
 
     def write_conf(self, standby_of: Optional[tuple]) -> bool:
-        """Write postgresql.conf for a primary (None) or a standby of (host, port) / nobody (())."""
+        """postgresql.conf for a primary (None), a standby of (host, port) or of nobody (()); a standby's passfile."""
         self.mem.conf_target = standby_of
+        if standby_of:
+            self.disk.write_pgpass()
         return self.disk.write_conf(standby_of, self.syncrep.names, self.slot_sync_database(), self.mem.standby_slots)
 
     def slot_sync_database(self) -> Optional[str]:
@@ -376,10 +378,8 @@ class Governor:
             # Patroni's record of this member (its API had this port, so it is gone): a takeover
             patronis = member is not None and (member.conn_url, member.api_url) == (ours[0], f"{ours[1]}/patroni")
             if member is None or (member.conn_url, member.api_url) == ours or patronis:
-                self.once("duplicate", None)
-                if patronis:
-                    log.info("member key %s is Patroni's record of this member (same PostgreSQL, its API was on "
-                             "this port): taking it over", self.name)
+                self.once("duplicate", f"member key {self.name} is Patroni's record of this member (same PostgreSQL, "
+                          "its API was on this port): taking it over" if patronis else None, logging.INFO)
                 self.mem.name_is_ours = True
                 return
             self.once("duplicate", f"another governor runs as member {self.name} (PostgreSQL at {member.conn_url}, "

@@ -41,7 +41,7 @@ def install() -> str:
 
 
 class PatroniMember:
-    def __init__(self, base: str, scope: str, name: str, etcd_port: int):
+    def __init__(self, base: str, scope: str, name: str, etcd_port: int, synchronous: bool = False):
         self.name, self.scope = name, scope
         self.port, self.api_port = free_port(), free_port()
         self.dir = os.path.join(base, name)
@@ -58,6 +58,7 @@ class PatroniMember:
             "etcd3": {"hosts": [f"127.0.0.1:{etcd_port}"]},
             "bootstrap": {
                 "dcs": {"ttl": 20, "loop_wait": 2, "retry_timeout": 5, "maximum_lag_on_failover": 1048576,
+                        "synchronous_mode": synchronous,
                         "postgresql": {"use_pg_rewind": True, "use_slots": True,
                                        "parameters": {"wal_log_hints": "on", "max_wal_senders": 10}}},
                 "initdb": [{"encoding": "UTF8"}, "data-checksums"],

@@ -19,8 +19,9 @@ import pytest
 import yaml
 
 from governor import dynamic
+from governor.sync import SyncState
 from tests import harness, patroni
-from tests.harness import REPO, SUPERUSER_PASSWORD, TestCluster, WriteClient, governorctl, wait_until
+from tests.harness import REPO, SUPERUSER_PASSWORD, WriteClient, governorctl, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.patroni, pytest.mark.timeout(600)]
 NAMES = ["p1", "p2", "p3"]
@@ -35,7 +36,7 @@ def translate(member: patroni.PatroniMember) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONPATH": REPO})
 
 
-def adopt(cluster: TestCluster, member: patroni.PatroniMember) -> harness.Node:
+def adopt(cluster: harness.TestCluster, member: patroni.PatroniMember) -> harness.Node:
     """A harness node that runs governor with the translated file (the metrics port moved: three
     members share this host, which Patroni's hosts do not)."""
     node = cluster.add(member.name, start=False)
@@ -89,11 +90,12 @@ class Watch(threading.Thread):
             self.stopped.wait(0.1)
 
 
-@pytest.fixture
-def patroni_cluster(etcd, base_dir):
+@pytest.fixture(params=[False, True], ids=["async", "synchronous_mode"])
+def patroni_cluster(etcd, base_dir, request):
     scope = f"pt{os.getpid()}x{next(SCOPES)}"      # one scope per test: never another's keys
-    cluster = TestCluster(etcd, base_dir, REPO, scope)
-    members = {n: patroni.PatroniMember(cluster.base_dir, scope, n, etcd.port) for n in NAMES}
+    cluster = harness.TestCluster(etcd, base_dir, REPO, scope)
+    members = {n: patroni.PatroniMember(cluster.base_dir, scope, n, etcd.port, synchronous=request.param)
+               for n in NAMES}
     try:
         members["p1"].start()
         wait_until(lambda: (members["p1"].status() or {}).get("role") == "primary", 120, "Patroni's p1 to lead")
@@ -174,6 +176,10 @@ def test_governor_takes_over_a_running_patroni_cluster_without_restarting_postgr
     config = json.loads(etcd.get(f"/service/{cluster.scope}/config")["value"])
     assert dynamic.validate(config) == [] and config["ttl"] == 20 and "pause" not in config, config
     assert "taking it over" in said, "the leader's governor took over Patroni's member key at once"
+    if config.get("synchronous_mode"):     # governor's own promise now, and PostgreSQL waits for it
+        wait_until(lambda: SyncState.from_json((etcd.get(f"/service/{cluster.scope}/sync") or {}).get("value"))
+                   is not None, 30, "governor's sync key")
+        assert sql(p1, "SHOW synchronous_standby_names")[0][0] not in ("", None)
     print(f"takeover: {took:.1f} s from Patroni's stop to finish; longest write gap {gap:.2f} s; "
           f"{len(acked)} writes, none failed or lost\n{finished.stdout}")
 
@@ -181,13 +187,22 @@ def test_governor_takes_over_a_running_patroni_cluster_without_restarting_postgr
     switched = governorctl(nodes["p1"], "switchover", "--leader", "p1", "--candidate", "p2", "--force")
     assert switched.returncode == 0, switched.stdout + switched.stderr
     wait_until(lambda: nodes["p2"].role() == "primary" and nodes["p1"].role() == "replica", 60, "p2 to lead")
+    # both replicas stream from the new leader: p3, never restarted, with what governor wrote for it
+    wait_until(lambda: sorted(r[0] for r in sql(members["p2"], "SELECT application_name FROM pg_stat_replication "
+                                                               "WHERE state = 'streaming'")) == ["p1", "p3"],
+               30, "p1 and p3 to stream from p2")
     sql(members["p2"], "INSERT INTO takeover VALUES (1000001)")
+    if config.get("synchronous_mode"):     # just after a promotion the promise names the new leader too:
+        # a crash then rightly waits for it (it alone may hold acknowledged commits) until it narrows
+        wait_until(lambda: "p2" not in SyncState.from_json(etcd.get(f"/service/{cluster.scope}/sync")["value"])
+                   .members, 30, "the synchronous promise to narrow to the standbys")
     nodes["p2"].crash()
     wait_until(lambda: any(nodes[n].role() == "primary" for n in ("p1", "p3")), 60, "a failover")
     survivor = next(members[n] for n in ("p1", "p3") if nodes[n].role() == "primary")
     assert sql(survivor, "SELECT count(*) FROM takeover WHERE id = 1000001") == [(1,)]
 
 
+@pytest.mark.parametrize("patroni_cluster", [False], indirect=True, ids=["async"])
 def test_the_way_back_before_the_keys_are_rewritten_is_patroni_again(patroni_cluster, etcd):
     """Prepared and governor started, not finished: stop governor, start Patroni, resume."""
     cluster, members = patroni_cluster
@@ -210,6 +225,10 @@ def test_the_way_back_before_the_keys_are_rewritten_is_patroni_again(patroni_clu
     assert governorctl(nodes["p1"], "resume").returncode == 0
     for m in members.values():
         m.start()
+    # patronictl resume asks a member's API: once every Patroni answers and has published itself
+    wait_until(lambda: all(m.status() is not None for m in members.values()) and
+               all("/patroni" in (etcd.get(f"/service/{cluster.scope}/members/{n}") or {}).get("value", "")
+                   for n in NAMES), 60, "Patroni's members to answer")
     members["p1"].ctl("resume", "--wait")
 
     def patroni_runs_it() -> bool:

@@ -232,7 +232,7 @@ def write_pgpass(cfg: PostgresConfig) -> None:
     for creds in (cfg.replication, cfg.superuser):
         if creds.password:
             lines.append(f"*:*:*:{_pgpass_escape(creds.username)}:{_pgpass_escape(creds.password)}\n")
-    _write_private(cfg.pgpass, "".join(lines))
+    _write_if_changed(cfg.pgpass, "".join(lines))
 
 
 def was_primary(control: ControlData) -> bool:
