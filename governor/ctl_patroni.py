@@ -128,7 +128,7 @@ def takeover(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
                       "etcd3 section first; or stop Patroni and start governor with etcd.api: 2)")
     try:
         me = config_mod.load(args.config).postgresql.name if not args.dcs_url else None
-        found = {key: dcs.read_key(key) for key in ("config", "history", "status", "sync", "failsafe")}
+        found = {key: dcs.read_key(key) for key in ("config", "history", "status", "sync", "failsafe", "failover")}
     except (config_mod.ConfigError, DCSError) as exc:
         print(f"governorctl: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -148,6 +148,9 @@ def takeover(args: argparse.Namespace, dcs: DCS, cluster: Cluster) -> int:
     leader = cluster.member(cluster.leader.name) if cluster.leader else None
     if leader is None or leader.role not in ("primary", "master") or leader.state != "running":
         problems.append("no running primary holds the leader key: the takeover starts from a healthy cluster")
+    if found["failover"]:
+        problems.append("a switchover or failover is pending in Patroni (its failover key): let it happen or cancel "
+                        "it (patronictl flush SCOPE switchover) first")
     for m in cluster.members:
         if m.state != "running":
             problems.append(f"{m.name} is {m.state}, not running")

@@ -262,3 +262,18 @@ def test_a_takeover_on_etcds_v2_api_is_refused_with_what_to_do_instead(host, etc
 def test_member_slot_names_are_patronis_for_every_name_governor_accepts():
     # Patroni: lower case, '-' and '.' as '_' (other characters, which governor refuses in names, as uNNNN)
     assert [slot_name_for(n) for n in ("db1", "DB-2.east", "a_b")] == ["db1", "db_2_east", "a_b"]
+
+
+def test_a_takeover_is_not_prepared_while_patroni_has_a_switchover_pending(host, etcd, capsys):
+    scope = f"pending{os.getpid()}"
+    config = host / "governor.yml"
+    config.write_text(yaml.safe_dump({"etcd": {"scope": scope, "host": f"127.0.0.1:{etcd.port}", "api": 3},
+                                      "postgresql": {"name": "db1", "data_dir": str(host / "pg" / "data"),
+                                                     "bin_dir": PG_BIN, "replication": {"password": "x"}}}))
+    etcd.put(f"/service/{scope}/config", json.dumps({"ttl": 30, "pause": True}))
+    etcd.put(f"/service/{scope}/failover", json.dumps({"leader": "db1", "member": "db2",
+                                                       "scheduled_at": "2026-12-08T01:00:00+00:00"}))
+    assert ctl(["-c", str(config), "migrate", "--takeover", "prepare"]) == 1
+    said = capsys.readouterr().out
+    assert "a switchover or failover is pending in Patroni" in said, said
+    assert etcd.get(f"/service/{scope}/pause") is None, "nothing changed"
