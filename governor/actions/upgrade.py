@@ -332,16 +332,23 @@ def _still_running(mark: str) -> Optional[str]:
     return f"{program} (pid {pid})" if pid and program in ("pg_upgrade", "initdb") else None
 
 
-def upgrade_set_aside(g: ActionHost, decision: Decision, local: LocalState) -> None:
-    """Replica of a leader that runs the new version: stop, move the old data directory aside
-    (kept, never removed), and use the new binaries; the clone that follows copies the leader."""
-    record = record_of(g)
-    data, _new, _mark, aside = paths(g, record)
+def stop_replica(g: ActionHost, record: UpgradeRecord, local: LocalState) -> tuple:
+    """A replica about to replace its old data directory: there must be room to keep it aside;
+    its PostgreSQL stops. The paths (data, new, mark, aside)."""
+    data, new, mark, aside = paths(g, record)
     if os.path.lexists(aside):
         raise ActionFailed(f"{aside} exists already: move it away, this member's old data directory goes there")
     if local.running:
         g.server.close()
         g.controller.stop("fast", timeout=max(30.0, g.pg.start_timeout))
+    return data, new, mark, aside
+
+
+def upgrade_set_aside(g: ActionHost, decision: Decision, local: LocalState) -> None:
+    """Replica of a leader that runs the new version: stop, move the old data directory aside
+    (kept, never removed), and use the new binaries; the clone that follows copies the leader."""
+    record = record_of(g)
+    data, _new, _mark, aside = stop_replica(g, record, local)
     os.rename(data, aside)
     os.mkdir(data, 0o700)
     switch_binaries(g, record.to)

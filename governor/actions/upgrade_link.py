@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from governor import clock, peers, upgrade_seed
 from governor.actions.base import ActionFailed
-from governor.actions.upgrade import paths, record_of, switch_binaries
+from governor.actions.upgrade import record_of, stop_replica, switch_binaries
 from governor.ha import Decision, LocalState
 
 if TYPE_CHECKING:
@@ -25,12 +25,8 @@ FETCH_TIMEOUT = 30.0
 
 def upgrade_link(g: ActionHost, decision: Decision, local: LocalState) -> None:
     record = record_of(g)
-    data, new, mark, aside = paths(g, record)
-    if os.path.lexists(aside):
-        raise ActionFailed(f"{aside} exists already: move it away, this member's old data directory goes there")
+    data, new, mark, aside = stop_replica(g, record, local)
     if local.running:
-        g.server.close()
-        g.controller.stop("fast", timeout=max(30.0, g.pg.start_timeout))
         g.announce(replace(local, running=False, role=None), decision, None)
     began = clock.monotonic()
     try:
