@@ -33,6 +33,7 @@ class NodeMemory:
     rewind_failed: bool = False
     bootstrap_failures: int = 0                  # in a row; decide() stops after ha.BOOTSTRAP_ATTEMPTS
     not_streaming_since: Optional[float] = None  # replica: since when it has not streamed from the leader
+    not_streaming_from: Optional[str] = None     # ... that leader
     streamed_tli: Optional[int] = None           # replica: highest timeline seen streaming
     leader_start_since: Optional[float] = None   # holding the lock: since when PostgreSQL has not been up
     orphan_slots: Dict[str, float] = field(default_factory=dict)  # slot -> when first seen without a member

@@ -95,6 +95,11 @@ def _not_streaming_for(g: NodeHost, st: ServerState) -> Optional[float]:
     leader = g.cluster.leader if g.cluster is not None else None
     waiting = not st.receiving_from and leader is not None and (
         leader.name != g.name or standby.of(g.cluster)[1] is not None)
+    # Time without streaming from the old leader is no time without streaming from a new one: right
+    # after a failover this replica has not even been pointed at the new leader yet.
+    leader_name = leader.name if leader is not None else None
+    if leader_name != g.mem.not_streaming_from:
+        g.mem.not_streaming_since, g.mem.not_streaming_from = None, leader_name
     g.mem.not_streaming_since, seconds = timer(g.mem.not_streaming_since, waiting, clock.monotonic())
     return seconds
 

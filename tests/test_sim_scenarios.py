@@ -31,6 +31,8 @@ def parse(path: pathlib.Path) -> Tuple[str, dict, List[tuple], Tuple[str, str], 
         elif line.startswith("fault "):
             when, kind, who, length = line.split()[1:]
             faults.append((float(when), kind, who, float(length)))
+        elif line.startswith("expect "):
+            args.setdefault("expect", []).append(tuple(line.split()[1:]))
         elif line.startswith("undo "):
             undo = (line.split()[1], line.split()[3])     # undo PATCH breaks INVARIANT
         elif line.strip():

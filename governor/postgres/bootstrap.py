@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -99,6 +100,7 @@ def pgbackrest_stanza(cfg: PostgresConfig, timeout: float = 300) -> str:
 
 
 _config_file_flag: Dict[str, bool] = {}
+_SERVER_FAILURE = re.compile(r"\b(FATAL|PANIC):  ")
 
 
 def _rewind_restores(cfg: PostgresConfig) -> List[str]:
@@ -143,7 +145,10 @@ def rewind(cfg: PostgresConfig, host: str, port: int, timeout: float = 3600) -> 
     output = result.stderr + result.stdout
     lines = [line for line in output.splitlines() if line.startswith("pg_rewind:")]
     if result.returncode != 0:
-        raise BootstrapError(f"pg_rewind failed (exit code {result.returncode}): {' / '.join(lines[-3:])}")
+        # The target's own crash recovery (postgres --single) writes why it failed to the same stream.
+        server = [line for line in output.splitlines() if _SERVER_FAILURE.search(line)]
+        raise BootstrapError(f"pg_rewind failed (exit code {result.returncode}): "
+                             + " / ".join(lines[-3:] + server[-2:]))
     if "no rewind required" in output:
         return "no rewind required, the timelines have not diverged"
     return "rewound onto the leader's timeline"

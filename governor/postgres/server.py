@@ -31,6 +31,27 @@ class ServerState:
     started_at: Optional[float] = None  # postmaster start, Unix time
 
 
+# One round trip: role, system identifier, positions, timeline, upstream, pending restart, start.
+STATE_QUERY = """
+    SELECT pg_is_in_recovery(),
+           (SELECT system_identifier::text FROM pg_control_system()),
+           CASE WHEN pg_is_in_recovery() THEN NULL
+                ELSE pg_current_wal_lsn() - '0/0' END,
+           pg_last_wal_receive_lsn() - '0/0',
+           pg_last_wal_replay_lsn() - '0/0',
+           CASE WHEN pg_is_in_recovery()
+                THEN (SELECT received_tli FROM pg_stat_get_wal_receiver())
+                ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+           END,
+           (SELECT sender_host || ':' || sender_port FROM pg_stat_get_wal_receiver()
+             WHERE status = 'streaming'),
+           greatest((SELECT timeline_id FROM pg_control_checkpoint()),
+                    (SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) FROM pg_ls_waldir()
+                      WHERE name ~ '^[0-9A-F]{24}$')),
+           (SELECT coalesce(bool_or(pending_restart), false) FROM pg_settings),
+           extract(epoch FROM pg_postmaster_start_time())::float8"""
+
+
 class Server:
     def __init__(self, cfg: PostgresConfig):
         self.cfg = cfg
@@ -66,25 +87,7 @@ class Server:
 
     def state(self) -> ServerState:
         """One round trip: role, positions and upstream."""
-        row = self.query("""
-            SELECT pg_is_in_recovery(),
-                   (SELECT system_identifier::text FROM pg_control_system()),
-                   CASE WHEN pg_is_in_recovery() THEN NULL
-                        ELSE pg_current_wal_lsn() - '0/0' END,
-                   pg_last_wal_receive_lsn() - '0/0',
-                   pg_last_wal_replay_lsn() - '0/0',
-                   CASE WHEN pg_is_in_recovery()
-                        THEN (SELECT received_tli FROM pg_stat_get_wal_receiver())
-                        ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
-                   END,
-                   (SELECT sender_host || ':' || sender_port FROM pg_stat_get_wal_receiver()
-                     WHERE status = 'streaming'),
-                   greatest((SELECT timeline_id FROM pg_control_checkpoint()),
-                            (SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) FROM pg_ls_waldir()
-                              WHERE name ~ '^[0-9A-F]{24}$')),
-                   (SELECT coalesce(bool_or(pending_restart), false) FROM pg_settings),
-                   extract(epoch FROM pg_postmaster_start_time())::float8
-        """)[0]
+        row = self.query(STATE_QUERY)[0]
         in_recovery, sysid, current, received, replayed, tli, upstream, checkpoint_tli, pending, started = row
         if in_recovery:
             # Without a WAL receiver PostgreSQL tells no current timeline: the restartpoint's lags

@@ -105,6 +105,8 @@ class Faults:
                 node.pg.promote_fails_until = max(node.pg.promote_fails_until, self.now + length)
             elif kind == "slow":
                 node.slow_until = max(node.slow_until, self.now + length)
+            elif kind == "slow_read":         # only in hand-written scenarios
+                node.slow_read_until = max(node.slow_read_until, self.now + length)
             elif kind == "cut":
                 node.cut_until = max(node.cut_until, self.now + length)
             elif kind == "split":

@@ -66,6 +66,7 @@ class Node:
     frozen_until: float = 0.0
     cut_until: float = 0.0
     slow_until: float = 0.0              # its passes pause between decision and actions
+    slow_read_until: float = 0.0         # its passes pause while reading PostgreSQL's state
     paused: Optional[PausedPass] = None
     last_case: str = ""                  # the decision of its last pass (the trace shows changes)
     supervisor: Supervisor = field(default_factory=Supervisor)

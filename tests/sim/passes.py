@@ -1,9 +1,10 @@
 """Running one member's real pass (`Governor.run_once`) in the simulated world.
 
-On a slow host the pass is paused between its decision and its first action for a while of world
-time, in which the other members go on: the decision is carried out on what it read seconds ago.
-Such a pass runs in a thread of its own, which hands control back and forth with the world's loop
-(never both at once), so the run stays deterministic."""
+On a slow host the pass is paused for a while of world time, in which the other members go on:
+between its decision and its first action (the decision is carried out on what it read seconds
+ago), or while it reads its PostgreSQL (a server slow to answer: the member's API answers others
+meanwhile). Such a pass runs in a thread of its own, which hands control back and forth with the
+world's loop (never both at once), so the run stays deterministic."""
 from __future__ import annotations
 
 import threading
@@ -31,11 +32,18 @@ def run_once(node: Node, name: str) -> bool:
         raise Violation(f"unexpected error in {name}'s pass:\n{traceback.format_exc()}") from None
 
 
-class PausedPass:
-    """A pass in its own thread that stops before its first action until resume()."""
+ACTIONS = "actions"      # where a pass pauses: before its first action
+READ = "read"            # ... or in its first read of PostgreSQL's state
 
-    def __init__(self, node: Node, install: Callable[[], None]):
+
+class PausedPass:
+    """A pass in its own thread that stops before its first action (or in its read of PostgreSQL)
+    until resume()."""
+
+    def __init__(self, node: Node, install: Callable[[], None], where: str = ACTIONS):
         self.node = node
+        self.where = where
+        self.paused_once = False
         self.install = install           # makes the member's clock the clock (in the pass's thread)
         self._turn = threading.Condition()
         self._pass_runs = False          # whose turn it is: the pass's thread or the world's loop
@@ -50,20 +58,29 @@ class PausedPass:
 
     # ---------------------------------------------------------------- in the pass's thread
 
+    def _pause(self) -> None:
+        self._hand_back(paused=True)
+        if self.abandoned:
+            raise Abandoned()
+        self.node.elapsed = 0.0
+        self.install()
+
     def _body(self) -> None:
         g = self.node.g
-        real_execute = g.execute
+        real_execute, real_state = g.execute, g.server.state
 
         def execute(decision, local):
-            if decision.actions:
-                self._hand_back(paused=True)
-                if self.abandoned:
-                    raise Abandoned()
-                self.node.elapsed = 0.0
-                self.install()
+            if decision.actions and self.where == ACTIONS:
+                self._pause()
             return real_execute(decision, local)
 
-        g.execute = execute
+        def state():
+            if self.where == READ and not self.paused_once:
+                self.paused_once = True
+                self._pause()
+            return real_state()
+
+        g.execute, g.server.state = execute, state
         try:
             self.install()
             self.started = clock.monotonic()
@@ -73,7 +90,7 @@ class PausedPass:
         except BaseException as exc:  # noqa: BLE001 - handed to the world's loop
             self.error = exc
         finally:
-            del g.execute
+            del g.execute, g.server.state
             self.done = True
             self._hand_back(paused=False)
 

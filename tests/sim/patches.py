@@ -9,11 +9,12 @@ from typing import Callable, Dict
 
 import pytest
 
-from governor import daemon, ha, race, standby, sync, syncrep, vouch
+from governor import daemon, ha, observe, race, standby, sync, syncrep, vouch
 from governor.actions import lock, roles
 from governor.dcs.etcd3 import Etcd3
 from governor.leaderlock import LeaderLock
 from governor.lockfence import LockFence
+from governor.postgres import server
 from tests.sim import node
 from tests.sim.etcd import b64
 
@@ -123,6 +124,38 @@ def async_widens_the_promise(mp: pytest.MonkeyPatch) -> None:
     asynchronous while PostgreSQL already waits for the new standbys (found by this simulator)."""
     mp.setattr(syncrep, "promise_for_change",
                lambda ours, applied, target: sync.widened(*(s for s in (ours, applied, target) if s is not None)))
+
+
+def vouch_from_nothing_while_reading(mp: pytest.MonkeyPatch) -> None:
+    """A pass forgets what it knew of PostgreSQL when it starts reading it again: a member asked to
+    vouch meanwhile refuses ('not running as a replica'; found by the failsafe integration tests)."""
+    real = daemon.observe_local
+
+    def observe_local(g):
+        g.server_state = None
+        return real(g)
+    mp.setattr(daemon, "observe_local", observe_local)
+
+
+def replica_timeline_from_the_restartpoint(mp: pytest.MonkeyPatch) -> None:
+    """A standby without a WAL receiver is taken to be on its last restartpoint's timeline: neither
+    the highest timeline it was seen streaming nor the WAL segments it received count (the false
+    divergence of issue 15, and its second half: a timeline streamed only briefly)."""
+    mp.setattr(observe, "_replica_timeline", lambda g, st: st.timeline)
+    start = server.STATE_QUERY.index("greatest(")
+    end = server.STATE_QUERY.index("),\n", server.STATE_QUERY.index("pg_ls_waldir()")) + 1
+    mp.setattr(server, "STATE_QUERY", server.STATE_QUERY[:start]
+               + "(SELECT timeline_id FROM pg_control_checkpoint())" + server.STATE_QUERY[end:])
+
+
+def not_streaming_timer_across_leaders(mp: pytest.MonkeyPatch) -> None:
+    """A replica's time without streaming counts on when the leader changes."""
+    real = observe._not_streaming_for
+
+    def not_streaming_for(g, st):
+        g.mem.not_streaming_from = g.cluster.leader.name if g.cluster is not None and g.cluster.leader else None
+        return real(g, st)
+    mp.setattr(observe, "_not_streaming_for", not_streaming_for)
 
 
 BROKEN: Dict[str, tuple] = {

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
 
 import psycopg2
 
 from governor.postgres import datadir
 from governor.postgres.bootstrap import BootstrapError
 from governor.postgres.controller import ProcessController
-from governor.postgres.server import ServerState
+from governor.postgres.server import Server
 
 if TYPE_CHECKING:
     from tests.sim.world import World
@@ -37,6 +37,7 @@ class Pg:
     name: str
     wal: Tuple[int, ...] = ()
     timeline: int = 1
+    restart_tli: int = 1                        # pg_control: the last checkpoint's (restartpoint's) timeline
     running: bool = False
     in_recovery: bool = True
     standby_signal: bool = True
@@ -95,11 +96,28 @@ class SimController(ProcessController):
             self.pg.upstream, self.pg.sync_names = self.pg.conf_upstream, self.pg.conf_sync
 
 
-class SimServer:
-    """The SQL connection: answers while PostgreSQL runs, raises psycopg2.OperationalError when not."""
+class SimServer(Server):
+    """The SQL connection: answers while PostgreSQL runs, raises psycopg2.OperationalError when not.
+    The real state() runs: its query is answered from the model as PostgreSQL would (a standby
+    without a WAL receiver tells no current timeline; its restartpoint's lags behind a switch it
+    followed, the WAL segments it received since are named after theirs)."""
 
     def __init__(self, world: World, pg: Pg):
         self.world, self.pg = world, pg
+
+    def query(self, sql: str, params: Iterable = ()) -> List[tuple]:
+        pg = self._up()
+        if "pg_control_system()" not in sql:
+            raise NotImplementedError(f"query not modelled by the simulator: {sql[:60]}")
+        if not pg.in_recovery:
+            return [(False, SYSID, pg.lsn, None, None, pg.timeline, None, pg.restart_tli, False, None)]
+        streaming = self.world.streams(pg)
+        # the highest timeline of a segment in pg_wal: the one it is on (it has streamed or been
+        # rewound onto it)
+        segments = pg.timeline if "pg_ls_waldir()" in sql else None
+        return [(True, SYSID, None, pg.lsn or None, pg.lsn or None, pg.timeline if streaming else None,
+                 f"{pg.upstream}:5432" if streaming else None,
+                 max(t for t in (pg.restart_tli, segments) if t is not None), False, None)]
 
     def _up(self) -> Pg:
         if not self.pg.running:
@@ -108,14 +126,6 @@ class SimServer:
 
     def close(self) -> None:
         pass
-
-    def state(self) -> ServerState:
-        pg = self._up()
-        if not pg.in_recovery:
-            return ServerState("primary", SYSID, pg.timeline, pg.lsn, None, None)
-        streaming = self.world.streams(pg)
-        return ServerState("replica", SYSID, pg.timeline, pg.lsn or None, pg.lsn or None,
-                           f"{pg.upstream}:5432" if streaming else None)
 
     def promote(self, timeout: float = 60, poll: float = 0.01) -> bool:
         """pg_promote(); one time in ten it does not finish in time (the server stays a standby)."""
@@ -127,7 +137,10 @@ class SimServer:
         return True
 
     def checkpoint(self) -> None:
-        self._up().stamp += 1
+        pg = self._up()
+        pg.stamp += 1
+        if not pg.in_recovery:
+            pg.restart_tli = pg.timeline
 
     def replication(self) -> List[tuple]:
         pg = self._up()

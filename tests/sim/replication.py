@@ -67,6 +67,7 @@ class Replication:
         self.acked_upto.pop(name, None)
         self.max_timeline += 1
         pg.in_recovery, pg.standby_signal, pg.last_primary, pg.timeline = False, False, True, self.max_timeline
+        pg.restart_tli = pg.timeline             # the end-of-recovery checkpoint
         pg.stamp += 1
         self.note(f"{name} promoted on timeline {pg.timeline} at {pg.lsn}")
         self._check_promotion(pg)
@@ -90,6 +91,7 @@ class Replication:
             # source reachable and willing
             raise BootstrapError("pg_rewind: fatal: could not find previous WAL record")
         pg.wal, pg.timeline, pg.last_primary = pg.wal[:common], source.timeline, False
+        pg.restart_tli = source.timeline         # pg_rewind writes the source's checkpoint into pg_control
         pg.stamp += 1
         return "pg_rewind: Done!"
 
@@ -98,6 +100,7 @@ class Replication:
         source = self._source(name, host, "pg_basebackup")
         pg = self.pgs[name]
         pg.wal, pg.timeline, pg.empty, pg.last_primary, pg.slots = source.wal, source.timeline, False, False, {}
+        pg.restart_tli = source.timeline
         pg.stamp += 1
         self.note(f"{name} cloned from {host}")
 

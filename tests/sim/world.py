@@ -46,7 +46,7 @@ from governor.dcs.etcd3 import Etcd3, Unreachable
 from tests.sim.etcd import EtcdModel, b64, unb64
 from tests.sim.faults import Faults
 from tests.sim.node import PREFIX, Node, NodeClock, SimPeers, Supervisor, member_config
-from tests.sim.passes import PausedPass, run_once
+from tests.sim.passes import ACTIONS, READ, PausedPass, run_once
 from tests.sim.postgres import REMOTE, SYSID, Pg, SimController, SimDisk, SimServer
 from tests.sim.replication import Replication
 
@@ -74,8 +74,11 @@ class World(Faults, Replication):
     def __init__(self, seed: int, timing: Optional[Timing] = None, members: Optional[int] = None,
                  duration: float = 45.0, faults: Optional[List[Tuple[float, str, str, float]]] = None,
                  synchronous: Optional[bool] = None, failsafe_mode: Optional[bool] = None, standby: bool = False,
-                 wait_decision: bool = True):
+                 wait_decision: bool = True, expect: Optional[List[Tuple[str, ...]]] = None):
         self.seed = seed
+        # A hand-written scenario's own expectations beside the invariants (tests/test_sim_scenarios.py):
+        # ("writable", member, from, to), ("case", member, case, by) or ("never", member, case, until).
+        self.expect = list(expect or [])
         self.failsafe_mode = not standby and ((seed // 6) % 2 == 1 if failsafe_mode is None else failsafe_mode)
         self.synchronous = not standby and (seed % 2 == 0 if synchronous is None else synchronous)
         # Standby schedules: even seeds start as a standby cluster of the remote site (half of them get
@@ -224,8 +227,9 @@ class World(Faults, Replication):
 
     def _pass(self, node: Node) -> None:
         node.elapsed = 0.0
-        if self.now < node.slow_until:
-            paused = PausedPass(node, lambda: clock.install(NodeClock(self, node)))
+        if self.now < node.slow_until or self.now < node.slow_read_until:
+            where = ACTIONS if self.now < node.slow_until else READ
+            paused = PausedPass(node, lambda: clock.install(NodeClock(self, node)), where)
             paused.start()
             if not paused.done:
                 paused.resume_at = self.now + self.rng.choice([0.5, 1.5, 3.0, 6.0])
@@ -301,6 +305,17 @@ class World(Faults, Replication):
         if len(writers) > 1:
             raise Violation(f"one_writer: {', '.join(writers)} accept writes at {self.now:.1f}s")
 
+    def _check_expected(self) -> None:
+        for kind, who, a, b in self.expect:
+            if kind == "writable" and float(a) <= self.now < float(b) and not self.accepts_writes(self.pgs[who]):
+                raise Violation(f"expected: {who} accepts writes from {a}s to {b}s; it does not at {self.now:.1f}s")
+            if kind == "case" and self.now >= float(b) and not any(
+                    line.split()[1:] == [f"{who}:", a] and float(line.split()[0]) <= float(b) for line in self.log):
+                raise Violation(f"expected: {who} decides {a} by {b}s; it has not at {self.now:.1f}s")
+            if kind == "never" and any(line.split()[1:] == [f"{who}:", a] and float(line.split()[0]) < float(b)
+                                       for line in self.log):
+                raise Violation(f"expected: {who} never decides {a} before {b}s; it does at {self.now:.1f}s")
+
     # -------------------------------------------------------------------------------- run
 
     def run(self) -> None:
@@ -334,6 +349,7 @@ class World(Faults, Replication):
             self._replicate()
             self._writes()
             self._check_one_writer()
+            self._check_expected()
             for node in sorted(self.nodes.values(), key=lambda n: (n.next_pass, n.name)):
                 if not node.alive(self.now) or self.now < node.frozen_until:
                     continue
