@@ -23,9 +23,7 @@ def sleep(g: NodeHost, seconds: float) -> None:
     if seconds <= 0 or g.stopping.is_set():
         return
     deadline = clock.monotonic() + seconds
-    if g.cluster is not None and g.watching is not g.dcs:
-        if g.dcs.keep_watching(g.wake):
-            g.watching = g.dcs
+    start_watching(g)
     while not g.stopping.is_set():
         poll = poll_interval(g)
         left = deadline - clock.monotonic()
@@ -34,6 +32,15 @@ def sleep(g: NodeHost, seconds: float) -> None:
         if g.wake.wait(min(poll, left)) or local_change(g):
             return
     g.wake.wait(max(0.0, deadline - clock.monotonic()))
+
+
+def start_watching(g: NodeHost) -> None:
+    """As the loop goes to sleep: etcd's watch runs, so a change wakes it. A wake already set (a
+    change seen while the pass ran, its own lock taken included) is news to the next pass: it stays
+    set (run_once clears it before it reads etcd)."""
+    if g.cluster is not None and g.watching is not g.dcs:
+        if g.dcs.keep_watching(g.wake):
+            g.watching = g.dcs
 
 
 def poll_interval(g: NodeHost) -> Optional[float]:

@@ -15,7 +15,7 @@ from typing import List, Tuple
 import pytest
 
 from tests.sim import patches
-from tests.sim.world import Violation, World
+from tests.sim.world import Timing, Violation, World
 
 SCENARIOS = sorted((pathlib.Path(__file__).parent / "sim" / "scenarios").glob("*.txt"))
 
@@ -38,6 +38,8 @@ def parse(path: pathlib.Path) -> Tuple[str, dict, List[tuple], Tuple[str, str], 
         elif line.strip():
             key, _, value = line.partition(":")
             args[key.strip()] = ast.literal_eval(value.strip())
+            if key.strip() == "timing":
+                args["timing"] = Timing(**args["timing"])
     return " ".join(description), args, faults, undo, trace.splitlines()
 
 

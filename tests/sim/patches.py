@@ -9,7 +9,7 @@ from typing import Callable, Dict
 
 import pytest
 
-from governor import daemon, ha, observe, race, standby, sync, syncrep, vouch
+from governor import daemon, ha, observe, race, sleeping, standby, sync, syncrep, vouch
 from governor.actions import lock, roles
 from governor.dcs.etcd3 import Etcd3
 from governor.leaderlock import LeaderLock
@@ -156,6 +156,17 @@ def not_streaming_timer_across_leaders(mp: pytest.MonkeyPatch) -> None:
         g.mem.not_streaming_from = g.cluster.leader.name if g.cluster is not None and g.cluster.leader else None
         return real(g, st)
     mp.setattr(observe, "_not_streaming_for", not_streaming_for)
+
+
+def wake_cleared_when_sleeping(mp: pytest.MonkeyPatch) -> None:
+    """The loop clears its wake as it goes to sleep: a change seen while the pass ran (the lock it
+    just took) waits for loop_wait."""
+    real = sleeping.start_watching
+
+    def start_watching(g):
+        g.wake.clear()
+        real(g)
+    mp.setattr(sleeping, "start_watching", start_watching)
 
 
 BROKEN: Dict[str, tuple] = {

@@ -167,6 +167,7 @@ class World(Faults, Replication):
             g = Governor(cfg, dcs=dcs, controller=SimController(self, node.pg), server=SimServer(self, node.pg),
                          disk=SimDisk(self, node.pg), peers=SimPeers(self, node.name), report=node.supervisor)
             g.fence.stop = lambda: self._fence_stop(node)
+            g.dcs.keep_watching = lambda wake: True     # the world wakes it (_etcd_changed)
             g.callbacks.wait = lambda config, kind, role, limit: self._callback(kind)
             g.mem.name_is_ours = True
             node.g = g
@@ -258,8 +259,7 @@ class World(Faults, Replication):
         g = node.g
         with self.running(node):
             delay = g.backoff.next_delay(ok, self.timing.loop_wait, started)
-        if g.cluster is not None and g.watching is None:
-            g.watching = g.dcs        # the sleep starts the watch (modelled by _etcd_changed)
+        sleeping.start_watching(g)    # the real sleep's start (the watch itself: _etcd_changed)
         node.next_pass = self.now + node.elapsed + max(delay, 0.0)
         node.last_poll = self.now
         case = g.board.get().decision
