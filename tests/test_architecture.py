@@ -181,3 +181,61 @@ def test_no_import_circle_not_even_a_type_only_one():
 
 def test_the_circle_finder_sees_a_circle():
     assert import_circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+
+
+# The layers, lowest first: a module imports modules of its own layer or of lower ones only.
+# docs/architecture.md ("Layers") lists the same; a new module must be placed here.
+LAYERS = {
+    "core": "the decision and the cluster model, pure (time through the clock port): what to do, never doing it",
+    "config": "files and settings read, checked and explained; what the installed PostgreSQL accepts",
+    "adapters": "etcd, PostgreSQL, HTTP API, metrics, systemd, the peers, the fences that do not depend on the loop",
+    "node": "the loop and its executors: observe, decide, act, publish, wired through ports",
+    "entry": "the command lines: governor and governorctl (and what only they use)",
+}
+LAYER_OF = {
+    "core": "governor ha hatypes race sync cluster failsafe failsafelist slots standby restarts upgrade upgrade_plan "
+            "backoff memory clock settings cluster_settings dynamic pgparams pgvalue wakeups",
+    "config": "config checker configfiles listeners passwords archive callbacks apiauth template_layout reference "
+              "safe_yaml bindir repltls postgres.catalogue",
+    "adapters": "dcs dcs.base dcs.errors dcs.etcd2 dcs.etcd3 dcs.keys dcs.onecluster dcs.rotation dcs.store "
+                "dcs.v2probe dcs.v3cache dcs.v3json dcs.v3lease postgres postgres.bootstrap postgres.controller "
+                "postgres.controllers postgres.datadir postgres.disk postgres.lifeline postgres.remote postgres.server "
+                "api api_seed audit metrics systemd log peers status upgrade_seed upgrade_probe upgrade_cleanup fence "
+                "watchdog lockfence supervisor",
+    "node": "daemon observe publish reconfigure shutdown sleeping vouch leaderlock syncrep controls ports actions "
+            "actions.base actions.failsafe actions.leader actions.lock actions.roles actions.run actions.setup "
+            "actions.upgrade actions.upgrade_link",
+    "entry": "__main__ cli ctl ctl_common ctl_config ctl_generate ctl_instance ctl_members ctl_patroni ctl_query "
+             "ctl_standby ctl_switchover ctl_upgrade ctl_view patroni_config patroni_keys",
+}
+
+
+def layer_of() -> Dict[str, int]:
+    order = list(LAYERS)
+    return {("governor" if m == "governor" else f"governor.{m}"): order.index(layer)
+            for layer, names in LAYER_OF.items() for m in names.split()}
+
+
+def test_every_module_has_a_layer_and_imports_only_its_own_or_lower_ones():
+    graph, layers, names = governor_import_graph(), layer_of(), list(LAYERS)
+    assert set(graph) == set(layers), (f"modules without a layer: {sorted(set(graph) - set(layers))}; "
+                                       f"layers naming no module: {sorted(set(layers) - set(graph))}")
+    upward = [f"{m} ({names[layers[m]]}) imports {t} ({names[layers[t]]})"
+              for m in sorted(graph) for t in sorted(graph[m]) if layers[t] > layers[m]]
+    assert not upward, "\n".join(upward)
+
+
+def test_the_pure_modules_are_all_in_the_core_layer():
+    core = {m for m, i in layer_of().items() if i == 0}
+    assert set(PURE) <= core, sorted(set(PURE) - core)
+
+
+def test_docs_list_the_layers_as_the_test_has_them():
+    with open(os.path.join(REPO, "docs", "architecture.md")) as fh:
+        doc = fh.read()
+    section = doc.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    for layer, names in LAYER_OF.items():
+        line = next((ln for ln in section.splitlines() if ln.startswith(f"| {layer} |")), "")
+        listed = set(re.findall(r"`([a-z0-9_.]+)`", line))
+        differ = sorted(listed ^ set(names.split()))
+        assert not differ, f"docs/architecture.md's {layer} row differs in: {differ}"
