@@ -11,7 +11,7 @@ from typing import Callable, Optional, TypeVar
 
 import psycopg2
 
-from governor import __version__, clock, failsafe, publish, reconfigure, shutdown, sleeping, vouch
+from governor import __version__, clock, failsafe, publish, reconfigure, shutdown, sleeping, uniquename, vouch
 from governor.actions import EXECUTORS, ActionFailed
 from governor.api import ApiServer
 from governor.backoff import Backoff
@@ -40,6 +40,7 @@ from governor.syncrep import SyncManager
 from governor.systemd import Notifier
 from governor.wakeups import OnChange, OperatorRequest
 from governor.watchdog import Watchdog
+from governor.watchdogfeed import WatchdogFeeder, pass_limit
 
 log = logging.getLogger("governor")
 
@@ -93,6 +94,7 @@ class Governor:
         self.fence = LockFence(self.pg.data_dir, config.etcd.ttl, on_fire=self._fenced, report=report)
         self.watchdog = Watchdog(config.watchdog.mode, config.watchdog.device)
         self.lock = LeaderLock(self)     # our hold on the leader lock; the fence and watchdog follow it
+        self.feeder = WatchdogFeeder(self.notify.watchdog, self.notify.watchdog_seconds, lambda: self.fence.deadline)
         self.callbacks = Runner(self.name, lambda: self.config.etcd.scope, lambda: self.pg.data_dir,
                                 failed=self._callback_failed, address=lambda: (self.pg.connect_host, self.pg.port))
 
@@ -101,9 +103,11 @@ class Governor:
             self.metrics.callback_failures.labels(kind).inc()
 
     def _fenced(self, left: float) -> None:
-        """The lock fence stopped PostgreSQL (its own thread): count it, wake the loop to act."""
+        """The lock fence stopped PostgreSQL (its own thread): count it, wake the loop to act; the
+        lock no longer holds systemd's watchdog pings back."""
         if self.metrics:
             self.metrics.lock_fence.inc()
+        self.feeder.poke()
         self.wake.set()
 
     def data_replaced(self) -> None:
@@ -325,13 +329,15 @@ class Governor:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, self.request_reload)
-        self.notify.fit_watchdog(self.config.etcd.ttl, self.config.retry_timeout)
+        self.notify.fit_watchdog(self.config.etcd.ttl)
         consume_restart_marker(max_age=0)   # a marker left from before this start means nothing now
         log.info("governor %s starting: member %s, %s, data directory %s", __version__, self.name,
                  self.dcs.describe(), self.pg.data_dir)
         for warning in self.config.warnings:
             log.warning("%s", warning)
         self.fence.start()
+        if self.notify.watchdog_usec:
+            self.feeder.start()
         self.controls = Controls(self)
         self.api = ApiServer(self.config, self.board.get, self.controls.endpoints(), self.controls.remember,
                              self.metrics.exposition if self.metrics else None)
@@ -349,13 +355,13 @@ class Governor:
                           self.config.metrics.port, exc.strerror or exc)
                 self.api.stop()
                 return 1
-        self.guarded("member name check", self.wait_for_unique_name)
+        self.guarded("member name check", uniquename.wait_for_unique_name, self)
         while not self.stopping.is_set():
             started = clock.monotonic()
+            self.feeder.expect_within(pass_limit(self.config.retry_timeout))
             ok = self.guarded("HA loop", self.run_once) is True
             if self.metrics:
                 self.metrics.loop_duration.observe(clock.monotonic() - started)
-            self.notify.watchdog()   # only after a pass that completed: a hung loop stops the pings
             self.guarded("status notification", self.notify_status)
             if self.stopping.is_set():
                 break
@@ -363,30 +369,11 @@ class Governor:
                 self.reload_requested.clear()
                 self.guarded("reload", reconfigure.reload, self)
                 continue
-            self.guarded("sleep", self.sleep, self.backoff.next_delay(ok, self.config.loop_wait, started))
+            delay = self.backoff.next_delay(ok, self.config.loop_wait, started)
+            self.feeder.expect_within(max(delay, 0.0) + pass_limit(self.config.retry_timeout))
+            self.guarded("sleep", self.sleep, delay)
         self.guarded("shutdown", shutdown.shutdown, self)
         return 0
-
-    def wait_for_unique_name(self) -> None:
-        """Before touching anything: if etcd holds a live member key of our name that another
-        governor wrote (it publishes other addresses), two members share a name and would take each
-        other's slot, key and lock. Wait, doing nothing, until that key expires; say so loudly."""
-        ours = (self.pg.conn_url, self.config.restapi.api_url)
-        while not self.stopping.is_set():
-            cluster = observe_dcs(self)
-            member = cluster.member(self.name) if cluster is not None else None
-            # Patroni's record of this member (its API had this port, so it is gone): a takeover
-            patronis = member is not None and (member.conn_url, member.api_url) == (ours[0], f"{ours[1]}/patroni")
-            if member is None or (member.conn_url, member.api_url) == ours or patronis:
-                self.once("duplicate", f"member key {self.name} is Patroni's record of this member (same PostgreSQL, "
-                          "its API was on this port): taking it over" if patronis else None, logging.INFO)
-                self.mem.name_is_ours = True
-                return
-            self.once("duplicate", f"another governor runs as member {self.name} (PostgreSQL at {member.conn_url}, "
-                      f"API at {member.api_url}; this one would be {ours[0]}, {ours[1]}): give every member its "
-                      "own postgresql.name. Doing nothing until its member key expires", logging.ERROR)
-            self.wake.wait(max(1.0, self.config.loop_wait))
-            self.wake.clear()
 
     def notify_status(self) -> None:
         if not self.notify.ready_sent:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from governor.systemd import Notifier
     from governor.wakeups import OnChange
     from governor.watchdog import Watchdog
+    from governor.watchdogfeed import WatchdogFeeder
 
 
 class ActionHost(Protocol):
@@ -86,3 +87,4 @@ class NodeHost(ActionHost, Protocol):
     dynamic_index: int
     watching: Optional[DCS]
     wake: threading.Event
+    feeder: WatchdogFeeder

@@ -138,7 +138,7 @@ def apply_config(g: NodeHost, new: Config, why: str) -> list:
     new = switch_etcd(g, new)
     g.config, g.pg = new, new.postgresql
     g.fence.set_ttl(new.etcd.ttl)
-    g.notify.fit_watchdog(new.etcd.ttl, new.retry_timeout)
+    g.notify.fit_watchdog(new.etcd.ttl)
     g.server.cfg = new.postgresql
     g.dcs.cfg, g.dcs.retry_timeout = new.etcd, new.retry_timeout
     if g.api is not None:

@@ -12,6 +12,8 @@ from typing import Optional
 
 import sdnotify
 
+from governor.watchdogfeed import watchdog_seconds_for
+
 log = logging.getLogger(__name__)
 
 
@@ -48,23 +50,22 @@ class Notifier:
         if self.watchdog_usec:
             self.send("WATCHDOG=1")
 
-    def fit_watchdog(self, ttl: float, retry_timeout: float) -> None:
-        """Keep systemd's watchdog timeout below the lock's ttl whatever ttl is now (a reload, or
-        `edit-config --set ttl=...`): a hung governor is killed WatchdogSec after its last ping and
-        fenced within about a second, and its lock was renewed before that ping, so WatchdogSec
-        + 2 < ttl. The unit's WatchdogSec stays the upper bound; WATCHDOG_USEC= changes it live."""
+    def fit_watchdog(self, ttl: float) -> None:
+        """Keep systemd's watchdog timeout fit for the lock's ttl whatever ttl is now (a reload, or
+        `edit-config --set ttl=...`): a frozen leader is killed WatchdogSec after its last ping and
+        fenced within about a second, before its lock expires (watchdogfeed.py). The unit's
+        WatchdogSec stays the upper bound; WATCHDOG_USEC= changes it live."""
         if not self.unit_watchdog_usec:
             return
-        seconds = max(1.0, min(self.unit_watchdog_usec / 1e6, ttl - 3))
+        seconds = watchdog_seconds_for(ttl, self.unit_watchdog_usec / 1e6)
         usec = int(seconds * 1e6)
         if usec != self.watchdog_usec:
             self.send(f"WATCHDOG_USEC={usec}")
             self.watchdog_usec = usec
-            log.info("watchdog: systemd's timeout set to %.0fs, below the leader lock's ttl %ss", seconds, ttl)
-        if seconds < 2 * retry_timeout + 2:
-            log.warning("watchdog: a loop that waits twice for etcd (2 * retry_timeout = %ss) outlasts systemd's %.0fs "
-                        "watchdog timeout (at most ttl %ss - 3): a slow etcd could get governor killed; lower "
-                        "retry_timeout or raise ttl", 2 * retry_timeout, seconds, ttl)
+            log.info("watchdog: systemd's timeout set to %.1fs for the leader lock's ttl %ss", seconds, ttl)
+
+    def watchdog_seconds(self) -> float:
+        return (self.watchdog_usec or 0) / 1e6
 
     def reloading(self) -> None:
         self.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")

@@ -201,9 +201,9 @@ LAYER_OF = {
                 "dcs.v2probe dcs.v3cache dcs.v3json dcs.v3lease postgres postgres.bootstrap postgres.controller "
                 "postgres.controllers postgres.datadir postgres.disk postgres.lifeline postgres.remote postgres.server "
                 "api api_seed audit metrics systemd log peers status upgrade_seed upgrade_probe upgrade_cleanup fence "
-                "watchdog lockfence supervisor",
-    "node": "daemon observe publish reconfigure shutdown sleeping vouch leaderlock syncrep controls ports actions "
-            "actions.base actions.failsafe actions.leader actions.lock actions.roles actions.run actions.setup "
+                "watchdog watchdogfeed lockfence supervisor",
+    "node": "daemon uniquename observe publish reconfigure shutdown sleeping vouch leaderlock syncrep controls ports "
+            "actions actions.base actions.failsafe actions.leader actions.lock actions.roles actions.run actions.setup "
             "actions.upgrade actions.upgrade_link",
     "entry": "__main__ cli ctl ctl_common ctl_config ctl_generate ctl_instance ctl_members ctl_patroni ctl_query "
              "ctl_standby ctl_switchover ctl_upgrade ctl_view patroni_config patroni_keys",
