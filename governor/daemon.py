@@ -20,6 +20,7 @@ from governor.cluster import Cluster, parse_conn_url
 from governor.config import Config
 from governor.controls import Controls
 from governor.dcs import DCS, DCSError, from_config, short_error
+from governor.fence import LeaderMarker, runtime_directory
 from governor.ha import Action, Decision, LocalState, decide
 from governor.leaderlock import LeaderLock
 from governor.lockfence import LockFence
@@ -91,6 +92,8 @@ class Governor:
             self.dcs.observer = self.metrics.observe_dcs
         # `report` tells the supervising parent (supervisor.py) the lock deadline, when there is one.
         self.supervisor: Optional[int] = getattr(report, "parent", None)
+        if report is None and under_systemd() and runtime_directory():
+            report = LeaderMarker(runtime_directory(), self.pg.data_dir)   # for the ExecStopPost fence
         self.fence = LockFence(self.pg.data_dir, config.etcd.ttl, on_fire=self._fenced, report=report)
         self.watchdog = Watchdog(config.watchdog.mode, config.watchdog.device)
         self.lock = LeaderLock(self)     # our hold on the leader lock; the fence and watchdog follow it

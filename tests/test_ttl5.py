@@ -6,12 +6,15 @@ serving reads. (Before: pings only after a completed pass; a pass waits up to 2 
 from __future__ import annotations
 
 import os
+import pwd
 import signal
+import subprocess
 import time
 from typing import List
 
 import pytest
 
+from tests import harness
 from tests.harness import wait_until
 from tests.test_notify import FakeSystemd
 
@@ -75,4 +78,58 @@ def test_a_hung_etcd_for_20_s_at_ttl_5_would_get_no_governor_killed_and_the_repl
         print(f"replica answered {answered} reads during the hang; postmaster unchanged")
     finally:
         for systemd in systemds.values():
+            systemd.stop()
+
+
+def run_fence(node, runtime: str) -> str:
+    """What systemd runs after governor was killed: ExecStopPost=governor --fence, as the unit's user."""
+    pw = pwd.getpwnam(harness.RUN_AS)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": node.cluster.src_dir, "LANG": "C.UTF-8", "SERVICE_RESULT": "signal",
+           "EXIT_CODE": "killed", "EXIT_STATUS": "KILL", "RUNTIME_DIRECTORY": runtime}
+    done = subprocess.run([harness.PYTHON, "-m", "governor", "--fence", node.config_path], env=env,
+                          capture_output=True, text=True, timeout=60, user=pw.pw_uid, group=pw.pw_gid, cwd=node.dir)
+    assert done.returncode == 0, done.stderr
+    return done.stdout + done.stderr
+
+
+def test_the_fence_after_a_crash_leaves_a_lockless_standby_running_and_stops_the_leader(make_cluster):
+    """Under systemd a killed governor is fenced by ExecStopPost: the leader's PostgreSQL stops at
+    once; a replica's, in standby mode under no lock (no leader marker in the RuntimeDirectory),
+    keeps serving reads, and governor adopts it when it starts again."""
+    cluster = make_cluster("fsb")
+    runtimes, systemds = {}, []
+    pw = pwd.getpwnam(harness.RUN_AS)
+    for name in ("node1", "node2"):
+        node = cluster.add(name, start=False, extra=TTL5)
+        runtimes[name] = os.path.join(node.dir, "run")
+        os.makedirs(runtimes[name])
+        os.chown(runtimes[name], pw.pw_uid, pw.pw_gid)
+        systemd = FakeSystemd(os.path.join(node.dir, "notify.sock"))
+        systemd.start()
+        systemds.append(systemd)
+        env = {"NOTIFY_SOCKET": systemd.path, "RUNTIME_DIRECTORY": runtimes[name]}
+        node.start(env=env)
+        if name == "node1":
+            cluster.wait_for_primary(90)
+    try:
+        leader, replica = cluster.wait_for_primary(60), cluster.nodes["node2"]
+        cluster.wait_for_streaming([replica.name], 90)
+        assert os.path.exists(os.path.join(runtimes[leader.name], "leader")), "the leader wrote no marker"
+        assert not os.path.exists(os.path.join(runtimes[replica.name], "leader"))
+        standby_pm = replica.postmaster_pid()
+        replica.kill_all()
+        said = run_fence(replica, runtimes[replica.name])
+        assert "left running" in said, said
+        assert replica.postmaster_pid() == standby_pm and replica.sql("SELECT pg_is_in_recovery()") == [(True,)]
+        replica.start(env={"NOTIFY_SOCKET": systemds[1].path, "RUNTIME_DIRECTORY": runtimes[replica.name]})
+        cluster.wait_for_streaming([replica.name], 60)
+        assert replica.postmaster_pid() == standby_pm, "governor restarted the standby it could adopt"
+
+        leader.kill_all()
+        said = run_fence(leader, runtimes[leader.name])
+        assert "stopping PostgreSQL" in said and leader.postmaster_pid() is None, said
+        wait_until(lambda: cluster.leader_name() == replica.name and replica.role() == "primary", 30,
+                   "the replica to take over")
+    finally:
+        for systemd in systemds:
             systemd.stop()
