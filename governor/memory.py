@@ -34,6 +34,7 @@ class NodeMemory:
     bootstrap_failures: int = 0                  # in a row; decide() stops after ha.BOOTSTRAP_ATTEMPTS
     not_streaming_since: Optional[float] = None  # replica: since when it has not streamed from the leader
     not_streaming_from: Optional[str] = None     # ... that leader
+    refusing_sessions: bool = False               # PostgreSQL answered but started no new session
     streamed_tli: Optional[int] = None           # replica: highest timeline seen streaming
     leader_start_since: Optional[float] = None   # holding the lock: since when PostgreSQL has not been up
     orphan_slots: Dict[str, float] = field(default_factory=dict)  # slot -> when first seen without a member

@@ -54,6 +54,7 @@ def observe_local(g: NodeHost) -> LocalState:
             # read in progress says nothing new about this server.
             st = g.server_state = g.server.state()
             g.once("pg", f"PostgreSQL running as {st.role}")
+            _new_sessions(g)
             timeline = st.timeline
             not_streaming_for = None
             if st.role == "primary":
@@ -75,6 +76,21 @@ def observe_local(g: NodeHost) -> LocalState:
     if datadir.was_primary(control):
         g.mem.rewind_pending = True
     return LocalState(**_local_base(g, kind), sysid=control.sysid)
+
+
+def _new_sessions(g: NodeHost) -> None:
+    """Said once when PostgreSQL answers on governor's session but starts no new one (a frozen
+    postmaster: clients hang), and once when it does again."""
+    refused = g.server.refuses_new_connections()
+    was = g.mem.refusing_sessions
+    g.mem.refusing_sessions = refused is not None
+    if refused is not None:
+        pid = g.controller.postmaster_pid()
+        g.once("pg-sessions", f"PostgreSQL answers on governor's open session but starts no new one ({refused}): "
+               f"clients cannot connect; its postmaster (PID {pid}) may be frozen (SIGSTOP, stuck in the kernel) "
+               "or out of connection slots", logging.ERROR)
+    elif was:
+        g.once("pg-sessions", "PostgreSQL starts new sessions again", logging.WARNING)
 
 
 def _replica_timeline(g: NodeHost, st: ServerState) -> Optional[int]:

@@ -68,6 +68,18 @@ class Server:
             self._conn.autocommit = True
         return self._conn
 
+    def refuses_new_connections(self, timeout: int = 2) -> Optional[str]:
+        """Why a new session cannot start now (None: one did, and was closed). The cached session
+        answering says nothing of this: a frozen postmaster (SIGSTOP, stuck in the kernel) keeps
+        existing sessions alive while every new client hangs."""
+        try:
+            psycopg2.connect(host=self.cfg.socket_dir, port=self.cfg.port, dbname="postgres",
+                             user=self.cfg.superuser.username, password=self.cfg.superuser.password,
+                             connect_timeout=timeout, application_name="governor-probe").close()
+        except psycopg2.Error as exc:
+            return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None
+
     def close(self) -> None:
         if self._conn is not None:
             try:

@@ -127,6 +127,10 @@ class SimServer(Server):
     def close(self) -> None:
         pass
 
+    def refuses_new_connections(self, timeout: int = 2) -> Optional[str]:
+        self._up()
+        return None
+
     def promote(self, timeout: float = 60, poll: float = 0.01) -> bool:
         """pg_promote(); one time in ten it does not finish in time (the server stays a standby)."""
         pg = self._up()
