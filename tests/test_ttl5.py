@@ -32,8 +32,10 @@ def longest_silence(times: List[float], since: float, until: float) -> float:
     return max(b - a for a, b in zip(edges, edges[1:]))
 
 
-def test_a_hung_etcd_for_20_s_at_ttl_5_would_get_no_governor_killed_and_the_replica_serves_reads(make_cluster):
+def test_a_hung_etcd_for_20_s_at_ttl_5_would_get_no_governor_killed_and_the_replica_serves_reads(make_cluster,
+                                                                                                  base_dir):
     cluster = make_cluster("ttl5")
+    cluster.etcd = own = harness.Etcd(os.path.join(base_dir, f"ttl5-etcd-{os.getpid()}")).start()   # hung below
     systemds = {}
     nodes = []
     for name in ("node1", "node2"):
@@ -79,6 +81,8 @@ def test_a_hung_etcd_for_20_s_at_ttl_5_would_get_no_governor_killed_and_the_repl
     finally:
         for systemd in systemds.values():
             systemd.stop()
+        cluster.teardown()
+        own.stop()
 
 
 def run_fence(node, runtime: str) -> str:
