@@ -31,6 +31,7 @@ class Member:
     pg_majors: Tuple[int, ...] = ()   # the PostgreSQL major versions installed on its host
     upgrade_blockers: Tuple[str, ...] = ()   # what in its configuration keeps a major upgrade from running
     disk_free: Optional[int] = None   # bytes free beside its data directory (an upgrade's re-clone needs them)
+    recovering_standby: bool = False  # from its /status only: in standby mode, not answering yet
 
     @classmethod
     def from_json(cls, name: str, text: str) -> Member:

@@ -35,6 +35,7 @@ class NodeMemory:
     not_streaming_since: Optional[float] = None  # replica: since when it has not streamed from the leader
     not_streaming_from: Optional[str] = None     # ... that leader
     refusing_sessions: bool = False               # PostgreSQL answered but started no new session
+    recovering_standby: bool = False              # running, not answering yet, in archive recovery
     streamed_tli: Optional[int] = None           # replica: highest timeline seen streaming
     leader_start_since: Optional[float] = None   # holding the lock: since when PostgreSQL has not been up
     orphan_slots: Dict[str, float] = field(default_factory=dict)  # slot -> when first seen without a member

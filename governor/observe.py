@@ -53,6 +53,7 @@ def observe_local(g: NodeHost) -> LocalState:
             # Replaced only once read: the API answers from it meanwhile (vouch.answer), and a
             # read in progress says nothing new about this server.
             st = g.server_state = g.server.state()
+            g.mem.recovering_standby = False
             g.once("pg", f"PostgreSQL running as {st.role}")
             _new_sessions(g)
             timeline = st.timeline
@@ -68,7 +69,11 @@ def observe_local(g: NodeHost) -> LocalState:
         except psycopg2.Error as exc:
             g.server_state = None
             g.once("pg", f"PostgreSQL is running but does not answer: {str(exc).strip()}", logging.WARNING)
-            return LocalState(**_local_base(g, kind), sysid=_controldata(g).sysid, running=True)
+            control = _controldata(g)
+            # In archive recovery (standby mode), it becomes writable only if governor promotes it.
+            g.mem.recovering_standby = control.state == "in archive recovery"
+            return LocalState(**_local_base(g, kind), sysid=control.sysid, running=True)
+    g.mem.recovering_standby = False
     g.server_state = None
     g.server.close()
     g.once("pg", "PostgreSQL is not running")
@@ -161,9 +166,14 @@ def race_facts(g: NodeHost, cluster: Cluster, sysid: Optional[str]) -> dict:
     others = {m.name: m.api_url for m in cluster.members if m.name != g.name and m.api_url}
     servers = other_servers(g, cluster)
     peers, answers = g.peers.ask_all(others, list(servers), g.pg, sysid or "", g.config.restapi.cafile)
-    said = list(zip(servers.values(), answers))
-    return dict(peers=peers, writable_elsewhere=tuple(label for label, answer in said if answer is True),
-                unknown_elsewhere=tuple(label for label, answer in said if answer is None))
+    # A server that cannot say (still starting up) whose own governor answers that it is a standby
+    # in recovery: only that governor could promote it, and it holds no lock. Without this, a
+    # replica waiting for WAL from the leader that died kept every other member from promoting.
+    standby = {parse_conn_url(m.conn_url) for m in cluster.members
+               if m.conn_url and getattr(peers.get(m.name), "recovering_standby", False) is True}
+    said = [(label, answer, address in standby) for (address, label), answer in zip(servers.items(), answers)]
+    return dict(peers=peers, writable_elsewhere=tuple(label for label, answer, _ in said if answer is True),
+                unknown_elsewhere=tuple(label for label, answer, standby in said if answer is None and not standby))
 
 
 def remember_leader(g: NodeHost, cluster: Cluster) -> None:

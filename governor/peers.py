@@ -51,7 +51,8 @@ def member_from_status(data: object, name: str) -> Optional[Member]:
     return Member(name=name, role=role if isinstance(role, str) else "unknown",
                   state="running" if data.get("running") is True else state if isinstance(state, str) else "unknown",
                   lsn=position("lsn"), timeline=position("timeline"), tags=tags if isinstance(tags, dict) else {},
-                  pre_promote_refused=data.get("pre_promote_refused") is True)
+                  pre_promote_refused=data.get("pre_promote_refused") is True,
+                  recovering_standby=data.get("recovering_standby") is True)
 
 
 # ------------------------------------------------------------------ failsafe: the leader's round

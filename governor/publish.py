@@ -105,6 +105,7 @@ def publish_status(g: NodeHost, local: LocalState, decision: Decision) -> None:
         started_at=st.started_at if st else None,
         api_url=g.config.restapi.api_url, conn_url=g.pg.conn_url, failsafe=failsafe_state(g),
         pre_promote_refused=member["pre_promote_refused"], scheduled_restart=member["scheduled_restart"],
+        recovering_standby=bool(local.running and not local.role and g.mem.recovering_standby),
         archiver=g.archiver))
 
 

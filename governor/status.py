@@ -82,6 +82,7 @@ class NodeStatus:
     conn_url: Optional[str] = None
     failsafe: Optional[str] = None      # "primary on its members' promises" / "vouched for NAME" (failsafe)
     pre_promote_refused: bool = False   # the pre_promote callback refused a promotion less than ttl ago
+    recovering_standby: bool = False    # PostgreSQL runs in standby mode but does not answer yet
     scheduled_restart: Optional[float] = None  # an operator's scheduled restart (Unix time)
     archiver: Optional[Archiver] = None  # when archive_mode is on (or always)
 
@@ -154,6 +155,7 @@ class NodeStatus:
             "api_url": self.api_url,
             "failsafe": self.failsafe,
             "pre_promote_refused": self.pre_promote_refused,
+            "recovering_standby": self.recovering_standby,
             "scheduled_restart": self.scheduled_restart,
             "archiver": self.archiver.as_dict() if self.archiver else None,
             "standby_cluster": standby.public(self.cluster),

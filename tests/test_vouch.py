@@ -127,7 +127,7 @@ def test_a_member_asked_while_its_loop_reads_postgresql_answers_from_what_it_kne
         return known
 
     member.controller = SimpleNamespace(is_running=lambda: True)
-    member.server = SimpleNamespace(state=state)
+    member.server = SimpleNamespace(state=state, refuses_new_connections=lambda: None)
     monkeypatch.setattr(observe.datadir, "classify", lambda _d: observe.datadir.POSTGRES)
     local = observe.observe_local(member)
     assert local.role == "replica" and answers == [200]
