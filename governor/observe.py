@@ -205,17 +205,19 @@ def other_servers(g: NodeHost, cluster: Cluster) -> Dict[Tuple[str, int], str]:
     return found
 
 
-def settled(g: NodeHost) -> bool:
-    """Whether a PostgreSQL that was just started, promoted or re-pointed has arrived: running,
-    answering, and a primary or streaming from the upstream it was just pointed at (right after
-    a re-point the WAL receiver of the old upstream may still show). A cheap local look, no etcd."""
+def settled(g: NodeHost) -> Optional[ServerState]:
+    """A PostgreSQL that was just started, promoted or re-pointed as it is once it has arrived:
+    running, answering, and a primary or streaming from the upstream it was just pointed at (right
+    after a re-point the WAL receiver of the old upstream may still show); None before. A cheap
+    local look, no etcd."""
     try:
         if not g.controller.is_running():
-            return False
+            return None
         st = g.server.state()
     except (psycopg2.Error, OSError):
-        return False
+        return None
     if st.role == "primary":
-        return True
+        return st
     target = g.mem.conf_target
-    return bool(st.receiving_from) and (not target or st.receiving_from == f"{target[0]}:{target[1]}")
+    arrived = bool(st.receiving_from) and (not target or st.receiving_from == f"{target[0]}:{target[1]}")
+    return st if arrived else None

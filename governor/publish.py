@@ -3,6 +3,7 @@ API, the exporter and systemd's status line are answered from."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Optional
 
 import psycopg2
@@ -11,12 +12,20 @@ from governor import __version__, bindir, clock, upgrade_probe, vouch
 from governor.dcs import DCSError
 from governor.ha import Decision, LocalState
 from governor.postgres import datadir
+from governor.postgres.server import ServerState
 from governor.status import NodeStatus, ReplicaLag
 
 if TYPE_CHECKING:
     from governor.ports import NodeHost
 
 log = logging.getLogger("governor")
+
+
+def arrived(g: NodeHost, st: ServerState) -> None:
+    """A PostgreSQL that was just started or re-pointed streams (or runs as primary): the status
+    board says so at once, before the pass that follows publishes everything else."""
+    g.board.set(replace(g.board.get(), running=True, role=st.role, streaming=bool(st.receiving_from),
+                        upstream=st.receiving_from, timeline=st.timeline, lsn=st.lsn, replay_lsn=st.replay_lsn))
 
 
 def member_data(g: NodeHost, local: LocalState) -> dict:

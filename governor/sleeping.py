@@ -6,14 +6,14 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Optional
 
-from governor import clock
+from governor import clock, publish
 from governor.observe import settled
 
 if TYPE_CHECKING:
     from governor.ports import NodeHost
 
 MAX_SLEEP = 300.0      # no sleep of the loop lasts longer, whatever a setting says
-SETTLE_POLL = 0.1      # how often a PostgreSQL that was just (re)started is looked at until it streams
+SETTLE_POLL = 0.05     # how often a PostgreSQL that was just (re)started is looked at until it streams
 SETTLE_MAX = 60.0      # ... and for how long at most
 SYNC_POLL = 1.0        # how often a leader looks at the synchronous standbys its commits wait for
 
@@ -45,7 +45,7 @@ def start_watching(g: NodeHost) -> None:
 
 def poll_interval(g: NodeHost) -> Optional[float]:
     """How often to look at the local PostgreSQL while sleeping; None: not at all.
-    Just started, promoted or re-pointed: every 0.1 s until it streams, so /status and the
+    Just started, promoted or re-pointed: every 0.05 s until it streams, so /status and the
     member key say so at once. A leader whose commits wait for standbys: every second, so a
     lost synchronous standby is replaced within about a second, not at the next loop."""
     if g.mem.settling_since is not None:
@@ -58,7 +58,10 @@ def poll_interval(g: NodeHost) -> Optional[float]:
 def local_change(g: NodeHost) -> bool:
     """Whether what poll_interval() watches has changed: the next pass runs at once."""
     if g.mem.settling_since is not None:
-        if settled(g) or clock.monotonic() - g.mem.settling_since > SETTLE_MAX:
+        arrived = settled(g)
+        if arrived is not None:
+            publish.arrived(g, arrived)    # /status says so now; the pass that follows says the rest
+        if arrived is not None or clock.monotonic() - g.mem.settling_since > SETTLE_MAX:
             g.mem.settling_since = None
             return True
         return False
