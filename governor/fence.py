@@ -39,8 +39,10 @@ class LeaderMarker:
     def __init__(self, directory: str, data_dir: str):
         self.path = os.path.join(directory, LEADER_MARKER)
         self.present = os.path.exists(self.path)
-        if self.present and os.path.exists(os.path.join(data_dir, "standby.signal")):
-            # Left by a governor that led before: this one starts from a standby, under no lock.
+        if self.present and os.path.exists(os.path.join(data_dir, "standby.signal")) \
+                and not os.path.exists(os.path.join(data_dir, "postmaster.pid")):
+            # Left by a governor that led before: this one starts from a stopped standby, under no
+            # lock. (A running one might be promoting still, if the fence after that governor failed.)
             self(None)
 
     def __call__(self, deadline: Optional[float]) -> None:

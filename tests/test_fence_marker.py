@@ -28,11 +28,19 @@ def test_the_marker_follows_the_lock_fence(tmp_path, monkeypatch):
     assert not os.path.exists(os.path.join(run, LEADER_MARKER)) and lockless_standby(data)
 
 
-def test_a_stale_marker_goes_when_this_governor_starts_from_a_standby(tmp_path):
+def test_a_stale_marker_goes_when_this_governor_starts_from_a_stopped_standby(tmp_path):
     run, data = dirs(tmp_path, standby=True)
     open(os.path.join(run, LEADER_MARKER), "w").close()
     LeaderMarker(run, data)
     assert not os.path.exists(os.path.join(run, LEADER_MARKER))
+
+
+def test_a_stale_marker_stays_while_a_standby_runs_that_may_be_promoting_still(tmp_path):
+    run, data = dirs(tmp_path, standby=True)
+    open(os.path.join(run, LEADER_MARKER), "w").close()
+    open(os.path.join(data, "postmaster.pid"), "w").close()
+    LeaderMarker(run, data)
+    assert os.path.exists(os.path.join(run, LEADER_MARKER))
 
 
 def test_a_stale_marker_stays_beside_a_former_primarys_data(tmp_path):
