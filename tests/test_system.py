@@ -69,6 +69,13 @@ def postmaster_running(m) -> bool:
     return m.run("pgrep", "-u", "postgres", "-x", "postgres", check=False).returncode == 0
 
 
+def leading(m) -> bool:
+    """governor leads and its PostgreSQL runs as the primary (a governor that has just started may
+    run it as a standby first, under no lock: the fence then leaves it running, as it should)."""
+    return postmaster_running(m) and 'Status: "primary, leader of' in m.run("systemctl", "status", "governor",
+                                                                            check=False).stdout
+
+
 def test_governor_runs_as_a_systemd_service(machine):
     m = machine
     m.run("systemctl", "start", "governor")     # Type=notify: returns once READY=1 arrived
@@ -121,7 +128,7 @@ def test_watchdog_kills_a_hung_governor_and_the_fence_stops_postgres(machine):
     m = machine
     if m.run("systemctl", "is-active", "governor", check=False).stdout.strip() != "active":
         m.run("systemctl", "start", "governor")
-    wait_until(lambda: postmaster_running(m), 30, "PostgreSQL to run")
+    wait_until(lambda: leading(m), 30, "governor to lead")
     pid = m.run("systemctl", "show", "-p", "MainPID", "--value", "governor").stdout.strip()
     frozen = time.monotonic()
     m.run("kill", "-STOP", pid)
@@ -141,13 +148,13 @@ def test_watchdog_kills_a_hung_governor_and_the_fence_stops_postgres(machine):
 
 
 def test_a_killed_governor_is_fenced_by_systemd_at_once(machine):
-    """SIGKILL of governor's main PID under systemd (there governor is one process, and systemd
+    """SIGKILL of the leading governor's main PID under systemd (there governor is one process, and systemd
     keeps it and the postmaster apart): the ExecStopPost fence stops PostgreSQL at once, and
     Restart=on-failure brings both back."""
     m = machine
     if m.run("systemctl", "is-active", "governor", check=False).stdout.strip() != "active":
         m.run("systemctl", "start", "governor")
-    wait_until(lambda: postmaster_running(m), 30, "PostgreSQL to run")
+    wait_until(lambda: leading(m), 30, "governor to lead")
     pid = m.run("systemctl", "show", "-p", "MainPID", "--value", "governor").stdout.strip()
     killed = time.monotonic()
     m.run("kill", "-KILL", pid)
