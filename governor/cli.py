@@ -32,7 +32,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file", help="write the log to this file instead of standard error")
     p.add_argument("--fence", action="store_true",
                    help="for systemd's ExecStopPost: if $SERVICE_RESULT is not 'success' (watchdog "
-                        "timeout, crash), stop the local PostgreSQL immediately, then exit")
+                        "timeout, crash), stop the local PostgreSQL immediately, then exit; a standby of a "
+                        "member that held no leader lock is left running")
     p.add_argument("--no-supervisor", action="store_true",
                    help="outside systemd, governor runs as two processes: the HA loop and a small parent that "
                         "stops PostgreSQL if the loop freezes or dies while it holds the leader lock; this "
