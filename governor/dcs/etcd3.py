@@ -49,6 +49,12 @@ GATEWAY_PREFIXES = ("/v3", "/v3beta", "/v3alpha")
 WRITE_PATHS = ("/kv/txn", "/kv/put", "/kv/deleterange")
 
 
+# Gateway answers of an etcd going away or overloaded, tried again within the budget like no answer:
+# 408 gRPC Canceled ("the client connection is closing": a request in flight while etcd shuts
+# down), 429 ResourceExhausted ("too many requests"), 503 Unavailable (no leader, raft timeout).
+GOING_AWAY = (408, 429, 503)
+
+
 class Unreachable(Exception):
     """This endpoint did not answer (try the next one)."""
 
@@ -120,7 +126,7 @@ class Etcd3(Leases, KeyStore):
             raise Unreachable(f"HTTP {status}")
         if status >= 400 or "error" in data and "result" not in data:
             message = data.get("message") or data.get("error") or f"HTTP {status}"
-            if status == 503 or "no leader" in str(message):
+            if status in GOING_AWAY or "no leader" in str(message):
                 raise Unreachable(str(message))
             raise Refused(str(message))
         self.clusters.record(endpoint, data)     # raises Split (a DCSError) while the endpoints disagree
