@@ -1,21 +1,30 @@
 #!/usr/bin/env python3
-"""Fleet benchmark (issue 38): N governor clusters of 3 members each, real governor daemons and
-real PostgreSQL, on one etcd. Reports what each cluster costs etcd and the host while idle, the
-leaders' lock renewal latency, one cluster's crash failover while the others idle, and an etcd
-restart: every member reconnects, no false failover, how long until every cluster has a writable
-leader again, the peak request rate meanwhile.
+"""Fleet benchmark (issue 38): N governor clusters of 3 members each on one etcd. Reports what
+each cluster costs etcd and the host while idle, the leaders' lock renewal latency, one cluster's
+crash failover while the others idle, and an etcd restart: every member reconnects, no false
+failover, how long until every cluster has a writable leader again, the peak request rate meanwhile.
+
+Two kinds of fleet:
+  real      real governor daemons, each beside its real PostgreSQL (as far as this machine allows:
+            40 clusters are 120 postmasters)
+  --model   the real governor loop, lock fence and etcd v3 adapter (watch included) of every
+            member, its PostgreSQL the simulator's model (tests/sim/live.py), --per-process
+            clusters per process (bench/fleetworker.py): 1,000 clusters on one machine
 
   etcd requests/s   etcd's own grpc_server_handled_total (the JSON gateway is gRPC inside), idle
   puts/s            etcd_mvcc_put_total
-  CPU/cluster       user + system time of every governor process (PostgreSQL not counted) / N
-  renewal p50/p99   the leaders' governor_dcs_request_duration_seconds{operation="lease keepalive"}
-  failover          one leader SIGKILLed with its PostgreSQL: until another member of that cluster
-                    takes writes
-  etcd restart      etcd stopped for --outage seconds and started again: false failovers (leader
-                    changes in any cluster), time until every cluster is healthy, peak requests/s
+  etcd CPU, bytes   process_cpu_seconds_total, etcd_network_client_grpc_{received,sent}_bytes_total
+  watch streams     etcd_debugging_mvcc_watch_stream_total
+  CPU/cluster       user + system time of the governor processes (PostgreSQL not counted) / N
+  renewal p50/p99   the leaders' lease keepalives: the exporter's buckets (real), every one (model)
+  failover          one leader's host crashes: until another member of that cluster takes writes
+  etcd restart      etcd stopped for --outage seconds and started again, then watched for 2 ttl +
+                    10 s: leader changes (false failovers), time until every cluster is healthy,
+                    peak requests/s
 
-Usage (as root): bench/fleet.py [--clusters 10] [--idle 60] [--outage 5] [--output FILE]
-Profile: the defaults (ttl 30, loop_wait 10, retry_timeout 10). Writes bench/results/fleet-<time>.json.
+Usage (as root): bench/fleet.py [--clusters 10] [--model [--per-process 125]] [--idle 60]
+                 [--outage 5] [--output FILE]
+Profile: the defaults (ttl 30, loop_wait 10, retry_timeout 10). Writes bench/results/fleet-*.json.
 """
 from __future__ import annotations
 
@@ -24,10 +33,12 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -38,51 +49,37 @@ PROFILE = {"loop_wait": 10, "retry_timeout": 10, "etcd": {"ttl": 30},
 NAMES = ("node1", "node2", "node3")
 
 
-def etcd_metrics(etcd: harness.Etcd) -> Dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{etcd.port}/metrics", timeout=5) as resp:
+def etcd_metrics(port: int) -> Dict[str, float]:
+    """etcd's own counters: requests served (the JSON gateway is gRPC inside), puts, open watch
+    streams, its CPU seconds, client bytes."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    out = {"requests": 0.0, "puts": 0.0}
+    out = {"requests": 0.0, "puts": 0.0, "watch_streams": 0.0, "cpu_s": 0.0, "bytes_in": 0.0, "bytes_out": 0.0}
+    names = {"etcd_mvcc_put_total": "puts", "etcd_debugging_mvcc_watch_stream_total": "watch_streams",
+             "process_cpu_seconds_total": "cpu_s", "etcd_network_client_grpc_received_bytes_total": "bytes_in",
+             "etcd_network_client_grpc_sent_bytes_total": "bytes_out"}
     for line in text.splitlines():
         if line.startswith("grpc_server_handled_total{"):
             out["requests"] += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("etcd_mvcc_put_total "):
-            out["puts"] = float(line.rsplit(" ", 1)[1])
+        elif line.split(" ", 1)[0] in names:
+            out[names[line.split(" ", 1)[0]]] = float(line.rsplit(" ", 1)[1])
     return out
 
 
-def governor_cpu(clusters: List[harness.TestCluster]) -> float:
-    """Seconds of CPU used so far by every governor process (parents and loops)."""
+def cpu_seconds(pids: Iterable[int]) -> float:
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    for c in clusters:
-        for n in c.nodes.values():
-            if not n.proc or n.proc.poll() is not None:
-                continue
-            for pid in [n.proc.pid] + harness.child_pids(n.proc.pid):
-                try:
-                    with open(f"/proc/{pid}/stat") as fh:
-                        fields = fh.read().rsplit(")", 1)[1].split()
-                    if "governor" in harness.cmdline(pid):
-                        total += (int(fields[11]) + int(fields[12])) / ticks
-                except OSError:
-                    continue
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
     return total
 
 
-def keepalive_buckets(node: harness.Node) -> Dict[float, float]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=3) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return {}
-    found = {}
-    for m in re.finditer(r'governor_dcs_request_duration_seconds_bucket\{le="([^"]+)",operation="lease keepalive"\} '
-                         r'(\S+)', text):
-        found[float(m.group(1))] = float(m.group(2))
-    return found
-
-
-def quantile(buckets: Dict[float, float], q: float) -> Optional[float]:
+def bucket_quantile(buckets: Dict[float, float], q: float) -> Optional[float]:
     """The upper bound of the bucket holding quantile q (Prometheus buckets are cumulative)."""
     if not buckets or not buckets.get(float("inf")):
         return None
@@ -93,99 +90,295 @@ def quantile(buckets: Dict[float, float], q: float) -> Optional[float]:
     return None
 
 
-def healthy(c: harness.TestCluster) -> bool:
-    try:
-        name = c.leader_name()
-    except OSError:
-        return False
-    node = c.nodes.get(name or "")
-    return node is not None and harness.PrimaryWatch.writable(node)
+def sample_quantile(samples: List[float], q: float) -> Optional[float]:
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
+
+
+class RealFleet:
+    """Real governor daemons, each with its real PostgreSQL (tests/harness.py)."""
+    kind = "real PostgreSQL"
+
+    def __init__(self, etcd: harness.Etcd, base: str, count: int):
+        self.etcd, self.base = etcd, base
+        self.clusters = [harness.TestCluster(etcd, base, "", f"fleet{i}-{os.getpid()}") for i in range(count)]
+        self.scopes = [c.scope for c in self.clusters]
+        self.crashed: Optional[harness.Node] = None
+
+    def start(self) -> None:
+        src = harness.make_source_copy(self.base)
+        for c in self.clusters:
+            c.src_dir = src
+            c.add(NAMES[0], extra=PROFILE)
+        for c in self.clusters:
+            c.wait_for_primary(300)
+            for name in NAMES[1:]:
+                c.add(name, extra=PROFILE)
+        for c in self.clusters:
+            c.wait_for_streaming(list(NAMES[1:]), 600)
+
+    def leaders(self) -> Dict[str, Optional[str]]:
+        """Each cluster's lock holder when its server takes writes, else None."""
+        out: Dict[str, Optional[str]] = {}
+        for c in self.clusters:
+            try:
+                name = c.leader_name()
+            except OSError:
+                name = None
+            node = c.nodes.get(name or "")
+            out[c.scope] = name if node is not None and harness.PrimaryWatch.writable(node) else None
+        return out
+
+    def cpu(self) -> float:
+        pids = []
+        for c in self.clusters:
+            for n in c.nodes.values():
+                if n.proc and n.proc.poll() is None:
+                    pids += [pid for pid in [n.proc.pid] + harness.child_pids(n.proc.pid)
+                             if "governor" in harness.cmdline(pid)]
+        return cpu_seconds(pids)
+
+    def reset_renewals(self) -> None:
+        self._before = self._buckets()
+
+    def _buckets(self) -> Dict[float, float]:
+        merged: Dict[float, float] = {}
+        for c in self.clusters:
+            for n in c.nodes.values():
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{n.metrics_port}/metrics", timeout=3) as resp:
+                        text = resp.read().decode()
+                except OSError:
+                    continue
+                for m in re.finditer(r'governor_dcs_request_duration_seconds_bucket\{le="([^"]+)",'
+                                     r'operation="lease keepalive"\} (\S+)', text):
+                    merged[float(m.group(1))] = merged.get(float(m.group(1)), 0.0) + float(m.group(2))
+        return merged
+
+    def renewals(self) -> Tuple[Optional[float], Optional[float], str]:
+        now = self._buckets()
+        delta = {b: now[b] - self._before.get(b, 0.0) for b in now}
+        return bucket_quantile(delta, 0.5), bucket_quantile(delta, 0.99), "upper bound of the exporter's bucket"
+
+    def crash(self, scope: str, leader: str) -> None:
+        c = self.clusters[self.scopes.index(scope)]
+        self.crashed = c.nodes[leader]
+        self.crashed.crash()
+
+    def after_failover(self) -> None:
+        if self.crashed is not None:
+            self.crashed.start()
+            self.clusters[0].wait_for_streaming([self.crashed.name], 120)
+
+    def promotions(self) -> Optional[int]:
+        return None
+
+    def violations(self) -> List[str]:
+        return []
+
+    def teardown(self) -> None:
+        for c in self.clusters:
+            c.teardown()
+
+
+class ModelFleet:
+    """Real governor loops and etcd adapters whose PostgreSQL is the simulator's model, many
+    members per process (bench/fleetworker.py)."""
+    kind = "PostgreSQL model"
+
+    def __init__(self, etcd: harness.Etcd, base: str, count: int, per_process: int):
+        self.scopes = [f"fm{os.getpid()}x{i}" for i in range(count)]
+        self.per_process, self.base = per_process, base
+        self.workers: List[subprocess.Popen] = []
+        self.latest: Dict[int, dict] = {}
+        self.samples: List[float] = []
+        self.errors = 0
+        self.guard = threading.Lock()
+        ramp = max(5.0, 0.05 * count)
+        for w, first in enumerate(range(0, count, per_process)):
+            proc = subprocess.Popen(
+                [sys.executable, os.path.join(harness.REPO, "bench", "fleetworker.py"), "--etcd", etcd.endpoint,
+                 "--prefix", f"fm{os.getpid()}x", "--first", str(first), "--count",
+                 str(min(per_process, count - first)), "--ramp", str(ramp),
+                 "--ttl", str(PROFILE["etcd"]["ttl"]), "--loop-wait", str(PROFILE["loop_wait"]),
+                 "--retry-timeout", str(PROFILE["retry_timeout"])],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True,
+                stderr=open(os.path.join(base, f"fleetworker-{w}.log"), "w"))
+            harness._processes.append(proc)
+            self.workers.append(proc)
+            threading.Thread(target=self._read, args=(w, proc), daemon=True).start()
+
+    def _read(self, w: int, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            try:
+                report = json.loads(line)
+            except ValueError:
+                continue
+            with self.guard:
+                self.latest[w] = report
+                self.samples += report["keepalive"]
+                self.errors += len(report["errors"])
+
+    def start(self) -> None:
+        harness.wait_until(lambda: all(self.leaders().get(s) for s in self.scopes), 600, "every model cluster to lead")
+
+    def leaders(self) -> Dict[str, Optional[str]]:
+        dead = [p.args[-1] for p in self.workers if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"a fleet worker exited: {dead}")
+        out: Dict[str, Optional[str]] = {}
+        with self.guard:
+            for report in self.latest.values():
+                for scope, holder in report["holders"].items():
+                    out[scope] = holder if holder and report["writable"][scope] == [holder] else None
+        return out
+
+    def cpu(self) -> float:
+        return cpu_seconds(p.pid for p in self.workers)
+
+    def reset_renewals(self) -> None:
+        with self.guard:
+            self.samples = []
+
+    def renewals(self) -> Tuple[Optional[float], Optional[float], str]:
+        with self.guard:
+            samples = self.samples[:]
+        return sample_quantile(samples, 0.5), sample_quantile(samples, 0.99), f"exact, {len(samples)} renewals"
+
+    def crash(self, scope: str, leader: str) -> None:
+        proc = self.workers[self.scopes.index(scope) // self.per_process]
+        proc.stdin.write(f"crash {scope}\n")
+        proc.stdin.flush()
+
+    def after_failover(self) -> None:
+        pass
+
+    def promotions(self) -> Optional[int]:
+        with self.guard:
+            return sum(n for r in self.latest.values() for n in r["promotions"].values())
+
+    def violations(self) -> List[str]:
+        with self.guard:
+            return [v for r in self.latest.values() for v in r["violations"]]
+
+    def teardown(self) -> None:
+        for proc in self.workers:
+            try:
+                proc.stdin.write("quit\n")
+                proc.stdin.flush()
+            except OSError:
+                pass
+        for proc in self.workers:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        kept = f"/tmp/governor-fleet-logs-{os.getpid()}"
+        shutil.copytree(self.base, kept, ignore=shutil.ignore_patterns("etcd"), dirs_exist_ok=True)
+        print(f"the workers' logs (their warnings and errors) are kept in {kept}")
+
+
+def healthy_count(fleet) -> int:
+    return sum(1 for name in fleet.leaders().values() if name)
+
+
+def run(fleet, etcd: harness.Etcd, args: argparse.Namespace, result: dict) -> None:
+    n = len(fleet.scopes)
+    began = time.monotonic()
+    fleet.start()
+    result["bootstrap_s"] = round(time.monotonic() - began, 1)
+    print(f"{n} clusters ({fleet.kind}) lead after {result['bootstrap_s']}s", flush=True)
+    time.sleep(15)
+    m0, cpu0, t0 = etcd_metrics(etcd.port), fleet.cpu(), time.monotonic()
+    fleet.reset_renewals()
+    time.sleep(args.idle)
+    m1, cpu1, t1 = etcd_metrics(etcd.port), fleet.cpu(), time.monotonic()
+    span = t1 - t0
+    p50, p99, how = fleet.renewals()
+    result["idle"] = {
+        "seconds": round(span, 1),
+        "etcd_requests_per_s": round((m1["requests"] - m0["requests"]) / span, 1),
+        "etcd_requests_per_s_per_cluster": round((m1["requests"] - m0["requests"]) / span / n, 3),
+        "etcd_puts_per_s": round((m1["puts"] - m0["puts"]) / span, 2),
+        "etcd_cpu_percent": round(100 * (m1["cpu_s"] - m0["cpu_s"]) / span, 2),
+        "etcd_bytes_per_s_per_cluster": round((m1["bytes_in"] + m1["bytes_out"] - m0["bytes_in"] - m0["bytes_out"])
+                                              / span / n),
+        "etcd_watch_streams": m1["watch_streams"],
+        "governor_cpu_percent_per_cluster": round(100 * (cpu1 - cpu0) / span / n, 3),
+        "renewal_p50_s": p50, "renewal_p99_s": p99, "renewal_measure": how}
+    print(json.dumps(result["idle"]), flush=True)
+
+    # One cluster's leader host crashes while the others idle.
+    victim = fleet.scopes[0]
+    old = fleet.leaders()[victim]
+    promotions0 = fleet.promotions()
+    crashed = time.monotonic()
+    fleet.crash(victim, old)
+    harness.wait_until(lambda: fleet.leaders().get(victim) not in (None, old), 180, "the crashed cluster's failover")
+    result["failover_s"] = round(time.monotonic() - crashed, 2)
+    print(f"failover of one cluster under fleet load: {result['failover_s']}s", flush=True)
+    fleet.after_failover()
+    harness.wait_until(lambda: healthy_count(fleet) == n, 120, "every cluster to lead after the failover")
+
+    # etcd restarts: nobody may fail over; every cluster healthy again.
+    leaders = fleet.leaders()
+    promotions1 = fleet.promotions()
+    stopped = time.monotonic()
+    etcd.stop()
+    time.sleep(args.outage)
+    etcd.restart()
+    restarted = time.monotonic()
+    # Watched for two ttl and more: a lock that was not renewed expires within one ttl.
+    peak, last, healthy_after, lowest = 0.0, etcd_metrics(etcd.port)["requests"], None, n
+    watch = 2 * PROFILE["etcd"]["ttl"] + 10
+    while time.monotonic() - restarted < watch or (healthy_after is None and time.monotonic() - restarted < 300):
+        time.sleep(1)
+        now = etcd_metrics(etcd.port)["requests"]
+        peak, last = max(peak, now - last), now
+        count = healthy_count(fleet)
+        lowest = min(lowest, count)
+        if count == n and healthy_after is None:
+            healthy_after = round(time.monotonic() - restarted, 1)
+    after = fleet.leaders()
+    changed = [s for s in fleet.scopes if after.get(s) != leaders.get(s)]
+    result["etcd_restart"] = {"outage_s": round(restarted - stopped, 1), "all_healthy_after_s": healthy_after,
+                              "fewest_healthy_clusters": lowest, "leader_changes": len(changed),
+                              "peak_requests_per_s": peak}
+    if promotions1 is not None:
+        result["etcd_restart"]["promotions"] = fleet.promotions() - promotions1
+        result["failover_promotions"] = promotions1 - promotions0
+        result["violations"] = fleet.violations()
+    print(json.dumps(result["etcd_restart"]), flush=True)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clusters", type=int, default=10)
+    p.add_argument("--model", action="store_true", help="members' PostgreSQL is the simulator's model")
+    p.add_argument("--per-process", type=int, default=125, help="--model: clusters per process")
     p.add_argument("--idle", type=float, default=60)
     p.add_argument("--outage", type=float, default=5)
     p.add_argument("--output")
     args = p.parse_args()
     harness.become_subreaper()
     base = harness.new_base_dir()
-    result: dict = {"clusters": args.clusters, "members": 3 * args.clusters, "profile": PROFILE}
-    clusters: List[harness.TestCluster] = []
+    result: dict = {"clusters": args.clusters, "members": 3 * args.clusters, "profile": PROFILE,
+                    "postgresql": "model" if args.model else "real", "cores": os.cpu_count()}
+    fleet = None
     try:
         etcd = harness.Etcd(base).start()
-        src = harness.make_source_copy(base)
-        began = time.monotonic()
-        for i in range(args.clusters):
-            c = harness.TestCluster(etcd, base, src, f"fleet{i}-{os.getpid()}")
-            clusters.append(c)
-            c.add(NAMES[0], extra=PROFILE)
-        for c in clusters:
-            c.wait_for_primary(300)
-            for name in NAMES[1:]:
-                c.add(name, extra=PROFILE)
-        for c in clusters:
-            c.wait_for_streaming(list(NAMES[1:]), 600)
-        result["bootstrap_s"] = round(time.monotonic() - began, 1)
-        print(f"{args.clusters} clusters streaming after {result['bootstrap_s']}s", flush=True)
-        time.sleep(15)
-        m0, cpu0, t0 = etcd_metrics(etcd), governor_cpu(clusters), time.monotonic()
-        time.sleep(args.idle)
-        m1, cpu1, t1 = etcd_metrics(etcd), governor_cpu(clusters), time.monotonic()
-        span = t1 - t0
-        result["idle"] = {
-            "etcd_requests_per_s": round((m1["requests"] - m0["requests"]) / span, 1),
-            "etcd_requests_per_s_per_cluster": round((m1["requests"] - m0["requests"]) / span / args.clusters, 2),
-            "etcd_puts_per_s": round((m1["puts"] - m0["puts"]) / span, 2),
-            "governor_cpu_percent_per_cluster": round(100 * (cpu1 - cpu0) / span / args.clusters, 3)}
-        merged: Dict[float, float] = {}
-        for c in clusters:
-            for bound, count in keepalive_buckets(c.nodes[c.leader_name()]).items():
-                merged[bound] = merged.get(bound, 0.0) + count
-        result["renewal_p50_s"], result["renewal_p99_s"] = quantile(merged, 0.5), quantile(merged, 0.99)
-        print(json.dumps(result["idle"]),
-              f"renewal p50 <= {result['renewal_p50_s']}s p99 <= {result['renewal_p99_s']}s", flush=True)
-
-        # One cluster's leader host crashes while the others idle.
-        victim = clusters[0]
-        old = victim.nodes[victim.leader_name()]
-        crashed = time.monotonic()
-        old.crash()
-        harness.wait_until(lambda: victim.leader_name() not in (None, old.name) and healthy(victim), 120,
-                           "the crashed cluster's failover")
-        result["failover_s"] = round(time.monotonic() - crashed, 2)
-        print(f"failover of one cluster under fleet load: {result['failover_s']}s", flush=True)
-        old.start()
-        victim.wait_for_streaming([old.name], 120)
-
-        # etcd restarts: nobody may fail over; every cluster healthy again.
-        leaders = {c.scope: c.leader_name() for c in clusters}
-        stopped = time.monotonic()
-        etcd.stop()
-        time.sleep(args.outage)
-        etcd.restart()
-        restarted = time.monotonic()
-        peak, last = 0.0, etcd_metrics(etcd)["requests"]
-        pending = set(range(len(clusters)))
-        while pending and time.monotonic() - restarted < 300:
-            time.sleep(1)
-            now = etcd_metrics(etcd)["requests"]
-            peak, last = max(peak, now - last), now
-            pending = {i for i in pending if not healthy(clusters[i])}
-        changed = [c.scope for c in clusters if c.leader_name() != leaders[c.scope]]
-        result["etcd_restart"] = {"outage_s": round(restarted - stopped, 1),
-                                  "all_healthy_after_s":
-                                      round(time.monotonic() - restarted, 1) if not pending else None,
-                                  "false_failovers": len(changed), "peak_requests_per_s": peak}
-        print(json.dumps(result["etcd_restart"]), flush=True)
+        fleet = ModelFleet(etcd, base, args.clusters, args.per_process) if args.model else \
+            RealFleet(etcd, base, args.clusters)
+        run(fleet, etcd, args, result)
     finally:
-        for c in clusters:
-            c.teardown()
+        if fleet is not None:
+            fleet.teardown()
         harness.stop_all_processes()
         shutil.rmtree(base, ignore_errors=True)
     out = args.output or os.path.join(harness.REPO, "bench", "results",
-                                      f"fleet-{time.strftime('%Y%m%d-%H%M%S')}.json")
+                                      f"fleet-{'model-' if args.model else ''}{time.strftime('%Y%m%d-%H%M%S')}.json")
     with open(out, "w") as fh:
         json.dump({"date": time.strftime("%Y-%m-%d"), **result}, fh, indent=1)
     print(f"written to {out}")

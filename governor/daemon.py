@@ -359,6 +359,13 @@ class Governor:
                 self.api.stop()
                 return 1
         self.guarded("member name check", uniquename.wait_for_unique_name, self)
+        self.loop()
+        self.guarded("shutdown", shutdown.shutdown, self)
+        return 0
+
+    def loop(self) -> None:
+        """Pass, sleep, pass... until a stop is asked (the fleet benchmark runs this loop for
+        members whose PostgreSQL is the simulator's model, tests/sim/live.py)."""
         while not self.stopping.is_set():
             started = clock.monotonic()
             self.feeder.expect_within(pass_limit(self.config.retry_timeout))
@@ -375,8 +382,6 @@ class Governor:
             delay = self.backoff.next_delay(ok, self.config.loop_wait, started)
             self.feeder.expect_within(max(delay, 0.0) + pass_limit(self.config.retry_timeout))
             self.guarded("sleep", self.sleep, delay)
-        self.guarded("shutdown", shutdown.shutdown, self)
-        return 0
 
     def notify_status(self) -> None:
         if not self.notify.ready_sent:
