@@ -79,7 +79,7 @@ class Etcd3(Leases, KeyStore):
         self._gateway: Optional[str] = None
         self._token: Optional[str] = None
         self._lease: Optional[str] = None
-        self._lease_sent = 0.0            # monotonic send time of the grant or keepalive that last extended it
+        self._lease_sent, self._lease_answered = 0.0, float("-inf")    # last grant or keepalive: sent, answered
         self._lease_ttl = 0
         self._lease_revision = 0          # etcd's revision in that keepalive's answer
         self._lease_stale = False         # granted with a ttl the configuration no longer has

@@ -16,6 +16,7 @@ class Leases:
     cfg: Any
     _lease: Optional[str]
     _lease_sent: float
+    _lease_answered: float
     _lease_ttl: int
     _lease_revision: int
     _lease_stale: bool
@@ -34,6 +35,7 @@ class Leases:
             sent = clock.monotonic()
             self._lease = self._grant(self.cfg.ttl)
             self._lease_sent, self._lease_ttl, self._lease_revision = sent, self.cfg.ttl, 0
+            self._lease_answered = clock.monotonic()
             self._lease_stale = False
         return self._lease
 
@@ -52,14 +54,19 @@ class Leases:
             return None
         revision = _int(_dict(result.get("header")).get("revision"))
         self._lease_sent, self._lease_ttl, self._lease_revision = sent, ttl, revision
+        self._lease_answered = clock.monotonic()
         # ttl changed by a reload: the next touch writes the member key on a new lease (and the
         # next renewal moves the lock there); until then lock_expires counts this one's TTL.
         self._lease_stale = ttl != self.cfg.ttl
         return revision
 
     def _recent_keepalive(self) -> Optional[int]:
-        """_keepalive, unless one succeeded in the last half second (its revision then)."""
-        if self._lease is not None and clock.monotonic() - self._lease_sent <= 0.5:
+        """_keepalive, unless one was answered in the last ttl/10 seconds (at least 0.5): its
+        revision then. The pass that read the cluster with a keepalive renews with it too. Counted
+        from the answer, not the request, so that a slow etcd is not asked twice as much the slower
+        it gets; the lock's deadline still counts from the send (shorter by at most ttl/10)."""
+        window = max(0.5, self.cfg.ttl / 10.0)
+        if self._lease is not None and clock.monotonic() - self._lease_answered <= window:
             return self._lease_revision
         return self._keepalive()
 
