@@ -71,6 +71,13 @@ _free_seen: dict = {}
 FREE_EVERY = 60.0
 
 
+def coarse(free: int) -> int:
+    """`free` rounded down to its 6 leading bits: a host's churn (WAL segments, logs) does not
+    rewrite the member key each time it is looked at; the upgrade's space check loses < 1/32."""
+    drop = max(0, free.bit_length() - 6)
+    return free >> drop << drop
+
+
 def free_beside(data_dir: str) -> Optional[int]:
     """Bytes free on the file system holding `data_dir`'s parent (where an upgrade puts a new
     cluster), looked at most once a minute (every pass publishes it); None when unknown."""
@@ -78,7 +85,7 @@ def free_beside(data_dir: str) -> Optional[int]:
     seen = _free_seen.get(data_dir)
     if seen is None or now - seen[1] >= FREE_EVERY:
         try:
-            free: Optional[int] = shutil.disk_usage(os.path.dirname(data_dir)).free
+            free: Optional[int] = coarse(shutil.disk_usage(os.path.dirname(data_dir)).free)
         except OSError:
             free = None
         _free_seen[data_dir] = seen = (free, now)
