@@ -188,7 +188,7 @@ class ModelFleet:
     members per process (bench/fleetworker.py)."""
     kind = "PostgreSQL model"
 
-    def __init__(self, etcd: harness.Etcd, base: str, count: int, per_process: int):
+    def __init__(self, etcd: harness.Etcd, base: str, count: int, per_process: int, writes: bool):
         self.scopes = [f"fm{os.getpid()}x{i}" for i in range(count)]
         self.per_process, self.base = per_process, base
         self.workers: List[subprocess.Popen] = []
@@ -203,7 +203,7 @@ class ModelFleet:
                  "--prefix", f"fm{os.getpid()}x", "--first", str(first), "--count",
                  str(min(per_process, count - first)), "--ramp", str(ramp),
                  "--ttl", str(PROFILE["etcd"]["ttl"]), "--loop-wait", str(PROFILE["loop_wait"]),
-                 "--retry-timeout", str(PROFILE["retry_timeout"])],
+                 "--retry-timeout", str(PROFILE["retry_timeout"]), *(["--writes"] if writes else [])],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True,
                 stderr=open(os.path.join(base, f"fleetworker-{w}.log"), "w"))
             harness._processes.append(proc)
@@ -327,7 +327,9 @@ def run(fleet, etcd: harness.Etcd, args: argparse.Namespace, result: dict) -> No
     promotions1 = fleet.promotions()
     stopped = time.monotonic()
     etcd.stop()
+    down = time.monotonic()
     time.sleep(args.outage)
+    starting = time.monotonic()
     etcd.restart()
     restarted = time.monotonic()
     # Watched for two ttl and more: a lock that was not renewed expires within one ttl.
@@ -343,7 +345,8 @@ def run(fleet, etcd: harness.Etcd, args: argparse.Namespace, result: dict) -> No
             healthy_after = round(time.monotonic() - restarted, 1)
     after = fleet.leaders()
     changed = [s for s in fleet.scopes if after.get(s) != leaders.get(s)]
-    result["etcd_restart"] = {"outage_s": round(restarted - stopped, 1), "all_healthy_after_s": healthy_after,
+    result["etcd_restart"] = {"outage_s": round(restarted - stopped, 1), "stop_s": round(down - stopped, 1),
+                              "start_s": round(restarted - starting, 1), "all_healthy_after_s": healthy_after,
                               "fewest_healthy_clusters": lowest, "leader_changes": len(changed),
                               "peak_requests_per_s": peak}
     if promotions1 is not None:
@@ -358,6 +361,8 @@ def main() -> int:
     p.add_argument("--clusters", type=int, default=10)
     p.add_argument("--model", action="store_true", help="members' PostgreSQL is the simulator's model")
     p.add_argument("--per-process", type=int, default=125, help="--model: clusters per process")
+    p.add_argument("--writes", action="store_true",
+                   help="--model: each primary takes a write every 0.5 s (positions move and are published)")
     p.add_argument("--idle", type=float, default=60)
     p.add_argument("--outage", type=float, default=5)
     p.add_argument("--output")
@@ -365,11 +370,12 @@ def main() -> int:
     harness.become_subreaper()
     base = harness.new_base_dir()
     result: dict = {"clusters": args.clusters, "members": 3 * args.clusters, "profile": PROFILE,
-                    "postgresql": "model" if args.model else "real", "cores": os.cpu_count()}
+                    "postgresql": "model" if args.model else "real",
+                    "writes": "a write every 0.5 s" if args.writes else "none", "cores": os.cpu_count()}
     fleet = None
     try:
         etcd = harness.Etcd(base).start()
-        fleet = ModelFleet(etcd, base, args.clusters, args.per_process) if args.model else \
+        fleet = ModelFleet(etcd, base, args.clusters, args.per_process, args.writes) if args.model else \
             RealFleet(etcd, base, args.clusters)
         run(fleet, etcd, args, result)
     finally:

@@ -34,6 +34,7 @@ def main() -> int:
     p.add_argument("--ttl", type=int, default=30)
     p.add_argument("--loop-wait", type=int, default=10)
     p.add_argument("--retry-timeout", type=int, default=10)
+    p.add_argument("--writes", action="store_true", help="each primary takes a write every 0.5 s")
     args = p.parse_args()
     threading.stack_size(512 * 1024)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(threadName)s %(message)s")
@@ -71,9 +72,9 @@ def main() -> int:
             time.sleep(args.ramp / max(1, len(clusters)))
 
     def ticker() -> None:
-        while not stop.wait(0.1):
+        while not stop.wait(0.5):
             for c in clusters[:started]:
-                c.tick()
+                c.tick(args.writes)
 
     def reporter() -> None:
         while not stop.wait(1.0):

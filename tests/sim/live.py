@@ -96,7 +96,7 @@ class LiveCluster(Replication):
         self.acked: Dict[int, bool] = {}
         self.acked_upto: Dict[str, int] = {}
         self.max_timeline = 1
-        self.write_id = 0
+        self.write_id = 1            # the first write: what initdb and the base backup hold
         self.promotions = 0
         self.violations: List[str] = []
         self.events: List[str] = []
@@ -105,7 +105,7 @@ class LiveCluster(Replication):
         self.threads: Dict[str, threading.Thread] = {}
         names = [f"m{i}" for i in range(members)]
         for i, name in enumerate(names):
-            pg = self.pgs[name] = Pg(name, standby_signal=i > 0, last_primary=i == 0,
+            pg = self.pgs[name] = Pg(name, wal=(1,), standby_signal=i > 0, last_primary=i == 0,
                                      conf_upstream=None if i == 0 else names[0])
             self.nodes[name] = Node(name, pg)
             SimController(self, pg).start(60)
@@ -166,11 +166,11 @@ class LiveCluster(Replication):
         node.g.wake.set()
         node.g.dcs.close()
 
-    def tick(self) -> None:
-        """What happens between passes: the primary takes a write, the standbys stream it."""
+    def tick(self, writes: bool) -> None:
+        """What happens between passes: the primary takes a write (if asked), the standbys stream."""
         with self.lock:
             for pg in self.pgs.values():
-                if self.accepts_writes(pg):
+                if writes and self.accepts_writes(pg):
                     self.write_id += 1
                     pg.wal = pg.wal + (self.write_id,)
             self._replicate()
