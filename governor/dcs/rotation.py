@@ -1,14 +1,19 @@
 """What both etcd adapters do around each request: try the endpoints in turn, starting with the
-one that answered last, until one answers or the time budget is spent (sleeping briefly after
-each full round), and report the call's duration and outcome to the observer (metrics)."""
+one that answered last, until one answers or the time budget is spent (pausing after each full
+round: 0.5 s, 1 s, then 2 s, each drawn between half and all of that, so that a fleet of members
+that lost etcd together neither hammers it nor comes back in step), and report the call's duration
+and outcome to the observer (metrics)."""
 from __future__ import annotations
 
+import random
 from typing import Any, Callable, List, Optional, Tuple, TypeVar
 
 from governor import clock
 from governor.dcs.errors import DCSError
 
 T = TypeVar("T")
+ROUND_PAUSES = (0.5, 1.0, 2.0)     # after the first, second, third and later rounds without an answer
+jitter = random.Random()           # the simulator seeds it (its runs repeat)
 Endpoint = Tuple[str, int]
 
 
@@ -67,5 +72,6 @@ class Rotating:
             if clock.monotonic() >= deadline:
                 break
             if attempt % len(hosts) == 0:
-                clock.sleep(min(0.5, max(0.0, deadline - clock.monotonic())))
+                pause = ROUND_PAUSES[min(attempt // len(hosts), len(ROUND_PAUSES)) - 1]
+                clock.sleep(min(pause * jitter.uniform(0.5, 1.0), max(0.0, deadline - clock.monotonic())))
         raise DCSError(f"etcd unreachable during {what}: {'; '.join(errors[-len(hosts):])}")

@@ -20,12 +20,14 @@ import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from governor.dcs.keys import Entry, wakes
+from governor.dcs.rotation import jitter
 from governor.dcs.v3json import _b64, _dict, _int, _prefix_end, _unb64_lenient
 
 log = logging.getLogger(__name__)
 
 STREAM_IDLE = 300.0     # reconnect a watch that said nothing for this long (a half-open connection)
-RECONNECT_PAUSE = 1.0   # between a broken watch and the next attempt
+RECONNECT_PAUSE = 1.0   # between a broken watch and the next attempt (doubled while it keeps breaking)
+RECONNECT_PAUSE_MAX = 8.0
 STUCK_AFTER = 2.0
 REVISION_MAX = 2**63 - 1       # a read showed a change the watch has not delivered this long after: reconnect
 
@@ -187,9 +189,11 @@ class WatchStream(threading.Thread):
             self.restart()
 
     def run(self) -> None:
+        failures = 0
         while not self.stopped.is_set():
             if not self.cache.synced.wait(1.0):
                 continue
+            began = time.monotonic()
             try:
                 self._stream()
             except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -199,7 +203,11 @@ class WatchStream(threading.Thread):
                 conn, self._conn = self._conn, None
                 if conn is not None:
                     conn.close()
-            self.stopped.wait(RECONNECT_PAUSE)
+            # A fleet's members whose watches broke together (an etcd restart) come back spread
+            # out, and a watch that keeps breaking is tried less often (1, 2, 4, up to 8 s).
+            failures = 0 if time.monotonic() - began > RECONNECT_PAUSE_MAX else failures + 1
+            pause = min(RECONNECT_PAUSE * 2 ** max(failures - 1, 0), RECONNECT_PAUSE_MAX)
+            self.stopped.wait(pause * jitter.uniform(0.5, 1.0))
 
     def _stream(self) -> None:
         start = self.cache.revision + 1

@@ -41,7 +41,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from governor import clock, ctl_standby, sleeping
 from governor.daemon import Governor
-from governor.dcs import keys
+from governor.dcs import keys, rotation
 from governor.dcs.etcd3 import Etcd3, Unreachable
 from tests.sim.etcd import EtcdModel, b64, unb64
 from tests.sim.faults import Faults
@@ -93,6 +93,7 @@ class World(Faults, Replication):
         self.timing = timing or (Timing(retry_timeout=4) if self.failsafe_mode else Timing())
         self.plan_rng = random.Random(seed)
         self.rng = random.Random(seed * 7919 + 1)
+        rotation.jitter.seed(seed)          # the etcd adapters' pauses between retries
         self.duration = duration
         self.now = 0.0
         self.log: List[str] = []
