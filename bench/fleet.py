@@ -276,7 +276,7 @@ class ModelFleet:
             except subprocess.TimeoutExpired:
                 proc.kill()
         kept = f"/tmp/governor-fleet-logs-{os.getpid()}"
-        shutil.copytree(self.base, kept, ignore=shutil.ignore_patterns("etcd"), dirs_exist_ok=True)
+        shutil.copytree(self.base, kept, ignore=shutil.ignore_patterns("data"), dirs_exist_ok=True)
         print(f"the workers' logs (their warnings and errors) are kept in {kept}")
 
 
