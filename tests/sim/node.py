@@ -127,7 +127,6 @@ class SimPeers:
 
     def vouch(self, members: Dict[str, str], leader: str, sysid: Optional[str], api: object,
               timeout: float) -> List[str]:
-        from governor import vouch
         asker = self.world.nodes[self.me]
         refused = []
         for name in members:
@@ -135,13 +134,18 @@ class SimPeers:
             if node is None:
                 refused.append(f"{name}: no answer within {timeout:g}s")
                 continue
-            # The request arrives when the asker sends it: its pass may already have spent time
-            # (etcd timeouts) that the world has not; the promise counts from then.
-            node.elapsed = asker.elapsed
-            with self.world.running(node):
-                code, body = vouch.answer(node.g, {"leader": leader, "sysid": sysid})
+            code = self._answer(asker, node, {"leader": leader, "sysid": sysid})
             if code != 200:
                 refused.append(f"{name}: answered {code}")
         if any("no answer" in r for r in refused):
             asker.elapsed += timeout          # the round waited for the silent ones
         return refused
+
+    def _answer(self, asker: Node, node: Node, body: dict) -> int:
+        """The member's real answer to POST /failsafe. The request arrives when the asker sends
+        it: its pass may already have spent time (etcd timeouts) that the world has not; the
+        promise counts from then."""
+        from governor import vouch
+        node.elapsed = asker.elapsed
+        with self.world.running(node):
+            return vouch.answer(node.g, body)[0]
