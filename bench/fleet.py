@@ -18,17 +18,22 @@ Two kinds of fleet:
   CPU/cluster       user + system time of the governor processes (PostgreSQL not counted) / N
   renewal p50/p99   the leaders' lease keepalives: the exporter's buckets (real), every one (model)
   failover          one leader's host crashes: until another member of that cluster takes writes
-  etcd restart      etcd stopped for --outage seconds and started again, then watched for 2 ttl +
-                    10 s: leader changes (false failovers), time until every cluster is healthy,
-                    peak requests/s
+  etcd restart      etcd stopped for --outage seconds and started again (--etcd-members 3: its
+                    first member, the one every governor asks first, killed), then watched for
+                    2 ttl + 10 s: leader changes (false failovers), time until every cluster is
+                    healthy, peak requests/s, the members' and etcd's CPU meanwhile; a worker
+                    that stops reporting for 3 s counts its clusters as not healthy
+  --pin             etcd on the first CPU, the members on the others: on 2 cores 3,000 members
+                    retrying starve an etcd that shares their CPU
 
-Usage (as root): bench/fleet.py [--clusters 10] [--model [--per-process 125]] [--idle 60]
-                 [--outage 5] [--output FILE]
+Usage (as root): bench/fleet.py [--clusters 10] [--model [--per-process 125] [--etcd-members 3]]
+                 [--idle 60] [--outage 5] [--pin] [--output FILE]
 Profile: the defaults (ttl 30, loop_wait 10, retry_timeout 10). Writes bench/results/fleet-*.json.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -38,32 +43,16 @@ import sys
 import threading
 import time
 import urllib.request
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.fleetetcd import FleetEtcd  # noqa: E402
 from tests import harness  # noqa: E402
 
 PROFILE = {"loop_wait": 10, "retry_timeout": 10, "etcd": {"ttl": 30},
            "postgresql": {"parameters": {"shared_buffers": "8MB", "max_connections": 20}}}
 NAMES = ("node1", "node2", "node3")
-
-
-def etcd_metrics(port: int) -> Dict[str, float]:
-    """etcd's own counters: requests served (the JSON gateway is gRPC inside), puts, open watch
-    streams, its CPU seconds, client bytes."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out = {"requests": 0.0, "puts": 0.0, "watch_streams": 0.0, "cpu_s": 0.0, "bytes_in": 0.0, "bytes_out": 0.0}
-    names = {"etcd_mvcc_put_total": "puts", "etcd_debugging_mvcc_watch_stream_total": "watch_streams",
-             "process_cpu_seconds_total": "cpu_s", "etcd_network_client_grpc_received_bytes_total": "bytes_in",
-             "etcd_network_client_grpc_sent_bytes_total": "bytes_out"}
-    for line in text.splitlines():
-        if line.startswith("grpc_server_handled_total{"):
-            out["requests"] += float(line.rsplit(" ", 1)[1])
-        elif line.split(" ", 1)[0] in names:
-            out[names[line.split(" ", 1)[0]]] = float(line.rsplit(" ", 1)[1])
-    return out
 
 
 def cpu_seconds(pids: Iterable[int]) -> float:
@@ -101,9 +90,9 @@ class RealFleet:
     """Real governor daemons, each with its real PostgreSQL (tests/harness.py)."""
     kind = "real PostgreSQL"
 
-    def __init__(self, etcd: harness.Etcd, base: str, count: int):
-        self.etcd, self.base = etcd, base
-        self.clusters = [harness.TestCluster(etcd, base, "", f"fleet{i}-{os.getpid()}") for i in range(count)]
+    def __init__(self, etcd: FleetEtcd, base: str, count: int):
+        self.etcd, self.base = etcd.harness_etcd, base
+        self.clusters = [harness.TestCluster(self.etcd, base, "", f"fleet{i}-{os.getpid()}") for i in range(count)]
         self.scopes = [c.scope for c in self.clusters]
         self.crashed: Optional[harness.Node] = None
 
@@ -188,18 +177,21 @@ class ModelFleet:
     members per process (bench/fleetworker.py)."""
     kind = "PostgreSQL model"
 
-    def __init__(self, etcd: harness.Etcd, base: str, count: int, per_process: int, writes: bool):
+    def __init__(self, etcd: FleetEtcd, base: str, count: int, per_process: int, writes: bool, nice: int = 0):
         self.scopes = [f"fm{os.getpid()}x{i}" for i in range(count)]
         self.per_process, self.base = per_process, base
         self.workers: List[subprocess.Popen] = []
         self.latest: Dict[int, dict] = {}
+        self.heard: Dict[int, float] = {}     # when each worker's last line arrived (monotonic)
+        self.longest_silence = 0.0
         self.samples: List[float] = []
         self.errors = 0
         self.guard = threading.Lock()
         ramp = max(5.0, 0.05 * count)
         for w, first in enumerate(range(0, count, per_process)):
             proc = subprocess.Popen(
-                [sys.executable, os.path.join(harness.REPO, "bench", "fleetworker.py"), "--etcd", etcd.endpoint,
+                [*(["nice", "-n", str(nice)] if nice else []),
+                 sys.executable, os.path.join(harness.REPO, "bench", "fleetworker.py"), "--etcd", etcd.endpoint,
                  "--prefix", f"fm{os.getpid()}x", "--first", str(first), "--count",
                  str(min(per_process, count - first)), "--ramp", str(ramp),
                  "--ttl", str(PROFILE["etcd"]["ttl"]), "--loop-wait", str(PROFILE["loop_wait"]),
@@ -217,7 +209,9 @@ class ModelFleet:
             except ValueError:
                 continue
             with self.guard:
-                self.latest[w] = report
+                now = time.monotonic()
+                self.longest_silence = max(self.longest_silence, now - self.heard.get(w, now))
+                self.latest[w], self.heard[w] = report, now
                 self.samples += report["keepalive"]
                 self.errors += len(report["errors"])
 
@@ -230,10 +224,17 @@ class ModelFleet:
             raise RuntimeError(f"a fleet worker exited: {dead}")
         out: Dict[str, Optional[str]] = {}
         with self.guard:
-            for report in self.latest.values():
+            for w, report in self.latest.items():
+                # A worker that has not reported for 3 s (it writes every second) is too starved
+                # to vouch for its clusters: they count as unknown, never as healthy.
+                fresh = time.monotonic() - self.heard[w] < 3.0
                 for scope, holder in report["holders"].items():
-                    out[scope] = holder if holder and report["writable"][scope] == [holder] else None
+                    out[scope] = holder if fresh and holder and report["writable"][scope] == [holder] else None
         return out
+
+    def reset_silence(self) -> None:
+        with self.guard:
+            self.longest_silence = 0.0
 
     def cpu(self) -> float:
         return cpu_seconds(p.pid for p in self.workers)
@@ -280,21 +281,36 @@ class ModelFleet:
         print(f"the workers' logs (their warnings and errors) are kept in {kept}")
 
 
+@contextlib.contextmanager
+def pinned(cpus: Optional[Set[int]]):
+    """Processes started inside run on CPUS (children inherit the affinity); the bench and what it
+    starts afterwards go back to the others."""
+    if not cpus:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def healthy_count(fleet) -> int:
     return sum(1 for name in fleet.leaders().values() if name)
 
 
-def run(fleet, etcd: harness.Etcd, args: argparse.Namespace, result: dict) -> None:
+def run(fleet, etcd: FleetEtcd, args: argparse.Namespace, result: dict) -> None:
     n = len(fleet.scopes)
     began = time.monotonic()
     fleet.start()
     result["bootstrap_s"] = round(time.monotonic() - began, 1)
     print(f"{n} clusters ({fleet.kind}) lead after {result['bootstrap_s']}s", flush=True)
     time.sleep(15)
-    m0, cpu0, t0 = etcd_metrics(etcd.port), fleet.cpu(), time.monotonic()
+    m0, cpu0, t0 = etcd.metrics(), fleet.cpu(), time.monotonic()
     fleet.reset_renewals()
     time.sleep(args.idle)
-    m1, cpu1, t1 = etcd_metrics(etcd.port), fleet.cpu(), time.monotonic()
+    m1, cpu1, t1 = etcd.metrics(), fleet.cpu(), time.monotonic()
     span = t1 - t0
     p50, p99, how = fleet.renewals()
     result["idle"] = {
@@ -325,20 +341,30 @@ def run(fleet, etcd: harness.Etcd, args: argparse.Namespace, result: dict) -> No
     # etcd restarts: nobody may fail over; every cluster healthy again.
     leaders = fleet.leaders()
     promotions1 = fleet.promotions()
+    if hasattr(fleet, "reset_silence"):
+        fleet.reset_silence()
     stopped = time.monotonic()
-    etcd.stop()
+    etcd.stop_one()
     down = time.monotonic()
+    cpu_down = fleet.cpu()
     time.sleep(args.outage)
+    members_cpu_down = 100 * (fleet.cpu() - cpu_down) / (time.monotonic() - down)
     starting = time.monotonic()
-    etcd.restart()
+    with pinned(args.etcd_cpus):
+        etcd.start_one()
     restarted = time.monotonic()
     # Watched for two ttl and more: a lock that was not renewed expires within one ttl.
-    peak, last, healthy_after, lowest = 0.0, etcd_metrics(etcd.port)["requests"], None, n
+    peak, last, healthy_after, lowest = 0.0, etcd.metrics()["requests"], None, n
+    cpu_last, etcd_cpu_last, first_10s = fleet.cpu(), cpu_seconds(etcd.pids()), []
     watch = 2 * PROFILE["etcd"]["ttl"] + 10
     while time.monotonic() - restarted < watch or (healthy_after is None and time.monotonic() - restarted < 300):
         time.sleep(1)
-        now = etcd_metrics(etcd.port)["requests"]
+        now = etcd.metrics()["requests"]
         peak, last = max(peak, now - last), now
+        if len(first_10s) < 10:
+            cpu_now, etcd_cpu_now = fleet.cpu(), cpu_seconds(etcd.pids())
+            first_10s.append((round(100 * (cpu_now - cpu_last)), round(100 * (etcd_cpu_now - etcd_cpu_last))))
+            cpu_last, etcd_cpu_last = cpu_now, etcd_cpu_now
         count = healthy_count(fleet)
         lowest = min(lowest, count)
         if count == n and healthy_after is None:
@@ -348,11 +374,15 @@ def run(fleet, etcd: harness.Etcd, args: argparse.Namespace, result: dict) -> No
     result["etcd_restart"] = {"outage_s": round(restarted - stopped, 1), "stop_s": round(down - stopped, 1),
                               "start_s": round(restarted - starting, 1), "all_healthy_after_s": healthy_after,
                               "fewest_healthy_clusters": lowest, "leader_changes": len(changed),
-                              "peak_requests_per_s": peak}
+                              "peak_requests_per_s": peak,
+                              "members_cpu_percent_while_down": round(members_cpu_down),
+                              "cpu_percent_members_etcd_first_10s": first_10s}
     if promotions1 is not None:
         result["etcd_restart"]["promotions"] = fleet.promotions() - promotions1
         result["failover_promotions"] = promotions1 - promotions0
         result["violations"] = fleet.violations()
+    if hasattr(fleet, "longest_silence"):
+        result["etcd_restart"]["longest_worker_silence_s"] = round(fleet.longest_silence, 1)
     print(json.dumps(result["etcd_restart"]), flush=True)
 
 
@@ -365,17 +395,33 @@ def main() -> int:
                    help="--model: each primary takes a write every 0.5 s (positions move and are published)")
     p.add_argument("--idle", type=float, default=60)
     p.add_argument("--outage", type=float, default=5)
+    p.add_argument("--etcd-members", type=int, choices=(1, 3), default=1,
+                   help="3: a 3-member etcd (--model only), and the restart stops its first member")
+    p.add_argument("--pin", action="store_true",
+                   help="etcd on the first CPU, the members on the others (etcd not starved by its clients)")
+    p.add_argument("--nice", type=int, default=0,
+                   help="--model: the workers' niceness (etcd keeps 0: it is served first when both want the CPU)")
     p.add_argument("--output")
     args = p.parse_args()
+    if args.etcd_members == 3 and not args.model:
+        p.error("--etcd-members 3 needs --model")
     harness.become_subreaper()
+    cpus = sorted(os.sched_getaffinity(0))
+    args.etcd_cpus = {cpus[0]} if args.pin and len(cpus) > 1 else None
+    if args.etcd_cpus:
+        os.sched_setaffinity(0, set(cpus[1:]))
     base = harness.new_base_dir()
     result: dict = {"clusters": args.clusters, "members": 3 * args.clusters, "profile": PROFILE,
                     "postgresql": "model" if args.model else "real",
-                    "writes": "a write every 0.5 s" if args.writes else "none", "cores": os.cpu_count()}
+                    "writes": "a write every 0.5 s" if args.writes else "none", "cores": os.cpu_count(),
+                    "etcd_members": args.etcd_members,
+                    "pinned": "etcd on one CPU, the members on the other(s)" if args.pin else "no",
+                    "members_nice": args.nice}
     fleet = None
     try:
-        etcd = harness.Etcd(base).start()
-        fleet = ModelFleet(etcd, base, args.clusters, args.per_process, args.writes) if args.model else \
+        with pinned(args.etcd_cpus):
+            etcd = FleetEtcd(base, args.etcd_members).start()
+        fleet = ModelFleet(etcd, base, args.clusters, args.per_process, args.writes, args.nice) if args.model else \
             RealFleet(etcd, base, args.clusters)
         run(fleet, etcd, args, result)
     finally:
@@ -385,6 +431,7 @@ def main() -> int:
         shutil.rmtree(base, ignore_errors=True)
     out = args.output or os.path.join(harness.REPO, "bench", "results",
                                       f"fleet-{'model-' if args.model else ''}{time.strftime('%Y%m%d-%H%M%S')}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)    # bench/results/ is not in git
     with open(out, "w") as fh:
         json.dump({"date": time.strftime("%Y-%m-%d"), **result}, fh, indent=1)
     print(f"written to {out}")

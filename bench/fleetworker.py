@@ -102,9 +102,9 @@ def main() -> int:
         elif words[:1] == ["quit"]:
             break
     stop.set()
-    for c in clusters:
-        c.stop()
-    return 0
+    # No orderly stop of 3 * COUNT members (minutes when their host is starved): the bench is over.
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
