@@ -22,12 +22,13 @@ Two kinds of fleet:
                     first member, the one every governor asks first, killed), then watched for
                     2 ttl + 10 s: leader changes (false failovers), time until every cluster is
                     healthy, peak requests/s, the members' and etcd's CPU meanwhile; a worker
-                    that stops reporting for 3 s counts its clusters as not healthy
+                    that stops reporting for 3 s counts its clusters as not healthy. --compact:
+                    etcd's revision moved on and compacted first (every watch's revision lost)
   --pin             etcd on the first CPU, the members on the others: on 2 cores 3,000 members
                     retrying starve an etcd that shares their CPU
 
 Usage (as root): bench/fleet.py [--clusters 10] [--model [--per-process 125] [--etcd-members 3]]
-                 [--idle 60] [--outage 5] [--pin] [--output FILE]
+                 [--idle 60] [--outage 5] [--pin | --nice 10] [--compact] [--output FILE]
 Profile: the defaults (ttl 30, loop_wait 10, retry_timeout 10). Writes bench/results/fleet-*.json.
 """
 from __future__ import annotations
@@ -343,6 +344,8 @@ def run(fleet, etcd: FleetEtcd, args: argparse.Namespace, result: dict) -> None:
     promotions1 = fleet.promotions()
     if hasattr(fleet, "reset_silence"):
         fleet.reset_silence()
+    if args.compact:
+        result["compacted_revision"] = etcd.compact_ahead()
     stopped = time.monotonic()
     etcd.stop_one()
     down = time.monotonic()
@@ -399,6 +402,9 @@ def main() -> int:
                    help="3: a 3-member etcd (--model only), and the restart stops its first member")
     p.add_argument("--pin", action="store_true",
                    help="etcd on the first CPU, the members on the others (etcd not starved by its clients)")
+    p.add_argument("--compact", action="store_true",
+                   help="before the restart, etcd's revision moved on and compacted: every watch reconnects "
+                        "to a compacted revision and its member reads its scope afresh")
     p.add_argument("--nice", type=int, default=0,
                    help="--model: the workers' niceness (etcd keeps 0: it is served first when both want the CPU)")
     p.add_argument("--output")

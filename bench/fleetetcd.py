@@ -3,6 +3,8 @@ the same way: the endpoints the members are given, etcd's own counters summed ov
 that answer, their processes, and one member stopped and started again."""
 from __future__ import annotations
 
+import base64
+import json
 import os
 import urllib.request
 from typing import Dict, List
@@ -90,3 +92,27 @@ class FleetEtcd:
         else:
             self.trio.start(0)
             harness.wait_until(self.trio.healthy, 60, "the stopped etcd member back")
+
+    def compact_ahead(self, writes: int = 100) -> int:
+        """`writes` puts outside every scope (etcd's revision moves on; no member's watch sees
+        them), then a compaction at the new revision: a watch that reconnects from the revision
+        it last saw finds it compacted, and its member must read its scope afresh. Returns the
+        revision compacted."""
+        port = self._ports()[0] if self.members == 1 else self.trio.ports[1][0]   # a member left running
+        revision = 0
+        for i in range(writes):
+            answer = _post(port, "/v3/kv/put", {"key": _b64(f"/bench-compact/{i}"), "value": _b64("x")})
+            revision = int(answer["header"]["revision"])
+        _post(port, "/v3/kv/compaction", {"revision": revision, "physical": True})
+        return revision
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _post(port: int, path: str, body: dict) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return json.load(resp)

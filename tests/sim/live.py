@@ -31,7 +31,8 @@ Observer = Callable[[str, float, bool], None]
 def member_config(scope: str, name: str, etcd_hosts: str, ttl: int, loop_wait: int, retry_timeout: int) -> Config:
     """A member's configuration (validated by the real code); nothing is written to its data
     directory (the model is the disk)."""
-    raw = {"etcd": {"scope": scope, "ttl": ttl, "host": etcd_hosts}, "loop_wait": loop_wait,
+    hosts = etcd_hosts.split(",")
+    raw = {"etcd": {"scope": scope, "ttl": ttl, "host": hosts if len(hosts) > 1 else hosts[0]}, "loop_wait": loop_wait,
            "retry_timeout": retry_timeout,
            "postgresql": {"name": name, "data_dir": f"/tmp/governor-fleet-{scope}-{name}",
                           "bin_dir": "/usr/lib/postgresql/15/bin", "connect_address": f"{name}:5432",
