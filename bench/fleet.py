@@ -265,6 +265,10 @@ class ModelFleet:
         with self.guard:
             return [v for r in self.latest.values() for v in r["violations"]]
 
+    def watch_compacted(self) -> int:
+        with self.guard:
+            return sum(r.get("watch_compacted", 0) for r in self.latest.values())
+
     def teardown(self) -> None:
         for proc in self.workers:
             try:
@@ -384,6 +388,8 @@ def run(fleet, etcd: FleetEtcd, args: argparse.Namespace, result: dict) -> None:
         result["etcd_restart"]["promotions"] = fleet.promotions() - promotions1
         result["failover_promotions"] = promotions1 - promotions0
         result["violations"] = fleet.violations()
+    if args.compact and hasattr(fleet, "watch_compacted"):
+        result["etcd_restart"]["watches_that_found_their_revision_compacted"] = fleet.watch_compacted()
     if hasattr(fleet, "longest_silence"):
         result["etcd_restart"]["longest_worker_silence_s"] = round(fleet.longest_silence, 1)
     print(json.dumps(result["etcd_restart"]), flush=True)

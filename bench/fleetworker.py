@@ -6,7 +6,8 @@ Reads commands on stdin, a line each: `crash SCOPE` (the member that holds SCOPE
 `quit`. Writes a JSON line on stdout every second:
   {"started": clusters started, "holders": {scope: member holding the lock with a writable server},
    "writable": {scope: writable servers}, "promotions": {scope: n}, "violations": [...],
-   "keepalive": [seconds of each lease keepalive since the last line], "errors": [...]}
+   "keepalive": [seconds of each lease keepalive since the last line], "errors": [...],
+   "watch_compacted": watches that found the revision they needed compacted (so far)}
 """
 from __future__ import annotations
 
@@ -38,7 +39,18 @@ def main() -> int:
     args = p.parse_args()
     threading.stack_size(512 * 1024)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(threadName)s %(message)s")
-    logging.getLogger("governor").setLevel(logging.WARNING)    # what the members decide is news only when odd
+    # What the members decide is news only when odd (stderr: warnings); watches that found their
+    # revision compacted are counted (an INFO record).
+    compacted = [0]
+
+    class CountCompacted(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if str(record.msg).startswith("etcd compacted the history"):
+                compacted[0] += 1
+
+    logging.getLogger().handlers[0].setLevel(logging.WARNING)
+    logging.getLogger("governor").setLevel(logging.INFO)
+    logging.getLogger("governor").addHandler(CountCompacted(logging.INFO))
     timings: List[float] = []
     errors: List[str] = []
     guard = threading.Lock()
@@ -87,7 +99,7 @@ def main() -> int:
                     "writable": {c.scope: c.writable() for c in clusters[:started]},
                     "promotions": {c.scope: c.promotions for c in clusters[:started]},
                     "violations": [v for c in clusters for v in c.violations],
-                    "keepalive": [round(t, 4) for t in kept], "errors": failed}
+                    "keepalive": [round(t, 4) for t in kept], "errors": failed, "watch_compacted": compacted[0]}
             sys.stdout.write(json.dumps(line) + "\n")
             sys.stdout.flush()
 
