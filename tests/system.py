@@ -81,25 +81,26 @@ def rootfs(release: str = "bookworm", packages: Optional[List[str]] = None, as_a
 
 
 def upgraded_rootfs() -> str:
-    """A Debian 12 host with PostgreSQL 15, then upgraded to Debian 13 the way apt does it: sources
-    switched to trixie, `apt full-upgrade` (postgresql-15 stays, obsolete but installed), and
-    `apt install postgresql-17`. Built from rootfs("bookworm") once and cached."""
+    """A Debian 12 host with PostgreSQL 15 and pgBackRest, then upgraded to Debian 13 the way apt
+    does it: sources switched to trixie, `apt full-upgrade` (postgresql-15 stays, obsolete but
+    installed; pgbackrest is upgraded), and `apt install postgresql-17`. Built from
+    rootfs("bookworm") once and cached."""
     base = rootfs("bookworm")
-    path = base + "-to-trixie"
+    path = base + "-pgbackrest-to-trixie"
     if os.path.exists(os.path.join(path, ".complete")):
         return path
     shutil.rmtree(path, ignore_errors=True)
     subprocess.run(["cp", "-a", base, path], check=True)
     os.remove(os.path.join(path, ".complete"))
-    with open(os.path.join(path, "etc/apt/sources.list"), "w") as fh:
-        fh.write(f"deb {MIRROR} trixie main\n")
     resolv = os.path.join(path, "etc/resolv.conf")
     if os.path.islink(resolv) or os.path.exists(resolv):
         os.remove(resolv)
     shutil.copy("/etc/resolv.conf", resolv)
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive"}
     keep = ["-o", "Dpkg::Options::=--force-confold", "-o", "Dpkg::Options::=--force-confdef"]
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "full-upgrade", "-q", "-y", *keep],
+    trixie = ["sh", "-c", f"echo 'deb {MIRROR} trixie main' > /etc/apt/sources.list"]
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-q", "-y", "pgbackrest"], trixie,
+                ["apt-get", "update", "-q"], ["apt-get", "full-upgrade", "-q", "-y", *keep],
                 ["apt-get", "install", "-q", "-y", *keep, "postgresql-17"], ["apt-get", "clean"]):
         done = subprocess.run(["chroot", path, *cmd], capture_output=True, text=True, env=env, timeout=1800)
         if done.returncode != 0:

@@ -9,7 +9,7 @@ import os
 import subprocess
 import threading
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import psycopg2
 import pytest
@@ -95,7 +95,7 @@ def test_the_check_passes_on_a_host_upgraded_to_debian_13_and_names_an_extension
         m.run("systemctl", "stop", "governor@a", "governor@b", check=False)
 
 
-def deploy(m: system.Machine, etcd, scope: str, names, prefix: str) -> Dict[str, dict]:
+def deploy(m: system.Machine, etcd, scope: str, names, prefix: str, archive: Optional[dict] = None) -> Dict[str, dict]:
     """A PostgreSQL 15 cluster as a Debian 12 host made it, then upgraded to 13: names[0]
     bootstraps 15 (the files name its binaries: with no data yet governor would take the newest,
     17), the others stream from it; then, as README's "Upgrading" says, each member's files drop
@@ -105,6 +105,8 @@ def deploy(m: system.Machine, etcd, scope: str, names, prefix: str) -> Dict[str,
         cfg, ports[name] = system.node_config(etcd.endpoint, scope, name, f"/var/lib/postgresql/{prefix}-{name}",
                                               loop_wait=1)
         cfg["postgresql"]["bin_dir"] = "/usr/lib/postgresql/15/bin"
+        if archive:
+            cfg["postgresql"]["archive"] = archive
         configs[name] = cfg
         m.install_config(f"/etc/governor/{name}.d/local.yml", cfg)
     m.run("systemctl", "start", f"governor@{names[0]}")
@@ -191,7 +193,15 @@ def test_governorctl_upgrade_moves_the_cluster_from_15_to_17_keeping_every_write
     m = upgraded
     names = ("x", "y", "z")
     try:
-        ports = deploy(m, etcd, f"upgrading{os.getpid()}", names, "up")
+        # WAL archived with pgBackRest (installed on Debian 12, upgraded with the host), a local
+        # repository: after pg_upgrade the stanza must follow the new cluster, or archiving stops.
+        m.run("sh", "-euc", "install -d -o postgres -g postgres /var/lib/pgbackrest-up /var/log/pgbackrest-up && "
+                            "printf '[global]\\nrepo1-path=/var/lib/pgbackrest-up\\nlog-path=/var/log/pgbackrest-up\\n"
+                            "start-fast=y\\n' > /etc/pgbackrest-up.conf")
+        ports = deploy(m, etcd, f"upgrading{os.getpid()}", names, "up",
+                       archive={"pgbackrest": {"stanza": "up", "config": "/etc/pgbackrest-up.conf"}})
+        wait_until(lambda: "pgBackRest stanza up created and checked" in m.journal("governor@x"), 120,
+                   "the stanza on 15")
         sql(m, ports["x"]["pg"], "CREATE TABLE upgrade_writes (n int PRIMARY KEY)")
         sql(m, ports["x"]["pg"], "CREATE TABLE bulk AS SELECT g AS id, md5(g::text) AS payload "
                                  "FROM generate_series(1, 200000) AS g")
@@ -237,6 +247,16 @@ def test_governorctl_upgrade_moves_the_cluster_from_15_to_17_keeping_every_write
             same = m.run("sh", "-c", f"[ {data}/{relation} -ef {data}.pg15/{relation} ]", check=False)
             assert same.returncode == 0, f"{name}'s copy of the table is not its own old file: it was copied"
             assert "received from x" in m.journal(f"governor@{name}"), name
+        # the stanza follows the cluster: archiving works on 17, the repository knows both systems
+        wait_until(lambda: "pgBackRest stanza up upgraded and checked" in m.journal("governor@x"), 120,
+                   "the stanza upgraded")
+        info = json.loads(m.run("runuser", "-u", "postgres", "--", "pgbackrest", "--config=/etc/pgbackrest-up.conf",
+                                "--stanza=up", "info", "--output=json").stdout)
+        assert [db["version"] for db in info[0]["db"]] == ["15", "17"], info[0]["db"]
+        checked = m.run("runuser", "-u", "postgres", "--", "pgbackrest", "--config=/etc/pgbackrest-up.conf",
+                        "--stanza=up", "--pg1-path=/var/lib/postgresql/up-x", f"--pg1-port={ports['x']['pg']}",
+                        "--pg1-socket-path=/var/run/postgresql", "check", check=False, timeout=120)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
         # pg_upgrade from 15 carries no statistics: the leader rebuilt them in stages, in the background
         wait_until(lambda: sql(m, ports["x"]["pg"], "SELECT count(*) > 0 FROM pg_stats WHERE tablename = 'bulk'")
                    == ["t"], 60, "the planner's statistics on the new cluster")

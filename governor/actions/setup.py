@@ -208,17 +208,18 @@ def reinitialize(g: ActionHost, decision: Decision, local: LocalState) -> None:
     log.info("reinitialize: %s removed; the next loop clones %s", g.pg.data_dir, decision.leader)
 
 
-def set_up_stanza(pg: PostgresConfig) -> None:
-    """pgBackRest's stanza for the new cluster, in the background: the first backup needs it,
-    and archive_command fails until it exists (the archiver retries). An error is logged with
-    pgBackRest's own words and leaves the cluster running."""
+def set_up_stanza(pg: PostgresConfig, command: str = "stanza-create") -> None:
+    """pgBackRest's stanza for the new cluster (stanza-upgrade: for the cluster a major upgrade
+    made), in the background: the first backup needs it, and archive_command fails until it
+    matches the cluster (the archiver retries). An error is logged with pgBackRest's own words
+    and leaves the cluster running."""
     def run() -> None:
         try:
-            log.info("%s", pgbootstrap.pgbackrest_stanza(pg))
+            log.info("%s", pgbootstrap.pgbackrest_stanza(pg, command=command))
         except pgbootstrap.BootstrapError as exc:
             log.error("pgBackRest: %s; WAL is not archived until that is fixed (then run pgbackrest "
-                      "--stanza=%s stanza-create as postgres)", exc, pg.archive.pgbackrest.stanza
-                      if pg.archive.pgbackrest else "?")
+                      "--stanza=%s %s as postgres)", exc, pg.archive.pgbackrest.stanza
+                      if pg.archive.pgbackrest else "?", command)
     threading.Thread(target=run, name="pgbackrest-stanza", daemon=True).start()
 
 

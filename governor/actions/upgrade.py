@@ -23,6 +23,7 @@ import psycopg2
 
 from governor import bindir, clock, upgrade_probe, upgrade_seed
 from governor.actions.base import ActionFailed
+from governor.actions.setup import set_up_stanza
 from governor.cluster import UpgradeRecord
 from governor.dcs import DCSError
 from governor.ha import Decision, LocalState
@@ -260,7 +261,11 @@ def _after_start(g: ActionHost, record: UpgradeRecord) -> None:
     """What pg_upgrade leaves to do once the new cluster runs: the extension updates it wrote a
     script for (run now: ALTER EXTENSION ... UPDATE is quick), and, from a source before 18
     (which carries statistics over), the planner's statistics rebuilt in stages in the background
-    (vacuumdb --analyze-in-stages: minimal ones within seconds, complete ones later)."""
+    (vacuumdb --analyze-in-stages: minimal ones within seconds, complete ones later); and with
+    pgBackRest managed, its stanza upgraded to the new cluster (archive-push refuses the new
+    system identifier until then) in the background."""
+    if g.pg.archive.pgbackrest is not None:
+        set_up_stanza(g.pg, "stanza-upgrade")
     data = g.pg.data_dir
     connect = ["-h", g.pg.socket_dir, "-p", str(g.pg.port), "-U", g.pg.superuser.username]
     env = {"PGPASSFILE": g.pg.pgpass}

@@ -48,6 +48,14 @@ def upgrade_link(g: ActionHost, decision: Decision, local: LocalState) -> None:
              "member's own, %d (%.1f MiB) received from %s; the old one is kept at %s", record.to,
              clock.monotonic() - began, built.linked, built.linked_bytes / 2**20, built.fetched,
              built.fetched_bytes / 2**20, decision.leader, aside)
+    # Started as the leader's standby at once, as a clone is: its pg_control is the leader's new
+    # cluster's before that first started ("shut down"), which the next pass would otherwise take
+    # for a former primary and send through pg_rewind (which fails where restore_command is set
+    # by governor: the seed's configuration is initdb's).
+    address = g.leader_address(decision.leader or record.leader)
+    if address is not None:
+        g.start_postgres(standby_of=address)
+        log.info("upgrade: streaming from %s on PostgreSQL %s", decision.leader or record.leader, record.to)
 
 
 def _build(g: ActionHost, checkpoint: object, leader: str, data: str, new: str, mark: str) -> upgrade_seed.Built:

@@ -86,17 +86,20 @@ def pgbackrest_restore_cluster(cfg: PostgresConfig, timeout: float = 86400) -> N
          "pgbackrest restore")
 
 
-def pgbackrest_stanza(cfg: PostgresConfig, timeout: float = 300) -> str:
-    """stanza-create (nothing changes when the stanza exists and matches), then check: archiving
-    works and the repository is writable. Returns what was done; raises BootstrapError."""
+def pgbackrest_stanza(cfg: PostgresConfig, timeout: float = 300, command: str = "stanza-create") -> str:
+    """stanza-create (nothing changes when the stanza exists and matches) or, after a major
+    upgrade, stanza-upgrade (the stanza takes the new version and system identifier), then
+    check: archiving works and the repository is writable. Returns what was done; raises
+    BootstrapError."""
     backrest = cfg.archive.pgbackrest
     if backrest is None:
         raise BootstrapError("postgresql.archive.pgbackrest is not configured")
     local = (f"--pg1-port={cfg.port}", f"--pg1-socket-path={cfg.socket_dir}", f"--pg1-user={cfg.superuser.username}")
     env = child_environment({})
-    _run(backrest.argv(cfg.data_dir, "stanza-create", *local), env, timeout, "pgbackrest stanza-create")
+    _run(backrest.argv(cfg.data_dir, command, *local), env, timeout, f"pgbackrest {command}")
     _run(backrest.argv(cfg.data_dir, "check", *local), env, timeout, "pgbackrest check")
-    return f"pgBackRest stanza {backrest.stanza} created and checked: WAL archiving works"
+    done = "created" if command == "stanza-create" else "upgraded"
+    return f"pgBackRest stanza {backrest.stanza} {done} and checked: WAL archiving works"
 
 
 _config_file_flag: Dict[str, bool] = {}
