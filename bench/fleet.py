@@ -217,7 +217,11 @@ class ModelFleet:
                 self.errors += len(report["errors"])
 
     def start(self) -> None:
-        harness.wait_until(lambda: all(self.leaders().get(s) for s in self.scopes), 600, "every model cluster to lead")
+        deadline = time.monotonic() + 600
+        while not all(self.leaders().get(s) for s in self.scopes):    # a dead worker raises at once
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out after 600 s waiting for every model cluster to lead")
+            time.sleep(0.5)
 
     def leaders(self) -> Dict[str, Optional[str]]:
         dead = [p.args[-1] for p in self.workers if p.poll() is not None]
