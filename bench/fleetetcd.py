@@ -10,7 +10,7 @@ import urllib.request
 from typing import Dict, List
 
 from tests import harness
-from tests.test_failsafe import EtcdTrio
+from tests.etcdtrio import EtcdTrio
 
 COUNTERS = {"etcd_mvcc_put_total": "puts", "etcd_debugging_mvcc_watch_stream_total": "watch_streams",
             "process_cpu_seconds_total": "cpu_s", "etcd_network_client_grpc_received_bytes_total": "bytes_in",

@@ -38,7 +38,7 @@ from typing import List, Optional, Tuple
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests import harness  # noqa: E402
-from tests.test_failsafe import EtcdTrio  # noqa: E402
+from tests.etcdtrio import EtcdTrio  # noqa: E402
 
 PROFILES = {5: {"loop_wait": 1, "retry_timeout": 2}, 10: {"loop_wait": 1, "retry_timeout": 3},
             30: {"loop_wait": 10, "retry_timeout": 10}}

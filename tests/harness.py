@@ -242,7 +242,7 @@ def stop_postmaster(data_dir: str) -> None:
 
 class Etcd:
     # Clients over TLS: (certificate, key, CA file, whether clients need a certificate from the CA);
-    # a class default too, for views made without __init__ (test_failsafe's EtcdTrio).
+    # a class default too, for views made without __init__ (tests/etcdtrio.py's EtcdTrio).
     tls: Optional[Tuple[str, str, str, bool]] = None
 
     def __init__(self, base_dir: str, binary: str = "etcd"):

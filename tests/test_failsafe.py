@@ -8,7 +8,6 @@ import os
 import queue
 import signal
 import socket
-import subprocess
 import threading
 import time
 import urllib.request
@@ -18,6 +17,7 @@ import psycopg2
 import pytest
 
 from tests import harness
+from tests.etcdtrio import EtcdTrio
 from tests.harness import wait_until
 
 pytestmark = pytest.mark.integration
@@ -302,48 +302,6 @@ def test_a_leader_cut_off_from_etcd_alone_keeps_writing_and_nobody_races_it(make
         for proxy in proxies.values():
             proxy.close()
         own.stop()
-
-
-class EtcdTrio:
-    """Three etcd members on loopback: losing two leaves one that answers errors (no quorum)
-    instead of nothing."""
-
-    def __init__(self, base: str):
-        self.base = base
-        self.ports = [(harness.free_port(), harness.free_port()) for _ in range(3)]
-        self.procs: List[Optional[subprocess.Popen]] = [None, None, None]
-        self.reader = harness.Etcd(os.path.join(base, "reader"))     # reads keys through member 0
-        self.reader.port = self.ports[0][0]
-
-    @property
-    def hosts(self) -> List[str]:
-        return [f"127.0.0.1:{client}" for client, _peer in self.ports]
-
-    def start(self, i: int) -> None:
-        client, peer = self.ports[i]
-        cluster = ",".join(f"e{j}=http://127.0.0.1:{p}" for j, (_c, p) in enumerate(self.ports))
-        log = open(os.path.join(self.base, f"e{i}.log"), "ab")
-        self.procs[i] = subprocess.Popen(
-            ["etcd", "--name", f"e{i}", "--data-dir", os.path.join(self.base, f"e{i}"),
-             "--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls", f"http://127.0.0.1:{client}",
-             "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-             "--initial-cluster", cluster, "--initial-cluster-state", "new", "--initial-cluster-token", "trio"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        harness._processes.append(self.procs[i])
-
-    def stop(self, i: int) -> None:
-        proc = self.procs[i]
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(20)
-
-    def healthy(self) -> bool:
-        return all(harness.Etcd.healthy(self._member(i)) for i in range(3))
-
-    def _member(self, i: int) -> harness.Etcd:
-        view = harness.Etcd.__new__(harness.Etcd)
-        view.port = self.ports[i][0]
-        return view
 
 
 def test_etcd_without_quorum_answering_errors_costs_no_write_when_every_member_vouches(make_cluster, base_dir):
