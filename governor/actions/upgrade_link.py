@@ -25,19 +25,20 @@ FETCH_TIMEOUT = 30.0
 
 def upgrade_link(g: ActionHost, decision: Decision, local: LocalState) -> None:
     record = record_of(g)
+    leader = decision.leader or record.leader
     data, new, mark, aside = stop_replica(g, record, local)
     if local.running:
         g.announce(replace(local, running=False, role=None), decision, None)
     began = clock.monotonic()
     try:
-        built = _build(g, record.facts.get("checkpoint"), decision.leader or record.leader, data, new, mark)
+        built = _build(g, record.facts.get("checkpoint"), leader, data, new, mark)
     except (OSError, upgrade_seed.SeedError) as exc:
         g.mem.upgrade_link_failed = record.sysid
         if os.path.exists(mark):
             shutil.rmtree(new, ignore_errors=True)
             os.remove(mark)
         log.warning("upgrade: cannot link this member's files into the new cluster (%s): cloning %s instead", exc,
-                    decision.leader)
+                    leader)
         return
     os.rename(data, aside)
     os.rename(new, data)
@@ -47,15 +48,15 @@ def upgrade_link(g: ActionHost, decision: Decision, local: LocalState) -> None:
     log.info("upgrade: the PostgreSQL %s data directory is made in %.1f s: %d files (%.1f MiB) linked from this "
              "member's own, %d (%.1f MiB) received from %s; the old one is kept at %s", record.to,
              clock.monotonic() - began, built.linked, built.linked_bytes / 2**20, built.fetched,
-             built.fetched_bytes / 2**20, decision.leader, aside)
+             built.fetched_bytes / 2**20, leader, aside)
     # Started as the leader's standby at once, as a clone is: its pg_control is the leader's new
     # cluster's before that first started ("shut down"), which the next pass would otherwise take
     # for a former primary and send through pg_rewind (which fails where restore_command is set
     # by governor: the seed's configuration is initdb's).
-    address = g.leader_address(decision.leader or record.leader)
+    address = g.leader_address(leader)
     if address is not None:
         g.start_postgres(standby_of=address)
-        log.info("upgrade: streaming from %s on PostgreSQL %s", decision.leader or record.leader, record.to)
+        log.info("upgrade: streaming from %s on PostgreSQL %s", leader, record.to)
 
 
 def _build(g: ActionHost, checkpoint: object, leader: str, data: str, new: str, mark: str) -> upgrade_seed.Built:
