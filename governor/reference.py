@@ -126,8 +126,9 @@ SETTINGS: Dict[str, Setting] = {
     "postgresql.archive.command": Setting("A one-line archive_command (%p, %f as PostgreSQL documents them)."),
     "postgresql.archive.restore_command": Setting("A one-line restore_command."),
     "postgresql.archive.pgbackrest.stanza": Setting("Archive with pgBackRest to this stanza: governor writes "
-                                                    "archive_command and restore_command and creates the "
-                                                    "stanza after bootstrap."),
+                                                    "archive_command and restore_command, creates the "
+                                                    "stanza after bootstrap and upgrades it after a major "
+                                                    "upgrade (governorctl upgrade)."),
     "postgresql.archive.pgbackrest.config": Setting("pgBackRest's configuration file.",
                                                     default="pgBackRest's default"),
     "postgresql.bootstrap.method": Setting("initdb, or pgbackrest: the first member restores another "
