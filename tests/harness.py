@@ -730,6 +730,34 @@ class Haproxy:
         self.proc.wait(10)
 
 
+class WritableCount(threading.Thread):
+    """Asks every server (host, port) whether it is in recovery, every 0.1 s, and keeps the most
+    that accepted writes at once: never more than 1."""
+
+    def __init__(self, servers: List[Tuple[str, int]], password: str):
+        super().__init__(daemon=True)
+        self.servers, self.password = servers, password
+        self.most, self.stopped = 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            writable = 0
+            for host, port in self.servers:
+                try:
+                    conn = psycopg2.connect(host=host, port=port, user="postgres", dbname="postgres",
+                                            password=self.password, connect_timeout=1)
+                    try:
+                        with conn.cursor() as cur:
+                            cur.execute("SELECT pg_is_in_recovery()")
+                            writable += not cur.fetchone()[0]
+                    finally:
+                        conn.close()
+                except psycopg2.Error:
+                    pass
+            self.most = max(self.most, writable)
+            self.stopped.wait(0.1)
+
+
 class WriteClient(threading.Thread):
     """Every `interval` seconds: a new connection, one INSERT into `table`; remembers every
     acknowledgement. Shared by the tests and the benchmarks."""

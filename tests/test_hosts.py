@@ -14,7 +14,17 @@ import psycopg2
 import pytest
 
 from tests import debs, hosts
-from tests.harness import WriteClient, wait_until
+from tests.harness import wait_until
+from tests.hosts import (
+    every_etcd_member_healthy,
+    healthy_with_writes,
+    longest_gap,
+    lost_writes,
+    primary,
+    streaming,
+    writable,
+    writer,
+)
 
 # The first test also builds the root file system once (debootstrap) and boots three hosts.
 pytestmark = [pytest.mark.integration, pytest.mark.system, pytest.mark.hosts, pytest.mark.timeout(1500)]
@@ -47,45 +57,9 @@ def lan_hosts(base_dir):
         lan.teardown()
 
 
-def primary(machines):
-    """The one host whose governor says it is the primary holding the lock, or None."""
-    found = [m for m in machines if m.alive and (m.status() or {}).get("role") == "primary"
-             and (m.status() or {}).get("holds_lock")]
-    return found[0] if len(found) == 1 else None
 
 
-def writer(proxy, table: str) -> WriteClient:
-    """A client writing through haproxy into a table of its own (ids start at 1 in each)."""
-    # haproxy may still have the primary down for a check interval after a previous scenario
-    conn = wait_until(lambda: psycopg2.connect(proxy.dsn()), 15, "haproxy to route to the primary")
-    with conn, conn.cursor() as cur:
-        cur.execute(f"CREATE TABLE {table} (id int PRIMARY KEY)")
-    conn.close()
-    client = WriteClient(proxy.dsn(), table)
-    client.start()
-    return client
 
-
-def healthy_with_writes(machines, proxy, table: str) -> tuple:
-    """A primary, two streaming replicas and a client writing through haproxy for 2 s:
-    (leader, the other two, the client)."""
-    leader = wait_until(lambda: primary(machines), 60, "a primary")
-    others = [m for m in machines if m is not leader]
-    wait_until(lambda: all(streaming(m) for m in others), 120, "two streaming replicas")
-    client = writer(proxy, table)
-    time.sleep(2)
-    return leader, others, client
-
-
-def streaming(m) -> bool:
-    st = m.status() or {}
-    return st.get("role") == "replica" and bool(st.get("streaming"))
-
-
-def writable(m) -> bool:
-    """Asked inside the host over the Unix socket, which a cut network does not reach."""
-    done = m.run("runuser", "-u", "postgres", "--", "psql", "-XAtc", "SELECT pg_is_in_recovery()", check=False)
-    return done.returncode == 0 and done.stdout.strip() == "f"
 
 
 def test_three_fresh_hosts_form_a_cluster_reachable_through_haproxy(lan_hosts):
@@ -167,34 +141,7 @@ def test_a_cut_off_leader_host_stops_writes_before_another_is_promoted(lan_hosts
     print(f"cut-off leader: {len(lost)} acknowledged writes lost (asynchronous replication)")
 
 
-def lost_writes(proxy, client: WriteClient, primary_host) -> list:
-    """The client's acknowledged writes missing from the table, read through haproxy, which
-    must route to `primary_host`."""
-    # a single refused connection right after a failover is haproxy between two checks (seen
-    # once in CI, after writes had resumed); the read is not what this asserts
-    conn = wait_until(lambda: psycopg2.connect(proxy.dsn()), 15, "haproxy to route to the primary")
-    with conn, conn.cursor() as cur:
-        cur.execute(f"SELECT id FROM {client.table}")
-        stored = {row[0] for row in cur.fetchall()}
-        cur.execute("SELECT inet_server_addr()")
-        assert cur.fetchone()[0] == primary_host.address
-    conn.close()
-    return [i for i in client.acked_ids() if i not in stored]
 
-
-def every_etcd_member_healthy(machines) -> bool:
-    """All three etcd members answer and agree on a leader (after a scenario that cut, crashed or
-    stopped one, it may still be catching up: a test that takes another away would then lose
-    quorum, which is another scenario)."""
-    endpoints = ",".join(f"{m.address}:2379" for m in machines)
-    done = machines[0].run("etcdctl", f"--endpoints={endpoints}", "endpoint", "health", check=False)
-    return done.returncode == 0 and done.stdout.count("is healthy") + done.stderr.count("is healthy") == 3
-
-
-def longest_gap(client: WriteClient, since: float) -> float:
-    """The longest time between two acknowledged writes after `since`."""
-    times = [acked for _i, _b, acked in client.acked if acked >= since]
-    return max((b - a for a, b in zip(times, times[1:])), default=float("inf"))
 
 
 def test_losing_the_leader_hosts_etcd_member_changes_nothing(lan_hosts):

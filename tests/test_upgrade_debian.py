@@ -9,7 +9,7 @@ import os
 import subprocess
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import psycopg2
 import pytest
@@ -163,32 +163,6 @@ class Writer(threading.Thread):
             self.stopped.wait(0.02)
 
 
-class Writable(threading.Thread):
-    """Samples every member's role every 0.1 s: never two accepting writes."""
-
-    def __init__(self, m: system.Machine, ports: List[int]):
-        super().__init__(daemon=True)
-        self.ports, self.most, self.stopped = ports, 0, threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.is_set():
-            writable = 0
-            for port in self.ports:
-                try:
-                    conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
-                                            password=harness.SUPERUSER_PASSWORD, connect_timeout=1)
-                    try:
-                        with conn.cursor() as cur:
-                            cur.execute("SELECT pg_is_in_recovery()")
-                            writable += not cur.fetchone()[0]
-                    finally:
-                        conn.close()
-                except psycopg2.Error:
-                    pass
-            self.most = max(self.most, writable)
-            self.stopped.wait(0.1)
-
-
 def test_governorctl_upgrade_moves_the_cluster_from_15_to_17_keeping_every_write(upgraded, etcd):
     m = upgraded
     names = ("x", "y", "z")
@@ -210,7 +184,7 @@ def test_governorctl_upgrade_moves_the_cluster_from_15_to_17_keeping_every_write
         checks_pass(m, "x")
 
         writer = Writer(ports["x"]["pg"])
-        watcher = Writable(m, [ports[n]["pg"] for n in names])
+        watcher = harness.WritableCount([("127.0.0.1", ports[n]["pg"]) for n in names], harness.SUPERUSER_PASSWORD)
         writer.start()
         watcher.start()
         time.sleep(2)
