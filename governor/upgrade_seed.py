@@ -14,8 +14,12 @@ Not linked, left out:
   which PostgreSQL rebuilds);
 - the data of unlogged relations (those with an `_init` fork): a standby has none, and
   PostgreSQL makes them empty from the init fork when it is promoted.
+- a visibility map (`_vm`) the replica does not have: VACUUM creates the file without WAL when it
+  first looks at a relation, and only the bits it sets are WAL-logged (they make the standby's
+  map); a replica that replayed everything and has none has seen no bit set, and no map means
+  nothing all-visible.
 A replica's file may be shorter than the leader's (pages the leader added but never wrote to
-WAL are empty), never longer: then, or when one is missing, the replica clones instead.
+WAL are empty), never longer: then, or when another is missing, the replica clones instead.
 
 The manifest comes over the network: parse_manifest() takes it as hostile (paths confined to
 the directory, sizes and counts bounded)."""
@@ -228,7 +232,7 @@ def apply(m: Manifest, old: str, new: str, stream: Callable[[int], bytes]) -> Bu
         try:
             st = os.lstat(source)
         except FileNotFoundError:
-            if optional:
+            if optional or _fork(origin) == "_vm":
                 continue
             raise SeedError(f"{source} is missing here") from None
         if not stat.S_ISREG(st.st_mode) or not os.path.realpath(source).startswith(old_real + os.sep):
@@ -270,6 +274,12 @@ def send_copies(seed: str, m: Manifest, write: Callable[[bytes], object]) -> Non
                     raise SeedError(f"the seed's copy of {path} is shorter than its manifest says")
                 left -= len(chunk)
                 write(chunk)
+
+
+def _fork(path: str) -> Optional[str]:
+    """The fork a relation file's name says ("_vm", "_fsm", "_init"), None for the main fork."""
+    found = RELATION_FILE.fullmatch(os.path.basename(path))
+    return found.group(2) if found else None
 
 
 def copies_size(m: Manifest) -> int:

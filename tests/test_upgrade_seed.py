@@ -106,7 +106,7 @@ def test_a_replica_links_its_own_data_and_receives_only_the_new_catalogs(tmp_pat
 
 @pytest.mark.parametrize("change,why", [
     (lambda mine: write(os.path.join(mine, "base/5/16384"), b"H" * 8192 * 4), "longer here"),
-    (lambda mine: os.remove(os.path.join(mine, "base/5/16384_vm")), "missing here"),
+    (lambda mine: os.remove(os.path.join(mine, "base/5/16400.1")), "missing here"),
     (lambda mine: (os.remove(os.path.join(mine, "base/5/16400.1")),
                    os.symlink("/etc/passwd", os.path.join(mine, "base/5/16400.1"))), "not a regular file"),
 ])
@@ -115,6 +115,20 @@ def test_a_replica_whose_files_do_not_match_refuses_to_link(tmp_path, leader, re
     change(replica)
     with pytest.raises(SeedError, match=why):
         upgrade_seed.apply(m, replica, str(tmp_path / "new"), stream_of(str(tmp_path / "data.upgrade-seed"), m).read)
+
+
+def test_a_visibility_map_the_replica_never_had_is_left_out(tmp_path, leader, replica):
+    """VACUUM on the leader creates a relation's visibility map when it first looks at it, without
+    WAL; only the bits it sets are WAL-logged (and make the standby's map). A replica without the
+    file has seen no bit set: no map means nothing all-visible, which is what it holds. Seen on
+    three hosts: the replica was re-cloned for a map the leader's autovacuum had made empty."""
+    os.remove(os.path.join(replica, "base/5/16384_vm"))
+    m = seed_of(leader, tmp_path)
+    new = str(tmp_path / "replica.upgrading")
+    built = upgrade_seed.apply(m, replica, new, stream_of(str(tmp_path / "data.upgrade-seed"), m).read)
+    assert not os.path.exists(os.path.join(new, "base/5/16384_vm"))
+    assert os.path.samefile(os.path.join(new, "base/5/16384"), os.path.join(replica, "base/5/16384"))
+    assert built.linked == 3
 
 
 def test_what_arrives_short_or_altered_is_refused(tmp_path, leader, replica):
