@@ -285,7 +285,8 @@ class Controls:
             return 409, {"error": "an upgrade check is running already"}
         try:
             facts = upgrade_probe.probe(self.gov.pg, target)
-            problems = upgrade.cluster_problems(st.cluster, target, st.name, facts.database_bytes)
+            problems = upgrade.cluster_problems(st.cluster, target, st.name, facts.database_bytes,
+                                                dict(facts.replay_behind))
             problems += upgrade.leader_problems(facts, target, st.name)
         finally:
             self._checking.release()

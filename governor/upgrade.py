@@ -5,7 +5,7 @@ the reason, and any problem refuses the upgrade before it changes anything."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from governor.cluster import Cluster
 
@@ -27,12 +27,16 @@ class LeaderFacts:
     pg_upgrade: Optional[str] = None          # pg_upgrade --check's complaint (None: it passed)
     parameters: Tuple[str, ...] = ()          # "name: why" for settings the target refuses
     database_bytes: int = 0                   # the cluster's size (each replica clones it again)
+    replay_behind: Tuple[Tuple[str, Optional[int]], ...] = ()  # (standby's name, bytes its replay is behind)
     errors: Tuple[str, ...] = ()              # a probe that could not run, and why
 
 
-def cluster_problems(cluster: Optional[Cluster], target: int, leader_name: str, database_bytes: int = 0) -> List[str]:
+def cluster_problems(cluster: Optional[Cluster], target: int, leader_name: str, database_bytes: int = 0,
+                     replay_behind: Optional[Dict[str, Optional[int]]] = None) -> List[str]:
     """Problems visible in etcd: maintenance mode, members not running or behind, the target
-    major not installed somewhere."""
+    major not installed somewhere. `replay_behind`: how far each replica streaming from the
+    leader has replayed, as the leader's pg_stat_replication says (None: unknown)."""
+    replay_behind = replay_behind or {}
     if cluster is None:
         return ["etcd is not reachable from the leader"]
     problems = []
@@ -65,6 +69,12 @@ def cluster_problems(cluster: Optional[Cluster], target: int, leader_name: str, 
         elif leader.lsn - m.lsn > LAG_MAX:
             problems.append(f"{m.name}: {leader.lsn - m.lsn} bytes behind the leader (at most {LAG_MAX} when the "
                             "upgrade starts)")
+        elif m.name in replay_behind and replay_behind[m.name] is None:
+            problems.append(f"{m.name}: the leader does not know how far it has replayed")
+        elif (replay_behind.get(m.name) or 0) > LAG_MAX:
+            problems.append(f"{m.name}: replays {replay_behind[m.name]} bytes behind the leader (at most {LAG_MAX} "
+                            "when the upgrade starts: it would stop short of the leader's last checkpoint and be "
+                            "cloned instead of linked)")
     return problems
 
 

@@ -36,7 +36,9 @@ def probe(pg: PostgresConfig, target: int) -> LeaderFacts:
                                "extract(epoch FROM now() - xact_start)::bigint FROM pg_stat_activity "
                                "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() "
                                f"AND xact_start < now() - interval '{LONG_TRANSACTION} seconds'"),
-                      ("size", "SELECT coalesce(sum(pg_database_size(oid)), 0)::bigint FROM pg_database")):
+                      ("size", "SELECT coalesce(sum(pg_database_size(oid)), 0)::bigint FROM pg_database"),
+                      ("replay", "SELECT application_name, (pg_current_wal_lsn() - replay_lsn)::bigint "
+                                 "FROM pg_stat_replication")):
         try:
             found[name] = query("postgres", sql)
         except psycopg2.Error as exc:
@@ -64,7 +66,9 @@ def probe(pg: PostgresConfig, target: int) -> LeaderFacts:
         long_transactions=tuple(f"pid {pid} ({user} on database {db}, open {age} s)"
                                 for pid, user, db, age in found.get("long", [])),
         missing_extensions=missing, free_bytes=free, needed_bytes=max(256 * 2**20, size // 20),
-        pg_upgrade=upgrade_check, parameters=parameters, database_bytes=size)
+        pg_upgrade=upgrade_check, parameters=parameters, database_bytes=size,
+        replay_behind=tuple((str(name), None if behind is None else int(behind))
+                            for name, behind in found.get("replay", []) if name))
 
 
 _free_seen: dict = {}

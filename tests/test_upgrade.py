@@ -47,6 +47,19 @@ def test_replicas_must_run_and_stream_close_behind():
                         "db4: its position or the leader's is unknown"]
 
 
+def test_replicas_must_also_replay_close_behind_as_the_leader_sees_them():
+    """A replica may receive everything and replay far behind (a standby query holding replay):
+    stopped then, it stops short of the leader's last checkpoint and cannot link its files. The
+    leader's pg_stat_replication says how far each one has replayed."""
+    replaying = {"db2": upgrade.LAG_MAX + 1, "db3": None, "db1": 10**12, "pg_basebackup": 10**12}
+    problems = upgrade.cluster_problems(healthy(), 17, "db1", replay_behind=replaying)
+    assert problems == [f"db2: replays {upgrade.LAG_MAX + 1} bytes behind the leader (at most {upgrade.LAG_MAX} "
+                        "when the upgrade starts: it would stop short of the leader's last checkpoint and be cloned "
+                        "instead of linked)",
+                        "db3: the leader does not know how far it has replayed"]
+    assert upgrade.cluster_problems(healthy(), 17, "db1", replay_behind={"db2": upgrade.LAG_MAX, "db3": 0}) == []
+
+
 def test_maintenance_mode_and_a_pending_switchover_refuse():
     problems = upgrade.cluster_problems(healthy(paused=True, switchover=Switchover("db1", "db2", 0.0)), 17, "db1")
     assert problems[:2] == ["maintenance mode is on: resume first (governorctl resume)",

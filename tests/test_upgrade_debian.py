@@ -76,6 +76,18 @@ def test_the_check_passes_on_a_host_upgraded_to_debian_13_and_names_an_extension
             ctl(m, "upgrade", "--to", "17", "--check")), 30, "the checks to pass")
         assert "upgrade to PostgreSQL 17: every check passed (checked by a)" in passed.stdout
 
+        # b receives everything but replays far behind (its replay paused, as a long query on a
+        # standby can hold it): stopped now, it would stop short of the leader's last checkpoint
+        # and could not link its files. The checks name it; nothing changes.
+        sql(m, ports["b"]["pg"], "SELECT pg_wal_replay_pause()")
+        sql(m, ports["a"]["pg"], "CREATE TABLE behind AS SELECT g, md5(g::text) FROM generate_series(1, 400000) g")
+        lagging = wait_until(lambda: (lambda done: done if done.returncode == 1 else None)(
+            ctl(m, "upgrade", "--to", "17", "--check")), 30, "the checks to name b's replay")
+        assert "  - b: replays " in lagging.stdout, lagging.stdout
+        assert role(m, ports["a"]["pg"]) == "primary" and role(m, ports["b"]["pg"]) == "replica"
+        sql(m, ports["b"]["pg"], "SELECT pg_wal_replay_resume()")
+        wait_until(lambda: ctl(m, "upgrade", "--to", "17", "--check").returncode == 0, 30, "the checks to pass again")
+
         sql(m, ports["a"]["pg"], "CREATE EXTENSION adminpack")     # removed in PostgreSQL 17
         refused = ctl(m, "upgrade", "--to", "17", "--check")
         assert refused.returncode == 1, (refused.stdout, refused.stderr)
