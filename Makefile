@@ -26,7 +26,8 @@ test-packages: deps
 	$(PYTEST) -q -m packages tests
 
 # three Debian 12 hosts on a bridge (etcd cluster, governor from the .deb, haproxy on a client
-# host), deployed as README's "Three hosts" says (also in `make test`)
+# host), deployed as README's "Three hosts" says; then moved to Debian 13 and PostgreSQL 17 as
+# README's "Upgrading" says (also in `make test`)
 test-hosts: deps
 	$(PYTEST) -q -s -m hosts tests
 

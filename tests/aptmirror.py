@@ -5,7 +5,9 @@ runs apt's own path — signatures, hashes, maintainer scripts — against the s
 run, without a route from the hosts to the Internet.
 
 The first run fetches what the hosts ask for; later runs answer from the cache. A release file
-(InRelease) is kept as first fetched, so every later run sees the same package versions."""
+(InRelease) is kept as first fetched, so every later run sees the same package versions. Should
+a run ask for a file the cache lacks after Debian's archive has moved on (a point release removes
+the old versions), apt fails naming it: remove the cache directory and it is fetched afresh."""
 from __future__ import annotations
 
 import os

@@ -10,20 +10,22 @@ taking its link down.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import textwrap
+import threading
 import time
 import urllib.request
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import psycopg2
 import yaml
 
-from tests import system
+from tests import aptmirror, debs, system
 from tests.harness import HAPROXY_EXAMPLE, REPO, WriteClient, _processes, haproxy_example_for, wait_until
 
 PACKAGES = system.PACKAGES + ["sudo", "libnss-myhostname"]   # a host resolves its own name, as installed ones do
@@ -327,3 +329,93 @@ def replayed(m, lsn: str) -> bool:
     done = m.run("runuser", "-u", "postgres", "--", "psql", "-XAtc",
                  f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn", check=False)
     return done.returncode == 0 and done.stdout.strip() == "t"
+
+
+@contextlib.contextmanager
+def upgradable_cluster(work: str, tag: int) -> Iterator[tuple]:
+    """Three Debian 12 hosts deployed as README says, haproxy on a client host, and Debian's
+    archive on their LAN (tests/aptmirror.py: the hosts' deb.debian.org) for apt to move them to
+    Debian 13: (lan, hosts, client haproxy, the superuser password)."""
+    deb = debs.build()
+    root = rootfs()
+    os.makedirs(work, exist_ok=True)
+    lan = Lan(tag)
+    mirror = aptmirror.AptMirror(f"{lan.net}.1")
+    machines: List[Host] = []
+    proxy = None
+    try:
+        for number, name in enumerate(NAMES, start=11):
+            address = lan.add(name, number)
+            machines.append(Host(lan, name, address, root, [(os.path.dirname(deb), "/mnt/debs")], work))
+        for m in machines:   # the LAN's name service: Debian's archive is the mirror on the bridge
+            m.run("sh", "-c", f"echo '{mirror.address} {aptmirror.NAME}' >> /etc/hosts")
+        password = deploy(machines, deb)
+        proxy = ClientHaproxy(lan, machines, work, password)
+        yield lan, machines, proxy, password
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        for m in machines:
+            m.power_off()
+        mirror.stop()
+        lan.teardown()
+
+
+def debian_upgrade(machines: List[Host], leader: Host) -> Dict[str, float]:
+    """README's "A new Debian release" on each host in turn, the replicas' first, each once the
+    cluster and etcd are healthy again: seconds per host."""
+    upgrade = readme_block("hosts-debian-upgrade")
+    took = {}
+    for m in [*(m for m in machines if m is not leader), leader]:
+        began = time.monotonic()
+        done = m.run("bash", "-euc", f"export DEBIAN_FRONTEND=noninteractive\n{upgrade}", check=False, timeout=1200)
+        assert done.returncode == 0, f"{m.name}: {done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        wait_until(lambda: every_etcd_member_healthy(machines), 120, "etcd's three members healthy")
+        wait_until(lambda: primary(machines) is leader and all(streaming(o) for o in machines if o is not leader),
+                   120, f"the cluster healthy again after {m.name}'s upgrade")
+        took[m.name] = time.monotonic() - began
+    return took
+
+
+def server_version(m: Host, password: str) -> Optional[str]:
+    try:
+        conn = psycopg2.connect(host=m.address, port=5432, user="postgres", dbname="postgres", password=password,
+                                connect_timeout=2)
+    except psycopg2.Error:
+        return None
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_setting('server_version_num')")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def received(lan: Lan, m: Host) -> int:
+    """Bytes the host has received over its network link (sent to it by the bridge)."""
+    with open(f"/sys/class/net/{lan.links[m.name]}/statistics/tx_bytes") as fh:
+        return int(fh.read())
+
+
+class StreamingAgain(threading.Thread):
+    """When each replica first answers as a streaming replica on PostgreSQL 17 (seconds after
+    the start), and how many bytes its host had received by then: what it took to bring it back."""
+
+    def __init__(self, lan: Lan, replicas, password: str):
+        super().__init__(daemon=True)
+        self.lan, self.replicas, self.password = lan, replicas, password
+        self.before = {m.name: received(lan, m) for m in replicas}
+        self.since = time.monotonic()
+        self.after: Dict[str, float] = {}
+        self.got: Dict[str, int] = {}
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set() and len(self.after) < len(self.replicas):
+            for m in self.replicas:
+                if m.name in self.after or not streaming(m):
+                    continue
+                if (server_version(m, self.password) or "").startswith("17"):
+                    self.after[m.name] = time.monotonic() - self.since
+                    self.got[m.name] = received(self.lan, m) - self.before[m.name]
+            self.stopped.wait(0.2)

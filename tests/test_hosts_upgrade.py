@@ -7,16 +7,14 @@ Run alone with `make test-hosts`."""
 from __future__ import annotations
 
 import os
-import threading
 import time
-from typing import Dict, Optional
 
 import psycopg2
 import pytest
 
-from tests import aptmirror, debs, harness, hosts
+from tests import harness, hosts
 from tests.harness import wait_until
-from tests.hosts import every_etcd_member_healthy, longest_gap, lost_writes, primary, streaming, writer
+from tests.hosts import longest_gap, lost_writes, primary, streaming, writer
 
 pytestmark = [pytest.mark.integration, pytest.mark.system, pytest.mark.hosts, pytest.mark.timeout(2400)]
 BULK_ROWS = 3000000    # about 200 MiB: well above the new catalogs a replica receives (about 40 MiB)
@@ -24,73 +22,8 @@ BULK_ROWS = 3000000    # about 200 MiB: well above the new catalogs a replica re
 
 @pytest.fixture(scope="module")
 def cluster(base_dir):
-    deb = debs.build()
-    root = hosts.rootfs()
-    work = os.path.join(base_dir, "hosts-upgrade")
-    os.makedirs(work, exist_ok=True)
-    lan = hosts.Lan(220 + os.getpid() % 30)
-    mirror = aptmirror.AptMirror(f"{lan.net}.1")
-    machines, proxy = [], None
-    try:
-        for number, name in enumerate(hosts.NAMES, start=11):
-            address = lan.add(name, number)
-            machines.append(hosts.Host(lan, name, address, root, [(os.path.dirname(deb), "/mnt/debs")], work))
-        for m in machines:   # the LAN's name service: Debian's archive is the mirror on the bridge
-            m.run("sh", "-c", f"echo '{mirror.address} {aptmirror.NAME}' >> /etc/hosts")
-        password = hosts.deploy(machines, deb)
-        proxy = hosts.ClientHaproxy(lan, machines, work, password)
-        yield lan, machines, proxy, password
-    finally:
-        if proxy is not None:
-            proxy.stop()
-        for m in machines:
-            m.power_off()
-        mirror.stop()
-        lan.teardown()
-
-
-def server_version(m: hosts.Host, password: str) -> Optional[str]:
-    try:
-        conn = psycopg2.connect(host=m.address, port=5432, user="postgres", dbname="postgres", password=password,
-                                connect_timeout=2)
-    except psycopg2.Error:
-        return None
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT current_setting('server_version_num')")
-            return cur.fetchone()[0]
-    finally:
-        conn.close()
-
-
-def received(lan: hosts.Lan, m: hosts.Host) -> int:
-    """Bytes the host has received over its network link (sent to it by the bridge)."""
-    with open(f"/sys/class/net/{lan.links[m.name]}/statistics/tx_bytes") as fh:
-        return int(fh.read())
-
-
-class StreamingAgain(threading.Thread):
-    """When each replica first answers as a streaming replica on PostgreSQL 17 (seconds after
-    the start), and how many bytes its host had received by then: what it took to bring it back."""
-
-    def __init__(self, lan: hosts.Lan, replicas, password: str):
-        super().__init__(daemon=True)
-        self.lan, self.replicas, self.password = lan, replicas, password
-        self.before = {m.name: received(lan, m) for m in replicas}
-        self.since = time.monotonic()
-        self.after: Dict[str, float] = {}
-        self.got: Dict[str, int] = {}
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.is_set() and len(self.after) < len(self.replicas):
-            for m in self.replicas:
-                if m.name in self.after or not streaming(m):
-                    continue
-                if (server_version(m, self.password) or "").startswith("17"):
-                    self.after[m.name] = time.monotonic() - self.since
-                    self.again.got[m.name] = received(self.lan, m) - self.before[m.name]
-            self.stopped.wait(0.2)
+    with hosts.upgradable_cluster(os.path.join(base_dir, "hosts-upgrade"), 220 + os.getpid() % 30) as found:
+        yield found
 
 
 def test_each_host_moves_to_debian_13_under_a_running_cluster(cluster):
@@ -99,16 +32,8 @@ def test_each_host_moves_to_debian_13_under_a_running_cluster(cluster):
     wait_until(lambda: all(streaming(m) for m in machines if m is not leader), 120, "two streaming replicas")
     client = writer(proxy, "debian_upgrade_writes")
     try:
-        upgrade = hosts.readme_block("hosts-debian-upgrade")
-        for m in [*(m for m in machines if m is not leader), leader]:    # replicas first, as README says
-            began = time.monotonic()
-            done = m.run("bash", "-euc", f"export DEBIAN_FRONTEND=noninteractive\n{upgrade}", check=False,
-                         timeout=1200)
-            assert done.returncode == 0, f"{m.name}: {done.stdout[-2000:]}\n{done.stderr[-2000:]}"
-            wait_until(lambda: every_etcd_member_healthy(machines), 120, "etcd's three members healthy")
-            wait_until(lambda: primary(machines) is leader and all(streaming(o) for o in machines if o is not leader),
-                       120, f"the cluster healthy again after {m.name}'s upgrade")
-            print(f"{m.name}: Debian 13 in {time.monotonic() - began:.1f} s")
+        for name, seconds in hosts.debian_upgrade(machines, leader).items():
+            print(f"{name}: Debian 13 in {seconds:.1f} s")
         for m in machines:
             assert m.run("cat", "/etc/debian_version").stdout.startswith("13"), m.name
             installed = m.run("dpkg-query", "-W", "-f", "${Package} ${db:Status-Abbrev}\n", "postgresql-15",
@@ -117,7 +42,7 @@ def test_each_host_moves_to_debian_13_under_a_running_cluster(cluster):
             # nothing else will take governor's port at the next boot: no cluster of Debian's own
             clusters = m.run("pg_lsclusters", "-h").stdout.strip()
             assert clusters == "", f"{m.name}: Debian's clusters beside governor's: {clusters}"
-            assert server_version(m, password).startswith("15"), m.name
+            assert hosts.server_version(m, password).startswith("15"), m.name
     finally:
         client.stop()
     assert lost_writes(proxy, client, leader) == []
@@ -148,7 +73,7 @@ def test_governorctl_upgrade_moves_the_cluster_to_postgresql_17_keeping_every_wr
     watch = harness.WritableCount([(m.address, 5432) for m in machines], password)
     watch.start()
     time.sleep(2)
-    again = StreamingAgain(lan, replicas, password)
+    again = hosts.StreamingAgain(lan, replicas, password)
     began = again.since
     again.start()
     try:
@@ -166,7 +91,7 @@ def test_governorctl_upgrade_moves_the_cluster_to_postgresql_17_keeping_every_wr
     assert watch.most <= 1, "two servers accepted writes at once"
     assert primary(machines) is leader
     for m in machines:
-        assert server_version(m, password).startswith("17"), m.name
+        assert hosts.server_version(m, password).startswith("17"), m.name
     assert sorted(again.after) == sorted(m.name for m in replicas), f"streaming on 17: {again.after}"
     assert lost_writes(proxy, client, leader) == []
     for m in replicas:
