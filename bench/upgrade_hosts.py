@@ -28,7 +28,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import report  # noqa: E402
-from tests import harness, hosts  # noqa: E402
+from tests import debs, harness, hosts  # noqa: E402
 
 
 def main() -> int:
@@ -41,7 +41,9 @@ def main() -> int:
     base = harness.new_base_dir()
     harness.become_subreaper()
     try:
-        with hosts.upgradable_cluster(os.path.join(base, "hosts"), 250) as (lan, machines, proxy, password):
+        deb = debs.build()
+        with hosts.three_hosts(os.path.join(base, "hosts"), 250, [(os.path.dirname(deb), "/mnt/debs")],
+                               archive=True) as (lan, machines, proxy, password, _started):
             leader = harness.wait_until(lambda: hosts.primary(machines), 180, "a primary")
             replicas = [m for m in machines if m is not leader]
             leader.run("runuser", "-u", "postgres", "--", "pgbench", "-i", "-s", str(args.scale), "-q", "postgres",

@@ -332,32 +332,36 @@ def replayed(m, lsn: str) -> bool:
 
 
 @contextlib.contextmanager
-def upgradable_cluster(work: str, tag: int) -> Iterator[tuple]:
-    """Three Debian 12 hosts deployed as README says, haproxy on a client host, and Debian's
-    archive on their LAN (tests/aptmirror.py: the hosts' deb.debian.org) for apt to move them to
-    Debian 13: (lan, hosts, client haproxy, the superuser password)."""
+def three_hosts(work: str, tag: int, ro_binds: List[tuple], archive: bool = False) -> Iterator[tuple]:
+    """Three Debian 12 hosts deployed as README says (the .deb among `ro_binds` at /mnt/debs),
+    haproxy on a client host: (lan, hosts, client haproxy, the superuser password, when the
+    deployment began). With `archive`, Debian's archive on their LAN (tests/aptmirror.py: the
+    hosts' deb.debian.org), for apt to move them to Debian 13."""
     deb = debs.build()
     root = rootfs()
     os.makedirs(work, exist_ok=True)
     lan = Lan(tag)
-    mirror = aptmirror.AptMirror(f"{lan.net}.1")
+    mirror = aptmirror.AptMirror(f"{lan.net}.1") if archive else None
     machines: List[Host] = []
     proxy = None
     try:
         for number, name in enumerate(NAMES, start=11):
             address = lan.add(name, number)
-            machines.append(Host(lan, name, address, root, [(os.path.dirname(deb), "/mnt/debs")], work))
-        for m in machines:   # the LAN's name service: Debian's archive is the mirror on the bridge
-            m.run("sh", "-c", f"echo '{mirror.address} {aptmirror.NAME}' >> /etc/hosts")
+            machines.append(Host(lan, name, address, root, ro_binds, work))
+        if mirror is not None:
+            for m in machines:   # the LAN's name service: Debian's archive is the mirror on the bridge
+                m.run("sh", "-c", f"echo '{mirror.address} {aptmirror.NAME}' >> /etc/hosts")
+        started = time.monotonic()
         password = deploy(machines, deb)
         proxy = ClientHaproxy(lan, machines, work, password)
-        yield lan, machines, proxy, password
+        yield lan, machines, proxy, password, started
     finally:
         if proxy is not None:
             proxy.stop()
         for m in machines:
             m.power_off()
-        mirror.stop()
+        if mirror is not None:
+            mirror.stop()
         lan.teardown()
 
 

@@ -35,26 +35,9 @@ def lan_hosts(base_dir):
     deb = debs.build()
     next_deb = debs.build_next()
     binds = [(os.path.dirname(deb), "/mnt/debs"), (os.path.dirname(next_deb), "/mnt/debs-next")]
-    root = hosts.rootfs()
-    work = os.path.join(base_dir, "hosts")
-    os.makedirs(work, exist_ok=True)
-    lan = hosts.Lan(os.getpid() % 200 + 20)
-    machines = []
-    proxy = None
-    try:
-        for number, name in enumerate(hosts.NAMES, start=11):
-            address = lan.add(name, number)
-            machines.append(hosts.Host(lan, name, address, root, binds, work))
-        started = time.monotonic()
-        password = hosts.deploy(machines, deb)
-        proxy = hosts.ClientHaproxy(lan, machines, work, password)
+    with hosts.three_hosts(os.path.join(base_dir, "hosts"), os.getpid() % 200 + 20, binds) as found:
+        lan, machines, proxy, _password, started = found
         yield lan, machines, proxy, started, next_deb
-    finally:
-        if proxy is not None:
-            proxy.stop()
-        for m in machines:
-            m.power_off()
-        lan.teardown()
 
 
 

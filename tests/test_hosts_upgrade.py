@@ -12,7 +12,7 @@ import time
 import psycopg2
 import pytest
 
-from tests import harness, hosts
+from tests import debs, harness, hosts
 from tests.harness import wait_until
 from tests.hosts import longest_gap, lost_writes, primary, streaming, writer
 
@@ -22,8 +22,10 @@ BULK_ROWS = 3000000    # about 200 MiB: well above the new catalogs a replica re
 
 @pytest.fixture(scope="module")
 def cluster(base_dir):
-    with hosts.upgradable_cluster(os.path.join(base_dir, "hosts-upgrade"), 220 + os.getpid() % 30) as found:
-        yield found
+    deb = debs.build()
+    with hosts.three_hosts(os.path.join(base_dir, "hosts-upgrade"), 220 + os.getpid() % 30,
+                           [(os.path.dirname(deb), "/mnt/debs")], archive=True) as found:
+        yield found[:4]
 
 
 def test_each_host_moves_to_debian_13_under_a_running_cluster(cluster):
