@@ -269,14 +269,18 @@ class Governor:
             # sees in etcd, and a member key may have expired while this process was stopped.
             publish.publish(self, local)
         ok = self.execute(decision, local)
-        if request is not None:
-            self.answer_request(request, decision, ok)
-        if decision.actions:
-            local = observe_local(self)
-        self._role_callbacks(local)
-        if self.cluster is not None and not self.mem.dcs_failed:
-            publish.publish(self, local)
-        publish.publish_status(self, local, decision)
+        try:
+            if decision.actions:
+                local = observe_local(self)
+            self._role_callbacks(local)
+            if self.cluster is not None and not self.mem.dcs_failed:
+                publish.publish(self, local)
+            publish.publish_status(self, local, decision)
+        finally:
+            # Answered once /status shows the outcome (a restarted postmaster's start time): an
+            # operator who asks right after the answer must not see the server from before.
+            if request is not None:
+                self.answer_request(request, decision, ok)
         return ok
 
     def _restart_schedule(self) -> dict:
