@@ -1,0 +1,60 @@
+"""Settings that follow the PostgreSQL major version: `{major}` in postgresql.data_dir,
+config_dir and systemd_unit (Debian's layout: /var/lib/postgresql/{major}/main,
+/etc/postgresql/{major}/main, postgresql@{major}-main). A major upgrade then changes no file:
+the templates stand for the version the host's cluster runs, read from the file system.
+
+Which major: the highest M whose data directory (the template with M) holds a PG_VERSION that
+says M and is no unfinished upgrade attempt (governor's `.governor` mark beside it, as
+actions/upgrade.py leaves it until the new cluster has started); on a host with no such
+directory yet, the newest installed (a new member clones the leader with the newest binaries,
+as without templates)."""
+from __future__ import annotations
+
+import glob
+import os
+import re
+from typing import Callable, Iterable, Optional, Sequence
+
+MAJOR = "{major}"
+KEYS = ("data_dir", "config_dir", "systemd_unit")
+ATTEMPT = ".governor"      # beside a directory governor is still making: not the cluster yet
+
+
+def templated(value: Optional[str]) -> bool:
+    return bool(value) and MAJOR in str(value)
+
+
+def fill(value: Optional[str], major: int) -> Optional[str]:
+    return value.replace(MAJOR, str(major)) if value else value
+
+
+def template_problem(value: str) -> Optional[str]:
+    """What is wrong with a template (None: fine): `{major}` once, as a whole path component or
+    between the unit name's '@' and '-'; no other braces."""
+    if value.count(MAJOR) != 1 or value.replace(MAJOR, "").count("{") or value.replace(MAJOR, "").count("}"):
+        return f"expected {MAJOR} exactly once and no other braces, got {value!r}"
+    if not re.search(r"(^|/|@)\{major\}($|/|-)", value):
+        return f"{MAJOR} must stand alone between '/' (or '@' and '-'), as in /var/lib/postgresql/{MAJOR}/main"
+    return None
+
+
+def candidates(data_template: str) -> Iterable[int]:
+    """The majors some directory matching the data directory's template is named after."""
+    head, tail = data_template.split(MAJOR, 1)
+    pattern = re.compile(re.escape(head) + r"(\d{1,3})" + re.escape(tail))
+    for path in glob.glob(glob.escape(head) + "*" + glob.escape(tail)):
+        found = pattern.fullmatch(path)
+        if found:
+            yield int(found.group(1))
+
+
+def resolve(data_template: str, installed: Sequence[int],
+            data_major: Callable[[str], Optional[int]], exists: Callable[[str], bool] = os.path.exists,
+            found: Optional[Iterable[int]] = None) -> Optional[int]:
+    """The major the templates stand for on this host (see the module's docstring); None when
+    there is no cluster and nothing installed."""
+    for major in sorted(set(candidates(data_template) if found is None else found), reverse=True):
+        data = fill(data_template, major)
+        if data_major(data) == major and not exists(data.rstrip("/") + ATTEMPT):
+            return major
+    return max(installed) if installed else None
