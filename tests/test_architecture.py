@@ -196,7 +196,7 @@ LAYER_OF = {
     "core": "governor ha hatypes race sync cluster failsafe failsafelist slots standby restarts upgrade upgrade_plan "
             "backoff memory clock settings cluster_settings dynamic pgparams pgvalue wakeups",
     "config": "config checker configfiles listeners passwords archive callbacks apiauth template_layout reference "
-              "safe_yaml bindir repltls postgres.catalogue",
+              "safe_yaml bindir majorpaths repltls postgres.catalogue",
     "adapters": "dcs dcs.base dcs.errors dcs.etcd2 dcs.etcd3 dcs.keys dcs.onecluster dcs.rotation dcs.store "
                 "dcs.v2probe dcs.v3cache dcs.v3json dcs.v3lease postgres postgres.bootstrap postgres.controller "
                 "postgres.controllers postgres.datadir postgres.disk postgres.lifeline postgres.remote postgres.server "
