@@ -10,7 +10,17 @@ import os
 from typing import Any, Dict, List, Optional, Tuple
 
 from governor import archive as archive_mod
-from governor import bindir, cluster_settings, listeners, passwords, pgparams, repltls, standby, template_layout
+from governor import (
+    bindir,
+    cluster_settings,
+    listeners,
+    majorpaths,
+    passwords,
+    pgparams,
+    repltls,
+    standby,
+    template_layout,
+)
 from governor import callbacks as callbacks_mod
 from governor import checker as checker_mod
 from governor.checker import (  # noqa: F401 - parse_host_port and default_bin_dir are used through config
@@ -151,10 +161,15 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
                "address (or listen on 0.0.0.0 with connect_address set to it)")
 
     data_dir = c.value("postgresql.data_dir", "str", required=True, check=_path_check)
+    major_templates = majorpaths.read(c, data_dir)
+    if major_templates:
+        data_dir = majorpaths.fill(data_dir, major_templates.major)
     if data_dir:
         data_dir = os.path.abspath(data_dir)
         parent = os.path.dirname(data_dir)
-        if not os.path.isdir(parent) and not template.makes(parent):
+        if major_templates and os.path.isdir(major_templates.above):
+            pass    # the version's own directory (/var/lib/postgresql/17) is made with the cluster
+        elif not os.path.isdir(parent) and not template.makes(parent):
             c.fail("postgresql.data_dir", f"the parent directory {parent} does not exist")
         elif os.path.lexists(data_dir) and not os.path.isdir(data_dir):
             c.fail("postgresql.data_dir", f"{data_dir} exists and is not a directory")
@@ -233,10 +248,13 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
             c.fail("postgresql.permanent_slots", f"expected slot names of at most 63 of a-z, 0-9 and '_', got {slot!r}")
     logical_slots = _logical_slots(c, permanent_slots)
     systemd_unit = c.value("postgresql.systemd_unit", "str",
-                           check=lambda v: None if UNIT_RE.fullmatch(v) else "expected a unit name such as "
-                                                                        "postgresql@15-main")
+                           check=lambda v: None if UNIT_RE.fullmatch(majorpaths.fill_as(v, major_templates))
+                           else "expected a unit name such as postgresql@15-main or postgresql@{major}-main")
     config_dir = c.value("postgresql.config_dir", "str",
-                         check=lambda v: None if os.path.isdir(v) else f"directory {v!r} does not exist")
+                         check=lambda v: None if os.path.isdir(majorpaths.fill_as(v, major_templates)) else
+                         f"directory {majorpaths.fill_as(v, major_templates)!r} does not exist")
+    systemd_unit = majorpaths.fill_as(systemd_unit, major_templates)
+    config_dir = majorpaths.fill_as(config_dir, major_templates)
     socket_dir = str(parameters.get("unix_socket_directories", "")).split(",")[0].strip()
     if not socket_dir:
         socket_dir = "/var/run/postgresql" if os.path.isdir("/var/run/postgresql") else "/tmp"
@@ -285,7 +303,7 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
             permanent_slots=permanent_slots, logical_slots=logical_slots, systemd_unit=systemd_unit,
             config_dir=os.path.abspath(config_dir) if config_dir else None, archive=archive,
             restore=restore, standby_restore_command=standby_restore, replication_ssl=repl_ssl, hostssl=hostssl,
-            bin_dir_set=bool(bin_dir_set)),
+            bin_dir_set=bool(bin_dir_set), major_templates=major_templates),
     ), values)
 
 

@@ -13,7 +13,14 @@ from __future__ import annotations
 import glob
 import os
 import re
-from typing import Callable, Iterable, Optional, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
+
+from governor import bindir
+from governor.settings import MajorTemplates, PostgresConfig
+
+if TYPE_CHECKING:
+    from governor.checker import Checker
 
 MAJOR = "{major}"
 KEYS = ("data_dir", "config_dir", "systemd_unit")
@@ -58,3 +65,45 @@ def resolve(data_template: str, installed: Sequence[int],
         if data_major(data) == major and not exists(data.rstrip("/") + ATTEMPT):
             return major
     return max(installed) if installed else None
+
+
+def fill_as(value: Any, templates: Optional[MajorTemplates]) -> Any:
+    """`value` with the host's major in place of `{major}` (unchanged without templates)."""
+    return fill(value, templates.major) if templates and isinstance(value, str) and templated(value) else value
+
+
+def read(c: Checker, data_dir: Optional[str]) -> Optional[MajorTemplates]:
+    """The templates in the files, checked, and the major they stand for; None without any."""
+    config_dir, unit = c.get("postgresql.config_dir"), c.get("postgresql.systemd_unit")
+    named = {key: v for key, v in (("data_dir", data_dir), ("config_dir", config_dir), ("systemd_unit", unit))
+             if isinstance(v, str) and templated(v)}
+    if not named:
+        return None
+    if "data_dir" not in named:
+        for key in named:
+            c.fail(f"postgresql.{key}", f"{MAJOR} needs postgresql.data_dir to have it too (the data directory "
+                                        "says which major the host runs)")
+        return None
+    for key, value in named.items():
+        problem = template_problem(value)
+        if problem:
+            c.fail(f"postgresql.{key}", problem)
+            return None
+    major = resolve(os.path.abspath(named["data_dir"]), bindir.installed_majors(), bindir.data_major)
+    if major is None:
+        c.fail("postgresql.data_dir", f"{MAJOR}: no cluster in {named['data_dir']} for any major and no "
+                                      "PostgreSQL installed")
+        return None
+    return MajorTemplates(os.path.abspath(named["data_dir"]), named.get("config_dir"), named.get("systemd_unit"),
+                          major)
+
+
+def for_major(pg: PostgresConfig, major: int) -> PostgresConfig:
+    """The settings for running PostgreSQL `major` in the templates' places (binaries chosen by
+    the caller)."""
+    t = pg.major_templates
+    if t is None:
+        return pg
+    return replace(pg, data_dir=fill(t.data_dir, major), config_dir=fill(t.config_dir, major) or pg.config_dir,
+                   systemd_unit=fill(t.systemd_unit, major) or pg.systemd_unit,
+                   major_templates=replace(t, major=major))

@@ -75,6 +75,21 @@ class PgBackRest:
 
 
 @dataclass(frozen=True)
+class MajorTemplates:
+    """`{major}` in postgresql.data_dir, config_dir and systemd_unit (majorpaths.py): the templates
+    as written, and the major they stand for on this host."""
+    data_dir: str
+    config_dir: Optional[str]
+    systemd_unit: Optional[str]
+    major: int
+
+    @property
+    def above(self) -> str:
+        """The directory the versions' directories are in (/var/lib/postgresql)."""
+        return self.data_dir.split("{major}", 1)[0].rstrip("/") or "/"
+
+
+@dataclass(frozen=True)
 class ArchiveConfig:
     mode: str = "off"                       # archive_mode: off | on (the primary archives) | always
     command: Optional[str] = None           # a generic archive_command
@@ -146,6 +161,7 @@ class PostgresConfig:
     bin_dir_set: bool = False             # postgresql.bin_dir given in the files (else chosen from PG_VERSION)
     standby_restore_command: Optional[str] = None  # standby_cluster.restore_command: WAL from the primary
     # cluster's archive while following it (only from the files: it runs a program)
+    major_templates: Optional[MajorTemplates] = None  # `{major}` in data_dir, config_dir, systemd_unit
 
     @property
     def slot_name(self) -> str:

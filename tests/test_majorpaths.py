@@ -1,4 +1,4 @@
-"""`{major}` in data_dir, config_dir and systemd_unit (governor/layout.py): the templates stand
+"""`{major}` in data_dir, config_dir and systemd_unit (governor/majorpaths.py): the templates stand
 for the version the host's cluster runs, so a major upgrade of Debian's layout changes no file."""
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from governor import bindir, majorpaths as layout
+from governor import bindir
+from governor import majorpaths as layout
 
 
 def cluster(root, major: int, attempt: bool = False) -> str:
