@@ -263,7 +263,7 @@ class Controls:
         if cluster is None or cluster.upgrade_unreadable or cluster.upgrade is not None and cluster.upgrade.active:
             return 409, {"error": "an upgrade is under way (or etcd is not reachable): nothing removed"}
         try:
-            removed = upgrade_cleanup.remove(self.gov.pg.data_dir)
+            removed = upgrade_cleanup.remove(self.gov.pg.data_dir, self.gov.pg)
         except OSError as exc:
             return 500, {"error": f"could not remove an old data directory: {exc}"}
         if removed:

@@ -3,11 +3,14 @@ config_dir and systemd_unit (Debian's layout: /var/lib/postgresql/{major}/main,
 /etc/postgresql/{major}/main, postgresql@{major}-main). A major upgrade then changes no file:
 the templates stand for the version the host's cluster runs, read from the file system.
 
-Which major: the highest M whose data directory (the template with M) holds a PG_VERSION that
-says M and is no unfinished upgrade attempt (governor's `.governor` mark beside it, as
-actions/upgrade.py leaves it until the new cluster has started); on a host with no such
-directory yet, the newest installed (a new member clones the leader with the newest binaries,
-as without templates)."""
+Which major (resolve()): among the directories the template matches that hold a PG_VERSION of
+their own major and are no unfinished attempt (governor's `.governor` mark beside one it is still
+making), the one a finished upgrade did not move on from (governor leaves `.governor-moved`,
+naming the new major, beside the old one). Two such — Debian's own cluster made by a package
+beside governor's — is an error, never a guess. With every one moved on, the newest they moved
+to (a replica about to clone it); with none, the version of an empty directory there (where the
+operator made room for a clone, as README says for the other members); with nothing there, the
+newest installed."""
 from __future__ import annotations
 
 import glob
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
 MAJOR = "{major}"
 KEYS = ("data_dir", "config_dir", "systemd_unit")
 ATTEMPT = ".governor"      # beside a directory governor is still making: not the cluster yet
+MOVED = ".governor-moved"  # beside an old cluster a finished upgrade moved on from: the new major
 
 
 def templated(value: Optional[str]) -> bool:
@@ -40,7 +44,7 @@ def template_problem(value: str) -> Optional[str]:
     between the unit name's '@' and '-'; no other braces."""
     if value.count(MAJOR) != 1 or value.replace(MAJOR, "").count("{") or value.replace(MAJOR, "").count("}"):
         return f"expected {MAJOR} exactly once and no other braces, got {value!r}"
-    if not re.search(r"(^|/|@)\{major\}($|/|-)", value):
+    if not re.search(r"(^|/|@|-)\{major\}($|/|-)", value):
         return f"{MAJOR} must stand alone between '/' (or '@' and '-'), as in /var/lib/postgresql/{MAJOR}/main"
     return None
 
@@ -55,15 +59,42 @@ def candidates(data_template: str) -> Iterable[int]:
             yield int(found.group(1))
 
 
+class Ambiguous(Exception):
+    """Several directories hold a cluster of their own major and governor moved none of them."""
+
+
+def moved_to(data: str) -> Optional[int]:
+    """The major a finished upgrade moved the cluster in `data` on to (its MOVED file), or None."""
+    try:
+        with open(data.rstrip("/") + MOVED, encoding="ascii", errors="replace") as fh:
+            text = fh.read(16).strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and len(text) <= 3 else None
+
+
 def resolve(data_template: str, installed: Sequence[int],
             data_major: Callable[[str], Optional[int]], exists: Callable[[str], bool] = os.path.exists,
             found: Optional[Iterable[int]] = None) -> Optional[int]:
-    """The major the templates stand for on this host (see the module's docstring); None when
-    there is no cluster and nothing installed."""
-    for major in sorted(set(candidates(data_template) if found is None else found), reverse=True):
+    """The major the templates stand for on this host: the one cluster governor did not move on
+    from; with every one moved on, the newest they were moved to (a replica cloning it); with no
+    cluster, the newest installed. Ambiguous when several were not moved on (one is not
+    governor's: Debian's own made by a package, or one made by hand)."""
+    valid, found = [], set(candidates(data_template) if found is None else found)
+    for major in found:
         data = fill(data_template, major)
         if data_major(data) == major and not exists(data.rstrip("/") + ATTEMPT):
-            return major
+            valid.append(major)
+    current = sorted(m for m in valid if moved_to(fill(data_template, m)) is None)
+    if len(current) > 1:
+        raise Ambiguous(", ".join(fill(data_template, m) for m in current))
+    if current:
+        return current[0]
+    targets = [moved_to(fill(data_template, m)) for m in valid]
+    if targets:
+        return max(t for t in targets if t is not None)
+    if found:       # an empty directory: where the operator made room for a clone
+        return max(found)
     return max(installed) if installed else None
 
 
@@ -89,7 +120,13 @@ def read(c: Checker, data_dir: Optional[str]) -> Optional[MajorTemplates]:
         if problem:
             c.fail(f"postgresql.{key}", problem)
             return None
-    major = resolve(os.path.abspath(named["data_dir"]), bindir.installed_majors(), bindir.data_major)
+    try:
+        major = resolve(os.path.abspath(named["data_dir"]), bindir.installed_majors(), bindir.data_major)
+    except Ambiguous as exc:
+        c.fail("postgresql.data_dir", f"{MAJOR}: clusters in {exc} and governor moved none of them on: which is "
+                                      "this member's is unknown; move the other away (pg_dropcluster if it is "
+                                      "Debian's own)")
+        return None
     if major is None:
         c.fail("postgresql.data_dir", f"{MAJOR}: no cluster in {named['data_dir']} for any major and no "
                                       "PostgreSQL installed")
@@ -107,3 +144,13 @@ def for_major(pg: PostgresConfig, major: int) -> PostgresConfig:
     return replace(pg, data_dir=fill(t.data_dir, major), config_dir=fill(t.config_dir, major) or pg.config_dir,
                    systemd_unit=fill(t.systemd_unit, major) or pg.systemd_unit,
                    major_templates=replace(t, major=major))
+
+
+def mark_moved(old_data: str, major: int) -> None:
+    """Say beside `old_data` that its cluster moved on to `major` (before the attempt's mark goes)."""
+    path = old_data.rstrip("/") + MOVED
+    with open(path + ".new", "w") as fh:
+        fh.write(f"{major}\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(path + ".new", path)

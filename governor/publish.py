@@ -53,9 +53,16 @@ def upgrade_blockers(g: NodeHost) -> list:
     if g.pg.bin_dir_set:
         out.append("postgresql.bin_dir is set in its files: remove it (governor takes the binaries matching the "
                    "data directory's PG_VERSION), or after the upgrade governor would not start")
-    if g.pg.systemd_unit or g.pg.config_dir:
-        out.append("PostgreSQL runs as the distribution's unit (postgresql.systemd_unit, config_dir): "
-                   "governorctl upgrade does not handle that layout yet")
+    t = g.pg.major_templates
+    fixed = [key for key, value, template in (("data_dir", g.pg.data_dir, t and t.data_dir),
+                                              ("config_dir", g.pg.config_dir, t and t.config_dir),
+                                              ("systemd_unit", g.pg.systemd_unit, t and t.systemd_unit))
+             if value and not template]
+    if (g.pg.systemd_unit or g.pg.config_dir) and fixed:
+        out.append(f"postgresql.{', '.join(fixed)} name(s) one version, and the distribution's layout puts each "
+                   "version in its own place: write {major} there instead (postgresql@{major}-main, "
+                   "/etc/postgresql/{major}/main, /var/lib/postgresql/{major}/main), then restart governor "
+                   "keeping PostgreSQL running")
     return out
 
 

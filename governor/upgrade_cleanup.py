@@ -9,9 +9,10 @@ import glob
 import os
 import re
 import shutil
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
-from governor import bindir, upgrade_seed
+from governor import bindir, majorpaths, upgrade_seed
+from governor.settings import PostgresConfig
 
 
 def leftovers(data_dir: str) -> List[Tuple[str, int]]:
@@ -28,12 +29,38 @@ def leftovers(data_dir: str) -> List[Tuple[str, int]]:
     return found
 
 
-def remove(data_dir: str) -> List[str]:
-    """Remove them (and the statistics run's log); what was removed."""
+def moved_on(pg: PostgresConfig) -> List[Tuple[str, int]]:
+    """With `{major}` in the settings (majorpaths.py): (path, major) of each old cluster in its own
+    version's place that an upgrade moved on from to the running one."""
+    t = pg.major_templates
+    current = bindir.data_major(pg.data_dir)
+    if t is None or current is None:
+        return []
+    found = []
+    for major in sorted(majorpaths.candidates(t.data_dir)):
+        path = majorpaths.fill(t.data_dir, major)
+        if major < current and bindir.data_major(path) == major and majorpaths.moved_to(path) is not None \
+                and os.path.isdir(path) and not os.path.islink(path) \
+                and not os.path.exists(os.path.join(path, "postmaster.pid")):
+            found.append((path, major))
+    return found
+
+
+def remove(data_dir: str, pg: Optional[PostgresConfig] = None) -> List[str]:
+    """Remove them (and the statistics run's log); what was removed. With `{major}` in the
+    settings, an old cluster's configuration directory goes with it (as pg_dropcluster does)."""
     removed = []
     for path, _major in leftovers(data_dir):
         shutil.rmtree(path)
         removed.append(path)
+    for path, major in moved_on(pg) if pg is not None else []:
+        shutil.rmtree(path)
+        os.remove(path.rstrip("/") + majorpaths.MOVED)
+        removed.append(path)
+        config = majorpaths.for_major(pg, major).config_dir if pg.major_templates.config_dir else None
+        if config and os.path.isdir(config) and not os.path.islink(config):
+            shutil.rmtree(config)
+            removed.append(config)
     log, seed = f"{data_dir}.analyze.log", upgrade_seed.seed_dir(data_dir)
     if removed and os.path.isfile(log):
         os.remove(log)

@@ -120,16 +120,17 @@ def build(old: str, new: str, seed: str) -> Manifest:
     return manifest
 
 
-def make(data_dir: str, new: str) -> bool:
-    """The leader, after pg_upgrade: the seed beside `data_dir`; False (the replicas clone) when
-    it cannot be made."""
-    remove(data_dir)
+def make(data_dir: str, new: str, at: Optional[str] = None) -> bool:
+    """The leader, after pg_upgrade: the seed beside `at` (where the new cluster will run from;
+    default `data_dir`, which it replaces); False (the replicas clone) when it cannot be made."""
+    at = at or data_dir
+    remove(at)
     began = time.monotonic()
     try:
-        m = build(data_dir, new, seed_dir(data_dir))
+        m = build(data_dir, new, seed_dir(at))
     except (OSError, SeedError) as exc:
         log.warning("upgrade: no seed for the replicas (they will clone this member instead): %s", exc)
-        remove(data_dir)
+        remove(at)
         return False
     log.info("upgrade: seed for the replicas made in %.2f s: %d files they link from their own data directory, "
              "%d (%.1f MiB) they fetch from this member", time.monotonic() - began, len(m.links), len(m.copies),

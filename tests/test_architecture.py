@@ -199,7 +199,8 @@ LAYER_OF = {
               "safe_yaml bindir majorpaths repltls postgres.catalogue",
     "adapters": "dcs dcs.base dcs.errors dcs.etcd2 dcs.etcd3 dcs.keys dcs.onecluster dcs.rotation dcs.store "
                 "dcs.v2probe dcs.v3cache dcs.v3json dcs.v3lease postgres postgres.bootstrap postgres.controller "
-                "postgres.clusterconf postgres.controllers postgres.datadir postgres.disk postgres.lifeline postgres.remote postgres.server "
+                "postgres.clusterconf postgres.controllers postgres.datadir postgres.disk postgres.lifeline "
+                "postgres.remote postgres.server "
                 "api api_seed audit metrics systemd log peers status upgrade_seed upgrade_probe upgrade_cleanup fence "
                 "watchdog watchdogfeed lockfence supervisor",
     "node": "daemon uniquename observe publish reconfigure shutdown sleeping vouch leaderlock syncrep controls ports "

@@ -30,9 +30,35 @@ def test_the_cluster_there_names_the_major(tmp_path):
 
 
 def test_after_an_upgrade_the_new_cluster_wins_while_the_old_is_kept(tmp_path):
+    old = cluster(tmp_path, 15)
+    cluster(tmp_path, 17)
+    layout.mark_moved(old, 17)
+    assert resolve(tmp_path) == 17
+    assert layout.moved_to(old) == 17
+
+
+def test_a_cluster_governor_did_not_make_beside_its_own_is_an_error_not_a_guess(tmp_path):
+    """Debian's postgresql-17 package, or an operator's pg_createcluster, made 17/main beside
+    governor's 15/main: running the empty one would be a cluster nobody wrote to."""
     cluster(tmp_path, 15)
     cluster(tmp_path, 17)
-    assert resolve(tmp_path) == 17
+    with pytest.raises(layout.Ambiguous, match="15/main.*17/main"):
+        resolve(tmp_path)
+
+
+def test_a_replica_that_moved_on_and_is_cloning_runs_the_new_major(tmp_path):
+    old = cluster(tmp_path, 15)
+    os.makedirs(tmp_path / "17" / "main")          # empty until the clone is done
+    layout.mark_moved(old, 17)
+    assert resolve(tmp_path, installed=(15, 17, 18)) == 17
+
+
+def test_a_moved_mark_that_says_nonsense_is_no_mark(tmp_path):
+    old = cluster(tmp_path, 15)
+    with open(old + layout.MOVED, "w") as fh:
+        fh.write("seventeen\n")
+    assert layout.moved_to(old) is None
+    assert resolve(tmp_path) == 15
 
 
 def test_a_new_cluster_governor_is_still_making_does_not_count(tmp_path):
@@ -52,8 +78,8 @@ def test_a_directory_whose_version_file_says_otherwise_does_not_count(tmp_path):
 def test_an_empty_host_takes_the_newest_installed(tmp_path):
     assert resolve(tmp_path) == 17
     assert resolve(tmp_path, installed=()) is None
-    os.makedirs(tmp_path / "17" / "main")      # empty: a member about to clone
-    assert resolve(tmp_path) == 17
+    os.makedirs(tmp_path / "15" / "main")      # emptied for a clone of the leader, which runs 15
+    assert resolve(tmp_path) == 15
 
 
 def test_fill_puts_the_major_in_each_setting():

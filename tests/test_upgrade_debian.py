@@ -332,3 +332,79 @@ def test_a_replica_whose_host_crashed_during_the_upgrade_clones_the_leader_when_
         raise
     finally:
         m.run("systemctl", "stop", *(f"governor@{n}" for n in names), check=False)
+
+
+def ctl_of(m: system.Machine, name: str, *args: str):
+    return m.run("governorctl", "-c", f"/etc/governor/{name}.d", *args, check=False, timeout=400)
+
+
+def test_debians_own_layout_moves_to_17_with_major_in_the_settings(upgraded, etcd):
+    """PostgreSQL run as Debian's unit (README's "PostgreSQL as the distribution's unit"), with
+    `{major}` in place of the version in data_dir, config_dir and systemd_unit: the upgrade makes
+    17/NAME beside 15/NAME as pg_upgradecluster would (configuration copied, start.conf manual),
+    runs postgresql@17-NAME, keeps 15/NAME until --cleanup, and a governor restarted afterwards
+    still runs 17 from the same files."""
+    m = upgraded
+    names = ("d1", "d2")
+    ports: Dict[str, dict] = {}
+    m.run("cp", "/usr/share/doc/governor/examples/50-governor-postgresql.rules", "/etc/polkit-1/rules.d/")
+    try:
+        for name in names:
+            cfg, ports[name] = system.node_config(etcd.endpoint, f"debianlayout{os.getpid()}", name,
+                                                  f"/var/lib/postgresql/{{major}}/{name}", loop_wait=1)
+            cfg["postgresql"].update(config_dir=f"/etc/postgresql/{{major}}/{name}",
+                                     systemd_unit=f"postgresql@{{major}}-{name}")
+            m.run("pg_createcluster", "15", name, "-p", str(ports[name]["pg"]), "--start-conf", "manual")
+            m.install_config(f"/etc/governor/{name}.d/local.yml", cfg)
+        m.run("sh", "-c", "rm -rf /var/lib/postgresql/15/d2/*")      # README: the others clone the leader
+        m.run("systemctl", "start", "governor@d1")
+        wait_until(lambda: role(m, ports["d1"]["pg"]) == "primary", 90, "d1 to adopt 15/d1")
+        m.run("systemctl", "start", "governor@d2")
+        wait_until(lambda: role(m, ports["d2"]["pg"]) == "replica", 120, "d2 to clone into 15/d2")
+        assert m.run("systemctl", "is-active", "postgresql@15-d2", check=False).stdout.strip() == "active"
+        sql(m, ports["d1"]["pg"], "CREATE TABLE kept AS SELECT g AS id FROM generate_series(1, 100000) AS g")
+        checks_pass(m, "d1")
+
+        done = m.run("governorctl", "-c", "/etc/governor/d1.d", "upgrade", "--to", "17", check=False, timeout=600)
+        assert done.returncode == 0 and "done: every member runs PostgreSQL 17" in done.stdout, done.stdout
+        for name in names:
+            assert sql(m, ports[name]["pg"], "SHOW server_version_num")[0].startswith("17"), name
+            assert m.run("systemctl", "is-active", f"postgresql@17-{name}", check=False).stdout.strip() == "active"
+            assert m.run("systemctl", "is-active", f"postgresql@15-{name}", check=False).stdout.strip() != "active"
+            for version in ("15", "17"):     # neither starts at boot: governor starts the cluster
+                assert m.run("cat", f"/etc/postgresql/{version}/{name}/start.conf").stdout.split()[-1] == "manual"
+            assert m.run("test", "-f", f"/var/lib/postgresql/15/{name}/PG_VERSION", check=False).returncode == 0
+        listed = m.run("pg_lsclusters", "-h").stdout
+        assert any(line.split()[:4] == ["17", "d1", str(ports["d1"]["pg"]), "online"]
+                   for line in listed.splitlines()), listed
+        wait_until(lambda: role(m, ports["d2"]["pg"]) == "replica", 60, "d2 on 17")
+        assert sql(m, ports["d2"]["pg"], "SELECT count(*) FROM kept") == ["100000"]
+        assert "linked from this member's own" in m.journal("governor@d2"), "d2 linked its files"
+
+        # the same files, read again: 17 is this member's version now
+        before = m.run("systemctl", "show", "-p", "MainPID", "--value", "governor@d1").stdout.strip()
+        m.run("sh", "-c", "touch /run/governor-d1/restart-keep-postgres && systemctl restart governor@d1")
+
+        def d1_listed():
+            members = json.loads(ctl_of(m, "d1", "list", "--format", "json").stdout or "{}").get("members", [])
+            return [x for x in members if x.get("member") == "d1" or x.get("name") == "d1"]
+        wait_until(lambda: m.run("systemctl", "show", "-p", "MainPID", "--value", "governor@d1").stdout.strip()
+                   not in ("", "0", before), 30, "a new governor@d1")
+        time.sleep(4)
+        assert role(m, ports["d1"]["pg"]) == "primary"
+        assert m.run("systemctl", "is-active", "postgresql@17-d1", check=False).stdout.strip() == "active"
+        assert m.run("systemctl", "is-active", "postgresql@15-d1", check=False).stdout.strip() != "active"
+        listed_after = d1_listed()
+        assert listed_after and str(listed_after[0].get("pg_version", "")).startswith("17"), listed_after
+
+        cleaned = m.run("governorctl", "-c", "/etc/governor/d1.d", "upgrade", "--cleanup", check=False, timeout=300)
+        assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+        for name in names:
+            assert m.run("test", "-e", f"/var/lib/postgresql/15/{name}", check=False).returncode == 1, name
+            assert m.run("test", "-e", f"/etc/postgresql/15/{name}", check=False).returncode == 1, name
+        assert sql(m, ports["d1"]["pg"], "SELECT count(*) FROM kept") == ["100000"]
+    except AssertionError:
+        journals(m, names)
+        raise
+    finally:
+        m.run("systemctl", "stop", *(f"governor@{n}" for n in names), check=False)

@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, List, Optional
 
 import psycopg2
 
-from governor import bindir, clock, upgrade_probe, upgrade_seed
+from governor import bindir, clock, majorpaths, upgrade_probe, upgrade_seed
 from governor.actions.base import ActionFailed
 from governor.actions.setup import set_up_stanza
 from governor.cluster import UpgradeRecord
 from governor.dcs import DCSError
 from governor.ha import Decision, LocalState
+from governor.postgres import clusterconf
 from governor.postgres.controllers import make_controller
 from governor.postgres.server import Server
 from governor.settings import NAME_RE
@@ -73,21 +74,45 @@ def _write_and_read(g: ActionHost, record: UpgradeRecord, step: str) -> UpgradeR
 
 
 def paths(g: ActionHost, record: UpgradeRecord) -> tuple:
+    """(the data directory, where the new cluster is made, governor's mark beside it, where the
+    old cluster is kept). With `{major}` in the settings (majorpaths.py) the new cluster is made
+    in its own version's place and the old one stays in its own."""
     data = g.pg.data_dir
+    if g.pg.major_templates is not None:
+        new = majorpaths.for_major(g.pg, record.to).data_dir
+        return data, new, new + majorpaths.ATTEMPT, majorpaths.for_major(g.pg, record.source).data_dir
     return data, f"{data}.upgrading", f"{data}.upgrading.governor", f"{data}.pg{record.source}"
+
+
+def make_config_dir(g: ActionHost, record: UpgradeRecord) -> None:
+    """With `{major}` in config_dir: the target's configuration directory made from the source's
+    (Debian's layout), and the source's cluster set to start only by hand."""
+    if g.pg.major_templates is None or not g.pg.major_templates.config_dir:
+        return
+    source = majorpaths.for_major(g.pg, record.source).config_dir
+    target = majorpaths.for_major(g.pg, record.to).config_dir
+    if source and target and source != target:
+        if os.path.isdir(source):
+            clusterconf.copy_for_major(source, target, record.source, record.to)
+            clusterconf.set_start(source)
+        elif not os.path.isdir(target):
+            raise ActionFailed(f"neither {source} nor {target} exists: the configuration directory is gone")
 
 
 def switch_binaries(g: ActionHost, major: int) -> None:
     """From now on this member runs PostgreSQL `major`'s binaries (the files choose them from
-    PG_VERSION at the next start of governor: nothing to edit)."""
+    PG_VERSION at the next start of governor: nothing to edit), and with `{major}` in the
+    settings, its data directory, configuration directory and unit."""
     bin_dir = bindir.installed(major)
     if bin_dir is None:
         raise ActionFailed(f"no binaries of PostgreSQL {major} on this host")
-    if bin_dir == g.pg.bin_dir:
+    moved = majorpaths.for_major(g.pg, major)
+    if bin_dir == g.pg.bin_dir and moved == g.pg:
         return
     host = g  # the node: its files' configuration changes with it
-    host.file_config = replace(host.file_config, postgresql=replace(host.file_config.postgresql, bin_dir=bin_dir))
-    host.config = replace(host.config, postgresql=replace(host.config.postgresql, bin_dir=bin_dir))
+    host.file_config = replace(host.file_config, postgresql=replace(
+        majorpaths.for_major(host.file_config.postgresql, major), bin_dir=bin_dir))
+    host.config = replace(host.config, postgresql=replace(moved, bin_dir=bin_dir))
     host.pg = host.config.postgresql
     g.server.close()
     g.server = Server(g.pg)
@@ -134,6 +159,7 @@ def upgrade_run(g: ActionHost, decision: Decision, local: LocalState) -> None:
     _remove_attempt(data, new, mark)
     if g.disk.controldata().state != "shut down":
         _shut_down_cleanly(g, data)
+    os.makedirs(os.path.dirname(new), mode=0o755, exist_ok=True)   # /var/lib/postgresql/17
     open(mark, "w").close()
     failed = _run(g, [os.path.join(target_bin, "initdb"), "-D", new, *record.initdb], None, mark=mark)
     if failed:
@@ -162,7 +188,7 @@ def upgrade_run(g: ActionHost, decision: Decision, local: LocalState) -> None:
         _write(g, record, "rollback", message=f"pg_upgrade failed: {failed}")
         return
     facts = {**record.facts, "pg_upgrade_seconds": round(clock.monotonic() - started, 1),
-             "seed": upgrade_seed.make(data, new)}
+             "seed": upgrade_seed.make(data, new, at=new if g.pg.major_templates else data)}
     _write(g, record, "upgraded", facts=facts)
 
 
@@ -225,7 +251,14 @@ def upgrade_start(g: ActionHost, decision: Decision, local: LocalState) -> None:
     if record.step == "upgraded":
         record = _write_and_read(g, record, "starting")
     data, new, mark, aside = paths(g, record)
-    if bindir.data_major(data) == record.source and os.path.isdir(new) and os.path.exists(mark):
+    if g.pg.major_templates is not None:
+        if os.path.exists(mark) and bindir.data_major(new) == record.to:
+            make_config_dir(g, record)
+            majorpaths.mark_moved(aside, record.to)
+            os.remove(mark)     # from now on the settings' {major} stands for the new version here
+            log.info("upgrade: the PostgreSQL %s cluster is %s; the old one is kept at %s", record.to, new, aside)
+        data = new
+    elif bindir.data_major(data) == record.source and os.path.isdir(new) and os.path.exists(mark):
         if os.path.lexists(aside):
             raise ActionFailed(f"{aside} exists already: move it away, the old cluster goes there")
         os.rename(data, aside)
@@ -319,6 +352,7 @@ def _remove_attempt(data: str, new: str, mark: str) -> None:
     if os.path.exists(mark):
         os.remove(mark)
     upgrade_seed.remove(data)
+    upgrade_seed.remove(new)
     control = os.path.join(data, "global", "pg_control")
     if not os.path.exists(control) and os.path.exists(control + ".old"):
         os.rename(control + ".old", control)
@@ -341,7 +375,7 @@ def stop_replica(g: ActionHost, record: UpgradeRecord, local: LocalState) -> tup
     """A replica about to replace its old data directory: there must be room to keep it aside;
     its PostgreSQL stops. The paths (data, new, mark, aside)."""
     data, new, mark, aside = paths(g, record)
-    if os.path.lexists(aside):
+    if aside != data and os.path.lexists(aside):
         raise ActionFailed(f"{aside} exists already: move it away, this member's old data directory goes there")
     if local.running:
         g.server.close()
@@ -353,9 +387,14 @@ def upgrade_set_aside(g: ActionHost, decision: Decision, local: LocalState) -> N
     """Replica of a leader that runs the new version: stop, move the old data directory aside
     (kept, never removed), and use the new binaries; the clone that follows copies the leader."""
     record = record_of(g)
-    data, _new, _mark, aside = stop_replica(g, record, local)
-    os.rename(data, aside)
-    os.mkdir(data, 0o700)
+    data, new, _mark, aside = stop_replica(g, record, local)
+    if g.pg.major_templates is not None:     # the old one stays in its place, the new one in its own
+        os.makedirs(new, mode=0o700, exist_ok=True)
+        make_config_dir(g, record)
+        majorpaths.mark_moved(data, record.to)
+    else:
+        os.rename(data, aside)
+        os.mkdir(data, 0o700)
     switch_binaries(g, record.to)
     g.data_replaced()
     g.announce(replace(local, running=False, role=None), decision, None)

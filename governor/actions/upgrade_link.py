@@ -11,9 +11,9 @@ import shutil
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from governor import clock, peers, upgrade_seed
+from governor import clock, majorpaths, peers, upgrade_seed
 from governor.actions.base import ActionFailed
-from governor.actions.upgrade import record_of, stop_replica, switch_binaries
+from governor.actions.upgrade import make_config_dir, record_of, stop_replica, switch_binaries
 from governor.ha import Decision, LocalState
 
 if TYPE_CHECKING:
@@ -40,8 +40,12 @@ def upgrade_link(g: ActionHost, decision: Decision, local: LocalState) -> None:
         log.warning("upgrade: cannot link this member's files into the new cluster (%s): cloning %s instead", exc,
                     leader)
         return
-    os.rename(data, aside)
-    os.rename(new, data)
+    if g.pg.major_templates is not None:    # the new cluster in its own version's place, the old one kept
+        make_config_dir(g, record)
+        majorpaths.mark_moved(data, record.to)
+    else:
+        os.rename(data, aside)
+        os.rename(new, data)
     os.remove(mark)
     switch_binaries(g, record.to)
     g.data_replaced()
@@ -73,6 +77,7 @@ def _build(g: ActionHost, checkpoint: object, leader: str, data: str, new: str, 
         if not os.path.exists(mark):
             raise ActionFailed(f"{new} exists and governor did not make it: move it away")
         shutil.rmtree(new)
+    os.makedirs(os.path.dirname(new), mode=0o755, exist_ok=True)   # /var/lib/postgresql/17
     open(mark, "w").close()
     with peers.open_control(member.api_url, "/upgrade/seed/files", g.config.restapi, FETCH_TIMEOUT) as answer:
         built = upgrade_seed.apply(manifest, data, new, answer.read)
