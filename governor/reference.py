@@ -70,7 +70,10 @@ SETTINGS: Dict[str, Setting] = {
     "postgresql.listen": Setting("host:port PostgreSQL listens on (listen_addresses and port).", RESTART),
     "postgresql.connect_address": Setting("host:port other members and haproxy use; required when listen is a "
                                           "wildcard.", RESTART, "the listen address"),
-    "postgresql.data_dir": Setting("The data directory; its parent must exist. Required.", RESTART),
+    "postgresql.data_dir": Setting("The data directory; its parent must exist. Required. May hold {major} "
+                                   "where the version goes (/var/lib/postgresql/{major}/main): it then stands for "
+                                   "the version of the cluster there, so a major upgrade changes no file.",
+                                   RESTART),
     "postgresql.bin_dir": Setting("Where pg_ctl, initdb and pg_basebackup live. One of another major than the "
                                   "data directory's PG_VERSION is refused.", RESTART,
                                   "the data directory's major: /usr/lib/postgresql/N/bin, /usr/pgsql-N/bin or "
@@ -99,11 +102,12 @@ SETTINGS: Dict[str, Setting] = {
     "postgresql.logical_slots": Setting("Logical slots for change-data-capture consumers, kept across a "
                                         "failover on PostgreSQL 17.", default="[]",
                                         kind="a list of {name, database, plugin (default pgoutput)}"),
-    "postgresql.systemd_unit": Setting("Run PostgreSQL as this systemd unit (e.g. postgresql@15-main) through "
-                                       "systemctl.", RESTART),
+    "postgresql.systemd_unit": Setting("Run PostgreSQL as this systemd unit (e.g. postgresql@15-main, or "
+                                       "postgresql@{major}-main with {major} in data_dir) through systemctl.",
+                                       RESTART),
     "postgresql.config_dir": Setting("Where the distribution keeps postgresql.conf (Debian: /etc/postgresql/N/"
-                                     "main): governor writes conf.d/governor.conf and pg_hba.conf there.",
-                                     RESTART),
+                                     "main, or /etc/postgresql/{major}/main with {major} in data_dir): governor "
+                                     "writes conf.d/governor.conf and pg_hba.conf there.", RESTART),
     "postgresql.create_replica_methods": Setting("How a new replica gets its data, tried in order: pgbackrest, "
                                                  "basebackup."),
     "postgresql.replication.username": Setting("The replication role, created at bootstrap."),
