@@ -164,6 +164,8 @@ def validate(raw: dict, origin: Dict[str, str], source: str) -> Config:
     major_templates = majorpaths.read(c, data_dir)
     if major_templates:
         data_dir = majorpaths.fill(data_dir, major_templates.major)
+    elif majorpaths.templated(data_dir):
+        data_dir = None     # refused, and said why: no second complaint about a path with {major} in it
     if data_dir:
         data_dir = os.path.abspath(data_dir)
         parent = os.path.dirname(data_dir)

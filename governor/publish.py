@@ -14,6 +14,7 @@ from governor.ha import Decision, LocalState
 from governor.postgres import datadir
 from governor.postgres.server import ServerState
 from governor.status import NodeStatus, ReplicaLag
+from governor.supervisor import under_systemd
 
 if TYPE_CHECKING:
     from governor.ports import NodeHost
@@ -54,6 +55,9 @@ def upgrade_blockers(g: NodeHost) -> list:
         out.append("postgresql.bin_dir is set in its files: remove it (governor takes the binaries matching the "
                    "data directory's PG_VERSION), or after the upgrade governor would not start")
     t = g.pg.major_templates
+    if t is not None and not under_systemd():
+        out.append("{major} moves the data directory at the upgrade, and outside systemd governor's parent "
+                   "process fences the one it started with: run governor as its systemd unit")
     fixed = [key for key, value, template in (("data_dir", g.pg.data_dir, t and t.data_dir),
                                               ("config_dir", g.pg.config_dir, t and t.config_dir),
                                               ("systemd_unit", g.pg.systemd_unit, t and t.systemd_unit))

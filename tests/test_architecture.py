@@ -205,7 +205,7 @@ LAYER_OF = {
                 "watchdog watchdogfeed lockfence supervisor",
     "node": "daemon uniquename observe publish reconfigure shutdown sleeping vouch leaderlock syncrep controls ports "
             "actions actions.base actions.failsafe actions.leader actions.lock actions.roles actions.run actions.setup "
-            "actions.upgrade actions.upgrade_link",
+            "actions.upgrade actions.upgrade_layout actions.upgrade_link",
     "entry": "__main__ cli ctl ctl_common ctl_config ctl_generate ctl_instance ctl_members ctl_patroni ctl_query "
              "ctl_standby ctl_switchover ctl_upgrade ctl_view patroni_config patroni_keys",
 }

@@ -401,3 +401,29 @@ def test_an_unreadable_configuration_directory_says_permission_denied(tmp_path):
                           script], capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
                          env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
     assert "permission denied" in out.stdout and "use sudo" in out.stdout, out.stdout + out.stderr
+
+
+def test_major_in_the_data_directory_follows_the_cluster_there_and_refuses_to_guess(tmp_path):
+    """`{major}` (majorpaths.py): the directory holding a cluster of its own version; two such that
+    governor did not move between (Debian's own made by a package beside governor's) is refused,
+    naming both, and a template in config_dir without one in data_dir is refused."""
+    raw = minimal(tmp_path)
+    del raw["postgresql"]["bin_dir"]
+    installed = int(os.path.basename(os.path.dirname(PG_BIN)))     # /usr/lib/postgresql/15/bin
+    raw["postgresql"]["data_dir"] = str(tmp_path / "{major}" / "main")
+    mine = tmp_path / str(installed) / "main"
+    mine.mkdir(parents=True)
+    (mine / "PG_VERSION").write_text(f"{installed}\n")
+    assert config.load(write(tmp_path / "g.yml", raw)).postgresql.data_dir == str(mine)
+    other = tmp_path / str(installed + 1) / "main"
+    other.mkdir(parents=True)
+    (other / "PG_VERSION").write_text(f"{installed + 1}\n")
+    found = problems(write(tmp_path / "g.yml", raw))
+    assert len(found) == 1 and "postgresql.data_dir" in found[0] and str(mine) in found[0] and str(other) in found[0] \
+        and "pg_dropcluster" in found[0], found
+    (other / "PG_VERSION").unlink()
+    other.rmdir()
+    raw["postgresql"]["config_dir"] = str(tmp_path / "etc" / "{major}" / "main")
+    raw["postgresql"]["data_dir"] = str(mine)
+    found = problems(write(tmp_path / "g.yml", raw))
+    assert any("postgresql.config_dir" in p and "needs postgresql.data_dir to have it too" in p for p in found), found

@@ -361,7 +361,8 @@ def test_debians_own_layout_moves_to_17_with_major_in_the_settings(upgraded, etc
         wait_until(lambda: role(m, ports["d1"]["pg"]) == "primary", 90, "d1 to adopt 15/d1")
         m.run("systemctl", "start", "governor@d2")
         wait_until(lambda: role(m, ports["d2"]["pg"]) == "replica", 120, "d2 to clone into 15/d2")
-        assert m.run("systemctl", "is-active", "postgresql@15-d2", check=False).stdout.strip() == "active"
+        wait_until(lambda: m.run("systemctl", "is-active", "postgresql@15-d2", check=False).stdout.strip() == "active",
+                   60, "postgresql@15-d2 active")
         sql(m, ports["d1"]["pg"], "CREATE TABLE kept AS SELECT g AS id FROM generate_series(1, 100000) AS g")
         checks_pass(m, "d1")
 
@@ -369,7 +370,9 @@ def test_debians_own_layout_moves_to_17_with_major_in_the_settings(upgraded, etc
         assert done.returncode == 0 and "done: every member runs PostgreSQL 17" in done.stdout, done.stdout
         for name in names:
             assert sql(m, ports[name]["pg"], "SHOW server_version_num")[0].startswith("17"), name
-            assert m.run("systemctl", "is-active", f"postgresql@17-{name}", check=False).stdout.strip() == "active"
+            unit = f"postgresql@17-{name}"
+            wait_until(lambda: m.run("systemctl", "is-active", unit, check=False).stdout.strip() == "active",  # noqa: B023
+                       60, f"{unit} active")
             assert m.run("systemctl", "is-active", f"postgresql@15-{name}", check=False).stdout.strip() != "active"
             for version in ("15", "17"):     # neither starts at boot: governor starts the cluster
                 assert m.run("cat", f"/etc/postgresql/{version}/{name}/start.conf").stdout.split()[-1] == "manual"

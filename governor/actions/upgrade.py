@@ -24,15 +24,12 @@ import psycopg2
 from governor import bindir, clock, majorpaths, upgrade_probe, upgrade_seed
 from governor.actions.base import ActionFailed
 from governor.actions.setup import set_up_stanza
+from governor.actions.upgrade_layout import make_config_dir, paths, switch_binaries
 from governor.cluster import UpgradeRecord
 from governor.dcs import DCSError
 from governor.ha import Decision, LocalState
-from governor.postgres import clusterconf
-from governor.postgres.controllers import make_controller
-from governor.postgres.server import Server
 from governor.settings import NAME_RE
 from governor.shutdown import before_stop
-from governor.supervisor import under_systemd
 
 if TYPE_CHECKING:
     from governor.ports import ActionHost
@@ -71,53 +68,6 @@ def _write_and_read(g: ActionHost, record: UpgradeRecord, step: str) -> UpgradeR
     if again is None or again.step != step:
         raise ActionFailed("the upgrade record changed meanwhile; reading it again")
     return again
-
-
-def paths(g: ActionHost, record: UpgradeRecord) -> tuple:
-    """(the data directory, where the new cluster is made, governor's mark beside it, where the
-    old cluster is kept). With `{major}` in the settings (majorpaths.py) the new cluster is made
-    in its own version's place and the old one stays in its own."""
-    data = g.pg.data_dir
-    if g.pg.major_templates is not None:
-        new = majorpaths.for_major(g.pg, record.to).data_dir
-        return data, new, new + majorpaths.ATTEMPT, majorpaths.for_major(g.pg, record.source).data_dir
-    return data, f"{data}.upgrading", f"{data}.upgrading.governor", f"{data}.pg{record.source}"
-
-
-def make_config_dir(g: ActionHost, record: UpgradeRecord) -> None:
-    """With `{major}` in config_dir: the target's configuration directory made from the source's
-    (Debian's layout), and the source's cluster set to start only by hand."""
-    if g.pg.major_templates is None or not g.pg.major_templates.config_dir:
-        return
-    source = majorpaths.for_major(g.pg, record.source).config_dir
-    target = majorpaths.for_major(g.pg, record.to).config_dir
-    if source and target and source != target:
-        if os.path.isdir(source):
-            clusterconf.copy_for_major(source, target, record.source, record.to)
-            clusterconf.set_start(source)
-        elif not os.path.isdir(target):
-            raise ActionFailed(f"neither {source} nor {target} exists: the configuration directory is gone")
-
-
-def switch_binaries(g: ActionHost, major: int) -> None:
-    """From now on this member runs PostgreSQL `major`'s binaries (the files choose them from
-    PG_VERSION at the next start of governor: nothing to edit), and with `{major}` in the
-    settings, its data directory, configuration directory and unit."""
-    bin_dir = bindir.installed(major)
-    if bin_dir is None:
-        raise ActionFailed(f"no binaries of PostgreSQL {major} on this host")
-    moved = majorpaths.for_major(g.pg, major)
-    if bin_dir == g.pg.bin_dir and moved == g.pg:
-        return
-    host = g  # the node: its files' configuration changes with it
-    host.file_config = replace(host.file_config, postgresql=replace(
-        majorpaths.for_major(host.file_config.postgresql, major), bin_dir=bin_dir))
-    host.config = replace(host.config, postgresql=replace(moved, bin_dir=bin_dir))
-    host.pg = host.config.postgresql
-    g.server.close()
-    g.server = Server(g.pg)
-    g.controller = make_controller(g.pg, bind=not under_systemd())
-    log.info("now using the PostgreSQL %s binaries in %s", major, bin_dir)
 
 
 def upgrade_stop(g: ActionHost, decision: Decision, local: LocalState) -> None:

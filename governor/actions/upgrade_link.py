@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from governor import clock, majorpaths, peers, upgrade_seed
 from governor.actions.base import ActionFailed
-from governor.actions.upgrade import make_config_dir, record_of, stop_replica, switch_binaries
+from governor.actions.upgrade import record_of, stop_replica
+from governor.actions.upgrade_layout import make_config_dir, switch_binaries
 from governor.ha import Decision, LocalState
 
 if TYPE_CHECKING:
