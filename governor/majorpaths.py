@@ -76,23 +76,21 @@ def moved_to(data: str) -> Optional[int]:
 def resolve(data_template: str, installed: Sequence[int],
             data_major: Callable[[str], Optional[int]], exists: Callable[[str], bool] = os.path.exists,
             found: Optional[Iterable[int]] = None) -> Optional[int]:
-    """The major the templates stand for on this host: the one cluster governor did not move on
-    from; with every one moved on, the newest they were moved to (a replica cloning it); with no
-    cluster, the newest installed. Ambiguous when several were not moved on (one is not
-    governor's: Debian's own made by a package, or one made by hand)."""
-    valid, found = [], set(candidates(data_template) if found is None else found)
+    """The major the templates stand for on this host (see the module's docstring). Ambiguous
+    when several clusters were not moved on (one is not governor's: made by hand, or by a package)."""
+    found = set(candidates(data_template) if found is None else found)
+    moved = {}      # each cluster of its own major that is no unfinished attempt -> where it moved on to
     for major in found:
         data = fill(data_template, major)
         if data_major(data) == major and not exists(data.rstrip("/") + ATTEMPT):
-            valid.append(major)
-    current = sorted(m for m in valid if moved_to(fill(data_template, m)) is None)
+            moved[major] = moved_to(data)
+    current = sorted(m for m, to in moved.items() if to is None)
     if len(current) > 1:
         raise Ambiguous(", ".join(fill(data_template, m) for m in current))
     if current:
         return current[0]
-    targets = [moved_to(fill(data_template, m)) for m in valid]
-    if targets:
-        return max(t for t in targets if t is not None)
+    if moved:       # every one moved on: the newest they moved to (a replica cloning it)
+        return max(to for to in moved.values() if to is not None)
     if found:       # an empty directory: where the operator made room for a clone
         return max(found)
     return max(installed) if installed else None

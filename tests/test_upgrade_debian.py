@@ -38,7 +38,11 @@ def upgraded(base_dir):
 
 
 def ctl(m: system.Machine, *args: str):
-    return m.run("governorctl", "-c", "/etc/governor/a.d", *args, check=False, timeout=400)
+    return ctl_of(m, "a", *args)
+
+
+def ctl_of(m: system.Machine, name: str, *args: str):
+    return m.run("governorctl", "-c", f"/etc/governor/{name}.d", *args, check=False, timeout=400)
 
 
 def test_the_check_passes_on_a_host_upgraded_to_debian_13_and_names_an_extension_17_lacks(upgraded, etcd):
@@ -332,10 +336,6 @@ def test_a_replica_whose_host_crashed_during_the_upgrade_clones_the_leader_when_
         raise
     finally:
         m.run("systemctl", "stop", *(f"governor@{n}" for n in names), check=False)
-
-
-def ctl_of(m: system.Machine, name: str, *args: str):
-    return m.run("governorctl", "-c", f"/etc/governor/{name}.d", *args, check=False, timeout=400)
 
 
 def test_debians_own_layout_moves_to_17_with_major_in_the_settings(upgraded, etcd):
